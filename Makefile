@@ -1,0 +1,29 @@
+# The two commands the README opens with.  Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test perf clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed
+	RUNTIME_VALIDATE=1 $(PY) -m pytest
+
+# Benchmarks against Dask and Ray (installed into .venv only for this target).
+$(VENV)/.perf-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,perf]'
+	touch $@
+
+perf: $(VENV)/.perf-installed
+	$(PY) perf/bench_tasks.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,449 @@
+"""Task-overhead benchmark: runtime vs Dask vs Ray, two workers each.
+
+Workloads (the same for every system):
+
+1. no-op     5,000 no-op tasks submitted, then gathered        -> tasks/s   (higher is better)
+2. chain     500 dependent increments, each task taking the
+             previous future as its argument                   -> ms/hop    (lower is better)
+3. tree      binary-tree sum over 4,096 leaves: leaf tasks
+             return 1, pairwise add tasks up to one root;
+             all 8,191 tasks counted                           -> tasks/s   (higher is better)
+4. startup   from starting the cluster (imports excluded) until
+             the first trivial task's result is in hand        -> seconds   (lower is better)
+
+Workloads 1-3 run after one small warm-up round (not timed) and are repeated
+``--repeat`` times (default 3); the table reports the MEDIAN of the repeats.
+Start-up is measured once, when each system's cluster is started.
+
+Each system runs in its own subprocess (``--system NAME --json``) so that their
+processes and imports cannot interfere; the parent collects the JSON and prints
+one table with the ratios runtime/dask and runtime/ray (the name in brackets
+is the system that wins that line). A system that is not installed is shown as
+"not installed" and skipped.
+
+Run:
+    python perf/bench_tasks.py                      # all three, full sizes
+    python perf/bench_tasks.py --quick              # smaller sizes, 1 repeat
+    python perf/bench_tasks.py --only dask,ray --repeat 5
+    python perf/bench_tasks.py --system ray --json  # one system, raw JSON
+(`make perf` runs `.venv/bin/python perf/bench_tasks.py` after `pip install -e .[perf]`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from _common import Metric, fmt_ratio, fmt_value, render_table, timed
+
+SYSTEMS = ("runtime", "dask", "ray")
+
+
+# --------------------------------------------------------------------------
+# Task bodies. Module-level so every system can pickle them (cloudpickle).
+# --------------------------------------------------------------------------
+
+
+def noop() -> None:
+    return None
+
+
+def one() -> int:
+    return 1
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+TASK_FUNCS: tuple[Callable[..., Any], ...] = (noop, one, inc, add)
+
+
+# --------------------------------------------------------------------------
+# One small adapter per system: start, submit, gather, shut down.
+# --------------------------------------------------------------------------
+
+
+class System:
+    """Uniform face of a task system. Futures are opaque (``Any``)."""
+
+    name: str
+    module: str  # top-level module that must be importable
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def get_one(self, future: Any) -> Any:
+        return self.gather([future])[0]
+
+    def version(self) -> str:
+        for dist in (self.module, self.name):
+            try:
+                return importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        mod = sys.modules.get(self.module)
+        return str(getattr(mod, "__version__", "unknown"))
+
+
+class RuntimeSystem(System):
+    name = "runtime"
+    module = "runtime"
+
+    def start(self) -> None:
+        import runtime as rt
+
+        self._rt = rt
+        rt.init(num_workers=2)
+        self._remote = {f: rt.remote(f) for f in TASK_FUNCS}
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._remote[fn].remote(*args)
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return list(self._rt.get(futures))
+
+    def shutdown(self) -> None:
+        self._rt.shutdown()
+
+
+class DaskSystem(System):
+    name = "dask"
+    module = "distributed"
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,  # like Ray's include_dashboard=False
+        )
+        self._client = Client(self._cluster)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._client.submit(fn, *args, pure=False)
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return list(self._client.gather(futures))
+
+    def shutdown(self) -> None:
+        self._client.close()
+        self._cluster.close()
+
+    def version(self) -> str:
+        return importlib.metadata.version("distributed")
+
+
+class RaySystem(System):
+    name = "ray"
+    module = "ray"
+
+    def start(self) -> None:
+        import ray
+
+        self._ray = ray
+        ray.init(num_cpus=2, include_dashboard=False)
+        self._remote = {f: ray.remote(f) for f in TASK_FUNCS}
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._remote[fn].remote(*args)
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return list(self._ray.get(futures))
+
+    def shutdown(self) -> None:
+        self._ray.shutdown()
+
+
+ADAPTERS: dict[str, type[System]] = {
+    "runtime": RuntimeSystem,
+    "dask": DaskSystem,
+    "ray": RaySystem,
+}
+
+
+# --------------------------------------------------------------------------
+# Workloads. Each returns elapsed seconds and checks its answer.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    noops: int
+    chain: int
+    leaves: int
+
+
+FULL = Sizes(noops=5_000, chain=500, leaves=4_096)
+QUICK = Sizes(noops=1_000, chain=100, leaves=1_024)
+WARMUP = Sizes(noops=100, chain=20, leaves=64)
+
+
+def run_noops(sys_: System, n: int) -> float:
+    def body() -> list[Any]:
+        futures = [sys_.submit(noop) for _ in range(n)]
+        return sys_.gather(futures)
+
+    elapsed, results = timed(body)
+    assert len(results) == n and all(r is None for r in results), "no-op results wrong"
+    return elapsed
+
+
+def run_chain(sys_: System, hops: int) -> float:
+    def body() -> Any:
+        fut = sys_.submit(inc, 0)
+        for _ in range(hops - 1):
+            fut = sys_.submit(inc, fut)
+        return sys_.get_one(fut)
+
+    elapsed, result = timed(body)
+    assert result == hops, f"chain gave {result}, expected {hops}"
+    return elapsed
+
+
+def tree_task_count(leaves: int) -> int:
+    count, level = leaves, leaves
+    while level > 1:
+        level, carry = divmod(level, 2)
+        count += level
+        level += carry
+    return count
+
+
+def run_tree(sys_: System, leaves: int) -> float:
+    def body() -> Any:
+        level = [sys_.submit(one) for _ in range(leaves)]
+        while len(level) > 1:
+            nxt = [sys_.submit(add, level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return sys_.get_one(level[0])
+
+    elapsed, result = timed(body)
+    assert result == leaves, f"tree sum gave {result}, expected {leaves}"
+    return elapsed
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("noop_tasks_per_s", "no-op submit+gather", "tasks/s", higher_is_better=True),
+    Metric("chain_ms_per_hop", "dependent chain", "ms/hop", higher_is_better=False),
+    Metric("tree_tasks_per_s", "binary-tree sum", "tasks/s", higher_is_better=True),
+    Metric("startup_s", "init() to first result", "s", higher_is_better=False),
+)
+
+
+def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
+    """Child side: run every workload on one system and return the figures."""
+    adapter = ADAPTERS[name]()
+    out: dict[str, Any] = {"system": name, "sizes": asdict(sizes), "repeat": repeat}
+    if importlib.util.find_spec(adapter.module) is None:
+        return out | {"status": "not installed"}
+
+    t0 = time.perf_counter()
+    adapter.start()
+    try:
+        first = adapter.get_one(adapter.submit(one))
+        startup = time.perf_counter() - t0
+        assert first == 1, f"first task gave {first!r}"
+
+        run_noops(adapter, WARMUP.noops)
+        run_chain(adapter, WARMUP.chain)
+        run_tree(adapter, WARMUP.leaves)
+
+        n_tree = tree_task_count(sizes.leaves)
+        samples: dict[str, list[float]] = {
+            "noop_tasks_per_s": [sizes.noops / run_noops(adapter, sizes.noops) for _ in range(repeat)],
+            "chain_ms_per_hop": [1000 * run_chain(adapter, sizes.chain) / sizes.chain for _ in range(repeat)],
+            "tree_tasks_per_s": [n_tree / run_tree(adapter, sizes.leaves) for _ in range(repeat)],
+            "startup_s": [startup],
+        }
+    finally:
+        adapter.shutdown()
+    figures = {m.key: m.summarize(samples[m.key]) for m in METRICS}
+    return out | {"status": "ok", "version": adapter.version(), "figures": figures, "samples": samples}
+
+
+# --------------------------------------------------------------------------
+# Parent side: one subprocess per system, then the table.
+# --------------------------------------------------------------------------
+
+
+def _session_members(sid: int) -> dict[int, str]:
+    """{pid: name} of live processes in session ``sid`` (Linux /proc; {} elsewhere)."""
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # After "pid (comm) ": state ppid pgrp session ...; zombies are skipped.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found[int(entry)] = stat[stat.find("(") + 1 : stat.rfind(")")]
+    return found
+
+
+def _kill_session(sid: int) -> None:
+    """SIGTERM, then SIGKILL, every process left in session ``sid``, by pid."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        members = _session_members(sid)
+        if not members:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``--system name --json`` in a fresh session; clean up what it leaves.
+
+    Output goes to temporary files, not pipes, so a stray grandchild that keeps
+    the child's stdout open cannot make us wait for it.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--system", name, "--json", "--repeat", str(args.repeat)]
+    if args.quick:
+        cmd.append("--quick")
+    result: dict[str, Any] = {"system": name}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=None if args.verbose else err, text=True, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc.pid)
+            proc.wait()
+            result["status"] = f"timeout after {args.timeout:.0f} s"
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if "status" not in result:
+        for line in reversed(stdout.splitlines()):
+            if line.startswith("{"):
+                try:
+                    result = json.loads(line)
+                    break
+                except json.JSONDecodeError:
+                    pass
+        else:
+            result["status"] = f"failed (exit {proc.returncode})"
+    if result.get("status") not in ("ok", "not installed") and stderr:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        print(f"--- {name} stderr (last lines) ---\n{tail}\n", file=sys.stderr)
+    # Safety net: anything still in the child's session was left behind.
+    time.sleep(0.5)
+    stray = [f"{comm}({pid})" for pid, comm in _session_members(proc.pid).items()]
+    if stray:
+        print(f"warning: {name} left processes behind, killing: {', '.join(stray)}", file=sys.stderr)
+        result["stray_processes"] = stray
+        _kill_session(proc.pid)
+    return result
+
+
+def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    sizes = QUICK if args.quick else FULL
+    names = list(results)
+    figs = {n: results[n].get("figures", {}) for n in names}
+    ratios = [other for other in ("dask", "ray") if other in names and "runtime" in names]
+
+    header = ["", *names, *(f"runtime/{o}" for o in ratios)]
+    rows: list[list[str]] = []
+    rows.append(["version", *(r.get("version", r.get("status", "?")) for r in results.values()), *("" for _ in ratios)])
+    labels = {
+        "noop_tasks_per_s": f"{sizes.noops:,} no-op tasks",
+        "chain_ms_per_hop": f"chain of {sizes.chain:,}",
+        "tree_tasks_per_s": f"tree, {sizes.leaves:,} leaves ({tree_task_count(sizes.leaves):,} tasks)",
+        "startup_s": "init() to first result",
+    }
+    for m in METRICS:
+        direction = "higher" if m.higher_is_better else "lower"
+        label = f"{labels[m.key]} [{m.unit}, {direction} is better]"
+        cells = [fmt_value(figs[n].get(m.key)) for n in names]
+        cells += [fmt_ratio(m, figs["runtime"].get(m.key), figs[o].get(m.key), o) for o in ratios]
+        rows.append([label, *cells])
+
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, 2 workers per system")
+    print(render_table(header, rows))
+    print(
+        f"1-3: median of {args.repeat} run(s) after one warm-up round; "
+        "4: one measurement per system (imports excluded).\n"
+        "ratio = runtime/other; the name in brackets is the better system on that line."
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smaller run (1,000 / 100 / 1,024; 1 repeat unless --repeat)")
+    p.add_argument("--repeat", type=int, default=None, help="timed repeats of workloads 1-3 (default 3, quick 1)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per system (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--verbose", action="store_true", help="let the systems' log output through")
+    p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # child mode
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown system(s) in --only: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.system:  # child: one system, JSON on stdout
+        result = bench_system(args.system, QUICK if args.quick else FULL, args.repeat)
+        print(json.dumps(result, indent=None if args.json else 2), flush=True)
+        return 0 if result["status"] in ("ok", "not installed") else 1
+
+    results = {}
+    for name in args.only:
+        if not args.json:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_child(name, args)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results, args)
+    return 0 if all(r.get("status") in ("ok", "not installed") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

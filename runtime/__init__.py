@@ -1,0 +1,15 @@
+"""runtime: Ray-style tasks on a Dask-style scheduler with a per-node shared-memory store."""
+
+from runtime.api.context import get, init, is_initialized, put, shutdown, wait
+from runtime.api.remote import remote
+from runtime.client.client import Client
+from runtime.client.future import Future, ObjectRef
+from runtime.cluster import LocalCluster
+from runtime.errors import GetTimeoutError, KilledWorker, RemoteTraceback, TaskError
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
+    "Client", "LocalCluster", "Future", "ObjectRef",
+    "GetTimeoutError", "KilledWorker", "RemoteTraceback", "TaskError",
+]  # fmt: skip
+__version__ = "0.1.0"

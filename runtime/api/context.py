@@ -1,0 +1,119 @@
+"""The one explicit runtime object behind ``runtime.init/get/put/wait/shutdown``.
+
+Using the API before ``init()`` starts a local cluster with default settings, as Ray
+does; ``shutdown()`` (or the end of the program) stops it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.client.client import Client
+from runtime.client.future import Future
+from runtime.cluster import LocalCluster
+
+logger = logging.getLogger("runtime")
+
+
+class Runtime:
+    """A connected client, and the local cluster it started if it started one."""
+
+    def __init__(self, client: Client, cluster: LocalCluster | None):
+        self.client = client
+        self.cluster = cluster
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def init(address: str | None = None, *, num_workers: int | None = None, ignore_reinit_error: bool = False) -> Runtime:
+    """Start a local cluster (``num_workers`` processes, default one per CPU) or join ``address``."""
+    global _current
+    with _lock:
+        if _current is not None:
+            if ignore_reinit_error:
+                return _current
+            raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
+        if address is not None:
+            if num_workers is not None:
+                raise ValueError("num_workers applies to a local cluster; it cannot be set when joining an address")
+            _current = Runtime(Client(address), None)
+        else:
+            cluster = LocalCluster(num_workers)
+            try:
+                client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+            except BaseException:
+                cluster.close()
+                raise
+            _current = Runtime(client, cluster)
+        return _current
+
+
+def shutdown() -> None:
+    """Disconnect, and stop the local cluster if ``init()`` started one.  Safe to call twice."""
+    global _current
+    with _lock:
+        rt, _current = _current, None
+    if rt is not None:
+        rt.close()
+
+
+def is_initialized() -> bool:
+    return _current is not None
+
+
+def current_runtime() -> Runtime:
+    rt = _current
+    if rt is None:
+        logger.info("runtime used before init(): starting a local cluster")
+        rt = init(ignore_reinit_error=True)
+    return rt
+
+
+def get(refs: Future | Sequence[Future], *, timeout: float | None = None) -> Any:
+    """The value of one future, or a list of values for a list of futures."""
+    if isinstance(refs, Future):
+        return current_runtime().client.get([refs], timeout=timeout)[0]
+    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
+        raise TypeError(f"get() takes a Future or a list of Futures, not {_describe(refs)}")
+    return current_runtime().client.get(refs, timeout=timeout)
+
+
+def put(value: Any) -> Future:
+    """Store ``value`` once in the cluster; pass the returned future to tasks."""
+    if isinstance(value, Future):
+        raise TypeError("put() of a Future is not allowed; pass the future itself to tasks")
+    return current_runtime().client.put(value)
+
+
+def wait(
+    refs: Sequence[Future], *, num_returns: int = 1, timeout: float | None = None
+) -> tuple[list[Future], list[Future]]:
+    """``(done, pending)`` once ``num_returns`` of ``refs`` are done or ``timeout`` s passed."""
+    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
+        raise TypeError(f"wait() takes a list of Futures, not {_describe(refs)}")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same future twice")
+    return current_runtime().client.wait(refs, num_returns=num_returns, timeout=timeout)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, (list, tuple)):
+        bad = next((r for r in x if not isinstance(r, Future)), None)
+        return f"a {type(x).__name__} holding a {type(bad).__name__}"
+    return f"a {type(x).__name__}"
+
+
+atexit.register(shutdown)

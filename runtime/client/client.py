@@ -1,0 +1,273 @@
+"""The client: the driver's side of the wire protocol.
+
+::
+
+    user thread                         client loop thread (uvloop)
+    ───────────                         ───────────────────────────
+    submit/put ──► outbox (deque) ──wake──► one frame per loop turn ──► scheduler
+    get/wait  ◄── FutureState + Condition ◄── key-in-memory / task-erred ◄──┘
+
+Calls from user threads never touch the socket: they queue a message and wake the loop
+only when the outbox was empty, so a burst of ``.remote()`` calls costs one wake-up and
+leaves in a few frames.  Results for wanted keys are pushed by the scheduler (small ones
+with their value inline), so ``get`` needs no request of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from runtime.client.future import ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.comm import serialize
+from runtime.comm.core import Comm, connect
+from runtime.errors import GetTimeoutError
+from runtime.objstore import values
+
+logger = logging.getLogger("runtime.client")
+
+
+class Client:
+    def __init__(self, address: str, *, node: str | None = None, prefix: str | None = None, timeout: float = 30.0):
+        #: the scheduler's address
+        self.address = address
+        self.id = f"client-{os.urandom(4).hex()}"
+        #: the node whose store this process can read, and its object-name prefix
+        self.node = node
+        self.prefix = prefix
+        self._futures: dict[str, FutureState] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._outbox: deque[dict] = deque()
+        self._wakeup_pending = False
+        self._counter = itertools.count()
+        self._tag = os.urandom(3).hex()
+        self._requests: dict[int, asyncio.Future] = {}
+        self._closed = False
+        self._lost: str | None = None
+        self.comm: Comm | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
+        self._thread.start()
+        self._call(self._connect(timeout), timeout + 5)
+
+    # -- the loop thread ---------------------------------------------------------------
+
+    async def _connect(self, timeout: float) -> None:
+        self.comm = await connect(self.address, timeout=timeout)
+        self.comm.send({"op": "register-client", "client": self.id})
+        asyncio.ensure_future(self._read_loop())
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _read_loop(self) -> None:
+        assert self.comm is not None
+        try:
+            while True:
+                msgs = await self.comm.read()
+                with self._cond:
+                    for msg in msgs:
+                        self._handle(msg)
+                    self._cond.notify_all()
+        except (ConnectionError, OSError) as e:
+            if not self._closed:
+                self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
+
+    def _handle(self, msg: dict) -> None:
+        op = msg["op"]
+        if op == "key-in-memory":
+            fs = self._futures.get(msg["key"])
+            if fs is not None:
+                fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
+        elif op == "task-erred":
+            fs = self._futures.get(msg["key"])
+            if fs is not None:
+                fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"] or ""
+                fs.blame, fs.worker = msg["blame"], msg.get("worker", "")
+        elif op == "reply":
+            fut = self._requests.pop(msg["reqid"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg["result"])
+        elif op != "registered":
+            logger.warning("ignoring unknown op %r", op)
+
+    def _connection_lost(self, reason: str) -> None:
+        self._lost = reason
+        error = serialize.dumps(ConnectionError(reason))
+        with self._cond:
+            for fs in self._futures.values():
+                if fs.status == PENDING:
+                    fs.status, fs.exception = ERRED, error
+            self._cond.notify_all()
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(reason))
+
+    def _flush(self) -> None:
+        self._wakeup_pending = False
+        batch = []
+        outbox = self._outbox
+        while outbox:
+            batch.append(outbox.popleft())
+        if self.comm is not None:
+            self.comm.send_many(batch)
+
+    # -- user threads ------------------------------------------------------------------
+
+    def _send(self, msg: dict) -> None:
+        if self._lost:
+            raise ConnectionError(self._lost)
+        self._outbox.append(msg)
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _new_future(self, key: str) -> Future:
+        with self._lock:
+            fs = self._futures.get(key)
+            if fs is None:
+                fs = self._futures[key] = FutureState()
+            return Future(key, self, fs)
+
+    def _release(self, key: str, fs: FutureState) -> None:
+        with self._lock:
+            fs.refcount -= 1
+            if fs.refcount > 0 or self._futures.get(key) is not fs:
+                return
+            del self._futures[key]
+        if not self._closed and not self._lost:
+            self._send({"op": "release-keys", "keys": [key]})
+
+    def new_key(self, name: str) -> str:
+        return f"{name}-{self._tag}{next(self._counter)}"
+
+    def submit(
+        self, func_bytes: bytes, prefix: str, args: tuple, kwargs: dict, *, retries: int = 0, priority: int = 0
+    ) -> Future:
+        """Submit one task whose callable is already pickled; returns its future."""
+        args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
+        key = self.new_key(prefix)
+        future = self._new_future(key)
+        self._send(
+            {
+                "op": "update-graph",
+                "tasks": [[key, func_bytes, args_bytes, list(deps), retries, prefix]],
+                "wanted": [key],
+                "priority": priority,
+            }
+        )
+        return future
+
+    def put(self, value: Any) -> Future:
+        """Store ``value`` in the cluster (in this node's store when large); returns its future."""
+        key = self.new_key("put")
+        prefix, node = self._store_location()
+        located, nbytes = values.encode(value, key=key, prefix=prefix, node=node)
+        future = self._new_future(key)
+        with self._lock:
+            fs = future._state
+            fs.status, fs.value, fs.nbytes = FINISHED, located, nbytes
+        self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes})
+        return future
+
+    def _store_location(self) -> tuple[str, str]:
+        """This host's node store (prefix, node id), asking the scheduler the first time."""
+        if self.prefix is None or self.node is None:
+            nodes = self.request("identity")["nodes"]
+            host = socket.gethostname()
+            here = [n for n in nodes.values() if n["host"] == host and (self.node is None or n["node"] == self.node)]
+            if not here:
+                return "", ""  # no store here: large values fail in encode with a clear error
+            self.node, self.prefix = here[0]["node"], here[0]["prefix"]
+        return self.prefix, self.node
+
+    def request(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
+        """Ask the scheduler a question (``identity``, ``story``, ``task-states``)."""
+
+        async def ask() -> Any:
+            reqid = next(self._counter)
+            fut = self._requests[reqid] = self._loop.create_future()
+            assert self.comm is not None
+            self.comm.send({"op": "request", "reqid": reqid, "what": what, **kwargs})
+            return await fut
+
+        return self._call(ask(), timeout)
+
+    def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
+        """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for f in futures:
+            fs = f._state
+            if fs.status == PENDING:
+                self._wait_for(fs, lambda: fs.status != PENDING, deadline, [f])
+            if fs.status == ERRED:
+                raise fs.error(f.key)
+            assert fs.value is not None
+            out.append(values.decode(fs.value, key=f.key, node=self.node or ""))
+        return out
+
+    def wait(
+        self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None
+    ) -> tuple[list[Future], list[Future]]:
+        """Wait until ``num_returns`` of ``futures`` are done or ``timeout`` passes."""
+        if not 0 <= num_returns <= len(futures):
+            raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def enough() -> bool:
+            return sum(1 for f in futures if f._state.status != PENDING) >= num_returns
+
+        if not enough():
+            try:
+                self._wait_for(None, enough, deadline, futures)
+            except GetTimeoutError:
+                pass
+        done: list[Future] = []
+        pending: list[Future] = []
+        for f in futures:
+            (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
+        return done, pending
+
+    def _wait_for(self, fs: FutureState | None, ready: Any, deadline: float | None, futures: Iterable[Future]) -> None:
+        with self._cond:
+            while not ready():
+                if self._lost:
+                    raise ConnectionError(self._lost)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    keys = [f.key for f in futures if f._state.status == PENDING]
+                    raise GetTimeoutError(f"timed out waiting for {len(keys)} result(s), e.g. {keys[:3]}")
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shut() -> None:
+            if self.comm is not None:
+                self._flush()
+                try:
+                    await asyncio.wait_for(self.comm.drain(), 2)
+                except (ConnectionError, asyncio.TimeoutError, OSError):
+                    pass
+                self.comm.close()
+
+        try:
+            self._call(shut(), 5)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()

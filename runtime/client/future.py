@@ -1,0 +1,98 @@
+"""Futures: a handle on one key's eventual value (Ray calls it ``ObjectRef``).
+
+Every ``Future`` for a key shares one ``FutureState`` in its client.  The client counts the
+live ``Future`` objects of each key; when the last is garbage collected the client tells
+the scheduler it no longer wants the key, so its value can be freed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import TYPE_CHECKING, Any
+
+from runtime.comm import serialize
+from runtime.errors import RemoteTraceback, TaskError
+
+if TYPE_CHECKING:
+    from runtime.client.client import Client
+
+PENDING, FINISHED, ERRED = "pending", "finished", "erred"
+
+
+class FutureState:
+    __slots__ = ("status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount")
+
+    def __init__(self) -> None:
+        #: pending, finished or erred
+        self.status = PENDING
+        #: the value's wire form once finished: inline pickle or [node, nbytes, name]
+        self.value: bytes | list | None = None
+        self.nbytes = 0
+        #: pickled exception, remote traceback and the key to blame, once erred
+        self.exception: bytes | None = None
+        self.traceback = ""
+        self.blame = ""
+        self.worker = ""
+        #: live Future objects for this key in this process
+        self.refcount = 0
+
+    def error(self, key: str) -> BaseException:
+        """The task's exception, rebuilt, with the remote traceback as its cause."""
+        try:
+            exc = pickle.loads(self.exception) if self.exception else TaskError(f"task {key!r} failed")
+        except Exception as e:  # the exception's class is not importable here
+            exc = TaskError(f"task {key!r} failed with an exception that cannot be unpickled here: {e}")
+        if not isinstance(exc, BaseException):
+            exc = TaskError(repr(exc))
+        if self.traceback:
+            exc.__cause__ = RemoteTraceback(self.traceback)
+        where = f" on worker {self.worker}" if self.worker else ""
+        if self.blame and self.blame != key:
+            exc.add_note(f"task {key!r} failed because its dependency {self.blame!r} raised{where}")
+        else:
+            exc.add_note(f"raised by task {key!r}{where}")
+        return exc
+
+
+class Future:
+    """The eventual value of a task or ``put``; pass it to other tasks as an argument."""
+
+    __slots__ = ("key", "_client", "_state", "__weakref__")
+
+    def __init__(self, key: str, client: Client, state: FutureState):
+        self.key = key
+        self._client = client
+        self._state = state
+        state.refcount += 1
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
+        return self._client.get([self], timeout=timeout)[0]
+
+    def done(self) -> bool:
+        return self._state.status != PENDING
+
+    @property
+    def status(self) -> str:
+        return self._state.status
+
+    def __reduce__(self) -> tuple:
+        return serialize.reduce_future(self)
+
+    def __del__(self) -> None:
+        try:
+            self._client._release(self.key, self._state)
+        except Exception:  # interpreter shutdown: the client may be half gone
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Future {self.key!r} {self._state.status}>"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Future) and other.key == self.key
+
+
+ObjectRef = Future

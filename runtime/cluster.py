@@ -1,0 +1,83 @@
+"""``LocalCluster``: a scheduler, a node agent and its workers as processes on this machine.
+
+The driver starts the scheduler and the node agent side by side (the agent starts the
+workers), each with ``stdin`` a pipe whose write end only the driver holds.  If the driver
+exits without ``close()``, even by SIGKILL, both read EOF and shut down; the agent stops
+its workers and empties its store.  They talk over a Unix socket in a private session
+directory, so nothing listens on the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import IO
+
+from runtime.worker.agent import make_prefix
+
+
+def _session_root() -> str:
+    return os.path.join(tempfile.gettempdir(), f"runtime-{os.getuid()}")
+
+
+class LocalCluster:
+    def __init__(self, n_workers: int | None = None, *, validate: bool | None = None):
+        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
+            raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
+        self.n_workers = os.cpu_count() or 1 if n_workers is None else n_workers
+        self.cluster_id = os.urandom(4).hex()
+        #: sockets and logs of this cluster; removed by close()
+        self.session_dir = os.path.join(_session_root(), f"session-{self.cluster_id}")
+        os.makedirs(os.path.join(self.session_dir, "logs"), mode=0o700)
+        self.scheduler_address = f"unix://{self.session_dir}/scheduler.sock"
+        self.node = f"node-{self.cluster_id}"
+        self.prefix = make_prefix()
+        if validate is None:
+            validate = os.environ.get("RUNTIME_VALIDATE") == "1"
+        self._logs: list[IO[bytes]] = []
+        sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
+        if validate:
+            sched_cmd.append("--validate")
+        self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log")
+        self.agent_proc = self._spawn(
+            [
+                sys.executable, "-m", "runtime.worker.agent", "--scheduler", self.scheduler_address,
+                "--node", self.node, "--prefix", self.prefix, "--num-workers", str(self.n_workers),
+                "--log-dir", os.path.join(self.session_dir, "logs"), "--watch-parent",
+            ],
+            "agent.log",
+        )  # fmt: skip
+
+    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen:
+        log = open(os.path.join(self.session_dir, "logs", log_name), "ab")
+        self._logs.append(log)
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+
+    @property
+    def processes(self) -> list[subprocess.Popen]:
+        return [self.scheduler_proc, self.agent_proc]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every process of the cluster and remove its session directory."""
+        # Closing the pipes is the signal: the agent stops its workers and empties the store.
+        for p in (self.agent_proc, self.scheduler_proc):
+            if p.stdin is not None and not p.stdin.closed:
+                p.stdin.close()
+        for p in (self.agent_proc, self.scheduler_proc):
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in self._logs:
+            log.close()
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,49 @@
+"""Framing for every connection: a 4-byte little-endian length, then one msgpack payload.
+
+A payload is a list of messages (dicts with an ``"op"`` key), so one frame carries a whole
+batch and many small messages cost one system call.  Binary values (pickles, inline
+results) travel as msgpack ``bin`` without base64 or re-encoding.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+HEADER = struct.Struct("<I")
+#: A frame larger than this is refused: a corrupt or hostile length field must not make a
+#: peer allocate gigabytes.  Large values never travel inline; they go through the store.
+MAX_FRAME_BYTES = 512 * 1024 * 1024
+
+
+class ProtocolError(ConnectionError):
+    """A peer sent bytes that are not a valid frame of this protocol."""
+
+
+_packer_options = {"use_bin_type": True}
+_unpacker_options = {"raw": False, "strict_map_key": False}
+
+
+def encode(msgs: list[dict]) -> bytes:
+    payload = msgpack.packb(msgs, **_packer_options)
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = HEADER.unpack(header)
+    if n > MAX_FRAME_BYTES:
+        raise ProtocolError(f"peer announced a frame of {n} bytes, over the {MAX_FRAME_BYTES}-byte limit")
+    return n
+
+
+def decode(payload: bytes) -> list[dict]:
+    try:
+        msgs = msgpack.unpackb(payload, **_unpacker_options)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable frame ({type(e).__name__}: {e})") from None
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) and "op" in m for m in msgs):
+        raise ProtocolError("frame is not a list of messages with an 'op'")
+    return msgs

@@ -1,0 +1,153 @@
+"""Connections between processes: asyncio streams (uvloop when installed), TCP or Unix sockets.
+
+Addresses are strings: ``tcp://HOST:PORT`` or ``unix:///path/to/socket``.  A ``Comm``
+reads whole frames (each a batch of messages) and sends batches.  ``send`` never waits:
+messages queued during one turn of the event loop leave together in one frame on the
+next turn, which is what keeps thousands of tiny task messages cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from runtime.comm import codec
+
+logger = logging.getLogger(__name__)
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """``tcp://h:p`` -> ("tcp", h, p); ``unix:///p`` -> ("unix", p, 0).  Errors name the address."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("tcp", "unix"):
+        raise ValueError(f"address {address!r} must look like tcp://HOST:PORT or unix:///PATH")
+    if scheme == "unix":
+        return "unix", rest, 0
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {address!r} has no numeric port (expected tcp://HOST:PORT)")
+    return "tcp", host.strip("[]"), int(port)
+
+
+class Comm:
+    """One open connection.  Not thread-safe: use it from its event loop only."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str):
+        self.reader = reader
+        self.writer = writer
+        #: who is on the other side, for log lines and errors
+        self.peer = peer
+        self._outbox: list[dict] = []
+        self._flush_scheduled = False
+        self.closed = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def read(self) -> list[dict]:
+        """The next batch of messages.  Raises ``ConnectionError`` when the peer is gone."""
+        try:
+            header = await self.reader.readexactly(codec.HEADER.size)
+            payload = await self.reader.readexactly(codec.frame_length(header))
+        except asyncio.IncompleteReadError:
+            self.closed = True
+            raise ConnectionResetError(f"connection to {self.peer} closed") from None
+        return codec.decode(payload)
+
+    def send(self, msg: dict) -> None:
+        """Queue one message; it leaves with the others queued in this loop turn."""
+        if self.closed:
+            return
+        self._outbox.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_many(self, msgs: list[dict]) -> None:
+        if msgs and not self.closed:
+            self._outbox.extend(msgs)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        msgs, self._outbox = self._outbox, []
+        if not msgs or self.closed:
+            return
+        try:
+            self.writer.write(codec.encode(msgs))
+        except (ConnectionError, RuntimeError) as e:
+            logger.debug("dropping %d messages to %s: %s", len(msgs), self.peer, e)
+            self.closed = True
+
+    async def drain(self) -> None:
+        self._flush()
+        await self.writer.drain()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._flush()
+            self.closed = True
+        self.writer.close()
+
+
+async def connect(address: str, timeout: float = 10.0) -> Comm:
+    """Open a connection, retrying until ``timeout`` while the peer is still starting."""
+    scheme, host, port = parse_address(address)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if scheme == "unix":
+                reader, writer = await asyncio.open_unix_connection(host, limit=2**20)
+            else:
+                reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+            return Comm(reader, writer, address)
+        except (ConnectionRefusedError, FileNotFoundError) as e:
+            if loop.time() + delay > deadline:
+                raise ConnectionRefusedError(f"nothing answers at {address} after {timeout:g}s ({e})") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+Handler = Callable[[Comm], Awaitable[None]]
+
+
+async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer, str]:
+    """Serve ``handler`` for each new connection; returns the server and the bound address.
+
+    ``tcp://127.0.0.1:0`` picks a free port; the returned address names it.
+    """
+    scheme, host, port = parse_address(address)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or "unix-peer"
+        comm = Comm(reader, writer, str(peer))
+        try:
+            await handler(comm)
+        except ConnectionError:
+            pass
+        except Exception:
+            logger.exception("handler for %s failed", comm.peer)
+        finally:
+            comm.close()
+
+    if scheme == "unix":
+        server = await asyncio.start_unix_server(on_connect, host, limit=2**20)
+        return server, address
+    server = await asyncio.start_server(on_connect, host, port, limit=2**20)
+    bound_port = server.sockets[0].getsockname()[1]
+    return server, f"tcp://{host}:{bound_port}"
+
+
+def install_uvloop() -> None:
+    """Use uvloop's faster event loop for ``asyncio.run`` in this process when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

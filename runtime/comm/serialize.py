@@ -1,0 +1,102 @@
+"""Turning values and task arguments into bytes and back.
+
+Everything is pickle protocol 5 (cloudpickle for functions and closures).  Two shapes:
+
+* ``dumps_args`` pickles a task's ``(args, kwargs)``.  A ``Future`` found at any depth is
+  written as a reference to its key and collected as a dependency; on the worker
+  ``loads_args`` puts the dependency's value in its place.
+* ``dumps_value`` pickles a result or a ``put`` value with its large buffers kept out of
+  band, so the object store can lay them out for zero-copy reads.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+
+_local = threading.local()
+
+
+class SerializationError(TypeError):
+    """A value could not be pickled; the message names which one and why."""
+
+
+def dumps(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def loads(data: bytes | memoryview, buffers: list | None = None) -> Any:
+    return pickle.loads(data, buffers=buffers)
+
+
+def dumps_function(func: Any) -> bytes:
+    try:
+        return cloudpickle.dumps(func, protocol=5)
+    except Exception as e:
+        raise SerializationError(f"cannot pickle function {getattr(func, '__qualname__', func)!r}: {e}") from e
+
+
+def dumps_args(func_name: str, args: tuple, kwargs: dict) -> tuple[bytes, dict[str, Any]]:
+    """Pickle ``(args, kwargs)``; returns the bytes and ``{key: future}`` of futures inside."""
+    deps: dict[str, Any] = {}
+    _local.collecting = deps
+    try:
+        data = cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as e:
+        raise _name_bad_argument(func_name, args, kwargs, e) from e
+    finally:
+        _local.collecting = None
+    return data, deps
+
+
+def _name_bad_argument(func_name: str, args: tuple, kwargs: dict, error: Exception) -> SerializationError:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as e:
+            return SerializationError(f"{label} of {func_name}() cannot be pickled ({type(value).__name__}): {e}")
+    return SerializationError(f"the arguments of {func_name}() cannot be pickled: {error}")
+
+
+def reduce_future(future: Any) -> tuple:
+    """``Future.__reduce__``: record the key as a dependency while pickling task arguments."""
+    key = future.key
+    deps = getattr(_local, "collecting", None)
+    if deps is None:
+        raise SerializationError(
+            f"future {key!r} can be passed as a task argument (at any depth), "
+            "but not stored inside put() values or task results"
+        )
+    deps[key] = future
+    return _resolve_future, (key,)
+
+
+def _resolve_future(key: str) -> Any:
+    return _local.values[key]
+
+
+def loads_args(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
+    """Unpickle arguments, putting ``values[key]`` where a future with that key was."""
+    _local.values = values
+    try:
+        return pickle.loads(data)
+    finally:
+        _local.values = None
+
+
+def dumps_value(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle with large buffers out of band: ``(pickle_bytes, buffers)``."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    except Exception as e:
+        raise SerializationError(f"cannot pickle value of type {type(obj).__name__}: {e}") from e
+    return data, buffers
+
+
+def buffers_nbytes(buffers: list[pickle.PickleBuffer]) -> int:
+    return sum(memoryview(b).nbytes for b in buffers)

@@ -1,0 +1,46 @@
+"""Where a value travels: inline in messages when small, through the node's store when large.
+
+On the wire a located value is either ``bytes`` (an in-band pickle, small) or
+``[node, nbytes, name]`` (a ``StoreRef``: the object sits in that node's shared-memory store).
+Users cannot tell the two apart: ``decode`` gives the value back either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.comm import serialize
+from runtime.objstore import store
+from runtime.objstore.store import ObjectLostError, StoreRef
+
+#: Values whose pickle and buffers add up to less than this travel inline.
+INLINE_THRESHOLD = 100 * 1024
+
+Located = bytes | list
+
+
+def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int = INLINE_THRESHOLD) -> tuple[Located, int]:
+    """Serialize ``obj``; returns its wire form and its size in bytes."""
+    data, buffers = serialize.dumps_value(obj)
+    nbytes = len(data) + serialize.buffers_nbytes(buffers)
+    if nbytes < threshold:
+        if buffers:  # small enough to carry the buffers in band
+            data = serialize.dumps(obj)
+        return data, len(data)
+    if not prefix:
+        raise store.ObjectStoreUnavailableError(
+            f"value for {key!r} is {nbytes} bytes, over the {threshold}-byte inline limit, "
+            "and this process has no node store to put it in (no node agent runs on this host)"
+        )
+    name = store.new_name(prefix, key)
+    nbytes = store.write(name, data, buffers)
+    return StoreRef(node, nbytes, name).to_wire(), nbytes
+
+
+def decode(located: Located, *, key: str, node: str) -> Any:
+    if isinstance(located, bytes):
+        return serialize.loads(located)
+    where = located[0]
+    if where != node:
+        raise ObjectLostError(f"object {key!r} is in the store of node {where!r}; this process is on node {node!r}")
+    return store.read(located[2], key)

@@ -1,0 +1,60 @@
+"""What every runtime process (scheduler, node agent, worker) does the same way.
+
+Parent-death detection is a pipe: a parent starts its child with ``stdin=PIPE`` and keeps
+the write end.  When the parent exits for any reason, SIGKILL included, the kernel closes
+that end and the child reads EOF on stdin, then shuts itself down.  Nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+
+def configure_logging(name: str) -> None:
+    level = os.environ.get("RUNTIME_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {name}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def watch_parent(on_gone: Callable[[], None]) -> None:
+    """Call ``on_gone`` once stdin reaches EOF (the parent holding its pipe is gone)."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            on_gone()
+
+    loop.add_reader(fd, readable)
+
+
+def on_signals(handler: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler)
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'exit code 3' or 'signal 9 (SIGKILL)': how a child process ended, in words."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exit code {returncode}"

@@ -1,0 +1,49 @@
+"""``python -m runtime.scheduler --address ADDR``: run a scheduler until told to stop.
+
+Prints ``ADDRESS <addr>`` on stdout once listening.  With ``--watch-parent`` it exits when
+its stdin closes (the process that started it is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from runtime import procutil
+from runtime.comm.core import install_uvloop
+from runtime.scheduler.server import Scheduler
+
+
+async def _main(args: argparse.Namespace) -> None:
+    scheduler = Scheduler(validate=args.validate, allowed_failures=args.allowed_failures)
+    address = await scheduler.start(args.address)
+    print(f"ADDRESS {address}", flush=True)
+    stop = lambda: asyncio.ensure_future(scheduler.close())  # noqa: E731
+    procutil.on_signals(stop)
+    if args.watch_parent:
+        procutil.watch_parent(stop)
+    await scheduler.closed.wait()
+    if address.startswith("unix://"):
+        try:
+            os.unlink(address[len("unix://") :])
+        except FileNotFoundError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.scheduler")
+    parser.add_argument("--address", default="tcp://127.0.0.1:8786")
+    parser.add_argument("--watch-parent", action="store_true")
+    parser.add_argument("--validate", action="store_true", default=os.environ.get("RUNTIME_VALIDATE") == "1")
+    parser.add_argument("--allowed-failures", type=int, default=3)
+    args = parser.parse_args(argv)
+    procutil.configure_logging("scheduler")
+    install_uvloop()
+    asyncio.run(_main(args))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

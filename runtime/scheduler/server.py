@@ -1,0 +1,140 @@
+"""The scheduler's I/O shell: connections in, stimuli to the state machine, messages out.
+
+Every connection starts with one ``register-*`` message saying who it is (client, worker
+or node agent).  After that, each message whose ``op`` names a stimulus becomes one and
+goes to ``SchedulerState.handle``; the messages it returns are queued on the right
+connections and leave batched (``Comm.send``).  A few ops are queries answered on the
+same connection (``reply`` with the request's ``reqid``).  A closed connection is itself a
+stimulus: ``remove-client``, ``remove-worker`` or ``remove-node``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from runtime.comm.core import Comm, listen
+from runtime.scheduler import stimuli as st
+from runtime.scheduler.state import Msgs, SchedulerState
+
+logger = logging.getLogger("runtime.scheduler")
+
+
+def _update_graph(m: dict, peer: str, sid: str) -> st.Stimulus:
+    tasks = tuple(st.TaskSpec(t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5]) for t in m["tasks"])
+    return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0))
+
+
+#: op -> how to build its stimulus from (message, the sender's id, stimulus id)
+_STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
+    "update-graph": _update_graph,
+    "update-data": lambda m, peer, sid: st.UpdateData(sid, peer, m["key"], m["value"], m["nbytes"]),
+    "release-keys": lambda m, peer, sid: st.ClientReleasesKeys(sid, peer, tuple(m["keys"])),
+    "task-finished": lambda m, peer, sid: st.TaskFinished(
+        sid, m["key"], peer, m["value"], m["nbytes"], m.get("start", 0.0), m.get("stop", 0.0)
+    ),
+    "task-erred": lambda m, peer, sid: st.TaskErred(
+        sid, m["key"], peer, m["exception"], m["traceback"], m["text"], m.get("start", 0.0), m.get("stop", 0.0)
+    ),
+}
+
+
+class Scheduler:
+    """Holds a ``SchedulerState`` and performs what it returns."""
+
+    def __init__(self, *, validate: bool = False, allowed_failures: int = 3):
+        self.state = SchedulerState(validate=validate, allowed_failures=allowed_failures)
+        #: open connections by client id, worker address or node id
+        self.comms: dict[str, Comm] = {}
+        #: what each node agent told us about itself (store prefix, host, pid)
+        self.node_info: dict[str, dict] = {}
+        self.address = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._ids = itertools.count()
+        self.closed = asyncio.Event()
+
+    async def start(self, address: str) -> str:
+        self._server, self.address = await listen(address, self._handle_comm)
+        logger.info("scheduler listening at %s", self.address)
+        return self.address
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for comm in list(self.comms.values()):
+            comm.close()
+        self.closed.set()
+
+    def handle_stimulus(self, stimulus: st.Stimulus) -> None:
+        client_msgs, worker_msgs = self.state.handle(stimulus)
+        self._send(client_msgs)
+        self._send(worker_msgs)
+
+    def _send(self, msgs: Msgs) -> None:
+        for peer, batch in msgs.items():
+            comm = self.comms.get(peer)
+            if comm is not None:
+                comm.send_many(batch)
+
+    async def _handle_comm(self, comm: Comm) -> None:
+        first = (await comm.read())[0]
+        op = first["op"]
+        if op == "register-client":
+            peer = first["client"]
+            added: st.Stimulus = st.AddClient(f"add-client-{peer}", peer)
+            removed: Callable[[], st.Stimulus] = lambda: st.RemoveClient(f"remove-client-{peer}", peer)  # noqa: E731
+        elif op == "register-worker":
+            peer = first["address"]
+            added = st.AddWorker(f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0))
+            removed = lambda: st.RemoveWorker(f"remove-worker-{peer}", peer, "its connection closed")  # noqa: E731
+        elif op == "register-node":
+            peer = first["node"]
+            self.node_info[peer] = first
+            added = st.AddNode(f"add-node-{peer}", peer)
+            removed = lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")  # noqa: E731
+        else:
+            logger.warning("dropping connection from %s: first message was %r, not a registration", comm.peer, op)
+            return
+        self.comms[peer] = comm
+        comm.send({"op": "registered", "scheduler": self.address})
+        self.handle_stimulus(added)
+        try:
+            await self._read_loop(comm, peer)
+        finally:
+            if self.comms.get(peer) is comm:
+                del self.comms[peer]
+            self.node_info.pop(peer, None)
+            if not self.closed.is_set():
+                self.handle_stimulus(removed())
+
+    async def _read_loop(self, comm: Comm, peer: str) -> None:
+        ids = self._ids
+        while True:
+            for msg in await comm.read():
+                op = msg["op"]
+                make = _STIMULI.get(op)
+                if make is not None:
+                    self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
+                elif op == "request":
+                    comm.send({"op": "reply", "reqid": msg["reqid"], "result": self._query(msg)})
+                elif op == "close-cluster":
+                    self._send({p: [{"op": "close"}] for p in self.node_info})
+                else:
+                    logger.warning("ignoring unknown op %r from %s", op, peer)
+
+    def _query(self, msg: dict) -> Any:
+        what = msg["what"]
+        if what == "identity":
+            return {
+                "address": self.address,
+                "nodes": self.node_info,
+                "workers": {a: {"node": w.node, "nthreads": w.nthreads, "pid": w.pid} for a, w in self.state.workers.items()},
+            }
+        if what == "story":
+            return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
+        if what == "task-states":
+            return {k: ts.state for k, ts in self.state.tasks.items()}
+        return {"error": f"unknown query {what!r}"}

@@ -1,0 +1,128 @@
+"""Stimuli: the events that change the scheduler's state, one frozen class per kind.
+
+The I/O shell builds one from each incoming message (``from_msg``) and hands it to
+``SchedulerState.handle``.  Every stimulus carries a ``stimulus_id`` so that each
+transition it causes can be traced back to it (``SchedulerState.story``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Stimulus:
+    op: ClassVar[str] = ""
+    stimulus_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of an ``update-graph``: how to run it and what it needs."""
+
+    key: str
+    #: serialized (callable, (args, kwargs)); the scheduler never unpickles it
+    run_spec: tuple[bytes, bytes]
+    dependencies: tuple[str, ...] = ()
+    retries: int = 0
+    #: the name shared by tasks of one function, for duration estimates and display
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateGraph(Stimulus):
+    op: ClassVar[str] = "update-graph"
+    client: str
+    tasks: tuple[TaskSpec, ...]
+    #: keys the client holds futures for
+    wanted: tuple[str, ...]
+    #: user priority: higher runs first
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateData(Stimulus):
+    """A client put a value: it is in memory at once, without a task."""
+
+    op: ClassVar[str] = "update-data"
+    client: str
+    key: str
+    value: Any  # wire form of a located value (inline bytes or [node, nbytes])
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished(Stimulus):
+    op: ClassVar[str] = "task-finished"
+    key: str
+    worker: str
+    value: Any
+    nbytes: int
+    start: float = 0.0
+    stop: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskErred(Stimulus):
+    op: ClassVar[str] = "task-erred"
+    key: str
+    worker: str
+    exception: bytes  # the pickled exception
+    traceback: str  # the remote traceback, as text
+    exception_text: str  # str(exception), for messages and status pages
+    start: float = 0.0
+    stop: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AddWorker(Stimulus):
+    op: ClassVar[str] = "add-worker"
+    address: str
+    node: str
+    nthreads: int = 1
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveWorker(Stimulus):
+    op: ClassVar[str] = "remove-worker"
+    address: str
+    #: why it left, in words a user can act on (exit code, signal, ...)
+    cause: str = "connection closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AddNode(Stimulus):
+    """A node agent joined: its store can hold objects."""
+
+    op: ClassVar[str] = "add-node"
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNode(Stimulus):
+    """A node agent left: what only its store held is lost."""
+
+    op: ClassVar[str] = "remove-node"
+    node: str
+    cause: str = "connection closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AddClient(Stimulus):
+    op: ClassVar[str] = "add-client"
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveClient(Stimulus):
+    op: ClassVar[str] = "remove-client"
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReleasesKeys(Stimulus):
+    op: ClassVar[str] = "release-keys"
+    client: str
+    keys: tuple[str, ...] = field(default=())

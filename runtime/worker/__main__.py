@@ -1,0 +1,41 @@
+"""``python -m runtime.worker``: one worker process, started by its node agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from runtime import procutil
+from runtime.comm.core import install_uvloop
+from runtime.worker.worker import Worker
+
+
+async def _main(args: argparse.Namespace) -> None:
+    worker = Worker(args.scheduler, args.node, args.prefix, f"{args.name}-{os.getpid()}", args.nthreads)
+    procutil.on_signals(worker.stop)
+    if args.watch_parent:
+        procutil.watch_parent(worker.stop)
+    run = asyncio.ensure_future(worker.run())
+    await worker.closed.wait()
+    run.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker")
+    parser.add_argument("--scheduler", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--nthreads", type=int, default=1)
+    parser.add_argument("--watch-parent", action="store_true")
+    args = parser.parse_args()
+    procutil.configure_logging("worker")
+    install_uvloop()
+    asyncio.run(_main(args))
+    # Executor threads may still be inside user code; do not wait for them.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The node agent: one per node; owns the node's object store and runs its workers.
+
+It starts ``num_workers`` worker processes, restarts one that dies (with backoff), frees
+store objects when the scheduler says they are released, and on the way out stops its
+workers and removes every object of its store.  It leaves when its parent's pipe closes
+(the driver of an embedded cluster is gone, even by SIGKILL), when the scheduler goes
+away, or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import argparse
+import socket
+import sys
+
+from runtime import procutil
+from runtime.comm.core import Comm, connect
+from runtime.objstore import store
+
+logger = logging.getLogger("runtime.agent")
+
+RESTART_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0)
+
+
+def make_prefix() -> str:
+    """A store prefix that names its owner, so a later agent can sweep a dead one's leftovers."""
+    return f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
+
+
+def sweep_dead_stores() -> int:
+    """Remove store objects left by agents whose process is gone (a crash, a power cut)."""
+    removed = 0
+    for entry in os.listdir(store.SHM_DIR):
+        parts = entry.split("-", 2)
+        if len(parts) == 3 and parts[0] == "rt" and parts[1].isdigit() and not _alive(int(parts[1])):
+            removed += store.sweep(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NodeAgent:
+    def __init__(self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str):
+        self.scheduler_address = scheduler
+        self.node = node
+        self.prefix = prefix
+        self.num_workers = num_workers
+        self.log_dir = log_dir
+        self.comm: Comm | None = None
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+        self.closed = asyncio.Event()
+
+    async def run(self) -> None:
+        swept = sweep_dead_stores()
+        if swept:
+            logger.info("removed %d store objects left by dead clusters", swept)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.comm = await connect(self.scheduler_address)
+        self.comm.send(
+            {"op": "register-node", "node": self.node, "prefix": self.prefix, "host": socket.gethostname(), "pid": os.getpid()}
+        )
+        supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
+        try:
+            while True:
+                for msg in await self.comm.read():
+                    op = msg["op"]
+                    if op == "free-objects":
+                        for name in msg["names"]:
+                            store.free(name)
+                    elif op == "close":
+                        return
+                    elif op != "registered":
+                        logger.warning("ignoring unknown op %r", op)
+        except ConnectionError:
+            logger.info("scheduler connection closed; node agent %s stops", self.node)
+        finally:
+            for s in supervisors:
+                s.cancel()
+            await self.stop()
+
+    async def _supervise(self, index: int) -> None:
+        """Keep worker ``index`` running; restart it when it dies, with backoff."""
+        failures = 0
+        while not self._stopping:
+            log = open(os.path.join(self.log_dir, f"worker-{index}.log"), "ab")
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
+                    "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
+                    "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
+                )  # fmt: skip
+            finally:
+                log.close()
+            self.procs[index] = proc
+            started = asyncio.get_running_loop().time()
+            code = await proc.wait()
+            self.procs.pop(index, None)
+            if self._stopping:
+                return
+            logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, procutil.describe_exit(code))
+            lived = asyncio.get_running_loop().time() - started
+            failures = 0 if lived > 10 else failures + 1
+            await asyncio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        procs = list(self.procs.values())
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout=3)
+        except asyncio.TimeoutError:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+        n = store.sweep(self.prefix)
+        logger.info("node agent %s stopped %d workers and freed %d objects", self.node, len(procs), n)
+        if self.comm is not None:
+            self.comm.close()
+        self.closed.set()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    agent = NodeAgent(args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir)
+    stop = lambda: asyncio.ensure_future(agent.stop())  # noqa: E731
+    procutil.on_signals(stop)
+    if args.watch_parent:
+        procutil.watch_parent(stop)
+    run = asyncio.ensure_future(agent.run())
+    await agent.closed.wait()
+    run.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker.agent")
+    parser.add_argument("--scheduler", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--watch-parent", action="store_true")
+    args = parser.parse_args()
+    procutil.configure_logging("agent")
+    from runtime.comm.core import install_uvloop
+
+    install_uvloop()
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

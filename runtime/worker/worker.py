@@ -1,0 +1,170 @@
+"""A worker process: runs the tasks the scheduler sends it, one per thread.
+
+::
+
+    scheduler ──compute-task──► event loop ──► ready heap (by priority)
+                                                   │  executor thread(s):
+                                                   ▼  deps from message / node store,
+                                                      run, result inline or into store
+    scheduler ◄──task-finished / task-erred── event loop ◄── done queue
+
+The event loop thread only moves messages; tasks run on executor threads, so the worker
+keeps reading (cancellations, later heartbeats) while user code runs.  Results are not
+kept here: small ones go back inline, large ones into the node's shared-memory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from runtime.comm import serialize
+from runtime.comm.core import Comm, connect
+from runtime.errors import TaskError
+from runtime.objstore import values
+
+logger = logging.getLogger("runtime.worker")
+
+
+class Worker:
+    def __init__(self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1):
+        self.scheduler_address = scheduler
+        #: the node (agent and store) this worker belongs to
+        self.node = node
+        #: the node store's object-name prefix
+        self.prefix = prefix
+        #: this worker's id with the scheduler
+        self.address = name
+        self.nthreads = nthreads
+        self.comm: Comm | None = None
+        #: tasks received and not started: (priority, arrival, message)
+        self._ready: list[tuple[Any, int, dict]] = []
+        self._ready_cv = threading.Condition()
+        self._arrivals = itertools.count()
+        self._cancelled: set[str] = set()
+        #: finished-task messages waiting for the event loop to send them
+        self._done: deque[dict] = deque()
+        self._wakeup_pending = False
+        self._functions: dict[bytes, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.closed = asyncio.Event()
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.comm = await connect(self.scheduler_address)
+        self.comm.send(
+            {"op": "register-worker", "address": self.address, "node": self.node, "nthreads": self.nthreads, "pid": os.getpid()}
+        )
+        for i in range(self.nthreads):
+            threading.Thread(target=self._executor, name=f"executor-{i}", daemon=True).start()
+        try:
+            while True:
+                for msg in await self.comm.read():
+                    self._handle(msg)
+        except ConnectionError:
+            logger.info("scheduler connection closed; worker %s exits", self.address)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stopping = True
+        with self._ready_cv:
+            self._ready_cv.notify_all()
+        self.closed.set()
+
+    def _handle(self, msg: dict) -> None:
+        op = msg["op"]
+        if op == "compute-task":
+            with self._ready_cv:
+                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
+                self._ready_cv.notify()
+        elif op == "cancel-compute":
+            self._cancelled.add(msg["key"])
+        elif op == "registered":
+            pass
+        else:
+            logger.warning("ignoring unknown op %r", op)
+
+    # -- executor threads ------------------------------------------------------------
+
+    def _executor(self) -> None:
+        while True:
+            with self._ready_cv:
+                while not self._ready and not self._stopping:
+                    self._ready_cv.wait()
+                if self._stopping:
+                    return
+                _, _, msg = heapq.heappop(self._ready)
+            key = msg["key"]
+            if key in self._cancelled:
+                self._cancelled.discard(key)
+                continue
+            self._post(self.execute(msg))
+
+    def execute(self, msg: dict) -> dict:
+        """Run one task; returns the task-finished or task-erred message."""
+        key = msg["key"]
+        start = time.time()
+        try:
+            func_bytes, args_bytes = msg["run_spec"]
+            func = self._functions.get(func_bytes)
+            if func is None:
+                func = self._functions[func_bytes] = serialize.loads(func_bytes)
+            deps = {k: values.decode(v, key=k, node=self.node) for k, v in msg["deps"].items()}
+            args, kwargs = serialize.loads_args(args_bytes, deps)
+            del deps
+            result = func(*args, **kwargs)
+            del args, kwargs
+            value, nbytes = values.encode(result, key=key, prefix=self.prefix, node=self.node)
+            return {"op": "task-finished", "key": key, "value": value, "nbytes": nbytes, "start": start, "stop": time.time()}
+        except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) and self._stopping:
+                raise
+            return _erred_message(key, e, start)
+
+    def _post(self, msg: dict) -> None:
+        """Hand a result to the event loop thread; one wake-up serves many results."""
+        self._done.append(msg)
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._flush_done)
+            except RuntimeError:  # loop closed while shutting down
+                pass
+
+    def _flush_done(self) -> None:
+        self._wakeup_pending = False
+        batch = []
+        while self._done:
+            batch.append(self._done.popleft())
+        if self.comm is not None:
+            self.comm.send_many(batch)
+
+
+def _erred_message(key: str, e: BaseException, start: float) -> dict:
+    tb = "".join(traceback.format_exception(e))
+    try:
+        exc_bytes = serialize.dumps(e)
+        serialize.loads(exc_bytes)  # an exception that pickles but cannot be rebuilt is no use
+    except Exception:
+        exc_bytes = pickle.dumps(TaskError(f"{type(e).__qualname__}: {e}"))
+    return {
+        "op": "task-erred",
+        "key": key,
+        "exception": exc_bytes,
+        "traceback": tb,
+        "text": f"{type(e).__name__}: {e}",
+        "start": start,
+        "stop": time.time(),
+    }
