@@ -28,7 +28,7 @@ from typing import Any
 
 from runtime.client.future import ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
-from runtime.comm.core import Comm, connect
+from runtime.comm.core import Comm, connect, new_event_loop
 from runtime.errors import GetTimeoutError
 from runtime.objstore import values
 
@@ -54,7 +54,7 @@ class Client:
         self._closed = False
         self._lost: str | None = None
         self.comm: Comm | None = None
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
         self._call(self._connect(timeout), timeout + 5)
@@ -201,6 +201,14 @@ class Client:
             return await fut
 
         return self._call(ask(), timeout)
+
+    def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
+        """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (have := len(self.request("identity")["workers"])) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
+            time.sleep(0.02)
 
     def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
         """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""

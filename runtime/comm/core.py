@@ -144,6 +144,15 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     return server, f"tcp://{host}:{bound_port}"
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop when uvloop is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def install_uvloop() -> None:
     """Use uvloop's faster event loop for ``asyncio.run`` in this process when available."""
     try:

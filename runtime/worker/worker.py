@@ -50,7 +50,8 @@ class Worker:
         self._ready: list[tuple[Any, int, dict]] = []
         self._ready_cv = threading.Condition()
         self._arrivals = itertools.count()
-        self._cancelled: set[str] = set()
+        #: the compute-task message each queued key will run with; a cancel removes it
+        self._live: dict[str, dict] = {}
         #: finished-task messages waiting for the event loop to send them
         self._done: deque[dict] = deque()
         self._wakeup_pending = False
@@ -86,10 +87,12 @@ class Worker:
         op = msg["op"]
         if op == "compute-task":
             with self._ready_cv:
+                self._live[msg["key"]] = msg
                 heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
                 self._ready_cv.notify()
         elif op == "cancel-compute":
-            self._cancelled.add(msg["key"])
+            with self._ready_cv:
+                self._live.pop(msg["key"], None)
         elif op == "registered":
             pass
         else:
@@ -105,10 +108,9 @@ class Worker:
                 if self._stopping:
                     return
                 _, _, msg = heapq.heappop(self._ready)
-            key = msg["key"]
-            if key in self._cancelled:
-                self._cancelled.discard(key)
-                continue
+                if self._live.get(msg["key"]) is not msg:
+                    continue  # cancelled, or superseded by a later compute-task
+                del self._live[msg["key"]]
             self._post(self.execute(msg))
 
     def execute(self, msg: dict) -> dict:

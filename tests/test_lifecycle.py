@@ -1,0 +1,132 @@
+"""Start-up and shut-down of an embedded cluster, and what it leaves behind (nothing).
+
+Each test runs a driver script in its own interpreter, so the driver can exit without
+shutdown() or be killed with SIGKILL, then checks processes, sockets and /dev/shm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import runtime as rt
+
+DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import runtime as rt
+
+    @rt.remote
+    def inc(x):
+        return x + 1
+
+    {init}
+    big = rt.put(np.ones(1_000_000))           # in the store
+    assert rt.get(inc.remote(inc.remote(1))) == 3
+    r = rt.api.context.current_runtime()
+    r.client.wait_for_workers(r.cluster.n_workers)
+    ident = r.client.request("identity")
+    print(json.dumps({{
+        "pids": [r.cluster.scheduler_proc.pid, r.cluster.agent_proc.pid] + [w["pid"] for w in ident["workers"].values()],
+        "session_dir": r.cluster.session_dir,
+        "prefix": r.cluster.prefix,
+        "nworkers": len(ident["workers"]),
+    }}), flush=True)
+    {end}
+    """
+)
+
+
+def _start_driver(init: str = "rt.init(num_workers=2)", end: str = "") -> tuple[subprocess.Popen, dict]:
+    script = DRIVER.format(init=init, end=end)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"driver failed: {proc.communicate()[1]}")
+    return proc, json.loads(line)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _assert_nothing_left(info: dict, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(_gone(p) for p in info["pids"]):
+            break
+        time.sleep(0.05)
+    alive = [p for p in info["pids"] if not _gone(p)]
+    assert not alive, f"processes left running: {alive}"
+    shm = [f for f in os.listdir("/dev/shm") if f.startswith(info["prefix"])]
+    assert not shm, f"shared memory left: {shm}"
+    sock = os.path.join(info["session_dir"], "scheduler.sock")
+    assert not os.path.exists(sock), "scheduler socket left"
+
+
+def test_shutdown_leaves_nothing_behind():
+    proc, info = _start_driver(end="rt.shutdown()")
+    assert proc.wait(30) == 0
+    assert info["nworkers"] == 2
+    _assert_nothing_left(info)
+    assert not os.path.exists(info["session_dir"])
+
+
+def test_exit_without_shutdown_leaves_nothing_behind():
+    proc, info = _start_driver(end="")  # atexit does the shutdown
+    assert proc.wait(30) == 0
+    _assert_nothing_left(info)
+
+
+def test_sigkilled_driver_leaves_nothing_behind():
+    proc, info = _start_driver(end="import time; time.sleep(60)")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _assert_nothing_left(info)
+
+
+def test_api_before_init_starts_a_local_cluster():
+    proc, info = _start_driver(init="", end="rt.shutdown()")
+    assert proc.wait(30) == 0
+    assert info["nworkers"] == os.cpu_count()
+    _assert_nothing_left(info)
+
+
+@rt.remote
+def inc(x):
+    return x + 1
+
+
+def test_init_with_address_joins_a_running_cluster():
+    with rt.LocalCluster(n_workers=1) as cluster:
+        rt.init(address=cluster.scheduler_address)
+        try:
+            assert rt.get(inc.remote(41)) == 42
+            assert rt.get(rt.put([1, 2])) == [1, 2]
+        finally:
+            rt.shutdown()
+    assert not os.path.exists(cluster.session_dir)
+
+
+def test_address_that_does_not_answer_fails_clearly(tmp_path):
+    with pytest.raises(ConnectionRefusedError, match="nothing answers at unix://"):
+        rt.Client(f"unix://{tmp_path}/nothing.sock", timeout=0.5)
+    with pytest.raises(ValueError, match="must look like tcp://HOST:PORT"):
+        rt.Client("localhost:8786")
+
+
+def test_shutdown_twice_is_harmless():
+    rt.shutdown()
+    rt.shutdown()

@@ -1,0 +1,261 @@
+"""The scheduler's state machine, driven directly: no processes, no sockets.
+
+Small factories build stimuli; each test checks the state and the messages returned.
+Every SchedulerState here has validate=True, so each transition is checked too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+
+from runtime.errors import KilledWorker
+from runtime.scheduler import stimuli as st
+from runtime.scheduler.state import ALL_TASK_STATES, InvalidTransition, SchedulerState
+
+_ids = itertools.count()
+
+
+def sid() -> str:
+    return f"test-{next(_ids)}"
+
+
+def task(key: str, *deps: str, retries: int = 0) -> st.TaskSpec:
+    return st.TaskSpec(key, (b"func", b"args"), tuple(deps), retries, key.split("-")[0])
+
+
+def graph(*tasks: st.TaskSpec, wanted: tuple[str, ...] | None = None, client: str = "c1", priority: int = 0):
+    keys = tuple(t.key for t in tasks) if wanted is None else wanted
+    return st.UpdateGraph(sid(), client, tasks, keys, priority)
+
+
+def finished(key: str, worker: str, value: object = b"v", nbytes: int = 1) -> st.TaskFinished:
+    return st.TaskFinished(sid(), key, worker, value, nbytes, 0.0, 0.001)
+
+
+def erred(key: str, worker: str, exc: Exception | None = None) -> st.TaskErred:
+    exc = exc or ValueError("boom")
+    return st.TaskErred(sid(), key, worker, pickle.dumps(exc), "Traceback: boom", f"{type(exc).__name__}: {exc}")
+
+
+def add_worker(s: SchedulerState, address: str = "w1", node: str = "n1", nthreads: int = 1):
+    s.handle(st.AddNode(sid(), node))
+    return s.handle(st.AddWorker(sid(), address, node, nthreads))
+
+
+@pytest.fixture
+def s() -> SchedulerState:
+    state = SchedulerState(validate=True)
+    state.handle(st.AddClient(sid(), "c1"))
+    return state
+
+
+def compute_keys(worker_msgs: dict, worker: str) -> list[str]:
+    return [m["key"] for m in worker_msgs.get(worker, []) if m["op"] == "compute-task"]
+
+
+def test_names_from_the_specification():
+    assert ALL_TASK_STATES == {"released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"}
+
+
+def test_task_runs_and_result_reaches_the_client(s):
+    add_worker(s)
+    _, wmsgs = s.handle(graph(task("inc-1")))
+    assert compute_keys(wmsgs, "w1") == ["inc-1"]
+    assert s.tasks["inc-1"].state == "processing"
+    cmsgs, _ = s.handle(finished("inc-1", "w1", b"2"))
+    assert cmsgs["c1"] == [{"op": "key-in-memory", "key": "inc-1", "value": b"2", "nbytes": 1}]
+    ts = s.tasks["inc-1"]
+    assert ts.state == "memory" and {w.address for w in ts.who_has} == {"w1"}
+    assert s.workers["w1"].processing == {}
+
+
+def test_dependency_value_travels_with_the_dependent(s):
+    add_worker(s)
+    s.handle(graph(task("a-1"), task("b-1", "a-1"), wanted=("b-1",)))
+    assert s.tasks["b-1"].state == "waiting"
+    _, wmsgs = s.handle(finished("a-1", "w1", b"A"))
+    (msg,) = wmsgs["w1"]
+    assert msg["key"] == "b-1" and msg["deps"] == {"a-1": b"A"}
+    s.handle(finished("b-1", "w1"))
+    # Nobody needs a-1's value any more: released, but remembered while b-1 may need
+    # recomputing; forgotten together with b-1.
+    assert s.tasks["a-1"].state == "released" and s.tasks["a-1"].data is None
+    assert s.tasks["b-1"].state == "memory"
+    s.handle(st.ClientReleasesKeys(sid(), "c1", ("b-1",)))
+    assert s.tasks == {}
+
+
+def test_no_worker_until_a_worker_joins(s):
+    s.handle(graph(task("x-1")))
+    assert s.tasks["x-1"].state == "no-worker"
+    _, wmsgs = add_worker(s)
+    assert compute_keys(wmsgs, "w1") == ["x-1"]
+
+
+def test_release_forgets_results_and_frees_stored_copies(s):
+    add_worker(s)
+    s.handle(graph(task("x-1")))
+    s.handle(finished("x-1", "w1", ["n1", 500_000, "rt-obj"], 500_000))
+    assert s.workers["w1"].nbytes == 500_000
+    _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("x-1",)))
+    assert "x-1" not in s.tasks
+    assert wmsgs["n1"] == [{"op": "free-objects", "names": ["rt-obj"]}]
+    assert s.workers["w1"].nbytes == 0 and not s.nodes["n1"].stored
+
+
+def test_release_of_a_pending_task_cancels_it(s):
+    add_worker(s)
+    s.handle(graph(task("x-1")))
+    _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("x-1",)))
+    assert wmsgs["w1"] == [{"op": "cancel-compute", "key": "x-1"}]
+    assert "x-1" not in s.tasks
+    # Its late result is ignored, and a stored copy of it freed.
+    _, wmsgs = s.handle(finished("x-1", "w1", ["n1", 10, "rt-late"], 10))
+    assert wmsgs == {"n1": [{"op": "free-objects", "names": ["rt-late"]}]}
+
+
+def test_error_reaches_client_and_dependents_with_blame(s):
+    add_worker(s)
+    s.handle(graph(task("a-1"), task("b-1", "a-1"), task("c-1", "b-1"), wanted=("a-1", "c-1")))
+    cmsgs, _ = s.handle(erred("a-1", "w1"))
+    ops = {(m["op"], m["key"], m["blame"]) for m in cmsgs["c1"]}
+    assert ops == {("task-erred", "a-1", "a-1"), ("task-erred", "c-1", "a-1")}
+    assert s.tasks["c-1"].state == "erred" and s.tasks["c-1"].exception_blame is s.tasks["a-1"]
+    assert "ValueError" in s.tasks["a-1"].exception_text
+
+
+def test_retries_rerun_a_task_that_raised(s):
+    add_worker(s)
+    s.handle(graph(task("x-1", retries=1)))
+    _, wmsgs = s.handle(erred("x-1", "w1"))
+    assert compute_keys(wmsgs, "w1") == ["x-1"]
+    assert s.tasks["x-1"].retries == 0
+    cmsgs, _ = s.handle(erred("x-1", "w1"))
+    assert cmsgs["c1"][0]["op"] == "task-erred"
+
+
+def test_worker_death_reschedules_and_marks_suspicious(s):
+    add_worker(s, "w1")
+    add_worker(s, "w2")
+    s.handle(graph(task("x-1")))
+    first = s.tasks["x-1"].processing_on.address
+    other = "w2" if first == "w1" else "w1"
+    _, wmsgs = s.handle(st.RemoveWorker(sid(), first, "killed by signal 9"))
+    assert compute_keys(wmsgs, other) == ["x-1"]
+    assert s.tasks["x-1"].suspicious == 1
+
+
+def test_killed_worker_after_allowed_failures(s):
+    s.allowed_failures = 1
+    for i in range(3):
+        add_worker(s, f"w{i}")
+    s.handle(graph(task("bad-1")))
+    s.handle(st.RemoveWorker(sid(), s.tasks["bad-1"].processing_on.address, "exit code 1"))
+    cmsgs, _ = s.handle(st.RemoveWorker(sid(), s.tasks["bad-1"].processing_on.address, "exit code 1"))
+    assert s.tasks["bad-1"].state == "erred"
+    exc = pickle.loads(cmsgs["c1"][0]["exception"])
+    assert isinstance(exc, KilledWorker) and "bad-1" in str(exc) and "exit code 1" in str(exc)
+
+
+def test_results_survive_their_workers_death(s):
+    add_worker(s, "w1")
+    add_worker(s, "w2")
+    s.handle(graph(task("x-1"), task("y-1")))
+    for key in ("x-1", "y-1"):
+        s.handle(finished(key, s.tasks[key].processing_on.address, ["n1", 10, f"obj-{key}"], 10))
+    s.handle(st.RemoveWorker(sid(), "w1"))
+    assert all(s.tasks[k].state == "memory" for k in ("x-1", "y-1"))
+
+
+def test_losing_a_node_recomputes_what_only_its_store_held(s):
+    add_worker(s, "w1", "n1")
+    add_worker(s, "w2", "n2")
+    s.handle(graph(task("x-1")))
+    ws = s.tasks["x-1"].processing_on
+    s.handle(finished("x-1", ws.address, [ws.node, 10, "obj"], 10))
+    _, wmsgs = s.handle(st.RemoveNode(sid(), ws.node))
+    survivor = "w2" if ws.address == "w1" else "w1"
+    assert compute_keys(wmsgs, survivor) == ["x-1"]
+
+
+def test_unknown_dependency_errs_with_a_clear_message(s):
+    add_worker(s)
+    cmsgs, _ = s.handle(graph(task("b-1", "never-submitted")))
+    assert s.tasks["b-1"].state == "erred"
+    exc = pickle.loads(cmsgs["c1"][0]["exception"])
+    assert isinstance(exc, LookupError) and "never-submitted" in str(exc)
+
+
+def test_client_leaving_releases_what_only_it_wanted(s):
+    add_worker(s)
+    s.handle(st.AddClient(sid(), "c2"))
+    s.handle(graph(task("x-1"), client="c1"))
+    s.handle(graph(task("y-1"), client="c2"))
+    s.handle(st.RemoveClient(sid(), "c1"))
+    assert "x-1" not in s.tasks and "y-1" in s.tasks
+
+
+def test_second_client_wanting_a_finished_key_gets_it(s):
+    add_worker(s)
+    s.handle(graph(task("x-1")))
+    s.handle(finished("x-1", "w1", b"X"))
+    cmsgs, _ = s.handle(graph(task("x-1"), client="c2"))
+    assert cmsgs["c2"][0]["value"] == b"X"
+
+
+def test_put_data_is_in_memory_at_once(s):
+    s.handle(st.AddNode(sid(), "n1"))
+    s.handle(st.UpdateData(sid(), "c1", "put-1", ["n1", 10, "obj"], 10))
+    assert s.tasks["put-1"].state == "memory"
+    add_worker(s)
+    _, wmsgs = s.handle(graph(task("f-1", "put-1")))
+    assert wmsgs["w1"][0]["deps"] == {"put-1": ["n1", 10, "obj"]}
+
+
+def test_placement_prefers_the_node_holding_large_dependencies(s):
+    add_worker(s, "w1", "n1")
+    add_worker(s, "w2", "n2")
+    s.handle(st.UpdateData(sid(), "c1", "big-1", ["n2", 10**9, "obj"], 10**9))
+    _, wmsgs = s.handle(graph(task("f-1", "big-1")))
+    assert compute_keys(wmsgs, "w2") == ["f-1"]
+
+
+def test_placement_spreads_independent_tasks_by_occupancy(s):
+    add_worker(s, "w1")
+    add_worker(s, "w2")
+    _, wmsgs = s.handle(graph(*(task(f"t-{i}") for i in range(10))))
+    assert len(compute_keys(wmsgs, "w1")) == len(compute_keys(wmsgs, "w2")) == 5
+
+
+def test_user_priority_orders_compute_messages(s):
+    add_worker(s)
+    _, low = s.handle(graph(task("low-1"), priority=0))
+    _, high = s.handle(graph(task("high-1"), priority=10))
+    assert high["w1"][0]["priority"] < low["w1"][0]["priority"]
+
+
+def test_invalid_transition_names_key_and_states(s):
+    add_worker(s)
+    s.handle(graph(task("x-1")))
+    with pytest.raises(InvalidTransition, match=r"'x-1' from 'processing' to 'no-worker'"):
+        s._transition(s.tasks["x-1"], "no-worker", "test")
+
+
+def test_story_tells_why_a_task_moved(s):
+    add_worker(s)
+    stim = graph(task("x-1"))
+    s.handle(stim)
+    story = s.story("x-1")
+    assert [(t[1], t[2]) for t in story] == [("released", "waiting"), ("waiting", "processing")]
+    assert {t[4] for t in story} == {stim.stimulus_id}
+
+
+def test_duplicate_worker_messages_are_ignored(s):
+    add_worker(s)
+    s.handle(graph(task("x-1")))
+    s.handle(finished("x-1", "w1"))
+    assert s.handle(finished("x-1", "w1")) == ({}, {})
+    assert s.handle(erred("x-1", "w1")) == ({}, {})
