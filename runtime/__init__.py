@@ -5,11 +5,11 @@ from runtime.api.remote import remote
 from runtime.client.client import Client
 from runtime.client.future import Future, ObjectRef
 from runtime.cluster import LocalCluster
-from runtime.errors import GetTimeoutError, KilledWorker, RemoteTraceback, TaskError
+from runtime.errors import GetTimeoutError, KilledWorker, RemoteTraceback, SchedulerError, TaskError
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
     "Client", "LocalCluster", "Future", "ObjectRef",
-    "GetTimeoutError", "KilledWorker", "RemoteTraceback", "TaskError",
+    "GetTimeoutError", "KilledWorker", "RemoteTraceback", "SchedulerError", "TaskError",
 ]  # fmt: skip
 __version__ = "0.1.0"

@@ -41,3 +41,7 @@ class RemoteTraceback(Exception):
 
 class TaskError(RuntimeError):
     """Stands in for a task's exception when that exception itself cannot be unpickled here."""
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler hit an internal error; pending futures fail with it instead of hanging."""

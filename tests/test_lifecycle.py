@@ -130,3 +130,21 @@ def test_address_that_does_not_answer_fails_clearly(tmp_path):
 def test_shutdown_twice_is_harmless():
     rt.shutdown()
     rt.shutdown()
+
+
+def test_malformed_message_drops_only_that_client_and_its_futures_fail_clearly():
+    with rt.LocalCluster(n_workers=1) as cluster:
+        bad = rt.Client(cluster.scheduler_address)
+        good = rt.Client(cluster.scheduler_address)
+        try:
+            from runtime.comm import serialize
+
+            func = serialize.dumps_function(lambda: 1)
+            pending = bad.submit(serialize.dumps_function(time.sleep), "sleep", (30,), {})
+            bad._send({"op": "update-graph", "tasks": 5, "wanted": []})  # not a list of tasks
+            with pytest.raises(ConnectionError, match="lost the connection to the scheduler"):
+                pending.result(timeout=30)
+            assert good.submit(func, "one", (), {}).result(timeout=30) == 1
+        finally:
+            bad.close()
+            good.close()

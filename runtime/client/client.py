@@ -29,7 +29,7 @@ from typing import Any
 from runtime.client.future import ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
 from runtime.comm.core import Comm, connect, new_event_loop
-from runtime.errors import GetTimeoutError
+from runtime.errors import GetTimeoutError, SchedulerError
 from runtime.objstore import values
 
 logger = logging.getLogger("runtime.client")
@@ -97,16 +97,22 @@ class Client:
             fut = self._requests.pop(msg["reqid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg["result"])
+        elif op == "scheduler-error":
+            self._fail_pending(SchedulerError(msg["text"]))
         elif op != "registered":
             logger.warning("ignoring unknown op %r", op)
 
+    def _fail_pending(self, error: Exception) -> None:
+        """Every future still pending fails with ``error``.  Call with ``_cond`` held."""
+        pickled = serialize.dumps(error)
+        for fs in self._futures.values():
+            if fs.status == PENDING:
+                fs.status, fs.exception = ERRED, pickled
+
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
-        error = serialize.dumps(ConnectionError(reason))
         with self._cond:
-            for fs in self._futures.values():
-                if fs.status == PENDING:
-                    fs.status, fs.exception = ERRED, error
+            self._fail_pending(ConnectionError(reason))
             self._cond.notify_all()
         for fut in self._requests.values():
             if not fut.done():

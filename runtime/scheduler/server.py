@@ -69,7 +69,15 @@ class Scheduler:
         self.closed.set()
 
     def handle_stimulus(self, stimulus: st.Stimulus) -> None:
-        client_msgs, worker_msgs = self.state.handle(stimulus)
+        try:
+            client_msgs, worker_msgs = self.state.handle(stimulus)
+        except Exception as e:
+            # A bug in the state machine (validate=True finds these first).  Say so to every
+            # client, so nobody waits forever on a task this scheduler can no longer track.
+            logger.exception("scheduler state machine failed on %r", stimulus)
+            text = f"the scheduler failed while handling {stimulus.stimulus_id}: {type(e).__name__}: {e}"
+            self._send({c: [{"op": "scheduler-error", "text": text}] for c in self.state.clients})
+            return
         self._send(client_msgs)
         self._send(worker_msgs)
 
