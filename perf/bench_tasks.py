@@ -72,7 +72,11 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-TASK_FUNCS: tuple[Callable[..., Any], ...] = (noop, one, inc, add)
+def getpid() -> int:
+    return os.getpid()
+
+
+TASK_FUNCS: tuple[Callable[..., Any], ...] = (noop, one, inc, add, getpid)
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +281,9 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
         run_noops(adapter, WARMUP.noops)
         run_chain(adapter, WARMUP.chain)
         run_tree(adapter, WARMUP.leaves)
+        # Fairness check: tasks must run in worker processes, not in this driver.
+        task_pids = set(adapter.gather([adapter.submit(getpid) for _ in range(50)]))
+        assert os.getpid() not in task_pids, "tasks ran in the driver process"
 
         n_tree = tree_task_count(sizes.leaves)
         samples: dict[str, list[float]] = {
@@ -288,7 +295,13 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
     finally:
         adapter.shutdown()
     figures = {m.key: m.summarize(samples[m.key]) for m in METRICS}
-    return out | {"status": "ok", "version": adapter.version(), "figures": figures, "samples": samples}
+    return out | {
+        "status": "ok",
+        "version": adapter.version(),
+        "figures": figures,
+        "samples": samples,
+        "task_pids_seen": len(task_pids),
+    }
 
 
 # --------------------------------------------------------------------------
