@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 def configure_logging(name: str) -> None:
@@ -58,3 +59,31 @@ def describe_exit(returncode: int | None) -> str:
             name = "unknown signal"
         return f"killed by signal {-returncode} ({name})"
     return f"exit code {returncode}"
+
+
+def run_process(name: str, main: Coroutine[Any, Any, None]) -> None:
+    """The body of every runtime process: logging, uvloop, then ``main`` to completion."""
+    from runtime.comm.core import install_uvloop
+
+    configure_logging(name)
+    install_uvloop()
+    asyncio.run(main)
+
+
+async def serve_until_closed(
+    run: Coroutine[Any, Any, None] | None, stop: Callable[[], Any], closed: asyncio.Event, watch_parent_pipe: bool
+) -> None:
+    """Run ``run`` until ``closed`` is set; SIGTERM/SIGINT, and stdin EOF when watching, call ``stop``."""
+
+    def stopping() -> None:
+        result = stop()
+        if asyncio.iscoroutine(result):
+            asyncio.ensure_future(result)
+
+    on_signals(stopping)
+    if watch_parent_pipe:
+        watch_parent(stopping)
+    task = asyncio.ensure_future(run) if run is not None else None
+    await closed.wait()
+    if task is not None:
+        task.cancel()

@@ -7,12 +7,10 @@ its stdin closes (the process that started it is gone).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
 from runtime import procutil
-from runtime.comm.core import install_uvloop
 from runtime.scheduler.server import Scheduler
 
 
@@ -20,11 +18,7 @@ async def _main(args: argparse.Namespace) -> None:
     scheduler = Scheduler(validate=args.validate, allowed_failures=args.allowed_failures)
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)
-    stop = lambda: asyncio.ensure_future(scheduler.close())  # noqa: E731
-    procutil.on_signals(stop)
-    if args.watch_parent:
-        procutil.watch_parent(stop)
-    await scheduler.closed.wait()
+    await procutil.serve_until_closed(None, scheduler.close, scheduler.closed, args.watch_parent)
     if address.startswith("unix://"):
         try:
             os.unlink(address[len("unix://") :])
@@ -39,9 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validate", action="store_true", default=os.environ.get("RUNTIME_VALIDATE") == "1")
     parser.add_argument("--allowed-failures", type=int, default=3)
     args = parser.parse_args(argv)
-    procutil.configure_logging("scheduler")
-    install_uvloop()
-    asyncio.run(_main(args))
+    procutil.run_process("scheduler", _main(args))
     sys.exit(0)
 
 

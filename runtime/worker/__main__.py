@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 
 from runtime import procutil
-from runtime.comm.core import install_uvloop
 from runtime.worker.worker import Worker
 
 
 async def _main(args: argparse.Namespace) -> None:
     worker = Worker(args.scheduler, args.node, args.prefix, f"{args.name}-{os.getpid()}", args.nthreads)
-    procutil.on_signals(worker.stop)
-    if args.watch_parent:
-        procutil.watch_parent(worker.stop)
-    run = asyncio.ensure_future(worker.run())
-    await worker.closed.wait()
-    run.cancel()
+    await procutil.serve_until_closed(worker.run(), worker.stop, worker.closed, args.watch_parent)
 
 
 def main() -> None:
@@ -30,9 +23,7 @@ def main() -> None:
     parser.add_argument("--nthreads", type=int, default=1)
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
-    procutil.configure_logging("worker")
-    install_uvloop()
-    asyncio.run(_main(args))
+    procutil.run_process("worker", _main(args))
     # Executor threads may still be inside user code; do not wait for them.
     os._exit(0)
 

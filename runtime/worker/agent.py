@@ -138,13 +138,7 @@ class NodeAgent:
 
 async def _main(args: argparse.Namespace) -> None:
     agent = NodeAgent(args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir)
-    stop = lambda: asyncio.ensure_future(agent.stop())  # noqa: E731
-    procutil.on_signals(stop)
-    if args.watch_parent:
-        procutil.watch_parent(stop)
-    run = asyncio.ensure_future(agent.run())
-    await agent.closed.wait()
-    run.cancel()
+    await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
 
 def main() -> None:
@@ -156,11 +150,7 @@ def main() -> None:
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
-    procutil.configure_logging("agent")
-    from runtime.comm.core import install_uvloop
-
-    install_uvloop()
-    asyncio.run(_main(args))
+    procutil.run_process("agent", _main(args))
 
 
 if __name__ == "__main__":
