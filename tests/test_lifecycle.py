@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
     r.client.wait_for_workers(r.cluster.n_workers)
     ident = r.client.request("identity")
     print(json.dumps({{
-        "pids": [r.cluster.scheduler_proc.pid, r.cluster.agent_proc.pid] + [w["pid"] for w in ident["workers"].values()],
+        "pids": [p.pid for p in r.cluster.processes] + [w["pid"] for w in ident["workers"].values()],
         "session_dir": r.cluster.session_dir,
         "prefix": r.cluster.prefix,
         "nworkers": len(ident["workers"]),

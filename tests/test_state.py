@@ -57,7 +57,16 @@ def compute_keys(worker_msgs: dict, worker: str) -> list[str]:
 
 
 def test_names_from_the_specification():
-    assert ALL_TASK_STATES == {"released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"}
+    assert ALL_TASK_STATES == {
+        "released",
+        "waiting",
+        "no-worker",
+        "queued",
+        "processing",
+        "memory",
+        "erred",
+        "forgotten",
+    }
 
 
 def test_task_runs_and_result_reaches_the_client(s):
@@ -223,11 +232,41 @@ def test_placement_prefers_the_node_holding_large_dependencies(s):
     assert compute_keys(wmsgs, "w2") == ["f-1"]
 
 
-def test_placement_spreads_independent_tasks_by_occupancy(s):
+def test_placement_spreads_independent_tasks_by_occupancy():
+    s = SchedulerState(validate=True, worker_saturation=float("inf"))  # no queuing
     add_worker(s, "w1")
     add_worker(s, "w2")
     _, wmsgs = s.handle(graph(*(task(f"t-{i}") for i in range(10))))
     assert len(compute_keys(wmsgs, "w1")) == len(compute_keys(wmsgs, "w2")) == 5
+
+
+def test_wide_graph_waits_in_queued_and_each_free_slot_takes_the_next(s):
+    add_worker(s, "w1")
+    add_worker(s, "w2")
+    _, wmsgs = s.handle(graph(*(task(f"t-{i}") for i in range(10))))
+    # ceil(1.1 x 1 thread) = 2 slots per worker; the rest waits on the scheduler, in order.
+    sent = compute_keys(wmsgs, "w1") + compute_keys(wmsgs, "w2")
+    assert sorted(sent) == ["t-0", "t-1", "t-2", "t-3"]
+    assert {ts.key for ts in s.queued} == {f"t-{i}" for i in range(4, 10)}
+    assert all(s.tasks[f"t-{i}"].state == "queued" for i in range(4, 10))
+    _, wmsgs = s.handle(finished("t-0", s.tasks["t-0"].processing_on.address))
+    assert compute_keys(wmsgs, "w1") + compute_keys(wmsgs, "w2") == ["t-4"]
+    # A new worker fills its slots from the queue at once.
+    _, wmsgs = add_worker(s, "w3")
+    assert compute_keys(wmsgs, "w3") == ["t-5", "t-6"]
+
+
+def test_queued_tasks_can_be_released_and_erred(s):
+    add_worker(s, "w1")
+    s.handle(
+        graph(*(task(f"t-{i}") for i in range(6)), task("sum-1", *(f"t-{i}" for i in range(6))), wanted=("sum-1",))
+    )
+    assert s.tasks["t-5"].state == "queued"
+    cmsgs, _ = s.handle(erred("t-0", "w1"))
+    assert s.tasks["sum-1"].state == "erred"
+    # Nobody needs the queued inputs of an erred task: they are released, and forgotten with it.
+    s.handle(st.ClientReleasesKeys(sid(), "c1", ("sum-1",)))
+    assert s.tasks == {} and not s.queued
 
 
 def test_user_priority_orders_compute_messages(s):
@@ -259,3 +298,86 @@ def test_duplicate_worker_messages_are_ignored(s):
     s.handle(finished("x-1", "w1"))
     assert s.handle(finished("x-1", "w1")) == ({}, {})
     assert s.handle(erred("x-1", "w1")) == ({}, {})
+
+
+def test_locality_gives_way_when_moving_the_data_is_cheaper(s):
+    add_worker(s, "near", "n1")
+    add_worker(s, "far", "n2")
+    s.handle(st.UpdateData(sid(), "c1", "big-1", ["n1", 10**8, "obj"], 10**8))  # 1 s to move at 100 MB/s
+    _, wmsgs = s.handle(graph(task("f-1", "big-1")))
+    assert compute_keys(wmsgs, "near") == ["f-1"]
+    s.task_durations["slow"] = 5.0  # five seconds of work queued there: moving is cheaper
+    s.handle(graph(st.TaskSpec("slow-1", (b"f", b"a"), prefix="slow", workers=("near",))))
+    _, wmsgs = s.handle(graph(task("g-1", "big-1")))
+    assert compute_keys(wmsgs, "far") == ["g-1"]
+
+
+def test_worker_and_host_restrictions(s):
+    s.handle(st.AddNode(sid(), "n1"))
+    s.handle(st.AddWorker(sid(), "a/w0", "n1", 1, 0, "host-a"))
+    s.handle(st.AddWorker(sid(), "b/w0", "n1", 1, 0, "host-b"))
+    _, wmsgs = s.handle(graph(st.TaskSpec("x-1", (b"f", b"a"), workers=("b/w0",))))
+    assert compute_keys(wmsgs, "b/w0") == ["x-1"]
+    _, wmsgs = s.handle(graph(st.TaskSpec("y-1", (b"f", b"a"), workers=("host-a",))))
+    assert compute_keys(wmsgs, "a/w0") == ["y-1"]
+
+
+def test_resource_restrictions_wait_in_no_worker_until_a_worker_offers_them(s):
+    add_worker(s, "cpu")
+    s.handle(graph(st.TaskSpec("gpu-1", (b"f", b"a"), resources={"GPU": 1})))
+    assert s.tasks["gpu-1"].state == "no-worker"
+    _, wmsgs = s.handle(st.AddWorker(sid(), "gpu", "n1", 1, resources={"GPU": 2}))
+    assert compute_keys(wmsgs, "gpu") == ["gpu-1"]
+    assert wmsgs["gpu"][0]["resources"] == {"GPU": 1}
+
+
+def test_loose_restrictions_run_elsewhere(s):
+    add_worker(s, "w1")
+    _, wmsgs = s.handle(graph(st.TaskSpec("x-1", (b"f", b"a"), workers=("gone/w9",), allow_other_workers=True)))
+    assert compute_keys(wmsgs, "w1") == ["x-1"]
+
+
+def test_missing_data_recomputes_the_lost_dependency(s):
+    add_worker(s, "w1")
+    s.handle(graph(task("a-1"), task("b-1", "a-1"), wanted=("b-1",)))
+    s.handle(finished("a-1", "w1", ["n1", 10**6, "obj-a"], 10**6))
+    assert s.tasks["b-1"].state == "processing"
+    _, wmsgs = s.handle(st.MissingData(sid(), "b-1", "w1", "a-1", ["n1", 10**6, "obj-a"]))
+    # a-1 runs again; b-1 waits for it
+    assert compute_keys(wmsgs, "w1") == ["a-1"]
+    assert s.tasks["b-1"].state == "waiting"
+    _, wmsgs = s.handle(finished("a-1", "w1", ["n1", 10**6, "obj-a2"], 10**6))
+    assert compute_keys(wmsgs, "w1") == ["b-1"]
+
+
+def test_cancel_stops_a_key_and_its_dependents(s):
+    add_worker(s)
+    s.handle(graph(task("a-1"), task("b-1", "a-1"), task("c-1", "b-1")))
+    cmsgs, wmsgs = s.handle(st.Cancel(sid(), "c1", ("a-1",)))
+    assert s.tasks == {}
+    assert {k for m in cmsgs["c1"] for k in m["keys"]} == {"a-1", "b-1", "c-1"}
+    assert wmsgs["w1"] == [{"op": "cancel-compute", "key": "a-1"}]
+
+
+def test_cancel_leaves_what_another_client_wants_unless_forced(s):
+    add_worker(s)
+    s.handle(graph(task("a-1")))
+    s.handle(graph(task("a-1"), client="c2"))
+    s.handle(st.Cancel(sid(), "c1", ("a-1",)))
+    assert s.tasks["a-1"].state == "processing"
+    s.handle(st.Cancel(sid(), "c1", ("a-1",), force=True))
+    assert "a-1" not in s.tasks
+
+
+def test_workers_to_close_keeps_enough_memory_for_the_data(s):
+    s.handle(st.AddNode(sid(), "n1"))
+    for i in range(4):
+        s.handle(st.AddWorker(sid(), f"w{i}", "n1", 1, memory_limit=100))
+    s.handle(graph(task("x-1")))
+    busy = s.tasks["x-1"].processing_on.address
+    s.handle(finished("x-1", busy, ["n1", 90, "obj"], 90))
+    # 90 bytes held, memory_factor 2: 180 bytes of limit must remain, so two of four may go;
+    # the emptiest idle ones first, never the one holding data before the empty ones.
+    closable = s.workers_to_close(memory_factor=2)
+    assert len(closable) == 2 and busy not in closable
+    assert s.workers_to_close(n=3) == sorted(set(s.workers) - {busy})[:1]

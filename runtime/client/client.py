@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runtime.client.future import ERRED, FINISHED, PENDING, Future, FutureState
@@ -223,7 +223,7 @@ class Client:
         for f in futures:
             fs = f._state
             if fs.status == PENDING:
-                self._wait_for(fs, lambda: fs.status != PENDING, deadline, [f])
+                self._wait_for(lambda fs=fs: fs.status != PENDING, deadline, [f])
             if fs.status == ERRED:
                 raise fs.error(f.key)
             assert fs.value is not None
@@ -243,7 +243,7 @@ class Client:
 
         if not enough():
             try:
-                self._wait_for(None, enough, deadline, futures)
+                self._wait_for(enough, deadline, futures)
             except GetTimeoutError:
                 pass
         done: list[Future] = []
@@ -252,7 +252,7 @@ class Client:
             (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
         return done, pending
 
-    def _wait_for(self, fs: FutureState | None, ready: Any, deadline: float | None, futures: Iterable[Future]) -> None:
+    def _wait_for(self, ready: Callable[[], bool], deadline: float | None, futures: Iterable[Future]) -> None:
         with self._cond:
             while not ready():
                 if self._lost:
@@ -273,7 +273,7 @@ class Client:
                 self._flush()
                 try:
                     await asyncio.wait_for(self.comm.drain(), 2)
-                except (ConnectionError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, ConnectionError, OSError):
                     pass
                 self.comm.close()
 

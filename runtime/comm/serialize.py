@@ -53,7 +53,9 @@ def dumps_args(func_name: str, args: tuple, kwargs: dict) -> tuple[bytes, dict[s
 
 
 def _name_bad_argument(func_name: str, args: tuple, kwargs: dict, error: Exception) -> SerializationError:
-    named = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + [
+        (f"keyword argument {k!r}", v) for k, v in kwargs.items()
+    ]
     for label, value in named:
         try:
             cloudpickle.dumps(value, protocol=5)

@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.comm import serialize
 from runtime.objstore import store
-from runtime.objstore.store import ObjectLostError, StoreRef
+from runtime.objstore.store import StoreRef
 
 #: Values whose pickle and buffers add up to less than this travel inline.
 INLINE_THRESHOLD = 100 * 1024
@@ -42,5 +42,8 @@ def decode(located: Located, *, key: str, node: str) -> Any:
         return serialize.loads(located)
     where = located[0]
     if where != node:
-        raise ObjectLostError(f"object {key!r} is in the store of node {where!r}; this process is on node {node!r}")
+        raise store.ObjectStoreUnavailableError(
+            f"object {key!r} is in the store of node {where!r}; this process is on node {node!r} "
+            "and transfer between nodes is not built yet"
+        )
     return store.read(located[2], key)

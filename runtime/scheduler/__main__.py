@@ -12,10 +12,13 @@ import sys
 
 from runtime import procutil
 from runtime.scheduler.server import Scheduler
+from runtime.scheduler.state import WORKER_SATURATION
 
 
 async def _main(args: argparse.Namespace) -> None:
-    scheduler = Scheduler(validate=args.validate, allowed_failures=args.allowed_failures)
+    scheduler = Scheduler(
+        validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation
+    )
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)
     await procutil.serve_until_closed(None, scheduler.close, scheduler.closed, args.watch_parent)
@@ -32,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--watch-parent", action="store_true")
     parser.add_argument("--validate", action="store_true", default=os.environ.get("RUNTIME_VALIDATE") == "1")
     parser.add_argument("--allowed-failures", type=int, default=3)
+    parser.add_argument(
+        "--worker-saturation",
+        type=float,
+        default=float(os.environ.get("RUNTIME_WORKER_SATURATION", WORKER_SATURATION)),
+        help="root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never)",
+    )
     args = parser.parse_args(argv)
     procutil.run_process("scheduler", _main(args))
     sys.exit(0)

@@ -18,13 +18,22 @@ from typing import Any
 
 from runtime.comm.core import Comm, listen
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.state import Msgs, SchedulerState
+from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
 
 logger = logging.getLogger("runtime.scheduler")
 
 
+def _task_spec(t: list) -> st.TaskSpec:
+    """``[key, func, args, deps, retries, prefix]`` plus an optional dict of restrictions."""
+    extra = t[6] if len(t) > 6 else {}
+    return st.TaskSpec(
+        t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5],
+        tuple(extra.get("workers", ())), extra.get("resources"), bool(extra.get("allow_other_workers", False)),
+    )  # fmt: skip
+
+
 def _update_graph(m: dict, peer: str, sid: str) -> st.Stimulus:
-    tasks = tuple(st.TaskSpec(t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5]) for t in m["tasks"])
+    tasks = tuple(_task_spec(t) for t in m["tasks"])
     return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0))
 
 
@@ -39,14 +48,20 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
     "task-erred": lambda m, peer, sid: st.TaskErred(
         sid, m["key"], peer, m["exception"], m["traceback"], m["text"], m.get("start", 0.0), m.get("stop", 0.0)
     ),
+    "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
+    "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
 }
 
 
 class Scheduler:
     """Holds a ``SchedulerState`` and performs what it returns."""
 
-    def __init__(self, *, validate: bool = False, allowed_failures: int = 3):
-        self.state = SchedulerState(validate=validate, allowed_failures=allowed_failures)
+    def __init__(
+        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION
+    ):
+        self.state = SchedulerState(
+            validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation
+        )
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
         #: what each node agent told us about itself (store prefix, host, pid)
@@ -96,7 +111,10 @@ class Scheduler:
             removed: Callable[[], st.Stimulus] = lambda: st.RemoveClient(f"remove-client-{peer}", peer)  # noqa: E731
         elif op == "register-worker":
             peer = first["address"]
-            added = st.AddWorker(f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0))
+            added = st.AddWorker(
+                f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0),
+                first.get("host", ""), first.get("resources") or {}, first.get("memory_limit", 0),
+            )  # fmt: skip
             removed = lambda: st.RemoveWorker(f"remove-worker-{peer}", peer, "its connection closed")  # noqa: E731
         elif op == "register-node":
             peer = first["node"]
@@ -139,7 +157,9 @@ class Scheduler:
             return {
                 "address": self.address,
                 "nodes": self.node_info,
-                "workers": {a: {"node": w.node, "nthreads": w.nthreads, "pid": w.pid} for a, w in self.state.workers.items()},
+                "workers": {
+                    a: {"node": w.node, "nthreads": w.nthreads, "pid": w.pid} for a, w in self.state.workers.items()
+                },
             }
         if what == "story":
             return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]

@@ -15,14 +15,21 @@ How it works::
 
 Task states are those of the specification (``ALL_TASK_STATES``).  A transition not in
 ``_TRANSITIONS`` goes through ``released`` when both legs exist, else it raises
-``InvalidTransition`` naming the key and both states.
+``InvalidTransition`` naming the key and both states.  Where a task runs is decided in
+``placement.py``; the invariants are in ``validation.py``.
+
+A ready task goes to ``processing`` on the worker ``decide_worker`` picks.  A root-ish task
+(``placement.is_rootish``) goes there only while some worker has a free slot (its
+``slots``: worker-saturation x threads); otherwise it waits in ``queued``, and each slot
+that frees takes the queued task of highest priority.  With no worker able to run it at
+all, a task waits in ``no-worker``.
 
 Where a value lives (a deviation the object store makes possible): ``TaskState.data`` is
 the value's wire form, either the pickle itself (small values travel inline, held here so
 a dependent's compute message or a client's result carries them with no extra round trip)
-or a ``[node, nbytes, name]`` reference into a node's shared-memory store.  ``who_has`` keeps
-the specification's meaning (the workers holding the value, used for locality), but a
-worker's death loses nothing: inline values live here and stored ones in the node's
+or a ``[node, nbytes, name]`` reference into a node's shared-memory store.  ``who_has``
+keeps the specification's meaning (the workers holding the value, used for locality), but
+a worker's death loses nothing: inline values live here and stored ones in the node's
 store.  Only a node leaving loses what its store alone held.
 
 Outgoing messages are wire-ready dicts (this is the codec's edge): ``client_msgs`` maps a
@@ -34,24 +41,33 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, get_args
+from typing import Any
 
 from runtime.errors import KilledWorker
+from runtime.scheduler import placement, validation
 from runtime.scheduler import stimuli as st
-
-TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
-ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
-#: recommendations: key -> the state it should move to next
-Recs = dict[str, TaskStateState]
-Msgs = dict[str, list[dict]]
-#: what a transition returns: more recommendations, client messages, worker messages
-RecsMsgs = tuple[Recs, Msgs, Msgs]
-#: how to run a task: the pickled callable and the pickled (args, kwargs)
-T_runspec = tuple[bytes, bytes]
+from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
+    ALL_TASK_STATES,
+    ClientState,
+    HeapSet,
+    Msgs,
+    NodeState,
+    Recs,
+    RecsMsgs,
+    T_runspec,
+    TaskGroup,
+    TaskState,
+    TaskStateState,
+    WorkerState,
+    is_stored,
+)
+from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
 UNKNOWN_TASK_DURATION = 0.5
 TRANSITION_LOG_LENGTH = 100_000
+#: a worker takes root-ish tasks while it has fewer than ceil(this x threads) (Dask's default)
+WORKER_SATURATION = 1.1
 
 
 class InvalidTransition(RuntimeError):
@@ -60,141 +76,51 @@ class InvalidTransition(RuntimeError):
         super().__init__(f"no transition for task {key!r} from {start!r} to {finish!r} (stimulus {stimulus_id!r})")
 
 
-class InvariantError(AssertionError):
-    """validate=True found the state inconsistent; the message names the key and the rule."""
-
-
-class TaskState:
-    __slots__ = (
-        "key", "prefix", "run_spec", "state", "priority", "dependencies", "dependents",
-        "waiting", "waiting_data", "who_wants", "who_has", "processing_on", "data", "nbytes",
-        "exception", "traceback", "exception_text", "exception_blame", "erred_on",
-        "suspicious", "retries",
-    )  # fmt: skip
-
-    def __init__(self, key: str, run_spec: T_runspec | None, prefix: str = ""):
-        #: the task's name, unique in the cluster
-        self.key = key
-        #: name shared by tasks of one function, for duration estimates
-        self.prefix = prefix or key.rsplit("-", 1)[0]
-        #: how to run it; None for data put by a client
-        self.run_spec = run_spec
-        #: one of ALL_TASK_STATES
-        self.state: TaskStateState = "released"
-        #: lower runs first: (-user priority, submission generation, order in graph)
-        self.priority: tuple[int, int, int] = (0, 0, 0)
-        #: tasks whose values this one needs
-        self.dependencies: set[TaskState] = set()
-        #: tasks that need this one's value
-        self.dependents: set[TaskState] = set()
-        #: dependencies not yet in memory (the specification's ``waiting``)
-        self.waiting: set[TaskState] = set()
-        #: dependents yet to run that need this value kept (``waiting_data``)
-        self.waiting_data: set[TaskState] = set()
-        #: clients holding a future for this key
-        self.who_wants: set[ClientState] = set()
-        #: workers holding the value
-        self.who_has: set[WorkerState] = set()
-        #: the worker running it, while processing (``rprocessing``)
-        self.processing_on: WorkerState | None = None
-        #: the value's wire form while in memory: inline pickle or [node, nbytes, name]
-        self.data: bytes | list | None = None
-        #: size of the value in bytes
-        self.nbytes = 0
-        #: pickled exception, remote traceback text and str(exception), when erred
-        self.exception: bytes | None = None
-        self.traceback: str | None = None
-        self.exception_text = ""
-        #: the erred task this one failed because of (itself if it raised)
-        self.exception_blame: TaskState | None = None
-        #: workers it raised on or died on
-        self.erred_on: set[str] = set()
-        #: how many workers died while running it
-        self.suspicious = 0
-        #: how many more times to rerun it if it raises
-        self.retries = 0
-
-    def __repr__(self) -> str:
-        return f"<TaskState {self.key!r} {self.state}>"
-
-
-class WorkerState:
-    __slots__ = ("address", "node", "nthreads", "pid", "processing", "has_what", "occupancy", "nbytes")
-
-    def __init__(self, address: str, node: str, nthreads: int, pid: int = 0):
-        #: where it listens; also its id
-        self.address = address
-        #: the node (agent and store) it belongs to
-        self.node = node
-        self.nthreads = nthreads
-        self.pid = pid
-        #: tasks sent to it and their expected durations
-        self.processing: dict[TaskState, float] = {}
-        #: values it holds (an ordered set)
-        self.has_what: dict[TaskState, None] = {}
-        #: expected seconds of work queued on it
-        self.occupancy = 0.0
-        #: bytes of the values it holds
-        self.nbytes = 0
-
-    def __repr__(self) -> str:
-        return f"<WorkerState {self.address} node={self.node} processing={len(self.processing)}>"
-
-
-class ClientState:
-    __slots__ = ("client_key", "wants_what")
-
-    def __init__(self, client_key: str):
-        self.client_key = client_key
-        #: tasks this client holds futures for
-        self.wants_what: set[TaskState] = set()
-
-    def __repr__(self) -> str:
-        return f"<ClientState {self.client_key!r} wants={len(self.wants_what)}>"
-
-
-class NodeState:
-    __slots__ = ("node", "workers", "stored")
-
-    def __init__(self, node: str):
-        self.node = node
-        #: live workers on this node
-        self.workers: set[WorkerState] = set()
-        #: tasks whose value is in this node's store
-        self.stored: set[TaskState] = set()
-
-
-def _is_stored(data: bytes | list | None) -> bool:
-    return isinstance(data, list)
-
-
 class SchedulerState:
-    def __init__(self, *, validate: bool = False, allowed_failures: int = 3):
+    def __init__(
+        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION
+    ):
         #: every task the scheduler knows, by key
         self.tasks: dict[str, TaskState] = {}
+        #: task groups by name (a task's prefix)
+        self.task_groups: dict[str, TaskGroup] = {}
         #: live workers by address
         self.workers: dict[str, WorkerState] = {}
+        #: live workers by host, for host restrictions
+        self.workers_by_host: dict[str, set[WorkerState]] = {}
         #: live node agents (and their stores) by node id
         self.nodes: dict[str, NodeState] = {}
         #: connected clients by id
         self.clients: dict[str, ClientState] = {}
-        #: tasks ready to run that no worker can take (the specification's ``unrunnable``)
+        #: ready tasks no worker may run (the specification's ``unrunnable``)
         self.unrunnable: set[TaskState] = set()
+        #: ready root-ish tasks waiting for a free worker slot, by priority
+        self.queued = HeapSet()
+        #: workers with a free slot (fewer tasks than ``WorkerState.slots``)
+        self.idle: dict[WorkerState, None] = {}
+        #: threads of all workers
+        self.total_nthreads = 0
         #: average duration of each task prefix, in seconds
         self.task_durations: dict[str, float] = {}
         #: a task involved in more worker deaths than this errs with KilledWorker
         self.allowed_failures = allowed_failures
+        #: slots per thread before a worker counts as saturated (inf: never queue)
+        self.worker_saturation = worker_saturation
         #: check every invariant after every transition (tests run with this on)
         self.validate = validate
         #: (key, start, finish, recommendations, stimulus_id), newest last
         self.transition_log: deque[tuple] = deque(maxlen=TRANSITION_LOG_LENGTH)
         self.transition_counter = 0
+        #: turns of round-robin placement when every worker is saturated
+        self.round_robin = 0
+        self._worker_list: list[WorkerState] | None = None
         self._generation = 0
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             st.UpdateGraph: self.stimulus_update_graph,
             st.UpdateData: self.stimulus_update_data,
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
+            st.MissingData: self.stimulus_missing_data,
             st.AddWorker: self.stimulus_add_worker,
             st.RemoveWorker: self.stimulus_remove_worker,
             st.AddNode: self.stimulus_add_node,
@@ -202,6 +128,7 @@ class SchedulerState:
             st.AddClient: self.stimulus_add_client,
             st.RemoveClient: self.stimulus_remove_client,
             st.ClientReleasesKeys: self.stimulus_client_releases_keys,
+            st.Cancel: self.stimulus_cancel,
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -214,8 +141,9 @@ class SchedulerState:
         self._client_msgs, self._worker_msgs = {}, {}
         recs = self._handlers[type(stimulus)](stimulus)
         self.transitions(recs, stimulus.stimulus_id)
+        self._fill_free_slots(stimulus.stimulus_id)
         if self.validate:
-            self.validate_state()
+            validation.validate_state(self)
         msgs = self._client_msgs, self._worker_msgs
         self._client_msgs, self._worker_msgs = {}, {}
         return msgs
@@ -229,6 +157,11 @@ class SchedulerState:
     def _report(self, ts: TaskState, msg: dict) -> None:
         for cs in ts.who_wants:
             self._to_client(cs.client_key, msg)
+
+    def worker_list(self) -> list[WorkerState]:
+        if self._worker_list is None:
+            self._worker_list = list(self.workers.values())
+        return self._worker_list
 
     # ------------------------------------------------------------------ transitions
 
@@ -256,15 +189,18 @@ class SchedulerState:
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
         if self.validate:
-            self.validate_task_state(ts)
+            validation.validate_task_state(self, ts)
         return recs
 
     def _transition_released_waiting(self, ts: TaskState) -> Recs:
-        recs: Recs = {}
+        if ts.run_spec is None:
+            error = f"the value of {ts.key!r} was put by a client and released; it cannot be recomputed"
+            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, {})
         for dts in ts.dependencies:
             if dts.exception_blame is not None:
                 ts.exception_blame = dts.exception_blame
                 return {ts.key: "erred"}
+        recs: Recs = {}
         for dts in ts.dependencies:
             dts.waiting_data.add(ts)
             if dts.state != "memory":
@@ -276,24 +212,48 @@ class SchedulerState:
             recs[ts.key] = "processing"
         return recs
 
+    def _place(self, ts: TaskState) -> WorkerState | TaskStateState:
+        """Where a ready task goes: a worker, or ``queued`` (all saturated), or ``no-worker``."""
+        if self.workers and placement.is_rootish(self, ts):
+            return placement.decide_rootish(self) or "queued"
+        return placement.decide_worker(self, ts) or "no-worker"
+
     def _transition_waiting_processing(self, ts: TaskState) -> Recs:
-        ws = self.decide_worker(ts)
-        if ws is None:
-            return {ts.key: "no-worker"}
-        self._send_to_worker(ts, ws)
+        where = self._place(ts)
+        if isinstance(where, str):
+            return {ts.key: where}
+        self._send_to_worker(ts, where)
         return {}
 
-    def _transition_no_worker_processing(self, ts: TaskState) -> Recs:
-        ws = self.decide_worker(ts)
-        if ws is None:
-            return {}  # still nobody to run it; stay in no-worker
+    def _transition_waiting_queued(self, ts: TaskState) -> Recs:
         self.unrunnable.discard(ts)
-        self._send_to_worker(ts, ws)
+        ts.state = "queued"
+        self.queued.add(ts)
         return {}
+
+    _transition_no_worker_queued = _transition_waiting_queued
 
     def _transition_waiting_no_worker(self, ts: TaskState) -> Recs:
         ts.state = "no-worker"
         self.unrunnable.add(ts)
+        return {}
+
+    def _transition_queued_processing(self, ts: TaskState) -> Recs:
+        ws = placement.decide_rootish(self)
+        if ws is None:
+            return {}  # every worker is saturated again: stay queued
+        self.queued.discard(ts)
+        self._send_to_worker(ts, ws)
+        return {}
+
+    def _transition_no_worker_processing(self, ts: TaskState) -> Recs:
+        where = self._place(ts)
+        if where == "no-worker":
+            return {}  # still nobody to run it
+        if isinstance(where, str):
+            return {ts.key: where}
+        self.unrunnable.discard(ts)
+        self._send_to_worker(ts, where)
         return {}
 
     def _send_to_worker(self, ts: TaskState, ws: WorkerState) -> None:
@@ -302,32 +262,66 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
+        if len(ws.processing) >= ws.slots:
+            self.idle.pop(ws, None)
         assert ts.run_spec is not None
-        self._to_worker(
-            ws.address,
-            {
-                "op": "compute-task",
-                "key": ts.key,
-                "run_spec": ts.run_spec,
-                "priority": ts.priority,
-                "deps": {dts.key: dts.data for dts in ts.dependencies},
-            },
-        )
+        msg = {
+            "op": "compute-task",
+            "key": ts.key,
+            "run_spec": ts.run_spec,
+            "priority": ts.priority,
+            "deps": {dts.key: dts.data for dts in ts.dependencies},
+        }
+        if ts.resource_restrictions:
+            msg["resources"] = ts.resource_restrictions
+        self._to_worker(ws.address, msg)
+
+    def _exit_processing(self, ts: TaskState) -> WorkerState | None:
+        """Take ``ts`` off its worker, freeing a slot."""
+        ws = ts.processing_on
+        ts.processing_on = None
+        if ws is None:
+            return None
+        ws.occupancy = max(ws.occupancy - ws.processing.pop(ts), 0.0)
+        if not ws.processing:
+            ws.occupancy = 0.0  # no float drift when it is idle
+        if ws.address in self.workers and len(ws.processing) < ws.slots:
+            self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
+        return ws
+
+    def _fill_free_slots(self, stimulus_id: str) -> None:
+        """Once a stimulus has settled, send queued tasks to every free worker slot.
+
+        Not done inside a transition: a task freeing a slot cannot know whether the queued
+        task it would pick is about to be released by the same stimulus.
+        """
+        if not (self.queued and self.idle):
+            return
+        free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+        top = self.queued.topk(int(min(free, len(self.queued))))
+        recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
+        self.transitions(recs, stimulus_id)
 
     def _transition_processing_memory(
         self, ts: TaskState, *, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
     ) -> Recs:
-        ws = self._finish_processing(ts)
+        recs: Recs = {}
+        ws = self._exit_processing(ts)
         if stop > start:
             old = self.task_durations.get(ts.prefix)
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
-        return self._add_to_memory(ts, ws, value, nbytes)
+        return self._add_to_memory(ts, ws, value, nbytes, recs)
 
     def _transition_released_memory(self, ts: TaskState, *, value: Any, nbytes: int) -> Recs:
-        return self._add_to_memory(ts, None, value, nbytes)
+        return self._add_to_memory(ts, None, value, nbytes, {})
 
-    def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int) -> Recs:
-        recs: Recs = {}
+    def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
+        if is_stored(value):
+            ns = self.nodes.get(value[0])
+            if ns is None:  # its node left while the message was in flight: it is lost
+                ts.state = "released"
+                return self._after_release(ts, recs)
+            ns.stored.add(ts)
         ts.state = "memory"
         ts.data = value
         ts.nbytes = nbytes
@@ -335,11 +329,6 @@ class SchedulerState:
             ts.who_has.add(ws)
             ws.has_what[ts] = None
             ws.nbytes += nbytes
-        if _is_stored(value):
-            ns = self.nodes.get(value[0])
-            if ns is None:  # its node left while the message was in flight
-                return {ts.key: "released"}
-            ns.stored.add(ts)
         for dts in ts.dependents:
             if dts.state == "waiting":
                 dts.waiting.discard(ts)
@@ -347,20 +336,17 @@ class SchedulerState:
                     recs[dts.key] = "processing"
         for dts in ts.dependencies:
             dts.waiting_data.discard(ts)
-            if not dts.waiting_data and not dts.who_wants:
-                recs[dts.key] = "released"
+            self._release_if_unneeded(dts, recs)
         if ts.who_wants:
             self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": value, "nbytes": nbytes})
         elif not ts.waiting_data:
             recs[ts.key] = "released"
         return recs
 
-    def _finish_processing(self, ts: TaskState) -> WorkerState | None:
-        ws = ts.processing_on
-        ts.processing_on = None
-        if ws is not None:
-            ws.occupancy = max(ws.occupancy - ws.processing.pop(ts), 0.0)
-        return ws
+    def _release_if_unneeded(self, ts: TaskState, recs: Recs) -> None:
+        """Release ``ts`` (its value, or its run) once nobody wants it and no dependent waits."""
+        if not ts.waiting_data and not ts.who_wants and ts.state not in ("released", "erred"):
+            recs[ts.key] = "released"
 
     def _transition_memory_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
@@ -368,33 +354,31 @@ class SchedulerState:
             del ws.has_what[ts]
             ws.nbytes -= ts.nbytes
         ts.who_has.clear()
-        if _is_stored(ts.data):
-            node = ts.data[0]
+        if is_stored(ts.data):
+            node = ts.data[0]  # type: ignore[index]
             ns = self.nodes.get(node)
             if ns is not None:
                 ns.stored.discard(ts)
-                self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})
+                self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
         ts.data = None
         ts.state = "released"
         for dts in ts.dependents:
-            if dts.state in ("processing", "no-worker"):
+            if dts.state in ("processing", "no-worker", "queued"):
                 recs[dts.key] = "released"  # it lost an input; it will wait for it again
             elif dts.state == "waiting":
                 dts.waiting.add(ts)
+        return self._after_release(ts, recs)
+
+    def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
+        """A task just became released: compute it again if needed, forget it if nothing links to it."""
         if ts.who_wants or ts.waiting_data:
-            if ts.run_spec is None:
-                return self._lost_data(ts, recs)
             recs[ts.key] = "waiting"
         elif not ts.dependents:
             recs[ts.key] = "forgotten"
         return recs
 
-    def _lost_data(self, ts: TaskState, recs: Recs) -> Recs:
-        """A value put by a client is gone with its node and cannot be recomputed."""
-        error = f"the value of {ts.key!r} was put by a client and its node's store is gone"
-        return self._fail(ts, pickle.dumps(LookupError(error)), "", error, recs)
-
     def _fail(self, ts: TaskState, exception: bytes, traceback: str, text: str, recs: Recs) -> Recs:
+        """``ts`` raised (or cannot run): it errs, blaming itself."""
         ts.state = "erred"
         ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
         ts.exception_blame = ts
@@ -404,9 +388,11 @@ class SchedulerState:
     def _transition_processing_erred(
         self, ts: TaskState, *, worker: str, exception: bytes, traceback: str, exception_text: str, **_: Any
     ) -> Recs:
-        self._finish_processing(ts)
+        recs: Recs = {}
+        self._exit_processing(ts)
+        ts.erred_on = ts.erred_on or set()
         ts.erred_on.add(worker)
-        return self._fail(ts, exception, traceback, exception_text, {})
+        return self._fail(ts, exception, traceback, exception_text, recs)
 
     def _erred_common(self, ts: TaskState, recs: Recs) -> None:
         """What every move into ``erred`` does: blame dependents, let go of inputs, tell clients."""
@@ -418,68 +404,69 @@ class SchedulerState:
                 recs[dts.key] = "erred"
         self._release_inputs(ts, recs)
         ts.waiting.clear()
-        self._report(
-            ts,
-            {
-                "op": "task-erred",
-                "key": ts.key,
-                "exception": blame.exception,
-                "traceback": blame.traceback,
-                "blame": blame.key,
-            },
-        )
+        self._report(ts, self._erred_msg(ts))
+
+    @staticmethod
+    def _erred_msg(ts: TaskState) -> dict:
+        blame = ts.exception_blame or ts
+        return {
+            "op": "task-erred",
+            "key": ts.key,
+            "exception": blame.exception,
+            "traceback": blame.traceback,
+            "blame": blame.key,
+            "worker": ",".join(sorted(blame.erred_on or ())),
+        }
 
     def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
         for dts in ts.dependencies:
             dts.waiting_data.discard(ts)
-            if not dts.waiting_data and not dts.who_wants and dts.state in ("memory", "waiting"):
-                recs[dts.key] = "released"
+            self._release_if_unneeded(dts, recs)
 
     def _transition_waiting_erred(self, ts: TaskState) -> Recs:
         recs: Recs = {}
-        if ts.state == "no-worker":
-            self.unrunnable.discard(ts)
+        self.unrunnable.discard(ts)
+        self.queued.discard(ts)
         ts.state = "erred"
         self._erred_common(ts, recs)
         return recs
 
     _transition_released_erred = _transition_waiting_erred
     _transition_no_worker_erred = _transition_waiting_erred
+    _transition_queued_erred = _transition_waiting_erred
 
     def _transition_waiting_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
-        if ts.state == "no-worker":
-            self.unrunnable.discard(ts)
-        self._release_inputs(ts, recs)
+        self.unrunnable.discard(ts)
+        self.queued.discard(ts)
         ts.waiting.clear()
         ts.state = "released"
-        return self._after_release(ts, recs)
+        return self._release_or_retry(ts, recs)
 
     _transition_no_worker_released = _transition_waiting_released
+    _transition_queued_released = _transition_waiting_released
 
-    def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
-        if ts.who_wants or ts.waiting_data:
-            recs[ts.key] = "waiting"
-        elif not ts.dependents:
-            recs[ts.key] = "forgotten"
-        return recs
+    def _release_or_retry(self, ts: TaskState, recs: Recs) -> Recs:
+        # Going back to waiting keeps its inputs: they would only be recomputed.
+        if not (ts.who_wants or ts.waiting_data):
+            self._release_inputs(ts, recs)
+        return self._after_release(ts, recs)
 
     def _transition_processing_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
-        ws = self._finish_processing(ts)
+        ws = self._exit_processing(ts)
         if ws is not None and ws.address in self.workers:
             self._to_worker(ws.address, {"op": "cancel-compute", "key": ts.key})
-        self._release_inputs(ts, recs)
         ts.state = "released"
-        return self._after_release(ts, recs)
+        return self._release_or_retry(ts, recs)
 
     def _transition_erred_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
         ts.exception = ts.traceback = None
         ts.exception_text = ""
         ts.exception_blame = None
-        ts.erred_on.clear()
+        ts.erred_on = None
         ts.state = "released"
         for dts in ts.dependents:
             if dts.state == "erred":
@@ -493,8 +480,8 @@ class SchedulerState:
             dts.waiting_data.discard(ts)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
-            elif not dts.waiting_data and not dts.who_wants and dts.state == "memory":
-                recs[dts.key] = "released"
+            else:
+                self._release_if_unneeded(dts, recs)
         for dts in ts.dependents:  # only when cancelled together with ts
             dts.dependencies.discard(ts)
             dts.waiting.discard(ts)
@@ -503,6 +490,7 @@ class SchedulerState:
         ts.dependencies.clear()
         ts.dependents.clear()
         ts.state = "forgotten"
+        ts.group.size -= 1
         del self.tasks[ts.key]
         return recs
 
@@ -510,44 +498,28 @@ class SchedulerState:
         ts.state = "released"
         return self._transition_released_forgotten(ts)
 
-    # ------------------------------------------------------------------ placement
-
-    def decide_worker(self, ts: TaskState) -> WorkerState | None:
-        """The worker with the least expected start time for ``ts``, or None if none can run it.
-
-        Expected start time = bytes of stored dependencies not on the worker's node / bandwidth
-        + the worker's occupancy per thread; ties go to the least loaded (fewest bytes held).
-        """
-        if not self.workers:
-            return None
-        candidates: Iterable[WorkerState] = self.workers.values()
-        stored_deps = [dts for dts in ts.dependencies if _is_stored(dts.data)]
-        if not stored_deps:
-            return min(candidates, key=_occupancy_per_thread)
-
-        def objective(ws: WorkerState) -> tuple[float, int]:
-            fetch = sum(dts.nbytes for dts in stored_deps if dts.data[0] != ws.node)  # type: ignore[index]
-            return fetch / BANDWIDTH + ws.occupancy / ws.nthreads, ws.nbytes
-
-        return min(candidates, key=objective)
-
     # ------------------------------------------------------------------ stimuli
 
     def stimulus_update_graph(self, s: st.UpdateGraph) -> Recs:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
-        lookup_errors: list[tuple[TaskState, str]] = []
         new: list[tuple[TaskState, st.TaskSpec]] = []
         for order, spec in enumerate(s.tasks):
             if spec.key in self.tasks:
                 continue
-            ts = TaskState(spec.key, spec.run_spec, spec.prefix)
+            ts = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
             ts.priority = (-s.priority, self._generation, order)
             ts.retries = spec.retries
-            self.tasks[spec.key] = ts
+            if spec.workers:
+                ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
+                ts.host_restrictions = set(spec.workers) - ts.worker_restrictions or None
+            ts.resource_restrictions = dict(spec.resources) if spec.resources else None
+            ts.loose_restrictions = spec.allow_other_workers
             new.append((ts, spec))
-        for ts, spec in new:
+        lookup_errors: list[tuple[TaskState, str]] = []
+        # Recommendations pop last-in first-out: insert the lowest priority first.
+        for ts, spec in reversed(new):
             for dep in spec.dependencies:
                 dts = self.tasks.get(dep)
                 if dts is None:
@@ -555,6 +527,7 @@ class SchedulerState:
                     continue
                 ts.dependencies.add(dts)
                 dts.dependents.add(ts)
+                ts.group.dependencies.add(dts.group)
             recs[ts.key] = "waiting"
         for key in s.wanted:
             ts = self.tasks.get(key)
@@ -563,34 +536,54 @@ class SchedulerState:
             ts.who_wants.add(cs)
             cs.wants_what.add(ts)
             if ts.state == "memory":
-                self._to_client(cs.client_key, {"op": "key-in-memory", "key": key, "value": ts.data, "nbytes": ts.nbytes})
+                self._to_client(
+                    cs.client_key, {"op": "key-in-memory", "key": key, "value": ts.data, "nbytes": ts.nbytes}
+                )
             elif ts.state == "erred":
-                blame = ts.exception_blame or ts
-                msg = {"op": "task-erred", "key": key, "exception": blame.exception, "traceback": blame.traceback, "blame": blame.key}
-                self._to_client(cs.client_key, msg)
+                self._to_client(cs.client_key, self._erred_msg(ts))
+            elif ts.state == "released":
+                recs[key] = "waiting"
         for ts, dep in lookup_errors:
-            text = f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
+            text = (
+                f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
+            )
             recs.pop(ts.key, None)
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
         return recs
+
+    def _new_task(self, key: str, run_spec: T_runspec | None, prefix: str) -> TaskState:
+        tg = self.task_groups.get(prefix)
+        if tg is None:
+            tg = self.task_groups[prefix] = TaskGroup(prefix)
+        tg.size += 1
+        ts = self.tasks[key] = TaskState(key, run_spec, tg)
+        return ts
 
     def stimulus_update_data(self, s: st.UpdateData) -> Recs:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         ts = self.tasks.get(s.key)
         if ts is None:
-            ts = self.tasks[s.key] = TaskState(s.key, None, "put")
+            ts = self._new_task(s.key, None, "put")
         ts.who_wants.add(cs)
         cs.wants_what.add(ts)
         if ts.state != "released":
             return {}
         return self._transition(ts, "memory", s.stimulus_id, value=s.value, nbytes=s.nbytes)
 
+    def _is_current(self, key: str, worker: str) -> TaskState | None:
+        """The task if ``worker`` is running it now; None for a stale or duplicate report."""
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "processing" or ts.processing_on is None or ts.processing_on.address != worker:
+            return None
+        return ts
+
     def stimulus_task_finished(self, s: st.TaskFinished) -> Recs:
-        ts = self.tasks.get(s.key)
-        if ts is None or ts.state != "processing" or ts.processing_on is None or ts.processing_on.address != s.worker:
+        ts = self._is_current(s.key, s.worker)
+        if ts is None:
             # A stale result (the task was released, or rescheduled): drop its stored copy.
             # Each attempt writes under a name of its own, so this never hits a live copy.
-            if _is_stored(s.value) and (ts is None or ts.data != s.value):
+            live = self.tasks.get(s.key)
+            if is_stored(s.value) and s.value[0] in self.nodes and (live is None or live.data != s.value):
                 self._to_worker(s.value[0], {"op": "free-objects", "names": [s.value[2]]})
             return {}
         return self._transition(
@@ -598,8 +591,8 @@ class SchedulerState:
         )
 
     def stimulus_task_erred(self, s: st.TaskErred) -> Recs:
-        ts = self.tasks.get(s.key)
-        if ts is None or ts.state != "processing" or ts.processing_on is None or ts.processing_on.address != s.worker:
+        ts = self._is_current(s.key, s.worker)
+        if ts is None:
             return {}
         if ts.retries > 0:
             ts.retries -= 1
@@ -611,25 +604,53 @@ class SchedulerState:
             traceback=s.traceback, exception_text=s.exception_text,
         )  # fmt: skip
 
+    def stimulus_missing_data(self, s: st.MissingData) -> Recs:
+        """A worker could not read a stored dependency: that copy is gone; recompute it."""
+        dts = self.tasks.get(s.dependency)
+        if dts is None or dts.state != "memory" or dts.data != s.value:
+            # Already handled, or it points at a copy we no longer use: just rerun the task.
+            ts = self._is_current(s.key, s.worker)
+            return {ts.key: "released"} if ts is not None else {}
+        if is_stored(dts.data):
+            ns = self.nodes.get(dts.data[0])  # type: ignore[index]
+            if ns is not None:
+                ns.stored.discard(dts)
+        dts.data = None  # nothing to free: the copy is gone
+        return self._transition(dts, "released", s.stimulus_id)
+
     def stimulus_add_worker(self, s: st.AddWorker) -> Recs:
         if s.address in self.workers:
             return {}
         ns = self.nodes.get(s.node) or self._new_node(s.node)
-        ws = WorkerState(s.address, s.node, max(1, s.nthreads), s.pid)
+        ws = WorkerState(
+            s.address, s.node, max(1, s.nthreads), host=s.host, pid=s.pid,
+            resources=dict(s.resources), memory_limit=s.memory_limit, saturation=self.worker_saturation,
+        )  # fmt: skip
         self.workers[s.address] = ws
+        self.workers_by_host.setdefault(s.host, set()).add(ws)
+        self._worker_list = None
+        self.total_nthreads += ws.nthreads
         ns.workers.add(ws)
+        self.idle[ws] = None
         return {ts.key: "processing" for ts in self.unrunnable}
 
     def stimulus_remove_worker(self, s: st.RemoveWorker) -> Recs:
         ws = self.workers.pop(s.address, None)
         if ws is None:
             return {}
+        self._worker_list = None
+        self.total_nthreads -= ws.nthreads
+        self.idle.pop(ws, None)
+        self.workers_by_host[ws.host].discard(ws)
+        if not self.workers_by_host[ws.host]:
+            del self.workers_by_host[ws.host]
         ns = self.nodes.get(ws.node)
         if ns is not None:
             ns.workers.discard(ws)
         recs: Recs = {}
         for ts in list(ws.processing):
             ts.suspicious += 1
+            ts.erred_on = ts.erred_on or set()
             ts.erred_on.add(ws.address)
             if ts.suspicious > self.allowed_failures:
                 exc = KilledWorker(ts.key, sorted(ts.erred_on), s.cause)
@@ -645,6 +666,10 @@ class SchedulerState:
         for ts in ws.has_what:
             ts.who_has.discard(ws)
         ws.has_what.clear()
+        ws.nbytes = 0
+        if not self.workers:  # nobody left to run what was queued
+            for ts in list(self.queued):
+                recs[ts.key] = "released"
         return recs
 
     def stimulus_add_node(self, s: st.AddNode) -> Recs:
@@ -693,8 +718,31 @@ class SchedulerState:
                 continue
             if not ts.dependents:
                 recs[key] = "forgotten"
-            elif ts.state != "erred" and not ts.waiting_data:
-                recs[key] = "released"
+            else:
+                self._release_if_unneeded(ts, recs)
+        return recs
+
+    def stimulus_cancel(self, s: st.Cancel) -> Recs:
+        """Stop computing ``keys`` and everything depending on them, for this client.
+
+        With ``force``, for every client; else a key another client still wants goes on.
+        """
+        cs = self.clients.get(s.client)
+        if cs is None:
+            return {}
+        recs: Recs = {}
+        seen: set[TaskState] = set()
+        stack = [ts for k in s.keys if (ts := self.tasks.get(k)) is not None]
+        while stack:
+            ts = stack.pop()
+            if ts in seen or (not s.force and ts.who_wants - {cs}):
+                continue
+            seen.add(ts)
+            stack.extend(ts.dependents)
+            for client in list(ts.who_wants) if s.force else [cs]:
+                if ts in client.wants_what:
+                    self._to_client(client.client_key, {"op": "cancelled-keys", "keys": [ts.key]})
+                    recs.update(self._client_releases(client, [ts.key]))
         return recs
 
     def _new_client(self, client: str) -> ClientState:
@@ -705,90 +753,18 @@ class SchedulerState:
         ns = self.nodes[node] = NodeState(node)
         return ns
 
-    # ------------------------------------------------------------------ introspection
+    # ------------------------------------------------------------------ queries
 
     def story(self, *keys: str) -> list[tuple]:
         """Every logged transition that moved one of ``keys`` or recommended something for it."""
         wanted = set(keys)
         return [t for t in self.transition_log if t[0] in wanted or wanted.intersection(t[3])]
 
-    # ------------------------------------------------------------------ validation
-
-    def validate_task_state(self, ts: TaskState) -> None:
-        if ts.state == "forgotten":
-            if ts.key in self.tasks:
-                raise InvariantError(f"{ts.key!r} is forgotten but still in tasks")
-            return
-        if self.tasks.get(ts.key) is not ts:
-            raise InvariantError(f"{ts.key!r} ({ts.state}) is not in tasks")
-        _VALIDATORS[ts.state](self, ts)
-
-    def _validate_released(self, ts: TaskState) -> None:
-        _check(ts, not ts.waiting and ts.processing_on is None and ts.data is None, "released task holds state")
-        _check(ts, ts not in self.unrunnable, "released task is unrunnable")
-
-    def _validate_waiting(self, ts: TaskState) -> None:
-        _check(ts, ts.processing_on is None and ts.data is None, "waiting task is processing or in memory")
-        for dts in ts.waiting:
-            _check(ts, dts.state != "memory", f"waits for {dts.key!r}, which is in memory")
-        for dts in ts.dependencies:
-            _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
-
-    def _validate_no_worker(self, ts: TaskState) -> None:
-        _check(ts, ts in self.unrunnable and not ts.waiting, "no-worker task not unrunnable, or still waiting")
-
-    def _validate_processing(self, ts: TaskState) -> None:
-        ws = ts.processing_on
-        _check(ts, ws is not None and ws.address in self.workers and ts in ws.processing, "processing on no live worker")
-        _check(ts, not ts.waiting, "processing while waiting for dependencies")
-        for dts in ts.dependencies:
-            _check(ts, dts.state == "memory", f"processing but dependency {dts.key!r} is {dts.state}")
-            _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
-
-    def _validate_memory(self, ts: TaskState) -> None:
-        _check(ts, ts.data is not None, "in memory without a value")
-        _check(ts, ts.processing_on is None and not ts.waiting, "in memory but processing or waiting")
-        for ws in ts.who_has:
-            _check(ts, ts in ws.has_what, f"who_has {ws.address} but not in its has_what")
-
-    def _validate_erred(self, ts: TaskState) -> None:
-        _check(ts, ts.exception_blame is not None, "erred without exception_blame")
-        _check(ts, ts.processing_on is None and ts.data is None, "erred but processing or in memory")
+    def workers_to_close(self, memory_factor: float = 2.0, n: int | None = None) -> list[str]:
+        return placement.workers_to_close(self, memory_factor, n)
 
     def validate_state(self) -> None:
-        """Check the whole state: every task, every worker and every client."""
-        for ts in self.tasks.values():
-            self.validate_task_state(ts)
-            for dts in ts.dependencies:
-                _check(ts, ts in dts.dependents, f"not among dependents of its dependency {dts.key!r}")
-            for cs in ts.who_wants:
-                _check(ts, ts in cs.wants_what and cs.client_key in self.clients, "who_wants/wants_what differ")
-            if ts.state == "memory":
-                _check(ts, bool(ts.who_wants or ts.waiting_data), "in memory but nobody wants it")
-        for ws in self.workers.values():
-            for ts in ws.processing:
-                _check(ts, ts.processing_on is ws, f"in processing of {ws.address} but runs elsewhere")
-            for ts in ws.has_what:
-                _check(ts, ws in ts.who_has, f"in has_what of {ws.address} but not in who_has")
-            total = sum(ws.processing.values())
-            if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
-                raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
-        for cs in self.clients.values():
-            for ts in cs.wants_what:
-                _check(ts, cs in ts.who_wants, f"wanted by {cs.client_key} but not in who_wants")
-
-
-#: bytes per second assumed between nodes, for the cost of fetching a dependency
-BANDWIDTH = 100e6
-
-
-def _occupancy_per_thread(ws: WorkerState) -> float:
-    return ws.occupancy / ws.nthreads
-
-
-def _check(ts: TaskState, ok: bool, what: str) -> None:
-    if not ok:
-        raise InvariantError(f"task {ts.key!r} ({ts.state}): {what}")
+        validation.validate_state(self)
 
 
 S = SchedulerState
@@ -798,10 +774,15 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("released", "erred"): S._transition_released_erred,
     ("released", "forgotten"): S._transition_released_forgotten,
     ("waiting", "processing"): S._transition_waiting_processing,
+    ("waiting", "queued"): S._transition_waiting_queued,
     ("waiting", "no-worker"): S._transition_waiting_no_worker,
     ("waiting", "released"): S._transition_waiting_released,
     ("waiting", "erred"): S._transition_waiting_erred,
+    ("queued", "processing"): S._transition_queued_processing,
+    ("queued", "released"): S._transition_queued_released,
+    ("queued", "erred"): S._transition_queued_erred,
     ("no-worker", "processing"): S._transition_no_worker_processing,
+    ("no-worker", "queued"): S._transition_no_worker_queued,
     ("no-worker", "released"): S._transition_no_worker_released,
     ("no-worker", "erred"): S._transition_no_worker_erred,
     ("processing", "memory"): S._transition_processing_memory,
@@ -810,13 +791,5 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("memory", "released"): S._transition_memory_released,
     ("erred", "released"): S._transition_erred_released,
     ("erred", "forgotten"): S._transition_erred_forgotten,
-}
-_VALIDATORS: dict[str, Callable[[SchedulerState, TaskState], None]] = {
-    "released": S._validate_released,
-    "waiting": S._validate_waiting,
-    "no-worker": S._validate_no_worker,
-    "processing": S._validate_processing,
-    "memory": S._validate_memory,
-    "erred": S._validate_erred,
 }
 del S

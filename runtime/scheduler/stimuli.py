@@ -28,6 +28,12 @@ class TaskSpec:
     retries: int = 0
     #: the name shared by tasks of one function, for duration estimates and display
     prefix: str = ""
+    #: worker addresses or host names that may run it
+    workers: tuple[str, ...] = ()
+    #: abstract resources it needs, e.g. {"GPU": 1}
+    resources: dict[str, float] | None = None
+    #: run elsewhere when no worker meets the restrictions
+    allow_other_workers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +82,27 @@ class TaskErred(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class MissingData(Stimulus):
+    """A worker could not read a stored dependency of ``key`` (the copy at ``value`` is gone)."""
+
+    op: ClassVar[str] = "missing-data"
+    key: str
+    worker: str
+    dependency: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
 class AddWorker(Stimulus):
     op: ClassVar[str] = "add-worker"
     address: str
     node: str
     nthreads: int = 1
     pid: int = 0
+    host: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
+    #: bytes it may use; 0 when unknown
+    memory_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +147,13 @@ class ClientReleasesKeys(Stimulus):
     op: ClassVar[str] = "release-keys"
     client: str
     keys: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Stimulus):
+    """Stop computing ``keys`` and their dependents (for every client with ``force``)."""
+
+    op: ClassVar[str] = "cancel"
+    client: str
+    keys: tuple[str, ...] = field(default=())
+    force: bool = False

@@ -9,12 +9,15 @@ away, or on SIGTERM.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
 import os
-import argparse
 import socket
 import sys
+
+import psutil
 
 from runtime import procutil
 from runtime.comm.core import Comm, connect
@@ -51,12 +54,19 @@ def _alive(pid: int) -> bool:
 
 
 class NodeAgent:
-    def __init__(self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str):
+    def __init__(
+        self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
+        resources: dict[str, float] | None = None,
+    ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
         self.prefix = prefix
         self.num_workers = num_workers
         self.log_dir = log_dir
+        #: abstract resources each worker offers
+        self.resources = resources or {}
+        #: each worker's share of this machine's memory
+        self.memory_limit = psutil.virtual_memory().total // max(1, num_workers)
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
@@ -69,7 +79,13 @@ class NodeAgent:
         os.makedirs(self.log_dir, exist_ok=True)
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
-            {"op": "register-node", "node": self.node, "prefix": self.prefix, "host": socket.gethostname(), "pid": os.getpid()}
+            {
+                "op": "register-node",
+                "node": self.node,
+                "prefix": self.prefix,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
         )
         supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
         try:
@@ -99,6 +115,7 @@ class NodeAgent:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
                     "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
+                    "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
                     "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
                 )  # fmt: skip
             finally:
@@ -124,7 +141,7 @@ class NodeAgent:
                 p.terminate()
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout=3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for p in procs:
                 if p.returncode is None:
                     p.kill()
@@ -137,7 +154,10 @@ class NodeAgent:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    agent = NodeAgent(args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir)
+    agent = NodeAgent(
+        args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir,
+        json.loads(args.resources),
+    )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
 
@@ -148,6 +168,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--resources", default="{}", help="abstract resources of each worker, as JSON")
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     procutil.run_process("agent", _main(args))

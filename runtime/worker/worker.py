@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import pickle
+import socket
 import threading
 import time
 import traceback
@@ -31,12 +32,16 @@ from runtime.comm import serialize
 from runtime.comm.core import Comm, connect
 from runtime.errors import TaskError
 from runtime.objstore import values
+from runtime.objstore.store import ObjectLostError
 
 logger = logging.getLogger("runtime.worker")
 
 
 class Worker:
-    def __init__(self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1):
+    def __init__(
+        self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1,
+        resources: dict[str, float] | None = None, memory_limit: int = 0,
+    ):  # fmt: skip
         self.scheduler_address = scheduler
         #: the node (agent and store) this worker belongs to
         self.node = node
@@ -45,6 +50,10 @@ class Worker:
         #: this worker's id with the scheduler
         self.address = name
         self.nthreads = nthreads
+        #: abstract resources this worker offers, e.g. {"GPU": 1}, and what is free of them now
+        self.resources = dict(resources or {})
+        self._available = dict(self.resources)
+        self.memory_limit = memory_limit
         self.comm: Comm | None = None
         #: tasks received and not started: (priority, arrival, message)
         self._ready: list[tuple[Any, int, dict]] = []
@@ -52,6 +61,8 @@ class Worker:
         self._arrivals = itertools.count()
         #: the compute-task message each queued key will run with; a cancel removes it
         self._live: dict[str, dict] = {}
+        #: ready tasks waiting for resources that running tasks hold
+        self._blocked: list[tuple[Any, int, dict]] = []
         #: finished-task messages waiting for the event loop to send them
         self._done: deque[dict] = deque()
         self._wakeup_pending = False
@@ -64,8 +75,12 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
-            {"op": "register-worker", "address": self.address, "node": self.node, "nthreads": self.nthreads, "pid": os.getpid()}
-        )
+            {
+                "op": "register-worker", "address": self.address, "node": self.node, "nthreads": self.nthreads,
+                "pid": os.getpid(), "host": socket.gethostname(), "resources": self.resources,
+                "memory_limit": self.memory_limit,
+            }
+        )  # fmt: skip
         for i in range(self.nthreads):
             threading.Thread(target=self._executor, name=f"executor-{i}", daemon=True).start()
         try:
@@ -107,11 +122,37 @@ class Worker:
                     self._ready_cv.wait()
                 if self._stopping:
                     return
-                _, _, msg = heapq.heappop(self._ready)
+                entry = heapq.heappop(self._ready)
+                msg = entry[2]
                 if self._live.get(msg["key"]) is not msg:
                     continue  # cancelled, or superseded by a later compute-task
+                needs = msg.get("resources")
+                if needs and not self._acquire(needs):
+                    self._blocked.append(entry)
+                    continue
                 del self._live[msg["key"]]
-            self._post(self.execute(msg))
+            try:
+                self._post(self.execute(msg))
+            finally:
+                if needs:
+                    self._release(needs)
+
+    def _acquire(self, needs: dict[str, float]) -> bool:
+        """Take ``needs`` from the free resources if all are there.  Call with ``_ready_cv`` held."""
+        if any(self._available.get(r, 0) < n for r, n in needs.items()):
+            return False
+        for r, n in needs.items():
+            self._available[r] -= n
+        return True
+
+    def _release(self, needs: dict[str, float]) -> None:
+        with self._ready_cv:
+            for r, n in needs.items():
+                self._available[r] += n
+            for entry in self._blocked:
+                heapq.heappush(self._ready, entry)
+            self._blocked.clear()
+            self._ready_cv.notify_all()
 
     def execute(self, msg: dict) -> dict:
         """Run one task; returns the task-finished or task-erred message."""
@@ -122,13 +163,26 @@ class Worker:
             func = self._functions.get(func_bytes)
             if func is None:
                 func = self._functions[func_bytes] = serialize.loads(func_bytes)
-            deps = {k: values.decode(v, key=k, node=self.node) for k, v in msg["deps"].items()}
+            deps = {}
+            for dep, located in msg["deps"].items():
+                try:
+                    deps[dep] = values.decode(located, key=dep, node=self.node)
+                except ObjectLostError as e:
+                    logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
+                    return {"op": "missing-data", "key": key, "dependency": dep, "value": located}
             args, kwargs = serialize.loads_args(args_bytes, deps)
             del deps
             result = func(*args, **kwargs)
             del args, kwargs
             value, nbytes = values.encode(result, key=key, prefix=self.prefix, node=self.node)
-            return {"op": "task-finished", "key": key, "value": value, "nbytes": nbytes, "start": start, "stop": time.time()}
+            return {
+                "op": "task-finished",
+                "key": key,
+                "value": value,
+                "nbytes": nbytes,
+                "start": start,
+                "stop": time.time(),
+            }
         except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and self._stopping:
                 raise

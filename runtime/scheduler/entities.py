@@ -1,0 +1,219 @@
+"""What the scheduler knows about each task, task group, worker, node and client.
+
+Plain slotted classes with no behaviour beyond bookkeeping: ``state.py`` changes them,
+``placement.py`` reads them, ``validation.py`` checks them.  Names follow the
+specification (``who_has``, ``processing``, ``waiting_data``, ...).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
+ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
+#: recommendations: key -> the state it should move to next
+Recs = dict[str, TaskStateState]
+#: messages to send: client id, worker address or node id -> wire-ready messages
+Msgs = dict[str, list[dict]]
+#: what a transition returns: more recommendations, client messages, worker messages
+RecsMsgs = tuple[Recs, Msgs, Msgs]
+#: how to run a task: the pickled callable and the pickled (args, kwargs)
+T_runspec = tuple[bytes, bytes]
+
+
+def is_stored(data: bytes | list | None) -> bool:
+    """A value's wire form is inline bytes, or ``[node, nbytes, name]`` for a stored one."""
+    return isinstance(data, list)
+
+
+class TaskGroup:
+    """Tasks that share a prefix (one function): sized to tell root-ish tasks apart."""
+
+    __slots__ = ("name", "size", "dependencies")
+
+    def __init__(self, name: str):
+        self.name = name
+        #: how many of its tasks the scheduler knows now
+        self.size = 0
+        #: groups its tasks depend on
+        self.dependencies: set[TaskGroup] = set()
+
+
+class TaskState:
+    __slots__ = (
+        "key", "prefix", "group", "run_spec", "state", "priority", "dependencies", "dependents",
+        "waiting", "waiting_data", "who_wants", "who_has", "processing_on", "data", "nbytes",
+        "exception", "traceback", "exception_text", "exception_blame", "erred_on",
+        "suspicious", "retries", "worker_restrictions", "host_restrictions",
+        "resource_restrictions", "loose_restrictions",
+    )  # fmt: skip
+
+    def __init__(self, key: str, run_spec: T_runspec | None, group: TaskGroup):
+        #: the task's name, unique in the cluster
+        self.key = key
+        #: name shared by tasks of one function, for duration estimates
+        self.prefix = group.name
+        self.group = group
+        #: how to run it; None for data put by a client
+        self.run_spec = run_spec
+        #: one of ALL_TASK_STATES
+        self.state: TaskStateState = "released"
+        #: lower runs first: (-user priority, submission generation, order in graph)
+        self.priority: tuple[int, int, int] = (0, 0, 0)
+        #: tasks whose values this one needs
+        self.dependencies: set[TaskState] = set()
+        #: tasks that need this one's value
+        self.dependents: set[TaskState] = set()
+        #: dependencies not yet in memory (the specification's ``waiting``)
+        self.waiting: set[TaskState] = set()
+        #: dependents yet to run that need this value kept (``waiting_data``)
+        self.waiting_data: set[TaskState] = set()
+        #: clients holding a future for this key
+        self.who_wants: set[ClientState] = set()
+        #: workers holding the value
+        self.who_has: set[WorkerState] = set()
+        #: the worker running it, while processing (``rprocessing``)
+        self.processing_on: WorkerState | None = None
+        #: the value's wire form while in memory: inline pickle or [node, nbytes, name]
+        self.data: bytes | list | None = None
+        #: size of the value in bytes
+        self.nbytes = 0
+        #: pickled exception, remote traceback text and str(exception), when erred
+        self.exception: bytes | None = None
+        self.traceback: str | None = None
+        self.exception_text = ""
+        #: the erred task this one failed because of (itself if it raised)
+        self.exception_blame: TaskState | None = None
+        #: workers it raised on or died on (created on first use)
+        self.erred_on: set[str] | None = None
+        #: how many workers died while running it
+        self.suspicious = 0
+        #: how many more times to rerun it if it raises
+        self.retries = 0
+        #: addresses of the only workers that may run it, or None
+        self.worker_restrictions: set[str] | None = None
+        #: hosts whose workers may run it, or None
+        self.host_restrictions: set[str] | None = None
+        #: abstract resources it needs from a worker, e.g. {"GPU": 1}, or None
+        self.resource_restrictions: dict[str, float] | None = None
+        #: run elsewhere when no worker meets the restrictions
+        self.loose_restrictions = False
+
+    def has_restrictions(self) -> bool:
+        return bool(self.worker_restrictions or self.host_restrictions or self.resource_restrictions)
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    __slots__ = (
+        "address", "node", "host", "nthreads", "pid", "resources", "memory_limit",
+        "processing", "has_what", "occupancy", "nbytes", "slots",
+    )  # fmt: skip
+
+    def __init__(
+        self, address: str, node: str, nthreads: int, *, host: str = "", pid: int = 0,
+        resources: dict[str, float] | None = None, memory_limit: int = 0, saturation: float = math.inf,
+    ):  # fmt: skip
+        #: its id with the scheduler
+        self.address = address
+        #: the node (agent and store) it belongs to
+        self.node = node
+        #: the machine it runs on, for host restrictions
+        self.host = host
+        self.nthreads = nthreads
+        self.pid = pid
+        #: abstract resources it offers, e.g. {"GPU": 2}
+        self.resources: dict[str, float] = resources or {}
+        #: bytes it may use (0: unknown)
+        self.memory_limit = memory_limit
+        #: tasks sent to it and their expected durations
+        self.processing: dict[TaskState, float] = {}
+        #: values it holds (an ordered set)
+        self.has_what: dict[TaskState, None] = {}
+        #: expected seconds of work sent to it
+        self.occupancy = 0.0
+        #: bytes of the values it holds
+        self.nbytes = 0
+        #: how many tasks it may run or hold ready before it counts as saturated
+        self.slots = math.inf if saturation == math.inf else max(1, math.ceil(saturation * nthreads))
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.address} node={self.node} processing={len(self.processing)}>"
+
+
+class ClientState:
+    __slots__ = ("client_key", "wants_what")
+
+    def __init__(self, client_key: str):
+        self.client_key = client_key
+        #: tasks this client holds futures for
+        self.wants_what: set[TaskState] = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientState {self.client_key!r} wants={len(self.wants_what)}>"
+
+
+class NodeState:
+    __slots__ = ("node", "workers", "stored")
+
+    def __init__(self, node: str):
+        self.node = node
+        #: live workers on this node
+        self.workers: set[WorkerState] = set()
+        #: tasks whose value is in this node's store
+        self.stored: set[TaskState] = set()
+
+
+class HeapSet:
+    """Tasks ordered by priority, with O(log n) push/pop and O(1) membership and removal.
+
+    Removal is lazy: a removed task stays in the heap until it reaches the top.
+    """
+
+    __slots__ = ("_heap", "_members", "_count")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[tuple[int, int, int], int, TaskState]] = []
+        self._members: set[TaskState] = set()
+        self._count = 0
+
+    def add(self, ts: TaskState) -> None:
+        if ts not in self._members:
+            self._members.add(ts)
+            self._count += 1
+            heapq.heappush(self._heap, (ts.priority, self._count, ts))
+
+    def discard(self, ts: TaskState) -> None:
+        self._members.discard(ts)
+
+    def peek(self) -> TaskState | None:
+        heap = self._heap
+        while heap and heap[0][2] not in self._members:
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def topk(self, k: int) -> list[TaskState]:
+        """The ``k`` first tasks, without removing them: O(k log n)."""
+        taken = []
+        while len(taken) < k and self.peek() is not None:
+            taken.append(heapq.heappop(self._heap))
+        for entry in taken:
+            heapq.heappush(self._heap, entry)
+        return [e[2] for e in taken]
+
+    def __contains__(self, ts: object) -> bool:
+        return ts in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __bool__(self) -> bool:
+        return bool(self._members)
+
+    def __iter__(self) -> Iterator[TaskState]:
+        return iter(self._members)

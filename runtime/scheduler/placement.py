@@ -1,0 +1,132 @@
+"""Which worker runs a task, and which workers can be closed: the specification's policies.
+
+Pure functions of the scheduler's state; none walks the graph.
+
+* ``valid_workers``: the workers that meet a task's restrictions (None: any worker).
+* ``decide_worker``: for a task with dependencies in a node store, the worker with the least
+  expected start time (bytes to fetch / bandwidth + occupancy per thread) among the workers
+  on nodes holding them and the least busy worker elsewhere; otherwise the least busy
+  worker with a free slot, else round robin.
+* ``is_rootish`` / ``decide_rootish``: root-ish tasks (large groups with few dependencies)
+  wait in ``queued`` on the scheduler until a worker has a free slot, so wide graphs do not
+  flood workers with tasks they cannot run yet.
+* ``workers_to_close``: idle workers holding little data, while enough memory remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from runtime.scheduler.entities import TaskState, WorkerState, is_stored
+
+if TYPE_CHECKING:
+    from runtime.scheduler.state import SchedulerState
+
+#: bytes per second assumed between nodes, for the cost of fetching a dependency
+BANDWIDTH = 100e6
+
+
+def valid_workers(s: SchedulerState, ts: TaskState) -> set[WorkerState] | None:
+    """Workers that satisfy ``ts``'s worker, host and resource restrictions; None if unrestricted."""
+    if not ts.has_restrictions():
+        return None
+    ok: set[WorkerState] | None = None
+    if ts.worker_restrictions or ts.host_restrictions:
+        ok = {ws for a in ts.worker_restrictions or () if (ws := s.workers.get(a)) is not None}
+        for host in ts.host_restrictions or ():
+            ok.update(s.workers_by_host.get(host, ()))
+    if ts.resource_restrictions:
+        pool: Iterable[WorkerState] = s.workers.values() if ok is None else ok
+        ok = {ws for ws in pool if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())}
+    assert ok is not None
+    if not ok and ts.loose_restrictions:
+        return None
+    return ok
+
+
+def worker_objective(ts: TaskState, ws: WorkerState) -> tuple[float, int]:
+    """Expected start time of ``ts`` on ``ws``, then bytes held (to break ties)."""
+    fetch = 0
+    for dts in ts.dependencies:
+        if is_stored(dts.data) and dts.data[0] != ws.node:  # type: ignore[index]
+            fetch += dts.nbytes
+    return fetch / BANDWIDTH + ws.occupancy / ws.nthreads, ws.nbytes
+
+
+def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
+    """The worker to run ``ts`` (not root-ish), or None if no worker may run it."""
+    valid = valid_workers(s, ts)
+    if valid is not None and not valid:
+        return None
+    # Locality only matters for stored values: inline ones travel with the task anyway.
+    holders: set[WorkerState] = set()
+    for dts in ts.dependencies:
+        if is_stored(dts.data):
+            ns = s.nodes.get(dts.data[0])  # type: ignore[index]
+            if ns is not None:
+                holders |= ns.workers
+    if valid is not None:
+        holders &= valid
+    # The least busy worker anywhere competes with the holders: when they are busy enough,
+    # moving the data costs less than waiting (the objective weighs both).
+    elsewhere = min(valid, key=_load) if valid is not None else _least_busy(s)
+    if not holders:
+        return elsewhere
+    if elsewhere is not None:
+        holders.add(elsewhere)
+    return min(holders, key=lambda ws: worker_objective(ts, ws))
+
+
+def _load(ws: WorkerState) -> tuple[float, float]:
+    return len(ws.processing) / ws.nthreads, ws.occupancy / ws.nthreads
+
+
+def _least_busy(s: SchedulerState) -> WorkerState | None:
+    """An unsaturated worker with the least load, else the next worker in turn: O(idle)."""
+    if s.idle:
+        return min(s.idle, key=_load)
+    if not s.workers:
+        return None
+    s.round_robin += 1
+    pool = s.worker_list()
+    return pool[s.round_robin % len(pool)]
+
+
+def is_rootish(s: SchedulerState, ts: TaskState) -> bool:
+    """A task of a large group with few dependencies (Dask's definition), and no restrictions."""
+    if ts.has_restrictions():
+        return False
+    tg = ts.group
+    if tg.size <= 2 * s.total_nthreads or len(tg.dependencies) >= 5:
+        return False
+    return sum(dg.size for dg in tg.dependencies) < 5
+
+
+def decide_rootish(s: SchedulerState) -> WorkerState | None:
+    """The least busy worker with a free slot, or None if all are saturated."""
+    return min(s.idle, key=_load) if s.idle else None
+
+
+def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | None = None) -> list[str]:
+    """Idle workers that can go, holding the least data first.
+
+    A worker is a candidate when it runs nothing.  Candidates are closed, the emptiest
+    first, while the memory of the workers that remain is at least ``memory_factor`` times
+    the data held in the cluster (or, with ``n``, while more than ``n`` workers remain).
+    A worker with no known memory limit counts as offering none.
+    """
+    total = sum(ws.nbytes for ws in s.workers.values())
+    limit = sum(ws.memory_limit for ws in s.workers.values())
+    remaining = len(s.workers)
+    to_close = []
+    for ws in sorted((ws for ws in s.workers.values() if not ws.processing), key=lambda ws: (ws.nbytes, ws.address)):
+        if n is not None:
+            if remaining <= n:
+                break
+        elif limit - ws.memory_limit < memory_factor * total:
+            break
+        to_close.append(ws.address)
+        limit -= ws.memory_limit
+        remaining -= 1
+    return to_close

@@ -1,0 +1,134 @@
+"""Invariants of the scheduler's state, checked after every transition when ``validate=True``.
+
+One ``_validate_<state>`` per task state, run on the task a transition moved, and
+``validate_state`` over everything, run after every stimulus.  A broken rule raises
+``InvariantError`` naming the key (or worker, or client) and the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runtime.scheduler.entities import TaskState, is_stored
+
+if TYPE_CHECKING:
+    from runtime.scheduler.state import SchedulerState
+
+PENDING = ("waiting", "no-worker", "queued", "processing")
+
+
+class InvariantError(AssertionError):
+    """validate=True found the state inconsistent; the message names the key and the rule."""
+
+
+def _check(ts: TaskState, ok: bool, what: str) -> None:
+    if not ok:
+        raise InvariantError(f"task {ts.key!r} ({ts.state}): {what}")
+
+
+def _validate_released(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, not ts.waiting and ts.processing_on is None and ts.data is None, "released task holds state")
+    _check(ts, ts not in s.unrunnable and ts not in s.queued, "released task is unrunnable or queued")
+
+
+def _validate_waiting(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, ts.processing_on is None and ts.data is None, "waiting task is processing or in memory")
+    _check(
+        ts, ts.waiting == {d for d in ts.dependencies if d.state != "memory"}, "waiting != dependencies not in memory"
+    )
+    for dts in ts.dependencies:
+        _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
+
+
+def _validate_ready(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, not ts.waiting and ts.processing_on is None, "ready task still waiting, or processing")
+    for dts in ts.dependencies:
+        _check(ts, dts.state == "memory", f"ready but dependency {dts.key!r} is {dts.state}")
+
+
+def _validate_no_worker(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, ts in s.unrunnable and ts not in s.queued, "no-worker task not in unrunnable")
+    _validate_ready(s, ts)
+
+
+def _validate_queued(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, ts in s.queued and ts not in s.unrunnable, "queued task not in queued")
+    _validate_ready(s, ts)
+
+
+def _validate_processing(s: SchedulerState, ts: TaskState) -> None:
+    ws = ts.processing_on
+    _check(
+        ts, ws is not None and s.workers.get(ws.address) is ws and ts in ws.processing, "processing on no live worker"
+    )
+    _check(ts, not ts.waiting, "processing while waiting for dependencies")
+    for dts in ts.dependencies:
+        _check(ts, dts.state == "memory", f"processing but dependency {dts.key!r} is {dts.state}")
+        _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
+
+
+def _validate_memory(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, ts.data is not None, "in memory without a value")
+    _check(ts, ts.processing_on is None and not ts.waiting, "in memory but processing or waiting")
+    for ws in ts.who_has:
+        _check(ts, ts in ws.has_what, f"who_has {ws.address} but not in its has_what")
+    if is_stored(ts.data):
+        ns = s.nodes.get(ts.data[0])  # type: ignore[index]
+        _check(ts, ns is not None and ts in ns.stored, "stored on a node that does not list it")
+
+
+def _validate_erred(s: SchedulerState, ts: TaskState) -> None:
+    _check(ts, ts.exception_blame is not None, "erred without exception_blame")
+    _check(ts, ts.processing_on is None and ts.data is None and not ts.waiting, "erred but processing or in memory")
+
+
+def validate_task_state(s: SchedulerState, ts: TaskState) -> None:
+    if ts.state == "forgotten":
+        _check(ts, ts.key not in s.tasks, "forgotten but still in tasks")
+        return
+    _check(ts, s.tasks.get(ts.key) is ts, "not in tasks")
+    _VALIDATORS[ts.state](s, ts)
+
+
+def validate_state(s: SchedulerState) -> None:
+    """Check the whole state: every task, worker, node and client."""
+    for ts in s.tasks.values():
+        validate_task_state(s, ts)
+        for dts in ts.dependencies:
+            _check(ts, ts in dts.dependents, f"not among dependents of its dependency {dts.key!r}")
+        for cs in ts.who_wants:
+            _check(ts, ts in cs.wants_what and cs.client_key in s.clients, "who_wants/wants_what differ")
+        if ts.state == "memory":
+            _check(ts, bool(ts.who_wants or ts.waiting_data), "in memory but nobody wants it")
+        if ts.state in PENDING:
+            _check(ts, bool(ts.who_wants or ts.waiting_data), "runs, but nobody wants it or waits for it")
+            for dts in ts.dependencies:
+                _check(ts, ts in dts.waiting_data, f"pending, but missing from waiting_data of {dts.key!r}")
+        _check(ts, bool(ts.who_wants or ts.dependents), "kept, but nobody wants it or depends on it")
+    for ws in s.workers.values():
+        for ts in ws.processing:
+            _check(ts, ts.processing_on is ws, f"in processing of {ws.address} but runs elsewhere")
+        for ts in ws.has_what:
+            _check(ts, ws in ts.who_has, f"in has_what of {ws.address} but not in who_has")
+        total = sum(ws.processing.values())
+        if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
+            raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
+        if (ws in s.idle) != (len(ws.processing) < ws.slots):
+            raise InvariantError(f"worker {ws.address}: in idle is {ws in s.idle} with {len(ws.processing)} tasks")
+    if s.queued and s.idle:
+        raise InvariantError(f"{len(s.queued)} tasks queued while {len(s.idle)} workers have free slots")
+    for cs in s.clients.values():
+        for ts in cs.wants_what:
+            _check(ts, cs in ts.who_wants, f"wanted by {cs.client_key} but not in who_wants")
+
+
+_VALIDATORS: dict[str, Callable[[SchedulerState, TaskState], None]] = {
+    "released": _validate_released,
+    "waiting": _validate_waiting,
+    "no-worker": _validate_no_worker,
+    "queued": _validate_queued,
+    "processing": _validate_processing,
+    "memory": _validate_memory,
+    "erred": _validate_erred,
+}
