@@ -13,8 +13,9 @@ How it works::
                      ▼
     (client_msgs, worker_msgs) ──► the I/O shell (server.py) sends them
 
-Task states are those of the specification (``ALL_TASK_STATES``).  A transition not in
-``_TRANSITIONS`` goes through ``released`` when both legs exist, else it raises
+Task states are those of the specification (``ALL_TASK_STATES``).  ``_TRANSITIONS`` maps
+each legal ``(start, finish)`` pair to its function; a pair with no function of its own
+goes through ``released`` when both legs exist; any other pair raises
 ``InvalidTransition`` naming the key and both states.  Where a task runs is decided in
 ``placement.py``; the invariants are in ``validation.py``.
 
@@ -141,7 +142,8 @@ class SchedulerState:
         self._client_msgs, self._worker_msgs = {}, {}
         recs = self._handlers[type(stimulus)](stimulus)
         self.transitions(recs, stimulus.stimulus_id)
-        self._fill_free_slots(stimulus.stimulus_id)
+        if self.queued and self.idle:
+            self._fill_free_slots(stimulus.stimulus_id)
         if self.validate:
             validation.validate_state(self)
         msgs = self._client_msgs, self._worker_msgs
@@ -167,7 +169,7 @@ class SchedulerState:
 
     def transitions(self, recommendations: Recs, stimulus_id: str) -> None:
         """Apply recommendations, and those they produce, until none is left."""
-        recs = dict(recommendations)
+        recs = dict(recommendations)  # a copy: transition_log keeps the dicts transitions return
         while recs:
             key, finish = recs.popitem()
             ts = self.tasks.get(key)
@@ -178,14 +180,9 @@ class SchedulerState:
     def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, **kwargs: Any) -> Recs:
         start = ts.state
         func = _TRANSITIONS.get((start, finish))
-        if func is not None:
-            recs = func(self, ts, **kwargs)
-        elif (start, "released") in _TRANSITIONS and ("released", finish) in _TRANSITIONS:
-            recs = _TRANSITIONS[start, "released"](self, ts)
-            recs.pop(ts.key, None)  # we are going on to `finish` ourselves
-            recs.update(_TRANSITIONS["released", finish](self, ts, **kwargs))
-        else:
+        if func is None:
             raise InvalidTransition(ts.key, start, finish, stimulus_id)
+        recs = func(self, ts, **kwargs) if kwargs else func(self, ts)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
         if self.validate:
@@ -202,9 +199,9 @@ class SchedulerState:
                 return {ts.key: "erred"}
         recs: Recs = {}
         for dts in ts.dependencies:
-            dts.waiting_data.add(ts)
+            dts.waiting_data[ts] = None
             if dts.state != "memory":
-                ts.waiting.add(dts)
+                ts.waiting[dts] = None
                 if dts.state == "released":
                     recs[dts.key] = "waiting"
         ts.state = "waiting"
@@ -295,8 +292,6 @@ class SchedulerState:
         Not done inside a transition: a task freeing a slot cannot know whether the queued
         task it would pick is about to be released by the same stimulus.
         """
-        if not (self.queued and self.idle):
-            return
         free = sum(ws.slots - len(ws.processing) for ws in self.idle)
         top = self.queued.topk(int(min(free, len(self.queued))))
         recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
@@ -331,11 +326,11 @@ class SchedulerState:
             ws.nbytes += nbytes
         for dts in ts.dependents:
             if dts.state == "waiting":
-                dts.waiting.discard(ts)
+                dts.waiting.pop(ts, None)
                 if not dts.waiting:
                     recs[dts.key] = "processing"
         for dts in ts.dependencies:
-            dts.waiting_data.discard(ts)
+            dts.waiting_data.pop(ts, None)
             self._release_if_unneeded(dts, recs)
         if ts.who_wants:
             self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": value, "nbytes": nbytes})
@@ -366,7 +361,7 @@ class SchedulerState:
             if dts.state in ("processing", "no-worker", "queued"):
                 recs[dts.key] = "released"  # it lost an input; it will wait for it again
             elif dts.state == "waiting":
-                dts.waiting.add(ts)
+                dts.waiting[ts] = None
         return self._after_release(ts, recs)
 
     def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
@@ -421,7 +416,7 @@ class SchedulerState:
     def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
         for dts in ts.dependencies:
-            dts.waiting_data.discard(ts)
+            dts.waiting_data.pop(ts, None)
             self._release_if_unneeded(dts, recs)
 
     def _transition_waiting_erred(self, ts: TaskState) -> Recs:
@@ -476,15 +471,15 @@ class SchedulerState:
     def _transition_released_forgotten(self, ts: TaskState) -> Recs:
         recs: Recs = {}
         for dts in ts.dependencies:
-            dts.dependents.discard(ts)
-            dts.waiting_data.discard(ts)
+            dts.dependents.pop(ts, None)
+            dts.waiting_data.pop(ts, None)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
             else:
                 self._release_if_unneeded(dts, recs)
         for dts in ts.dependents:  # only when cancelled together with ts
-            dts.dependencies.discard(ts)
-            dts.waiting.discard(ts)
+            dts.dependencies.pop(ts, None)
+            dts.waiting.pop(ts, None)
             if dts.state not in ("memory", "erred"):
                 recs[dts.key] = "forgotten"
         ts.dependencies.clear()
@@ -525,8 +520,8 @@ class SchedulerState:
                 if dts is None:
                     lookup_errors.append((ts, dep))
                     continue
-                ts.dependencies.add(dts)
-                dts.dependents.add(ts)
+                ts.dependencies[dts] = None
+                dts.dependents[ts] = None
                 ts.group.dependencies.add(dts.group)
             recs[ts.key] = "waiting"
         for key in s.wanted:
@@ -793,3 +788,20 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("erred", "forgotten"): S._transition_erred_forgotten,
 }
 del S
+
+
+def _via_released(first: Callable[..., Recs], then: Callable[..., Recs]) -> Callable[..., Recs]:
+    def transition(self: SchedulerState, ts: TaskState, **kwargs: Any) -> Recs:
+        recs = first(self, ts)
+        recs.pop(ts.key, None)  # it goes on to the final state itself
+        recs.update(then(self, ts, **kwargs))
+        return recs
+
+    return transition
+
+
+# Every other pair goes through "released" when both legs exist (e.g. memory -> forgotten).
+for (_start, _mid), _first in list(_TRANSITIONS.items()):
+    for (_mid2, _finish), _then in list(_TRANSITIONS.items()):
+        if _mid == _mid2 == "released" and _start != _finish and (_start, _finish) not in _TRANSITIONS:
+            _TRANSITIONS[_start, _finish] = _via_released(_first, _then)

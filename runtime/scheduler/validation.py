@@ -34,9 +34,8 @@ def _validate_released(s: SchedulerState, ts: TaskState) -> None:
 
 def _validate_waiting(s: SchedulerState, ts: TaskState) -> None:
     _check(ts, ts.processing_on is None and ts.data is None, "waiting task is processing or in memory")
-    _check(
-        ts, ts.waiting == {d for d in ts.dependencies if d.state != "memory"}, "waiting != dependencies not in memory"
-    )
+    not_in_memory = {d for d in ts.dependencies if d.state != "memory"}
+    _check(ts, ts.waiting.keys() == not_in_memory, "waiting != the dependencies not in memory")
     for dts in ts.dependencies:
         _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
 
