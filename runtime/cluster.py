@@ -9,6 +9,7 @@ directory, so nothing listens on the network.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,9 @@ def _session_root() -> str:
 
 
 class LocalCluster:
-    def __init__(self, n_workers: int | None = None, *, validate: bool | None = None):
+    def __init__(
+        self, n_workers: int | None = None, *, resources: dict[str, float] | None = None, validate: bool | None = None
+    ):
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
         self.n_workers = os.cpu_count() or 1 if n_workers is None else n_workers
@@ -47,6 +50,7 @@ class LocalCluster:
                 sys.executable, "-m", "runtime.worker.agent", "--scheduler", self.scheduler_address,
                 "--node", self.node, "--prefix", self.prefix, "--num-workers", str(self.n_workers),
                 "--log-dir", os.path.join(self.session_dir, "logs"), "--watch-parent",
+                "--resources", json.dumps(resources or {}),
             ],
             "agent.log",
         )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 
 class GetTimeoutError(TimeoutError):
     """``get``/``result`` waited ``timeout`` seconds; the futures stay valid and usable."""
@@ -45,3 +47,7 @@ class TaskError(RuntimeError):
 
 class SchedulerError(RuntimeError):
     """The scheduler hit an internal error; pending futures fail with it instead of hanging."""
+
+
+class TaskCancelledError(concurrent.futures.CancelledError):
+    """The task was cancelled (``runtime.cancel`` or ``Future.cancel``) before it finished."""

@@ -38,8 +38,18 @@ _current: Runtime | None = None
 _lock = threading.Lock()
 
 
-def init(address: str | None = None, *, num_workers: int | None = None, ignore_reinit_error: bool = False) -> Runtime:
-    """Start a local cluster (``num_workers`` processes, default one per CPU) or join ``address``."""
+def init(
+    address: str | None = None,
+    *,
+    num_workers: int | None = None,
+    resources: dict[str, float] | None = None,
+    ignore_reinit_error: bool = False,
+) -> Runtime:
+    """Start a local cluster or join the one at ``address``.
+
+    A local cluster has ``num_workers`` worker processes (default: one per CPU), each
+    offering ``resources`` (abstract amounts such as ``{"GPU": 1}``) to tasks that ask.
+    """
     global _current
     with _lock:
         if _current is not None:
@@ -47,11 +57,11 @@ def init(address: str | None = None, *, num_workers: int | None = None, ignore_r
                 return _current
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         if address is not None:
-            if num_workers is not None:
-                raise ValueError("num_workers applies to a local cluster; it cannot be set when joining an address")
+            if num_workers is not None or resources is not None:
+                raise ValueError("num_workers and resources apply to a local cluster, not when joining an address")
             _current = Runtime(Client(address), None)
         else:
-            cluster = LocalCluster(num_workers)
+            cluster = LocalCluster(num_workers, resources=resources)
             try:
                 client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
             except BaseException:
@@ -107,6 +117,14 @@ def wait(
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same future twice")
     return current_runtime().client.wait(refs, num_returns=num_returns, timeout=timeout)
+
+
+def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
+    """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError."""
+    futures = [refs] if isinstance(refs, Future) else list(refs)
+    if not all(isinstance(r, Future) for r in futures):
+        raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")
+    current_runtime().client.cancel(futures, force=force)
 
 
 def _describe(x: Any) -> str:

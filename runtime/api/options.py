@@ -31,6 +31,19 @@ TASK_OPTIONS: dict[str, Option] = {
     "max_retries": Option((int,), 0, _non_negative, "a whole number >= 0 (Ray's name for retries)"),
     "priority": Option((int,), 0, lambda x: True, "a whole number (higher runs first)"),
     "name": Option((str,), None, lambda x: bool(x), "a non-empty string"),
+    "resources": Option(
+        (dict,),
+        None,
+        lambda d: all(isinstance(k, str) and isinstance(v, int | float) and v > 0 for k, v in d.items()),
+        'a dict of resource name to a positive amount, e.g. {"GPU": 1}',
+    ),
+    "workers": Option(
+        (list, tuple, str),
+        None,
+        lambda w: isinstance(w, str) or all(isinstance(x, str) for x in w),
+        "a worker address or host name, or a list of them",
+    ),
+    "allow_other_workers": Option((bool,), False, lambda x: True, "True or False"),
 }
 
 
@@ -43,6 +56,10 @@ def check_options(options: dict[str, Any], table: dict[str, Option] = TASK_OPTIO
             raise TypeError(f"unknown option {name!r}{hint}")
         if value is None and opt.default is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, opt.types) or not opt.valid(value):
+        if (
+            (isinstance(value, bool) and bool not in opt.types)
+            or not isinstance(value, opt.types)
+            or not opt.valid(value)
+        ):
             raise ValueError(f"option {name}={value!r} is invalid: expected {opt.expected}")
     return dict(options)

@@ -19,6 +19,14 @@ class RemoteFunction:
         self._options = check_options(options)
         self._name = getattr(func, "__name__", "task")
         self._pickled: bytes | None = None
+        workers = self._options.get("workers")
+        restrictions = {
+            "workers": [workers] if isinstance(workers, str) else list(workers or ()),
+            "resources": self._options.get("resources"),
+            "allow_other_workers": self._options.get("allow_other_workers", False),
+        }
+        #: where it may run, as the scheduler reads it; None when anywhere
+        self._restrictions = {k: v for k, v in restrictions.items() if v} or None
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -35,7 +43,15 @@ class RemoteFunction:
         opts = self._options
         retries = opts.get("retries", 0) or opts.get("max_retries", 0)
         client = current_runtime().client
-        return client.submit(self._pickled, self._name, args, kwargs, retries=retries, priority=opts.get("priority", 0))
+        return client.submit(
+            self._pickled,
+            self._name,
+            args,
+            kwargs,
+            retries=retries,
+            priority=opts.get("priority", 0),
+            restrictions=self._restrictions,
+        )
 
     def options(self, **options: Any) -> RemoteFunction:
         """A copy of this remote function with some options changed."""

@@ -26,10 +26,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from runtime.client.future import ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
 from runtime.comm.core import Comm, connect, new_event_loop
-from runtime.errors import GetTimeoutError, SchedulerError
+from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import values
 
 logger = logging.getLogger("runtime.client")
@@ -97,6 +97,14 @@ class Client:
             fut = self._requests.pop(msg["reqid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg["result"])
+        elif op == "cancelled-keys":
+            for key in msg["keys"]:
+                fs = self._futures.get(key)
+                if fs is not None and fs.status == PENDING:
+                    fs.status, fs.exception = (
+                        CANCELLED,
+                        serialize.dumps(TaskCancelledError(f"task {key!r} was cancelled")),
+                    )
         elif op == "scheduler-error":
             self._fail_pending(SchedulerError(msg["text"]))
         elif op != "registered":
@@ -157,21 +165,36 @@ class Client:
         return f"{name}-{self._tag}{next(self._counter)}"
 
     def submit(
-        self, func_bytes: bytes, prefix: str, args: tuple, kwargs: dict, *, retries: int = 0, priority: int = 0
+        self,
+        func_bytes: bytes,
+        prefix: str,
+        args: tuple,
+        kwargs: dict,
+        *,
+        retries: int = 0,
+        priority: int = 0,
+        restrictions: dict[str, Any] | None = None,
     ) -> Future:
-        """Submit one task whose callable is already pickled; returns its future."""
+        """Submit one task whose callable is already pickled; returns its future.
+
+        ``restrictions`` may hold ``workers`` (addresses or hosts), ``resources`` and
+        ``allow_other_workers``.
+        """
         args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
         key = self.new_key(prefix)
         future = self._new_future(key)
-        self._send(
-            {
-                "op": "update-graph",
-                "tasks": [[key, func_bytes, args_bytes, list(deps), retries, prefix]],
-                "wanted": [key],
-                "priority": priority,
-            }
-        )
+        task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
+        if restrictions:
+            task.append(restrictions)
+        self._send({"op": "update-graph", "tasks": [task], "wanted": [key], "priority": priority})
         return future
+
+    def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
+        """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
+
+        A key another client also wants keeps running unless ``force``.
+        """
+        self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
 
     def put(self, value: Any) -> Future:
         """Store ``value`` in the cluster (in this node's store when large); returns its future."""
@@ -224,7 +247,7 @@ class Client:
             fs = f._state
             if fs.status == PENDING:
                 self._wait_for(lambda fs=fs: fs.status != PENDING, deadline, [f])
-            if fs.status == ERRED:
+            if fs.status in (ERRED, CANCELLED):
                 raise fs.error(f.key)
             assert fs.value is not None
             out.append(values.decode(fs.value, key=f.key, node=self.node or ""))

@@ -16,14 +16,14 @@ from runtime.errors import RemoteTraceback, TaskError
 if TYPE_CHECKING:
     from runtime.client.client import Client
 
-PENDING, FINISHED, ERRED = "pending", "finished", "erred"
+PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 
 
 class FutureState:
     __slots__ = ("status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount")
 
     def __init__(self) -> None:
-        #: pending, finished or erred
+        #: pending, finished, erred or cancelled
         self.status = PENDING
         #: the value's wire form once finished: inline pickle or [node, nbytes, name]
         self.value: bytes | list | None = None
@@ -44,6 +44,8 @@ class FutureState:
             exc = TaskError(f"task {key!r} failed with an exception that cannot be unpickled here: {e}")
         if not isinstance(exc, BaseException):
             exc = TaskError(repr(exc))
+        if self.status == CANCELLED:
+            return exc
         if self.traceback:
             exc.__cause__ = RemoteTraceback(self.traceback)
         where = f" on worker {self.worker}" if self.worker else ""
@@ -68,6 +70,13 @@ class Future:
     def result(self, timeout: float | None = None) -> Any:
         """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
         return self._client.get([self], timeout=timeout)[0]
+
+    def cancel(self, force: bool = False) -> None:
+        """Stop computing this task (and what depends on it)."""
+        self._client.cancel([self], force=force)
+
+    def cancelled(self) -> bool:
+        return self._state.status == CANCELLED
 
     def done(self) -> bool:
         return self._state.status != PENDING
