@@ -381,3 +381,40 @@ def test_workers_to_close_keeps_enough_memory_for_the_data(s):
     closable = s.workers_to_close(memory_factor=2)
     assert len(closable) == 2 and busy not in closable
     assert s.workers_to_close(n=3) == sorted(set(s.workers) - {busy})[:1]
+
+
+def reduction(leaves: int) -> tuple[list[st.TaskSpec], str]:
+    """A binary-tree sum over ``leaves`` leaves, listed leaves first (the worst order to run)."""
+    specs = [task(f"leaf-{i}") for i in range(leaves)]
+    level = [t.key for t in specs]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = [f"add-{depth}-{i}" for i in range(len(level) // 2)]
+        specs += [task(k, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)]
+        level = nxt
+    return specs, level[0]
+
+
+def test_graph_order_keeps_few_results_in_memory_on_a_reduction():
+    # Without queuing, so only the order holds memory down (run leaves first: 64 at once).
+    s = SchedulerState(validate=True, worker_saturation=float("inf"))
+    add_worker(s, "w1")
+    specs, root = reduction(64)
+    _, wmsgs = s.handle(graph(*specs, wanted=(root,)))
+    peak = 0
+    while s.tasks[root].state != "memory":
+        # The worker runs the task of highest priority it holds, as the real worker does.
+        ts = min(s.workers["w1"].processing, key=lambda t: t.priority)
+        s.handle(finished(ts.key, "w1"))
+        peak = max(peak, sum(1 for t in s.tasks.values() if t.state == "memory"))
+    assert peak <= 2 * 6 + 2  # O(log n) results at a time, not O(n)
+
+
+def test_a_graph_with_a_cycle_is_refused_with_a_clear_error(s):
+    add_worker(s)
+    cmsgs, wmsgs = s.handle(graph(task("a-1", "b-1"), task("b-1", "a-1"), task("c-1")))
+    assert not wmsgs and s.tasks == {}
+    errors = {m["key"]: pickle.loads(m["exception"]) for m in cmsgs["c1"]}
+    assert set(errors) == {"a-1", "b-1", "c-1"}
+    assert "cycle" in str(errors["a-1"])

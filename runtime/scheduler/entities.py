@@ -174,28 +174,31 @@ class NodeState:
 class HeapSet:
     """Tasks ordered by priority, with O(log n) push/pop and O(1) membership and removal.
 
-    Removal is lazy: a removed task stays in the heap until it reaches the top.
+    Removal is lazy: a removed task's entry stays in the heap until it reaches the top.  Each
+    add stamps its entry, and only the entry with a member's current stamp counts, so a task
+    removed and added again is never seen twice.
     """
 
     __slots__ = ("_heap", "_members", "_count")
 
     def __init__(self) -> None:
         self._heap: list[tuple[tuple[int, int, int], int, TaskState]] = []
-        self._members: set[TaskState] = set()
+        #: member -> the stamp of its live heap entry
+        self._members: dict[TaskState, int] = {}
         self._count = 0
 
     def add(self, ts: TaskState) -> None:
         if ts not in self._members:
-            self._members.add(ts)
             self._count += 1
+            self._members[ts] = self._count
             heapq.heappush(self._heap, (ts.priority, self._count, ts))
 
     def discard(self, ts: TaskState) -> None:
-        self._members.discard(ts)
+        self._members.pop(ts, None)
 
     def peek(self) -> TaskState | None:
-        heap = self._heap
-        while heap and heap[0][2] not in self._members:
+        heap, members = self._heap, self._members
+        while heap and members.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)
         return heap[0][2] if heap else None
 

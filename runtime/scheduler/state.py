@@ -62,6 +62,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     is_stored,
 )
+from runtime.scheduler.order import CycleError, graph_order
 from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
@@ -499,12 +500,21 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
+        specs = [spec for spec in s.tasks if spec.key not in self.tasks]
+        if len(specs) > 1:
+            try:
+                rank = graph_order([t.key for t in specs], {t.key: t.dependencies for t in specs})
+            except CycleError as e:
+                return self._reject_graph(cs, specs, str(e))
+        else:
+            rank = {t.key: 0 for t in specs}
+        in_order: list[st.TaskSpec] = specs.copy()
+        for spec in specs:
+            in_order[rank[spec.key]] = spec
         new: list[tuple[TaskState, st.TaskSpec]] = []
-        for order, spec in enumerate(s.tasks):
-            if spec.key in self.tasks:
-                continue
+        for spec in in_order:
             ts = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
-            ts.priority = (-s.priority, self._generation, order)
+            ts.priority = (-s.priority, self._generation, rank[spec.key])
             ts.retries = spec.retries
             if spec.workers:
                 ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
@@ -545,6 +555,14 @@ class SchedulerState:
             recs.pop(ts.key, None)
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
         return recs
+
+    def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str) -> Recs:
+        """A graph that can never run: tell the client, keep nothing of it."""
+        exception = pickle.dumps(ValueError(reason))
+        for spec in specs:
+            msg = {"op": "task-erred", "key": spec.key, "exception": exception, "traceback": "", "blame": spec.key}
+            self._to_client(cs.client_key, msg)
+        return {}
 
     def _new_task(self, key: str, run_spec: T_runspec | None, prefix: str) -> TaskState:
         tg = self.task_groups.get(prefix)
@@ -643,19 +661,24 @@ class SchedulerState:
         if ns is not None:
             ns.workers.discard(ws)
         recs: Recs = {}
-        for ts in list(ws.processing):
+        running = list(ws.processing)
+        for ts in running:
             ts.suspicious += 1
             ts.erred_on = ts.erred_on or set()
             ts.erred_on.add(ws.address)
+        # Err the tasks that killed too many workers first: what only they needed is then
+        # released with them, instead of being sent back to waiting a moment before.
+        for ts in running:
             if ts.suspicious > self.allowed_failures:
-                exc = KilledWorker(ts.key, sorted(ts.erred_on), s.cause)
+                exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
                 recs.update(
                     self._transition(
                         ts, "erred", s.stimulus_id, worker=ws.address, exception=pickle.dumps(exc),
                         traceback="", exception_text=str(exc),
                     )
                 )  # fmt: skip
-            else:
+        for ts in running:
+            if ts.processing_on is ws:
                 recs.update(self._transition(ts, "released", s.stimulus_id))
         # Its values survive: inline ones are held here, stored ones in its node's store.
         for ts in ws.has_what:
