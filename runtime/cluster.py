@@ -26,7 +26,12 @@ def _session_root() -> str:
 
 class LocalCluster:
     def __init__(
-        self, n_workers: int | None = None, *, resources: dict[str, float] | None = None, validate: bool | None = None
+        self,
+        n_workers: int | None = None,
+        *,
+        resources: dict[str, float] | None = None,
+        object_store_memory: int | None = None,
+        validate: bool | None = None,
     ):
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
@@ -51,6 +56,7 @@ class LocalCluster:
                 "--node", self.node, "--prefix", self.prefix, "--num-workers", str(self.n_workers),
                 "--log-dir", os.path.join(self.session_dir, "logs"), "--watch-parent",
                 "--resources", json.dumps(resources or {}),
+                *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
             ],
             "agent.log",
         )  # fmt: skip

@@ -418,3 +418,23 @@ def test_a_graph_with_a_cycle_is_refused_with_a_clear_error(s):
     errors = {m["key"]: pickle.loads(m["exception"]) for m in cmsgs["c1"]}
     assert set(errors) == {"a-1", "b-1", "c-1"}
     assert "cycle" in str(errors["a-1"])
+
+
+def test_a_put_may_arrive_before_its_nodes_agent_registers(s):
+    s.handle(st.UpdateData(sid(), "c1", "put-1", ["n9", 10, "obj"], 10))
+    assert s.tasks["put-1"].state == "memory" and s.tasks["put-1"] in s.nodes["n9"].stored
+    s.handle(st.AddNode(sid(), "n9"))  # the agent's registration comes later: nothing changes
+    assert s.tasks["put-1"] in s.nodes["n9"].stored
+
+
+def test_a_result_from_a_departed_node_is_lost_and_recomputed(s):
+    add_worker(s, "w1", "n1")
+    add_worker(s, "w2", "n2")
+    s.handle(graph(task("x-1")))
+    ws = s.tasks["x-1"].processing_on
+    s.handle(st.RemoveNode(sid(), ws.node))
+    other = s.tasks["x-1"].processing_on
+    assert other is not ws
+    # The old worker's result arrives after its node left: ignored; the rerun counts.
+    s.handle(finished("x-1", ws.address, [ws.node, 10, "obj"], 10))
+    assert s.tasks["x-1"].state == "processing"

@@ -43,12 +43,15 @@ def init(
     *,
     num_workers: int | None = None,
     resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
     ignore_reinit_error: bool = False,
 ) -> Runtime:
     """Start a local cluster or join the one at ``address``.
 
     A local cluster has ``num_workers`` worker processes (default: one per CPU), each
-    offering ``resources`` (abstract amounts such as ``{"GPU": 1}``) to tasks that ask.
+    offering ``resources`` (abstract amounts such as ``{"GPU": 1}``) to tasks that ask, and
+    a shared-memory object store of ``object_store_memory`` bytes (default: 30% of memory)
+    that spills to disk beyond that.
     """
     global _current
     with _lock:
@@ -57,11 +60,14 @@ def init(
                 return _current
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         if address is not None:
-            if num_workers is not None or resources is not None:
-                raise ValueError("num_workers and resources apply to a local cluster, not when joining an address")
+            if num_workers is not None or resources is not None or object_store_memory is not None:
+                raise ValueError(
+                    "num_workers, resources and object_store_memory apply to a local cluster, "
+                    "not when joining an address"
+                )
             _current = Runtime(Client(address), None)
         else:
-            cluster = LocalCluster(num_workers, resources=resources)
+            cluster = LocalCluster(num_workers, resources=resources, object_store_memory=object_store_memory)
             try:
                 client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
             except BaseException:

@@ -11,7 +11,9 @@ Everything is pickle protocol 5 (cloudpickle for functions and closures).  Two s
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 import threading
 from typing import Any
 
@@ -90,14 +92,34 @@ def loads_args(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
         _local.values = None
 
 
+class _ValuePickler(cloudpickle.CloudPickler):
+    """Pickles a value with its buffers out of band, non-contiguous numpy arrays included.
+
+    numpy pickles a strided array in band (a copy inside the pickle); it is made
+    contiguous once here instead, so it too is stored as a buffer and read without a copy.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        np = sys.modules.get("numpy")  # never import numpy just to pickle
+        if (
+            np is not None
+            and type(obj) is np.ndarray
+            and not (obj.flags.c_contiguous or obj.flags.f_contiguous)
+            and not obj.dtype.hasobject
+        ):
+            return np.ascontiguousarray(obj).__reduce_ex__(5)
+        return super().reducer_override(obj)
+
+
 def dumps_value(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle with large buffers out of band: ``(pickle_bytes, buffers)``."""
     buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
     try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        _ValuePickler(out, protocol=5, buffer_callback=buffers.append).dump(obj)
     except Exception as e:
         raise SerializationError(f"cannot pickle value of type {type(obj).__name__}: {e}") from e
-    return data, buffers
+    return out.getvalue(), buffers
 
 
 def buffers_nbytes(buffers: list[pickle.PickleBuffer]) -> int:

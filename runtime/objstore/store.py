@@ -15,6 +15,15 @@ Object format, every part 64-byte aligned so numpy and Arrow see aligned buffers
 Readers ``mmap`` the file read-only and unpickle with the buffers as memoryviews into the
 mapping: numpy arrays come back as read-only views, with no copy.  Unlinking a file that a
 reader still maps is safe; the memory goes when the last view does.
+
+Capacity and spilling: each node store has a limit.  The node agent (``manager.py``)
+publishes the bytes in use and the limit in a small file, ``<prefix>capacity``; a writer
+reads it first, waits while the store is over its limit (back-pressure: the agent is
+spilling), and fails with ``ObjectStoreFullError`` if the object alone is larger than the
+limit.  Spilling moves the least recently used objects to ``SPILL_DIR`` on disk: the copy is
+sealed there before the shared-memory file is removed, so at every moment a reader finds the
+object in one place or the other.  Readers look in shared memory first, then on disk, and
+map either without a copy (a spilled object is read through the page cache).
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ import hashlib
 import mmap
 import os
 import pickle
+import shutil
 import struct
+import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +43,17 @@ from runtime.comm import serialize
 
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
+_CAPACITY = struct.Struct("<QQ")  # bytes in use, limit
 ALIGN = 64
 SHM_DIR = "/dev/shm"
+#: where objects spill to; the same for every process of a node
+SPILL_DIR = os.environ.get("RUNTIME_SPILL_DIR") or os.path.join(
+    tempfile.gettempdir(), f"runtime-{os.getuid()}", "spill"
+)
+#: an object name is its node's prefix, then 20 + 8 hex digits
+_NAME_TAIL = 28
+#: how long a writer waits for spilling to make room before it gives up
+WRITE_TIMEOUT = float(os.environ.get("RUNTIME_STORE_WRITE_TIMEOUT", "60"))
 
 
 class ObjectLostError(RuntimeError):
@@ -41,6 +62,10 @@ class ObjectLostError(RuntimeError):
 
 class ObjectStoreUnavailableError(RuntimeError):
     """A value needs the store but this process has no node store to write to."""
+
+
+class ObjectStoreFullError(MemoryError):
+    """An object does not fit in the node's store, even after spilling; the message gives the sizes."""
 
 
 def _aligned(n: int) -> int:
@@ -64,12 +89,67 @@ def new_name(prefix: str, key: str) -> str:
     return prefix + hashlib.blake2b(key.encode(), digest_size=10).hexdigest() + os.urandom(4).hex()
 
 
+def prefix_of(name: str) -> str:
+    return name[:-_NAME_TAIL]
+
+
 def object_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
-def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> int:
-    """Write and seal one object; returns its size in bytes."""
+def spill_path(name: str) -> str:
+    return os.path.join(SPILL_DIR, name)
+
+
+def capacity_path(prefix: str) -> str:
+    return os.path.join(SHM_DIR, prefix + "capacity")
+
+
+def read_capacity(prefix: str) -> tuple[int, int]:
+    """``(bytes in use, limit)`` of a node store, as its agent last published them; limit 0: none."""
+    try:
+        with open(capacity_path(prefix), "rb") as f:
+            raw = f.read(_CAPACITY.size)
+    except FileNotFoundError:
+        return 0, 0
+    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0)
+
+
+def publish_capacity(prefix: str, used: int, limit: int) -> None:
+    """Write ``(used, limit)`` where writers read it (the agent does this)."""
+    path = capacity_path(prefix)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(_CAPACITY.pack(max(used, 0), limit))
+    os.replace(tmp, path)
+
+
+def reserve(prefix: str, nbytes: int, key: str, timeout: float = WRITE_TIMEOUT) -> None:
+    """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will."""
+    used, limit = read_capacity(prefix)
+    if not limit or used + nbytes <= limit:
+        publish_capacity(prefix, used + nbytes, limit) if limit else None
+        return
+    if nbytes > limit:
+        raise ObjectStoreFullError(
+            f"object {key!r} is {nbytes:,} bytes, larger than the node store's limit of {limit:,} bytes; "
+            "raise object_store_memory or split the value"
+        )
+    deadline = time.monotonic() + timeout
+    while used + nbytes > limit:  # back-pressure: the node agent is spilling
+        if time.monotonic() > deadline:
+            raise ObjectStoreFullError(
+                f"object {key!r} ({nbytes:,} bytes) waited {timeout:g}s for room in the node store: "
+                f"{used:,} of {limit:,} bytes in use and spilling made no room (is the spill directory "
+                f"{SPILL_DIR} full or unwritable? see the node agent's log)"
+            )
+        time.sleep(0.005)
+        used, limit = read_capacity(prefix)
+    publish_capacity(prefix, used + nbytes, limit)
+
+
+def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str = "") -> int:
+    """Write and seal one object, after waiting for room; returns its size in bytes."""
     views = [memoryview(b).cast("B") for b in buffers]
     head = _HEAD.pack(MAGIC, len(views), 0, len(data)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
     parts: list[tuple[int, memoryview | bytes]] = []
@@ -80,6 +160,7 @@ def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> int:
     for v in views:
         parts.append((offset, v))
         offset = _aligned(offset + v.nbytes)
+    reserve(prefix_of(name), offset, key or name)
     final = object_path(name)
     tmp = f"{final}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -104,24 +185,33 @@ def _pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
         offset += n
 
 
+def _open(name: str, key: str) -> tuple[int, str]:
+    """Open an object where it is: shared memory, else the spill directory."""
+    for path in (object_path(name), spill_path(name)):
+        try:
+            return os.open(path, os.O_RDONLY), path
+        except FileNotFoundError:
+            continue
+    raise ObjectLostError(f"object {key!r} is not in this node's store (neither {object_path(name)} nor spilled)")
+
+
 def read(name: str, key: str) -> Any:
     """Map a sealed object and unpickle it with zero-copy buffers (``key`` names it in errors)."""
-    path = object_path(name)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ObjectLostError(f"object {key!r} is not in this node's store ({path} is gone)") from None
+    fd, path = _open(name, key)
     try:
         size = os.fstat(fd).st_size
         if size < _HEAD.size:
             raise ObjectLostError(f"object {key!r} is truncated: {size} bytes in {path}")
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        os.utime(fd)  # its last use, for least-recently-used spilling
     finally:
         os.close(fd)
     view = memoryview(mm)
     magic, nbuf, _, plen = _HEAD.unpack_from(view)
     if magic != MAGIC:
         raise ObjectLostError(f"object {key!r} is corrupt: bad magic {bytes(magic)!r} in {path}")
+    if _HEAD.size + 8 * nbuf > size:
+        raise ObjectLostError(f"object {key!r} is corrupt: header lists {nbuf} buffers in {size} bytes ({path})")
     lens = struct.unpack_from(f"<{nbuf}Q", view, _HEAD.size)
     offset = _aligned(_HEAD.size + 8 * nbuf)
     data = view[offset : offset + plen]
@@ -132,11 +222,53 @@ def read(name: str, key: str) -> Any:
         offset = _aligned(offset + n)
     if offset > _aligned(size):
         raise ObjectLostError(f"object {key!r} is truncated: needs {offset} bytes, {path} has {size}")
-    return serialize.loads(data, buffers=bufs)
+    try:
+        return serialize.loads(data, buffers=bufs)
+    except Exception as e:
+        raise ObjectLostError(
+            f"object {key!r} is corrupt: it does not unpickle ({type(e).__name__}: {e}) ({path})"
+        ) from e
 
 
 def free(name: str) -> None:
     _unlink(object_path(name))
+    _unlink(spill_path(name))
+
+
+def spill(name: str) -> int:
+    """Move one object from shared memory to the spill directory; returns the bytes freed.
+
+    The copy is sealed on disk before the shared-memory file goes, so readers always find it.
+    Raises OSError (disk full, unwritable directory) with the object left where it was.
+    """
+    src = object_path(name)
+    dst = spill_path(name)
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    os.makedirs(SPILL_DIR, mode=0o700, exist_ok=True)
+    try:
+        shutil.copyfile(src, tmp)
+        os.rename(tmp, dst)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    size = os.stat(src).st_size
+    _unlink(src)
+    return size
+
+
+def list_objects(prefix: str) -> list[tuple[str, int, float]]:
+    """``(name, bytes, last used)`` of every sealed object in shared memory under ``prefix``."""
+    out = []
+    with os.scandir(SHM_DIR) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and len(name) == len(prefix) + _NAME_TAIL:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # freed meanwhile
+                    continue
+                out.append((name, st.st_size, st.st_mtime))
+    return out
 
 
 def _unlink(path: str) -> None:
@@ -147,10 +279,15 @@ def _unlink(path: str) -> None:
 
 
 def sweep(prefix: str) -> int:
-    """Remove every object (and half-written temp file) with this prefix; returns the count."""
+    """Remove every object, spilled copy and temp file with this prefix; returns the count."""
     n = 0
-    for entry in os.listdir(SHM_DIR):
-        if entry.startswith(prefix):
-            _unlink(os.path.join(SHM_DIR, entry))
-            n += 1
+    for directory in (SHM_DIR, SPILL_DIR):
+        try:
+            entries = os.listdir(directory)
+        except OSError:  # no spill directory (yet), or not a directory
+            continue
+        for entry in entries:
+            if entry.startswith(prefix):
+                _unlink(os.path.join(directory, entry))
+                n += 1
     return n

@@ -33,7 +33,7 @@ def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int = INLIN
             "and this process has no node store to put it in (no node agent runs on this host)"
         )
     name = store.new_name(prefix, key)
-    nbytes = store.write(name, data, buffers)
+    nbytes = store.write(name, data, buffers, key)
     return StoreRef(node, nbytes, name).to_wire(), nbytes
 
 

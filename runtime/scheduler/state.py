@@ -92,6 +92,8 @@ class SchedulerState:
         self.workers_by_host: dict[str, set[WorkerState]] = {}
         #: live node agents (and their stores) by node id
         self.nodes: dict[str, NodeState] = {}
+        #: nodes that left: what their stores held is gone (node ids are never reused)
+        self.departed_nodes: set[str] = set()
         #: connected clients by id
         self.clients: dict[str, ClientState] = {}
         #: ready tasks no worker may run (the specification's ``unrunnable``)
@@ -313,10 +315,11 @@ class SchedulerState:
 
     def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
         if is_stored(value):
-            ns = self.nodes.get(value[0])
-            if ns is None:  # its node left while the message was in flight: it is lost
+            if value[0] in self.departed_nodes:  # its node left while the message was in flight
                 ts.state = "released"
                 return self._after_release(ts, recs)
+            # A client on a node may put before that node's agent has registered.
+            ns = self.nodes.get(value[0]) or self._new_node(value[0])
             ns.stored.add(ts)
         ts.state = "memory"
         ts.data = value
@@ -699,6 +702,7 @@ class SchedulerState:
         ns = self.nodes.pop(s.node, None)
         if ns is None:
             return {}
+        self.departed_nodes.add(s.node)
         recs: Recs = {}
         for ws in list(ns.workers):
             recs.update(self.stimulus_remove_worker(st.RemoveWorker(s.stimulus_id, ws.address, s.cause)))

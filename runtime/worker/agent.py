@@ -22,6 +22,7 @@ import psutil
 from runtime import procutil
 from runtime.comm.core import Comm, connect
 from runtime.objstore import store
+from runtime.objstore.manager import StoreManager, store_limit
 
 logger = logging.getLogger("runtime.agent")
 
@@ -34,13 +35,13 @@ def make_prefix() -> str:
 
 
 def sweep_dead_stores() -> int:
-    """Remove store objects left by agents whose process is gone (a crash, a power cut)."""
-    removed = 0
+    """Remove store objects left by owners whose process is gone (a crash, a power cut)."""
+    dead = set()
     for entry in os.listdir(store.SHM_DIR):
-        parts = entry.split("-", 2)
-        if len(parts) == 3 and parts[0] == "rt" and parts[1].isdigit() and not _alive(int(parts[1])):
-            removed += store.sweep(entry)
-    return removed
+        parts = entry.split("-", 3)
+        if len(parts) == 4 and parts[0] == "rt" and parts[1].isdigit() and not _alive(int(parts[1])):
+            dead.add(f"rt-{parts[1]}-{parts[2]}-")
+    return sum(store.sweep(prefix) for prefix in dead)
 
 
 def _alive(pid: int) -> bool:
@@ -56,7 +57,7 @@ def _alive(pid: int) -> bool:
 class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
-        resources: dict[str, float] | None = None,
+        resources: dict[str, float] | None = None, object_store_memory: int | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
@@ -67,6 +68,8 @@ class NodeAgent:
         self.resources = resources or {}
         #: each worker's share of this machine's memory
         self.memory_limit = psutil.virtual_memory().total // max(1, num_workers)
+        #: keeps the node's store under its limit by spilling
+        self.store = StoreManager(prefix, store_limit(object_store_memory))
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
@@ -88,6 +91,7 @@ class NodeAgent:
             }
         )
         supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
+        supervisors.append(asyncio.ensure_future(self._maintain_store()))
         try:
             while True:
                 for msg in await self.comm.read():
@@ -95,6 +99,7 @@ class NodeAgent:
                     if op == "free-objects":
                         for name in msg["names"]:
                             store.free(name)
+                        self.store.freed()
                     elif op == "close":
                         return
                     elif op != "registered":
@@ -105,6 +110,16 @@ class NodeAgent:
             for s in supervisors:
                 s.cancel()
             await self.stop()
+
+    async def _maintain_store(self) -> None:
+        """Every few milliseconds: recount the store when needed and spill (in a thread: disk I/O)."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                await loop.run_in_executor(None, self.store.maintain)
+            except Exception:
+                logger.exception("store maintenance failed; trying again")
+            await asyncio.sleep(0.01)
 
     async def _supervise(self, index: int) -> None:
         """Keep worker ``index`` running; restart it when it dies, with backoff."""
@@ -156,7 +171,7 @@ class NodeAgent:
 async def _main(args: argparse.Namespace) -> None:
     agent = NodeAgent(
         args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir,
-        json.loads(args.resources),
+        json.loads(args.resources), args.object_store_memory,
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
@@ -169,6 +184,10 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--resources", default="{}", help="abstract resources of each worker, as JSON")
+    parser.add_argument(
+        "--object-store-memory", type=int, default=int(os.environ.get("RUNTIME_OBJECT_STORE_MEMORY", 0)) or None,
+        help="bytes of shared memory for the node's object store (default: 30%% of memory)",
+    )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     procutil.run_process("agent", _main(args))

@@ -1,0 +1,154 @@
+"""The shared-memory object store: layout, zero-copy reads, errors, capacity and spilling.
+
+The first tests drive ``store`` and ``StoreManager`` directly in this process; the last
+ones run a real cluster with a small store.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import runtime as rt
+from runtime.comm import serialize
+from runtime.objstore import store
+from runtime.objstore.manager import StoreManager
+from runtime.objstore.store import ObjectLostError, ObjectStoreFullError
+
+
+@pytest.fixture
+def prefix(tmp_path, monkeypatch):
+    """A private store prefix and spill directory; everything under them is removed after."""
+    monkeypatch.setattr(store, "SPILL_DIR", str(tmp_path / "spill"))
+    p = f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
+    yield p
+    store.sweep(p)
+
+
+def put(prefix: str, key: str, value) -> str:
+    name = store.new_name(prefix, key)
+    data, buffers = serialize.dumps_value(value)
+    store.write(name, data, buffers, key)
+    return name
+
+
+def test_numpy_arrays_come_back_as_read_only_views(prefix):
+    structured = np.zeros(1000, dtype=[("a", "i4"), ("b", "f8")])
+    structured["a"] = np.arange(1000)
+    strided = np.arange(2_000_000, dtype=np.float32)[::2]  # not contiguous: made contiguous once
+    for value in (np.arange(1_000_000), structured, strided):
+        back = store.read(put(prefix, "k", value), "k")
+        assert np.array_equal(back, value) and back.dtype == value.dtype
+        assert not back.flags.writeable and not back.flags.owndata
+
+
+def test_arrow_values_are_read_without_a_copy(prefix):
+    table = pa.table({"x": np.arange(1_000_000), "y": np.arange(1_000_000, dtype=np.float64)})
+    for value in (table, table.to_batches()[0], table.column("x"), table.column("x").chunk(0)):
+        name = put(prefix, "t", value)
+        back = store.read(name, "t")
+        assert back.equals(value)
+    # The column's data buffer lies inside the shared-memory mapping.
+    back = store.read(put(prefix, "t", table), "t")
+    buf = back.column("y").chunk(0).buffers()[1]
+    assert not buf.is_mutable
+
+
+def test_a_corrupt_or_truncated_object_is_named_not_a_crash(prefix):
+    name = put(prefix, "bad", np.arange(100_000))
+    path = store.object_path(name)
+    with open(path, "r+b") as f:
+        f.write(b"garbage!")
+    with pytest.raises(ObjectLostError, match="'bad' is corrupt: bad magic"):
+        store.read(name, "bad")
+    name = put(prefix, "short", np.arange(100_000))
+    os.truncate(store.object_path(name), 4096)
+    with pytest.raises(ObjectLostError, match="'short' is truncated"):
+        store.read(name, "short")
+    name = put(prefix, "scrambled", np.arange(100_000))
+    with open(store.object_path(name), "r+b") as f:
+        f.seek(64)
+        f.write(os.urandom(64))  # the pickle itself
+    with pytest.raises(ObjectLostError, match="'scrambled' is corrupt"):
+        store.read(name, "scrambled")
+
+
+def test_a_lost_object_is_named(prefix):
+    name = put(prefix, "gone", np.arange(100_000))
+    store.free(name)
+    with pytest.raises(ObjectLostError, match="'gone' is not in this node's store"):
+        store.read(name, "gone")
+
+
+def test_an_object_larger_than_the_store_fails_clearly_and_harms_nothing(prefix):
+    StoreManager(prefix, limit=4_000_000)
+    kept = put(prefix, "kept", np.arange(100_000))
+    with pytest.raises(ObjectStoreFullError, match=r"'huge' is 8,000,[0-9,]+ bytes, larger than .* 4,000,000"):
+        put(prefix, "huge", np.zeros(1_000_000))
+    assert np.array_equal(store.read(kept, "kept"), np.arange(100_000))
+    assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix) and ".tmp-" in f]
+
+
+def test_manager_spills_least_recently_used_past_the_high_water_mark(prefix):
+    manager = StoreManager(prefix, limit=10_000_000)
+    names = [put(prefix, f"k{i}", np.full(125_000, i, dtype=np.float64)) for i in range(9)]  # 9 x 1 MB
+    for i, name in enumerate(names):
+        os.utime(store.object_path(name), (i, i))  # k0 is the least recently used
+    manager.maintain()  # 9 MB > 8 MB high water: spill the oldest until under 6 MB
+    in_shm = {n for n, _, _ in store.list_objects(prefix)}
+    spilled = [n for n in names if n not in in_shm]
+    assert spilled == names[: len(spilled)] and len(spilled) == 4
+    assert manager.used <= 6_000_000 and store.read_capacity(prefix) == (manager.used, 10_000_000)
+    for i, name in enumerate(names):  # every object reads back, from memory or disk
+        assert store.read(name, f"k{i}")[0] == i
+    store.free(names[0])
+    assert not os.path.exists(store.spill_path(names[0]))
+
+
+def test_a_spill_directory_that_fails_leaves_objects_in_memory(prefix, tmp_path, monkeypatch, caplog):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setattr(store, "SPILL_DIR", str(not_a_dir / "spill"))
+    manager = StoreManager(prefix, limit=2_500_000)
+    names = [put(prefix, f"k{i}", np.zeros(125_000)) for i in range(2)]  # 2 MB: past the high water
+    manager.maintain()
+    assert "cannot spill" in caplog.text
+    assert all(store.read(n, "k")[0] == 0 for n in names)
+    with pytest.raises(ObjectStoreFullError, match="spilling made no room"):
+        store.reserve(prefix, 1_500_000, "more", timeout=0.2)
+
+
+@rt.remote
+def total(a):
+    assert not a.flags.writeable
+    return float(a.sum())
+
+
+def test_a_working_set_three_times_the_store_completes(tmp_path):
+    rt.init(num_workers=2, object_store_memory=64 * 2**20)
+    try:
+        refs = [rt.put(np.full(1_250_000, i, dtype=np.float64)) for i in range(20)]  # 20 x 10 MB
+        assert rt.get([total.remote(r) for r in refs], timeout=120) == [1_250_000.0 * i for i in range(20)]
+        with pytest.raises(ObjectStoreFullError, match="larger than the node store's limit"):
+            rt.put(np.zeros(10_000_000))  # 80 MB
+        assert rt.get(total.remote(refs[0])) == 0.0  # nothing stored was harmed
+    finally:
+        rt.shutdown()
+
+
+def test_dropped_objects_keep_shared_memory_bounded():
+    runtime = rt.init(num_workers=1, object_store_memory=256 * 2**20)
+    prefix = runtime.cluster.prefix
+    try:
+        peak = 0
+        for i in range(100):
+            ref = rt.put(np.full(1_250_000, i, dtype=np.float64))  # 10 MB each, 1 GB in all
+            assert rt.get(total.remote(ref)) == 1_250_000.0 * i
+            del ref
+            peak = max(peak, sum(s for _, s, _ in store.list_objects(prefix)))
+        assert peak < 256 * 2**20
+    finally:
+        rt.shutdown()
