@@ -152,3 +152,28 @@ def test_dropped_objects_keep_shared_memory_bounded():
         assert peak < 256 * 2**20
     finally:
         rt.shutdown()
+
+
+def test_a_store_larger_than_dev_shm_is_sized_to_it_with_a_warning(caplog):
+    from runtime.objstore.manager import store_limit
+
+    limit = store_limit(10**15)  # a petabyte: more than any /dev/shm
+    assert 0 < limit < 10**15
+    assert "spills the rest" in caplog.text
+
+
+def test_a_new_agent_sweeps_what_dead_clusters_left(tmp_path, monkeypatch):
+    from runtime.worker.agent import sweep_dead_stores
+
+    monkeypatch.setattr(store, "SPILL_DIR", str(tmp_path / "spill"))
+    dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
+    leftovers = [f"rt-{dead_pid}-abcdef-{'0' * 28}", f"rt-{dead_pid}-abcdef-capacity"]
+    for name in leftovers:
+        open(store.object_path(name), "wb").close()
+    alive = put(f"rt-{os.getpid()}-live00-", "k", np.arange(100_000))
+    try:
+        assert sweep_dead_stores() >= 2
+        assert not any(os.path.exists(store.object_path(n)) for n in leftovers)
+        assert os.path.exists(store.object_path(alive))
+    finally:
+        store.sweep(f"rt-{os.getpid()}-live00-")

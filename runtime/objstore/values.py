@@ -7,14 +7,15 @@ Users cannot tell the two apart: ``decode`` gives the value back either way.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from runtime.comm import serialize
 from runtime.objstore import store
 from runtime.objstore.store import StoreRef
 
-#: Values whose pickle and buffers add up to less than this travel inline.
-INLINE_THRESHOLD = 100 * 1024
+#: Values whose pickle and buffers add up to less than this travel inline (RUNTIME_INLINE_THRESHOLD).
+INLINE_THRESHOLD = int(os.environ.get("RUNTIME_INLINE_THRESHOLD", 100 * 1024))
 
 Located = bytes | list
 
