@@ -438,3 +438,38 @@ def test_a_result_from_a_departed_node_is_lost_and_recomputed(s):
     # The old worker's result arrives after its node left: ignored; the rerun counts.
     s.handle(finished("x-1", ws.address, [ws.node, 10, "obj"], 10))
     assert s.tasks["x-1"].state == "processing"
+
+
+def test_a_copy_fetched_to_another_node_is_used_there_and_freed_with_the_value(s):
+    s.handle(st.AddNode(sid(), "n1", "tcp://a"))
+    s.handle(st.AddNode(sid(), "n2", "tcp://b"))
+    s.handle(st.AddWorker(sid(), "w2", "n2", 1))
+    big = ["n1", 10**6, "obj-a"]
+    s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10**6))
+    _, wmsgs = s.handle(graph(task("f-1", "big-1")))
+    (msg,) = wmsgs["w2"]
+    assert msg["deps"] == {"big-1": big} and msg["sources"] == {"n1": "tcp://a"}
+    s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
+    _, wmsgs = s.handle(graph(task("g-1", "big-1")))
+    (msg,) = wmsgs["w2"]
+    assert msg["deps"] == {"big-1": ["n2", 10**6, "obj-b"]} and "sources" not in msg
+    _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("big-1", "f-1", "g-1")))
+    assert wmsgs["n1"] == [{"op": "free-objects", "names": ["obj-a"]}]
+    assert wmsgs["n2"] == [{"op": "free-objects", "names": ["obj-b"]}]
+
+
+def test_when_a_node_leaves_a_copy_elsewhere_becomes_the_value(s):
+    s.handle(st.AddNode(sid(), "n1", "tcp://a"))
+    s.handle(st.AddNode(sid(), "n2", "tcp://b"))
+    big = ["n1", 10, "obj-a"]
+    s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10))
+    s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
+    s.handle(st.RemoveNode(sid(), "n1"))
+    ts = s.tasks["big-1"]
+    assert ts.state == "memory" and ts.data == ["n2", 10, "obj-b"] and not ts.replicas
+
+
+def test_a_stale_copy_is_freed(s):
+    s.handle(st.AddNode(sid(), "n2", "tcp://b"))
+    _, wmsgs = s.handle(st.AddReplica(sid(), "gone-1", "n2", "obj-b", ["n1", 10, "obj-a"]))
+    assert wmsgs == {"n2": [{"op": "free-objects", "names": ["obj-b"]}]}

@@ -31,6 +31,7 @@ from runtime.comm import serialize
 from runtime.comm.core import Comm, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import values
+from runtime.objstore.transfer import fetch_sync
 
 logger = logging.getLogger("runtime.client")
 
@@ -250,8 +251,19 @@ class Client:
             if fs.status in (ERRED, CANCELLED):
                 raise fs.error(f.key)
             assert fs.value is not None
-            out.append(values.decode(fs.value, key=f.key, node=self.node or ""))
+            out.append(values.decode(self._here(f.key, fs.value), key=f.key, node=self.node or ""))
         return out
+
+    def _here(self, key: str, located: bytes | list) -> bytes | list:
+        """A stored value on another node is first copied into this node's store (once per node)."""
+        if not isinstance(located, list) or located[0] == self.node or self.node is None:
+            return located
+        nodes = self.request("identity")["nodes"]
+        agent = nodes.get(self.node, {}).get("address", "")
+        source = nodes.get(located[0], {}).get("address")
+        here = fetch_sync(agent, self.node, located, source, key)
+        self._send({"op": "add-replica", "key": key, "node": self.node, "name": here[2], "source": located})
+        return here
 
     def wait(
         self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None

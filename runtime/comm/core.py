@@ -160,3 +160,36 @@ def install_uvloop() -> None:
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
+    """One request and its reply over a fresh blocking connection, for threads with no event loop.
+
+    Used by executor threads and user threads to ask their node agent for an object.
+    """
+    scheme, host, port = parse_address(address)
+    if scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: str | tuple[str, int] = host
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, port)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect(target)
+        sock.sendall(codec.encode([msg]))
+        header = _recv_exactly(sock, codec.HEADER.size, address)
+        reply = codec.decode(_recv_exactly(sock, codec.frame_length(header), address))
+    return reply[0]
+
+
+def _recv_exactly(sock: socket.socket, n: int, address: str) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionResetError(f"{address} closed the connection mid-reply")
+        got += k
+    return bytes(buf)

@@ -167,7 +167,7 @@ def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str =
     try:
         os.ftruncate(fd, max(offset, 1))
         for off, part in parts:
-            _pwrite_all(fd, part, off)
+            pwrite_all(fd, part, off)
         os.rename(tmp, final)
     except BaseException:
         os.close(fd)
@@ -177,7 +177,7 @@ def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str =
     return offset
 
 
-def _pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
+def pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
     view = memoryview(part)
     while view.nbytes:
         n = os.pwrite(fd, view, offset)
@@ -193,6 +193,19 @@ def _open(name: str, key: str) -> tuple[int, str]:
         except FileNotFoundError:
             continue
     raise ObjectLostError(f"object {key!r} is not in this node's store (neither {object_path(name)} nor spilled)")
+
+
+def find(name: str) -> str | None:
+    """The path of a sealed object, in shared memory or spilled; None if it is in neither."""
+    for path in (object_path(name), spill_path(name)):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def local_name(prefix: str, name: str) -> str:
+    """The name a copy of another node's object ``name`` takes in the store with ``prefix``."""
+    return prefix + name[-_NAME_TAIL:]
 
 
 def read(name: str, key: str) -> Any:

@@ -48,7 +48,7 @@ class TaskState:
         "waiting", "waiting_data", "who_wants", "who_has", "processing_on", "data", "nbytes",
         "exception", "traceback", "exception_text", "exception_blame", "erred_on",
         "suspicious", "retries", "worker_restrictions", "host_restrictions",
-        "resource_restrictions", "loose_restrictions",
+        "resource_restrictions", "loose_restrictions", "replicas",
     )  # fmt: skip
 
     def __init__(self, key: str, run_spec: T_runspec | None, group: TaskGroup):
@@ -103,6 +103,15 @@ class TaskState:
         self.resource_restrictions: dict[str, float] | None = None
         #: run elsewhere when no worker meets the restrictions
         self.loose_restrictions = False
+        #: copies of a stored value on other nodes: node -> object name (created on first use)
+        self.replicas: dict[str, str] | None = None
+
+    def located_on(self, node: str) -> bytes | list | None:
+        """The value's wire form as a process on ``node`` should read it: its local copy if any."""
+        data = self.data
+        if self.replicas and isinstance(data, list) and node in self.replicas:
+            return [node, data[1], self.replicas[node]]
+        return data
 
     def has_restrictions(self) -> bool:
         return bool(self.worker_restrictions or self.host_restrictions or self.resource_restrictions)
@@ -161,14 +170,18 @@ class ClientState:
 
 
 class NodeState:
-    __slots__ = ("node", "workers", "stored")
+    __slots__ = ("node", "address", "workers", "stored", "replicas")
 
-    def __init__(self, node: str):
+    def __init__(self, node: str, address: str = ""):
         self.node = node
+        #: where its agent serves objects to other nodes
+        self.address = address
         #: live workers on this node
         self.workers: set[WorkerState] = set()
-        #: tasks whose value is in this node's store
+        #: tasks whose value was first stored here (``TaskState.data`` names this node)
         self.stored: set[TaskState] = set()
+        #: tasks of which this store holds a copy fetched from another node
+        self.replicas: set[TaskState] = set()
 
 
 class HeapSet:

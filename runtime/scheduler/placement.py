@@ -49,7 +49,7 @@ def worker_objective(ts: TaskState, ws: WorkerState) -> tuple[float, int]:
     """Expected start time of ``ts`` on ``ws``, then bytes held (to break ties)."""
     fetch = 0
     for dts in ts.dependencies:
-        if is_stored(dts.data) and dts.data[0] != ws.node:  # type: ignore[index]
+        if is_stored(dts.data) and dts.data[0] != ws.node and not (dts.replicas and ws.node in dts.replicas):  # type: ignore[index]
             fetch += dts.nbytes
     return fetch / BANDWIDTH + ws.occupancy / ws.nthreads, ws.nbytes
 
@@ -63,9 +63,10 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
     holders: set[WorkerState] = set()
     for dts in ts.dependencies:
         if is_stored(dts.data):
-            ns = s.nodes.get(dts.data[0])  # type: ignore[index]
-            if ns is not None:
-                holders |= ns.workers
+            for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
+                ns = s.nodes.get(node)
+                if ns is not None:
+                    holders |= ns.workers
     if valid is not None:
         holders &= valid
     # The least busy worker anywhere competes with the holders: when they are busy enough,

@@ -49,6 +49,7 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
         sid, m["key"], peer, m["exception"], m["traceback"], m["text"], m.get("start", 0.0), m.get("stop", 0.0)
     ),
     "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
+    "add-replica": lambda m, peer, sid: st.AddReplica(sid, m["key"], m["node"], m["name"], m["source"]),
     "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
 }
 
@@ -119,7 +120,7 @@ class Scheduler:
         elif op == "register-node":
             peer = first["node"]
             self.node_info[peer] = first
-            added = st.AddNode(f"add-node-{peer}", peer)
+            added = st.AddNode(f"add-node-{peer}", peer, first.get("address", ""))
             removed = lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")  # noqa: E731
         else:
             logger.warning("dropping connection from %s: first message was %r, not a registration", comm.peer, op)

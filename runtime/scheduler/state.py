@@ -125,6 +125,7 @@ class SchedulerState:
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
             st.MissingData: self.stimulus_missing_data,
+            st.AddReplica: self.stimulus_add_replica,
             st.AddWorker: self.stimulus_add_worker,
             st.RemoveWorker: self.stimulus_remove_worker,
             st.AddNode: self.stimulus_add_node,
@@ -270,8 +271,16 @@ class SchedulerState:
             "key": ts.key,
             "run_spec": ts.run_spec,
             "priority": ts.priority,
-            "deps": {dts.key: dts.data for dts in ts.dependencies},
+            "deps": {dts.key: dts.located_on(ws.node) for dts in ts.dependencies},
         }
+        # Where to fetch stored inputs that are on other nodes only.
+        sources = {
+            loc[0]: self.nodes[loc[0]].address
+            for loc in msg["deps"].values()
+            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes
+        }
+        if sources:
+            msg["sources"] = sources
         if ts.resource_restrictions:
             msg["resources"] = ts.resource_restrictions
         self._to_worker(ws.address, msg)
@@ -359,6 +368,12 @@ class SchedulerState:
             if ns is not None:
                 ns.stored.discard(ts)
                 self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
+            for node, name in (ts.replicas or {}).items():
+                ns = self.nodes.get(node)
+                if ns is not None:
+                    ns.replicas.discard(ts)
+                    self._to_worker(node, {"op": "free-objects", "names": [name]})
+            ts.replicas = None
         ts.data = None
         ts.state = "released"
         for dts in ts.dependents:
@@ -694,8 +709,8 @@ class SchedulerState:
         return recs
 
     def stimulus_add_node(self, s: st.AddNode) -> Recs:
-        if s.node not in self.nodes:
-            self._new_node(s.node)
+        ns = self.nodes.get(s.node) or self._new_node(s.node)
+        ns.address = s.address
         return {}
 
     def stimulus_remove_node(self, s: st.RemoveNode) -> Recs:
@@ -706,10 +721,35 @@ class SchedulerState:
         recs: Recs = {}
         for ws in list(ns.workers):
             recs.update(self.stimulus_remove_worker(st.RemoveWorker(s.stimulus_id, ws.address, s.cause)))
-        for ts in ns.stored:  # only this store held them: lost
-            recs[ts.key] = "released"
+        for ts in ns.replicas:
+            assert ts.replicas is not None
+            del ts.replicas[s.node]
+        for ts in ns.stored:
+            if ts.replicas:  # a copy lives on: it becomes the value
+                node, name = ts.replicas.popitem()
+                ts.data = [node, ts.nbytes, name]
+                self.nodes[node].replicas.discard(ts)
+                self.nodes[node].stored.add(ts)
+            else:  # only this store held it: lost
+                recs[ts.key] = "released"
         ns.stored.clear()
+        ns.replicas.clear()
         return recs
+
+    def stimulus_add_replica(self, s: st.AddReplica) -> Recs:
+        """A node copied a stored value into its store: dependents there read it locally."""
+        ts = self.tasks.get(s.key)
+        ns = self.nodes.get(s.node)
+        if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == ts.data[0]:  # type: ignore[index]
+            if ns is not None:  # a copy nobody will use
+                self._to_worker(s.node, {"op": "free-objects", "names": [s.name]})
+            return {}
+        ts.replicas = ts.replicas or {}
+        if s.node in ts.replicas:
+            return {}
+        ts.replicas[s.node] = s.name
+        ns.replicas.add(ts)
+        return {}
 
     def stimulus_add_client(self, s: st.AddClient) -> Recs:
         if s.client not in self.clients:

@@ -93,6 +93,18 @@ class MissingData(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class AddReplica(Stimulus):
+    """A node fetched a copy of ``key``'s stored value into its own store, as ``name``."""
+
+    op: ClassVar[str] = "add-replica"
+    key: str
+    node: str
+    name: str
+    #: the copy it was made from, [node, nbytes, name]
+    source: Any
+
+
+@dataclass(frozen=True, slots=True)
 class AddWorker(Stimulus):
     op: ClassVar[str] = "add-worker"
     address: str
@@ -119,6 +131,8 @@ class AddNode(Stimulus):
 
     op: ClassVar[str] = "add-node"
     node: str
+    #: where its agent serves objects to other nodes
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,9 @@ def _validate_memory(s: SchedulerState, ts: TaskState) -> None:
     if is_stored(ts.data):
         ns = s.nodes.get(ts.data[0])  # type: ignore[index]
         _check(ts, ns is not None and ts in ns.stored, "stored on a node that does not list it")
+    for node in ts.replicas or ():
+        ns = s.nodes.get(node)
+        _check(ts, ns is not None and ts in ns.replicas, f"copy on node {node} that does not list it")
 
 
 def _validate_erred(s: SchedulerState, ts: TaskState) -> None:

@@ -13,7 +13,7 @@ from runtime.worker.worker import Worker
 async def _main(args: argparse.Namespace) -> None:
     worker = Worker(
         args.scheduler, args.node, args.prefix, f"{args.name}-{os.getpid()}", args.nthreads,
-        json.loads(args.resources), args.memory_limit,
+        json.loads(args.resources), args.memory_limit, args.agent,
     )  # fmt: skip
     await procutil.serve_until_closed(worker.run(), worker.stop, worker.closed, args.watch_parent)
 
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--nthreads", type=int, default=1)
+    parser.add_argument("--agent", default="", help="its node agent's address, to fetch objects from other nodes")
     parser.add_argument("--resources", default="{}", help='abstract resources as JSON, e.g. {"GPU": 1}')
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes (0: unknown)")
     parser.add_argument("--watch-parent", action="store_true")

@@ -20,9 +20,10 @@ import sys
 import psutil
 
 from runtime import procutil
-from runtime.comm.core import Comm, connect
+from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, store_limit
+from runtime.objstore.transfer import ObjectServer
 
 logger = logging.getLogger("runtime.agent")
 
@@ -58,6 +59,7 @@ class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+        host: str = "127.0.0.1",
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
@@ -70,6 +72,12 @@ class NodeAgent:
         self.memory_limit = psutil.virtual_memory().total // max(1, num_workers)
         #: keeps the node's store under its limit by spilling
         self.store = StoreManager(prefix, store_limit(object_store_memory))
+        #: serves this store to other nodes and fetches from theirs
+        self.objects = ObjectServer(prefix, node)
+        #: the interface the object server listens on (loopback unless told otherwise)
+        self.host = host
+        self.address = ""
+        self._server: asyncio.AbstractServer | None = None
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
@@ -80,6 +88,7 @@ class NodeAgent:
         if swept:
             logger.info("removed %d store objects left by dead clusters", swept)
         os.makedirs(self.log_dir, exist_ok=True)
+        self._server, self.address = await listen(f"tcp://{self.host}:0", self.objects.serve)
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
             {
@@ -88,6 +97,7 @@ class NodeAgent:
                 "prefix": self.prefix,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                "address": self.address,
             }
         )
         supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
@@ -130,6 +140,7 @@ class NodeAgent:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
                     "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
+                    "--agent", self.address,
                     "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
                     "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
                 )  # fmt: skip
@@ -150,6 +161,8 @@ class NodeAgent:
         if self._stopping:
             return
         self._stopping = True
+        if self._server is not None:
+            self._server.close()
         procs = list(self.procs.values())
         for p in procs:
             if p.returncode is None:

@@ -33,6 +33,8 @@ from runtime.comm.core import Comm, connect
 from runtime.errors import TaskError
 from runtime.objstore import values
 from runtime.objstore.store import ObjectLostError
+from runtime.objstore.transfer import fetch_sync
+from runtime.scheduler.entities import is_stored
 
 logger = logging.getLogger("runtime.worker")
 
@@ -40,7 +42,7 @@ logger = logging.getLogger("runtime.worker")
 class Worker:
     def __init__(
         self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1,
-        resources: dict[str, float] | None = None, memory_limit: int = 0,
+        resources: dict[str, float] | None = None, memory_limit: int = 0, agent: str = "",
     ):  # fmt: skip
         self.scheduler_address = scheduler
         #: the node (agent and store) this worker belongs to
@@ -54,6 +56,8 @@ class Worker:
         self.resources = dict(resources or {})
         self._available = dict(self.resources)
         self.memory_limit = memory_limit
+        #: this node's agent, which fetches objects stored on other nodes
+        self.agent = agent
         self.comm: Comm | None = None
         #: tasks received and not started: (priority, arrival, message)
         self._ready: list[tuple[Any, int, dict]] = []
@@ -166,6 +170,13 @@ class Worker:
             deps = {}
             for dep, located in msg["deps"].items():
                 try:
+                    if is_stored(located) and located[0] != self.node:
+                        source = msg.get("sources", {}).get(located[0])
+                        here = fetch_sync(self.agent, self.node, located, source, dep)
+                        self._post(
+                            {"op": "add-replica", "key": dep, "node": self.node, "name": here[2], "source": located}
+                        )
+                        located = here
                     deps[dep] = values.decode(located, key=dep, node=self.node)
                 except ObjectLostError as e:
                     logger.warning("task %s: dependency %s is missing: %s", key, dep, e)

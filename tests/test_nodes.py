@@ -1,0 +1,85 @@
+"""Two node agents on one machine, each with its own store, behave like two hosts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import runtime as rt
+from runtime.comm.serialize import dumps_function
+from runtime.objstore import store
+
+# Workers cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def total(a):
+    assert not a.flags.writeable
+    return float(a.sum())
+
+
+def make(n):
+    return np.full(n, 2.0)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    with rt.LocalCluster(n_workers=2, n_nodes=2) as cluster:
+        client = rt.Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        try:
+            client.wait_for_workers(2)
+            yield cluster, client
+        finally:
+            client.close()
+    for prefix in cluster.prefixes:  # both stores are emptied on the way out
+        assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)]
+
+
+def _workers_on(client: rt.Client, node: str) -> list[str]:
+    return [a for a, w in client.request("identity")["workers"].items() if w["node"] == node]
+
+
+def _fetch_lines(cluster: rt.LocalCluster, i: int) -> list[str]:
+    with open(os.path.join(cluster.session_dir, "logs", f"agent-{i}.log")) as f:
+        return [line for line in f if "fetched" in line]
+
+
+def _objects(prefix: str) -> list[str]:
+    return [name for name, _, _ in store.list_objects(prefix)]
+
+
+def test_an_object_crosses_to_another_node_once_and_is_shared_there(two_nodes):
+    cluster, client = two_nodes
+    far = _workers_on(client, cluster.nodes[1])
+    ref = client.put(np.arange(5_000_000, dtype=np.float64))  # 40 MB in node 0's store
+    before = len(_fetch_lines(cluster, 1))
+    futures = [
+        client.submit(dumps_function(total), "total", (ref,), {}, restrictions={"workers": far}) for _ in range(6)
+    ]
+    assert client.get(futures, timeout=60) == [float(np.arange(5_000_000).sum())] * 6
+    assert len(_fetch_lines(cluster, 1)) == before + 1  # one transfer for six readers
+    assert len(_objects(cluster.prefixes[1])) == 1
+    # The scheduler knows of the copy: later tasks on node 1 read it with no fetch at all.
+    more = client.submit(dumps_function(total), "total", (ref,), {}, restrictions={"workers": far})
+    assert more.result(timeout=30) == float(np.arange(5_000_000).sum())
+    assert len(_fetch_lines(cluster, 1)) == before + 1
+    # Dropping the value frees both copies.
+    del ref, futures, more
+    client.request("identity")  # a round trip: the release has reached the scheduler
+    deadline = time.time() + 10
+    while _objects(cluster.prefixes[1]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _objects(cluster.prefixes[1])
+
+
+def test_the_driver_reads_a_value_made_on_another_node(two_nodes):
+    cluster, client = two_nodes
+    far = _workers_on(client, cluster.nodes[1])
+    ref = client.submit(dumps_function(make), "make", (1_000_000,), {}, restrictions={"workers": far})
+    value = ref.result(timeout=30)
+    assert value.sum() == 2_000_000.0 and not value.flags.writeable
