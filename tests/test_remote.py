@@ -209,3 +209,18 @@ def test_dropped_futures_free_their_store_objects(cluster):
             break
         time.sleep(0.05)
     assert now <= before
+
+
+@rt.remote
+def arrow_rows(table):
+    import pyarrow.compute as pc
+
+    return table.num_rows, pc.sum(table.column("x")).as_py()
+
+
+def test_arrow_tables_are_shared_with_tasks(cluster):
+    import pyarrow as pa
+
+    ref = rt.put(pa.table({"x": np.arange(1_000_000), "y": np.zeros(1_000_000)}))
+    assert rt.get([arrow_rows.remote(ref) for _ in range(3)]) == [(1_000_000, 499999500000)] * 3
+    assert rt.get(ref).num_rows == 1_000_000

@@ -36,10 +36,12 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.comm import serialize
+from runtime.objstore import arrow_ipc
 
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
@@ -160,21 +162,50 @@ def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str =
     for v in views:
         parts.append((offset, v))
         offset = _aligned(offset + v.nbytes)
-    reserve(prefix_of(name), offset, key or name)
+
+    def fill(fd: int) -> None:
+        for off, part in parts:
+            pwrite_all(fd, part, off)
+
+    return _seal(name, offset, key, fill)
+
+
+def write_arrow(name: str, value: Any, key: str = "") -> int:
+    """Write a pyarrow Table, RecordBatch, Array or ChunkedArray as an Arrow IPC stream.
+
+    Laid out as one buffer, so readers open the stream straight from the mapping with no
+    copy, and any Arrow reader can use it.  The stream is written once, into the store.
+    """
+    kind, table = arrow_ipc.as_table(value)
+    size = arrow_ipc.stream_size(table)
+    head = _HEAD.pack(MAGIC, 1, kind, 0) + struct.pack("<Q", size)
+    start = _aligned(_aligned(len(head)))  # where the single buffer goes (the pickle part is empty)
+
+    def fill(fd: int) -> None:
+        pwrite_all(fd, head, 0)
+        with open(fd, "r+b", closefd=False) as f:
+            f.seek(start)
+            arrow_ipc.write_stream(f, table)
+
+    return _seal(name, _aligned(start + size), key, fill)
+
+
+def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
+    """Reserve room, fill a temporary file, and rename it into place: the seal."""
+    reserve(prefix_of(name), size, key or name)
     final = object_path(name)
     tmp = f"{final}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        os.ftruncate(fd, max(offset, 1))
-        for off, part in parts:
-            pwrite_all(fd, part, off)
+        os.ftruncate(fd, max(size, 1))
+        fill(fd)
         os.rename(tmp, final)
     except BaseException:
         os.close(fd)
         _unlink(tmp)
         raise
     os.close(fd)
-    return offset
+    return size
 
 
 def pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
@@ -220,7 +251,7 @@ def read(name: str, key: str) -> Any:
     finally:
         os.close(fd)
     view = memoryview(mm)
-    magic, nbuf, _, plen = _HEAD.unpack_from(view)
+    magic, nbuf, kind, plen = _HEAD.unpack_from(view)
     if magic != MAGIC:
         raise ObjectLostError(f"object {key!r} is corrupt: bad magic {bytes(magic)!r} in {path}")
     if _HEAD.size + 8 * nbuf > size:
@@ -236,6 +267,8 @@ def read(name: str, key: str) -> Any:
     if offset > _aligned(size):
         raise ObjectLostError(f"object {key!r} is truncated: needs {offset} bytes, {path} has {size}")
     try:
+        if kind:
+            return arrow_ipc.read_stream(kind, bufs[0])
         return serialize.loads(data, buffers=bufs)
     except Exception as e:
         raise ObjectLostError(

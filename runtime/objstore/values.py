@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from runtime.comm import serialize
-from runtime.objstore import store
+from runtime.objstore import arrow_ipc, store
 from runtime.objstore.store import StoreRef
 
 #: Values whose pickle and buffers add up to less than this travel inline (RUNTIME_INLINE_THRESHOLD).
@@ -22,6 +22,10 @@ Located = bytes | list
 
 def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int = INLINE_THRESHOLD) -> tuple[Located, int]:
     """Serialize ``obj``; returns its wire form and its size in bytes."""
+    if arrow_ipc.is_arrow(obj) and obj.nbytes >= threshold and prefix:
+        name = store.new_name(prefix, key)
+        nbytes = store.write_arrow(name, obj, key)
+        return StoreRef(node, nbytes, name).to_wire(), nbytes
     data, buffers = serialize.dumps_value(obj)
     nbytes = len(data) + serialize.buffers_nbytes(buffers)
     if nbytes < threshold:
