@@ -42,10 +42,10 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
-from runtime.errors import KilledWorker
-from runtime.scheduler import placement, validation
+from runtime.scheduler import membership, placement, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -125,11 +125,11 @@ class SchedulerState:
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
             st.MissingData: self.stimulus_missing_data,
-            st.AddReplica: self.stimulus_add_replica,
-            st.AddWorker: self.stimulus_add_worker,
-            st.RemoveWorker: self.stimulus_remove_worker,
-            st.AddNode: self.stimulus_add_node,
-            st.RemoveNode: self.stimulus_remove_node,
+            st.AddReplica: partial(membership.add_replica, self),
+            st.AddWorker: partial(membership.add_worker, self),
+            st.RemoveWorker: partial(membership.remove_worker, self),
+            st.AddNode: partial(membership.add_node, self),
+            st.RemoveNode: partial(membership.remove_node, self),
             st.AddClient: self.stimulus_add_client,
             st.RemoveClient: self.stimulus_remove_client,
             st.ClientReleasesKeys: self.stimulus_client_releases_keys,
@@ -648,108 +648,6 @@ class SchedulerState:
                 ns.stored.discard(dts)
         dts.data = None  # nothing to free: the copy is gone
         return self._transition(dts, "released", s.stimulus_id)
-
-    def stimulus_add_worker(self, s: st.AddWorker) -> Recs:
-        if s.address in self.workers:
-            return {}
-        ns = self.nodes.get(s.node) or self._new_node(s.node)
-        ws = WorkerState(
-            s.address, s.node, max(1, s.nthreads), host=s.host, pid=s.pid,
-            resources=dict(s.resources), memory_limit=s.memory_limit, saturation=self.worker_saturation,
-        )  # fmt: skip
-        self.workers[s.address] = ws
-        self.workers_by_host.setdefault(s.host, set()).add(ws)
-        self._worker_list = None
-        self.total_nthreads += ws.nthreads
-        ns.workers.add(ws)
-        self.idle[ws] = None
-        return {ts.key: "processing" for ts in self.unrunnable}
-
-    def stimulus_remove_worker(self, s: st.RemoveWorker) -> Recs:
-        ws = self.workers.pop(s.address, None)
-        if ws is None:
-            return {}
-        self._worker_list = None
-        self.total_nthreads -= ws.nthreads
-        self.idle.pop(ws, None)
-        self.workers_by_host[ws.host].discard(ws)
-        if not self.workers_by_host[ws.host]:
-            del self.workers_by_host[ws.host]
-        ns = self.nodes.get(ws.node)
-        if ns is not None:
-            ns.workers.discard(ws)
-        recs: Recs = {}
-        running = list(ws.processing)
-        for ts in running:
-            ts.suspicious += 1
-            ts.erred_on = ts.erred_on or set()
-            ts.erred_on.add(ws.address)
-        # Err the tasks that killed too many workers first: what only they needed is then
-        # released with them, instead of being sent back to waiting a moment before.
-        for ts in running:
-            if ts.suspicious > self.allowed_failures:
-                exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
-                recs.update(
-                    self._transition(
-                        ts, "erred", s.stimulus_id, worker=ws.address, exception=pickle.dumps(exc),
-                        traceback="", exception_text=str(exc),
-                    )
-                )  # fmt: skip
-        for ts in running:
-            if ts.processing_on is ws:
-                recs.update(self._transition(ts, "released", s.stimulus_id))
-        # Its values survive: inline ones are held here, stored ones in its node's store.
-        for ts in ws.has_what:
-            ts.who_has.discard(ws)
-        ws.has_what.clear()
-        ws.nbytes = 0
-        if not self.workers:  # nobody left to run what was queued
-            for ts in list(self.queued):
-                recs[ts.key] = "released"
-        return recs
-
-    def stimulus_add_node(self, s: st.AddNode) -> Recs:
-        ns = self.nodes.get(s.node) or self._new_node(s.node)
-        ns.address = s.address
-        return {}
-
-    def stimulus_remove_node(self, s: st.RemoveNode) -> Recs:
-        ns = self.nodes.pop(s.node, None)
-        if ns is None:
-            return {}
-        self.departed_nodes.add(s.node)
-        recs: Recs = {}
-        for ws in list(ns.workers):
-            recs.update(self.stimulus_remove_worker(st.RemoveWorker(s.stimulus_id, ws.address, s.cause)))
-        for ts in ns.replicas:
-            assert ts.replicas is not None
-            del ts.replicas[s.node]
-        for ts in ns.stored:
-            if ts.replicas:  # a copy lives on: it becomes the value
-                node, name = ts.replicas.popitem()
-                ts.data = [node, ts.nbytes, name]
-                self.nodes[node].replicas.discard(ts)
-                self.nodes[node].stored.add(ts)
-            else:  # only this store held it: lost
-                recs[ts.key] = "released"
-        ns.stored.clear()
-        ns.replicas.clear()
-        return recs
-
-    def stimulus_add_replica(self, s: st.AddReplica) -> Recs:
-        """A node copied a stored value into its store: dependents there read it locally."""
-        ts = self.tasks.get(s.key)
-        ns = self.nodes.get(s.node)
-        if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == ts.data[0]:  # type: ignore[index]
-            if ns is not None:  # a copy nobody will use
-                self._to_worker(s.node, {"op": "free-objects", "names": [s.name]})
-            return {}
-        ts.replicas = ts.replicas or {}
-        if s.node in ts.replicas:
-            return {}
-        ts.replicas[s.node] = s.name
-        ns.replicas.add(ts)
-        return {}
 
     def stimulus_add_client(self, s: st.AddClient) -> Recs:
         if s.client not in self.clients:
