@@ -146,11 +146,12 @@ def test_dropped_objects_keep_shared_memory_bounded():
     prefix = runtime.cluster.prefix
     try:
         peak = 0
-        for i in range(100):
-            ref = rt.put(np.full(1_250_000, i, dtype=np.float64))  # 10 MB each, 1 GB in all
+        for i in range(1000):
+            ref = rt.put(np.full(1_250_000, i, dtype=np.float64))  # 10 MB each, 10 GB in all
             assert rt.get(total.remote(ref)) == 1_250_000.0 * i
             del ref
-            peak = max(peak, sum(s for _, s, _ in store.list_objects(prefix)))
+            if i % 10 == 0:
+                peak = max(peak, sum(s for _, s, _ in store.list_objects(prefix)))
         assert peak < 256 * 2**20
     finally:
         rt.shutdown()
