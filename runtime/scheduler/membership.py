@@ -96,16 +96,22 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
     for ts in ns.replicas:
         assert ts.replicas is not None
         del ts.replicas[s.node]
+    lost = []
     for ts in ns.stored:
         if ts.replicas:  # a copy lives on: it becomes the value
             node, name = ts.replicas.popitem()
             ts.data = [node, ts.nbytes, name]
             self.nodes[node].replicas.discard(ts)
             self.nodes[node].stored.add(ts)
-        else:  # only this store held it: lost
-            recs[ts.key] = "released"
+        else:
+            lost.append(ts)
     ns.stored.clear()
     ns.replicas.clear()
+    # Everything only this store held leaves memory now, all of it, before any
+    # recommendation runs: none may send a dependent off to read another lost value.
+    for ts in lost:
+        if ts.state == "memory":
+            recs.update(self._transition(ts, "released", s.stimulus_id))
     return recs
 
 

@@ -194,6 +194,10 @@ class SchedulerState:
         return recs
 
     def _transition_released_waiting(self, ts: TaskState) -> Recs:
+        if not (ts.who_wants or ts.waiting_data):
+            # A recommendation made stale by a later one in the same stimulus (its last
+            # dependent erred meanwhile, say): nothing needs it any more.
+            return {} if ts.dependents else {ts.key: "forgotten"}
         if ts.run_spec is None:
             error = f"the value of {ts.key!r} was put by a client and released; it cannot be recomputed"
             return self._fail(ts, pickle.dumps(LookupError(error)), "", error, {})
@@ -368,12 +372,12 @@ class SchedulerState:
             if ns is not None:
                 ns.stored.discard(ts)
                 self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
-            for node, name in (ts.replicas or {}).items():
-                ns = self.nodes.get(node)
-                if ns is not None:
-                    ns.replicas.discard(ts)
-                    self._to_worker(node, {"op": "free-objects", "names": [name]})
-            ts.replicas = None
+        for node, name in (ts.replicas or {}).items():
+            ns = self.nodes.get(node)
+            if ns is not None:
+                ns.replicas.discard(ts)
+                self._to_worker(node, {"op": "free-objects", "names": [name]})
+        ts.replicas = None
         ts.data = None
         ts.state = "released"
         for dts in ts.dependents:
@@ -550,6 +554,7 @@ class SchedulerState:
                     continue
                 ts.dependencies[dts] = None
                 dts.dependents[ts] = None
+                dts.waiting_data[ts] = None  # it will run: this value must be there for it
                 ts.group.dependencies.add(dts.group)
             recs[ts.key] = "waiting"
         for key in s.wanted:
@@ -636,16 +641,33 @@ class SchedulerState:
         )  # fmt: skip
 
     def stimulus_missing_data(self, s: st.MissingData) -> Recs:
-        """A worker could not read a stored dependency: that copy is gone; recompute it."""
+        """A worker could not read a stored dependency: that copy is gone.
+
+        A lost copy on another node is forgotten; a lost original is replaced by a copy if
+        one exists, else recomputed.  The task that asked runs again, reading what is left.
+        """
         dts = self.tasks.get(s.dependency)
-        if dts is None or dts.state != "memory" or dts.data != s.value:
-            # Already handled, or it points at a copy we no longer use: just rerun the task.
-            ts = self._is_current(s.key, s.worker)
-            return {ts.key: "released"} if ts is not None else {}
-        if is_stored(dts.data):
-            ns = self.nodes.get(dts.data[0])  # type: ignore[index]
-            if ns is not None:
-                ns.stored.discard(dts)
+        ts = self._is_current(s.key, s.worker)
+        rerun: Recs = {ts.key: "released"} if ts is not None else {}
+        if dts is None or dts.state != "memory" or not is_stored(s.value) or not is_stored(dts.data):
+            return rerun  # already handled
+        node, _, name = s.value
+        if dts.replicas and dts.replicas.get(node) == name:  # a copy on another node
+            del dts.replicas[node]
+            if node in self.nodes:
+                self.nodes[node].replicas.discard(dts)
+            return rerun
+        if dts.data != s.value:
+            return rerun  # a copy we no longer use
+        ns = self.nodes.get(node)
+        if ns is not None:
+            ns.stored.discard(dts)
+        if dts.replicas:  # a copy lives on: it becomes the value
+            node, name = dts.replicas.popitem()
+            dts.data = [node, dts.nbytes, name]
+            self.nodes[node].replicas.discard(dts)
+            self.nodes[node].stored.add(dts)
+            return rerun
         dts.data = None  # nothing to free: the copy is gone
         return self._transition(dts, "released", s.stimulus_id)
 
