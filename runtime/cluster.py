@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import IO
 
-from runtime.worker.agent import make_prefix
+from runtime.objstore.store import make_prefix
 
 
 def _session_root() -> str:

@@ -66,14 +66,17 @@ class StoreManager:
         """Objects were freed: recount soon."""
         self._dirty = True
 
+    def due(self) -> bool:
+        """Whether ``maintain`` has work: frees to count, writers past the high-water mark, or a
+        second since the last count.  Cheap enough to ask every few milliseconds."""
+        if self._dirty or time.monotonic() - self._last_count > RECOUNT_INTERVAL:
+            return True
+        return store.read_capacity(self.prefix)[0] > HIGH_WATER * self.limit
+
     def maintain(self) -> None:
-        """Recount if needed, spill if over the high-water mark, publish the figures.  Blocking I/O."""
-        published, _ = store.read_capacity(self.prefix)
-        now = time.monotonic()
-        if not (self._dirty or published > HIGH_WATER * self.limit or now - self._last_count > RECOUNT_INTERVAL):
-            return
+        """Recount, spill if over the high-water mark, publish the figures.  Blocking I/O."""
         self._dirty = False
-        self._last_count = now
+        self._last_count = time.monotonic()
         objects = store.list_objects(self.prefix)
         self.used = sum(size for _, size, _ in objects)
         if self.used > HIGH_WATER * self.limit:

@@ -86,6 +86,11 @@ class StoreRef:
         return [self.node, self.nbytes, self.name]
 
 
+def make_prefix() -> str:
+    """A store prefix that names its owner, so a later agent can sweep a dead one's leftovers."""
+    return f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
+
+
 def new_name(prefix: str, key: str) -> str:
     """A fresh object name, under the node's prefix, for one write of ``key``'s value."""
     return prefix + hashlib.blake2b(key.encode(), digest_size=10).hexdigest() + os.urandom(4).hex()

@@ -30,11 +30,6 @@ logger = logging.getLogger("runtime.agent")
 RESTART_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0)
 
 
-def make_prefix() -> str:
-    """A store prefix that names its owner, so a later agent can sweep a dead one's leftovers."""
-    return f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
-
-
 def sweep_dead_stores() -> int:
     """Remove store objects left by owners whose process is gone (a crash, a power cut)."""
     dead = set()
@@ -126,7 +121,8 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
-                await loop.run_in_executor(None, self.store.maintain)
+                if self.store.due():
+                    await loop.run_in_executor(None, self.store.maintain)
             except Exception:
                 logger.exception("store maintenance failed; trying again")
             await asyncio.sleep(0.01)
@@ -183,7 +179,7 @@ class NodeAgent:
 
 async def _main(args: argparse.Namespace) -> None:
     agent = NodeAgent(
-        args.scheduler, args.node, args.prefix or make_prefix(), args.num_workers, args.log_dir,
+        args.scheduler, args.node, args.prefix or store.make_prefix(), args.num_workers, args.log_dir,
         json.loads(args.resources), args.object_store_memory,
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
