@@ -112,23 +112,34 @@ def capacity_path(prefix: str) -> str:
     return os.path.join(SHM_DIR, prefix + "capacity")
 
 
+#: this process's open capacity files, by prefix (one 16-byte pread or pwrite per use)
+_capacity_fds: dict[str, int] = {}
+
+
+def _capacity_fd(prefix: str, create: bool = False) -> int | None:
+    fd = _capacity_fds.get(prefix)
+    if fd is None:
+        try:
+            fd = os.open(capacity_path(prefix), os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            return None  # no agent runs this store: no limit
+        _capacity_fds[prefix] = fd
+    return fd
+
+
 def read_capacity(prefix: str) -> tuple[int, int]:
     """``(bytes in use, limit)`` of a node store, as its agent last published them; limit 0: none."""
-    try:
-        with open(capacity_path(prefix), "rb") as f:
-            raw = f.read(_CAPACITY.size)
-    except FileNotFoundError:
-        return 0, 0
+    fd = _capacity_fd(prefix)
+    raw = os.pread(fd, _CAPACITY.size, 0) if fd is not None else b""
     return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0)
 
 
 def publish_capacity(prefix: str, used: int, limit: int) -> None:
-    """Write ``(used, limit)`` where writers read it (the agent does this)."""
-    path = capacity_path(prefix)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(_CAPACITY.pack(max(used, 0), limit))
-    os.replace(tmp, path)
+    """Write ``(used, limit)`` where writers read it: a hint, recounted by the agent, so one
+    small pwrite (atomic for readers) is enough."""
+    fd = _capacity_fd(prefix, create=True)
+    assert fd is not None
+    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit), 0)
 
 
 def reserve(prefix: str, nbytes: int, key: str, timeout: float = WRITE_TIMEOUT) -> None:
@@ -331,6 +342,9 @@ def _unlink(path: str) -> None:
 
 def sweep(prefix: str) -> int:
     """Remove every object, spilled copy and temp file with this prefix; returns the count."""
+    fd = _capacity_fds.pop(prefix, None)
+    if fd is not None:
+        os.close(fd)
     n = 0
     for directory in (SHM_DIR, SPILL_DIR):
         try:
