@@ -37,16 +37,14 @@ import importlib.util
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from _common import Metric, fmt_ratio, fmt_value, render_table, timed
+from _common import run_child as common_run_child
 
 SYSTEMS = ("runtime", "dask", "ray")
 
@@ -309,81 +307,12 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def _session_members(sid: int) -> dict[int, str]:
-    """{pid: name} of live processes in session ``sid`` (Linux /proc; {} elsewhere)."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # After "pid (comm) ": state ppid pgrp session ...; zombies are skipped.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found[int(entry)] = stat[stat.find("(") + 1 : stat.rfind(")")]
-    return found
-
-
-def _kill_session(sid: int) -> None:
-    """SIGTERM, then SIGKILL, every process left in session ``sid``, by pid."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        members = _session_members(sid)
-        if not members:
-            return
-        for pid in members:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
-
-
 def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``--system name --json`` in a fresh session; clean up what it leaves.
-
-    Output goes to temporary files, not pipes, so a stray grandchild that keeps
-    the child's stdout open cannot make us wait for it.
-    """
+    """Run ``--system name --json`` in a fresh session; clean up what it leaves."""
     cmd = [sys.executable, os.path.abspath(__file__), "--system", name, "--json", "--repeat", str(args.repeat)]
     if args.quick:
         cmd.append("--quick")
-    result: dict[str, Any] = {"system": name}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=None if args.verbose else err, text=True, start_new_session=True
-        )
-        try:
-            proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_session(proc.pid)
-            proc.wait()
-            result["status"] = f"timeout after {args.timeout:.0f} s"
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if "status" not in result:
-        for line in reversed(stdout.splitlines()):
-            if line.startswith("{"):
-                try:
-                    result = json.loads(line)
-                    break
-                except json.JSONDecodeError:
-                    pass
-        else:
-            result["status"] = f"failed (exit {proc.returncode})"
-    if result.get("status") not in ("ok", "not installed") and stderr:
-        tail = "\n".join(stderr.strip().splitlines()[-15:])
-        print(f"--- {name} stderr (last lines) ---\n{tail}\n", file=sys.stderr)
-    # Safety net: anything still in the child's session was left behind.
-    time.sleep(0.5)
-    stray = [f"{comm}({pid})" for pid, comm in _session_members(proc.pid).items()]
-    if stray:
-        print(f"warning: {name} left processes behind, killing: {', '.join(stray)}", file=sys.stderr)
-        result["stray_processes"] = stray
-        _kill_session(proc.pid)
+    result, _ = common_run_child(name, cmd, args.timeout, args.verbose)
     return result
 
 
