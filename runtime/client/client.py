@@ -30,7 +30,7 @@ from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, F
 from runtime.comm import serialize
 from runtime.comm.core import Comm, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
-from runtime.objstore import values
+from runtime.objstore import store, values
 from runtime.objstore.transfer import fetch_sync
 
 logger = logging.getLogger("runtime.client")
@@ -55,6 +55,7 @@ class Client:
         self._closed = False
         self._lost: str | None = None
         self.comm: Comm | None = None
+        self._pruner: asyncio.Future | None = None
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
@@ -66,6 +67,7 @@ class Client:
         self.comm = await connect(self.address, timeout=timeout)
         self.comm.send({"op": "register-client", "client": self.id})
         asyncio.ensure_future(self._read_loop())
+        self._pruner = asyncio.ensure_future(store.prune_mappings_forever())
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -159,6 +161,8 @@ class Client:
             if fs.refcount > 0 or self._futures.get(key) is not fs:
                 return
             del self._futures[key]
+        if isinstance(fs.value, list):  # this process need not keep its mapping either
+            store.forget_mapping(fs.value[2])
         if not self._closed and not self._lost:
             self._send({"op": "release-keys", "keys": [key]})
 
@@ -304,6 +308,8 @@ class Client:
         self._closed = True
 
         async def shut() -> None:
+            if self._pruner is not None:
+                self._pruner.cancel()
             if self.comm is not None:
                 self._flush()
                 try:

@@ -31,7 +31,7 @@ from typing import Any
 from runtime.comm import serialize
 from runtime.comm.core import Comm, connect
 from runtime.errors import TaskError
-from runtime.objstore import values
+from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
@@ -87,6 +87,7 @@ class Worker:
         )  # fmt: skip
         for i in range(self.nthreads):
             threading.Thread(target=self._executor, name=f"executor-{i}", daemon=True).start()
+        asyncio.ensure_future(store.prune_mappings_forever())
         try:
             while True:
                 for msg in await self.comm.read():
