@@ -7,6 +7,7 @@ that prints the table never loads runtime, Dask or Ray itself.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
@@ -511,3 +512,31 @@ def clean_new_shm(before: set[str], name: str, owners: set[int]) -> list[str]:
         print(f"warning: {name} left {len(left)} file(s) in {SHM_DIR} (removed): {', '.join(left[:5])}"
               f"{' ...' if len(left) > 5 else ''}", file=sys.stderr)  # fmt: skip
     return left
+
+
+def parse_bench_args(
+    argv: Sequence[str] | None, doc: str, systems: Sequence[str], quick_help: str, repeat_help: str, save: bool = False
+) -> argparse.Namespace:
+    """The command line every comparison benchmark takes (``--only``, ``--quick``, ``--repeat``, ...)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--only", default=",".join(systems), help="comma-separated systems (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--repeat", type=int, default=None, help=repeat_help)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per system (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    if save:
+        p.add_argument(
+            "--save", metavar="FILE", help="also write all results, every sample and detail, as JSON to FILE"
+        )
+    p.add_argument("--verbose", action="store_true", help="let the systems' log output through")
+    p.add_argument("--system", choices=systems, help=argparse.SUPPRESS)  # child mode
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(systems)
+    if unknown:
+        p.error(f"unknown system(s) in --only: {', '.join(sorted(unknown))}")
+    return args

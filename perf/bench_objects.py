@@ -95,6 +95,7 @@ from _common import (
     fmt_ratio,
     fmt_value,
     foreign_memory,
+    parse_bench_args,
     render_table,
     run_child,
     settled_memory,
@@ -562,25 +563,14 @@ def runtime_source() -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="smaller run (80 MB array, 2M rows, 20 MB; 1 repeat)")
-    p.add_argument("--repeat", type=int, default=None, help="timed repeats of every workload (default 3, quick 1)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per system (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--save", metavar="FILE", help="also write all results, every sample and detail, as JSON to FILE")
-    p.add_argument("--verbose", action="store_true", help="let the systems' log output through")
-    p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # child mode
-    args = p.parse_args(argv)
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        p.error("--repeat must be at least 1")
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.only) - set(SYSTEMS)
-    if unknown:
-        p.error(f"unknown system(s) in --only: {', '.join(sorted(unknown))}")
-    return args
+    return parse_bench_args(
+        argv,
+        __doc__ or "",
+        SYSTEMS,
+        "smaller run (80 MB array, 2M rows, 20 MB; 1 repeat)",
+        "timed repeats of every workload (default 3, quick 1)",
+        save=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

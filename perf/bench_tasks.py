@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from _common import Metric, fmt_ratio, fmt_value, render_table, timed
+from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, timed
 from _common import run_child as common_run_child
 
 SYSTEMS = ("runtime", "dask", "ray")
@@ -348,24 +348,13 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="smaller run (1,000 / 100 / 1,024; 1 repeat unless --repeat)")
-    p.add_argument("--repeat", type=int, default=None, help="timed repeats of workloads 1-3 (default 3, quick 1)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per system (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--verbose", action="store_true", help="let the systems' log output through")
-    p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # child mode
-    args = p.parse_args(argv)
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        p.error("--repeat must be at least 1")
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.only) - set(SYSTEMS)
-    if unknown:
-        p.error(f"unknown system(s) in --only: {', '.join(sorted(unknown))}")
-    return args
+    return parse_bench_args(
+        argv,
+        __doc__ or "",
+        SYSTEMS,
+        "smaller run (1,000 / 100 / 1,024; 1 repeat unless --repeat)",
+        "timed repeats of workloads 1-3 (default 3, quick 1)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
