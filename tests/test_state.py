@@ -473,3 +473,10 @@ def test_a_stale_copy_is_freed(s):
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))
     _, wmsgs = s.handle(st.AddReplica(sid(), "gone-1", "n2", "obj-b", ["n1", 10, "obj-a"]))
     assert wmsgs == {"n2": [{"op": "free-objects", "names": ["obj-b"]}]}
+
+
+def test_a_joining_worker_takes_unrunnable_tasks_by_priority(s):
+    s.handle(graph(task("low-1"), priority=0))
+    s.handle(graph(task("high-1"), priority=5))
+    _, wmsgs = add_worker(s)
+    assert compute_keys(wmsgs, "w1") == ["high-1", "low-1"]

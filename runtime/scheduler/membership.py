@@ -32,7 +32,9 @@ def add_worker(self: SchedulerState, s: st.AddWorker) -> Recs:
     self.total_nthreads += ws.nthreads
     ns.workers.add(ws)
     self.idle[ws] = None
-    return {ts.key: "processing" for ts in self.unrunnable}
+    # Highest priority first: recommendations are popped last-in first-out.
+    ready = sorted(self.unrunnable, key=lambda ts: ts.priority, reverse=True)
+    return {ts.key: "processing" for ts in ready}
 
 
 def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
