@@ -54,7 +54,9 @@ def test_worker_killed_mid_task_reruns_it(cluster, tmp_path):
 def test_task_that_keeps_killing_workers_errs_as_killed_worker(cluster):
     bad = exit_worker.remote()
     good = [inc.remote(i) for i in range(20)]
-    with pytest.raises(rt.KilledWorker, match=f"task '{bad.key}' was running on 4 workers that died"):
+    with pytest.raises(rt.KilledWorker, match=f"task '{bad.key}' was running on 4 workers that died") as info:
         rt.get(bad, timeout=90)
+    # The cause comes from the node agent that saw the worker exit, not just "connection closed".
+    assert "last cause: exit code 3" in str(info.value)
     assert rt.get(good, timeout=60) == list(range(1, 21))
     cluster.client.wait_for_workers(2, timeout=30)

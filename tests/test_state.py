@@ -480,3 +480,13 @@ def test_a_joining_worker_takes_unrunnable_tasks_by_priority(s):
     s.handle(graph(task("high-1"), priority=5))
     _, wmsgs = add_worker(s)
     assert compute_keys(wmsgs, "w1") == ["high-1", "low-1"]
+
+
+def test_only_what_a_dead_worker_was_executing_is_suspicious(s):
+    add_worker(s, "w1")
+    add_worker(s, "w2")
+    s.handle(graph(task("x-1"), task("y-1"), task("z-1"), task("q-1")))
+    on_w1 = [ts.key for ts in s.workers["w1"].processing]
+    assert len(on_w1) == 2
+    s.handle(st.RemoveWorker(sid(), "w1", "exit code 3", executing=(on_w1[0],)))
+    assert s.tasks[on_w1[0]].suspicious == 1 and s.tasks[on_w1[1]].suspicious == 0

@@ -22,6 +22,9 @@ from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
 
 logger = logging.getLogger("runtime.scheduler")
 
+#: how long a closed worker connection waits for its node agent to say why it died
+DEATH_REPORT_GRACE = 0.5
+
 
 def _task_spec(t: list) -> st.TaskSpec:
     """``[key, func, args, deps, retries, prefix]`` plus an optional dict of restrictions."""
@@ -69,6 +72,10 @@ class Scheduler:
         self.node_info: dict[str, dict] = {}
         self.address = ""
         self._server: asyncio.AbstractServer | None = None
+        #: why workers died and what they ran, as their agents reported, before their connection closed
+        self._death_reports: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: workers whose connection closed, removed when their agent reports or the grace ends
+        self._awaiting_report: dict[str, asyncio.TimerHandle] = {}
         self._ids = itertools.count()
         self.closed = asyncio.Event()
 
@@ -109,14 +116,14 @@ class Scheduler:
         if op == "register-client":
             peer = first["client"]
             added: st.Stimulus = st.AddClient(f"add-client-{peer}", peer)
-            removed: Callable[[], st.Stimulus] = lambda: st.RemoveClient(f"remove-client-{peer}", peer)  # noqa: E731
+            removed: Callable[[], st.Stimulus] | None = lambda: st.RemoveClient(f"remove-client-{peer}", peer)  # noqa: E731
         elif op == "register-worker":
             peer = first["address"]
             added = st.AddWorker(
                 f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0),
                 first.get("host", ""), first.get("resources") or {}, first.get("memory_limit", 0),
             )  # fmt: skip
-            removed = lambda: st.RemoveWorker(f"remove-worker-{peer}", peer, "its connection closed")  # noqa: E731
+            removed = None  # see _worker_gone: it waits briefly for the node agent to say why
         elif op == "register-node":
             peer = first["node"]
             self.node_info[peer] = first
@@ -134,8 +141,37 @@ class Scheduler:
             if self.comms.get(peer) is comm:
                 del self.comms[peer]
             self.node_info.pop(peer, None)
-            if not self.closed.is_set():
+            if self.closed.is_set():
+                pass
+            elif removed is None:
+                self._worker_gone(peer)
+            else:
                 self.handle_stimulus(removed())
+
+    def _worker_gone(self, address: str) -> None:
+        """A worker's connection closed.  Remove it with what its node agent reports (cause:
+        exit code, signal, last log lines; the tasks it was executing) if that comes within
+        DEATH_REPORT_GRACE seconds, else with what we know."""
+        report = self._death_reports.pop(address, None)
+        if report is not None:
+            self._remove_worker(address, *report)
+            return
+        self._awaiting_report[address] = asyncio.get_running_loop().call_later(
+            DEATH_REPORT_GRACE, self._remove_worker, address, "its connection closed; its node agent said nothing"
+        )
+
+    def _remove_worker(self, address: str, cause: str, executing: tuple[str, ...] | None = None) -> None:
+        self._awaiting_report.pop(address, None)
+        self.handle_stimulus(st.RemoveWorker(f"remove-worker-{address}", address, cause, executing))
+
+    def _worker_died(self, address: str, cause: str, executing: tuple[str, ...]) -> None:
+        """A node agent says why one of its workers died and what it was executing."""
+        timer = self._awaiting_report.pop(address, None)
+        if timer is not None:  # its connection already closed
+            timer.cancel()
+            self._remove_worker(address, cause, executing)
+        elif address in self.comms:  # the report came first: use it when the connection closes
+            self._death_reports[address] = (cause, executing)
 
     async def _read_loop(self, comm: Comm, peer: str) -> None:
         ids = self._ids
@@ -147,6 +183,8 @@ class Scheduler:
                     self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
                 elif op == "request":
                     comm.send({"op": "reply", "reqid": msg["reqid"], "result": self._query(msg)})
+                elif op == "worker-died":
+                    self._worker_died(msg["address"], msg["cause"], tuple(msg.get("executing", ())))
                 elif op == "close-cluster":
                     self._send({p: [{"op": "close"}] for p in self.node_info})
                 else:

@@ -123,6 +123,8 @@ class RemoveWorker(Stimulus):
     address: str
     #: why it left, in words a user can act on (exit code, signal, ...)
     cause: str = "connection closed"
+    #: the tasks it was executing when it died, when known: only they are suspicious
+    executing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

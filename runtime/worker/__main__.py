@@ -13,7 +13,7 @@ from runtime.worker.worker import Worker
 async def _main(args: argparse.Namespace) -> None:
     worker = Worker(
         args.scheduler, args.node, args.prefix, f"{args.name}-{os.getpid()}", args.nthreads,
-        json.loads(args.resources), args.memory_limit, args.agent,
+        json.loads(args.resources), args.memory_limit, args.agent, args.running_file,
     )  # fmt: skip
     await procutil.serve_until_closed(worker.run(), worker.stop, worker.closed, args.watch_parent)
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--nthreads", type=int, default=1)
     parser.add_argument("--agent", default="", help="its node agent's address, to fetch objects from other nodes")
+    parser.add_argument("--running-file", default="", help="where to note the tasks it executes, for its agent")
     parser.add_argument("--resources", default="{}", help='abstract resources as JSON, e.g. {"GPU": 1}')
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes (0: unknown)")
     parser.add_argument("--watch-parent", action="store_true")

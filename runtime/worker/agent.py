@@ -24,6 +24,7 @@ from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, store_limit
 from runtime.objstore.transfer import ObjectServer
+from runtime.worker.running import read_running
 
 logger = logging.getLogger("runtime.agent")
 
@@ -38,6 +39,15 @@ def sweep_dead_stores() -> int:
         if len(parts) == 4 and parts[0] == "rt" and parts[1].isdigit() and not _alive(int(parts[1])):
             dead.add(f"rt-{parts[1]}-{parts[2]}-")
     return sum(store.sweep(prefix) for prefix in dead)
+
+
+def _last_lines(path: str, n: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
 
 
 def _alive(pid: int) -> bool:
@@ -132,11 +142,12 @@ class NodeAgent:
         failures = 0
         while not self._stopping:
             log = open(os.path.join(self.log_dir, f"worker-{index}.log"), "ab")
+            running_file = os.path.join(self.log_dir, f"worker-{index}.running")
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
                     "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
-                    "--agent", self.address,
+                    "--agent", self.address, "--running-file", running_file,
                     "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
                     "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
                 )  # fmt: skip
@@ -148,7 +159,15 @@ class NodeAgent:
             self.procs.pop(index, None)
             if self._stopping:
                 return
-            logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, procutil.describe_exit(code))
+            cause = procutil.describe_exit(code)
+            logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, cause)
+            tail = _last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
+            if tail:
+                cause += "; its log ended with:\n" + "\n".join(f"    {line}" for line in tail)
+            if self.comm is not None:  # the scheduler names the cause, and blames only what was running
+                address = f"{self.node}/w{index}-{proc.pid}"
+                executing = read_running(running_file)
+                self.comm.send({"op": "worker-died", "address": address, "cause": cause, "executing": executing})
             lived = asyncio.get_running_loop().time() - started
             failures = 0 if lived > 10 else failures + 1
             await asyncio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])

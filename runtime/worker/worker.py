@@ -35,6 +35,7 @@ from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
+from runtime.worker.running import RunningBoard
 
 logger = logging.getLogger("runtime.worker")
 
@@ -43,6 +44,7 @@ class Worker:
     def __init__(
         self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1,
         resources: dict[str, float] | None = None, memory_limit: int = 0, agent: str = "",
+        running_file: str = "",
     ):  # fmt: skip
         self.scheduler_address = scheduler
         #: the node (agent and store) this worker belongs to
@@ -58,6 +60,8 @@ class Worker:
         self.memory_limit = memory_limit
         #: this node's agent, which fetches objects stored on other nodes
         self.agent = agent
+        #: where it notes the tasks it is executing, for its agent to read if it dies
+        self.running_board = RunningBoard(running_file, nthreads) if running_file else None
         self.comm: Comm | None = None
         #: tasks received and not started: (priority, arrival, message)
         self._ready: list[tuple[Any, int, dict]] = []
@@ -86,7 +90,7 @@ class Worker:
             }
         )  # fmt: skip
         for i in range(self.nthreads):
-            threading.Thread(target=self._executor, name=f"executor-{i}", daemon=True).start()
+            threading.Thread(target=self._executor, args=(i,), name=f"executor-{i}", daemon=True).start()
         asyncio.ensure_future(store.prune_mappings_forever())
         try:
             while True:
@@ -120,7 +124,7 @@ class Worker:
 
     # -- executor threads ------------------------------------------------------------
 
-    def _executor(self) -> None:
+    def _executor(self, slot: int) -> None:
         while True:
             with self._ready_cv:
                 while not self._ready and not self._stopping:
@@ -136,9 +140,14 @@ class Worker:
                     self._blocked.append(entry)
                     continue
                 del self._live[msg["key"]]
+            board = self.running_board
+            if board is not None:
+                board.mark(slot, msg["key"])
             try:
                 self._post(self.execute(msg))
             finally:
+                if board is not None:
+                    board.clear(slot)
                 if needs:
                     self._release(needs)
 
