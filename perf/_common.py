@@ -12,7 +12,7 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -185,6 +185,32 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """``(pid, name, fields after "pid (name) ")`` of every process in /proc (none elsewhere)."""
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        yield int(entry), stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :].split()
+
+
+def system_version(module: str, name: str) -> str:
+    """The installed version of a benchmarked system (its distribution, else its __version__)."""
+    import importlib.metadata
+    import sys
+
+    for dist in (module, name):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return str(getattr(sys.modules.get(module), "__version__", "unknown"))
+
+
 def foreign_memory() -> int:
     """Bytes that work other than this process's own tree holds: a disturbance gauge.
 
@@ -200,17 +226,9 @@ def foreign_memory() -> int:
     sid = os.getsid(0)
     parent: dict[int, int] = {}
     session: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(entry)] = int(fields[1])
-        session[int(entry)] = int(fields[3])
+    for pid, _, fields in proc_stats():
+        parent[pid] = int(fields[1])
+        session[pid] = int(fields[3])
 
     def ours(pid: int) -> bool:
         seen = 0
@@ -257,18 +275,10 @@ def _tree_cpu_seconds() -> float:
     me = os.getpid()
     parent: dict[int, int] = {}
     times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(entry)] = int(fields[1])
+    for pid, _, fields in proc_stats():
+        parent[pid] = int(fields[1])
         # utime stime cutime cstime are fields 14-17 of stat, 11-14 after "(comm) "
-        times[int(entry)] = sum(int(x) for x in fields[11:15]) / _CLK_TCK
+        times[pid] = sum(int(x) for x in fields[11:15]) / _CLK_TCK
     for pid, cpu in times.items():
         up, hops = parent.get(pid, 0), 0
         while up > 1 and up != me and hops < 64:
@@ -283,18 +293,10 @@ def live_descendants() -> dict[int, str]:
     me = os.getpid()
     parent: dict[int, int] = {}
     names: dict[int, str] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(entry)] = int(fields[1])
+    for pid, name, fields in proc_stats():
+        parent[pid] = int(fields[1])
         if fields[0] != "Z":
-            names[int(entry)] = stat[stat.find("(") + 1 : stat.rfind(")")]
+            names[pid] = name
     found = {}
     for pid, name in names.items():
         up, hops = parent.get(pid, 0), 0
@@ -369,20 +371,8 @@ class OtherWork:
 
 def session_members(sid: int) -> dict[int, str]:
     """{pid: name} of live processes in session ``sid`` (Linux /proc; {} elsewhere)."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # After "pid (comm) ": state ppid pgrp session ...; zombies are skipped.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found[int(entry)] = stat[stat.find("(") + 1 : stat.rfind(")")]
-    return found
+    # fields: state ppid pgrp session ...; zombies are skipped.
+    return {pid: name for pid, name, fields in proc_stats() if fields[0] != "Z" and int(fields[3]) == sid}
 
 
 def kill_session(sid: int) -> None:

@@ -100,6 +100,7 @@ from _common import (
     run_child,
     settled_memory,
     shm_entries,
+    system_version,
     used_memory,
     wait_for_descendants,
 )
@@ -187,13 +188,7 @@ class System:
         raise NotImplementedError
 
     def version(self) -> str:
-        for dist in (self.module, self.name):
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        mod = sys.modules.get(self.module)
-        return str(getattr(mod, "__version__", "unknown"))
+        return system_version(self.module, self.name)
 
 
 class RuntimeSystem(System):

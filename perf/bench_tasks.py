@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, timed
+from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, system_version, timed
 from _common import run_child as common_run_child
 
 SYSTEMS = ("runtime", "dask", "ray")
@@ -104,13 +104,7 @@ class System:
         return self.gather([future])[0]
 
     def version(self) -> str:
-        for dist in (self.module, self.name):
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        mod = sys.modules.get(self.module)
-        return str(getattr(mod, "__version__", "unknown"))
+        return system_version(self.module, self.name)
 
 
 class RuntimeSystem(System):
