@@ -100,10 +100,10 @@ from _common import (
     run_child,
     settled_memory,
     shm_entries,
-    system_version,
     used_memory,
     wait_for_descendants,
 )
+from _systems import ADAPTERS, System
 
 SYSTEMS = ("runtime", "dask", "ray")
 N_TASKS = 8
@@ -155,136 +155,6 @@ def table_answer(rows: int, column: str) -> int | float:
 
 def columns_for_tasks() -> list[str]:
     return ["x" if i % 2 == 0 else "y" for i in range(N_TASKS)]
-
-
-# --------------------------------------------------------------------------
-# One small adapter per system.
-# --------------------------------------------------------------------------
-
-
-class System:
-    """Uniform face of a system. Refs and futures are opaque (``Any``)."""
-
-    name: str
-    module: str  # top-level module that must be importable
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def put(self, value: Any) -> Any:
-        raise NotImplementedError
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        raise NotImplementedError
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def roundtrip(self, value: Any) -> Any:
-        """Put ``value`` and get it back in the driver."""
-        raise NotImplementedError
-
-    def shutdown(self) -> None:
-        raise NotImplementedError
-
-    def version(self) -> str:
-        return system_version(self.module, self.name)
-
-
-class RuntimeSystem(System):
-    name = "runtime"
-    module = "runtime"
-
-    def start(self) -> None:
-        import runtime as rt
-
-        self._rt = rt
-        rt.init(num_workers=2)
-        self._remote = {f: rt.remote(f) for f in TASK_FUNCS}
-
-    def put(self, value: Any) -> Any:
-        return self._rt.put(value)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._remote[fn].remote(*args)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._rt.get(futures))
-
-    def roundtrip(self, value: Any) -> Any:
-        return self._rt.get(self._rt.put(value))
-
-    def shutdown(self) -> None:
-        self._rt.shutdown()
-
-
-class DaskSystem(System):
-    name = "dask"
-    module = "distributed"
-
-    def start(self) -> None:
-        from distributed import Client, LocalCluster
-
-        self._cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,  # like Ray's include_dashboard=False
-        )
-        self._client = Client(self._cluster)
-
-    def put(self, value: Any) -> Any:
-        return self._client.scatter(value, hash=False)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._client.submit(fn, *args, pure=False)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._client.gather(futures))
-
-    def roundtrip(self, value: Any) -> Any:
-        return self._client.gather(self._client.scatter(value, hash=False))
-
-    def shutdown(self) -> None:
-        self._client.close()
-        self._cluster.close()
-
-    def version(self) -> str:
-        return importlib.metadata.version("distributed")
-
-
-class RaySystem(System):
-    name = "ray"
-    module = "ray"
-
-    def start(self) -> None:
-        import ray
-
-        self._ray = ray
-        ray.init(num_cpus=2, include_dashboard=False)
-        self._remote = {f: ray.remote(f) for f in TASK_FUNCS}
-
-    def put(self, value: Any) -> Any:
-        return self._ray.put(value)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._remote[fn].remote(*args)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._ray.get(futures))
-
-    def roundtrip(self, value: Any) -> Any:
-        return self._ray.get(self._ray.put(value))
-
-    def shutdown(self) -> None:
-        self._ray.shutdown()
-
-
-ADAPTERS: dict[str, type[System]] = {
-    "runtime": RuntimeSystem,
-    "dask": DaskSystem,
-    "ray": RaySystem,
-}
 
 
 # --------------------------------------------------------------------------
@@ -424,7 +294,7 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
 
     def session(body: Callable[[], Any]) -> Any:
         """Start a fresh cluster, warm it up, run ``body``, shut the cluster down."""
-        adapter.start()
+        adapter.start(TASK_FUNCS)
         try:
             pids.append(warm_up(adapter))
             return body()

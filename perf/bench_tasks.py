@@ -43,8 +43,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, system_version, timed
+from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, timed
 from _common import run_child as common_run_child
+from _systems import ADAPTERS, System
 
 SYSTEMS = ("runtime", "dask", "ray")
 
@@ -75,114 +76,6 @@ def getpid() -> int:
 
 
 TASK_FUNCS: tuple[Callable[..., Any], ...] = (noop, one, inc, add, getpid)
-
-
-# --------------------------------------------------------------------------
-# One small adapter per system: start, submit, gather, shut down.
-# --------------------------------------------------------------------------
-
-
-class System:
-    """Uniform face of a task system. Futures are opaque (``Any``)."""
-
-    name: str
-    module: str  # top-level module that must be importable
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        raise NotImplementedError
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def shutdown(self) -> None:
-        raise NotImplementedError
-
-    def get_one(self, future: Any) -> Any:
-        return self.gather([future])[0]
-
-    def version(self) -> str:
-        return system_version(self.module, self.name)
-
-
-class RuntimeSystem(System):
-    name = "runtime"
-    module = "runtime"
-
-    def start(self) -> None:
-        import runtime as rt
-
-        self._rt = rt
-        rt.init(num_workers=2)
-        self._remote = {f: rt.remote(f) for f in TASK_FUNCS}
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._remote[fn].remote(*args)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._rt.get(futures))
-
-    def shutdown(self) -> None:
-        self._rt.shutdown()
-
-
-class DaskSystem(System):
-    name = "dask"
-    module = "distributed"
-
-    def start(self) -> None:
-        from distributed import Client, LocalCluster
-
-        self._cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,  # like Ray's include_dashboard=False
-        )
-        self._client = Client(self._cluster)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._client.submit(fn, *args, pure=False)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._client.gather(futures))
-
-    def shutdown(self) -> None:
-        self._client.close()
-        self._cluster.close()
-
-    def version(self) -> str:
-        return importlib.metadata.version("distributed")
-
-
-class RaySystem(System):
-    name = "ray"
-    module = "ray"
-
-    def start(self) -> None:
-        import ray
-
-        self._ray = ray
-        ray.init(num_cpus=2, include_dashboard=False)
-        self._remote = {f: ray.remote(f) for f in TASK_FUNCS}
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._remote[fn].remote(*args)
-
-    def gather(self, futures: list[Any]) -> list[Any]:
-        return list(self._ray.get(futures))
-
-    def shutdown(self) -> None:
-        self._ray.shutdown()
-
-
-ADAPTERS: dict[str, type[System]] = {
-    "runtime": RuntimeSystem,
-    "dask": DaskSystem,
-    "ray": RaySystem,
-}
 
 
 # --------------------------------------------------------------------------
@@ -264,7 +157,7 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
         return out | {"status": "not installed"}
 
     t0 = time.perf_counter()
-    adapter.start()
+    adapter.start(TASK_FUNCS)
     try:
         first = adapter.get_one(adapter.submit(one))
         startup = time.perf_counter() - t0
