@@ -102,11 +102,8 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
         del ts.replicas[s.node]
     lost = []
     for ts in ns.stored:
-        if ts.replicas:  # a copy lives on: it becomes the value
-            node, name = ts.replicas.popitem()
-            ts.data = [node, ts.nbytes, name]
-            self.nodes[node].replicas.discard(ts)
-            self.nodes[node].stored.add(ts)
+        if ts.replicas:
+            self.promote_replica(ts)
         else:
             lost.append(ts)
     ns.stored.clear()

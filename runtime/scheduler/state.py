@@ -606,6 +606,14 @@ class SchedulerState:
             return {}
         return self._transition(ts, "memory", s.stimulus_id, value=s.value, nbytes=s.nbytes)
 
+    def promote_replica(self, ts: TaskState) -> None:
+        """The original of a stored value is gone but a copy lives on: the copy becomes the value."""
+        assert ts.replicas
+        node, name = ts.replicas.popitem()
+        ts.data = [node, ts.nbytes, name]
+        self.nodes[node].replicas.discard(ts)
+        self.nodes[node].stored.add(ts)
+
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
         ts = self.tasks.get(key)
@@ -662,11 +670,8 @@ class SchedulerState:
         ns = self.nodes.get(node)
         if ns is not None:
             ns.stored.discard(dts)
-        if dts.replicas:  # a copy lives on: it becomes the value
-            node, name = dts.replicas.popitem()
-            dts.data = [node, dts.nbytes, name]
-            self.nodes[node].replicas.discard(dts)
-            self.nodes[node].stored.add(dts)
+        if dts.replicas:
+            self.promote_replica(dts)
             return rerun
         dts.data = None  # nothing to free: the copy is gone
         return self._transition(dts, "released", s.stimulus_id)
