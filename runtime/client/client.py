@@ -22,13 +22,12 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
-from runtime.comm.core import Comm, connect, new_event_loop
+from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.transfer import fetch_sync
@@ -47,8 +46,6 @@ class Client:
         self._futures: dict[str, FutureState] = {}
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._outbox: deque[dict] = deque()
-        self._wakeup_pending = False
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()
         self._requests: dict[int, asyncio.Future] = {}
@@ -57,6 +54,8 @@ class Client:
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
         self._loop = new_event_loop()
+        #: messages from user threads on their way to the scheduler
+        self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
         self._call(self._connect(timeout), timeout + 5)
@@ -129,12 +128,7 @@ class Client:
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
 
-    def _flush(self) -> None:
-        self._wakeup_pending = False
-        batch = []
-        outbox = self._outbox
-        while outbox:
-            batch.append(outbox.popleft())
+    def _to_scheduler(self, batch: list[dict]) -> None:
         if self.comm is not None:
             self.comm.send_many(batch)
 
@@ -143,10 +137,7 @@ class Client:
     def _send(self, msg: dict) -> None:
         if self._lost:
             raise ConnectionError(self._lost)
-        self._outbox.append(msg)
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            self._loop.call_soon_threadsafe(self._flush)
+        self._outbox.put(msg)
 
     def _new_future(self, key: str) -> Future:
         with self._lock:
@@ -311,7 +302,7 @@ class Client:
             if self._pruner is not None:
                 self._pruner.cancel()
             if self.comm is not None:
-                self._flush()
+                self._outbox.drain()
                 try:
                     await asyncio.wait_for(self.comm.drain(), 2)
                 except (TimeoutError, ConnectionError, OSError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from runtime.comm import codec
@@ -58,12 +59,7 @@ class Comm:
 
     def send(self, msg: dict) -> None:
         """Queue one message; it leaves with the others queued in this loop turn."""
-        if self.closed:
-            return
-        self._outbox.append(msg)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self.send_many([msg])
 
     def send_many(self, msgs: list[dict]) -> None:
         if msgs and not self.closed:
@@ -142,6 +138,39 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     server = await asyncio.start_server(on_connect, host, port, limit=2**20)
     bound_port = server.sockets[0].getsockname()[1]
     return server, f"tcp://{host}:{bound_port}"
+
+
+class ThreadOutbox:
+    """Messages from any thread, handed to an event loop in batches.
+
+    ``put`` wakes the loop only when the outbox was empty, so a burst of messages (task
+    results, ``.remote()`` calls) costs one wake-up and leaves as one batch.  The flag is
+    cleared before the queue is drained, so a message put during a drain is never stranded.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[dict]], None]):
+        self._loop = loop
+        self._deliver = deliver
+        self._queue: deque[dict] = deque()
+        self._wakeup_pending = False
+
+    def put(self, msg: dict) -> None:
+        self._queue.append(msg)
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:  # the loop closed while shutting down
+                pass
+
+    def drain(self) -> None:
+        """Deliver everything queued (on the loop's thread)."""
+        self._wakeup_pending = False
+        batch = []
+        while self._queue:
+            batch.append(self._queue.popleft())
+        if batch:
+            self._deliver(batch)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -25,11 +25,10 @@ import socket
 import threading
 import time
 import traceback
-from collections import deque
 from typing import Any
 
 from runtime.comm import serialize
-from runtime.comm.core import Comm, connect
+from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import TaskError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
@@ -71,9 +70,8 @@ class Worker:
         self._live: dict[str, dict] = {}
         #: ready tasks waiting for resources that running tasks hold
         self._blocked: list[tuple[Any, int, dict]] = []
-        #: finished-task messages waiting for the event loop to send them
-        self._done: deque[dict] = deque()
-        self._wakeup_pending = False
+        #: messages from executor threads on their way to the scheduler
+        self._outbox: ThreadOutbox | None = None
         self._functions: dict[bytes, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -81,6 +79,7 @@ class Worker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
             {
@@ -210,21 +209,11 @@ class Worker:
             return _erred_message(key, e, start)
 
     def _post(self, msg: dict) -> None:
-        """Hand a result to the event loop thread; one wake-up serves many results."""
-        self._done.append(msg)
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._flush_done)
-            except RuntimeError:  # loop closed while shutting down
-                pass
+        """Hand a message for the scheduler to the event loop thread."""
+        assert self._outbox is not None
+        self._outbox.put(msg)
 
-    def _flush_done(self) -> None:
-        self._wakeup_pending = False
-        batch = []
-        while self._done:
-            batch.append(self._done.popleft())
+    def _to_scheduler(self, batch: list[dict]) -> None:
         if self.comm is not None:
             self.comm.send_many(batch)
 
