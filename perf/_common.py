@@ -468,16 +468,6 @@ def runtime_shm_owner(entry: str) -> int | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_new_shm(before: set[str], name: str, owners: set[int]) -> list[str]:
     """Report the /dev/shm files a child left; remove its runtime store files.
 
@@ -489,10 +479,12 @@ def clean_new_shm(before: set[str], name: str, owners: set[int]) -> list[str]:
     """
     import sys
 
+    import psutil
+
     left = []
     for entry in sorted(shm_entries() - before):
         owner = runtime_shm_owner(entry)
-        if owner is not None and owner in owners and not _pid_alive(owner):
+        if owner is not None and owner in owners and not psutil.pid_exists(owner):
             left.append(entry)
             try:
                 os.unlink(os.path.join(SHM_DIR, entry))

@@ -36,7 +36,7 @@ def sweep_dead_stores() -> int:
     dead = set()
     for entry in os.listdir(store.SHM_DIR):
         parts = entry.split("-", 3)
-        if len(parts) == 4 and parts[0] == "rt" and parts[1].isdigit() and not _alive(int(parts[1])):
+        if len(parts) == 4 and parts[0] == "rt" and parts[1].isdigit() and not psutil.pid_exists(int(parts[1])):
             dead.add(f"rt-{parts[1]}-{parts[2]}-")
     return sum(store.sweep(prefix) for prefix in dead)
 
@@ -48,16 +48,6 @@ def _last_lines(path: str, n: int) -> list[str]:
             return f.read().decode(errors="replace").splitlines()[-n:]
     except OSError:
         return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class NodeAgent:
