@@ -54,9 +54,6 @@ class StoreManager:
         self.limit = limit
         #: bytes in shared memory at the last count
         self.used = 0
-        #: objects and bytes spilled so far
-        self.spilled = 0
-        self.spilled_bytes = 0
         self._last_count = 0.0
         self._dirty = True
         self._spill_error: str | None = None
@@ -99,5 +96,3 @@ class StoreManager:
                 return
             self._spill_error = None
             self.used -= size
-            self.spilled += 1
-            self.spilled_bytes += size

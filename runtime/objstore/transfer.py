@@ -33,9 +33,6 @@ class ObjectServer:
         #: this node's store prefix and id
         self.prefix = prefix
         self.node = node
-        #: objects fetched from other nodes, and served to them
-        self.fetched = 0
-        self.served = 0
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     async def serve(self, comm: Comm) -> None:
@@ -69,7 +66,6 @@ class ObjectServer:
                     comm.writer.write(view[start : start + CHUNK])
                     await comm.writer.drain()
                 view.release()
-        self.served += 1
 
     async def fetch(self, name: str, source: str) -> str:
         """A copy of another node's object ``name`` in this node's store; returns its local name."""
@@ -109,7 +105,6 @@ class ObjectServer:
             os.close(fd)
         finally:
             comm.close()
-        self.fetched += 1
         logger.info("fetched %s (%d bytes) from %s as %s", name, size, source, local)
         return local
 
