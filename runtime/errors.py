@@ -49,5 +49,10 @@ class SchedulerError(RuntimeError):
     """The scheduler hit an internal error; pending futures fail with it instead of hanging."""
 
 
+class ActorDiedError(RuntimeError):
+    """The actor is gone (killed, its worker died past ``max_restarts``, or its constructor
+    raised); calls to it fail with this, naming the actor and why."""
+
+
 class TaskCancelledError(concurrent.futures.CancelledError):
     """The task was cancelled (``runtime.cancel`` or ``Future.cancel``) before it finished."""

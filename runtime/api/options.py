@@ -44,7 +44,27 @@ TASK_OPTIONS: dict[str, Option] = {
         "a worker address or host name, or a list of them",
     ),
     "allow_other_workers": Option((bool,), False, lambda x: True, "True or False"),
+    "num_returns": Option((int,), 1, lambda x: x >= 1, "a whole number >= 1"),
 }
+
+#: where an actor may live is chosen as for a task; the rest is about its life
+ACTOR_OPTIONS: dict[str, Option] = {
+    **{k: TASK_OPTIONS[k] for k in ("num_cpus", "resources", "workers", "allow_other_workers", "name")},
+    "max_concurrency": Option((int,), None, lambda x: x >= 1, "a whole number >= 1 (threads, or async calls)"),
+    "max_restarts": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
+    "lifetime": Option((str,), None, lambda x: x == "detached", '"detached" (outlive the process that made it)'),
+}
+
+
+def restrictions(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a task (or actor) may run, as the scheduler reads it; None when anywhere."""
+    workers = options.get("workers")
+    where = {
+        "workers": [workers] if isinstance(workers, str) else list(workers or ()),
+        "resources": options.get("resources"),
+        "allow_other_workers": options.get("allow_other_workers", False),
+    }
+    return {k: v for k, v in where.items() if v} or None
 
 
 def check_options(options: dict[str, Any], table: dict[str, Option] = TASK_OPTIONS) -> dict[str, Any]:

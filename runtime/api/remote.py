@@ -6,7 +6,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from runtime.api.options import check_options
+from runtime.api.actor import ActorClass
+from runtime.api.context import current_runtime
+from runtime.api.options import ACTOR_OPTIONS, TASK_OPTIONS, check_options, restrictions
 from runtime.client.future import Future
 from runtime.comm import serialize
 
@@ -19,14 +21,8 @@ class RemoteFunction:
         self._options = check_options(options)
         self._name = getattr(func, "__name__", "task")
         self._pickled: bytes | None = None
-        workers = self._options.get("workers")
-        restrictions = {
-            "workers": [workers] if isinstance(workers, str) else list(workers or ()),
-            "resources": self._options.get("resources"),
-            "allow_other_workers": self._options.get("allow_other_workers", False),
-        }
         #: where it may run, as the scheduler reads it; None when anywhere
-        self._restrictions = {k: v for k, v in restrictions.items() if v} or None
+        self._restrictions = restrictions(self._options)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -35,23 +31,26 @@ class RemoteFunction:
             f"use {self._name}.remote(...) to run it as a task"
         )
 
-    def remote(self, *args: Any, **kwargs: Any) -> Future:
-        from runtime.api.context import current_runtime
-
+    def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
+        """Run the function as a task; its future (or ``num_returns`` futures, one per item)."""
+        global _pick_pickled
         if self._pickled is None:
             self._pickled = serialize.dumps_function(self._func)
         opts = self._options
         retries = opts.get("retries", 0) or opts.get("max_retries", 0)
+        priority = opts.get("priority", 0)
         client = current_runtime().client
-        return client.submit(
-            self._pickled,
-            self._name,
-            args,
-            kwargs,
-            retries=retries,
-            priority=opts.get("priority", 0),
-            restrictions=self._restrictions,
+        future = client.submit(
+            self._pickled, self._name, args, kwargs, retries=retries, priority=priority, restrictions=self._restrictions
         )
+        n = opts.get("num_returns", 1)
+        if n == 1:
+            return future
+        # One small task per item picks it out of the result; the whole result is released
+        # as soon as the last of them has run.
+        if _pick_pickled is None:
+            _pick_pickled = serialize.dumps_function(_pick)
+        return [client.submit(_pick_pickled, self._name, (future, i, n), {}, priority=priority) for i in range(n)]
 
     def options(self, **options: Any) -> RemoteFunction:
         """A copy of this remote function with some options changed."""
@@ -61,19 +60,34 @@ class RemoteFunction:
         return f"<RemoteFunction {self._name} {self._options or ''}>"
 
 
+_pick_pickled: bytes | None = None
+
+
+def _pick(result: Any, i: int, n: int) -> Any:
+    """Item ``i`` of a task's result, which ``num_returns=n`` says is a sequence of ``n``."""
+    try:
+        size = len(result)
+    except TypeError:
+        size = None
+    if size != n:
+        got = f"a {type(result).__name__} of {size}" if size is not None else f"a {type(result).__name__}"
+        raise ValueError(f"the task was declared with num_returns={n} but returned {got}")
+    return result[i]
+
+
 def remote(*args: Any, **options: Any) -> Any:
     """``@remote`` or ``@remote(num_cpus=1, retries=2)`` on a function."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make(args[0], {})
     if args:
         raise TypeError("use @runtime.remote or @runtime.remote(option=value, ...); options are keyword-only")
-    check_options(options)
+    check_options(options, {**TASK_OPTIONS, **ACTOR_OPTIONS})  # fail here, not where it is applied
     return lambda obj: _make(obj, options)
 
 
-def _make(obj: Any, options: dict[str, Any]) -> RemoteFunction:
+def _make(obj: Any, options: dict[str, Any]) -> RemoteFunction | ActorClass:
     if isinstance(obj, type):
-        raise TypeError(f"@runtime.remote on a class ({obj.__name__}) makes an actor, which is not supported yet")
+        return ActorClass(obj, options)
     if not callable(obj):
         raise TypeError(f"@runtime.remote needs a function, not {type(obj).__name__}")
     return RemoteFunction(obj, options)

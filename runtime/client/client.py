@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
@@ -56,6 +57,8 @@ class Client:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        #: actor method calls, sent straight to the actors' workers
+        self.actor_calls = ActorCalls(self)
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
         self._call(self._connect(timeout), timeout + 5)
@@ -80,6 +83,7 @@ class Client:
                     for msg in msgs:
                         self._handle(msg)
                     self._cond.notify_all()
+                self.actor_calls.futures_changed()
         except (ConnectionError, OSError) as e:
             if not self._closed:
                 self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
@@ -154,7 +158,7 @@ class Client:
             del self._futures[key]
         if isinstance(fs.value, list):  # this process need not keep its mapping either
             store.forget_mapping(fs.value[2])
-        if not self._closed and not self._lost:
+        if not self._closed and not self._lost and not fs.local:
             self._send({"op": "release-keys", "keys": [key]})
 
     def new_key(self, name: str) -> str:
@@ -179,11 +183,38 @@ class Client:
         args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
         key = self.new_key(prefix)
         future = self._new_future(key)
+        for dep in deps.values():
+            if dep._state.local and not self._register_local(dep):  # an actor call that failed
+                self._fail_like(future._state, dep)
+                return future
         task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
         if restrictions:
             task.append(restrictions)
         self._send({"op": "update-graph", "tasks": [task], "wanted": [key], "priority": priority})
         return future
+
+    def _register_local(self, future: Future) -> bool:
+        """Tell the scheduler the value of an actor call's result, so tasks can use it: after
+        waiting for it if need be.  False if the call failed."""
+        fs = future._state
+        if fs.status == PENDING:
+            self._wait_for(lambda: fs.status != PENDING, None, [future])
+        with self._lock:
+            if not fs.local:
+                return True
+            if fs.status != FINISHED:
+                return False
+            fs.local = False
+        self._send({"op": "update-data", "key": future.key, "value": fs.value, "nbytes": fs.nbytes})
+        return True
+
+    def _fail_like(self, fs: FutureState, cause: Future) -> None:
+        """``fs`` fails with the error of ``cause``, an argument it needed."""
+        with self._cond:
+            bad = cause._state
+            fs.status, fs.exception, fs.traceback, fs.worker = ERRED, bad.exception, bad.traceback, bad.worker
+            fs.blame = cause.key
+            self._cond.notify_all()
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
         """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
@@ -216,16 +247,20 @@ class Client:
         return self.prefix, self.node
 
     def request(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
-        """Ask the scheduler a question (``identity``, ``story``, ``task-states``)."""
+        """Ask the scheduler a question (``identity``, ``story``, ``task-states``, actor queries)."""
+        if self._lost:
+            raise ConnectionError(self._lost)
+        return self._call(self._ask(what, **kwargs), timeout)
 
-        async def ask() -> Any:
-            reqid = next(self._counter)
-            fut = self._requests[reqid] = self._loop.create_future()
-            assert self.comm is not None
-            self.comm.send({"op": "request", "reqid": reqid, "what": what, **kwargs})
-            return await fut
-
-        return self._call(ask(), timeout)
+    async def _ask(self, what: str, **kwargs: Any) -> Any:
+        """On the loop thread: a request to the scheduler and its reply."""
+        if self._lost:
+            raise ConnectionError(self._lost)
+        reqid = next(self._counter)
+        fut = self._requests[reqid] = self._loop.create_future()
+        assert self.comm is not None
+        self.comm.send({"op": "request", "reqid": reqid, "what": what, **kwargs})
+        return await fut
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s."""
@@ -301,6 +336,7 @@ class Client:
         async def shut() -> None:
             if self._pruner is not None:
                 self._pruner.cancel()
+            self.actor_calls.close()
             if self.comm is not None:
                 self._outbox.drain()
                 try:

@@ -20,7 +20,7 @@ PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled
 
 
 class FutureState:
-    __slots__ = ("status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount")
+    __slots__ = ("status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount", "local")
 
     def __init__(self) -> None:
         #: pending, finished, erred or cancelled
@@ -35,6 +35,9 @@ class FutureState:
         self.worker = ""
         #: live Future objects for this key in this process
         self.refcount = 0
+        #: an actor call's result that only this process knows (the scheduler learns of it
+        #: when it is passed to a task)
+        self.local = False
 
     def error(self, key: str) -> BaseException:
         """The task's exception, rebuilt, with the remote traceback as its cause."""

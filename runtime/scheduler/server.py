@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.comm.core import Comm, listen
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
 
 logger = logging.getLogger("runtime.scheduler")
@@ -26,17 +27,8 @@ logger = logging.getLogger("runtime.scheduler")
 DEATH_REPORT_GRACE = 0.5
 
 
-def _task_spec(t: list) -> st.TaskSpec:
-    """``[key, func, args, deps, retries, prefix]`` plus an optional dict of restrictions."""
-    extra = t[6] if len(t) > 6 else {}
-    return st.TaskSpec(
-        t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5],
-        tuple(extra.get("workers", ())), extra.get("resources"), bool(extra.get("allow_other_workers", False)),
-    )  # fmt: skip
-
-
 def _update_graph(m: dict, peer: str, sid: str) -> st.Stimulus:
-    tasks = tuple(_task_spec(t) for t in m["tasks"])
+    tasks = tuple(st.TaskSpec.from_wire(t) for t in m["tasks"])
     return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0))
 
 
@@ -78,6 +70,9 @@ class Scheduler:
         self._awaiting_report: dict[str, asyncio.TimerHandle] = {}
         self._ids = itertools.count()
         self.closed = asyncio.Event()
+        #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
+        self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
+        self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
         self._server, self.address = await listen(address, self._handle_comm)
@@ -103,12 +98,18 @@ class Scheduler:
             return
         self._send(client_msgs)
         self._send(worker_msgs)
+        if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
+            self.actors.workers_gone(self.state.workers, stimulus.cause)
+        elif isinstance(stimulus, st.RemoveClient):
+            self.actors.client_gone(stimulus.client)
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
             comm = self.comms.get(peer)
             if comm is not None:
                 comm.send_many(batch)
+            elif peer == ACTORS_CLIENT:
+                self.actors.on_client_messages(batch)
 
     async def _handle_comm(self, comm: Comm) -> None:
         first = (await comm.read())[0]
@@ -182,7 +183,9 @@ class Scheduler:
                 if make is not None:
                     self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
                 elif op == "request":
-                    comm.send({"op": "reply", "reqid": msg["reqid"], "result": self._query(msg)})
+                    self._reply(comm, msg["reqid"], self._query(msg, peer))
+                elif op == "actor-started":
+                    self.actors.started(msg)
                 elif op == "worker-died":
                     self._worker_died(msg["address"], msg["cause"], tuple(msg.get("executing", ())))
                 elif op == "close-cluster":
@@ -190,8 +193,24 @@ class Scheduler:
                 else:
                     logger.warning("ignoring unknown op %r from %s", op, peer)
 
-    def _query(self, msg: dict) -> Any:
+    @staticmethod
+    def _reply(comm: Comm, reqid: int, result: Any) -> None:
+        """Answer a request now, or when ``result`` (an asyncio future) is done."""
+        if isinstance(result, asyncio.Future):
+            result.add_done_callback(lambda f: comm.send({"op": "reply", "reqid": reqid, "result": f.result()}))
+        else:
+            comm.send({"op": "reply", "reqid": reqid, "result": result})
+
+    def _query(self, msg: dict, peer: str) -> Any:
         what = msg["what"]
+        if what == "register-actor":
+            return self.actors.register(msg, peer)
+        if what == "actor-location":
+            return self.actors.locate(msg["actor"])
+        if what == "get-actor":
+            return self.actors.by_name(msg["name"])
+        if what == "kill-actor":
+            return self.actors.kill(msg["actor"], msg.get("no_restart", True))
         if what == "identity":
             return {
                 "address": self.address,

@@ -432,6 +432,7 @@ class SchedulerState:
             "key": ts.key,
             "exception": blame.exception,
             "traceback": blame.traceback,
+            "text": blame.exception_text,
             "blame": blame.key,
             "worker": ",".join(sorted(blame.erred_on or ())),
         }

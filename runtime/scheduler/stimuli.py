@@ -35,6 +35,15 @@ class TaskSpec:
     #: run elsewhere when no worker meets the restrictions
     allow_other_workers: bool = False
 
+    @classmethod
+    def from_wire(cls, t: list) -> TaskSpec:
+        """``[key, func, args, deps, retries, prefix]`` plus an optional dict of restrictions."""
+        extra = t[6] if len(t) > 6 else {}
+        return cls(
+            t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5],
+            tuple(extra.get("workers", ())), extra.get("resources"), bool(extra.get("allow_other_workers", False)),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class UpdateGraph(Stimulus):

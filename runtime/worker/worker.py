@@ -20,20 +20,19 @@ import heapq
 import itertools
 import logging
 import os
-import pickle
 import socket
 import threading
 import time
-import traceback
 from typing import Any
 
+from runtime.api.context import set_worker_context
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
-from runtime.errors import TaskError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
+from runtime.worker.actors import ActorHost, set_worker
 from runtime.worker.running import RunningBoard
 
 logger = logging.getLogger("runtime.worker")
@@ -73,13 +72,19 @@ class Worker:
         #: messages from executor threads on their way to the scheduler
         self._outbox: ThreadOutbox | None = None
         self._functions: dict[bytes, Any] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: the actors living in this process
+        self.actor_host = ActorHost(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        self.loop = asyncio.get_running_loop()
+        self._outbox = ThreadOutbox(self.loop, self._to_scheduler)
+        set_worker(self)
+        # Tasks and actors running here may call .remote() themselves (or hold actor handles):
+        # the runtime API in this process connects to the same cluster, on this node.
+        set_worker_context(self.scheduler_address, self.node, self.prefix)
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
             {
@@ -102,6 +107,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping = True
+        self.actor_host.close()
         with self._ready_cv:
             self._ready_cv.notify_all()
         self.closed.set()
@@ -116,6 +122,8 @@ class Worker:
         elif op == "cancel-compute":
             with self._ready_cv:
                 self._live.pop(msg["key"], None)
+        elif op == "kill-actor":
+            self.actor_host.kill(msg["actor"], msg["reason"])
         elif op == "registered":
             pass
         else:
@@ -143,7 +151,7 @@ class Worker:
             if board is not None:
                 board.mark(slot, msg["key"])
             try:
-                self._post(self.execute(msg))
+                self.post(self.execute(msg))
             finally:
                 if board is not None:
                     board.clear(slot)
@@ -176,20 +184,10 @@ class Worker:
             func = self._functions.get(func_bytes)
             if func is None:
                 func = self._functions[func_bytes] = serialize.loads(func_bytes)
-            deps = {}
-            for dep, located in msg["deps"].items():
-                try:
-                    if is_stored(located) and located[0] != self.node:
-                        source = msg.get("sources", {}).get(located[0])
-                        here = fetch_sync(self.agent, self.node, located, source, dep)
-                        self._post(
-                            {"op": "add-replica", "key": dep, "node": self.node, "name": here[2], "source": located}
-                        )
-                        located = here
-                    deps[dep] = values.decode(located, key=dep, node=self.node)
-                except ObjectLostError as e:
-                    logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
-                    return {"op": "missing-data", "key": key, "dependency": dep, "value": located}
+            try:
+                deps = self.load_deps(key, msg["deps"], msg.get("sources", {}))
+            except _MissingDependency as e:
+                return {"op": "missing-data", "key": key, "dependency": e.key, "value": e.located}
             args, kwargs = serialize.loads_args(args_bytes, deps)
             del deps
             result = func(*args, **kwargs)
@@ -206,9 +204,25 @@ class Worker:
         except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and self._stopping:
                 raise
-            return _erred_message(key, e, start)
+            return serialize.erred_message(key, e, start)
 
-    def _post(self, msg: dict) -> None:
+    def load_deps(self, key: str, deps: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+        """The values of a task's dependencies, from their wire forms; a value stored on another
+        node is first copied into this node's store (and the scheduler told of the copy)."""
+        out = {}
+        for dep, located in deps.items():
+            try:
+                if is_stored(located) and located[0] != self.node:
+                    here = fetch_sync(self.agent, self.node, located, sources.get(located[0]), dep)
+                    self.post({"op": "add-replica", "key": dep, "node": self.node, "name": here[2], "source": located})
+                    located = here
+                out[dep] = values.decode(located, key=dep, node=self.node)
+            except ObjectLostError as e:
+                logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
+                raise _MissingDependency(dep, located) from e
+        return out
+
+    def post(self, msg: dict) -> None:
         """Hand a message for the scheduler to the event loop thread."""
         assert self._outbox is not None
         self._outbox.put(msg)
@@ -218,19 +232,10 @@ class Worker:
             self.comm.send_many(batch)
 
 
-def _erred_message(key: str, e: BaseException, start: float) -> dict:
-    tb = "".join(traceback.format_exception(e))
-    try:
-        exc_bytes = serialize.dumps(e)
-        serialize.loads(exc_bytes)  # an exception that pickles but cannot be rebuilt is no use
-    except Exception:
-        exc_bytes = pickle.dumps(TaskError(f"{type(e).__qualname__}: {e}"))
-    return {
-        "op": "task-erred",
-        "key": key,
-        "exception": exc_bytes,
-        "traceback": tb,
-        "text": f"{type(e).__name__}: {e}",
-        "start": start,
-        "stop": time.time(),
-    }
+class _MissingDependency(ObjectLostError):
+    """A dependency's stored value is gone; the scheduler is told (missing-data) and recomputes it."""
+
+    def __init__(self, key: str, located: Any):
+        super().__init__(f"dependency {key!r} is missing from the object store")
+        self.key = key
+        self.located = located

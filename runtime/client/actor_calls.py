@@ -1,0 +1,224 @@
+"""Actor method calls from this process: straight to the actor's worker, in the order made.
+
+::
+
+    user thread: handle.m.remote() ──► outbox ──► client loop: route per actor (FIFO)
+                                                    │ location from the scheduler, once
+                                                    ▼
+    FutureState ◄── actor-result / actor-error ◄── one connection per actor worker
+
+Each actor has one *route* in this process: a FIFO of calls, the actor's address and the
+connection to its worker.  A call leaves only when every call before it has left and its
+own future arguments are done, so calls reach the actor in the order they were made.
+Results come back on the same connection and never pass through the scheduler: a small
+one lives only in this process (its ``FutureState.local`` is set) until it is passed to a
+task, a large one is in the store and registered with the scheduler like a ``put``.
+If the worker's connection drops, the calls in flight fail with ``ActorDiedError`` and the
+route asks the scheduler where the actor lives now (it may have been restarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from runtime.client.future import ERRED, FINISHED, PENDING, Future
+from runtime.comm import serialize
+from runtime.comm.core import Comm, ThreadOutbox, connect
+from runtime.errors import ActorDiedError
+
+if TYPE_CHECKING:
+    from runtime.client.client import Client
+
+logger = logging.getLogger("runtime.client.actors")
+
+#: how long calls wait for an actor's worker to answer before they fail
+REACH_TIMEOUT = 60.0
+
+
+class _Route:
+    __slots__ = ("actor_id", "queue", "comm", "error", "locating")
+
+    def __init__(self, actor_id: str):
+        self.actor_id = actor_id
+        #: calls not sent yet, in the order they were made
+        self.queue: deque[dict] = deque()
+        #: the connection to the actor's worker, once located
+        self.comm: Comm | None = None
+        #: why the actor cannot be reached (it is dead)
+        self.error: str | None = None
+        self.locating = False
+
+
+class ActorCalls:
+    def __init__(self, client: Client):
+        self.client = client
+        self._outbox = ThreadOutbox(client._loop, self._dispatch)
+        #: one route per actor called from this process
+        self._routes: dict[str, _Route] = {}
+        #: connections by worker call address, and the calls in flight on each (key -> actor)
+        self._comms: dict[str, Comm] = {}
+        self._inflight: dict[Comm, dict[str, str]] = {}
+        #: routes whose head call waits for a future argument
+        self._blocked: set[_Route] = set()
+        #: node id -> its agent's address, for arguments stored on other nodes
+        self._agents: dict[str, str] | None = None
+
+    # -- user threads ------------------------------------------------------------------
+
+    def call(self, actor_id: str, method: str, args: tuple, kwargs: dict) -> Future:
+        args_bytes, deps = serialize.dumps_args(method, args, kwargs)
+        future = self.client._new_future(self.client.new_key(method))
+        future._state.local = True
+        msg = {"op": "actor-call", "key": future.key, "actor": actor_id, "method": method, "args": args_bytes}
+        # The futures themselves ride along until the call leaves: they keep their values alive.
+        self._outbox.put({"msg": msg, "deps": deps})
+        return future
+
+    # -- the client's loop thread ------------------------------------------------------------
+
+    def _dispatch(self, batch: list[dict]) -> None:
+        for call in batch:
+            route = self._routes.get(call["msg"]["actor"])
+            if route is None:
+                route = self._routes[call["msg"]["actor"]] = _Route(call["msg"]["actor"])
+            route.queue.append(call)
+            self._pump(route)
+
+    def futures_changed(self) -> None:
+        """Some futures finished: calls waiting on them as arguments may go now."""
+        if self._blocked:
+            blocked, self._blocked = self._blocked, set()
+            for route in blocked:
+                self._pump(route)
+
+    def _pump(self, route: _Route) -> None:
+        """Send what can go of ``route``'s calls, in order."""
+        if route.error is not None:
+            while route.queue:
+                self._fail(route.queue.popleft()["msg"]["key"], route.error)
+            return
+        if route.comm is None:
+            if not route.locating and route.queue:
+                route.locating = True
+                asyncio.ensure_future(self._locate(route))
+            return
+        while route.queue:
+            call = route.queue[0]
+            deps: dict[str, Future] = call["deps"]
+            states = [f._state for f in deps.values()]
+            if any(fs.status == PENDING for fs in states):
+                self._blocked.add(route)
+                return
+            route.queue.popleft()
+            msg = call["msg"]
+            bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
+            if bad is not None:  # an argument failed: so does the call, blaming it
+                fs = self.client._futures.get(msg["key"])
+                if fs is not None:
+                    self.client._fail_like(fs, bad)
+                continue
+            msg["deps"] = {k: f._state.value for k, f in deps.items()}
+            sources = self._sources(msg["deps"].values())
+            if sources:
+                msg["sources"] = sources
+            self._inflight[route.comm][msg["key"]] = route.actor_id
+            route.comm.send(msg)
+
+    def _sources(self, located: Any) -> dict[str, str]:
+        nodes = {v[0] for v in located if isinstance(v, list) and v[0] != self.client.node}
+        if not nodes or self._agents is None:
+            return {}
+        return {n: self._agents[n] for n in nodes if n in self._agents}
+
+    async def _locate(self, route: _Route) -> None:
+        """Ask the scheduler where the actor lives (it answers once the actor is up) and connect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REACH_TIMEOUT
+        try:
+            if self._agents is None:
+                nodes = (await self.client._ask("identity"))["nodes"]
+                self._agents = {n: info.get("address", "") for n, info in nodes.items()}
+            while route.comm is None:
+                where = await self.client._ask("actor-location", actor=route.actor_id)
+                if "error" in where:
+                    route.error = where["error"]
+                    break
+                try:
+                    route.comm = await self._connect(where["address"])
+                except OSError as e:  # its worker just died: the scheduler will know soon
+                    if loop.time() > deadline:
+                        route.error = f"cannot reach actor {route.actor_id} at {where['address']}: {e}"
+                        break
+                    await asyncio.sleep(0.1)
+        except (ConnectionError, OSError) as e:
+            route.error = f"cannot reach actor {route.actor_id}: {e}"
+        finally:
+            route.locating = False
+        self._pump(route)
+
+    async def _connect(self, address: str) -> Comm:
+        comm = self._comms.get(address)
+        if comm is None or comm.closed:
+            comm = self._comms[address] = await connect(address, timeout=1.0)
+            self._inflight[comm] = {}
+            asyncio.ensure_future(self._read(comm, address))
+        return comm
+
+    async def _read(self, comm: Comm, address: str) -> None:
+        client = self.client
+        try:
+            while True:
+                msgs = await comm.read()
+                inflight = self._inflight[comm]
+                with client._cond:
+                    for msg in msgs:
+                        inflight.pop(msg["key"], None)
+                        self._resolve(msg)
+                    client._cond.notify_all()
+                self.futures_changed()
+        except (ConnectionError, OSError) as e:
+            logger.info("lost the connection to actor worker %s: %s", address, e)
+        finally:
+            if self._comms.get(address) is comm:
+                del self._comms[address]
+            lost = self._inflight.pop(comm, {})
+            for key, actor_id in lost.items():
+                self._fail(key, f"actor {actor_id} died while running this call (its worker went away)")
+            for route in self._routes.values():
+                if route.comm is comm:
+                    route.comm = None
+                    self._pump(route)
+
+    def _resolve(self, msg: dict) -> None:
+        """A call's result or error.  Call with the client's ``_cond`` held."""
+        client = self.client
+        key = msg["key"]
+        fs = client._futures.get(key)
+        stored = msg["op"] == "actor-result" and isinstance(msg["value"], list)
+        if stored:  # the scheduler owns stored values' lifetime, as for put()
+            client._to_scheduler([{"op": "update-data", "key": key, "value": msg["value"], "nbytes": msg["nbytes"]}])
+            if fs is None:  # nobody holds the future any more: free it at once
+                client._to_scheduler([{"op": "release-keys", "keys": [key]}])
+        if fs is None:
+            return
+        fs.local = not stored
+        if msg["op"] == "actor-result":
+            fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
+        else:
+            fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"]
+
+    def _fail(self, key: str, text: str) -> None:
+        """The call ``key`` fails with ActorDiedError.  Call without the client's ``_cond`` held."""
+        client = self.client
+        with client._cond:
+            fs = client._futures.get(key)
+            if fs is not None and fs.status == PENDING:
+                fs.status, fs.exception = ERRED, serialize.dumps(ActorDiedError(text))
+            client._cond.notify_all()
+
+    def close(self) -> None:
+        for comm in self._comms.values():
+            comm.close()

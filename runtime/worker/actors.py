@@ -1,0 +1,222 @@
+"""Actors on a worker: stateful objects that live in this process and run their methods in order.
+
+::
+
+    creation task (executor thread) ── create_actor ──► ActorHost.actors[actor_id]
+                                                         │
+    caller ──actor-call──► worker loop (call server) ──► Actor queue ──► actor thread(s)
+    caller ◄──actor-result / actor-error── worker loop ◄── result, encoded ◄──┘
+
+An actor is made by an ordinary task (so placement, restrictions and resources apply)
+whose function is ``create_actor``: it builds the instance here and tells the scheduler
+where callers reach it.  Calls then go straight from caller to this worker over one
+connection per caller, never through the scheduler, and each actor runs them from a FIFO
+queue: with one thread (the default) in exactly the order each caller made them.  An
+actor with ``async def`` methods runs them on an event loop of its own instead.  The
+instance never leaves this process, so calls never serialise its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from runtime.comm import serialize
+from runtime.comm.core import Comm, listen
+from runtime.errors import ActorDiedError
+from runtime.objstore import values
+
+if TYPE_CHECKING:
+    from runtime.worker.worker import Worker
+
+logger = logging.getLogger("runtime.worker.actors")
+
+#: the worker of this process, set when it starts; creation tasks find their host through it
+_worker: Worker | None = None
+
+#: how many calls an async actor runs at once unless told otherwise (Ray's default)
+ASYNC_DEFAULT_CONCURRENCY = 1000
+
+_STOP = object()
+
+
+def set_worker(worker: Worker) -> None:
+    global _worker
+    _worker = worker
+
+
+def create_actor(cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
+    """The function of an actor's creation task: build the instance on this worker."""
+    if _worker is None:
+        raise RuntimeError("actors can only be created on a runtime worker")
+    _worker.actor_host.create(cls, actor_id, max_concurrency, args, kwargs)
+
+
+class Actor:
+    """One actor instance and the thread(s) or event loop that run its method calls."""
+
+    def __init__(self, host: ActorHost, actor_id: str, instance: Any, max_concurrency: int | None):
+        self.host = host
+        self.actor_id = actor_id
+        self.instance = instance
+        cls = type(instance)
+        #: async actors run every call as a task on their own event loop
+        self.is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
+        self.dead = ""
+        #: calls not started yet, in arrival order
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        if self.is_async:
+            limit = max_concurrency or ASYNC_DEFAULT_CONCURRENCY
+            self._loop = asyncio.new_event_loop()
+            self._slots = asyncio.Semaphore(limit)
+            target: Callable[[], None] = self._run_loop
+            n = 1
+        else:
+            target, n = self._run_calls, max_concurrency or 1
+        for i in range(n):
+            t = threading.Thread(target=target, name=f"actor-{actor_id}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, msg: dict, reply: Callable[[dict], None]) -> None:
+        if self.is_async:
+            self._loop.call_soon_threadsafe(self._start_async, msg, reply)
+        else:
+            self._queue.put((msg, reply))
+
+    def stop(self, reason: str) -> None:
+        self.dead = reason
+        if self.is_async:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        else:
+            for _ in self._threads:
+                self._queue.put(_STOP)
+
+    def _run_calls(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            msg, reply = item
+            if self.dead:
+                reply(self.host.died_message(msg["key"], self.actor_id, self.dead))
+                continue
+            start = time.time()
+            try:
+                method, args, kwargs = self._prepare(msg)
+                result = method(*args, **kwargs)
+                del args, kwargs
+                reply(self._result(msg["key"], result))
+            except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
+                reply(self.host.erred_message(msg["key"], e, start))
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _start_async(self, msg: dict, reply: Callable[[dict], None]) -> None:
+        """On the actor's loop, in arrival order: start the call as a task."""
+        self._loop.create_task(self._call_async(msg, reply))
+
+    async def _call_async(self, msg: dict, reply: Callable[[dict], None]) -> None:
+        async with self._slots:
+            start = time.time()
+            try:
+                method, args, kwargs = self._prepare(msg)
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                del args, kwargs
+                reply(self._result(msg["key"], result))
+            except BaseException as e:  # noqa: BLE001
+                reply(self.host.erred_message(msg["key"], e, start))
+
+    def _prepare(self, msg: dict) -> tuple[Callable, tuple, dict]:
+        name = msg["method"]
+        method = getattr(self.instance, name, None)
+        if method is None or name.startswith("__") or not callable(method):
+            raise AttributeError(f"actor {type(self.instance).__name__} has no method {name!r}")
+        deps = self.host.worker.load_deps(msg["key"], msg.get("deps") or {}, msg.get("sources") or {})
+        args, kwargs = serialize.loads_args(msg["args"], deps)
+        return method, args, kwargs
+
+    def _result(self, key: str, result: Any) -> dict:
+        worker = self.host.worker
+        value, nbytes = values.encode(result, key=key, prefix=worker.prefix, node=worker.node)
+        return {"op": "actor-result", "key": key, "value": value, "nbytes": nbytes}
+
+
+class ActorHost:
+    """The actors of one worker and the server their callers connect to."""
+
+    def __init__(self, worker: Worker, host: str = "127.0.0.1"):
+        self.worker = worker
+        #: live actors by id
+        self.actors: dict[str, Actor] = {}
+        #: why actors that were here are gone, so late calls get a clear error
+        self.gone: dict[str, str] = {}
+        self._interface = host
+        #: where callers connect; empty until the first actor starts here
+        self.address = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._lock = threading.Lock()
+
+    def create(self, cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
+        """On an executor thread: build the instance, open the call server, tell the scheduler."""
+        instance = cls(*args, **kwargs)
+        with self._lock:
+            if not self.address:
+                fut = asyncio.run_coroutine_threadsafe(self._listen(), self.worker.loop)
+                self.address = fut.result(30)
+            self.actors[actor_id] = Actor(self, actor_id, instance, max_concurrency)
+        self.worker.post(
+            {"op": "actor-started", "actor": actor_id, "worker": self.worker.address, "address": self.address}
+        )
+
+    async def _listen(self) -> str:
+        self._server, address = await listen(f"tcp://{self._interface}:0", self._serve)
+        return address
+
+    async def _serve(self, comm: Comm) -> None:
+        """One caller's connection: each call goes to its actor's queue, in arrival order."""
+        loop = asyncio.get_running_loop()
+
+        def reply(msg: dict) -> None:
+            loop.call_soon_threadsafe(comm.send, msg)
+
+        while True:
+            for msg in await comm.read():
+                if msg.get("op") != "actor-call":
+                    logger.warning("actor server: dropping a connection that sent %r", msg.get("op"))
+                    return
+                actor = self.actors.get(msg["actor"])
+                if actor is None:
+                    why = self.gone.get(msg["actor"], "it is not on this worker")
+                    comm.send(self.died_message(msg["key"], msg["actor"], why))
+                else:
+                    actor.submit(msg, reply)
+
+    def kill(self, actor_id: str, reason: str) -> None:
+        actor = self.actors.pop(actor_id, None)
+        self.gone[actor_id] = reason
+        if actor is not None:
+            actor.stop(reason)
+
+    def close(self) -> None:
+        for actor_id in list(self.actors):
+            self.kill(actor_id, "its worker is shutting down")
+        if self._server is not None:
+            self._server.close()
+
+    def erred_message(self, key: str, e: BaseException, start: float) -> dict:
+        return {**serialize.erred_message(key, e, start), "op": "actor-error"}
+
+    def died_message(self, key: str, actor_id: str, why: str) -> dict:
+        return self.erred_message(key, ActorDiedError(f"actor {actor_id} is dead: {why}"), time.time())
