@@ -25,6 +25,7 @@ $(VENV)/.perf-installed: $(VENV)/.installed
 perf: $(VENV)/.perf-installed
 	$(PY) perf/bench_tasks.py
 	$(PY) perf/bench_objects.py
+	$(PY) perf/bench_actors.py
 	$(PY) perf/bench_scheduler.py
 
 clean:

@@ -41,6 +41,18 @@ class System:
     def get_one(self, future: Any) -> Any:
         return self.gather([future])[0]
 
+    def make_actor(self, cls: type) -> Any:
+        """Start one actor of ``cls`` on the cluster; its handle."""
+        raise NotImplementedError
+
+    def call(self, actor: Any, method: str, *args: Any) -> Any:
+        """Call ``method`` on ``actor``; a future of its result (``get_calls`` takes it)."""
+        return getattr(actor, method).remote(*args)
+
+    def get_calls(self, futures: list[Any]) -> list[Any]:
+        """The results of actor calls, in order."""
+        return self.gather(futures)
+
     def version(self) -> str:
         return system_version(self.module, self.name)
 
@@ -67,6 +79,9 @@ class RuntimeSystem(System):
 
     def roundtrip(self, value: Any) -> Any:
         return self._rt.get(self._rt.put(value))
+
+    def make_actor(self, cls: type) -> Any:
+        return self._rt.remote(cls).remote()
 
     def shutdown(self) -> None:
         self._rt.shutdown()
@@ -99,6 +114,15 @@ class DaskSystem(System):
     def roundtrip(self, value: Any) -> Any:
         return self._client.gather(self._client.scatter(value, hash=False))
 
+    def make_actor(self, cls: type) -> Any:
+        return self._client.submit(cls, actor=True).result()
+
+    def call(self, actor: Any, method: str, *args: Any) -> Any:
+        return getattr(actor, method)(*args)  # an ActorFuture
+
+    def get_calls(self, futures: list[Any]) -> list[Any]:
+        return [f.result() for f in futures]  # Client.gather does not take ActorFutures
+
     def shutdown(self) -> None:
         self._client.close()
         self._cluster.close()
@@ -129,6 +153,9 @@ class RaySystem(System):
 
     def roundtrip(self, value: Any) -> Any:
         return self._ray.get(self._ray.put(value))
+
+    def make_actor(self, cls: type) -> Any:
+        return self._ray.remote(cls).remote()
 
     def shutdown(self) -> None:
         self._ray.shutdown()
