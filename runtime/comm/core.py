@@ -207,9 +207,13 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
         sock.settimeout(timeout)
         sock.connect(target)
         sock.sendall(codec.encode([msg]))
-        header = _recv_exactly(sock, codec.HEADER.size, address)
-        reply = codec.decode(_recv_exactly(sock, codec.frame_length(header), address))
-    return reply[0]
+        return read_frame(sock, address)[0]
+
+
+def read_frame(sock: socket.socket, peer: str) -> list[dict]:
+    """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
+    header = _recv_exactly(sock, codec.HEADER.size, peer)
+    return codec.decode(_recv_exactly(sock, codec.frame_length(header), peer))
 
 
 def _recv_exactly(sock: socket.socket, n: int, address: str) -> bytes:

@@ -3,17 +3,19 @@
 ::
 
     creation task (executor thread) ── create_actor ──► ActorHost.actors[actor_id]
-                                                         │
-    caller ──actor-call──► worker loop (call server) ──► Actor queue ──► actor thread(s)
-    caller ◄──actor-result / actor-error── worker loop ◄── result, encoded ◄──┘
+
+    caller ──actor-call──► its connection's thread ──► runs the call (one at a time per actor)
+    caller ◄──actor-result / actor-error──────────────┘   or hands it to the actor's threads / loop
 
 An actor is made by an ordinary task (so placement, restrictions and resources apply)
 whose function is ``create_actor``: it builds the instance here and tells the scheduler
-where callers reach it.  Calls then go straight from caller to this worker over one
-connection per caller, never through the scheduler, and each actor runs them from a FIFO
-queue: with one thread (the default) in exactly the order each caller made them.  An
-actor with ``async def`` methods runs them on an event loop of its own instead.  The
-instance never leaves this process, so calls never serialise its state.
+where callers reach it.  Calls then go straight from caller to this worker, never through
+the scheduler.  Each caller has one connection, served by a thread of its own with blocking
+I/O: a plain actor's call runs right on that thread, under the actor's lock, so calls run in
+exactly the order each caller made them and a call costs no hand-off between threads (the
+round trip is what sequential callers wait on).  With ``max_concurrency=N`` calls go to a
+FIFO served by N threads; an actor with ``async def`` methods runs them on an event loop of
+its own.  The instance never leaves this process, so calls never serialise its state.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import asyncio
 import inspect
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from runtime.comm import serialize
-from runtime.comm.core import Comm, listen
+from runtime.comm import codec, serialize
+from runtime.comm.core import read_frame
 from runtime.errors import ActorDiedError
 from runtime.objstore import values
 
@@ -68,54 +71,58 @@ class Actor:
         cls = type(instance)
         #: async actors run every call as a task on their own event loop
         self.is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
+        #: why it is dead, once killed
         self.dead = ""
-        #: calls not started yet, in arrival order
+        #: one call at a time (a plain actor without max_concurrency)
+        self._lock = threading.Lock()
+        #: calls not started yet, in arrival order (max_concurrency > 1)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._threads = 0
         if self.is_async:
-            limit = max_concurrency or ASYNC_DEFAULT_CONCURRENCY
             self._loop = asyncio.new_event_loop()
-            self._slots = asyncio.Semaphore(limit)
-            target: Callable[[], None] = self._run_loop
-            n = 1
-        else:
-            target, n = self._run_calls, max_concurrency or 1
-        for i in range(n):
-            t = threading.Thread(target=target, name=f"actor-{actor_id}-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._slots = asyncio.Semaphore(max_concurrency or ASYNC_DEFAULT_CONCURRENCY)
+            self._start_thread(self._run_loop, 0)
+        elif max_concurrency and max_concurrency > 1:
+            self._threads = max_concurrency
+            for i in range(max_concurrency):
+                self._start_thread(self._run_queue, i)
+
+    def _start_thread(self, target: Callable[[], None], i: int) -> None:
+        threading.Thread(target=target, name=f"actor-{self.actor_id}-{i}", daemon=True).start()
 
     def submit(self, msg: dict, reply: Callable[[dict], None]) -> None:
+        """Run one call; from the thread serving the caller's connection."""
         if self.is_async:
             self._loop.call_soon_threadsafe(self._start_async, msg, reply)
-        else:
+        elif self._threads:
             self._queue.put((msg, reply))
+        else:
+            with self._lock:
+                self._run(msg, reply)
 
     def stop(self, reason: str) -> None:
         self.dead = reason
         if self.is_async:
             self._loop.call_soon_threadsafe(self._loop.stop)
-        else:
-            for _ in self._threads:
-                self._queue.put(_STOP)
+        for _ in range(self._threads):
+            self._queue.put(_STOP)
 
-    def _run_calls(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            msg, reply = item
-            if self.dead:
-                reply(self.host.died_message(msg["key"], self.actor_id, self.dead))
-                continue
-            start = time.time()
-            try:
-                method, args, kwargs = self._prepare(msg)
-                result = method(*args, **kwargs)
-                del args, kwargs
-                reply(self._result(msg["key"], result))
-            except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
-                reply(self.host.erred_message(msg["key"], e, start))
+    def _run_queue(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            self._run(*item)
+
+    def _run(self, msg: dict, reply: Callable[[dict], None]) -> None:
+        if self.dead:
+            reply(self.host.died_message(msg["key"], self.actor_id, self.dead))
+            return
+        start = time.time()
+        try:
+            method, args, kwargs = self._prepare(msg)
+            result = method(*args, **kwargs)
+            del args, kwargs
+            reply(self._result(msg["key"], result))
+        except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
+            reply(self.host.erred_message(msg["key"], e, start))
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -165,7 +172,7 @@ class ActorHost:
         self._interface = host
         #: where callers connect; empty until the first actor starts here
         self.address = ""
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
         self._lock = threading.Lock()
 
     def create(self, cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
@@ -173,35 +180,53 @@ class ActorHost:
         instance = cls(*args, **kwargs)
         with self._lock:
             if not self.address:
-                fut = asyncio.run_coroutine_threadsafe(self._listen(), self.worker.loop)
-                self.address = fut.result(30)
+                self._listener = socket.create_server((self._interface, 0))
+                threading.Thread(target=self._accept, args=(self._listener,), name="actor-server", daemon=True).start()
+                self.address = f"tcp://{self._interface}:{self._listener.getsockname()[1]}"
             self.actors[actor_id] = Actor(self, actor_id, instance, max_concurrency)
         self.worker.post(
             {"op": "actor-started", "actor": actor_id, "worker": self.worker.address, "address": self.address}
         )
 
-    async def _listen(self) -> str:
-        self._server, address = await listen(f"tcp://{self._interface}:0", self._serve)
-        return address
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except OSError:  # closed: the worker is stopping
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn, str(peer)), name="actor-caller", daemon=True).start()
 
-    async def _serve(self, comm: Comm) -> None:
-        """One caller's connection: each call goes to its actor's queue, in arrival order."""
-        loop = asyncio.get_running_loop()
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        """One caller's connection, on a thread of its own: its calls run in arrival order."""
+        send_lock = threading.Lock()
 
         def reply(msg: dict) -> None:
-            loop.call_soon_threadsafe(comm.send, msg)
+            data = codec.encode([msg])
+            try:
+                with send_lock:
+                    conn.sendall(data)
+            except OSError:  # the caller went away; its calls die with its connection
+                pass
 
-        while True:
-            for msg in await comm.read():
-                if msg.get("op") != "actor-call":
-                    logger.warning("actor server: dropping a connection that sent %r", msg.get("op"))
+        with conn:
+            while True:
+                try:
+                    msgs = read_frame(conn, peer)
+                except (ConnectionError, OSError) as e:
+                    if not isinstance(e, ConnectionResetError):
+                        logger.warning("actor server: dropping the connection from %s: %s", peer, e)
                     return
-                actor = self.actors.get(msg["actor"])
-                if actor is None:
-                    why = self.gone.get(msg["actor"], "it is not on this worker")
-                    comm.send(self.died_message(msg["key"], msg["actor"], why))
-                else:
-                    actor.submit(msg, reply)
+                for msg in msgs:
+                    if msg.get("op") != "actor-call":
+                        logger.warning("actor server: dropping the connection from %s: it sent %r", peer, msg["op"])
+                        return
+                    actor = self.actors.get(msg["actor"])
+                    if actor is None:
+                        why = self.gone.get(msg["actor"], "it is not on this worker")
+                        reply(self.died_message(msg["key"], msg["actor"], why))
+                    else:
+                        actor.submit(msg, reply)
 
     def kill(self, actor_id: str, reason: str) -> None:
         actor = self.actors.pop(actor_id, None)
@@ -212,8 +237,8 @@ class ActorHost:
     def close(self) -> None:
         for actor_id in list(self.actors):
             self.kill(actor_id, "its worker is shutting down")
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
 
     def erred_message(self, key: str, e: BaseException, start: float) -> dict:
         return {**serialize.erred_message(key, e, start), "op": "actor-error"}
