@@ -57,6 +57,15 @@ def test_resources_route_tasks_and_infeasible_ones_wait(gpu_cluster):
         rt.get(too_big, timeout=10)
 
 
+def test_num_cpus_beyond_a_workers_threads_waits_in_no_worker(gpu_cluster):
+    assert rt.get(pid_after.options(num_cpus=1).remote(0)) > 0  # every worker has one thread
+    greedy = pid_after.options(num_cpus=2).remote(0)
+    with pytest.raises(rt.GetTimeoutError):
+        rt.get(greedy, timeout=0.5)
+    assert _states(gpu_cluster, [greedy.key]) == ["no-worker"]
+    rt.cancel(greedy)
+
+
 def test_workers_restriction_runs_on_that_worker(gpu_cluster):
     workers = gpu_cluster.client.request("identity")["workers"]
     address, info = sorted(workers.items())[0]

@@ -59,9 +59,12 @@ ACTOR_OPTIONS: dict[str, Option] = {
 def restrictions(options: dict[str, Any]) -> dict[str, Any] | None:
     """Where a task (or actor) may run, as the scheduler reads it; None when anywhere."""
     workers = options.get("workers")
+    resources = dict(options.get("resources") or {})
+    if options.get("num_cpus", 1) > 1:  # every task takes one thread; more must be asked for
+        resources["CPU"] = options["num_cpus"]
     where = {
         "workers": [workers] if isinstance(workers, str) else list(workers or ()),
-        "resources": options.get("resources"),
+        "resources": resources,
         "allow_other_workers": options.get("allow_other_workers", False),
     }
     return {k: v for k, v in where.items() if v} or None

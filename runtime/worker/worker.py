@@ -52,8 +52,9 @@ class Worker:
         #: this worker's id with the scheduler
         self.address = name
         self.nthreads = nthreads
-        #: abstract resources this worker offers, e.g. {"GPU": 1}, and what is free of them now
-        self.resources = dict(resources or {})
+        #: abstract resources this worker offers, e.g. {"GPU": 1}, and what is free of them now;
+        #: "CPU" is its thread count unless declared (tasks with num_cpus > 1 ask for it)
+        self.resources = {"CPU": float(nthreads), **(resources or {})}
         self._available = dict(self.resources)
         self.memory_limit = memory_limit
         #: this node's agent, which fetches objects stored on other nodes
