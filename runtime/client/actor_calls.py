@@ -128,7 +128,7 @@ class ActorCalls:
             route.comm.send(msg)
 
     def _sources(self, located: Any) -> dict[str, str]:
-        nodes = {v[0] for v in located if isinstance(v, list) and v[0] != self.client.node}
+        nodes = {v[0] for v in located if isinstance(v, list)}
         if not nodes or self._agents is None:
             return {}
         return {n: self._agents[n] for n in nodes if n in self._agents}
