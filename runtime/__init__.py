@@ -1,5 +1,6 @@
 """runtime: Ray-style tasks on a Dask-style scheduler with a per-node shared-memory store."""
 
+from runtime import config
 from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
 from runtime.api.context import cancel, get, init, is_initialized, put, shutdown, wait
 from runtime.api.remote import remote
@@ -17,7 +18,7 @@ from runtime.errors import (
 )
 
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill",
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle",
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from typing import IO
 
+from runtime import config
 from runtime.objstore.store import make_prefix
 
 
@@ -41,7 +42,9 @@ class LocalCluster:
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
         if not isinstance(n_nodes, int) or n_nodes < 1:
             raise ValueError(f"n_nodes must be a whole number >= 1, not {n_nodes!r}")
-        self.n_workers = os.cpu_count() or 1 if n_workers is None else n_workers
+        if n_workers is None:
+            n_workers = config.get("num-workers") or os.cpu_count() or 1
+        self.n_workers = n_workers
         self.cluster_id = os.urandom(4).hex()
         #: sockets and logs of this cluster; removed by close()
         self.session_dir = os.path.join(_session_root(), f"session-{self.cluster_id}")
@@ -52,7 +55,7 @@ class LocalCluster:
         self.prefixes = [make_prefix() for _ in range(n_nodes)]
         self.node, self.prefix = self.nodes[0], self.prefixes[0]
         if validate is None:
-            validate = os.environ.get("RUNTIME_VALIDATE") == "1"
+            validate = config.get("scheduler.validate")
         self._logs: list[IO[bytes]] = []
         sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
         if validate:
@@ -75,7 +78,9 @@ class LocalCluster:
     def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", log_name), "ab")
         self._logs.append(log)
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        # The driver's config.set() values hold in every process of its cluster.
+        env = {**os.environ, config.INHERIT_VARIABLE: config.serialize()}
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     @property
     def processes(self) -> list[subprocess.Popen]:

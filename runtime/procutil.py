@@ -15,9 +15,11 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from runtime import config
+
 
 def configure_logging(name: str) -> None:
-    level = os.environ.get("RUNTIME_LOG_LEVEL", "INFO").upper()
+    level = config.get("log-level")
     logging.basicConfig(
         level=level,
         format=f"%(asctime)s {name}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",

@@ -40,7 +40,7 @@ def store_limit(requested: int | None = None) -> int:
         logger.warning(
             "%s has %s bytes free, less than the %s bytes the object store wanted: the store holds %s "
             "bytes and spills the rest to %s (give the container a larger /dev/shm to avoid that)",
-            store.SHM_DIR, f"{room:,}", f"{wanted:,}", f"{room:,}", store.SPILL_DIR,
+            store.SHM_DIR, f"{room:,}", f"{wanted:,}", f"{room:,}", store.spill_dir(),
         )  # fmt: skip
         return room
     return wanted
@@ -92,7 +92,7 @@ class StoreManager:
             except OSError as e:
                 if self._spill_error != str(e):
                     self._spill_error = str(e)
-                    logger.error("cannot spill %s to %s: %s; objects stay in memory", name, store.SPILL_DIR, e)
+                    logger.error("cannot spill %s to %s: %s; objects stay in memory", name, store.spill_dir(), e)
                 return
             self._spill_error = None
             self.used -= size

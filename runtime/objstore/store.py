@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime import config
 from runtime.comm import serialize
 from runtime.objstore import arrow_ipc
 
@@ -49,14 +50,10 @@ _HEAD = struct.Struct("<8sIIQ")
 _CAPACITY = struct.Struct("<QQ")  # bytes in use, limit
 ALIGN = 64
 SHM_DIR = "/dev/shm"
-#: where objects spill to; the same for every process of a node
-SPILL_DIR = os.environ.get("RUNTIME_SPILL_DIR") or os.path.join(
-    tempfile.gettempdir(), f"runtime-{os.getuid()}", "spill"
-)
+#: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
+SPILL_DIR: str | None = None
 #: an object name is its node's prefix, then 20 + 8 hex digits
 _NAME_TAIL = 28
-#: how long a writer waits for spilling to make room before it gives up
-WRITE_TIMEOUT = float(os.environ.get("RUNTIME_STORE_WRITE_TIMEOUT", "60"))
 
 
 class ObjectLostError(RuntimeError):
@@ -105,8 +102,17 @@ def object_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+def spill_dir() -> str:
+    """Where objects spill to; the same for every process of a node (they inherit the setting)."""
+    return (
+        SPILL_DIR
+        or config.get("store.spill-dir")
+        or os.path.join(tempfile.gettempdir(), f"runtime-{os.getuid()}", "spill")
+    )
+
+
 def spill_path(name: str) -> str:
-    return os.path.join(SPILL_DIR, name)
+    return os.path.join(spill_dir(), name)
 
 
 def capacity_path(prefix: str) -> str:
@@ -143,8 +149,9 @@ def publish_capacity(prefix: str, used: int, limit: int) -> None:
     os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit), 0)
 
 
-def reserve(prefix: str, nbytes: int, key: str, timeout: float = WRITE_TIMEOUT) -> None:
-    """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will."""
+def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> None:
+    """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will (after
+    ``timeout`` seconds, default the ``store.write-timeout`` setting)."""
     used, limit = read_capacity(prefix)
     if not limit or used + nbytes <= limit:
         publish_capacity(prefix, used + nbytes, limit) if limit else None
@@ -154,13 +161,15 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float = WRITE_TIMEOUT) 
             f"object {key!r} is {nbytes:,} bytes, larger than the node store's limit of {limit:,} bytes; "
             "raise object_store_memory or split the value"
         )
+    if timeout is None:
+        timeout = config.get("store.write-timeout")
     deadline = time.monotonic() + timeout
     while used + nbytes > limit:  # back-pressure: the node agent is spilling
         if time.monotonic() > deadline:
             raise ObjectStoreFullError(
                 f"object {key!r} ({nbytes:,} bytes) waited {timeout:g}s for room in the node store: "
                 f"{used:,} of {limit:,} bytes in use and spilling made no room (is the spill directory "
-                f"{SPILL_DIR} full or unwritable? see the node agent's log)"
+                f"{spill_dir()} full or unwritable? see the node agent's log)"
             )
         time.sleep(0.005)
         used, limit = read_capacity(prefix)
@@ -352,7 +361,7 @@ def spill(name: str) -> int:
     src = object_path(name)
     dst = spill_path(name)
     tmp = f"{dst}.tmp-{os.getpid()}"
-    os.makedirs(SPILL_DIR, mode=0o700, exist_ok=True)
+    os.makedirs(spill_dir(), mode=0o700, exist_ok=True)
     try:
         shutil.copyfile(src, tmp)
         os.rename(tmp, dst)
@@ -392,7 +401,7 @@ def sweep(prefix: str) -> int:
     if fd is not None:
         os.close(fd)
     n = 0
-    for directory in (SHM_DIR, SPILL_DIR):
+    for directory in (SHM_DIR, spill_dir()):
         try:
             entries = os.listdir(directory)
         except OSError:  # no spill directory (yet), or not a directory

@@ -7,21 +7,23 @@ Users cannot tell the two apart: ``decode`` gives the value back either way.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from runtime import config
 from runtime.comm import serialize
 from runtime.objstore import arrow_ipc, store
 from runtime.objstore.store import StoreRef
 
-#: Values whose pickle and buffers add up to less than this travel inline (RUNTIME_INLINE_THRESHOLD).
-INLINE_THRESHOLD = int(os.environ.get("RUNTIME_INLINE_THRESHOLD", 100 * 1024))
-
 Located = bytes | list
 
 
-def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int = INLINE_THRESHOLD) -> tuple[Located, int]:
-    """Serialize ``obj``; returns its wire form and its size in bytes."""
+def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int | None = None) -> tuple[Located, int]:
+    """Serialize ``obj``; returns its wire form and its size in bytes.
+
+    Values smaller than ``threshold`` (default: the ``inline-threshold`` setting) travel inline.
+    """
+    if threshold is None:
+        threshold = config.get("inline-threshold")
     if arrow_ipc.is_arrow(obj) and obj.nbytes >= threshold and prefix:
         name = store.new_name(prefix, key)
         nbytes = store.write_arrow(name, obj, key)

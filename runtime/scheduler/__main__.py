@@ -10,9 +10,8 @@ import argparse
 import os
 import sys
 
-from runtime import procutil
+from runtime import config, procutil
 from runtime.scheduler.server import Scheduler
-from runtime.scheduler.state import WORKER_SATURATION
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -33,12 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.scheduler")
     parser.add_argument("--address", default="tcp://127.0.0.1:8786")
     parser.add_argument("--watch-parent", action="store_true")
-    parser.add_argument("--validate", action="store_true", default=os.environ.get("RUNTIME_VALIDATE") == "1")
-    parser.add_argument("--allowed-failures", type=int, default=3)
+    parser.add_argument("--validate", action="store_true", default=config.get("scheduler.validate"))
+    parser.add_argument("--allowed-failures", type=int, default=config.get("scheduler.allowed-failures"))
     parser.add_argument(
         "--worker-saturation",
         type=float,
-        default=float(os.environ.get("RUNTIME_WORKER_SATURATION", WORKER_SATURATION)),
+        default=config.get("scheduler.worker-saturation"),
         help="root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never)",
     )
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ import sys
 
 import psutil
 
-from runtime import procutil
+from runtime import config, procutil
 from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, store_limit
@@ -199,11 +199,11 @@ def main() -> None:
     parser.add_argument("--scheduler", required=True)
     parser.add_argument("--node", required=True)
     parser.add_argument("--prefix", default="")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--num-workers", type=int, default=config.get("num-workers") or os.cpu_count() or 1)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--resources", default="{}", help="abstract resources of each worker, as JSON")
     parser.add_argument(
-        "--object-store-memory", type=int, default=int(os.environ.get("RUNTIME_OBJECT_STORE_MEMORY", 0)) or None,
+        "--object-store-memory", type=int, default=config.get("store.memory"),
         help="bytes of shared memory for the node's object store (default: 30%% of memory)",
     )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
