@@ -147,6 +147,8 @@ SETTINGS: dict[str, Setting] = {
         "what runs tasks: the distributed cluster, or in this process: sync, threads or processes"),
     "num-workers": Setting(None, _optional(_number(int, 1)),
         "worker processes of a local cluster, and threads/processes of the local schedulers (None: one per CPU)"),
+    "processes.start-method": Setting("fork", _choice("fork", "spawn", "forkserver"),
+        "how the processes scheduler starts its processes (spawn and forkserver import __main__ again)"),
     "inline-threshold": Setting(100 * 1024, _bytes,
         "values smaller than this travel inline in messages; larger ones go through the node's store",
         env="RUNTIME_INLINE_THRESHOLD"),

@@ -2,6 +2,10 @@
 
 Using the API before ``init()`` starts a local cluster with default settings, as Ray
 does; ``shutdown()`` (or the end of the program) stops it.
+
+Under a local scheduler (the ``scheduler`` setting, or ``scheduler=`` on ``get``/``wait``)
+tasks run in this process instead (``runtime/local.py``); a future belongs to the scheduler
+that made it, and ``get``/``wait``/``cancel`` go to that one.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from runtime import config, local
 from runtime.client.client import Client
 from runtime.client.future import Future
 from runtime.cluster import LocalCluster
+from runtime.local import LocalScheduler, local_scheduler
 
 logger = logging.getLogger("runtime")
 
@@ -90,6 +96,7 @@ def shutdown() -> None:
     global _current
     with _lock:
         rt, _current = _current, None
+    local.shutdown()
     if rt is not None:
         rt.close()
 
@@ -113,31 +120,63 @@ def current_runtime() -> Runtime:
     return rt
 
 
-def get(refs: Future | Sequence[Future], *, timeout: float | None = None) -> Any:
-    """The value of one future, or a list of values for a list of futures."""
+def get(refs: Future | Sequence[Future], *, timeout: float | None = None, scheduler: str | None = None) -> Any:
+    """The value of one future, or a list of values for a list of futures.
+
+    ``scheduler`` ("sync", "threads" or "processes") picks the local scheduler that runs
+    the tasks of local futures for this call, over the ``scheduler`` setting.
+    """
     if isinstance(refs, Future):
-        return current_runtime().client.get([refs], timeout=timeout)[0]
+        return get([refs], timeout=timeout, scheduler=scheduler)[0]
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
         raise TypeError(f"get() takes a Future or a list of Futures, not {_describe(refs)}")
-    return current_runtime().client.get(refs, timeout=timeout)
+    owner, kind = _owner(refs, scheduler, "get")
+    if owner is not None:
+        return owner.get(refs, timeout=timeout, scheduler=kind)
+    return current_runtime().client.get(refs, timeout=timeout) if refs else []
 
 
 def put(value: Any) -> Future:
-    """Store ``value`` once in the cluster; pass the returned future to tasks."""
+    """Store ``value`` once in the cluster (or, under a local scheduler, in this process)."""
     if isinstance(value, Future):
         raise TypeError("put() of a Future is not allowed; pass the future itself to tasks")
+    if config.get("scheduler") != "distributed":
+        return local_scheduler().put(value)
     return current_runtime().client.put(value)
 
 
 def wait(
-    refs: Sequence[Future], *, num_returns: int = 1, timeout: float | None = None
+    refs: Sequence[Future], *, num_returns: int = 1, timeout: float | None = None, scheduler: str | None = None
 ) -> tuple[list[Future], list[Future]]:
     """``(done, pending)`` once ``num_returns`` of ``refs`` are done or ``timeout`` s passed."""
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
         raise TypeError(f"wait() takes a list of Futures, not {_describe(refs)}")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same future twice")
+    owner, kind = _owner(refs, scheduler, "wait")
+    if owner is not None:
+        return owner.wait(refs, num_returns=num_returns, timeout=timeout, scheduler=kind)
     return current_runtime().client.wait(refs, num_returns=num_returns, timeout=timeout)
+
+
+def _owner(refs: Sequence[Future], scheduler: str | None, what: str) -> tuple[LocalScheduler | None, str | None]:
+    """The local scheduler that made ``refs`` (None: the cluster), and the checked ``scheduler``."""
+    kind = config.SETTINGS["scheduler"].parse(scheduler) if scheduler is not None else None
+    owners = {type(r._client) is LocalScheduler for r in refs}
+    if len(owners) > 1:
+        raise ValueError(f"{what}() got futures of a local scheduler and of the cluster together; pass them apart")
+    is_local = owners == {True}
+    if is_local and kind == "distributed":
+        raise ValueError(
+            f"{what}(scheduler='distributed') got futures made under a local scheduler; "
+            "they run in this process (submit them again outside the local scheduler)"
+        )
+    if not is_local and kind not in (None, "distributed"):
+        raise ValueError(
+            f"{what}(scheduler={kind!r}) got futures of the distributed cluster, which runs them already; "
+            f"make them under runtime.config.set(scheduler={kind!r}) to run them locally"
+        )
+    return (refs[0]._client if is_local else None), kind  # type: ignore[return-value]
 
 
 def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
@@ -145,7 +184,11 @@ def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")
-    current_runtime().client.cancel(futures, force=force)
+    owner, _ = _owner(futures, None, "cancel")
+    if owner is not None:
+        owner.cancel(futures, force=force)
+    elif futures:
+        current_runtime().client.cancel(futures, force=force)
 
 
 def _describe(x: Any) -> str:

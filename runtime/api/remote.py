@@ -6,11 +6,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from runtime import config
 from runtime.api.actor import ActorClass
 from runtime.api.context import current_runtime
 from runtime.api.options import ACTOR_OPTIONS, TASK_OPTIONS, check_options, restrictions
 from runtime.client.future import Future
 from runtime.comm import serialize
+from runtime.local import local_scheduler
 
 
 class RemoteFunction:
@@ -34,11 +36,18 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
         """Run the function as a task; its future (or ``num_returns`` futures, one per item)."""
         global _pick_pickled
-        if self._pickled is None:
-            self._pickled = serialize.dumps_function(self._func)
         opts = self._options
         retries = opts.get("retries", 0) or opts.get("max_retries", 0)
         priority = opts.get("priority", 0)
+        if config.get("scheduler") != "distributed":  # a local scheduler: the task runs in this process
+            local = local_scheduler()
+            future = local.submit(self._func, self._name, args, kwargs, retries, priority)
+            n = opts.get("num_returns", 1)
+            if n == 1:
+                return future
+            return [local.submit(_pick, self._name, (future, i, n), {}, 0, priority) for i in range(n)]
+        if self._pickled is None:
+            self._pickled = serialize.dumps_function(self._func)
         client = current_runtime().client
         future = client.submit(
             self._pickled, self._name, args, kwargs, retries=retries, priority=priority, restrictions=self._restrictions

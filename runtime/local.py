@@ -1,0 +1,520 @@
+"""The local schedulers: ``sync``, ``threads`` and ``processes``, in this process.
+
+They drive the same ``SchedulerState`` as the distributed scheduler, held here instead of
+behind a socket, so a program behaves the same on each (order, retries, cancel, errors).
+Only who runs a task differs::
+
+    .remote() ──► pending specs ──┐  (one update-graph per get/wait: graph order over the batch)
+    put()     ──► update-data ────┤
+    Future GC ──► release-keys ───┤
+                                  ▼
+                           SchedulerState ──compute-task──► ready heap (by priority)
+                                  ▲                              │
+                                  │ task-finished / task-erred   ▼
+                                  └───────────────────── sync:      the calling thread runs it
+                                                         threads:   pool threads run it
+                                                         processes: a process pool runs batches
+
+Tasks run when a ``get``/``wait`` asks (Dask's ``compute`` does the same): ``.remote()``
+only records them, and the call that waits picks the scheduler (its ``scheduler=``
+argument, else the ``scheduler`` setting, else the one the tasks were made under).  The
+state machine and the heap are guarded by one lock; whoever holds it feeds results in
+(pool threads do so themselves, with no hand-off).  Values stay Python objects (boxed in
+``TaskState.data``) except under ``processes``, where arguments and results are pickled.
+A local "worker" never saturates, so nothing queues: the heap orders ready tasks by the
+scheduler's priority, depth-first as the graph order made them.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import math
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future as PoolFuture
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import cloudpickle
+
+from runtime import config
+from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.errors import GetTimeoutError, RemoteTraceback, TaskCancelledError, TaskError
+from runtime.scheduler import stimuli as st
+from runtime.scheduler.state import SchedulerState
+
+LOCAL_KINDS = ("sync", "threads", "processes")
+_CLIENT, _WORKER, _NODE = "local-client", "local-worker", "local-node"
+
+
+class Box:
+    """A value held in ``TaskState.data``: opaque to the state machine (not bytes, not a list)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+class Dep:
+    """Where a future stood in a task's arguments; replaced by its value when the task runs."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __reduce__(self) -> tuple:
+        return Dep, (self.key,)
+
+
+def _strip(obj: Any, deps: dict[str, None]) -> Any:
+    """``obj`` with each Future inside lists, tuples, sets and dicts replaced by a ``Dep``."""
+    t = type(obj)
+    if t is Future:
+        deps[obj.key] = None
+        return Dep(obj.key)
+    if t is list or t is tuple or t is set or t is frozenset:
+        items = [_strip(x, deps) for x in obj]
+        return obj if all(a is b for a, b in zip(items, obj, strict=True)) else t(items)
+    if t is dict:
+        vals = [_strip(v, deps) for v in obj.values()]
+        return (
+            obj if all(a is b for a, b in zip(vals, obj.values(), strict=True)) else dict(zip(obj, vals, strict=True))
+        )
+    return obj
+
+
+def _fill(obj: Any, values: dict[str, Any]) -> Any:
+    t = type(obj)
+    if t is Dep:
+        return values[obj.key]
+    if t is list or t is tuple or t is set or t is frozenset:
+        return t([_fill(x, values) for x in obj])
+    if t is dict:
+        return {k: _fill(v, values) for k, v in obj.items()}
+    return obj
+
+
+def _run(func: Callable, args: tuple, kwargs: dict, deps: dict[str, Any] | None) -> Any:
+    if deps:
+        args, kwargs = _fill(args, deps), _fill(kwargs, deps)
+    return func(*args, **kwargs)
+
+
+# Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.
+_child_functions: dict[bytes, Callable] = {}
+
+
+def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str]]:
+    out = []
+    for func_bytes, args_bytes in batch:
+        try:
+            func = _child_functions.get(func_bytes)
+            if func is None:
+                func = _child_functions[func_bytes] = pickle.loads(func_bytes)
+            args, kwargs = pickle.loads(args_bytes)
+            out.append((True, cloudpickle.dumps(func(*args, **kwargs), protocol=5), ""))
+        except BaseException as e:  # noqa: BLE001 - it goes back to the caller
+            tb = "".join(traceback.format_exception(e))
+            try:
+                exc = cloudpickle.dumps(e, protocol=5)
+                pickle.loads(exc)
+            except Exception:
+                exc = pickle.dumps(TaskError(f"{type(e).__qualname__}: {e}"))
+            out.append((False, exc, tb))
+    return out
+
+
+class LocalScheduler:
+    """One per process: the state machine, the ready heap and the pools of the local schedulers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        #: pool threads wait here for ready tasks
+        self._work = threading.Condition(self._lock)
+        #: callers of get/wait wait here for futures to finish
+        self._changed = threading.Condition(self._lock)
+        self.state = SchedulerState(
+            validate=config.get("scheduler.validate"),
+            allowed_failures=config.get("scheduler.allowed-failures"),
+            worker_saturation=math.inf,  # every ready task goes to the heap; the heap orders them
+        )
+        self.state.handle(st.AddClient("add-client-local", _CLIENT))
+        self.state.handle(st.AddNode("add-node-local", _NODE))
+        self.state.handle(st.AddWorker("add-worker-local", _WORKER, _NODE, 1))
+        #: tasks submitted and not yet given to the state machine, with the kind they were made under
+        self._pending: list[st.TaskSpec] = []
+        self._kind = "sync"
+        #: keys whose last Future went away (appended from __del__, any thread)
+        self._releases: list[str] = []
+        self._futures: dict[str, FutureState] = {}
+        #: compute-task messages ready to run: (priority, arrival, message)
+        self._ready: list[tuple[Any, int, dict]] = []
+        #: the message each key will run with; a cancel-compute removes it
+        self._live: dict[str, dict] = {}
+        self._arrivals = itertools.count()
+        self._keys = itertools.count()
+        self._tag = os.urandom(3).hex()
+        self._ids = itertools.count()
+        #: callers now driving with each kind; pool threads run tasks only while threads > 0
+        self._driving = {"threads": 0, "processes": 0}
+        self._threads: list[threading.Thread] = []
+        self._pool: ProcessPoolExecutor | None = None
+        #: keys running on the process pool
+        self._in_pool: set[str] = set()
+        self._func_bytes: dict[Any, bytes] = {}
+        self._closed = False
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def submit(self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int) -> Future:
+        deps: dict[str, None] = {}
+        args, kwargs = _strip(args, deps), _strip(kwargs, deps)
+        key = f"{name}-{self._tag}{next(self._keys)}"
+        fs = self._futures[key] = FutureState()
+        future = Future(key, self, fs)  # type: ignore[arg-type]
+        spec = st.TaskSpec(key, (func, (args, kwargs)), tuple(deps), retries, name)  # type: ignore[arg-type]
+        self._pending.append(spec if not priority else (spec, priority))  # type: ignore[arg-type]
+        self._kind = config.get("scheduler")
+        return future
+
+    def put(self, value: Any) -> Future:
+        key = f"put-{self._tag}{next(self._keys)}"
+        with self._lock:
+            fs = self._futures[key] = FutureState()
+            fs.status, fs.value = FINISHED, Box(value)  # type: ignore[assignment]
+            future = Future(key, self, fs)  # type: ignore[arg-type]
+            self._handle(st.UpdateData(f"put-{key}", _CLIENT, key, Box(value), 0))
+        return future
+
+    def _release(self, key: str, fs: FutureState) -> None:
+        """Called by Future.__del__, from any thread: only note it (list.append is atomic)."""
+        fs.refcount -= 1
+        if fs.refcount <= 0 and not self._closed:
+            self._releases.append(key)
+
+    def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
+        with self._lock:
+            self._flush()
+            self._handle(st.Cancel(f"cancel-{next(self._ids)}", _CLIENT, tuple(f.key for f in futures), force))
+
+    # -- the state machine ---------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Give pending submissions and releases to the state machine.  Call with the lock held."""
+        if self._releases:
+            keys, self._releases = self._releases, []
+            gone = tuple(k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0)
+            for k in gone:
+                del self._futures[k]
+            if gone:
+                self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, gone))
+        if self._pending:
+            pending, self._pending = self._pending, []
+            by_priority: dict[int, list[st.TaskSpec]] = {}
+            for spec in pending:
+                prio = 0
+                if type(spec) is tuple:
+                    spec, prio = spec
+                by_priority.setdefault(prio, []).append(spec)
+            for prio, specs in by_priority.items():
+                keys = tuple(s.key for s in specs)
+                self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
+
+    def _handle(self, stimulus: st.Stimulus) -> None:
+        client_msgs, worker_msgs = self.state.handle(stimulus)
+        for msg in worker_msgs.get(_WORKER, ()):
+            op = msg["op"]
+            if op == "compute-task":
+                self._live[msg["key"]] = msg
+                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
+            elif op == "cancel-compute":
+                self._live.pop(msg["key"], None)
+        msgs = client_msgs.get(_CLIENT)
+        if msgs:
+            futures = self._futures
+            for msg in msgs:
+                op = msg["op"]
+                if op == "key-in-memory":
+                    fs = futures.get(msg["key"])
+                    if fs is not None:
+                        fs.status, fs.value = FINISHED, msg["value"]
+                elif op == "task-erred":
+                    fs = futures.get(msg["key"])
+                    if fs is not None:
+                        fs.status, fs.exception, fs.blame = ERRED, msg["exception"], msg["blame"]
+                elif op == "cancelled-keys":
+                    for key in msg["keys"]:
+                        fs = futures.get(key)
+                        if fs is not None and fs.status == PENDING:
+                            fs.status = CANCELLED
+            self._changed.notify_all()
+        if self._ready and self._driving["threads"]:
+            self._work.notify(len(self._ready))
+
+    def _next_task(self) -> dict | None:
+        """Pop the ready task of highest priority still live.  Call with the lock held."""
+        ready, live = self._ready, self._live
+        while ready:
+            msg = heapq.heappop(ready)[2]
+            if live.get(msg["key"]) is msg:
+                del live[msg["key"]]
+                return msg
+        return None
+
+    def _execute(self, msg: dict) -> st.Stimulus:
+        """Run one task here (sync, threads); returns the stimulus reporting how it went."""
+        func, (args, kwargs) = msg["run_spec"]
+        deps = msg["deps"]
+        sid = f"task-{next(self._ids)}"
+        try:
+            result = _run(func, args, kwargs, {k: box.value for k, box in deps.items()} if deps else None)
+        except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            return st.TaskErred(sid, msg["key"], _WORKER, e, "", f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
+        return st.TaskFinished(sid, msg["key"], _WORKER, Box(result), 0)
+
+    # -- driving: get / wait -------------------------------------------------------------
+
+    def _kind_for(self, scheduler: str | None) -> str:
+        kind = scheduler or config.get("scheduler")
+        if kind == "distributed":
+            kind = self._kind if self._kind != "distributed" else "sync"
+        return kind
+
+    def drive(self, ready: Callable[[], bool], deadline: float | None, scheduler: str | None) -> None:
+        """Run tasks with the chosen kind until ``ready()``; GetTimeoutError past ``deadline``."""
+        kind = self._kind_for(scheduler)
+        with self._lock:
+            self._flush()
+            if ready():
+                return
+            if kind == "sync" or getattr(_in_pool_thread, "yes", False):
+                self._drive_sync(ready, deadline)
+                return
+            self._driving[kind] += 1
+            try:
+                if kind == "threads":
+                    self._start_threads()
+                    self._work.notify_all()
+                while not ready():
+                    self._flush()
+                    if kind == "processes":
+                        self._dispatch_processes()
+                    elif self._ready and not any(t.is_alive() for t in self._threads):
+                        raise RuntimeError("the local scheduler's threads are gone")
+                    self._wait_changed(deadline)
+            finally:
+                self._driving[kind] -= 1
+
+    def _wait_changed(self, deadline: float | None) -> None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise GetTimeoutError("timed out waiting for results of the local scheduler")
+        # Wake now and then regardless: a release noted by __del__ notifies nobody.
+        self._changed.wait(min(remaining, 0.1) if remaining is not None else 0.1)
+
+    def _drive_sync(self, ready: Callable[[], bool], deadline: float | None) -> None:
+        while not ready():
+            self._flush()
+            msg = self._next_task()
+            if msg is None:
+                if self._driving["threads"] or self._driving["processes"] or self._in_pool:
+                    self._wait_changed(deadline)  # another caller's pool runs what we wait for
+                    continue
+                raise RuntimeError("the local scheduler has nothing left to run, yet the futures are not done")
+            if deadline is not None and time.monotonic() > deadline:
+                self._live[msg["key"]] = msg
+                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
+                raise GetTimeoutError("timed out waiting for results of the sync scheduler")
+            self._handle(self._execute(msg))
+
+    # threads
+
+    def _start_threads(self) -> None:
+        n = config.get("num-workers") or os.cpu_count() or 1
+        self._threads = [t for t in self._threads if t.is_alive()]
+        for i in range(len(self._threads), n):
+            t = threading.Thread(target=self._thread_main, name=f"runtime-local-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _thread_main(self) -> None:
+        _in_pool_thread.yes = True
+        with self._lock:
+            while not self._closed:
+                msg = self._next_task() if self._driving["threads"] else None
+                if msg is None:
+                    self._work.wait(1.0)
+                    continue
+                self._lock.release()
+                try:
+                    stimulus = self._execute(msg)
+                finally:
+                    self._lock.acquire()
+                self._handle(stimulus)
+
+    # processes
+
+    def _dispatch_processes(self) -> None:
+        """Send ready tasks to the process pool in batches, two batches per process in flight."""
+        n = config.get("num-workers") or os.cpu_count() or 1
+        if self._pool is None:
+            import multiprocessing
+
+            method = config.get("processes.start-method")
+            self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
+        while self._ready and len(self._in_pool) < 64 * n:
+            size = max(1, min(64, len(self._ready) // (2 * n)))
+            batch = []
+            while len(batch) < size and (msg := self._next_task()) is not None:
+                batch.append(msg)
+            if not batch:
+                return
+            wire = [self._pickle_task(m) for m in batch]
+            keys = [m["key"] for m in batch]
+            self._in_pool.update(keys)
+            fut = self._pool.submit(_run_batch, wire)
+            fut.add_done_callback(lambda f, keys=keys: self._batch_done(keys, f))
+
+    def _pickle_task(self, msg: dict) -> tuple[bytes, bytes]:
+        func, (args, kwargs) = msg["run_spec"]
+        fb = self._func_bytes.get(func)
+        if fb is None:
+            fb = self._func_bytes[func] = cloudpickle.dumps(func, protocol=5)
+        deps = msg["deps"]
+        if deps:
+            values = {k: box.value for k, box in deps.items()}
+            args, kwargs = _fill(args, values), _fill(kwargs, values)
+        return fb, cloudpickle.dumps((args, kwargs), protocol=5)
+
+    def _batch_done(self, keys: list[str], fut: PoolFuture) -> None:
+        with self._lock:
+            self._in_pool.difference_update(keys)
+            try:
+                results = fut.result()
+            except BrokenProcessPool as e:
+                # A process died (os._exit, a crash): as when a worker dies, every task in
+                # the pool is suspicious; one that kills allowed-failures + 1 pools errs.
+                self._pool = None
+                lost = tuple(keys) + tuple(self._in_pool)
+                self._in_pool.clear()
+                self._handle(st.RemoveWorker(f"pool-broken-{next(self._ids)}", _WORKER, f"a process died: {e}", lost))
+                self._handle(st.AddWorker(f"add-worker-{next(self._ids)}", _WORKER, _NODE, 1))
+                return
+            except BaseException as e:  # noqa: BLE001 - the batch could not even be sent
+                results = [(False, pickle.dumps(e), "".join(traceback.format_exception(e)))] * len(keys)
+            for key, (ok, payload, tb) in zip(keys, results, strict=True):
+                sid = f"task-{next(self._ids)}"
+                if ok:
+                    self._handle(st.TaskFinished(sid, key, _WORKER, Box(pickle.loads(payload)), len(payload)))
+                else:
+                    exc = _unpickle_exception(key, payload)
+                    exc.__cause__ = RemoteTraceback(tb)
+                    self._handle(st.TaskErred(sid, key, _WORKER, exc, tb, f"{type(exc).__name__}: {exc}"))  # type: ignore[arg-type]
+            if self._driving["processes"]:
+                self._dispatch_processes()  # straight from here: no round trip through the caller
+
+    # -- results ---------------------------------------------------------------------------
+
+    def get(self, futures: Sequence[Future], timeout: float | None = None, scheduler: str | None = None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        states = [f._state for f in futures]
+        self.drive(lambda: all(fs.status != PENDING for fs in states), deadline, scheduler)
+        out = []
+        for f, fs in zip(futures, states, strict=True):
+            if fs.status != FINISHED:
+                raise _error(f.key, fs)
+            out.append(fs.value.value)  # type: ignore[union-attr]
+        return out
+
+    def wait(
+        self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None,
+        scheduler: str | None = None,
+    ) -> tuple[list[Future], list[Future]]:  # fmt: skip
+        if not 0 <= num_returns <= len(futures):
+            raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.drive(lambda: sum(f._state.status != PENDING for f in futures) >= num_returns, deadline, scheduler)
+        except GetTimeoutError:
+            pass
+        done: list[Future] = []
+        pending: list[Future] = []
+        for f in futures:
+            (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
+        return done, pending
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._work.notify_all()
+        for t in self._threads:
+            t.join(5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: set in the local scheduler's pool threads: a get() there runs tasks itself (no deadlock)
+_in_pool_thread = threading.local()
+
+
+def _unpickle_exception(key: str, payload: bytes) -> BaseException:
+    try:
+        exc = pickle.loads(payload)
+    except Exception as e:
+        exc = TaskError(f"task {key!r} failed with an exception that cannot be unpickled here: {e}")
+    return exc if isinstance(exc, BaseException) else TaskError(repr(exc))
+
+
+def _error(key: str, fs: FutureState) -> BaseException:
+    """The exception to raise for a failed future: the task's own, noted as the distributed
+    scheduler notes it.  A copy per raise, so notes do not pile up; it keeps the original
+    traceback, so a post-mortem debugger lands in the task."""
+    if fs.status == CANCELLED:
+        return TaskCancelledError(f"task {key!r} was cancelled")
+    exc = fs.exception
+    if not isinstance(exc, BaseException):  # a scheduler-made error arrives pickled
+        exc = _unpickle_exception(key, exc) if isinstance(exc, bytes) else TaskError(f"task {key!r} failed")
+    if fs.blame and fs.blame != key:
+        note = f"task {key!r} failed because its dependency {fs.blame!r} raised"
+    else:
+        note = f"raised by task {key!r}"
+    try:
+        err = copy.copy(exc)
+        err.__traceback__, err.__cause__, err.__context__ = exc.__traceback__, exc.__cause__, exc.__context__
+    except Exception:
+        err = exc
+    err.__notes__ = [*getattr(exc, "__notes__", ()), note]
+    return err
+
+
+_local: LocalScheduler | None = None
+_local_lock = threading.Lock()
+
+
+def local_scheduler() -> LocalScheduler:
+    """This process's local scheduler, started on first use."""
+    global _local
+    if _local is None:
+        with _local_lock:
+            if _local is None:
+                _local = LocalScheduler()
+    return _local
+
+
+def shutdown() -> None:
+    global _local
+    with _local_lock:
+        ls, _local = _local, None
+    if ls is not None:
+        ls.close()
