@@ -240,10 +240,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield name, v
 
 
-def config_paths() -> list[str]:
+def config_paths(environ: Mapping[str, str] | None = None) -> list[str]:
     """The config files read, in order: ``$RUNTIME_CONFIG`` (file or directory) or ``~/.config/runtime/``."""
-    where = os.environ.get("RUNTIME_CONFIG") or os.path.join(
-        os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"), "runtime"
+    environ = os.environ if environ is None else environ
+    where = environ.get("RUNTIME_CONFIG") or os.path.join(
+        environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"), "runtime"
     )
     if os.path.isfile(where):
         return [where]
@@ -313,7 +314,7 @@ def refresh(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     with _lock:
         files: dict[str, Any] = {}
-        for path in config_paths():
+        for path in config_paths(environ):
             files.update(_read_file(path))
         env = _read_env(environ)
         inherited = environ.get(INHERIT_VARIABLE)

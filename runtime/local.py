@@ -27,7 +27,9 @@ scheduler's priority, depth-first as the graph order made them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import heapq
 import itertools
 import math
@@ -36,7 +38,7 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as PoolFuture
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,6 +48,8 @@ import cloudpickle
 
 from runtime import config
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.comm import serialize
+from runtime.comm.serialize import SerializationError
 from runtime.errors import GetTimeoutError, RemoteTraceback, TaskCancelledError, TaskError
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
@@ -75,21 +79,35 @@ class Dep:
         return Dep, (self.key,)
 
 
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
 def _strip(obj: Any, deps: dict[str, None]) -> Any:
-    """``obj`` with each Future inside lists, tuples, sets and dicts replaced by a ``Dep``."""
+    """``obj`` with each Future inside lists, tuples, sets and dicts replaced by a ``Dep``.
+
+    Returns ``obj`` itself when it holds no future (the common case, and the fast one).
+    """
     t = type(obj)
     if t is Future:
         deps[obj.key] = None
         return Dep(obj.key)
-    if t is list or t is tuple or t is set or t is frozenset:
-        items = [_strip(x, deps) for x in obj]
-        return obj if all(a is b for a, b in zip(items, obj, strict=True)) else t(items)
+    if t not in _CONTAINERS or not obj:
+        return obj
     if t is dict:
-        vals = [_strip(v, deps) for v in obj.values()]
-        return (
-            obj if all(a is b for a, b in zip(vals, obj.values(), strict=True)) else dict(zip(obj, vals, strict=True))
-        )
-    return obj
+        out = None
+        for k, v in obj.items():
+            s = _strip(v, deps)
+            if s is not v:
+                out = out or dict(obj)
+                out[k] = s
+        return obj if out is None else out
+    items = None
+    for i, x in enumerate(obj):
+        s = _strip(x, deps)
+        if s is not x:
+            items = items or list(obj)
+            items[i] = s
+    return obj if items is None else t(items)
 
 
 def _fill(obj: Any, values: dict[str, Any]) -> Any:
@@ -177,12 +195,24 @@ class LocalScheduler:
 
     def submit(self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int) -> Future:
         deps: dict[str, None] = {}
-        args, kwargs = _strip(args, deps), _strip(kwargs, deps)
+        if kwargs:
+            kwargs = _strip(kwargs, deps)
+        # _strip(args) inlined: the common case is a few plain values and futures.
+        stripped = None
+        for i, a in enumerate(args):
+            s = Dep(a.key) if type(a) is Future else _strip(a, deps) if type(a) in _CONTAINERS else a
+            if s is not a:
+                if type(a) is Future:
+                    deps[a.key] = None
+                stripped = stripped or list(args)
+                stripped[i] = s
+        if stripped is not None:
+            args = tuple(stripped)
         key = f"{name}-{self._tag}{next(self._keys)}"
         fs = self._futures[key] = FutureState()
         future = Future(key, self, fs)  # type: ignore[arg-type]
-        spec = st.TaskSpec(key, (func, (args, kwargs)), tuple(deps), retries, name)  # type: ignore[arg-type]
-        self._pending.append(spec if not priority else (spec, priority))  # type: ignore[arg-type]
+        # A plain tuple now; the TaskSpec is made in _flush, where the GC waits.
+        self._pending.append((key, func, args, kwargs, tuple(deps), retries, name, priority))
         self._kind = config.get("scheduler")
         return future
 
@@ -209,7 +239,10 @@ class LocalScheduler:
     # -- the state machine ---------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Give pending submissions and releases to the state machine.  Call with the lock held."""
+        """Give pending submissions and releases to the state machine.  Call with the lock held.
+
+        While a graph runs, what a new graph added is frozen for the GC too (``_frozen_gc``).
+        """
         if self._releases:
             keys, self._releases = self._releases, []
             gone = tuple(k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0)
@@ -217,17 +250,26 @@ class LocalScheduler:
                 del self._futures[k]
             if gone:
                 self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, gone))
-        if self._pending:
+        if self._pending:  # one update-graph per priority: graph order over the whole batch
             pending, self._pending = self._pending, []
-            by_priority: dict[int, list[st.TaskSpec]] = {}
-            for spec in pending:
-                prio = 0
-                if type(spec) is tuple:
-                    spec, prio = spec
-                by_priority.setdefault(prio, []).append(spec)
-            for prio, specs in by_priority.items():
-                keys = tuple(s.key for s in specs)
-                self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
+            # Building a graph makes ~10 long-lived objects per task and no garbage: the
+            # cyclic GC would only walk them again and again, so it waits (no user code runs).
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                by_priority: dict[int, list[st.TaskSpec]] = {}
+                for key, func, args, kwargs, deps, retries, name, prio in pending:
+                    spec = st.TaskSpec(key, (func, (args, kwargs)), deps, retries, name)  # type: ignore[arg-type]
+                    by_priority.setdefault(prio, []).append(spec)
+                del pending
+                for prio, specs in by_priority.items():
+                    keys = tuple(s.key for s in specs)
+                    self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
+            finally:
+                if _gc_frozen:
+                    gc.freeze()
+                if enabled:
+                    gc.enable()
 
     def _handle(self, stimulus: st.Stimulus) -> None:
         client_msgs, worker_msgs = self.state.handle(stimulus)
@@ -294,7 +336,7 @@ class LocalScheduler:
     def drive(self, ready: Callable[[], bool], deadline: float | None, scheduler: str | None) -> None:
         """Run tasks with the chosen kind until ``ready()``; GetTimeoutError past ``deadline``."""
         kind = self._kind_for(scheduler)
-        with self._lock:
+        with self._lock, _frozen_gc():
             self._flush()
             if ready():
                 return
@@ -375,27 +417,37 @@ class LocalScheduler:
             self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
         while self._ready and len(self._in_pool) < 64 * n:
             size = max(1, min(64, len(self._ready) // (2 * n)))
-            batch = []
-            while len(batch) < size and (msg := self._next_task()) is not None:
-                batch.append(msg)
-            if not batch:
-                return
-            wire = [self._pickle_task(m) for m in batch]
-            keys = [m["key"] for m in batch]
+            wire, keys = [], []
+            while len(keys) < size and (msg := self._next_task()) is not None:
+                try:
+                    wire.append(self._pickle_task(msg))
+                except SerializationError as e:  # this task fails; the others go on
+                    self._handle(st.TaskErred(f"task-{next(self._ids)}", msg["key"], _WORKER, e, "", str(e)))  # type: ignore[arg-type]
+                    continue
+                keys.append(msg["key"])
+            if not keys:
+                continue
             self._in_pool.update(keys)
             fut = self._pool.submit(_run_batch, wire)
             fut.add_done_callback(lambda f, keys=keys: self._batch_done(keys, f))
 
     def _pickle_task(self, msg: dict) -> tuple[bytes, bytes]:
+        """The task's function and arguments (dependencies filled in) as the process pool takes them."""
         func, (args, kwargs) = msg["run_spec"]
         fb = self._func_bytes.get(func)
         if fb is None:
-            fb = self._func_bytes[func] = cloudpickle.dumps(func, protocol=5)
+            fb = self._func_bytes[func] = serialize.dumps_function(func)
         deps = msg["deps"]
         if deps:
             values = {k: box.value for k, box in deps.items()}
             args, kwargs = _fill(args, values), _fill(kwargs, values)
-        return fb, cloudpickle.dumps((args, kwargs), protocol=5)
+        data, hidden = serialize.dumps_args(msg["key"].rsplit("-", 1)[0], args, kwargs)
+        if hidden:
+            raise SerializationError(
+                f"task {msg['key']!r} has futures inside objects other than lists, tuples, sets and dicts "
+                f"({', '.join(hidden)}), which the processes scheduler cannot resolve; pass them directly"
+            )
+        return fb, data
 
     def _batch_done(self, keys: list[str], fut: PoolFuture) -> None:
         with self._lock:
@@ -429,7 +481,15 @@ class LocalScheduler:
     def get(self, futures: Sequence[Future], timeout: float | None = None, scheduler: str | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
         states = [f._state for f in futures]
-        self.drive(lambda: all(fs.status != PENDING for fs in states), deadline, scheduler)
+        first_pending = 0
+
+        def all_done() -> bool:  # amortized O(1) a call: finished futures stay finished
+            nonlocal first_pending
+            while first_pending < len(states) and states[first_pending].status != PENDING:
+                first_pending += 1
+            return first_pending == len(states)
+
+        self.drive(all_done, deadline, scheduler)
         out = []
         for f, fs in zip(futures, states, strict=True):
             if fs.status != FINISHED:
@@ -462,6 +522,33 @@ class LocalScheduler:
             t.join(5)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_gc_lock = threading.Lock()
+_gc_frozen = 0
+
+
+@contextlib.contextmanager
+def _frozen_gc() -> Iterator[None]:
+    """While a graph runs, the cyclic GC leaves alone what existed before (``gc.freeze``).
+
+    A large graph is hundreds of thousands of long-lived objects (tasks, futures, specs);
+    without this, each full collection walks all of them again, which costs more than the
+    scheduling itself.  Reference counting still frees them as usual; what froze goes back
+    to the oldest generation when the last running graph ends, so no cycle is lost.
+    """
+    global _gc_frozen
+    with _gc_lock:
+        if _gc_frozen == 0:
+            gc.freeze()
+        _gc_frozen += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_frozen -= 1
+            if _gc_frozen == 0:
+                gc.unfreeze()
 
 
 #: set in the local scheduler's pool threads: a get() there runs tasks itself (no deadlock)

@@ -11,6 +11,7 @@ import os
 import pytest
 
 os.environ.setdefault("RUNTIME_VALIDATE", "1")
+os.environ.setdefault("RUNTIME_CONFIG", os.devnull)  # no config file of the user running the tests
 
 import runtime as rt  # noqa: E402
 
