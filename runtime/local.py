@@ -189,6 +189,8 @@ class LocalScheduler:
         #: keys running on the process pool
         self._in_pool: set[str] = set()
         self._func_bytes: dict[Any, bytes] = {}
+        #: futures some get/wait caller is waiting for (how many callers), so only they wake it
+        self._watched: dict[FutureState, int] = {}
         self._closed = False
 
     # -- submitting ----------------------------------------------------------------------
@@ -214,6 +216,13 @@ class LocalScheduler:
         # A plain tuple now; the TaskSpec is made in _flush, where the GC waits.
         self._pending.append((key, func, args, kwargs, tuple(deps), retries, name, priority))
         self._kind = config.get("scheduler")
+        # Let go of what earlier graphs no longer need now, not at the next get: their values
+        # are freed sooner, and the GC does not walk them while this graph is built.
+        if len(self._releases) >= 1000 and self._lock.acquire(blocking=False):
+            try:
+                self._flush_releases()
+            finally:
+                self._lock.release()
         return future
 
     def put(self, value: Any) -> Future:
@@ -239,37 +248,45 @@ class LocalScheduler:
     # -- the state machine ---------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Give pending submissions and releases to the state machine.  Call with the lock held.
+        """Give pending releases and submissions to the state machine.  Call with the lock held."""
+        self._flush_releases()
+        if self._pending:
+            self._flush_pending()
 
-        While a graph runs, what a new graph added is frozen for the GC too (``_frozen_gc``).
+    def _flush_releases(self) -> None:
+        if not self._releases:
+            return
+        keys, self._releases = self._releases, []
+        gone = tuple(k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0)
+        for k in gone:
+            del self._futures[k]
+        if gone:
+            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, gone))
+
+    def _flush_pending(self) -> None:
+        """One update-graph per priority: graph order over the whole batch.
+
+        Building a graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
+        would only walk them again and again, so it waits (no user code runs here).  While a
+        graph runs, what the new one added is frozen for the GC too (``_frozen_gc``).
         """
-        if self._releases:
-            keys, self._releases = self._releases, []
-            gone = tuple(k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0)
-            for k in gone:
-                del self._futures[k]
-            if gone:
-                self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, gone))
-        if self._pending:  # one update-graph per priority: graph order over the whole batch
-            pending, self._pending = self._pending, []
-            # Building a graph makes ~10 long-lived objects per task and no garbage: the
-            # cyclic GC would only walk them again and again, so it waits (no user code runs).
-            enabled = gc.isenabled()
-            gc.disable()
-            try:
-                by_priority: dict[int, list[st.TaskSpec]] = {}
-                for key, func, args, kwargs, deps, retries, name, prio in pending:
-                    spec = st.TaskSpec(key, (func, (args, kwargs)), deps, retries, name)  # type: ignore[arg-type]
-                    by_priority.setdefault(prio, []).append(spec)
-                del pending
-                for prio, specs in by_priority.items():
-                    keys = tuple(s.key for s in specs)
-                    self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
-            finally:
-                if _gc_frozen:
-                    gc.freeze()
-                if enabled:
-                    gc.enable()
+        pending, self._pending = self._pending, []
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            by_priority: dict[int, list[st.TaskSpec]] = {}
+            for key, func, args, kwargs, deps, retries, name, prio in pending:
+                spec = st.TaskSpec(key, (func, (args, kwargs)), deps, retries, name)  # type: ignore[arg-type]
+                by_priority.setdefault(prio, []).append(spec)
+            del pending
+            for prio, specs in by_priority.items():
+                keys = tuple(s.key for s in specs)
+                self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
+        finally:
+            if _gc_frozen:
+                gc.freeze()
+            if enabled:
+                gc.enable()
 
     def _handle(self, stimulus: st.Stimulus) -> None:
         client_msgs, worker_msgs = self.state.handle(stimulus)
@@ -282,23 +299,26 @@ class LocalScheduler:
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
         if msgs:
-            futures = self._futures
+            futures, watched, wake = self._futures, self._watched, False
             for msg in msgs:
                 op = msg["op"]
-                if op == "key-in-memory":
+                if op == "key-in-memory" or op == "task-erred":
                     fs = futures.get(msg["key"])
-                    if fs is not None:
+                    if fs is None:
+                        continue
+                    if op == "key-in-memory":
                         fs.status, fs.value = FINISHED, msg["value"]
-                elif op == "task-erred":
-                    fs = futures.get(msg["key"])
-                    if fs is not None:
+                    else:
                         fs.status, fs.exception, fs.blame = ERRED, msg["exception"], msg["blame"]
+                    wake = wake or fs in watched
                 elif op == "cancelled-keys":
                     for key in msg["keys"]:
                         fs = futures.get(key)
                         if fs is not None and fs.status == PENDING:
                             fs.status = CANCELLED
-            self._changed.notify_all()
+                            wake = wake or fs in watched
+            if wake:  # only a caller waiting for one of these: no wake-up per finished task
+                self._changed.notify_all()
         if self._ready and self._driving["threads"]:
             self._work.notify(len(self._ready))
 
@@ -482,14 +502,22 @@ class LocalScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         states = [f._state for f in futures]
         first_pending = 0
+        watching: list[FutureState] = []
 
         def all_done() -> bool:  # amortized O(1) a call: finished futures stay finished
             nonlocal first_pending
             while first_pending < len(states) and states[first_pending].status != PENDING:
                 first_pending += 1
-            return first_pending == len(states)
+            if first_pending == len(states):
+                return True
+            if not watching or watching[-1] is not states[first_pending]:
+                self._watch(watching, [states[first_pending]])
+            return False
 
-        self.drive(all_done, deadline, scheduler)
+        try:
+            self.drive(all_done, deadline, scheduler)
+        finally:
+            self._watch(watching, [])
         out = []
         for f, fs in zip(futures, states, strict=True):
             if fs.status != FINISHED:
@@ -504,15 +532,31 @@ class LocalScheduler:
         if not 0 <= num_returns <= len(futures):
             raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
         deadline = None if timeout is None else time.monotonic() + timeout
+        watching: list[FutureState] = []
+        self._watch(watching, [f._state for f in futures])
         try:
             self.drive(lambda: sum(f._state.status != PENDING for f in futures) >= num_returns, deadline, scheduler)
         except GetTimeoutError:
             pass
+        finally:
+            self._watch(watching, [])
         done: list[Future] = []
         pending: list[Future] = []
         for f in futures:
             (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
         return done, pending
+
+    def _watch(self, current: list[FutureState], new: list[FutureState]) -> None:
+        """Replace the futures a caller watches (``current``, updated in place) by ``new``."""
+        with self._lock:
+            for fs in current:
+                if self._watched[fs] == 1:
+                    del self._watched[fs]
+                else:
+                    self._watched[fs] -= 1
+            for fs in new:
+                self._watched[fs] = self._watched.get(fs, 0) + 1
+            current[:] = new
 
     def close(self) -> None:
         with self._lock:
