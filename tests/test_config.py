@@ -41,6 +41,16 @@ def test_precedence_default_file_env_set(fresh):
     assert config.get(key) == 3.0  # the block is over: the variable again
 
 
+def test_file_with_a_key_that_is_also_a_table(fresh):
+    (fresh / "a.toml").write_text(
+        'scheduler = "threads"\n"scheduler.worker-saturation" = 2.5\n[store]\nmemory = "1 GiB"\n'
+    )
+    config.refresh(_env(fresh))
+    assert config.get("scheduler") == "threads"
+    assert config.get("scheduler.worker-saturation") == 2.5
+    assert config.get("store.memory") == 2**30
+
+
 def test_per_call_wins(fresh):
     (fresh / "a.toml").write_text('scheduler = "processes"\n')
     config.refresh(_env(fresh, RUNTIME_SCHEDULER="threads"))
