@@ -47,7 +47,7 @@ from typing import Any
 import cloudpickle
 
 from runtime import config
-from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, failure_note
 from runtime.comm import serialize
 from runtime.comm.serialize import SerializationError
 from runtime.errors import GetTimeoutError, RemoteTraceback, TaskCancelledError, TaskError
@@ -562,10 +562,19 @@ class LocalScheduler:
         with self._lock:
             self._closed = True
             self._work.notify_all()
+        # Idle threads leave at once; one inside a task cannot be stopped (it is a daemon).
+        deadline = time.monotonic() + 1.0
         for t in self._threads:
-            t.join(5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            t.join(max(0.0, deadline - time.monotonic()))
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Tasks still running in its processes would make us wait for them: stop them.
+            processes = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in processes:
+                p.terminate()
+            for p in processes:
+                p.join(5)
 
 
 _gc_lock = threading.Lock()
@@ -616,10 +625,7 @@ def _error(key: str, fs: FutureState) -> BaseException:
     exc = fs.exception
     if not isinstance(exc, BaseException):  # a scheduler-made error arrives pickled
         exc = _unpickle_exception(key, exc) if isinstance(exc, bytes) else TaskError(f"task {key!r} failed")
-    if fs.blame and fs.blame != key:
-        note = f"task {key!r} failed because its dependency {fs.blame!r} raised"
-    else:
-        note = f"raised by task {key!r}"
+    note = failure_note(key, fs.blame)
     try:
         err = copy.copy(exc)
         err.__traceback__, err.__cause__, err.__context__ = exc.__traceback__, exc.__cause__, exc.__context__

@@ -51,12 +51,16 @@ class FutureState:
             return exc
         if self.traceback:
             exc.__cause__ = RemoteTraceback(self.traceback)
-        where = f" on worker {self.worker}" if self.worker else ""
-        if self.blame and self.blame != key:
-            exc.add_note(f"task {key!r} failed because its dependency {self.blame!r} raised{where}")
-        else:
-            exc.add_note(f"raised by task {key!r}{where}")
+        exc.add_note(failure_note(key, self.blame, self.worker))
         return exc
+
+
+def failure_note(key: str, blame: str, worker: str = "") -> str:
+    """The note on a task's re-raised exception: which task raised it, and where."""
+    where = f" on worker {worker}" if worker else ""
+    if blame and blame != key:
+        return f"task {key!r} failed because its dependency {blame!r} raised{where}"
+    return f"raised by task {key!r}{where}"
 
 
 class Future:
