@@ -84,6 +84,8 @@ def test_same_results(scheduler):
     assert rt.get(a) == 2 and a.result() == 2
     done, pending = rt.wait([d, c], num_returns=2, timeout=30)
     assert done == [d, c] and pending == []
+    x, y = where.options(num_returns=2).remote()  # (pid, thread) in two futures
+    assert len(rt.get([x, y])) == 2
 
 
 @pytest.mark.parametrize("scheduler", ALL, indirect=True)
