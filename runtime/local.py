@@ -173,6 +173,8 @@ class LocalScheduler:
         self._kind = "sync"
         #: keys whose last Future went away (appended from __del__, any thread)
         self._releases: list[str] = []
+        #: pending keys whose last Future went away before their update-graph: not wanted
+        self._unwanted: set[str] = set()
         self._futures: dict[str, FutureState] = {}
         #: compute-task messages ready to run: (priority, arrival, message)
         self._ready: list[tuple[Any, int, dict]] = []
@@ -257,11 +259,15 @@ class LocalScheduler:
         if not self._releases:
             return
         keys, self._releases = self._releases, []
-        gone = tuple(k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0)
+        gone = [k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0]
         for k in gone:
             del self._futures[k]
-        if gone:
-            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, gone))
+        tasks = self.state.tasks
+        known = tuple(k for k in gone if k in tasks)
+        # The others are still pending: their update-graph will not ask for them.
+        self._unwanted.update(k for k in gone if k not in tasks)
+        if known:
+            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, known))
 
     def _flush_pending(self) -> None:
         """One update-graph per priority: graph order over the whole batch.
@@ -279,8 +285,9 @@ class LocalScheduler:
                 spec = st.TaskSpec(key, (func, (args, kwargs)), deps, retries, name)  # type: ignore[arg-type]
                 by_priority.setdefault(prio, []).append(spec)
             del pending
+            unwanted, self._unwanted = self._unwanted, set()
             for prio, specs in by_priority.items():
-                keys = tuple(s.key for s in specs)
+                keys = tuple(s.key for s in specs if s.key not in unwanted)
                 self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
         finally:
             if _gc_frozen:

@@ -198,4 +198,13 @@ def test_released_futures_leave_the_local_scheduler():
         del refs
         rt.get(rt.put(1))  # a later call hands the releases to the state machine
         assert len(ls.state.tasks) <= 1
+        # Futures dropped before their graph ran (released while the next .remote() calls
+        # come in): their tasks still run for the root, then nothing is left.
+        refs = [inc.remote(i) for i in range(1200)]
+        root = add.remote(*refs)
+        del refs
+        assert rt.get([inc.remote(0), root]) == [1, sum(range(1, 1201))]
+        del root
+        rt.get(rt.put(1))
+        assert len(ls.state.tasks) <= 1
     local.shutdown()
