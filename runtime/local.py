@@ -123,8 +123,18 @@ def _fill(obj: Any, values: dict[str, Any]) -> Any:
 
 def _run(func: Callable, args: tuple, kwargs: dict, deps: dict[str, Any] | None) -> Any:
     if deps:
-        args, kwargs = _fill(args, deps), _fill(kwargs, deps)
+        # _fill(args) inlined: most arguments are plain values or futures.
+        args = tuple(deps[a.key] if type(a) is Dep else _fill(a, deps) if type(a) in _CONTAINERS else a for a in args)
+        if kwargs:
+            kwargs = _fill(kwargs, deps)
     return func(*args, **kwargs)
+
+
+def _rank(priority: tuple[int, int, int]) -> int:
+    """The scheduler's priority (user priority, generation, graph order) as one int that sorts
+    the same: the ready heap compares one number instead of three-item tuples."""
+    user, generation, order = priority
+    return (user << 96) + (generation << 48) + order
 
 
 # Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.
@@ -301,7 +311,7 @@ class LocalScheduler:
             op = msg["op"]
             if op == "compute-task":
                 self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
+                heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
             elif op == "cancel-compute":
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
@@ -403,7 +413,7 @@ class LocalScheduler:
                 raise RuntimeError("the local scheduler has nothing left to run, yet the futures are not done")
             if deadline is not None and time.monotonic() > deadline:
                 self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
+                heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
                 raise GetTimeoutError("timed out waiting for results of the sync scheduler")
             self._handle(self._execute(msg))
 
