@@ -412,10 +412,19 @@ class LocalScheduler:
                     continue
                 raise RuntimeError("the local scheduler has nothing left to run, yet the futures are not done")
             if deadline is not None and time.monotonic() > deadline:
-                self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
+                self._requeue(msg)
                 raise GetTimeoutError("timed out waiting for results of the sync scheduler")
-            self._handle(self._execute(msg))
+            try:
+                stimulus = self._execute(msg)
+            except BaseException:  # Ctrl-C in the task: it runs again at the next get
+                self._requeue(msg)
+                raise
+            self._handle(stimulus)
+
+    def _requeue(self, msg: dict) -> None:
+        """Put a task taken from the heap but not run back in its place."""
+        self._live[msg["key"]] = msg
+        heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
 
     # threads
 

@@ -208,3 +208,21 @@ def test_released_futures_leave_the_local_scheduler():
         rt.get(rt.put(1))
         assert len(ls.state.tasks) <= 1
     local.shutdown()
+
+
+def test_sync_ctrl_c_in_a_task_leaves_it_to_run_again():
+    calls = []
+
+    @rt.remote
+    def interrupted(x):
+        calls.append(x)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return x
+
+    with config.set(scheduler="sync"):
+        f = interrupted.remote(5)
+        with pytest.raises(KeyboardInterrupt):
+            rt.get(f)
+        assert rt.get(f) == 5 and calls == [5, 5]
+    local.shutdown()
