@@ -78,8 +78,10 @@ class LocalCluster:
     def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", log_name), "ab")
         self._logs.append(log)
-        # The driver's config.set() values hold in every process of its cluster.
-        env = {**os.environ, config.INHERIT_VARIABLE: config.serialize()}
+        # The driver's config.set() values hold in every process of its cluster, except the
+        # choice of a local scheduler: a task's own .remote() calls go to this cluster.
+        inherited = {**json.loads(config.serialize()), "scheduler": "distributed"}
+        env = {**os.environ, config.INHERIT_VARIABLE: json.dumps(inherited)}
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     @property
