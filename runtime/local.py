@@ -208,25 +208,12 @@ class LocalScheduler:
     # -- submitting ----------------------------------------------------------------------
 
     def submit(self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int) -> Future:
-        deps: dict[str, None] = {}
-        if kwargs:
-            kwargs = _strip(kwargs, deps)
-        # _strip(args) inlined: the common case is a few plain values and futures.
-        stripped = None
-        for i, a in enumerate(args):
-            s = Dep(a.key) if type(a) is Future else _strip(a, deps) if type(a) in _CONTAINERS else a
-            if s is not a:
-                if type(a) is Future:
-                    deps[a.key] = None
-                stripped = stripped or list(args)
-                stripped[i] = s
-        if stripped is not None:
-            args = tuple(stripped)
         key = f"{name}-{self._tag}{next(self._keys)}"
         fs = self._futures[key] = FutureState()
         future = Future(key, self, fs)  # type: ignore[arg-type]
-        # A plain tuple now; the TaskSpec is made in _flush, where the GC waits.
-        self._pending.append((key, func, args, kwargs, tuple(deps), retries, name, priority))
+        # A plain tuple now: futures in the arguments become Deps, and the TaskSpec is made,
+        # in _flush_pending, where the GC waits (what survives here, the GC walks again).
+        self._pending.append((key, func, args, kwargs, retries, name, priority))
         self._kind = config.get("scheduler")
         # Let go of what earlier graphs no longer need now, not at the next get: their values
         # are freed sooner, and the GC does not walk them while this graph is built.
@@ -291,8 +278,22 @@ class LocalScheduler:
         gc.disable()
         try:
             by_priority: dict[int, list[st.TaskSpec]] = {}
-            for key, func, args, kwargs, deps, retries, name, prio in pending:
-                spec = st.TaskSpec(key, (func, (args, kwargs)), deps, retries, name)  # type: ignore[arg-type]
+            for key, func, args, kwargs, retries, name, prio in pending:
+                deps: dict[str, None] = {}
+                if kwargs:
+                    kwargs = _strip(kwargs, deps)
+                # _strip(args) inlined: the common case is a few plain values and futures.
+                stripped = None
+                for i, a in enumerate(args):
+                    s = Dep(a.key) if type(a) is Future else _strip(a, deps) if type(a) in _CONTAINERS else a
+                    if s is not a:
+                        if type(a) is Future:
+                            deps[a.key] = None
+                        stripped = stripped or list(args)
+                        stripped[i] = s
+                if stripped is not None:
+                    args = tuple(stripped)
+                spec = st.TaskSpec(key, (func, (args, kwargs)), tuple(deps), retries, name)  # type: ignore[arg-type]
                 by_priority.setdefault(prio, []).append(spec)
             del pending
             unwanted, self._unwanted = self._unwanted, set()
@@ -456,26 +457,34 @@ class LocalScheduler:
     def _dispatch_processes(self) -> None:
         """Send ready tasks to the process pool in batches, two batches per process in flight."""
         n = config.get("num-workers") or os.cpu_count() or 1
-        if self._pool is None:
-            import multiprocessing
-
-            method = config.get("processes.start-method")
-            self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
         while self._ready and len(self._in_pool) < 64 * n:
+            if self._pool is None:  # first use, or a process died and broke the last one
+                import multiprocessing
+
+                method = config.get("processes.start-method")
+                self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
             size = max(1, min(64, len(self._ready) // (2 * n)))
-            wire, keys = [], []
-            while len(keys) < size and (msg := self._next_task()) is not None:
+            wire, msgs = [], []
+            while len(msgs) < size and (msg := self._next_task()) is not None:
                 try:
                     wire.append(self._pickle_task(msg))
                 except SerializationError as e:  # this task fails; the others go on
                     self._handle(st.TaskErred(f"task-{next(self._ids)}", msg["key"], _WORKER, e, "", str(e)))  # type: ignore[arg-type]
                     continue
-                keys.append(msg["key"])
-            if not keys:
+                msgs.append(msg)
+            if not msgs:
                 continue
+            try:
+                fut = self._pool.submit(_run_batch, wire)
+            except BrokenProcessPool:  # it broke before its callback said so: a new one takes these
+                for msg in msgs:
+                    self._requeue(msg)
+                self._pool = None
+                continue
+            keys = [m["key"] for m in msgs]
             self._in_pool.update(keys)
-            fut = self._pool.submit(_run_batch, wire)
-            fut.add_done_callback(lambda f, keys=keys: self._batch_done(keys, f))
+            # Called at once, here, if the batch is already done (a process that died at once).
+            fut.add_done_callback(lambda f, keys=keys, pool=self._pool: self._batch_done(pool, keys, f))
 
     def _pickle_task(self, msg: dict) -> tuple[bytes, bytes]:
         """The task's function and arguments (dependencies filled in) as the process pool takes them."""
@@ -495,14 +504,17 @@ class LocalScheduler:
             )
         return fb, data
 
-    def _batch_done(self, keys: list[str], fut: PoolFuture) -> None:
+    def _batch_done(self, pool: ProcessPoolExecutor, keys: list[str], fut: PoolFuture) -> None:
         with self._lock:
+            if pool is not self._pool:
+                return  # a batch of a pool that broke: its tasks were counted and sent again then
             self._in_pool.difference_update(keys)
             try:
                 results = fut.result()
             except BrokenProcessPool as e:
                 # A process died (os._exit, a crash): as when a worker dies, every task in
                 # the pool is suspicious; one that kills allowed-failures + 1 pools errs.
+                pool.shutdown(wait=False)
                 self._pool = None
                 lost = tuple(keys) + tuple(self._in_pool)
                 self._in_pool.clear()
