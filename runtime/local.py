@@ -217,7 +217,9 @@ class LocalScheduler:
         self._kind = config.get("scheduler")
         # Let go of what earlier graphs no longer need now, not at the next get: their values
         # are freed sooner, and the GC does not walk them while this graph is built.
-        if len(self._releases) >= 1000 and self._lock.acquire(blocking=False):
+        # (Checked every 1,024 submissions too: releasing one root can free a whole graph.)
+        releases = self._releases
+        if releases and (len(releases) >= 1000 or not len(self._pending) & 1023) and self._lock.acquire(blocking=False):
             try:
                 self._flush_releases()
             finally:
