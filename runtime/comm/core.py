@@ -98,11 +98,15 @@ async def connect(address: str, timeout: float = 10.0) -> Comm:
     delay = 0.005
     while True:
         try:
+            # Bounded: a host that drops packets must not leave us waiting on the kernel's minutes.
             if scheme == "unix":
-                reader, writer = await asyncio.open_unix_connection(host, limit=2**20)
+                opening = asyncio.open_unix_connection(host, limit=2**20)
             else:
-                reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+                opening = asyncio.open_connection(host, port, limit=2**20)
+            reader, writer = await asyncio.wait_for(opening, max(0.01, deadline - loop.time()))
             return Comm(reader, writer, address)
+        except TimeoutError:
+            raise ConnectionRefusedError(f"nothing answers at {address} within {timeout:g}s") from None
         except (ConnectionRefusedError, FileNotFoundError) as e:
             if loop.time() + delay > deadline:
                 raise ConnectionRefusedError(f"nothing answers at {address} after {timeout:g}s ({e})") from None
