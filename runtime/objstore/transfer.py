@@ -29,10 +29,12 @@ CHUNK = 4 * 2**20
 
 
 class ObjectServer:
-    def __init__(self, prefix: str, node: str):
+    def __init__(self, prefix: str, node: str, stall_timeout: float = 10.0):
         #: this node's store prefix and id
         self.prefix = prefix
         self.node = node
+        #: seconds a source may send nothing before the transfer is given up (a frozen node)
+        self.stall_timeout = stall_timeout
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     async def serve(self, comm: Comm) -> None:
@@ -82,7 +84,10 @@ class ObjectServer:
         comm = await connect(source, timeout=10)
         try:
             comm.send({"op": "get-object", "name": name})
-            reply = (await comm.read())[0]
+            try:
+                reply = (await asyncio.wait_for(comm.read(), self.stall_timeout))[0]
+            except TimeoutError:
+                raise store.ObjectLostError(f"{source} sent nothing for {self.stall_timeout:g}s") from None
             if reply["op"] != "object":
                 raise store.ObjectLostError(reply.get("error", f"{source} answered {reply['op']!r}"))
             size = reply["size"]
@@ -94,7 +99,11 @@ class ObjectServer:
             try:
                 offset = 0
                 while offset < size:
-                    chunk = await comm.reader.readexactly(min(CHUNK, size - offset))
+                    reading = comm.reader.readexactly(min(CHUNK, size - offset))
+                    try:
+                        chunk = await asyncio.wait_for(reading, self.stall_timeout)
+                    except TimeoutError:
+                        raise store.ObjectLostError(f"{source} stalled {offset} bytes into {name}") from None
                     store.pwrite_all(fd, chunk, offset)
                     offset += len(chunk)
                 os.rename(tmp, path)

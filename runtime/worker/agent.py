@@ -81,12 +81,12 @@ class NodeAgent:
         #: bytes each worker may use: the limit given for the node, or its memory, shared out
         total = memory_limit or psutil.virtual_memory().total
         self.memory_limit = total // max(1, num_workers)
-        #: seconds between heartbeats, and of silence before the scheduler counts as gone
-        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_settings()
         #: keeps the node's store under its limit by spilling
         self.store = StoreManager(prefix, store_limit(object_store_memory))
-        #: serves this store to other nodes and fetches from theirs
-        self.objects = ObjectServer(prefix, node)
+        #: seconds between heartbeats, and of silence before the scheduler counts as gone
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_settings()
+        #: serves this store to other nodes and fetches from theirs (a node silent that long is gone)
+        self.objects = ObjectServer(prefix, node, self.heartbeat_timeout)
         #: the interface the object server listens on (loopback unless told otherwise)
         self.host = host
         self.address = ""
@@ -102,7 +102,12 @@ class NodeAgent:
             logger.info("removed %d store objects left by dead clusters", swept)
         os.makedirs(self.log_dir, exist_ok=True)
         self._server, self.address = await listen(f"tcp://{self.host}:0", self.objects.serve)
-        self.comm = await connect(self.scheduler_address)
+        try:
+            self.comm = await connect(self.scheduler_address, timeout=self.heartbeat_timeout)
+        except (OSError, ValueError) as e:
+            logger.error("cannot join the scheduler: %s; node agent %s stops", e, self.node)
+            await self.stop()
+            return
         self.comm.send(
             {
                 "op": "register-node",
