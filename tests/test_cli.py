@@ -5,25 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import psutil
 import pytest
+from conftest import runtime_cmd
 
 import runtime as rt
 from runtime.api.context import current_runtime
 from runtime.cli import parse_bytes, parse_resources
 from runtime.objstore import store
-
-
-def runtime_cmd(*args: str, run_dir: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RUNTIME_RUN_DIR": run_dir}
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _pid(run_dir: str, name: str) -> int:

@@ -49,11 +49,14 @@ class Comm:
 
     async def read(self) -> list[dict]:
         """The next batch of messages.  Raises ``ConnectionError`` when the peer is gone."""
+        header = b""
         try:
             header = await self.reader.readexactly(codec.HEADER.size)
             payload = await self.reader.readexactly(codec.frame_length(header))
-        except asyncio.IncompleteReadError:
+        except asyncio.IncompleteReadError as e:
             self.closed = True
+            if header or e.partial:  # it went away in the middle of a frame
+                raise codec.ProtocolError(f"truncated frame: the connection closed {len(e.partial)} bytes in") from None
             raise ConnectionResetError(f"connection to {self.peer} closed") from None
         return codec.decode(payload)
 

@@ -35,6 +35,8 @@ from runtime.scheduler.status import cluster_status
 
 logger = logging.getLogger("runtime.scheduler")
 
+#: seconds a new connection has to send its registration
+REGISTRATION_TIMEOUT = 10.0
 #: how long a closed worker connection waits for its node agent to say why it died
 DEATH_REPORT_GRACE = 0.5
 
@@ -164,7 +166,10 @@ class Scheduler:
             logger.warning("dropping connection from %s: %s", comm.peer, e)
 
     async def _serve_peer(self, comm: Comm) -> None:
-        msgs = await comm.read()
+        try:  # a peer that connects and says nothing must not hold a connection forever
+            msgs = await asyncio.wait_for(comm.read(), REGISTRATION_TIMEOUT)
+        except TimeoutError:
+            raise PeerError(f"it did not register within {REGISTRATION_TIMEOUT:g}s") from None
         if not msgs:
             raise PeerError("its first frame held no message")
         op = msgs[0]["op"]
