@@ -80,6 +80,14 @@ class ObjectServer:
             pending.add_done_callback(lambda _: self._inflight.pop(local, None))
         return await asyncio.shield(pending)
 
+    async def cancel_transfers(self) -> None:
+        """Stop every transfer in flight (and remove its partial file): the node is stopping."""
+        pending = list(self._inflight.values())
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
     async def _transfer(self, name: str, source: str, local: str) -> str:
         comm = await connect(source, timeout=10)
         try:

@@ -94,6 +94,8 @@ class NodeAgent:
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
+        #: the store recount running in a thread, if any
+        self._maintaining: asyncio.Future | None = None
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
@@ -163,7 +165,8 @@ class NodeAgent:
         while not self._stopping:
             try:
                 if self.store.due():
-                    await loop.run_in_executor(None, self.store.maintain)
+                    self._maintaining = loop.run_in_executor(None, self.store.maintain)
+                    await asyncio.shield(self._maintaining)  # cancelling us must not hide the thread's work
             except Exception:
                 logger.exception("store maintenance failed; trying again")
             await asyncio.sleep(0.01)
@@ -221,6 +224,9 @@ class NodeAgent:
                 if p.returncode is None:
                     p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        await self.objects.cancel_transfers()
+        if self._maintaining is not None:  # a recount in its thread could write the store's files again
+            await asyncio.wait([self._maintaining], timeout=10)
         n = store.sweep(self.prefix)
         logger.info("node agent %s stopped %d workers and freed %d objects", self.node, len(procs), n)
         if self.comm is not None:
