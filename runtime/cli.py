@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import psutil
 
-from runtime.comm import codec
+from runtime.comm import auth, codec
 from runtime.comm.core import parse_address
 
 DEFAULT_PORT = 8786
@@ -125,12 +125,8 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
     Every step is bounded by ``timeout``; failures raise ``CliError`` naming the address.
     """
     scheme, host, port = parse_address(address)
-    family = socket.AF_UNIX if scheme == "unix" else socket.AF_INET6 if ":" in host else socket.AF_INET
-    target: Any = host if scheme == "unix" else (host, port)
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(target)
+        with auth.open_sync(scheme, host, port, timeout) as sock:
             client = f"client-cli-{os.urandom(4).hex()}"
             sock.sendall(codec.encode([{"op": "register-client", "client": client}, msg]))
             if msg["op"] != "request":
@@ -141,7 +137,7 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
                         return reply["result"]
     except TimeoutError:
         raise CliError(f"the scheduler at {address} did not answer within {timeout:g}s") from None
-    except (OSError, codec.ProtocolError) as e:
+    except (OSError, ValueError) as e:  # ProtocolError and AuthenticationError are OSErrors
         raise CliError(f"cannot reach a scheduler at {address}: {e}") from None
 
 
@@ -426,6 +422,30 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_security(args: argparse.Namespace) -> None:
+    """Put the security flags in the environment: this process and every one it starts use them."""
+    for flag, var in (
+        ("secret_file", "SECRET_FILE"),
+        ("tls_cert", "TLS_CERT"),
+        ("tls_key", "TLS_KEY"),
+        ("tls_ca", "TLS_CA"),
+    ):
+        path = getattr(args, flag)
+        if path:
+            if not os.path.isfile(path):
+                raise CliError(f"--{flag.replace('_', '-')} {path}: no such file")
+            os.environ[f"RUNTIME_{var}"] = os.path.abspath(path)
+    try:
+        security = auth.default_security()
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if args.command == "start":
+        try:
+            auth.check_listen("tcp", args.host, security)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+
+
 # -- the parser -----------------------------------------------------------------------------
 
 
@@ -445,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="where pid files, the address and logs live (default: $RUNTIME_RUN_DIR or $TMPDIR/runtime-<uid>/run)",
         )  # fmt: skip
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)")
+        p.add_argument("--secret-file", help="file holding the cluster's shared secret (or set RUNTIME_SECRET)")
+        p.add_argument("--tls-cert", help="TLS certificate (PEM) of this host")
+        p.add_argument("--tls-key", help="its private key (PEM)")
+        p.add_argument("--tls-ca", help="CA certificate (PEM): peers must present a certificate it signed")
 
     start = sub.add_parser("start", help="start a head node (scheduler and agent) or a node joining one")
     where = start.add_mutually_exclusive_group(required=True)
@@ -479,6 +503,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if args.command == "start" and not args.head and args.port != DEFAULT_PORT:
         parser.error("--port is the scheduler's port: it goes with --head, not --address")
     try:
+        _apply_security(args)
         code = args.func(args)
     except CliError as e:
         print(f"runtime {args.command}: {e}", file=sys.stderr)

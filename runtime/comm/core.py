@@ -14,7 +14,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from runtime.comm import codec
+from runtime.comm import auth, codec
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class Comm:
 async def connect(address: str, timeout: float = 10.0) -> Comm:
     """Open a connection, retrying until ``timeout`` while the peer is still starting."""
     scheme, host, port = parse_address(address)
+    security = auth.default_security()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.005
@@ -105,8 +106,14 @@ async def connect(address: str, timeout: float = 10.0) -> Comm:
             if scheme == "unix":
                 opening = asyncio.open_unix_connection(host, limit=2**20)
             else:
-                opening = asyncio.open_connection(host, port, limit=2**20)
+                opening = asyncio.open_connection(host, port, limit=2**20, ssl=security.client_ssl)
             reader, writer = await asyncio.wait_for(opening, max(0.01, deadline - loop.time()))
+            if security.secret is not None:
+                try:
+                    await auth.client_handshake(reader, writer, security.secret, max(1.0, deadline - loop.time()))
+                except auth.AuthenticationError as e:
+                    writer.close()
+                    raise auth.AuthenticationError(f"{address}: {e}") from None
             return Comm(reader, writer, address)
         except TimeoutError:
             raise ConnectionRefusedError(f"nothing answers at {address} within {timeout:g}s") from None
@@ -126,11 +133,19 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     ``tcp://127.0.0.1:0`` picks a free port; the returned address names it.
     """
     scheme, host, port = parse_address(address)
+    security = auth.default_security()
+    auth.check_listen(scheme, host, security)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix-peer"
         comm = Comm(reader, writer, str(peer))
         try:
+            if security.secret is not None:  # before any byte of theirs is read as a message
+                try:
+                    await auth.server_handshake(reader, writer, security.secret)
+                except auth.AuthenticationError as e:
+                    logger.warning("refused connection from %s: %s", peer, e)
+                    return
             await handler(comm)
         except ConnectionError:
             pass
@@ -142,7 +157,7 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     if scheme == "unix":
         server = await asyncio.start_unix_server(on_connect, host, limit=2**20)
         return server, address
-    server = await asyncio.start_server(on_connect, host, port, limit=2**20)
+    server = await asyncio.start_server(on_connect, host, port, limit=2**20, ssl=security.server_ssl)
     bound_port = server.sockets[0].getsockname()[1]
     return server, f"tcp://{host}:{bound_port}"
 
@@ -204,15 +219,7 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
     Used by executor threads and user threads to ask their node agent for an object.
     """
     scheme, host, port = parse_address(address)
-    if scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: str | tuple[str, int] = host
-    else:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        target = (host, port)
-    with sock:
-        sock.settimeout(timeout)
-        sock.connect(target)
+    with auth.open_sync(scheme, host, port, timeout) as sock:
         sock.sendall(codec.encode([msg]))
         return read_frame(sock, address)[0]
 

@@ -110,6 +110,10 @@ class NodeAgent:
             logger.error("cannot join the scheduler: %s; node agent %s stops", e, self.node)
             await self.stop()
             return
+        if self.host in ("0.0.0.0", "::"):  # advertise the interface that reaches the scheduler
+            local = self.comm.writer.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                self.address = f"tcp://{local[0]}:{self.address.rpartition(':')[2]}"
         self.comm.send(
             {
                 "op": "register-node",
