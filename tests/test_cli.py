@@ -133,7 +133,7 @@ def test_head_and_two_joining_nodes_run_tasks_status_and_stop(tmp_path):
             status = runtime_cmd("status", run_dir=b)  # any run directory of the cluster knows its address
             assert status.returncode == 0, status.stderr
             out = status.stdout
-            assert "nodes: 3" in out and "workers: 3 (4 threads" in out and "resources GPU=1" in out
+            assert "nodes: 3" in out and "workers: 3 (4 threads" in out and "GPU=1" in out
             assert (
                 "no-worker 1" in out and f"{stuck.key}: resources={{'TPU': 1}}: the most any worker offers is 0" in out
             )

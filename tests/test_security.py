@@ -24,6 +24,16 @@ def inc(x):
     return x + 1
 
 
+@rt.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+
 @pytest.fixture
 def security_env(monkeypatch):
     """Set this process's security settings for one test; they are read once, so reread them."""
@@ -84,6 +94,12 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
             clients_before = client.request("status")["clients"]
         finally:
             client.close()
+        rt.init(address=address)  # actors: their call servers check the secret too
+        try:
+            counter = Counter.remote()
+            assert rt.get([counter.incr.remote() for _ in range(3)], timeout=60) == [1, 2, 3]
+        finally:
+            rt.shutdown()
         # A wrong secret: refused before anything is read.
         security_env(secret_file=_secret_file(tmp_path, "wrong"))
         with pytest.raises(auth.AuthenticationError, match="refused our secret"):

@@ -27,11 +27,14 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import socket
 import ssl
 from dataclasses import dataclass
 from functools import cache
+
+logger = logging.getLogger("runtime.auth")
 
 MAGIC = b"RTAUTH1\n"
 NONCE = 32
@@ -196,3 +199,26 @@ def open_sync(address_scheme: str, host: str, port: int, timeout: float) -> sock
         sock.close()
         raise
     return sock
+
+
+def accept_sync(conn: socket.socket, peer: str) -> socket.socket | None:
+    """A blocking server's side of ``open_sync``: TLS, then the challenge.  None if refused (logged)."""
+    security = default_security()
+    try:
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        if security.server_ssl is not None and conn.family != socket.AF_UNIX:
+            conn = security.server_ssl.wrap_socket(conn, server_side=True)
+        if security.secret is not None:
+            nonce_s = os.urandom(NONCE)
+            conn.sendall(MAGIC + nonce_s)
+            answer = _recv_exactly(conn, NONCE + DIGEST)
+            nonce_c, mac = answer[:NONCE], answer[NONCE:]
+            if not hmac.compare_digest(mac, _mac(security.secret, b"client", nonce_s, nonce_c)):
+                raise AuthenticationError("wrong secret (or none)")
+            conn.sendall(_mac(security.secret, b"server", nonce_c, nonce_s))
+        conn.settimeout(None)
+    except (OSError, AuthenticationError) as e:
+        logger.warning("refused connection from %s: %s", peer, e)
+        conn.close()
+        return None
+    return conn
