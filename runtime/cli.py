@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 import psutil
 
 from runtime.comm import auth, codec
-from runtime.comm.core import parse_address
+from runtime.comm.core import parse_address, read_frame
 
 DEFAULT_PORT = 8786
 _UNITS = {
@@ -132,23 +132,13 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
             if msg["op"] != "request":
                 return None
             while True:
-                for reply in codec.decode(_recv(sock, codec.frame_length(_recv(sock, codec.HEADER.size)))):
+                for reply in read_frame(sock, address):
                     if reply["op"] == "reply" and reply.get("reqid") == msg["reqid"]:
                         return reply["result"]
     except TimeoutError:
         raise CliError(f"the scheduler at {address} did not answer within {timeout:g}s") from None
     except (OSError, ValueError) as e:  # ProtocolError and AuthenticationError are OSErrors
         raise CliError(f"cannot reach a scheduler at {address}: {e}") from None
-
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionResetError("the connection closed mid-reply")
-        buf += chunk
-    return buf
 
 
 def query(address: str, what: str, timeout: float) -> Any:

@@ -144,11 +144,20 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
     flags = ("--secret-file", secret, "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
     address = _start_head(run_dir, *flags)
     try:
+        # A second node joins; values cross between the two agents over TLS.
+        joined = runtime_cmd("start", "--address", address, "--num-workers", "1", *flags, run_dir=run_dir + "-b")
+        assert joined.returncode == 0, joined.stderr
         security_env(secret_file=secret, tls_cert=cert, tls_key=key, tls_ca=ca)
         client = rt.Client(address)
         try:
-            client.wait_for_workers(1)
+            client.wait_for_workers(2)
             assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
+            ref = client.put(np.ones(1_000_000))  # into one node's store
+            sums = [
+                client.submit(dumps_function(np.sum), "sum", (ref,), {}, restrictions={"workers": [w]})
+                for w in client.request("identity")["workers"]
+            ]
+            assert client.get(sums, timeout=60) == [1_000_000.0, 1_000_000.0]
         finally:
             client.close()
         # The secret alone, without TLS, gets nowhere.
@@ -157,3 +166,4 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
             rt.Client(address, timeout=3)
     finally:
         assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0
+        runtime_cmd("stop", *flags, run_dir=run_dir + "-b")

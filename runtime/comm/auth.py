@@ -169,14 +169,25 @@ def client_handshake_sync(sock: socket.socket, secret: bytes) -> None:
         raise AuthenticationError("the server does not know the secret")
 
 
+def recv_exactly(sock: socket.socket, n: int, peer: str) -> bytes:
+    """``n`` bytes from a blocking socket; ``ConnectionResetError`` if it closes first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionResetError(f"{peer} closed the connection mid-message")
+        got += k
+    return bytes(buf)
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise AuthenticationError("the server refused our secret (it closed the connection)")
-        buf += chunk
-    return buf
+    """For the handshake: a peer closing means it refused us."""
+    try:
+        return recv_exactly(sock, n, "the server")
+    except ConnectionResetError:
+        raise AuthenticationError("the server refused our secret (it closed the connection)") from None
 
 
 def open_sync(address_scheme: str, host: str, port: int, timeout: float) -> socket.socket:

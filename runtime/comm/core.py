@@ -226,17 +226,5 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
 
 def read_frame(sock: socket.socket, peer: str) -> list[dict]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
-    header = _recv_exactly(sock, codec.HEADER.size, peer)
-    return codec.decode(_recv_exactly(sock, codec.frame_length(header), peer))
-
-
-def _recv_exactly(sock: socket.socket, n: int, address: str) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionResetError(f"{address} closed the connection mid-reply")
-        got += k
-    return bytes(buf)
+    header = auth.recv_exactly(sock, codec.HEADER.size, peer)
+    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header), peer))
