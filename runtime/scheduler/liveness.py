@@ -41,13 +41,23 @@ def heartbeat_settings() -> tuple[float, float]:
 
 
 class Liveness:
-    """When each node was last heard from."""
+    """When each node was last heard from.
 
-    def __init__(self, timeout: float):
+    The scheduler's own stalls are not held against the nodes: if ``silent`` is called
+    later than ``interval`` after the previous call (the event loop was busy, say with a
+    huge graph), the heartbeats waiting unread in the sockets could not be counted, so every
+    node is credited with the excess.
+    """
+
+    def __init__(self, timeout: float, interval: float):
         #: seconds of silence after which a node counts as gone
         self.timeout = timeout
+        #: how often ``silent`` is meant to be called
+        self.interval = interval
         #: node id -> the time it was last heard from
         self.last_seen: dict[str, float] = {}
+        #: when ``silent`` last ran
+        self._last_check: float | None = None
 
     def seen(self, node: str, now: float) -> None:
         self.last_seen[node] = now
@@ -57,6 +67,11 @@ class Liveness:
 
     def silent(self, now: float) -> list[tuple[str, float]]:
         """The nodes silent for longer than ``timeout``, with how long; they are forgotten."""
+        if self._last_check is not None and now - self._last_check > 2 * self.interval:
+            stall = now - self._last_check - self.interval
+            for node in self.last_seen:
+                self.last_seen[node] += stall
+        self._last_check = now
         gone = [(node, now - t) for node, t in self.last_seen.items() if now - t > self.timeout]
         for node, _ in gone:
             del self.last_seen[node]

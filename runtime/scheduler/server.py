@@ -92,7 +92,7 @@ class Scheduler:
         self._ids = itertools.count()
         self.heartbeat_interval, heartbeat_timeout = heartbeat_settings()
         #: when each node agent was last heard from
-        self.liveness = Liveness(heartbeat_timeout)
+        self.liveness = Liveness(heartbeat_timeout, self.heartbeat_interval)
         self._reaper: asyncio.Future | None = None
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
