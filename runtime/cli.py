@@ -234,9 +234,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise
     what = "scheduler and node agent" if args.head else "node agent"
     print(f"started the {what} with {args.num_workers} worker(s), logs in {logs}")
-    print(f"scheduler at {address}" + ("" if not args.head else f"; join with: runtime start --address {address}"))
+    print(f"scheduler at {address}")
+    if args.head:
+        port = address.rpartition(":")[2]
+        join = address if auth.is_loopback(args.host) else f"tcp://{socket.gethostname()}:{port}"
+        print(f"join with: runtime start --address {join}")
     if not args.block:
         return 0
+    sys.stdout.flush()  # before blocking: whoever reads our output (a pipe, a log) sees it now
     return _block(procs)
 
 
@@ -446,7 +451,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runtime", description="Start, inspect and stop a runtime cluster.")
+    parser = _Parser(
+        prog="runtime",
+        description="Start, inspect and stop a runtime cluster.",
+        epilog="examples:\n  runtime start --head\n  runtime start --address tcp://host-a:8786\n"
+        "  runtime status\n  runtime stop\nsee docs/deployment.md for several hosts, secrets and TLS",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -463,14 +474,26 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start a head node (scheduler and agent) or a node joining one")
     where = start.add_mutually_exclusive_group(required=True)
     where.add_argument("--head", action="store_true", help="run the scheduler here, plus a node agent")
-    where.add_argument("--address", type=_address, help="join the scheduler at tcp://HOST:PORT")
-    start.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"scheduler port (default {DEFAULT_PORT})")
+    where.add_argument(
+        "--address", type=_address, metavar="tcp://HOST:PORT", help="join the scheduler at tcp://HOST:PORT"
+    )
+    start.add_argument(
+        "--port", type=_port, metavar="PORT", default=DEFAULT_PORT, help=f"scheduler port (default {DEFAULT_PORT})"
+    )
     start.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    start.add_argument("--num-workers", type=_positive_int, default=os.cpu_count() or 1, help="default: one per CPU")
-    start.add_argument("--threads-per-worker", type=_positive_int, default=1)
-    start.add_argument("--memory-limit", type=parse_bytes, help="for all workers of this node: 4GB, 512MiB, bytes")
-    start.add_argument("--object-store-memory", type=parse_bytes, help="the node's shared-memory store size")
-    start.add_argument("--resources", type=parse_resources, default={}, help='each worker\'s, e.g. GPU=1 or {"GPU":1}')
+    start.add_argument(
+        "--num-workers", type=_positive_int, metavar="N", default=os.cpu_count() or 1, help="default: one per CPU"
+    )
+    start.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N", help="default 1")
+    start.add_argument(
+        "--memory-limit", type=parse_bytes, metavar="SIZE", help="for all workers of this node: 4GB, 512MiB, bytes"
+    )
+    start.add_argument(
+        "--object-store-memory", type=parse_bytes, metavar="SIZE", help="the node's shared-memory store size"
+    )
+    start.add_argument(
+        "--resources", type=parse_resources, metavar="RES", default={}, help='each worker\'s, e.g. GPU=1 or {"GPU":1}'
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops everything")
     common(start)
     start.set_defaults(func=cmd_start)

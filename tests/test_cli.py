@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -153,3 +156,28 @@ def test_head_and_two_joining_nodes_run_tasks_status_and_stop(tmp_path):
             runtime_cmd("stop", "--timeout", "5", run_dir=run_dir)
     for pid in pids[1:4]:  # and every store was emptied
         assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(f"rt-{pid}-")]
+
+
+def test_block_stays_in_the_foreground_and_sigterm_stops_everything(tmp_path):
+    run_dir = str(tmp_path)
+    env = {**os.environ, "RUNTIME_RUN_DIR": run_dir}
+    cmd = [sys.executable, "-m", "runtime.cli", "start", "--head", "--port", "0", "--num-workers", "1", "--block"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("started the scheduler and node agent")
+        pids = [_pid(run_dir, "scheduler"), _pid(run_dir, "agent")]
+        pids += [p.pid for p in psutil.Process(pids[1]).children()]
+        status = runtime_cmd("status", run_dir=run_dir)
+        assert status.returncode == 0 and "workers: 1" in status.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while not all(_exited(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_exited(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        runtime_cmd("stop", "--timeout", "5", run_dir=run_dir)
