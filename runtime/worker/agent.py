@@ -136,7 +136,8 @@ class NodeAgent:
                     msgs = await asyncio.wait_for(self.comm.read(), self.heartbeat_timeout)
                 except TimeoutError:
                     logger.error(
-                        "the scheduler at %s sent nothing for %gs (not even a heartbeat answer); node agent %s stops",
+                        "heard nothing from the scheduler at %s for %gs (frozen, unreachable, or this node was "
+                        "removed while it was frozen itself); node agent %s stops",
                         self.scheduler_address, self.heartbeat_timeout, self.node,
                     )  # fmt: skip
                     return
