@@ -145,8 +145,30 @@ def test_the_node_agents_object_server_drops_bad_peers_and_keeps_serving(served)
     cluster, client = served
     (node,) = client.request("identity")["nodes"].values()
     agent = node["address"]
-    for data, _ in [(m[1], m[0]) for m in MALFORMED[:5]] + [(_frame({"op": "get-object"}), "missing name")]:
+    for _, data, _ in MALFORMED[:5]:
         _send_raw(agent, data)
+    bad_requests = [
+        {"op": "get-object"},  # no name
+        {"op": "get-object", "name": "../../../etc/passwd"},  # a path, not an object
+        {"op": "get-object", "name": "rt-1-abc-0123"},  # another store's object
+        {"op": "fetch", "name": "rt-1-abc-0123"},  # no source
+        {"op": "delete-everything", "name": "rt-1-abc-0123"},
+    ]
+    for request in bad_requests:
+        assert _exchange(agent, _frame(request)) == b""  # dropped: not a byte of any file
     _still_serving(client)
-    assert "handler for" in cluster.log("agent.log")  # the bad request was logged
+    log = cluster.log("agent.log")
+    assert "names no store object: '../../../etc/passwd'" in log
+    assert "unknown or malformed 'delete-everything' request" in log
     assert client.request("identity")["nodes"]  # the agent is still there
+
+
+def _exchange(address: str, data: bytes) -> bytes:
+    """Send ``data`` and return all the peer answers before it closes."""
+    _, host, port = parse_address(address)
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received

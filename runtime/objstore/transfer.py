@@ -19,6 +19,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 
 from runtime.comm.core import Comm, connect, request_sync
 from runtime.objstore import store
@@ -26,6 +27,8 @@ from runtime.objstore import store
 logger = logging.getLogger("runtime.transfer")
 
 CHUNK = 4 * 2**20
+#: what an object's name looks like (``store.make_prefix`` + hex): never a path
+OBJECT_NAME = re.compile(r"rt-[0-9]+-[0-9a-f]+-[0-9a-f]+")
 
 
 class ObjectServer:
@@ -38,20 +41,29 @@ class ObjectServer:
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     async def serve(self, comm: Comm) -> None:
-        """One connection: local workers ask to ``fetch``, other agents to ``get-object``."""
+        """One connection: local workers ask to ``fetch``, other agents to ``get-object``.
+
+        A request that is not one of these, or names something that is not an object of a
+        store (a path, say), drops the connection with a logged reason.
+        """
         while True:
             for msg in await comm.read():
                 op = msg["op"]
-                if op == "fetch":
+                name = msg.get("name")
+                if not isinstance(name, str) or not OBJECT_NAME.fullmatch(name):
+                    logger.warning("dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name)
+                    return
+                if op == "fetch" and isinstance(msg.get("source"), str):
                     try:
-                        name = await self.fetch(msg["name"], msg["source"])
-                        comm.send({"op": "fetched", "name": name})
+                        local = await self.fetch(name, msg["source"])
+                        comm.send({"op": "fetched", "name": local})
                     except Exception as e:
                         comm.send({"op": "fetch-failed", "error": f"{type(e).__name__}: {e}"})
-                elif op == "get-object":
-                    await self._send_object(comm, msg["name"])
+                elif op == "get-object" and name.startswith(self.prefix):
+                    await self._send_object(comm, name)
                 else:
-                    logger.warning("ignoring unknown op %r from %s", op, comm.peer)
+                    logger.warning("dropping connection from %s: unknown or malformed %r request", comm.peer, op)
+                    return
 
     async def _send_object(self, comm: Comm, name: str) -> None:
         path = store.find(name)
