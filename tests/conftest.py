@@ -7,6 +7,8 @@ invalid state fails the run in the scheduler's log and the task never completes.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,11 @@ def cluster():
 
 def _leftover_shm(prefix: str) -> list[str]:
     return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+
+
+def runtime_cmd(*args: str, run_dir: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Run the ``runtime`` command with its run directory (never the user's default)."""
+    env = {**os.environ, "RUNTIME_RUN_DIR": run_dir}
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -176,6 +176,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 elif msg["op"] == "task-erred":
                     assert isinstance(msg["exception"], bytes), msg
                     told[msg["key"]] = "erred"
+                elif msg["op"] == "lost-keys":  # their node left: being recomputed (or erring)
+                    for key in msg["keys"]:
+                        assert key in keys_of(cs.wants_what), f"{client} told {key!r} is lost, does not want it"
+                        told.pop(key, None)
                 else:
                     assert msg["op"] == "cancelled-keys", msg
                     for key in msg["keys"]:
@@ -777,7 +781,8 @@ def test_regression_a_released_put_needed_again_errs_clearly() -> None:
     # _send_to_worker (x has no run_spec), x left "processing" on a worker.
     client_msgs, _ = s.handle(st.RemoveNode("gone", s.tasks["f"].data[0]))
     assert states(s) == {"x": "erred", "f": "erred"}
-    (msg,) = client_msgs["c"]
+    lost, msg = client_msgs["c"]
+    assert lost == {"op": "lost-keys", "keys": ["f"]}
     assert msg["key"] == "f" and msg["blame"] == "x" and isinstance(pickle.loads(msg["exception"]), LookupError)
 
 

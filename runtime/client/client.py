@@ -31,6 +31,7 @@ from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
+from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync
 
 logger = logging.getLogger("runtime.client")
@@ -111,6 +112,11 @@ class Client:
                         CANCELLED,
                         serialize.dumps(TaskCancelledError(f"task {key!r} was cancelled")),
                     )
+        elif op == "lost-keys":  # their only copies were on a node that left: they are being recomputed
+            for key in msg["keys"]:
+                fs = self._futures.get(key)
+                if fs is not None and fs.status == FINISHED:
+                    fs.status, fs.value = PENDING, None
         elif op == "scheduler-error":
             self._fail_pending(SchedulerError(msg["text"]))
         elif op != "registered":
@@ -276,12 +282,20 @@ class Client:
         out = []
         for f in futures:
             fs = f._state
-            if fs.status == PENDING:
-                self._wait_for(lambda fs=fs: fs.status != PENDING, deadline, [f])
-            if fs.status in (ERRED, CANCELLED):
-                raise fs.error(f.key)
-            assert fs.value is not None
-            out.append(values.decode(self._here(f.key, fs.value), key=f.key, node=self.node or ""))
+            while True:
+                if fs.status == PENDING:
+                    self._wait_for(lambda fs=fs: fs.status != PENDING, deadline, [f])
+                if fs.status in (ERRED, CANCELLED):
+                    raise fs.error(f.key)
+                located = fs.value
+                assert located is not None
+                try:
+                    out.append(values.decode(self._here(f.key, located), key=f.key, node=self.node or ""))
+                    break
+                except (ObjectLostError, ObjectStoreUnavailableError):
+                    # Its node left meanwhile: the scheduler said where a copy is, or is recomputing it.
+                    if fs.status != PENDING and fs.value is located:
+                        raise
         return out
 
     def _here(self, key: str, located: bytes | list) -> bytes | list:

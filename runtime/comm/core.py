@@ -14,7 +14,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from runtime.comm import codec
+from runtime.comm import auth, codec
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,14 @@ class Comm:
 
     async def read(self) -> list[dict]:
         """The next batch of messages.  Raises ``ConnectionError`` when the peer is gone."""
+        header = b""
         try:
             header = await self.reader.readexactly(codec.HEADER.size)
             payload = await self.reader.readexactly(codec.frame_length(header))
-        except asyncio.IncompleteReadError:
+        except asyncio.IncompleteReadError as e:
             self.closed = True
+            if header or e.partial:  # it went away in the middle of a frame
+                raise codec.ProtocolError(f"truncated frame: the connection closed {len(e.partial)} bytes in") from None
             raise ConnectionResetError(f"connection to {self.peer} closed") from None
         return codec.decode(payload)
 
@@ -93,16 +96,27 @@ class Comm:
 async def connect(address: str, timeout: float = 10.0) -> Comm:
     """Open a connection, retrying until ``timeout`` while the peer is still starting."""
     scheme, host, port = parse_address(address)
+    security = auth.default_security()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.005
     while True:
         try:
+            # Bounded: a host that drops packets must not leave us waiting on the kernel's minutes.
             if scheme == "unix":
-                reader, writer = await asyncio.open_unix_connection(host, limit=2**20)
+                opening = asyncio.open_unix_connection(host, limit=2**20)
             else:
-                reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+                opening = asyncio.open_connection(host, port, limit=2**20, ssl=security.client_ssl)
+            reader, writer = await asyncio.wait_for(opening, max(0.01, deadline - loop.time()))
+            if security.secret is not None:
+                try:
+                    await auth.client_handshake(reader, writer, security.secret, max(1.0, deadline - loop.time()))
+                except auth.AuthenticationError as e:
+                    writer.close()
+                    raise auth.AuthenticationError(f"{address}: {e}") from None
             return Comm(reader, writer, address)
+        except TimeoutError:
+            raise ConnectionRefusedError(f"nothing answers at {address} within {timeout:g}s") from None
         except (ConnectionRefusedError, FileNotFoundError) as e:
             if loop.time() + delay > deadline:
                 raise ConnectionRefusedError(f"nothing answers at {address} after {timeout:g}s ({e})") from None
@@ -119,11 +133,19 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     ``tcp://127.0.0.1:0`` picks a free port; the returned address names it.
     """
     scheme, host, port = parse_address(address)
+    security = auth.default_security()
+    auth.check_listen(scheme, host, security)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix-peer"
         comm = Comm(reader, writer, str(peer))
         try:
+            if security.secret is not None:  # before any byte of theirs is read as a message
+                try:
+                    await auth.server_handshake(reader, writer, security.secret)
+                except auth.AuthenticationError as e:
+                    logger.warning("refused connection from %s: %s", peer, e)
+                    return
             await handler(comm)
         except ConnectionError:
             pass
@@ -135,7 +157,7 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
     if scheme == "unix":
         server = await asyncio.start_unix_server(on_connect, host, limit=2**20)
         return server, address
-    server = await asyncio.start_server(on_connect, host, port, limit=2**20)
+    server = await asyncio.start_server(on_connect, host, port, limit=2**20, ssl=security.server_ssl)
     bound_port = server.sockets[0].getsockname()[1]
     return server, f"tcp://{host}:{bound_port}"
 
@@ -197,32 +219,12 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
     Used by executor threads and user threads to ask their node agent for an object.
     """
     scheme, host, port = parse_address(address)
-    if scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: str | tuple[str, int] = host
-    else:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        target = (host, port)
-    with sock:
-        sock.settimeout(timeout)
-        sock.connect(target)
+    with auth.open_sync(scheme, host, port, timeout) as sock:
         sock.sendall(codec.encode([msg]))
         return read_frame(sock, address)[0]
 
 
 def read_frame(sock: socket.socket, peer: str) -> list[dict]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
-    header = _recv_exactly(sock, codec.HEADER.size, peer)
-    return codec.decode(_recv_exactly(sock, codec.frame_length(header), peer))
-
-
-def _recv_exactly(sock: socket.socket, n: int, address: str) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionResetError(f"{address} closed the connection mid-reply")
-        got += k
-    return bytes(buf)
+    header = auth.recv_exactly(sock, codec.HEADER.size, peer)
+    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header), peer))

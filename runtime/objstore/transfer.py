@@ -19,6 +19,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 
 from runtime.comm.core import Comm, connect, request_sync
 from runtime.objstore import store
@@ -26,30 +27,43 @@ from runtime.objstore import store
 logger = logging.getLogger("runtime.transfer")
 
 CHUNK = 4 * 2**20
+#: what an object's name looks like (``store.make_prefix`` + hex): never a path
+OBJECT_NAME = re.compile(r"rt-[0-9]+-[0-9a-f]+-[0-9a-f]+")
 
 
 class ObjectServer:
-    def __init__(self, prefix: str, node: str):
+    def __init__(self, prefix: str, node: str, stall_timeout: float = 10.0):
         #: this node's store prefix and id
         self.prefix = prefix
         self.node = node
+        #: seconds a source may send nothing before the transfer is given up (a frozen node)
+        self.stall_timeout = stall_timeout
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     async def serve(self, comm: Comm) -> None:
-        """One connection: local workers ask to ``fetch``, other agents to ``get-object``."""
+        """One connection: local workers ask to ``fetch``, other agents to ``get-object``.
+
+        A request that is not one of these, or names something that is not an object of a
+        store (a path, say), drops the connection with a logged reason.
+        """
         while True:
             for msg in await comm.read():
                 op = msg["op"]
-                if op == "fetch":
+                name = msg.get("name")
+                if not isinstance(name, str) or not OBJECT_NAME.fullmatch(name):
+                    logger.warning("dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name)
+                    return
+                if op == "fetch" and isinstance(msg.get("source"), str):
                     try:
-                        name = await self.fetch(msg["name"], msg["source"])
-                        comm.send({"op": "fetched", "name": name})
+                        local = await self.fetch(name, msg["source"])
+                        comm.send({"op": "fetched", "name": local})
                     except Exception as e:
                         comm.send({"op": "fetch-failed", "error": f"{type(e).__name__}: {e}"})
-                elif op == "get-object":
-                    await self._send_object(comm, msg["name"])
+                elif op == "get-object" and name.startswith(self.prefix):
+                    await self._send_object(comm, name)
                 else:
-                    logger.warning("ignoring unknown op %r from %s", op, comm.peer)
+                    logger.warning("dropping connection from %s: unknown or malformed %r request", comm.peer, op)
+                    return
 
     async def _send_object(self, comm: Comm, name: str) -> None:
         path = store.find(name)
@@ -78,11 +92,22 @@ class ObjectServer:
             pending.add_done_callback(lambda _: self._inflight.pop(local, None))
         return await asyncio.shield(pending)
 
+    async def cancel_transfers(self) -> None:
+        """Stop every transfer in flight (and remove its partial file): the node is stopping."""
+        pending = list(self._inflight.values())
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
     async def _transfer(self, name: str, source: str, local: str) -> str:
         comm = await connect(source, timeout=10)
         try:
             comm.send({"op": "get-object", "name": name})
-            reply = (await comm.read())[0]
+            try:
+                reply = (await asyncio.wait_for(comm.read(), self.stall_timeout))[0]
+            except TimeoutError:
+                raise store.ObjectLostError(f"{source} sent nothing for {self.stall_timeout:g}s") from None
             if reply["op"] != "object":
                 raise store.ObjectLostError(reply.get("error", f"{source} answered {reply['op']!r}"))
             size = reply["size"]
@@ -94,7 +119,11 @@ class ObjectServer:
             try:
                 offset = 0
                 while offset < size:
-                    chunk = await comm.reader.readexactly(min(CHUNK, size - offset))
+                    reading = comm.reader.readexactly(min(CHUNK, size - offset))
+                    try:
+                        chunk = await asyncio.wait_for(reading, self.stall_timeout)
+                    except TimeoutError:
+                        raise store.ObjectLostError(f"{source} stalled {offset} bytes into {name}") from None
                     store.pwrite_all(fd, chunk, offset)
                     offset += len(chunk)
                 os.rename(tmp, path)

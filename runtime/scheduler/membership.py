@@ -104,15 +104,25 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
     for ts in ns.stored:
         if ts.replicas:
             self.promote_replica(ts)
+            for cs in ts.who_wants:  # their futures name the copy that is gone
+                self._to_client(
+                    cs.client_key, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes}
+                )
         else:
             lost.append(ts)
     ns.stored.clear()
     ns.replicas.clear()
     # Everything only this store held leaves memory now, all of it, before any
     # recommendation runs: none may send a dependent off to read another lost value.
+    # Clients holding futures of lost values hear it first: their futures wait again.
+    lost_keys: dict[str, list[str]] = {}
     for ts in lost:
         if ts.state == "memory":
+            for cs in ts.who_wants:
+                lost_keys.setdefault(cs.client_key, []).append(ts.key)
             recs.update(self._transition(ts, "released", s.stimulus_id))
+    for client, keys in lost_keys.items():
+        self._to_client(client, {"op": "lost-keys", "keys": keys})
     return recs
 
 

@@ -6,6 +6,14 @@ goes to ``SchedulerState.handle``; the messages it returns are queued on the rig
 connections and leave batched (``Comm.send``).  A few ops are queries answered on the
 same connection (``reply`` with the request's ``reqid``).  A closed connection is itself a
 stimulus: ``remove-client``, ``remove-worker`` or ``remove-node``.
+
+Node agents send ``heartbeat`` every second or so and get ``heartbeat-ack`` back; a node
+silent for longer than its timeout is removed with its workers (``liveness.py``).
+
+Whatever a peer sends is checked before it is acted on: a frame that does not decode, a
+first message that is not a registration, an unknown op, a message missing a field or
+holding the wrong type of value (``wirecheck.py``) drops that one connection with a
+logged reason.  Everyone else is served as before.
 """
 
 from __future__ import annotations
@@ -16,13 +24,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
 from runtime.scheduler import stimuli as st
+from runtime.scheduler import wirecheck
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
+from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
+from runtime.scheduler.status import cluster_status
 
 logger = logging.getLogger("runtime.scheduler")
 
+#: seconds a new connection has to send its registration
+REGISTRATION_TIMEOUT = 10.0
 #: how long a closed worker connection waits for its node agent to say why it died
 DEATH_REPORT_GRACE = 0.5
 
@@ -48,6 +62,13 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
     "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
 }
 
+#: what a malformed message raises while its stimulus is built or checked
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+class PeerError(Exception):
+    """A peer broke the protocol; its connection is dropped with this reason."""
+
 
 class Scheduler:
     """Holds a ``SchedulerState`` and performs what it returns."""
@@ -69,6 +90,10 @@ class Scheduler:
         #: workers whose connection closed, removed when their agent reports or the grace ends
         self._awaiting_report: dict[str, asyncio.TimerHandle] = {}
         self._ids = itertools.count()
+        self.heartbeat_interval, heartbeat_timeout = heartbeat_settings()
+        #: when each node agent was last heard from
+        self.liveness = Liveness(heartbeat_timeout, self.heartbeat_interval)
+        self._reaper: asyncio.Future | None = None
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
@@ -76,10 +101,13 @@ class Scheduler:
 
     async def start(self, address: str) -> str:
         self._server, self.address = await listen(address, self._handle_comm)
+        self._reaper = asyncio.ensure_future(self._remove_silent_nodes())
         logger.info("scheduler listening at %s", self.address)
         return self.address
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._server is not None:
             self._server.close()
         for comm in list(self.comms.values()):
@@ -111,43 +139,93 @@ class Scheduler:
             elif peer == ACTORS_CLIENT:
                 self.actors.on_client_messages(batch)
 
+    async def _remove_silent_nodes(self) -> None:
+        """Every heartbeat interval: remove the nodes silent past the timeout, with their workers."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            for node, silent in self.liveness.silent(loop.time()):
+                cause = f"its node agent sent no heartbeat for {silent:.1f}s (timeout {self.liveness.timeout:g}s)"
+                logger.warning("removing node %s: %s", node, cause)
+                ns = self.state.nodes.get(node)
+                workers = [ws.address for ws in ns.workers] if ns is not None else []
+                self.handle_stimulus(st.RemoveNode(f"remove-node-{node}-silent", node, cause))
+                # Its workers went with it: close their connections and the agent's, so
+                # that, should it wake up, it sees it was removed and stops.
+                for peer in (*workers, node):
+                    comm = self.comms.get(peer)
+                    if comm is not None:
+                        comm.close()
+
     async def _handle_comm(self, comm: Comm) -> None:
-        first = (await comm.read())[0]
-        op = first["op"]
-        if op == "register-client":
-            peer = first["client"]
-            added: st.Stimulus = st.AddClient(f"add-client-{peer}", peer)
-            removed: Callable[[], st.Stimulus] | None = lambda: st.RemoveClient(f"remove-client-{peer}", peer)  # noqa: E731
-        elif op == "register-worker":
-            peer = first["address"]
-            added = st.AddWorker(
-                f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0),
-                first.get("host", ""), first.get("resources") or {}, first.get("memory_limit", 0),
-            )  # fmt: skip
-            removed = None  # see _worker_gone: it waits briefly for the node agent to say why
-        elif op == "register-node":
-            peer = first["node"]
-            self.node_info[peer] = first
-            added = st.AddNode(f"add-node-{peer}", peer, first.get("address", ""))
-            removed = lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")  # noqa: E731
-        else:
-            logger.warning("dropping connection from %s: first message was %r, not a registration", comm.peer, op)
-            return
+        try:
+            await self._serve_peer(comm)
+        except ProtocolError as e:
+            logger.warning("dropping connection from %s: %s", comm.peer, e)
+        except PeerError as e:
+            logger.warning("dropping connection from %s: %s", comm.peer, e)
+
+    async def _serve_peer(self, comm: Comm) -> None:
+        try:  # a peer that connects and says nothing must not hold a connection forever
+            msgs = await asyncio.wait_for(comm.read(), REGISTRATION_TIMEOUT)
+        except TimeoutError:
+            raise PeerError(f"it did not register within {REGISTRATION_TIMEOUT:g}s") from None
+        if not msgs:
+            raise PeerError("its first frame held no message")
+        op = msgs[0]["op"]
+        try:
+            peer, added, removed = self._registration(msgs[0])
+            wirecheck.check(added)
+        except _MALFORMED as e:
+            raise PeerError(f"malformed {op!r} message ({type(e).__name__}: {e})") from None
+        if peer in self.comms:
+            raise PeerError(f"{op} as {peer!r}, which is already connected")
+        if isinstance(added, st.AddWorker) and added.node in self.state.departed_nodes:
+            raise PeerError(f"worker {peer!r} belongs to node {added.node!r}, which was removed from the cluster")
         self.comms[peer] = comm
+        if isinstance(added, st.AddNode):
+            self.node_info[peer] = msgs[0]
+            self.liveness.seen(peer, asyncio.get_running_loop().time())
         comm.send({"op": "registered", "scheduler": self.address})
         self.handle_stimulus(added)
         try:
-            await self._read_loop(comm, peer)
+            self._handle_msgs(comm, peer, msgs[1:])
+            while True:
+                self._handle_msgs(comm, peer, await comm.read())
         finally:
             if self.comms.get(peer) is comm:
                 del self.comms[peer]
-            self.node_info.pop(peer, None)
+                self.node_info.pop(peer, None)
+                self.liveness.forget(peer)
             if self.closed.is_set():
                 pass
             elif removed is None:
                 self._worker_gone(peer)
             else:
                 self.handle_stimulus(removed())
+
+    def _registration(self, first: dict) -> tuple[str, st.Stimulus, Callable[[], st.Stimulus] | None]:
+        """Who a peer says it is: its id, the stimulus of its arrival and (but for workers) of its leaving."""
+        op = first["op"]
+        if op == "register-client":
+            peer = first["client"]
+            return (
+                peer,
+                st.AddClient(f"add-client-{peer}", peer),
+                lambda: st.RemoveClient(f"remove-client-{peer}", peer),
+            )
+        if op == "register-worker":
+            peer = first["address"]
+            added = st.AddWorker(
+                f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0),
+                first.get("host", ""), first.get("resources") or {}, first.get("memory_limit", 0),
+            )  # fmt: skip
+            return peer, added, None  # see _worker_gone: it waits briefly for the node agent to say why
+        if op == "register-node":
+            peer = first["node"]
+            added = st.AddNode(f"add-node-{peer}", peer, first.get("address", ""))
+            return peer, added, lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")
+        raise PeerError(f"its first message was {op!r}, not a registration")
 
     def _worker_gone(self, address: str) -> None:
         """A worker's connection closed.  Remove it with what its node agent reports (cause:
@@ -174,24 +252,32 @@ class Scheduler:
         elif address in self.comms:  # the report came first: use it when the connection closes
             self._death_reports[address] = (cause, executing)
 
-    async def _read_loop(self, comm: Comm, peer: str) -> None:
+    def _handle_msgs(self, comm: Comm, peer: str, msgs: list[dict]) -> None:
         ids = self._ids
-        while True:
-            for msg in await comm.read():
-                op = msg["op"]
+        for msg in msgs:
+            op = msg["op"]
+            try:
                 make = _STIMULI.get(op)
                 if make is not None:
-                    self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
+                    stimulus = make(msg, peer, f"{op}-{next(ids)}")
+                    wirecheck.check(stimulus)
+                    self.handle_stimulus(stimulus)
+                elif op == "heartbeat":
+                    self.liveness.seen(peer, asyncio.get_running_loop().time())
+                    comm.send({"op": "heartbeat-ack"})
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._query(msg, peer))
                 elif op == "actor-started":
                     self.actors.started(msg)
                 elif op == "worker-died":
-                    self._worker_died(msg["address"], msg["cause"], tuple(msg.get("executing", ())))
+                    self._worker_died(str(msg["address"]), str(msg["cause"]), tuple(map(str, msg.get("executing", ()))))
                 elif op == "close-cluster":
+                    logger.info("%s asked to close the cluster: telling %d node agents", peer, len(self.node_info))
                     self._send({p: [{"op": "close"}] for p in self.node_info})
                 else:
-                    logger.warning("ignoring unknown op %r from %s", op, peer)
+                    raise PeerError(f"unknown op {op!r}")
+            except _MALFORMED as e:
+                raise PeerError(f"malformed {op!r} message ({type(e).__name__}: {e})") from None
 
     @staticmethod
     def _reply(comm: Comm, reqid: int, result: Any) -> None:
@@ -221,6 +307,8 @@ class Scheduler:
             }
         if what == "story":
             return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
+        if what == "status":
+            return cluster_status(self.state, self.node_info)
         if what == "task-states":
             return {k: ts.state for k, ts in self.state.tasks.items()}
         return {"error": f"unknown query {what!r}"}

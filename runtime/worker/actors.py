@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from runtime.comm import codec, serialize
+from runtime.comm import auth, codec, serialize
 from runtime.comm.core import read_frame
 from runtime.errors import ActorDiedError
 from runtime.objstore import values
@@ -199,6 +199,10 @@ class ActorHost:
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
         """One caller's connection, on a thread of its own: its calls run in arrival order."""
+        secured = auth.accept_sync(conn, peer)  # the cluster's TLS and secret, as every server
+        if secured is None:
+            return
+        conn = secured
         send_lock = threading.Lock()
 
         def reply(msg: dict) -> None:

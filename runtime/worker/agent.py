@@ -5,6 +5,13 @@ store objects when the scheduler says they are released, and on the way out stop
 workers and removes every object of its store.  It leaves when its parent's pipe closes
 (the driver of an embedded cluster is gone, even by SIGKILL), when the scheduler goes
 away, or on SIGTERM.
+
+Liveness runs both ways over the one connection to the scheduler: every
+``heartbeat_interval`` seconds the agent sends ``heartbeat`` and the scheduler answers
+``heartbeat-ack``.  A scheduler that hears nothing from an agent for ``heartbeat_timeout``
+seconds removes its node (``scheduler/liveness.py``); an agent that hears nothing from the
+scheduler for as long stops, with its workers, instead of waiting forever on a frozen or
+unreachable scheduler.
 """
 
 from __future__ import annotations
@@ -24,11 +31,17 @@ from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, store_limit
 from runtime.objstore.transfer import ObjectServer
+from runtime.scheduler.liveness import heartbeat_settings
 from runtime.worker.running import read_running
 
 logger = logging.getLogger("runtime.agent")
 
 RESTART_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0)
+
+
+def default_node_id() -> str:
+    """A node id unique across hosts and restarts: host name, pid and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def sweep_dead_stores() -> int:
@@ -54,21 +67,26 @@ class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
-        host: str = "127.0.0.1",
+        host: str = "127.0.0.1", threads_per_worker: int = 1, memory_limit: int | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
         self.prefix = prefix
         self.num_workers = num_workers
+        #: executor threads of each worker
+        self.threads_per_worker = threads_per_worker
         self.log_dir = log_dir
         #: abstract resources each worker offers
         self.resources = resources or {}
-        #: each worker's share of this machine's memory
-        self.memory_limit = psutil.virtual_memory().total // max(1, num_workers)
+        #: bytes each worker may use: the limit given for the node, or its memory, shared out
+        total = memory_limit or psutil.virtual_memory().total
+        self.memory_limit = total // max(1, num_workers)
         #: keeps the node's store under its limit by spilling
         self.store = StoreManager(prefix, store_limit(object_store_memory))
-        #: serves this store to other nodes and fetches from theirs
-        self.objects = ObjectServer(prefix, node)
+        #: seconds between heartbeats, and of silence before the scheduler counts as gone
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_settings()
+        #: serves this store to other nodes and fetches from theirs (a node silent that long is gone)
+        self.objects = ObjectServer(prefix, node, self.heartbeat_timeout)
         #: the interface the object server listens on (loopback unless told otherwise)
         self.host = host
         self.address = ""
@@ -76,6 +94,8 @@ class NodeAgent:
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
+        #: the store recount running in a thread, if any
+        self._maintaining: asyncio.Future | None = None
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
@@ -84,7 +104,16 @@ class NodeAgent:
             logger.info("removed %d store objects left by dead clusters", swept)
         os.makedirs(self.log_dir, exist_ok=True)
         self._server, self.address = await listen(f"tcp://{self.host}:0", self.objects.serve)
-        self.comm = await connect(self.scheduler_address)
+        try:
+            self.comm = await connect(self.scheduler_address, timeout=self.heartbeat_timeout)
+        except (OSError, ValueError) as e:
+            logger.error("cannot join the scheduler: %s; node agent %s stops", e, self.node)
+            await self.stop()
+            return
+        if self.host in ("0.0.0.0", "::"):  # advertise the interface that reaches the scheduler
+            local = self.comm.writer.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                self.address = f"tcp://{local[0]}:{self.address.rpartition(':')[2]}"
         self.comm.send(
             {
                 "op": "register-node",
@@ -93,13 +122,26 @@ class NodeAgent:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "address": self.address,
+                "nworkers": self.num_workers,
+                "nthreads": self.threads_per_worker,
+                "memory_limit": self.memory_limit * self.num_workers,
             }
         )
         supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
         supervisors.append(asyncio.ensure_future(self._maintain_store()))
+        supervisors.append(asyncio.ensure_future(self._heartbeat()))
         try:
             while True:
-                for msg in await self.comm.read():
+                try:
+                    msgs = await asyncio.wait_for(self.comm.read(), self.heartbeat_timeout)
+                except TimeoutError:
+                    logger.error(
+                        "heard nothing from the scheduler at %s for %gs (frozen, unreachable, or this node was "
+                        "removed while it was frozen itself); node agent %s stops",
+                        self.scheduler_address, self.heartbeat_timeout, self.node,
+                    )  # fmt: skip
+                    return
+                for msg in msgs:
                     op = msg["op"]
                     if op == "free-objects":
                         for name in msg["names"]:
@@ -107,7 +149,7 @@ class NodeAgent:
                         self.store.freed()
                     elif op == "close":
                         return
-                    elif op != "registered":
+                    elif op not in ("registered", "heartbeat-ack"):
                         logger.warning("ignoring unknown op %r", op)
         except ConnectionError:
             logger.info("scheduler connection closed; node agent %s stops", self.node)
@@ -116,13 +158,20 @@ class NodeAgent:
                 s.cancel()
             await self.stop()
 
+    async def _heartbeat(self) -> None:
+        """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive."""
+        while not self._stopping and self.comm is not None:
+            self.comm.send({"op": "heartbeat", "node": self.node})
+            await asyncio.sleep(self.heartbeat_interval)
+
     async def _maintain_store(self) -> None:
         """Every few milliseconds: recount the store when needed and spill (in a thread: disk I/O)."""
         loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 if self.store.due():
-                    await loop.run_in_executor(None, self.store.maintain)
+                    self._maintaining = loop.run_in_executor(None, self.store.maintain)
+                    await asyncio.shield(self._maintaining)  # cancelling us must not hide the thread's work
             except Exception:
                 logger.exception("store maintenance failed; trying again")
             await asyncio.sleep(0.01)
@@ -139,6 +188,7 @@ class NodeAgent:
                     "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
                     "--agent", self.address, "--running-file", running_file,
                     "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
+                    "--nthreads", str(self.threads_per_worker),
                     "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
                 )  # fmt: skip
             finally:
@@ -179,6 +229,9 @@ class NodeAgent:
                 if p.returncode is None:
                     p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        await self.objects.cancel_transfers()
+        if self._maintaining is not None:  # a recount in its thread could write the store's files again
+            await asyncio.wait([self._maintaining], timeout=10)
         n = store.sweep(self.prefix)
         logger.info("node agent %s stopped %d workers and freed %d objects", self.node, len(procs), n)
         if self.comm is not None:
@@ -188,8 +241,9 @@ class NodeAgent:
 
 async def _main(args: argparse.Namespace) -> None:
     agent = NodeAgent(
-        args.scheduler, args.node, args.prefix or store.make_prefix(), args.num_workers, args.log_dir,
-        json.loads(args.resources), args.object_store_memory,
+        args.scheduler, args.node or default_node_id(), args.prefix or store.make_prefix(), args.num_workers,
+        args.log_dir, json.loads(args.resources), args.object_store_memory, args.host, args.threads_per_worker,
+        args.memory_limit,
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
@@ -197,9 +251,12 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker.agent")
     parser.add_argument("--scheduler", required=True)
-    parser.add_argument("--node", required=True)
+    parser.add_argument("--node", default="", help="this node's id (default: host name, pid and a random part)")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--num-workers", type=int, default=config.get("num-workers") or os.cpu_count() or 1)
+    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--memory-limit", type=int, default=0, help="bytes for all workers of this node (0: all)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface the object server listens on")
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--resources", default="{}", help="abstract resources of each worker, as JSON")
     parser.add_argument(

@@ -1,0 +1,174 @@
+"""Hostile or broken peers: each bad connection is dropped with a logged reason, and the
+scheduler and node agent go on serving everyone else."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cloudpickle
+import msgpack
+import pytest
+from conftest import runtime_cmd
+
+import runtime as rt
+from runtime.comm import codec
+from runtime.comm.core import parse_address
+from runtime.comm.serialize import dumps_function
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def inc(x):
+    return x + 1
+
+
+class Head:
+    """A cluster started by ``runtime start --head`` on loopback TCP, as a user would."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", run_dir=run_dir)
+        assert started.returncode == 0, started.stderr
+        with open(os.path.join(run_dir, "address")) as f:
+            self.scheduler_address = f.read().strip()
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.run_dir, "logs", name)) as f:
+            return f.read()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    head = Head(str(tmp_path_factory.mktemp("hostile")))
+    try:
+        client = rt.Client(head.scheduler_address)
+        try:
+            client.wait_for_workers(1)
+            yield head, client
+        finally:
+            client.close()
+    finally:
+        assert runtime_cmd("stop", run_dir=head.run_dir).returncode == 0
+
+
+def _frame(*msgs) -> bytes:
+    payload = msgpack.packb(list(msgs), use_bin_type=True)
+    return struct.pack("<I", len(payload)) + payload
+
+
+def _send_raw(address: str, data: bytes, wait_for_close: bool = True) -> None:
+    """Connect, send ``data``, and (optionally) wait until the peer closes the connection."""
+    scheme, host, port = parse_address(address)
+    family = socket.AF_UNIX if scheme == "unix" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(host if scheme == "unix" else (host, port))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)  # all it will ever send
+        if wait_for_close:
+            while sock.recv(65536):  # the peer drops us: recv returns b"" (never a timeout)
+                pass
+
+
+def _still_serving(client: rt.Client) -> None:
+    assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
+
+
+def _client_id() -> str:
+    return f"client-hostile-{os.urandom(4).hex()}"
+
+
+MALFORMED = [
+    ("garbage bytes", b"\x93\x00\xff" + os.urandom(64), None),
+    ("oversized frame", struct.pack("<I", codec.MAX_FRAME_BYTES + 1), "over the"),
+    ("truncated frame", struct.pack("<I", 1000) + b"\x91" * 10, "truncated frame"),
+    ("not a list of messages", struct.pack("<I", 1) + b"\x05", "not a list of messages"),
+    ("empty batch", _frame(), "held no message"),
+    ("first message not a registration", _frame({"op": "update-graph", "tasks": []}), "not a registration"),
+    ("registration missing its id", _frame({"op": "register-worker", "node": "n"}), "malformed 'register-worker'"),
+    ("registration of the wrong type", _frame({"op": "register-client", "client": [1]}), "field 'client'"),
+    ("unknown op", _frame({"op": "register-client", "client": "c-x"}, {"op": "explode"}), "unknown op 'explode'"),
+    (
+        "message missing a field",
+        _frame({"op": "register-client", "client": "c-y"}, {"op": "update-graph", "wanted": []}),
+        "malformed 'update-graph' message (KeyError",
+    ),
+    (
+        "field of the wrong type",
+        _frame({"op": "register-worker", "address": "w-z", "node": "n"}, {"op": "task-finished", "key": ["k"]}),
+        "malformed 'task-finished'",
+    ),
+    (
+        "a task of the wrong shape",
+        _frame({"op": "register-client", "client": "c-w"}, {"op": "update-graph", "tasks": [["k", 1]], "wanted": []}),
+        "malformed 'update-graph'",
+    ),
+]
+
+
+@pytest.mark.parametrize("kind, data, logged", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_each_kind_of_malformed_frame_drops_only_that_connection(served, kind, data, logged):
+    cluster, client = served
+    _send_raw(cluster.scheduler_address, data)
+    if logged is not None:
+        deadline = time.monotonic() + 30
+        while logged not in cluster.log("scheduler.log") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert logged in cluster.log("scheduler.log")
+    _still_serving(client)
+    # A peer that got as far as registering is removed again with its connection.
+    deadline = time.monotonic() + 30
+    while len(client.request("identity")["workers"]) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(client.request("identity")["workers"]) == 1
+
+
+def test_a_thousand_garbage_connections_leave_the_scheduler_serving(served):
+    cluster, client = served
+    rng = random.Random(6)
+    payloads = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(1000)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: _send_raw(cluster.scheduler_address, p), payloads))
+    _still_serving(client)
+    # Hostile peers never became clients or workers.
+    identity = client.request("identity")
+    assert len(identity["workers"]) == 1 and len(identity["nodes"]) == 1
+
+
+def test_the_node_agents_object_server_drops_bad_peers_and_keeps_serving(served):
+    cluster, client = served
+    (node,) = client.request("identity")["nodes"].values()
+    agent = node["address"]
+    for _, data, _ in MALFORMED[:5]:
+        _send_raw(agent, data)
+    bad_requests = [
+        {"op": "get-object"},  # no name
+        {"op": "get-object", "name": "../../../etc/passwd"},  # a path, not an object
+        {"op": "get-object", "name": "rt-1-abc-0123"},  # another store's object
+        {"op": "fetch", "name": "rt-1-abc-0123"},  # no source
+        {"op": "delete-everything", "name": "rt-1-abc-0123"},
+    ]
+    for request in bad_requests:
+        assert _exchange(agent, _frame(request)) == b""  # dropped: not a byte of any file
+    _still_serving(client)
+    log = cluster.log("agent.log")
+    assert "names no store object: '../../../etc/passwd'" in log
+    assert "unknown or malformed 'delete-everything' request" in log
+    assert client.request("identity")["nodes"]  # the agent is still there
+
+
+def _exchange(address: str, data: bytes) -> bytes:
+    """Send ``data`` and return all the peer answers before it closes."""
+    _, host, port = parse_address(address)
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received

@@ -1,0 +1,169 @@
+"""The shared secret and TLS, on a cluster started by the ``runtime`` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import cloudpickle
+import numpy as np
+import pytest
+from conftest import runtime_cmd
+
+import runtime as rt
+from runtime.comm import auth
+from runtime.comm.serialize import dumps_function
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def inc(x):
+    return x + 1
+
+
+@rt.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+
+@pytest.fixture
+def security_env(monkeypatch):
+    """Set this process's security settings for one test; they are read once, so reread them."""
+    for var in ("SECRET", "SECRET_FILE", "TLS_CERT", "TLS_KEY", "TLS_CA"):
+        monkeypatch.delenv(f"RUNTIME_{var}", raising=False)
+
+    def use(**settings: str) -> None:
+        for var, value in settings.items():
+            monkeypatch.setenv(f"RUNTIME_{var.upper()}", value)
+        auth.default_security.cache_clear()
+
+    auth.default_security.cache_clear()
+    yield use
+    monkeypatch.undo()
+    auth.default_security.cache_clear()
+
+
+def _secret_file(tmp_path, text: str) -> str:
+    path = tmp_path / f"secret-{text}"
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _start_head(run_dir: str, *flags: str) -> str:
+    started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", *flags, run_dir=run_dir)
+    assert started.returncode == 0, started.stderr
+    with open(os.path.join(run_dir, "address")) as f:
+        return f.read().strip()
+
+
+def _log(run_dir: str) -> str:
+    with open(os.path.join(run_dir, "logs", "scheduler.log")) as f:
+        return f.read()
+
+
+def test_listening_beyond_loopback_needs_a_secret(tmp_path, security_env):
+    result = runtime_cmd("start", "--head", "--host", "0.0.0.0", "--port", "0", run_dir=str(tmp_path))
+    assert result.returncode == 1 and not os.path.exists(tmp_path / "scheduler.pid")
+    assert "beyond the loopback, needs a shared secret" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    missing = runtime_cmd("start", "--head", "--secret-file", str(tmp_path / "nope"), run_dir=str(tmp_path))
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tmp_path, security_env):
+    run_dir = str(tmp_path / "head")
+    right = _secret_file(tmp_path, "right")
+    address = _start_head(run_dir, "--secret-file", right)
+    try:
+        # The right secret: tasks run, values move.
+        security_env(secret_file=right)
+        client = rt.Client(address)
+        try:
+            client.wait_for_workers(1)
+            assert client.submit(dumps_function(inc), "inc", (1,), {}).result(timeout=60) == 2
+            assert float(client.get([client.put(np.ones(10))])[0].sum()) == 10.0
+            clients_before = client.request("status")["clients"]
+        finally:
+            client.close()
+        rt.init(address=address)  # actors: their call servers check the secret too
+        try:
+            counter = Counter.remote()
+            assert rt.get([counter.incr.remote() for _ in range(3)], timeout=60) == [1, 2, 3]
+        finally:
+            rt.shutdown()
+        # A wrong secret: refused before anything is read.
+        security_env(secret_file=_secret_file(tmp_path, "wrong"))
+        with pytest.raises(auth.AuthenticationError, match="refused our secret"):
+            rt.Client(address, timeout=5)
+        # No secret at all: a client's registration and a graph go unread.
+        host, port = address[len("tcp://") :].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"\x00" * 64)  # as much as an answer to the challenge, but no answer
+            while sock.recv(4096):
+                pass
+        assert _log(run_dir).count("refused connection from") >= 2
+        assert "wrong secret" in _log(run_dir)
+        # The CLI needs the secret too, and says so in one line.
+        security_env()
+        os.environ.pop("RUNTIME_SECRET_FILE", None)
+        refused = runtime_cmd("status", "--timeout", "5", run_dir=run_dir)
+        assert refused.returncode == 1 and "cannot reach a scheduler" in refused.stderr
+        status = runtime_cmd("status", "--secret-file", right, run_dir=run_dir)
+        assert status.returncode == 0 and "workers: 1" in status.stdout
+        security_env(secret_file=right)
+        client = rt.Client(address)
+        try:  # none of the refused peers became a client
+            assert client.request("status")["clients"] == clients_before
+        finally:
+            client.close()
+    finally:
+        assert runtime_cmd("stop", "--secret-file", right, run_dir=run_dir).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_tls_with_a_cluster_ca(tmp_path, security_env):
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca, key, csr, cert = (str(tmp_path / n) for n in ("ca.key", "ca.pem", "host.key", "host.csr", "host.pem"))
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+            "-subj", "/CN=runtime-test-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1")
+    secret = _secret_file(tmp_path, "tls")
+    run_dir = str(tmp_path / "head")
+    flags = ("--secret-file", secret, "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
+    address = _start_head(run_dir, *flags)
+    try:
+        # A second node joins; values cross between the two agents over TLS.
+        joined = runtime_cmd("start", "--address", address, "--num-workers", "1", *flags, run_dir=run_dir + "-b")
+        assert joined.returncode == 0, joined.stderr
+        security_env(secret_file=secret, tls_cert=cert, tls_key=key, tls_ca=ca)
+        client = rt.Client(address)
+        try:
+            client.wait_for_workers(2)
+            assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
+            ref = client.put(np.ones(1_000_000))  # into one node's store
+            sums = [
+                client.submit(dumps_function(np.sum), "sum", (ref,), {}, restrictions={"workers": [w]})
+                for w in client.request("identity")["workers"]
+            ]
+            assert client.get(sums, timeout=60) == [1_000_000.0, 1_000_000.0]
+        finally:
+            client.close()
+        # The secret alone, without TLS, gets nowhere.
+        security_env(tls_cert="", tls_key="", tls_ca="")
+        with pytest.raises(ConnectionError, match="does the server use TLS"):
+            rt.Client(address, timeout=3)
+    finally:
+        assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0
+        runtime_cmd("stop", *flags, run_dir=run_dir + "-b")
