@@ -21,6 +21,7 @@ import tempfile
 from typing import IO
 
 from runtime.objstore.store import make_prefix
+from runtime.worker import memory
 
 
 def _session_root() -> str:
@@ -36,12 +37,21 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         object_store_memory: int | None = None,
         validate: bool | None = None,
+        memory_limit: str | int | float | None = None,
+        memory_spill_fraction: float | bool | None = None,
+        memory_pause_fraction: float | bool | None = None,
+        memory_terminate_fraction: float | bool | None = None,
     ):
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
         if not isinstance(n_nodes, int) or n_nodes < 1:
             raise ValueError(f"n_nodes must be a whole number >= 1, not {n_nodes!r}")
         self.n_workers = os.cpu_count() or 1 if n_workers is None else n_workers
+        #: each worker's memory limit in bytes (0: none), and the fractions of it that act
+        self.memory_limit = memory.memory_limit(memory_limit, max(1, self.n_workers // n_nodes))
+        self.thresholds = memory.Thresholds.from_args(
+            memory_spill_fraction, memory_pause_fraction, memory_terminate_fraction
+        )
         self.cluster_id = os.urandom(4).hex()
         #: sockets and logs of this cluster; removed by close()
         self.session_dir = os.path.join(_session_root(), f"session-{self.cluster_id}")
@@ -69,6 +79,7 @@ class LocalCluster:
                 "--node", node, "--prefix", prefix, "--num-workers", str(workers),
                 "--log-dir", log_dir, "--watch-parent", "--resources", json.dumps(resources or {}),
                 *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
+                "--memory-limit", str(self.memory_limit), *self.thresholds.to_args(),
             ]  # fmt: skip
             self.agent_procs.append(self._spawn(cmd, f"agent-{i}.log" if n_nodes > 1 else "agent.log"))
 

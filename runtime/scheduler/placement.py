@@ -1,6 +1,7 @@
 """Which worker runs a task, and which workers can be closed: the specification's policies.
 
-Pure functions of the scheduler's state; none walks the graph.
+Pure functions of the scheduler's state; none walks the graph.  Only workers whose status
+is "running" get new tasks: paused (short of memory) and retiring ones are passed over.
 
 * ``valid_workers``: the workers that meet a task's restrictions (None: any worker).
 * ``decide_worker``: for a task with dependencies in a node store, the worker with the least
@@ -40,6 +41,7 @@ def valid_workers(s: SchedulerState, ts: TaskState) -> set[WorkerState] | None:
         pool: Iterable[WorkerState] = s.workers.values() if ok is None else ok
         ok = {ws for ws in pool if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())}
     assert ok is not None
+    ok = {ws for ws in ok if ws.status == "running"}
     if not ok and ts.loose_restrictions:
         return None
     return ok
@@ -66,7 +68,7 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
             for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
                 ns = s.nodes.get(node)
                 if ns is not None:
-                    holders |= ns.workers
+                    holders |= {ws for ws in ns.workers if ws.status == "running"}
     if valid is not None:
         holders &= valid
     # The least busy worker anywhere competes with the holders: when they are busy enough,
@@ -87,10 +89,10 @@ def _least_busy(s: SchedulerState) -> WorkerState | None:
     """An unsaturated worker with the least load, else the next worker in turn: O(idle)."""
     if s.idle:
         return min(s.idle, key=_load)
-    if not s.workers:
+    pool = s.worker_list()
+    if not pool:
         return None
     s.round_robin += 1
-    pool = s.worker_list()
     return pool[s.round_robin % len(pool)]
 
 

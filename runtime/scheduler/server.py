@@ -46,6 +46,9 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
     "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
     "add-replica": lambda m, peer, sid: st.AddReplica(sid, m["key"], m["node"], m["name"], m["source"]),
     "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
+    "worker-heartbeat": lambda m, peer, sid: st.WorkerHeartbeat(sid, peer, m["memory"], m.get("rss", 0)),
+    "worker-status": lambda m, peer, sid: st.WorkerStatusChange(sid, peer, m["status"], m.get("memory", 0)),
+    "node-heartbeat": lambda m, peer, sid: st.NodeHeartbeat(sid, peer, m["used"], m["spilled"], m["limit"]),
 }
 
 

@@ -137,6 +137,39 @@ class RemoveWorker(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(Stimulus):
+    """A worker's periodic report of its memory."""
+
+    op: ClassVar[str] = "worker-heartbeat"
+    address: str
+    #: its own memory (resident, not shared) and its resident set, in bytes
+    memory: int
+    rss: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatusChange(Stimulus):
+    """A worker paused (short of memory) or runs again; or the scheduler retires it."""
+
+    op: ClassVar[str] = "worker-status"
+    address: str
+    #: "running", "paused" or "closing_gracefully"
+    status: str
+    memory: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHeartbeat(Stimulus):
+    """A node agent's periodic report of its store: bytes in shared memory, spilled, and its limit."""
+
+    op: ClassVar[str] = "node-heartbeat"
+    node: str
+    used: int
+    spilled: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class AddNode(Stimulus):
     """A node agent joined: its store can hold objects."""
 
