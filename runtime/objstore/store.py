@@ -395,7 +395,7 @@ def spilled_bytes(prefix: str) -> int:
                         total += entry.stat().st_size
                     except FileNotFoundError:  # read back or freed meanwhile
                         pass
-    except FileNotFoundError:  # nothing spilled yet
+    except OSError:  # nothing spilled yet, or no usable spill directory
         pass
     return total
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.amm import needed_on
 from runtime.scheduler.entities import Recs, WorkerState, WorkerStatus
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs
     ws = self.workers.get(s.address)
     if ws is None or s.status not in STATUSES or s.status == ws.status:
         return {}
-    if ws.status == "closing_gracefully" and s.status == "paused":
-        return {}  # a worker being retired stays so: its pausing changes nothing
+    if ws.status == "closing_gracefully" and not s.by_scheduler:
+        return {}  # a worker being retired stays so: its pausing or resuming changes nothing
     if s.memory:
         ws.memory = s.memory
     status: WorkerStatus = s.status  # type: ignore[assignment]
@@ -174,9 +175,23 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     return {}
 
 
+def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
+    """Free copies the active memory manager found unneeded, if they still are."""
+    for key, node, name in s.replicas:
+        ts = self.tasks.get(key)
+        ns = self.nodes.get(node)
+        if ts is None or ns is None or not ts.replicas or ts.replicas.get(node) != name or needed_on(ts, node):
+            continue
+        del ts.replicas[node]
+        ns.replicas.discard(ts)
+        self._to_worker(node, {"op": "free-objects", "names": [name]})
+    return {}
+
+
 #: stimulus type -> its handler, for the state's handler table
 HANDLERS = {
     st.AddReplica: add_replica,
+    st.DropReplicas: drop_replicas,
     st.AddWorker: add_worker,
     st.RemoveWorker: remove_worker,
     st.AddNode: add_node,

@@ -12,10 +12,12 @@ is "running" get new tasks: paused (short of memory) and retiring ones are passe
   wait in ``queued`` on the scheduler until a worker has a free slot, so wide graphs do not
   flood workers with tasks they cannot run yet.
 * ``workers_to_close``: idle workers holding little data, while enough memory remains.
+* ``adaptive_target``: how many workers the load calls for, for adaptive scaling.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -123,7 +125,8 @@ def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | Non
     limit = sum(ws.memory_limit for ws in s.workers.values())
     remaining = len(s.workers)
     to_close = []
-    for ws in sorted((ws for ws in s.workers.values() if not ws.processing), key=lambda ws: (ws.nbytes, ws.address)):
+    idle = (ws for ws in s.workers.values() if not ws.processing and ws.status != "closing_gracefully")
+    for ws in sorted(idle, key=lambda ws: (ws.nbytes, ws.address)):
         if n is not None:
             if remaining <= n:
                 break
@@ -133,3 +136,27 @@ def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | Non
         limit -= ws.memory_limit
         remaining -= 1
     return to_close
+
+
+def adaptive_target(s: SchedulerState, target_duration: float = 5.0) -> int:
+    """How many workers the cluster wants now (Dask's ``adaptive_target``).
+
+    Enough that the expected work (running, queued and waiting-for-a-worker tasks, by their
+    prefix's average duration) takes about ``target_duration`` seconds, but no more workers
+    than there are tasks for their threads.  Below the current count, only the workers
+    ``workers_to_close`` would let go are given up.
+    """
+    from runtime.scheduler.state import UNKNOWN_TASK_DURATION
+
+    threads = s.total_nthreads / len(s.workers) if s.workers else 1.0
+    waiting = [*s.queued.topk(100), *list(s.unrunnable)[:100]]
+    n_waiting = len(s.queued) + len(s.unrunnable)
+    per_task = sum(s.task_durations.get(ts.prefix, UNKNOWN_TASK_DURATION) for ts in waiting) / max(1, len(waiting))
+    occupancy = sum(ws.occupancy for ws in s.workers.values()) + per_task * n_waiting
+    tasks = n_waiting + sum(len(ws.processing) for ws in s.workers.values())
+    cpu = min(math.ceil(occupancy / target_duration / threads), math.ceil(tasks / threads))
+    if tasks:
+        cpu = max(cpu, 1)
+    if cpu >= len(s.workers):
+        return cpu
+    return max(cpu, len(s.workers) - len(workers_to_close(s)))

@@ -611,6 +611,7 @@ class SchedulerState:
         ts.data = [node, ts.nbytes, name]
         self.nodes[node].replicas.discard(ts)
         self.nodes[node].stored.add(ts)
+        self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
 
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""

@@ -114,6 +114,15 @@ class AddReplica(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class DropReplicas(Stimulus):
+    """The active memory manager found copies nobody needs: free them (each checked again)."""
+
+    op: ClassVar[str] = "drop-replicas"
+    #: (key, node, name of the copy in that node's store)
+    replicas: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AddWorker(Stimulus):
     op: ClassVar[str] = "add-worker"
     address: str
@@ -156,6 +165,8 @@ class WorkerStatusChange(Stimulus):
     #: "running", "paused" or "closing_gracefully"
     status: str
     memory: int = 0
+    #: the scheduler itself (retiring): only it takes a worker out of closing_gracefully
+    by_scheduler: bool = False
 
 
 @dataclass(frozen=True, slots=True)
