@@ -121,6 +121,20 @@ def test_retiring_a_node_first_moves_the_values_only_it_holds(cluster):
         client.retire_workers(["nobody"])
 
 
+def test_retiring_a_busy_worker_times_out_and_leaves_it_working(cluster):
+    cluster, client = cluster
+    (worker,) = client.request("identity")["workers"]
+    busy = submit(client, nap, 1, 3.0)
+    wait_until(lambda: client.request("task-states").get(busy.key) == "processing", "the task runs")
+    with pytest.raises(TimeoutError, match="1 workers still running tasks"):
+        client.retire_workers([worker], timeout=0.5)
+    assert client.request("identity")["workers"][worker]["status"] == "running"  # nothing was stopped
+    assert busy.result(timeout=30) == 1
+    assert submit(client, nap, 2, 0.0).result(timeout=30) == 2
+    with pytest.raises(TypeError, match="not a string"):
+        client.retire_workers(worker)
+
+
 def test_adapt_scales_up_with_the_load_and_back_down_when_idle(cluster):
     cluster, client = cluster
     cluster.adapt(minimum=1, maximum=3, interval=0.2, target_duration=1.0, wait_count=2)
