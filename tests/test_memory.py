@@ -83,6 +83,16 @@ def test_memory_sampler_records_cluster_memory_over_time(small_workers):
     (node,) = ms.by_node["put"][-1][1]
     assert node == small_workers.cluster.node
     del ref
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="needs pandas"):
+            ms.to_pandas()
+    else:
+        frame = ms.to_pandas("store")
+        assert list(frame.columns) == ["put"] and frame["put"].iloc[-1] >= 80_000_000
+    with pytest.raises(ValueError, match="field"):
+        ms.to_pandas("bogus")
     with pytest.raises(ValueError, match="interval"):
         with ms.sample("bad", interval=0):
             pass

@@ -55,12 +55,12 @@ class MemorySampler:
     def to_pandas(self, field: str = "process", align: bool = False) -> Any:
         """A DataFrame of one ``field`` (process, store or spilled; or "total"), one column per
         label, indexed by seconds; ``align`` starts every label where its memory first rises."""
+        if field != "total" and field not in FIELDS:
+            raise ValueError(f"field must be one of {', '.join(FIELDS)} or 'total', not {field!r}")
         try:
             import pandas as pd
         except ImportError as e:
             raise ImportError("MemorySampler.to_pandas() needs pandas: pip install pandas") from e
-        if field != "total" and field not in FIELDS:
-            raise ValueError(f"field must be one of {', '.join(FIELDS)} or 'total', not {field!r}")
         columns = {}
         for label, rows in self.samples.items():
             values = [sum(r[1:]) if field == "total" else r[1 + FIELDS.index(field)] for r in rows]
