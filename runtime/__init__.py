@@ -7,6 +7,7 @@ from runtime.api.remote import remote
 from runtime.client.client import Client
 from runtime.client.future import Future, ObjectRef
 from runtime.cluster import LocalCluster
+from runtime.diagnostics import MemorySampler
 from runtime.errors import (
     ActorDiedError,
     GetTimeoutError,
@@ -19,7 +20,7 @@ from runtime.errors import (
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
-    "Client", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle",
+    "Client", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip

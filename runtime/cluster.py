@@ -8,20 +8,31 @@ workers), each with ``stdin`` a pipe whose write end only the driver holds.  If 
 exits without ``close()``, even by SIGKILL, both read EOF and shut down; the agent stops
 its workers and empties its store.  They talk over a Unix socket in a private session
 directory, so nothing listens on the network.
+
+``scale(n)`` and ``adapt(minimum, maximum)`` change the number of workers while it runs:
+the node agents start more on request, and workers go by graceful retirement (the
+scheduler's ``workers_to_close`` picks idle ones), as Dask's adaptive deployments do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import IO
 
 from runtime import config
+from runtime.client.client import Client
 from runtime.objstore.store import make_prefix
+from runtime.worker import memory
+
+logger = logging.getLogger("runtime.cluster")
 
 
 def _session_root() -> str:
@@ -37,6 +48,11 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         object_store_memory: int | None = None,
         validate: bool | None = None,
+        memory_limit: str | int | float | None = None,
+        memory_spill_fraction: float | bool | None = None,
+        memory_pause_fraction: float | bool | None = None,
+        memory_terminate_fraction: float | bool | None = None,
+        amm_interval: float | None = None,
     ):
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
@@ -45,6 +61,11 @@ class LocalCluster:
         if n_workers is None:
             n_workers = config.get("num-workers") or os.cpu_count() or 1
         self.n_workers = n_workers
+        #: each worker's memory limit in bytes (0: none), and the fractions of it that act
+        self.memory_limit = memory.memory_limit(memory_limit, max(1, self.n_workers // n_nodes))
+        self.thresholds = memory.Thresholds.from_args(
+            memory_spill_fraction, memory_pause_fraction, memory_terminate_fraction
+        )
         self.cluster_id = os.urandom(4).hex()
         #: sockets and logs of this cluster; removed by close()
         self.session_dir = os.path.join(_session_root(), f"session-{self.cluster_id}")
@@ -60,18 +81,28 @@ class LocalCluster:
         sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
         if validate:
             sched_cmd.append("--validate")
+        if amm_interval is not None:  # else RUNTIME_AMM_INTERVAL, else every 2 s
+            sched_cmd += ["--amm-interval", str(amm_interval)]
         self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log")
         # Several nodes on one machine stand in for several hosts: each has its own agent,
         # store and workers; the workers are shared out between them.
         self.agent_procs = []
+        #: how many workers each node's agent keeps running (scale and adapt change it)
+        self.slots: dict[str, int] = {}
+        #: a connection to the scheduler for scaling, made on first use
+        self._control: Client | None = None
+        self._scale_lock = threading.Lock()
+        self._adapt_thread: threading.Thread | None = None
+        self._adapt_stop = threading.Event()
         for i, (node, prefix) in enumerate(zip(self.nodes, self.prefixes, strict=True)):
-            workers = self.n_workers // n_nodes + (i < self.n_workers % n_nodes)
+            workers = self.slots[node] = self.n_workers // n_nodes + (i < self.n_workers % n_nodes)
             log_dir = os.path.join(self.session_dir, "logs", f"node-{i}" if n_nodes > 1 else "")
             cmd = [
                 sys.executable, "-m", "runtime.worker.agent", "--scheduler", self.scheduler_address,
                 "--node", node, "--prefix", prefix, "--num-workers", str(workers),
                 "--log-dir", log_dir, "--watch-parent", "--resources", json.dumps(resources or {}),
                 *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
+                "--memory-limit", str(self.memory_limit), *self.thresholds.to_args(),
             ]  # fmt: skip
             self.agent_procs.append(self._spawn(cmd, f"agent-{i}.log" if n_nodes > 1 else "agent.log"))
 
@@ -88,8 +119,98 @@ class LocalCluster:
     def processes(self) -> list[subprocess.Popen]:
         return [self.scheduler_proc, *self.agent_procs]
 
+    def _client(self) -> Client:
+        if self._control is None:
+            self._control = Client(self.scheduler_address, node=self.node, prefix=self.prefix)
+        return self._control
+
+    def scale(self, n: int, timeout: float = 60.0) -> None:
+        """Run ``n`` workers: ask node agents for more, or retire idle ones gracefully.
+
+        Scaling down retires only workers that run nothing (``workers_to_close``), so it may
+        retire fewer than asked for now; ``adapt`` asks again.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"scale() takes a whole number of workers >= 0, not {n!r}")
+        with self._scale_lock:
+            client = self._client()
+            for node, proc in zip(self.nodes, self.agent_procs, strict=True):
+                if proc.poll() is not None:  # its agent left (retired, or died)
+                    self.slots.pop(node, None)
+            have = sum(self.slots.values())
+            if n > have:
+                if not self.slots:
+                    raise RuntimeError("cannot scale up: no node agent of this cluster is running")
+                more: dict[str, int] = {}
+                for _ in range(n - have):
+                    node = min(self.slots, key=lambda nd: self.slots[nd] + more.get(nd, 0))
+                    more[node] = more.get(node, 0) + 1
+                for node, k in more.items():
+                    answer = client.request("start-workers", node=node, n=k)
+                    if "error" in answer:
+                        raise RuntimeError(f"cannot start workers on {node}: {answer['error']}")
+                    self.slots[node] += k
+                logger.info("scaled up from %d to %d workers", have, n)
+            elif n < have:
+                registered = len(client.request("identity")["workers"])
+                going = client.request("workers-to-close", n=max(0, registered - (have - n)))
+                if going:
+                    for address in client.retire_workers(going, timeout=timeout)["workers"]:
+                        self.slots[address.rsplit("/", 1)[0]] -= 1
+                    logger.info("scaled down from %d to %d workers", have, sum(self.slots.values()))
+
+    def adapt(
+        self, minimum: int = 0, maximum: int | float = math.inf, *, interval: float = 1.0,
+        target_duration: float = 5.0, wait_count: int = 3,
+    ) -> None:  # fmt: skip
+        """Scale with the load between ``minimum`` and ``maximum`` workers, like Dask's ``adapt``.
+
+        Every ``interval`` seconds the scheduler says how many workers its tasks call for
+        (about ``target_duration`` seconds of work each, see ``adaptive_target``); more are
+        started at once, and idle ones retired once it has said fewer ``wait_count`` times
+        in a row.  Calling it again replaces the previous bounds.
+        """
+        if not isinstance(minimum, int) or minimum < 0 or not maximum >= minimum:
+            raise ValueError(f"adapt() needs 0 <= minimum <= maximum, not minimum={minimum!r} maximum={maximum!r}")
+        if interval <= 0 or target_duration <= 0 or wait_count < 1:
+            raise ValueError("adapt() needs interval > 0, target_duration > 0 and wait_count >= 1")
+        self._stop_adapting()
+        self._adapt_stop = threading.Event()
+        args = (minimum, maximum, interval, target_duration, wait_count, self._adapt_stop)
+        self._adapt_thread = threading.Thread(target=self._adapt, args=args, name="runtime-adapt", daemon=True)
+        self._adapt_thread.start()
+
+    def _adapt(
+        self, minimum: int, maximum: float, interval: float, target_duration: float, wait_count: int,
+        stop: threading.Event,
+    ) -> None:  # fmt: skip
+        lower = 0  # consecutive recommendations to go below the current count
+        while not stop.wait(interval):
+            try:
+                wanted = self._client().request("adaptive-target", target_duration=target_duration)
+                target = int(min(max(wanted, minimum), maximum))
+                have = sum(self.slots.values())
+                lower = lower + 1 if target < have else 0
+                if target > have or lower >= wait_count:
+                    lower = 0
+                    self.scale(target)
+            except Exception:
+                if stop.is_set():
+                    return
+                logger.exception("adaptive scaling failed; trying again in %gs", interval)
+
+    def _stop_adapting(self) -> None:
+        self._adapt_stop.set()
+        if self._adapt_thread is not None:
+            self._adapt_thread.join(70)
+            self._adapt_thread = None
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop every process of the cluster and remove its session directory."""
+        self._stop_adapting()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         # Closing the pipes is the signal: the agent stops its workers and empties the store.
         for p in (*self.agent_procs, self.scheduler_proc):
             if p.stdin is not None and not p.stdin.closed:

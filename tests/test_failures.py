@@ -60,3 +60,45 @@ def test_task_that_keeps_killing_workers_errs_as_killed_worker(cluster):
     assert "last cause: exit code 3" in str(info.value)
     assert rt.get(good, timeout=60) == list(range(1, 21))
     cluster.client.wait_for_workers(2, timeout=30)
+
+
+@rt.remote
+def leaf(i, marker):
+    if i == 150 and not os.path.exists(marker):  # the first attempt says where it runs, then works on
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(1)
+    time.sleep(0.002)
+    return i + 1
+
+
+@rt.remote
+def add(a, b):
+    return a + b
+
+
+def _tree_sum(refs: list) -> rt.Future:
+    while len(refs) > 1:
+        refs = [add.remote(refs[i], refs[i + 1]) if i + 1 < len(refs) else refs[i] for i in range(0, len(refs), 2)]
+    return refs[0]
+
+
+def test_a_worker_sigkilled_in_the_middle_of_a_1000_task_graph_changes_no_result(cluster, tmp_path):
+    marker = str(tmp_path / "pid")
+    leaves = [leaf.remote(i, marker) for i in range(500)]
+    total = _tree_sum(leaves)  # 500 leaves and 499 sums: 999 tasks
+    os.kill(int(_wait_for_file(marker)), signal.SIGKILL)  # one fault, mid-graph
+    assert rt.get(total, timeout=120) == sum(range(1, 501))
+    assert rt.get(leaves, timeout=60) == list(range(1, 501))  # 501 results checked, none lost
+    cluster.client.wait_for_workers(2, timeout=30)
+
+
+def test_a_task_that_kills_every_worker_errs_while_the_rest_of_its_graph_completes(cluster):
+    bad = exit_worker.remote()
+    after_bad = inc.remote(bad)
+    leaves = [inc.remote(i) for i in range(100)]
+    total = _tree_sum(leaves)
+    with pytest.raises(rt.KilledWorker, match=f"task '{bad.key}' was running on 4 workers"):
+        rt.get(after_bad, timeout=120)  # its dependent fails with its error
+    assert rt.get(total, timeout=60) == sum(range(1, 101))
+    cluster.client.wait_for_workers(2, timeout=30)

@@ -29,7 +29,8 @@ def make(n):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    with rt.LocalCluster(n_workers=2, n_nodes=2) as cluster:
+    # No active memory manager: these tests count transfers, and it would drop idle copies.
+    with rt.LocalCluster(n_workers=2, n_nodes=2, amm_interval=0) as cluster:
         client = rt.Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2)

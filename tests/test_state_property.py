@@ -3,11 +3,12 @@
 A hypothesis ``RuleBasedStateMachine`` throws random sequences of stimuli at a
 ``SchedulerState(validate=True)``: clients come and go; node agents and their workers
 (some offering a GPU) join and leave (node ids and worker addresses are never reused,
-except a worker re-registering); clients submit small random DAGs (depending on new or
+except a worker re-registering), pause, resume and start retiring; clients submit small random DAGs (depending on new or
 already known keys, sometimes restricted to a worker, a host or a GPU, sometimes cyclic),
 put values, release and cancel keys; workers report tasks finished (inline or stored
 values), erred, or unable to read a stored input, and copies of stored inputs fetched to
-their node; and sometimes send stale reports that must be ignored.
+their node; the active memory manager drops the copies it finds unneeded; and workers
+sometimes send stale reports that must be ignored.
 
 After every stimulus it checks:
 
@@ -46,6 +47,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hst
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from runtime.scheduler import amm
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import ALL_TASK_STATES, HeapSet, Msgs, SchedulerState, TaskGroup, TaskState, WorkerState
 
@@ -206,6 +208,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         s = self.state
         ws = s.workers.get(dest)
         assert ws is not None, f"compute-task to {dest!r}, not a live worker"
+        assert ws.status == "running", f"compute-task to {dest!r}, which is {ws.status}"
         spec = self.specs[msg["key"]]
         assert msg["run_spec"] == RUN_SPEC, msg
         assert set(msg["deps"]) == set(spec.dependencies), f"{spec.key}: deps {set(msg['deps'])} != submitted"
@@ -230,13 +233,17 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert node_left or unreadable, f"{ts.key} was in memory and is {ts.state} again after {stimulus}"
 
     def valid_workers(self, spec: st.TaskSpec) -> list[WorkerState]:
-        return [ws for ws in self.state.workers.values() if may_run(spec, ws)]
+        return [ws for ws in self.running_workers() if may_run(spec, ws)]
+
+    def running_workers(self) -> list[WorkerState]:
+        """Live workers that take new tasks (not paused, not retiring)."""
+        return [ws for ws in self.state.workers.values() if ws.status == "running"]
 
     def runnable(self, ts: TaskState) -> bool:
-        """Whether some live worker may run ``ts`` now."""
+        """Whether some live, running worker may run ``ts`` now."""
         spec = self.specs.get(ts.key)
         if spec is None or spec.allow_other_workers:
-            return bool(self.state.workers)
+            return bool(self.running_workers())
         return bool(self.valid_workers(spec))
 
     def blocked(self, ts: TaskState) -> bool:
@@ -351,6 +358,26 @@ class SchedulerMachine(RuleBasedStateMachine):
         address = data.draw(hst.sampled_from(self.all_workers), label="worker")  # maybe gone already
         self.handle(st.RemoveWorker(self.sid(), address, "killed"))
         assert address not in self.state.workers
+
+    @precondition(lambda self: self.state.workers)
+    @rule(data=hst.data(), status=hst.sampled_from(["running", "paused", "closing_gracefully"]), by_us=hst.booleans())
+    def worker_status(self, data: hst.DataObject, status: str, by_us: bool) -> None:
+        """A worker pauses or resumes (short of memory), or the scheduler retires it or changes its mind."""
+        address = data.draw(hst.sampled_from(sorted(self.state.workers)), label="worker")
+        before = self.state.workers[address].status
+        self.handle(st.WorkerStatusChange(self.sid(), address, status, by_scheduler=by_us))
+        after = self.state.workers[address].status
+        assert after == (before if before == "closing_gracefully" and not by_us else status)
+
+    @rule()
+    def reduce_replicas(self) -> None:
+        """The active memory manager drops the copies nobody needs; a stale suggestion changes nothing."""
+        drops = amm.reduce_replicas(self.state)
+        self.handle(st.DropReplicas(self.sid(), tuple(drops)))
+        for key, node, _ in drops:
+            assert node not in (self.state.tasks[key].replicas or {}), (key, node)
+        _, worker_msgs = self.handle(st.DropReplicas(self.sid(), tuple(drops)))
+        assert not worker_msgs
 
     @precondition(lambda self: self.all_nodes)
     @rule(data=hst.data())
@@ -565,6 +592,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Finish every processing task, round after round, until none is left."""
         s = self.state
         assert s.workers
+        for address in sorted(s.workers):  # paused and retiring workers take tasks again
+            self.handle(st.WorkerStatusChange(self.sid(), address, "running", by_scheduler=True))
         for _ in range(len(s.tasks) + 2):
             keys = self.processing_keys()
             if not keys:

@@ -58,6 +58,7 @@ def init(
     num_workers: int | None = None,
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
+    memory_limit: str | int | float | None = None,
     ignore_reinit_error: bool = False,
 ) -> Runtime:
     """Start a local cluster or join the one at ``address``.
@@ -65,7 +66,9 @@ def init(
     A local cluster has ``num_workers`` worker processes (default: one per CPU), each
     offering ``resources`` (abstract amounts such as ``{"GPU": 1}``) to tasks that ask, and
     a shared-memory object store of ``object_store_memory`` bytes (default: 30% of memory)
-    that spills to disk beyond that.
+    that spills to disk beyond that.  Each worker may use ``memory_limit`` of its own memory
+    (bytes, ``"2GB"``, a fraction of the machine's, 0 for none; default: the machine's memory
+    shared out): at 60% it spills, at 80% it pauses, at 95% its node agent restarts it.
     """
     global _current
     with _lock:
@@ -74,14 +77,16 @@ def init(
                 return _current
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         if address is not None:
-            if num_workers is not None or resources is not None or object_store_memory is not None:
+            if num_workers is not None or resources is not None or object_store_memory is not None or memory_limit:
                 raise ValueError(
-                    "num_workers, resources and object_store_memory apply to a local cluster, "
+                    "num_workers, resources, object_store_memory and memory_limit apply to a local cluster, "
                     "not when joining an address"
                 )
             _current = Runtime(Client(address), None)
         else:
-            cluster = LocalCluster(num_workers, resources=resources, object_store_memory=object_store_memory)
+            cluster = LocalCluster(
+                num_workers, resources=resources, object_store_memory=object_store_memory, memory_limit=memory_limit
+            )
             try:
                 client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
             except BaseException:

@@ -276,6 +276,23 @@ class Client:
                 raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
             time.sleep(0.02)
 
+    def retire_workers(
+        self, workers: Sequence[str] = (), *, nodes: Sequence[str] = (), timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Retire ``workers`` (addresses) and whole ``nodes`` gracefully; returns what went.
+
+        They get no new tasks, finish what they run, and the values only a leaving node's
+        store holds are first copied to a node that stays: nothing stored is lost.  Raises
+        ValueError for an unknown name and TimeoutError when that takes over ``timeout`` s
+        (then nothing is stopped).
+        """
+        if isinstance(workers, str) or isinstance(nodes, str):
+            raise TypeError("retire_workers() takes lists of worker addresses and node ids, not a string")
+        result = self.request("retire-workers", timeout + 10, workers=list(workers), nodes=list(nodes), within=timeout)
+        if "error" in result:
+            raise (TimeoutError if "timed out" in result["error"] else ValueError)(result["error"])
+        return result
+
     def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
         """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -57,7 +57,16 @@ class StoreManager:
         self._last_count = 0.0
         self._dirty = True
         self._spill_error: str | None = None
+        #: bytes of this store's objects spilled to disk, at the last count
+        self.spilled = 0
+        #: a worker of the node is short of memory: spill more at the next count
+        self._relieve = False
         store.publish_capacity(prefix, 0, limit)
+
+    def relieve(self) -> None:
+        """A worker passed its spill threshold: at the next count, spill the least recently
+        used objects until the store holds LOW_WATER of what it holds now."""
+        self._relieve = True
 
     def freed(self) -> None:
         """Objects were freed: recount soon."""
@@ -66,7 +75,7 @@ class StoreManager:
     def due(self) -> bool:
         """Whether ``maintain`` has work: frees to count, writers past the high-water mark, or a
         second since the last count.  Cheap enough to ask every few milliseconds."""
-        if self._dirty or time.monotonic() - self._last_count > RECOUNT_INTERVAL:
+        if self._dirty or self._relieve or time.monotonic() - self._last_count > RECOUNT_INTERVAL:
             return True
         return store.read_capacity(self.prefix)[0] > HIGH_WATER * self.limit
 
@@ -76,13 +85,17 @@ class StoreManager:
         self._last_count = time.monotonic()
         objects = store.list_objects(self.prefix)
         self.used = sum(size for _, size, _ in objects)
-        if self.used > HIGH_WATER * self.limit:
-            self._spill(sorted(objects, key=lambda o: o[2]))
+        if self._relieve:
+            self._relieve = False
+            self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.used)
+        elif self.used > HIGH_WATER * self.limit:
+            self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.limit)
         store.publish_capacity(self.prefix, self.used, self.limit)
+        self.spilled = store.spilled_bytes(self.prefix)
 
-    def _spill(self, oldest_first: list[tuple[str, int, float]]) -> None:
+    def _spill(self, oldest_first: list[tuple[str, int, float]], target: float) -> None:
         for name, size, _ in oldest_first:
-            if self.used <= LOW_WATER * self.limit:
+            if self.used <= target:
                 break
             try:
                 store.spill(name)

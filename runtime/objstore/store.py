@@ -285,6 +285,11 @@ def forget_mapping(name: str) -> None:
     _mappings.pop(name, None)
 
 
+def forget_mappings() -> None:
+    """Let every cached mapping go (memory pressure): the next read of each maps it afresh."""
+    _mappings.clear()
+
+
 def prune_mappings() -> None:
     """Forget mappings of objects whose file is gone or replaced; cheap, call every second or so."""
     for name, (ident, _) in list(_mappings.items()):
@@ -386,6 +391,22 @@ def list_objects(prefix: str) -> list[tuple[str, int, float]]:
                     continue
                 out.append((name, st.st_size, st.st_mtime))
     return out
+
+
+def spilled_bytes(prefix: str) -> int:
+    """Bytes of the objects under ``prefix`` that are spilled to disk."""
+    total = 0
+    try:
+        with os.scandir(SPILL_DIR) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and len(entry.name) == len(prefix) + _NAME_TAIL:
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:  # read back or freed meanwhile
+                        pass
+    except OSError:  # nothing spilled yet, or no usable spill directory
+        pass
+    return total
 
 
 def _unlink(path: str) -> None:

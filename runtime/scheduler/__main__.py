@@ -11,13 +11,15 @@ import os
 import sys
 
 from runtime import config, procutil
+from runtime.scheduler import amm
 from runtime.scheduler.server import Scheduler
 
 
 async def _main(args: argparse.Namespace) -> None:
     scheduler = Scheduler(
-        validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation
-    )
+        validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation,
+        amm_interval=args.amm_interval,
+    )  # fmt: skip
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)
     await procutil.serve_until_closed(None, scheduler.close, scheduler.closed, args.watch_parent)
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         default=config.get("scheduler.worker-saturation"),
         help="root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never)",
     )
+    parser.add_argument(
+        "--amm-interval", type=float, default=float(os.environ.get("RUNTIME_AMM_INTERVAL", amm.INTERVAL)),
+        help="seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     procutil.run_process("scheduler", _main(args))
     sys.exit(0)

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 
 TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
 ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
+WorkerStatus = Literal["running", "paused", "closing_gracefully"]
 #: recommendations: key -> the state it should move to next
 Recs = dict[str, TaskStateState]
 #: messages to send: client id, worker address or node id -> wire-ready messages
@@ -123,7 +124,7 @@ class TaskState:
 class WorkerState:
     __slots__ = (
         "address", "node", "host", "nthreads", "pid", "resources", "memory_limit",
-        "processing", "has_what", "occupancy", "nbytes", "slots",
+        "processing", "has_what", "occupancy", "nbytes", "slots", "status", "memory", "memory_rss",
     )  # fmt: skip
 
     def __init__(
@@ -152,6 +153,13 @@ class WorkerState:
         self.nbytes = 0
         #: how many tasks it may run or hold ready before it counts as saturated
         self.slots = math.inf if saturation == math.inf else max(1, math.ceil(saturation * nthreads))
+        #: "running" takes new tasks; "paused" (short of memory) and "closing_gracefully"
+        #: (being retired) do not, though they finish what they have
+        self.status: WorkerStatus = "running"
+        #: its own memory (resident, not shared with the store) at its last heartbeat, bytes
+        self.memory = 0
+        #: its resident set at its last heartbeat (includes mapped store pages), bytes
+        self.memory_rss = 0
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} node={self.node} processing={len(self.processing)}>"
@@ -170,7 +178,7 @@ class ClientState:
 
 
 class NodeState:
-    __slots__ = ("node", "address", "workers", "stored", "replicas")
+    __slots__ = ("node", "address", "workers", "stored", "replicas", "store_used", "store_spilled", "store_limit")
 
     def __init__(self, node: str, address: str = ""):
         self.node = node
@@ -182,6 +190,10 @@ class NodeState:
         self.stored: set[TaskState] = set()
         #: tasks of which this store holds a copy fetched from another node
         self.replicas: set[TaskState] = set()
+        #: its store's bytes in shared memory, spilled to disk, and limit, at its last heartbeat
+        self.store_used = 0
+        self.store_spilled = 0
+        self.store_limit = 0
 
 
 class HeapSet:

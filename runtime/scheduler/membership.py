@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.entities import Recs, WorkerState
+from runtime.scheduler.amm import needed_on
+from runtime.scheduler.entities import Recs, WorkerState, WorkerStatus
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -32,9 +33,51 @@ def add_worker(self: SchedulerState, s: st.AddWorker) -> Recs:
     self.total_nthreads += ws.nthreads
     ns.workers.add(ws)
     self.idle[ws] = None
+    return _try_unrunnable(self)
+
+
+def _try_unrunnable(self: SchedulerState) -> Recs:
+    """A worker became able to take tasks: the unrunnable ones try again."""
     # Highest priority first: recommendations are popped last-in first-out.
     ready = sorted(self.unrunnable, key=lambda ts: ts.priority, reverse=True)
     return {ts.key: "processing" for ts in ready}
+
+
+def worker_heartbeat(self: SchedulerState, s: st.WorkerHeartbeat) -> Recs:
+    ws = self.workers.get(s.address)
+    if ws is not None:
+        ws.memory, ws.memory_rss = s.memory, s.rss or ws.memory_rss
+    return {}
+
+
+STATUSES: frozenset[str] = frozenset(("running", "paused", "closing_gracefully"))
+
+
+def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs:
+    """Paused and retiring workers get no new tasks; one running again fills its free slots."""
+    ws = self.workers.get(s.address)
+    if ws is None or s.status not in STATUSES or s.status == ws.status:
+        return {}
+    if ws.status == "closing_gracefully" and not s.by_scheduler:
+        return {}  # a worker being retired stays so: its pausing or resuming changes nothing
+    if s.memory:
+        ws.memory = s.memory
+    status: WorkerStatus = s.status  # type: ignore[assignment]
+    ws.status = status
+    self._worker_list = None
+    if status != "running":
+        self.idle.pop(ws, None)
+        return {}
+    if len(ws.processing) < ws.slots:
+        self.idle[ws] = None  # queued tasks come once the stimulus settles (_fill_free_slots)
+    return _try_unrunnable(self)
+
+
+def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat) -> Recs:
+    ns = self.nodes.get(s.node)
+    if ns is not None:
+        ns.store_used, ns.store_spilled, ns.store_limit = s.used, s.spilled, s.limit
+    return {}
 
 
 def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
@@ -140,3 +183,30 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     ts.replicas[s.node] = s.name
     ns.replicas.add(ts)
     return {}
+
+
+def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
+    """Free copies the active memory manager found unneeded, if they still are."""
+    for key, node, name in s.replicas:
+        ts = self.tasks.get(key)
+        ns = self.nodes.get(node)
+        if ts is None or ns is None or not ts.replicas or ts.replicas.get(node) != name or needed_on(ts, node):
+            continue
+        del ts.replicas[node]
+        ns.replicas.discard(ts)
+        self._to_worker(node, {"op": "free-objects", "names": [name]})
+    return {}
+
+
+#: stimulus type -> its handler, for the state's handler table
+HANDLERS = {
+    st.AddReplica: add_replica,
+    st.DropReplicas: drop_replicas,
+    st.AddWorker: add_worker,
+    st.RemoveWorker: remove_worker,
+    st.AddNode: add_node,
+    st.RemoveNode: remove_node,
+    st.WorkerHeartbeat: worker_heartbeat,
+    st.WorkerStatusChange: worker_status_change,
+    st.NodeHeartbeat: node_heartbeat,
+}

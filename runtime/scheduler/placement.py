@@ -1,6 +1,7 @@
 """Which worker runs a task, and which workers can be closed: the specification's policies.
 
-Pure functions of the scheduler's state; none walks the graph.
+Pure functions of the scheduler's state; none walks the graph.  Only workers whose status
+is "running" get new tasks: paused (short of memory) and retiring ones are passed over.
 
 * ``valid_workers``: the workers that meet a task's restrictions (None: any worker).
 * ``decide_worker``: for a task with dependencies in a node store, the worker with the least
@@ -11,10 +12,12 @@ Pure functions of the scheduler's state; none walks the graph.
   wait in ``queued`` on the scheduler until a worker has a free slot, so wide graphs do not
   flood workers with tasks they cannot run yet.
 * ``workers_to_close``: idle workers holding little data, while enough memory remains.
+* ``adaptive_target``: how many workers the load calls for, for adaptive scaling.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -40,6 +43,7 @@ def valid_workers(s: SchedulerState, ts: TaskState) -> set[WorkerState] | None:
         pool: Iterable[WorkerState] = s.workers.values() if ok is None else ok
         ok = {ws for ws in pool if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())}
     assert ok is not None
+    ok = {ws for ws in ok if ws.status == "running"}
     if not ok and ts.loose_restrictions:
         return None
     return ok
@@ -66,7 +70,7 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
             for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
                 ns = s.nodes.get(node)
                 if ns is not None:
-                    holders |= ns.workers
+                    holders |= {ws for ws in ns.workers if ws.status == "running"}
     if valid is not None:
         holders &= valid
     # The least busy worker anywhere competes with the holders: when they are busy enough,
@@ -87,10 +91,10 @@ def _least_busy(s: SchedulerState) -> WorkerState | None:
     """An unsaturated worker with the least load, else the next worker in turn: O(idle)."""
     if s.idle:
         return min(s.idle, key=_load)
-    if not s.workers:
+    pool = s.worker_list()
+    if not pool:
         return None
     s.round_robin += 1
-    pool = s.worker_list()
     return pool[s.round_robin % len(pool)]
 
 
@@ -121,7 +125,8 @@ def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | Non
     limit = sum(ws.memory_limit for ws in s.workers.values())
     remaining = len(s.workers)
     to_close = []
-    for ws in sorted((ws for ws in s.workers.values() if not ws.processing), key=lambda ws: (ws.nbytes, ws.address)):
+    idle = (ws for ws in s.workers.values() if not ws.processing and ws.status != "closing_gracefully")
+    for ws in sorted(idle, key=lambda ws: (ws.nbytes, ws.address)):
         if n is not None:
             if remaining <= n:
                 break
@@ -131,3 +136,27 @@ def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | Non
         limit -= ws.memory_limit
         remaining -= 1
     return to_close
+
+
+def adaptive_target(s: SchedulerState, target_duration: float = 5.0) -> int:
+    """How many workers the cluster wants now (Dask's ``adaptive_target``).
+
+    Enough that the expected work (running, queued and waiting-for-a-worker tasks, by their
+    prefix's average duration) takes about ``target_duration`` seconds, but no more workers
+    than there are tasks for their threads.  Below the current count, only the workers
+    ``workers_to_close`` would let go are given up.
+    """
+    from runtime.scheduler.state import UNKNOWN_TASK_DURATION
+
+    threads = s.total_nthreads / len(s.workers) if s.workers else 1.0
+    waiting = [*s.queued.topk(100), *list(s.unrunnable)[:100]]
+    n_waiting = len(s.queued) + len(s.unrunnable)
+    per_task = sum(s.task_durations.get(ts.prefix, UNKNOWN_TASK_DURATION) for ts in waiting) / max(1, len(waiting))
+    occupancy = sum(ws.occupancy for ws in s.workers.values()) + per_task * n_waiting
+    tasks = n_waiting + sum(len(ws.processing) for ws in s.workers.values())
+    cpu = min(math.ceil(occupancy / target_duration / threads), math.ceil(tasks / threads))
+    if tasks:
+        cpu = max(cpu, 1)
+    if cpu >= len(s.workers):
+        return cpu
+    return max(cpu, len(s.workers) - len(workers_to_close(s)))

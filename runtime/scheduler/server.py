@@ -26,8 +26,8 @@ from typing import Any
 
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
+from runtime.scheduler import amm, placement, retire, sampler, wirecheck
 from runtime.scheduler import stimuli as st
-from runtime.scheduler import wirecheck
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
@@ -60,6 +60,10 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
     "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
     "add-replica": lambda m, peer, sid: st.AddReplica(sid, m["key"], m["node"], m["name"], m["source"]),
     "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
+    "worker-heartbeat": lambda m, peer, sid: st.WorkerHeartbeat(sid, peer, m["memory"], m.get("rss", 0)),
+    "worker-status": lambda m, peer, sid: st.WorkerStatusChange(sid, peer, m["status"], m.get("memory", 0)),
+    # a node agent's: it is alive (liveness, answered below) and how full its store is
+    "heartbeat": lambda m, peer, sid: st.NodeHeartbeat(sid, peer, m["used"], m["spilled"], m["limit"]),
 }
 
 #: what a malformed message raises while its stimulus is built or checked
@@ -74,8 +78,9 @@ class Scheduler:
     """Holds a ``SchedulerState`` and performs what it returns."""
 
     def __init__(
-        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION
-    ):
+        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
+        amm_interval: float = amm.INTERVAL,
+    ):  # fmt: skip
         self.state = SchedulerState(
             validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation
         )
@@ -93,7 +98,15 @@ class Scheduler:
         self.heartbeat_interval, heartbeat_timeout = heartbeat_settings()
         #: when each node agent was last heard from
         self.liveness = Liveness(heartbeat_timeout, self.heartbeat_interval)
-        self._reaper: asyncio.Future | None = None
+        #: seconds between runs of the active memory manager (0: off)
+        self.amm_interval = amm_interval
+        #: nodes being retired: the active memory manager keeps the copies of their values
+        self.retiring_nodes: set[str] = set()
+        #: workers stopped on purpose: their connection closing is no death
+        self.retired: set[str] = set()
+        #: memory samplings running for clients, by id
+        self.samplings: dict[str, sampler.Sampling] = {}
+        self._background: list[asyncio.Task] = []
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
@@ -101,13 +114,27 @@ class Scheduler:
 
     async def start(self, address: str) -> str:
         self._server, self.address = await listen(address, self._handle_comm)
-        self._reaper = asyncio.ensure_future(self._remove_silent_nodes())
+        self._background.append(asyncio.ensure_future(self._remove_silent_nodes()))
         logger.info("scheduler listening at %s", self.address)
+        if self.amm_interval > 0:
+            self._background.append(asyncio.ensure_future(self._run_amm()))
         return self.address
 
+    async def _run_amm(self) -> None:
+        """The active memory manager's ReduceReplicas, every ``amm_interval`` seconds."""
+        while True:
+            await asyncio.sleep(self.amm_interval)
+            drops = amm.reduce_replicas(self.state, frozenset(self.retiring_nodes))
+            if drops:
+                logger.info("active memory manager: dropping %d copies nobody needs", len(drops))
+                self.handle_stimulus(st.DropReplicas(f"amm-{next(self._ids)}", tuple(drops)))
+
+    def send_to(self, peer: str, msg: dict) -> None:
+        self._send({peer: [msg]})
+
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (*self._background, *(s._task for s in self.samplings.values())):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for comm in list(self.comms.values()):
@@ -231,6 +258,10 @@ class Scheduler:
         """A worker's connection closed.  Remove it with what its node agent reports (cause:
         exit code, signal, last log lines; the tasks it was executing) if that comes within
         DEATH_REPORT_GRACE seconds, else with what we know."""
+        if address in self.retired:
+            self.retired.discard(address)
+            self._remove_worker(address, "retired")
+            return
         report = self._death_reports.pop(address, None)
         if report is not None:
             self._remove_worker(address, *report)
@@ -257,16 +288,16 @@ class Scheduler:
         for msg in msgs:
             op = msg["op"]
             try:
+                if op == "heartbeat":
+                    self.liveness.seen(peer, asyncio.get_running_loop().time())
+                    comm.send({"op": "heartbeat-ack"})
                 make = _STIMULI.get(op)
                 if make is not None:
                     stimulus = make(msg, peer, f"{op}-{next(ids)}")
                     wirecheck.check(stimulus)
                     self.handle_stimulus(stimulus)
-                elif op == "heartbeat":
-                    self.liveness.seen(peer, asyncio.get_running_loop().time())
-                    comm.send({"op": "heartbeat-ack"})
                 elif op == "request":
-                    self._reply(comm, msg["reqid"], self._query(msg, peer))
+                    self._reply(comm, msg["reqid"], self._ask(msg, peer))
                 elif op == "actor-started":
                     self.actors.started(msg)
                 elif op == "worker-died":
@@ -281,14 +312,23 @@ class Scheduler:
 
     @staticmethod
     def _reply(comm: Comm, reqid: int, result: Any) -> None:
-        """Answer a request now, or when ``result`` (an asyncio future) is done."""
+        """Answer a request now, or when ``result`` (a coroutine or asyncio future) is done."""
+        if asyncio.iscoroutine(result):
+            result = asyncio.ensure_future(result)
         if isinstance(result, asyncio.Future):
-            result.add_done_callback(lambda f: comm.send({"op": "reply", "reqid": reqid, "result": f.result()}))
+            result.add_done_callback(lambda f: comm.send({"op": "reply", "reqid": reqid, "result": _outcome(f)}))
         else:
             comm.send({"op": "reply", "reqid": reqid, "result": result})
 
+    def _ask(self, msg: dict, peer: str) -> Any:
+        try:
+            return self._query(msg, peer)
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": f"bad request {msg.get('what')!r}: {type(e).__name__}: {e}"}
+
     def _query(self, msg: dict, peer: str) -> Any:
         what = msg["what"]
+        state = self.state
         if what == "register-actor":
             return self.actors.register(msg, peer)
         if what == "actor-location":
@@ -298,13 +338,42 @@ class Scheduler:
         if what == "kill-actor":
             return self.actors.kill(msg["actor"], msg.get("no_restart", True))
         if what == "identity":
+            memory = sampler.snapshot(state)
             return {
                 "address": self.address,
-                "nodes": self.node_info,
+                "nodes": {n: {**info, "store": memory.get(n, [0, 0, 0])[1:]} for n, info in self.node_info.items()},
                 "workers": {
-                    a: {"node": w.node, "nthreads": w.nthreads, "pid": w.pid} for a, w in self.state.workers.items()
-                },
+                    a: {
+                        "node": w.node,
+                        "nthreads": w.nthreads,
+                        "pid": w.pid,
+                        "status": w.status,
+                        "memory": w.memory,
+                        "memory_limit": w.memory_limit,
+                    }
+                    for a, w in state.workers.items()
+                },  # fmt: skip
             }
+        if what == "retire-workers":
+            return retire.retire(self, list(msg.get("workers") or ()), list(msg.get("nodes") or ()), msg["within"])
+        if what == "start-workers":
+            if msg["node"] not in self.node_info:
+                return {"error": f"no such node: {msg['node']}"}
+            self.send_to(msg["node"], {"op": "start-workers", "n": int(msg["n"])})
+            return {}
+        if what == "workers-to-close":
+            return state.workers_to_close(n=msg.get("n"))
+        if what == "adaptive-target":
+            return placement.adaptive_target(state, msg.get("target_duration", 5.0))
+        if what == "memory":
+            return sampler.snapshot(state)
+        if what == "memory-sampling-start":
+            sid = f"sampling-{next(self._ids)}"
+            self.samplings[sid] = sampler.Sampling(state, float(msg.get("interval", 0.5)))
+            return sid
+        if what == "memory-sampling-stop":
+            sampling = self.samplings.pop(msg["id"], None)
+            return sampling.stop() if sampling is not None else {"error": f"no memory sampling {msg['id']!r}"}
         if what == "story":
             return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
         if what == "status":
@@ -312,3 +381,13 @@ class Scheduler:
         if what == "task-states":
             return {k: ts.state for k, ts in self.state.tasks.items()}
         return {"error": f"unknown query {what!r}"}
+
+
+def _outcome(f: asyncio.Future) -> Any:
+    """What a request that waited answers: its result, or the error, which the asker gets."""
+    if f.cancelled():
+        return {"error": "the scheduler is closing"}
+    if f.exception() is not None:
+        logger.error("a request failed: %s: %s", type(f.exception()).__name__, f.exception())
+        return {"error": f"{type(f.exception()).__name__}: {f.exception()}"}
+    return f.result()

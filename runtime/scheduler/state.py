@@ -125,11 +125,7 @@ class SchedulerState:
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
             st.MissingData: self.stimulus_missing_data,
-            st.AddReplica: partial(membership.add_replica, self),
-            st.AddWorker: partial(membership.add_worker, self),
-            st.RemoveWorker: partial(membership.remove_worker, self),
-            st.AddNode: partial(membership.add_node, self),
-            st.RemoveNode: partial(membership.remove_node, self),
+            **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
             st.AddClient: self.stimulus_add_client,
             st.RemoveClient: self.stimulus_remove_client,
             st.ClientReleasesKeys: self.stimulus_client_releases_keys,
@@ -165,8 +161,9 @@ class SchedulerState:
             self._to_client(cs.client_key, msg)
 
     def worker_list(self) -> list[WorkerState]:
+        """The workers that take new tasks (not paused, not retiring)."""
         if self._worker_list is None:
-            self._worker_list = list(self.workers.values())
+            self._worker_list = [ws for ws in self.workers.values() if ws.status == "running"]
         return self._worker_list
 
     # ------------------------------------------------------------------ transitions
@@ -298,7 +295,7 @@ class SchedulerState:
         ws.occupancy = max(ws.occupancy - ws.processing.pop(ts), 0.0)
         if not ws.processing:
             ws.occupancy = 0.0  # no float drift when it is idle
-        if ws.address in self.workers and len(ws.processing) < ws.slots:
+        if ws.address in self.workers and len(ws.processing) < ws.slots and ws.status == "running":
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
 
@@ -614,6 +611,7 @@ class SchedulerState:
         ts.data = [node, ts.nbytes, name]
         self.nodes[node].replicas.discard(ts)
         self.nodes[node].stored.add(ts)
+        self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
 
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""

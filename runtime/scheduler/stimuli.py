@@ -114,6 +114,15 @@ class AddReplica(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class DropReplicas(Stimulus):
+    """The active memory manager found copies nobody needs: free them (each checked again)."""
+
+    op: ClassVar[str] = "drop-replicas"
+    #: (key, node, name of the copy in that node's store)
+    replicas: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AddWorker(Stimulus):
     op: ClassVar[str] = "add-worker"
     address: str
@@ -134,6 +143,41 @@ class RemoveWorker(Stimulus):
     cause: str = "connection closed"
     #: the tasks it was executing when it died, when known: only they are suspicious
     executing: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(Stimulus):
+    """A worker's periodic report of its memory."""
+
+    op: ClassVar[str] = "worker-heartbeat"
+    address: str
+    #: its own memory (resident, not shared) and its resident set, in bytes
+    memory: int
+    rss: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatusChange(Stimulus):
+    """A worker paused (short of memory) or runs again; or the scheduler retires it."""
+
+    op: ClassVar[str] = "worker-status"
+    address: str
+    #: "running", "paused" or "closing_gracefully"
+    status: str
+    memory: int = 0
+    #: the scheduler itself (retiring): only it takes a worker out of closing_gracefully
+    by_scheduler: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHeartbeat(Stimulus):
+    """A node agent's periodic report of its store: bytes in shared memory, spilled, and its limit."""
+
+    op: ClassVar[str] = "heartbeat"
+    node: str
+    used: int
+    spilled: int
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,7 @@ def validate_state(s: SchedulerState) -> None:
         total = sum(ws.processing.values())
         if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
             raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
-        if (ws in s.idle) != (len(ws.processing) < ws.slots):
+        if (ws in s.idle) != (len(ws.processing) < ws.slots and ws.status == "running"):
             raise InvariantError(f"worker {ws.address}: in idle is {ws in s.idle} with {len(ws.processing)} tasks")
     if s.queued and s.idle:
         raise InvariantError(f"{len(s.queued)} tasks queued while {len(s.idle)} workers have free slots")

@@ -7,6 +7,7 @@ import json
 import os
 
 from runtime import procutil
+from runtime.worker import memory
 from runtime.worker.worker import Worker
 
 
@@ -14,6 +15,7 @@ async def _main(args: argparse.Namespace) -> None:
     worker = Worker(
         args.scheduler, args.node, args.prefix, f"{args.name}-{os.getpid()}", args.nthreads,
         json.loads(args.resources), args.memory_limit, args.agent, args.running_file,
+        memory.Thresholds.from_args(args.memory_spill_fraction, args.memory_pause_fraction, None),
     )  # fmt: skip
     await procutil.serve_until_closed(worker.run(), worker.stop, worker.closed, args.watch_parent)
 
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--running-file", default="", help="where to note the tasks it executes, for its agent")
     parser.add_argument("--resources", default="{}", help='abstract resources as JSON, e.g. {"GPU": 1}')
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes (0: unknown)")
+    for name in ("spill", "pause"):
+        parser.add_argument(f"--memory-{name}-fraction", type=float, default=None, help="0: off")
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     procutil.run_process("worker", _main(args))

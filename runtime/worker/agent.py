@@ -2,16 +2,22 @@
 
 It starts ``num_workers`` worker processes, restarts one that dies (with backoff), frees
 store objects when the scheduler says they are released, and on the way out stops its
-workers and removes every object of its store.  It leaves when its parent's pipe closes
-(the driver of an embedded cluster is gone, even by SIGKILL), when the scheduler goes
-away, or on SIGTERM.
+workers and removes every object of its store.  As each worker's nanny it watches the
+worker's memory (``memory.py``): past the spill threshold it spills the store, past the
+terminate threshold it kills the worker and reports "memory limit reached".  On the
+scheduler's request it starts more workers, stops given ones (``stop-workers``: retired, not
+restarted) and copies objects from other nodes into its store (``acquire-replicas``: a node
+being retired hands its unique data on).
 
 Liveness runs both ways over the one connection to the scheduler: every
-``heartbeat_interval`` seconds the agent sends ``heartbeat`` and the scheduler answers
-``heartbeat-ack``.  A scheduler that hears nothing from an agent for ``heartbeat_timeout``
-seconds removes its node (``scheduler/liveness.py``); an agent that hears nothing from the
-scheduler for as long stops, with its workers, instead of waiting forever on a frozen or
-unreachable scheduler.
+``heartbeat_interval`` seconds the agent sends ``heartbeat`` (with its store's figures) and
+the scheduler answers ``heartbeat-ack``.  A scheduler that hears nothing from an agent for
+``heartbeat_timeout`` seconds removes its node (``scheduler/liveness.py``); an agent that
+hears nothing from the scheduler for as long stops, with its workers, instead of waiting
+forever on a frozen or unreachable scheduler.
+
+It leaves when its parent's pipe closes (the driver of an embedded cluster is gone, even by
+SIGKILL), when the scheduler goes away, or on SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, store_limit
 from runtime.objstore.transfer import ObjectServer
 from runtime.scheduler.liveness import heartbeat_settings
+from runtime.worker import memory
 from runtime.worker.running import read_running
 
 logger = logging.getLogger("runtime.agent")
@@ -67,7 +74,8 @@ class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
-        host: str = "127.0.0.1", threads_per_worker: int = 1, memory_limit: int | None = None,
+        host: str = "127.0.0.1", threads_per_worker: int = 1, memory_limit: str | int | float | None = None,
+        thresholds: memory.Thresholds | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
@@ -78,9 +86,10 @@ class NodeAgent:
         self.log_dir = log_dir
         #: abstract resources each worker offers
         self.resources = resources or {}
-        #: bytes each worker may use: the limit given for the node, or its memory, shared out
-        total = memory_limit or psutil.virtual_memory().total
-        self.memory_limit = total // max(1, num_workers)
+        #: bytes of its own memory each worker may use (default: its share of the machine's)
+        self.memory_limit = memory.memory_limit(memory_limit, num_workers)
+        #: fractions of that limit at which workers spill, pause and are restarted
+        self.thresholds = thresholds or memory.Thresholds.from_args()
         #: keeps the node's store under its limit by spilling
         self.store = StoreManager(prefix, store_limit(object_store_memory))
         #: seconds between heartbeats, and of silence before the scheduler counts as gone
@@ -93,6 +102,12 @@ class NodeAgent:
         self._server: asyncio.AbstractServer | None = None
         self.comm: Comm | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        #: the task keeping each worker slot running, by index
+        self._supervisors: dict[int, asyncio.Task] = {}
+        #: slots being retired: their worker is stopped, not restarted
+        self._retiring: set[int] = set()
+        #: why the nanny killed a worker (memory), by slot
+        self._kill_causes: dict[int, str] = {}
         self._stopping = False
         #: the store recount running in a thread, if any
         self._maintaining: asyncio.Future | None = None
@@ -127,9 +142,10 @@ class NodeAgent:
                 "memory_limit": self.memory_limit * self.num_workers,
             }
         )
-        supervisors = [asyncio.ensure_future(self._supervise(i)) for i in range(self.num_workers)]
-        supervisors.append(asyncio.ensure_future(self._maintain_store()))
-        supervisors.append(asyncio.ensure_future(self._heartbeat()))
+        self.start_workers(self.num_workers)
+        background = [
+            asyncio.ensure_future(c) for c in (self._maintain_store(), self._watch_memory(), self._heartbeat())
+        ]
         try:
             while True:
                 try:
@@ -147,6 +163,12 @@ class NodeAgent:
                         for name in msg["names"]:
                             store.free(name)
                         self.store.freed()
+                    elif op == "start-workers":
+                        self.start_workers(msg["n"])
+                    elif op == "stop-workers":
+                        self.stop_workers(msg["addresses"])
+                    elif op == "acquire-replicas":
+                        asyncio.ensure_future(self._acquire(msg["objects"]))
                     elif op == "close":
                         return
                     elif op not in ("registered", "heartbeat-ack"):
@@ -154,15 +176,73 @@ class NodeAgent:
         except ConnectionError:
             logger.info("scheduler connection closed; node agent %s stops", self.node)
         finally:
-            for s in supervisors:
-                s.cancel()
+            for task in (*background, *self._supervisors.values()):
+                task.cancel()
             await self.stop()
 
     async def _heartbeat(self) -> None:
-        """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive."""
+        """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive, and
+        how full its store is."""
         while not self._stopping and self.comm is not None:
-            self.comm.send({"op": "heartbeat", "node": self.node})
+            used, spilled, limit = self.store.used, self.store.spilled, self.store.limit
+            self.comm.send({"op": "heartbeat", "node": self.node, "used": used, "spilled": spilled, "limit": limit})
             await asyncio.sleep(self.heartbeat_interval)
+
+    def start_workers(self, n: int) -> None:
+        """Start ``n`` more worker slots, each kept running by its own supervisor."""
+        index = max(self._supervisors, default=-1) + 1
+        for i in range(index, index + n):
+            self._supervisors[i] = asyncio.ensure_future(self._supervise(i))
+
+    def stop_workers(self, addresses: list[str]) -> None:
+        """Retire these workers: stop each (SIGTERM: it finishes its loop) and do not restart it."""
+        wanted = set(addresses)
+        for index, proc in self.procs.items():
+            if self._address(index, proc.pid) in wanted and proc.returncode is None:
+                self._retiring.add(index)
+                proc.terminate()
+
+    def _address(self, index: int, pid: int) -> str:
+        return f"{self.node}/w{index}-{pid}"
+
+    async def _acquire(self, objects: list[list]) -> None:
+        """Copy ``[key, [node, nbytes, name], source agent]`` objects here and tell the scheduler."""
+        for key, located, source in objects:
+            try:
+                name = await asyncio.wait_for(self.objects.fetch(located[2], source), 120)
+            except Exception as e:
+                logger.error("could not copy %s from node %s: %s: %s", key, located[0], type(e).__name__, e)
+                continue
+            if self.comm is not None:
+                self.comm.send({"op": "add-replica", "key": key, "node": self.node, "name": name, "source": located})
+
+    async def _watch_memory(self) -> None:
+        """The nanny's watch: spill the store when a worker passes the spill threshold, kill
+        (and so restart) one that passes the terminate threshold, and report the store's figures."""
+        limit, th = self.memory_limit, self.thresholds
+        watched: dict[int, psutil.Process] = {}
+        spilling: set[int] = set()
+        while not self._stopping:
+            for index, proc in list(self.procs.items()):
+                try:
+                    p = watched.get(index)
+                    if p is None or p.pid != proc.pid:
+                        p = watched[index] = psutil.Process(proc.pid)
+                    own, _ = memory.process_memory(p)
+                except psutil.Error:  # it just exited: its supervisor sees to it
+                    continue
+                if memory.over(own, limit, th.terminate) and proc.returncode is None and index not in self._kill_causes:
+                    cause = f"memory limit reached: {memory.format_bytes(own)} of {memory.format_bytes(limit)}"
+                    logger.warning("worker %d (pid %d): %s; killing it", index, proc.pid, cause)
+                    self._kill_causes[index] = cause
+                    proc.kill()
+                elif memory.over(own, limit, th.spill):
+                    if index not in spilling:  # once per crossing, not every sample
+                        spilling.add(index)
+                        self.store.relieve()
+                else:
+                    spilling.discard(index)
+            await asyncio.sleep(memory.MONITOR_INTERVAL)
 
     async def _maintain_store(self) -> None:
         """Every few milliseconds: recount the store when needed and spill (in a thread: disk I/O)."""
@@ -188,7 +268,7 @@ class NodeAgent:
                     "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
                     "--agent", self.address, "--running-file", running_file,
                     "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
-                    "--nthreads", str(self.threads_per_worker),
+                    "--nthreads", str(self.threads_per_worker), *self.thresholds.to_args()[:4],
                     "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
                 )  # fmt: skip
             finally:
@@ -197,15 +277,18 @@ class NodeAgent:
             started = asyncio.get_running_loop().time()
             code = await proc.wait()
             self.procs.pop(index, None)
-            if self._stopping:
+            if self._stopping or index in self._retiring:
+                self._retiring.discard(index)
+                self._supervisors.pop(index, None)
+                logger.info("worker %d (pid %d) retired: %s", index, proc.pid, procutil.describe_exit(code))
                 return
-            cause = procutil.describe_exit(code)
+            cause = self._kill_causes.pop(index, None) or procutil.describe_exit(code)
             logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, cause)
             tail = _last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
             if tail:
                 cause += "; its log ended with:\n" + "\n".join(f"    {line}" for line in tail)
             if self.comm is not None:  # the scheduler names the cause, and blames only what was running
-                address = f"{self.node}/w{index}-{proc.pid}"
+                address = self._address(index, proc.pid)
                 executing = read_running(running_file)
                 self.comm.send({"op": "worker-died", "address": address, "cause": cause, "executing": executing})
             lived = asyncio.get_running_loop().time() - started
@@ -244,6 +327,9 @@ async def _main(args: argparse.Namespace) -> None:
         args.scheduler, args.node or default_node_id(), args.prefix or store.make_prefix(), args.num_workers,
         args.log_dir, json.loads(args.resources), args.object_store_memory, args.host, args.threads_per_worker,
         args.memory_limit,
+        thresholds=memory.Thresholds.from_args(
+            args.memory_spill_fraction, args.memory_pause_fraction, args.memory_terminate_fraction
+        ),
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
@@ -255,7 +341,6 @@ def main() -> None:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--num-workers", type=int, default=config.get("num-workers") or os.cpu_count() or 1)
     parser.add_argument("--threads-per-worker", type=int, default=1)
-    parser.add_argument("--memory-limit", type=int, default=0, help="bytes for all workers of this node (0: all)")
     parser.add_argument("--host", default="127.0.0.1", help="interface the object server listens on")
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--resources", default="{}", help="abstract resources of each worker, as JSON")
@@ -263,6 +348,16 @@ def main() -> None:
         "--object-store-memory", type=int, default=config.get("store.memory"),
         help="bytes of shared memory for the node's object store (default: 30%% of memory)",
     )  # fmt: skip
+    parser.add_argument(
+        "--memory-limit", default=os.environ.get("RUNTIME_MEMORY_LIMIT") or None,
+        help="each worker's memory limit: bytes ('2GB'), a fraction of this machine's memory, 0 for none "
+        "(default: the machine's memory shared out between the workers)",
+    )  # fmt: skip
+    for name in ("spill", "pause", "terminate"):
+        parser.add_argument(
+            f"--memory-{name}-fraction", type=float, default=None,
+            help=f"fraction of the memory limit at which a worker {name}s (default {memory.DEFAULTS[name]}; 0: never)",
+        )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     procutil.run_process("agent", _main(args))

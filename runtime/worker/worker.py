@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+import psutil
+
 from runtime.api.context import set_worker_context
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
@@ -32,6 +34,7 @@ from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
+from runtime.worker import memory
 from runtime.worker.actors import ActorHost, set_worker
 from runtime.worker.running import RunningBoard
 
@@ -42,7 +45,7 @@ class Worker:
     def __init__(
         self, scheduler: str, node: str, prefix: str, name: str, nthreads: int = 1,
         resources: dict[str, float] | None = None, memory_limit: int = 0, agent: str = "",
-        running_file: str = "",
+        running_file: str = "", thresholds: memory.Thresholds | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         #: the node (agent and store) this worker belongs to
@@ -56,7 +59,14 @@ class Worker:
         #: "CPU" is its thread count unless declared (tasks with num_cpus > 1 ask for it)
         self.resources = {"CPU": float(nthreads), **(resources or {})}
         self._available = dict(self.resources)
+        #: bytes of its own memory it may use (0: no limit), and what it does at which fraction
         self.memory_limit = memory_limit
+        self.thresholds = thresholds or memory.Thresholds.from_args()
+        #: "running", or "paused" while over the pause threshold: it starts no new task
+        self.status = "running"
+        #: its own memory (resident, not shared) and resident set at the last sample, in bytes
+        self.memory = 0
+        self.memory_rss = 0
         #: this node's agent, which fetches objects stored on other nodes
         self.agent = agent
         #: where it notes the tasks it is executing, for its agent to read if it dies
@@ -97,6 +107,7 @@ class Worker:
         for i in range(self.nthreads):
             threading.Thread(target=self._executor, args=(i,), name=f"executor-{i}", daemon=True).start()
         asyncio.ensure_future(store.prune_mappings_forever())
+        asyncio.ensure_future(self._monitor_memory())
         try:
             while True:
                 for msg in await self.comm.read():
@@ -130,12 +141,45 @@ class Worker:
         else:
             logger.warning("ignoring unknown op %r", op)
 
+    async def _monitor_memory(self) -> None:
+        """Sample this process's memory; drop mappings, pause and resume by the thresholds; and
+        report to the scheduler in a heartbeat every HEARTBEAT_INTERVAL seconds."""
+        proc = psutil.Process()
+        limit, th = self.memory_limit, self.thresholds
+        spilling = False
+        last_beat = 0.0
+        while not self._stopping:
+            self.memory, self.memory_rss = memory.process_memory(proc)
+            if memory.over(self.memory, limit, th.spill) and not spilling:
+                logger.info("memory %s is over %.0f%% of the limit: dropping cached store mappings",
+                            memory.format_bytes(self.memory), 100 * (th.spill or 0))  # fmt: skip
+                store.forget_mappings()
+            spilling = memory.over(self.memory, limit, th.spill)
+            paused = memory.over(self.memory, limit, th.pause)
+            if paused != (self.status == "paused"):
+                self._set_status("paused" if paused else "running")
+            now = time.monotonic()
+            if now - last_beat >= memory.HEARTBEAT_INTERVAL:
+                last_beat = now
+                self._to_scheduler([{"op": "worker-heartbeat", "memory": self.memory, "rss": self.memory_rss}])
+            await asyncio.sleep(memory.MONITOR_INTERVAL)
+
+    def _set_status(self, status: str) -> None:
+        logger.warning(
+            "worker %s: memory %s of limit %s: %s", self.address, memory.format_bytes(self.memory),
+            memory.format_bytes(self.memory_limit), "pausing (no new tasks)" if status == "paused" else "resuming",
+        )  # fmt: skip
+        with self._ready_cv:
+            self.status = status
+            self._ready_cv.notify_all()
+        self._to_scheduler([{"op": "worker-status", "status": status, "memory": self.memory}])
+
     # -- executor threads ------------------------------------------------------------
 
     def _executor(self, slot: int) -> None:
         while True:
             with self._ready_cv:
-                while not self._ready and not self._stopping:
+                while (not self._ready or self.status == "paused") and not self._stopping:
                     self._ready_cv.wait()
                 if self._stopping:
                     return
