@@ -179,6 +179,7 @@ class ActorCalls:
                         self._resolve(msg)
                     client._cond.notify_all()
                 self.futures_changed()
+                client.fire_callbacks()
         except (ConnectionError, OSError) as e:
             logger.info("lost the connection to actor worker %s: %s", address, e)
         finally:
@@ -209,6 +210,7 @@ class ActorCalls:
             fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
         else:
             fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"]
+        client._take_callbacks(fs)
 
     def _fail(self, key: str, text: str) -> None:
         """The call ``key`` fails with ActorDiedError.  Call without the client's ``_cond`` held."""
@@ -217,7 +219,9 @@ class ActorCalls:
             fs = client._futures.get(key)
             if fs is not None and fs.status == PENDING:
                 fs.status, fs.exception = ERRED, serialize.dumps(ActorDiedError(text))
+                client._take_callbacks(fs)
             client._cond.notify_all()
+        client.fire_callbacks()
 
     def close(self) -> None:
         for comm in self._comms.values():

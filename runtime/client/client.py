@@ -16,6 +16,7 @@ with their value inline), so ``get`` needs no request of its own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -54,6 +55,10 @@ class Client:
         self._lost: str | None = None
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
+        #: runs add_done_callback callbacks, off the loop thread (created on first use)
+        self._callback_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: callbacks of futures that became done in the batch being handled
+        self._due: list[tuple[Callable[[Future], Any], Future]] = []
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
@@ -84,6 +89,7 @@ class Client:
                         self._handle(msg)
                     self._cond.notify_all()
                 self.actor_calls.futures_changed()
+                self.fire_callbacks()
         except (ConnectionError, OSError) as e:
             if not self._closed:
                 self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
@@ -94,11 +100,13 @@ class Client:
             fs = self._futures.get(msg["key"])
             if fs is not None:
                 fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
+                self._take_callbacks(fs)
         elif op == "task-erred":
             fs = self._futures.get(msg["key"])
             if fs is not None:
                 fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"] or ""
                 fs.blame, fs.worker = msg["blame"], msg.get("worker", "")
+                self._take_callbacks(fs)
         elif op == "reply":
             fut = self._requests.pop(msg["reqid"], None)
             if fut is not None and not fut.done():
@@ -111,6 +119,7 @@ class Client:
                         CANCELLED,
                         serialize.dumps(TaskCancelledError(f"task {key!r} was cancelled")),
                     )
+                    self._take_callbacks(fs)
         elif op == "scheduler-error":
             self._fail_pending(SchedulerError(msg["text"]))
         elif op != "registered":
@@ -122,12 +131,44 @@ class Client:
         for fs in self._futures.values():
             if fs.status == PENDING:
                 fs.status, fs.exception = ERRED, pickled
+                self._take_callbacks(fs)
+
+    def _take_callbacks(self, fs: FutureState) -> None:
+        """A future became done: its callbacks run at the next ``fire_callbacks``.  Call with the lock held."""
+        if fs.callbacks:
+            self._due.extend(fs.callbacks)
+            fs.callbacks = None
+
+    def fire_callbacks(self) -> None:
+        """Hand the callbacks of futures that became done to the callback thread.
+
+        Call without the lock held: the futures are dropped here, and a last reference's
+        ``__del__`` takes the lock.
+        """
+        with self._lock:
+            if not self._due:
+                return
+            due, self._due = self._due, []
+        if self._callback_pool is None:
+            self._callback_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runtime-callbacks")
+        for fn, future in due:
+            self._callback_pool.submit(_call_logged, fn, future)
+
+    def add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once ``future`` is done; now, in this thread, if it already is."""
+        with self._lock:
+            fs = future._state
+            if fs.status == PENDING:
+                fs.callbacks = [*(fs.callbacks or ()), (fn, future)]
+                return
+        _call_logged(fn, future)
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
         with self._cond:
             self._fail_pending(ConnectionError(reason))
             self._cond.notify_all()
+        self.fire_callbacks()
         for fut in self._requests.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
@@ -182,15 +223,39 @@ class Client:
         """
         args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
         key = self.new_key(prefix)
-        future = self._new_future(key)
+        bad = self.failed_dependency(deps)
+        if bad is not None:
+            return self.failed_future(key, bad)
+        task = task_entry(key, func_bytes, args_bytes, deps, retries, prefix, restrictions)
+        return self.update_graph([task], [key], priority)[0]
+
+    def update_graph(self, tasks: list[list], wanted: list[str], priority: int = 0) -> list[Future]:
+        """Send tasks (``task_entry`` lists, in any order) in one message; futures for ``wanted``.
+
+        A task may depend on keys of the same message.  Keys the scheduler already has are
+        not run again: the new futures share their value.
+        """
+        futures = [self._new_future(key) for key in wanted]
+        with self._lock:
+            for f in futures:
+                if f._state.status == CANCELLED:  # submitted again: it runs again
+                    f._state.status, f._state.exception = PENDING, None
+        self._send({"op": "update-graph", "tasks": tasks, "wanted": wanted, "priority": priority})
+        return futures
+
+    def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
+        """Make actor-call results among a task's ``deps`` known to the scheduler; the first
+        that failed (the task then fails with its error), or None."""
         for dep in deps.values():
-            if dep._state.local and not self._register_local(dep):  # an actor call that failed
-                self._fail_like(future._state, dep)
-                return future
-        task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
-        if restrictions:
-            task.append(restrictions)
-        self._send({"op": "update-graph", "tasks": [task], "wanted": [key], "priority": priority})
+            fs = getattr(dep, "_state", None)
+            if fs is not None and fs.local and not self._register_local(dep):
+                return dep
+        return None
+
+    def failed_future(self, key: str, cause: Future) -> Future:
+        """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
+        future = self._new_future(key)
+        self._fail_like(future._state, cause)
         return future
 
     def _register_local(self, future: Future) -> bool:
@@ -214,7 +279,9 @@ class Client:
             bad = cause._state
             fs.status, fs.exception, fs.traceback, fs.worker = ERRED, bad.exception, bad.traceback, bad.worker
             fs.blame = cause.key
+            self._take_callbacks(fs)
             self._cond.notify_all()
+        self.fire_callbacks()
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
         """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
@@ -223,9 +290,9 @@ class Client:
         """
         self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
 
-    def put(self, value: Any) -> Future:
+    def put(self, value: Any, key: str | None = None) -> Future:
         """Store ``value`` in the cluster (in this node's store when large); returns its future."""
-        key = self.new_key("put")
+        key = key or self.new_key("put")
         prefix, node = self._store_location()
         located, nbytes = values.encode(value, key=key, prefix=prefix, node=node)
         future = self._new_future(key)
@@ -295,6 +362,11 @@ class Client:
         self._send({"op": "add-replica", "key": key, "node": self.node, "name": here[2], "source": located})
         return here
 
+    def wait_done(self, futures: Sequence[Future], timeout: float | None = None) -> None:
+        """Block until all ``futures`` are done; GetTimeoutError after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_for(lambda: all(f._state.status != PENDING for f in futures), deadline, futures)
+
     def wait(
         self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None
     ) -> tuple[list[Future], list[Future]]:
@@ -353,3 +425,23 @@ class Client:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+        if self._callback_pool is not None:
+            self._callback_pool.shutdown(wait=False)
+
+
+def task_entry(
+    key: str, func_bytes: bytes, args_bytes: bytes, deps: Iterable[str], retries: int, prefix: str,
+    restrictions: dict[str, Any] | None = None,
+) -> list:  # fmt: skip
+    """One task of an ``update-graph`` message, as the scheduler reads it."""
+    task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
+    if restrictions:
+        task.append(restrictions)
+    return task
+
+
+def _call_logged(fn: Callable[[Future], Any], future: Future) -> None:
+    try:
+        fn(future)
+    except Exception:
+        logger.exception("done callback %r of %r raised", fn, future)

@@ -8,6 +8,7 @@ the scheduler it no longer wants the key, so its value can be freed.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import serialize
@@ -20,7 +21,9 @@ PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled
 
 
 class FutureState:
-    __slots__ = ("status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount", "local")
+    __slots__ = (
+        "status", "value", "nbytes", "exception", "traceback", "blame", "worker", "refcount", "local", "callbacks",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         #: pending, finished, erred or cancelled
@@ -38,6 +41,8 @@ class FutureState:
         #: an actor call's result that only this process knows (the scheduler learns of it
         #: when it is passed to a task)
         self.local = False
+        #: called with the future once it is done (``add_done_callback``); None when there are none
+        self.callbacks: list[tuple[Callable[[Future], Any], Future]] | None = None
 
     def error(self, key: str) -> BaseException:
         """The task's exception, rebuilt, with the remote traceback as its cause."""
@@ -73,6 +78,26 @@ class Future:
     def result(self, timeout: float | None = None) -> Any:
         """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
         return self._client.get([self], timeout=timeout)[0]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the task raised, or None if it succeeded; waits up to ``timeout`` s."""
+        self._client.wait_done([self], timeout)
+        fs = self._state
+        return fs.error(self.key) if fs.status in (ERRED, CANCELLED) else None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The remote traceback text of the task's exception, or None if it succeeded."""
+        self._client.wait_done([self], timeout)
+        return (self._state.traceback or None) if self._state.status == ERRED else None
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once the task is done (finished, erred or cancelled).
+
+        It runs on the client's callback thread, or at once in this thread if already done.
+        """
+        if not callable(fn):
+            raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__name__}")
+        self._client.add_done_callback(self, fn)
 
     def cancel(self, force: bool = False) -> None:
         """Stop computing this task (and what depends on it)."""
