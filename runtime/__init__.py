@@ -1,10 +1,12 @@
 """runtime: Ray-style tasks on a Dask-style scheduler with a per-node shared-memory store."""
 
 from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
-from runtime.api.context import cancel, get, init, is_initialized, put, shutdown, wait
+from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
 from runtime.api.remote import remote
-from runtime.client.client import Client
 from runtime.client.future import Future, ObjectRef
+from runtime.client.futures_client import Client, ClientExecutor
+from runtime.client.progress import progress
+from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from runtime.cluster import LocalCluster
 from runtime.errors import (
     ActorDiedError,
@@ -18,7 +20,8 @@ from runtime.errors import (
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill",
-    "Client", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle",
+    "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle",
+    "as_completed", "progress", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The one explicit runtime object behind ``runtime.init/get/put/wait/shutdown``.
+"""The one explicit runtime object behind ``runtime.init/get/put/cancel/shutdown``.
 
 Using the API before ``init()`` starts a local cluster with default settings, as Ray
 does; ``shutdown()`` (or the end of the program) stops it.
@@ -127,17 +127,6 @@ def put(value: Any) -> Future:
     if isinstance(value, Future):
         raise TypeError("put() of a Future is not allowed; pass the future itself to tasks")
     return current_runtime().client.put(value)
-
-
-def wait(
-    refs: Sequence[Future], *, num_returns: int = 1, timeout: float | None = None
-) -> tuple[list[Future], list[Future]]:
-    """``(done, pending)`` once ``num_returns`` of ``refs`` are done or ``timeout`` s passed."""
-    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
-        raise TypeError(f"wait() takes a list of Futures, not {_describe(refs)}")
-    if len(set(refs)) != len(refs):
-        raise ValueError("wait() got the same future twice")
-    return current_runtime().client.wait(refs, num_returns=num_returns, timeout=timeout)
 
 
 def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:

@@ -223,4 +223,10 @@ class Scheduler:
             return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
         if what == "task-states":
             return {k: ts.state for k, ts in self.state.tasks.items()}
+        if what == "who-has":
+            tasks = self.state.tasks
+            keys = msg.get("keys")
+            return {k: sorted(w.address for w in ts.who_has) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+        if what == "has-what":
+            return {a: [ts.key for ts in w.has_what] for a, w in self.state.workers.items()}
         return {"error": f"unknown query {what!r}"}
