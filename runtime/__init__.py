@@ -17,11 +17,13 @@ from runtime.errors import (
     TaskCancelledError,
     TaskError,
 )
+from runtime.worker.actors import get_worker
+from runtime.worker.plugins import WorkerPlugin
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle",
-    "as_completed", "progress", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "as_completed", "progress", "WorkerPlugin", "get_worker", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip

@@ -290,6 +290,20 @@ class Client:
         """
         self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
 
+    def cancel_all(self, why: str) -> None:
+        """Cancel every future of this client, done or not (their values are released)."""
+        with self._cond:
+            keys = list(self._futures)
+            pickled = serialize.dumps(TaskCancelledError(f"cancelled by {why}"))
+            for fs in self._futures.values():
+                fs.status, fs.exception = CANCELLED, pickled
+                self._take_callbacks(fs)
+            self._cond.notify_all()
+            due, self._due = self._due, []
+        self._run_callbacks(due)
+        if keys:
+            self._send({"op": "cancel", "keys": keys, "force": True})
+
     def put(self, value: Any, key: str | None = None) -> Future:
         """Store ``value`` in the cluster (in this node's store when large); returns its future."""
         key = key or self.new_key("put")

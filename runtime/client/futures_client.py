@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,6 +34,7 @@ from runtime.client.client import task_entry
 from runtime.client.future import CANCELLED, ERRED, Future
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
+from runtime.worker.plugins import plugin_name
 
 logger = logging.getLogger("runtime.client")
 
@@ -319,6 +321,46 @@ class Client(concurrent.futures.Executor):
         futures = {w: self.submit(fn, *args, pure=False, workers=[w], priority=2**30, **kwargs) for w in targets}
         return self.gather(futures)
 
+    def register_plugin(self, plugin: Any, name: str | None = None) -> dict[str, Any]:
+        """Install a worker plugin (see ``runtime.WorkerPlugin``) on every worker, now and later.
+
+        Its ``setup(worker)`` runs on each current worker (its return values come back as
+        ``{worker: result}``; an exception is re-raised here); workers that join or restart
+        later get it from the scheduler.  A plugin of the same name is replaced.
+        """
+        self._check_open()
+        if not any(callable(getattr(plugin, hook, None)) for hook in ("setup", "teardown", "transition")):
+            raise TypeError(
+                f"register_plugin() needs a worker plugin with setup, teardown or transition methods, "
+                f"not a {type(plugin).__name__}"
+            )
+        name = plugin_name(plugin, name)
+        pickled = serialize.dumps(plugin)
+        self.core.request("register-worker-plugin", name=name, plugin=pickled)
+        return self.run(_install_plugin, pickled, name)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Restart every worker, as Dask's does: this client's futures are cancelled first.
+
+        Returns once as many fresh worker processes have joined as there were workers;
+        TimeoutError after ``timeout`` s.  Values already stored in node stores are released
+        with their futures.
+        """
+        self._check_open()
+        core = self.core
+        core.cancel_all("Client.restart()")
+        old = core.request("restart-workers", client=self.id)
+        logger.info("restarting %d workers", len(old))
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = core.request("identity")["workers"]
+            fresh = [a for a, w in workers.items() if a not in old and w["pid"] not in old.values()]
+            if len(fresh) >= len(old):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restart(): {len(fresh)} of {len(old)} workers came back within {timeout:g}s")
+            time.sleep(0.05)
+
     def get(self, dsk: dict, keys: Any, **kwargs: Any) -> Any:
         """Compute a Dask graph: ``dask.compute(x, scheduler=client.get)`` runs on this cluster."""
         self._check_open()
@@ -406,6 +448,12 @@ class ClientExecutor(concurrent.futures.Executor):
             self.client.cancel(pending)
         elif wait and pending:
             self.client.core.wait_done(pending)
+
+
+def _install_plugin(pickled: bytes, name: str) -> Any:
+    from runtime.worker.actors import get_worker
+
+    return get_worker().plugins.add(serialize.loads(pickled), name)
 
 
 def _settle(remote: Future, local: concurrent.futures.Future) -> None:

@@ -69,6 +69,8 @@ class Scheduler:
         #: workers whose connection closed, removed when their agent reports or the grace ends
         self._awaiting_report: dict[str, asyncio.TimerHandle] = {}
         self._ids = itertools.count()
+        #: pickled worker plugins by name, sent to every worker that joins (Client.register_plugin)
+        self.worker_plugins: dict[str, bytes] = {}
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
@@ -135,6 +137,8 @@ class Scheduler:
             return
         self.comms[peer] = comm
         comm.send({"op": "registered", "scheduler": self.address})
+        if op == "register-worker":
+            comm.send_many([{"op": "plugin-add", "name": n, "plugin": p} for n, p in self.worker_plugins.items()])
         self.handle_stimulus(added)
         try:
             await self._read_loop(comm, peer)
@@ -174,13 +178,26 @@ class Scheduler:
         elif address in self.comms:  # the report came first: use it when the connection closes
             self._death_reports[address] = (cause, executing)
 
+    def _force_cancel(self, stimulus: st.Stimulus) -> None:
+        """``cancel(force=True)``: cancel, then interrupt the tasks it took off a worker mid-run."""
+        # Only tasks sent to workers can be running: a few per thread, not the whole graph.
+        running = [(ts, ws) for ws in self.state.workers.values() for ts in ws.processing]
+        self.handle_stimulus(stimulus)
+        msgs: dict[str, list[dict]] = {}
+        for ts, ws in running:
+            if ts.processing_on is not ws:
+                msgs.setdefault(ws.address, []).append({"op": "interrupt", "key": ts.key})
+        self._send(msgs)
+
     async def _read_loop(self, comm: Comm, peer: str) -> None:
         ids = self._ids
         while True:
             for msg in await comm.read():
                 op = msg["op"]
                 make = _STIMULI.get(op)
-                if make is not None:
+                if op == "cancel" and msg.get("force"):
+                    self._force_cancel(make(msg, peer, f"{op}-{next(ids)}"))
+                elif make is not None:
                     self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._query(msg, peer))
@@ -227,6 +244,13 @@ class Scheduler:
             tasks = self.state.tasks
             keys = msg.get("keys")
             return {k: sorted(w.address for w in ts.who_has) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+        if what == "register-worker-plugin":  # for workers that join from now on
+            self.worker_plugins[msg["name"]] = msg["plugin"]
+            return None
+        if what == "restart-workers":
+            workers = {a: w.pid for a, w in self.state.workers.items()}
+            self._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
+            return workers
         if what == "has-what":
             return {a: [ts.key for ts in w.has_what] for a, w in self.state.workers.items()}
         return {"error": f"unknown query {what!r}"}
