@@ -36,6 +36,9 @@ from runtime.objstore.transfer import fetch_sync
 
 logger = logging.getLogger("runtime.client")
 
+#: puts of at least this many bytes log what they do
+LARGE_PUT = 256 * 2**20
+
 
 class Client:
     def __init__(self, address: str, *, node: str | None = None, prefix: str | None = None, timeout: float = 30.0):
@@ -308,7 +311,14 @@ class Client:
         """Store ``value`` in the cluster (in this node's store when large); returns its future."""
         key = key or self.new_key("put")
         prefix, node = self._store_location()
+        size = getattr(value, "nbytes", 0)  # numpy, Arrow: a large put says what it is doing
+        loud = isinstance(size, int) and size >= LARGE_PUT
+        if loud:
+            logger.info("storing %s (%.1f MB) in the object store of node %s", key, size / 2**20, node)
+            start = time.monotonic()
         located, nbytes = values.encode(value, key=key, prefix=prefix, node=node)
+        if loud:
+            logger.info("stored %s in %.2fs", key, time.monotonic() - start)
         future = self._new_future(key)
         with self._lock:
             fs = future._state
@@ -345,10 +355,15 @@ class Client:
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        said = 0
         while (have := len(self.request("identity")["workers"])) < n:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if waited > timeout:
                 raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
+            if waited > 1 + said:  # a slow start says what it waits for, once a few seconds
+                logger.info("waiting for workers to start: %d of %d joined", have, n)
+                said = waited + 4
             time.sleep(0.02)
 
     def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
