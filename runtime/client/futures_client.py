@@ -302,6 +302,10 @@ class Client(concurrent.futures.Executor):
         """The keys whose values each worker holds: ``{worker: [key, ...]}``."""
         return self.core.request("has-what")
 
+    def processing(self) -> dict[str, list[str]]:
+        """The keys sent to each worker to run: ``{worker: [key, ...]}``."""
+        return self.core.request("processing")
+
     def wait_for_workers(self, n_workers: int, timeout: float = 60.0) -> None:
         """Block until ``n_workers`` workers have joined; TimeoutError after ``timeout`` s."""
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:

@@ -251,6 +251,8 @@ class Scheduler:
             workers = {a: w.pid for a, w in self.state.workers.items()}
             self._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
             return workers
+        if what == "processing":
+            return {a: [ts.key for ts in w.processing] for a, w in self.state.workers.items()}
         if what == "has-what":
             return {a: [ts.key for ts in w.has_what] for a, w in self.state.workers.items()}
         return {"error": f"unknown query {what!r}"}
