@@ -133,3 +133,15 @@ class Future:
 
 
 ObjectRef = Future
+
+
+def collect_futures(x: Any, out: list[Future]) -> None:
+    """Append the futures in ``x`` (a future, or lists, tuples, sets and dicts of them, nested)."""
+    if isinstance(x, Future):
+        out.append(x)
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        for item in x:
+            collect_futures(item, out)
+    elif isinstance(x, dict):
+        for item in x.values():
+            collect_futures(item, out)

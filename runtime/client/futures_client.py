@@ -31,7 +31,7 @@ from runtime.api.options import check_options, restrictions
 from runtime.client import graph, waiting
 from runtime.client.client import Client as Core
 from runtime.client.client import task_entry
-from runtime.client.future import CANCELLED, ERRED, Future
+from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
 from runtime.worker.plugins import plugin_name
@@ -260,7 +260,7 @@ class Client(concurrent.futures.Executor):
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
         found: list[Future] = []
-        _collect(futures, found)
+        collect_futures(futures, found)
         if found:
             self.core.wait_done(found, timeout)
         results: dict[str, Any] = {}
@@ -479,17 +479,6 @@ def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_ot
 def _funcname(fn: Callable) -> str:
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return "lambda" if name == "<lambda>" else name
-
-
-def _collect(x: Any, out: list[Future]) -> None:
-    if isinstance(x, Future):
-        out.append(x)
-    elif isinstance(x, (list, tuple, set, frozenset)):
-        for item in x:
-            _collect(item, out)
-    elif isinstance(x, dict):
-        for item in x.values():
-            _collect(item, out)
 
 
 def _pack(x: Any, results: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from runtime.client.future import Future
+from runtime.client.future import Future, collect_futures
 from runtime.errors import GetTimeoutError
 
 
@@ -20,19 +20,6 @@ def _in_notebook() -> bool:
     shell = sys.modules.get("IPython")
     ip = shell.get_ipython() if shell is not None else None  # type: ignore[attr-defined]
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
-
-
-def _futures_in(x: Any, out: dict[str, Future]) -> None:
-    if isinstance(x, Future):
-        out.setdefault(x.key, x)
-    elif isinstance(x, dict):
-        for v in x.values():
-            _futures_in(v, out)
-    elif isinstance(x, (list, tuple, set, frozenset)):
-        for v in x:
-            _futures_in(v, out)
-    else:
-        raise TypeError(f"progress() takes futures, or lists and dicts of them, not a {type(x).__name__}")
 
 
 def progress(
@@ -44,8 +31,12 @@ def progress(
     notebook (``notebook=None`` detects it), where it returns the bar at once.  Failed
     and cancelled tasks count as done and are tallied after the bar.
     """
-    found: dict[str, Future] = {}
-    _futures_in(futures, found)
+    given: list[Future] = []
+    collect_futures(futures, given)
+    bad = next((x for x in futures if not isinstance(x, (Future, list, tuple, set, frozenset, dict))), None)
+    if bad is not None:
+        raise TypeError(f"progress() takes futures, or lists and dicts of them, not a {type(bad).__name__}")
+    found = {f.key: f for f in given}
     if notebook is None:
         notebook = _in_notebook()
     if notebook:
