@@ -182,18 +182,19 @@ def test_force_cancel_of_a_running_sleep_restarts_its_worker(client):
 
 
 def test_wait_return_when(client):
-    fast, slow = client.submit(inc, 10), client.submit(slow_inc, 10, delay=2, pure=False)
+    fast, slow = client.submit(inc, 10), client.submit(spin, 120, pure=False)
     done, not_done = wait([fast, slow], return_when=FIRST_COMPLETED, timeout=30)
-    assert fast in done and slow in not_done
+    assert done == [fast] and not_done == [slow]
     bad = client.submit(boom, 3)
     done, not_done = wait([slow, bad], return_when=FIRST_EXCEPTION, timeout=30)
-    assert bad in done
+    assert done == [bad] and not_done == [slow]
+    with pytest.raises(GetTimeoutError, match="1 of 2 not done"):
+        wait([fast, slow], timeout=0.05)
+    ready, _ = wait([fast, slow], num_returns=1)  # Ray's form
+    assert ready == [fast]
+    slow.cancel(force=True)
     result = wait([fast, slow], timeout=30)
     assert result.done == [fast, slow] and result.not_done == []
-    with pytest.raises(GetTimeoutError, match="1 of 1 not done"):
-        wait([client.submit(slow_inc, 1, delay=2, pure=False)], timeout=0.05)
-    ready, _ = wait([fast, slow], num_returns=1)  # Ray's form
-    assert len(ready) == 1
     with pytest.raises(ValueError, match="return_when"):
         wait([fast], return_when="WHENEVER")
     with pytest.raises(TypeError, match="Future"):
@@ -201,13 +202,16 @@ def test_wait_return_when(client):
 
 
 def test_as_completed_order_add_results_and_batches(client):
-    slow = client.submit(slow_inc, 1, delay=1.5, pure=False)
+    slow = client.submit(spin, 120, pure=False)
     fast = client.submit(inc, 100, pure=False)
     ac = as_completed([slow, fast])
-    first = next(ac)
-    assert first is fast
-    ac.add(client.submit(inc, 200, pure=False))
-    assert {f.result() for f in ac} == {2, 201}
+    assert next(ac) is fast
+    added = client.submit(inc, 200, pure=False)
+    ac.add(added)
+    assert next(ac) is added
+    slow.cancel(force=True)  # a cancelled future counts as completed
+    assert next(ac) is slow and slow.cancelled()
+    assert ac.is_empty()
 
     pairs = as_completed(client.map(inc, range(5), pure=False), with_results=True)
     assert sorted(r for _, r in pairs) == [1, 2, 3, 4, 5]
@@ -310,6 +314,8 @@ def test_executor_contract(client):
     ex.shutdown()
     with pytest.raises(RuntimeError, match="shutdown"):
         ex.submit(inc, 1)
+    with pytest.raises(TypeError, match="num_cpus"):
+        client.get_executor(num_cpus=2)
 
 
 def test_restart_cancels_futures_and_replaces_workers(client):

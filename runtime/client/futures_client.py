@@ -414,7 +414,12 @@ class ClientExecutor(concurrent.futures.Executor):
     not run when asked but leaves the client open.
     """
 
+    OPTIONS = ("pure", "workers", "resources", "priority", "retries", "allow_other_workers")
+
     def __init__(self, client: Client, submit_options: dict[str, Any]):
+        unknown = sorted(set(submit_options) - set(self.OPTIONS))
+        if unknown:
+            raise TypeError(f"get_executor() got unknown option(s) {unknown}; valid: {', '.join(self.OPTIONS)}")
         check_options({k: v for k, v in submit_options.items() if k != "pure"})
         self.client = client
         self._options = {"pure": False, **submit_options}
