@@ -27,6 +27,7 @@ perf: $(VENV)/.perf-installed
 	$(PY) perf/bench_objects.py
 	$(PY) perf/bench_actors.py
 	$(PY) perf/bench_scheduler.py
+	$(PY) perf/bench_client.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
