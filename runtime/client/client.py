@@ -302,8 +302,7 @@ class Client:
                 fs.status, fs.exception = CANCELLED, pickled
                 self._take_callbacks(fs)
             self._cond.notify_all()
-            due, self._due = self._due, []
-        self._run_callbacks(due)
+        self.fire_callbacks()
         if keys:
             self._send({"op": "cancel", "keys": keys, "force": True})
 
