@@ -75,3 +75,17 @@ def test_graph_errors_are_clear(client):
     with pytest.raises(ValueError, match="cycle"):
         # (new keys: a graph's keys name its values, and "a" may still be held from above)
         client.get({"p": (operator.add, "q", 1), "q": (operator.add, "p", 1)}, "p")
+
+
+def test_client_compute_returns_futures_of_finalized_values(client):
+    x = da.arange(1000, chunks=100)
+    pdf = pd.DataFrame({"a": np.arange(100), "b": np.arange(100) % 3})
+    ddf = dd.from_pandas(pdf, npartitions=3)
+    total, squares = client.compute([x.sum(), (x**2)[:10]])
+    assert total.result(60) == x.sum().compute(scheduler="sync")
+    np.testing.assert_array_equal(squares.result(60), np.arange(10) ** 2)
+    frame = client.compute(ddf[ddf.a > 50], sync=True)
+    pd.testing.assert_frame_equal(frame, pdf[pdf.a > 50])
+    assert client.compute(db.from_sequence([1, 2, 3]).map(str), sync=True) == ["1", "2", "3"]
+    with pytest.raises(TypeError, match="Dask collections"):
+        client.compute([1, 2])

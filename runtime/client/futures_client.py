@@ -370,6 +370,27 @@ class Client(concurrent.futures.Executor):
         self._check_open()
         return graph.compute(self, dsk, keys)
 
+    def compute(self, collections: Any, sync: bool = False) -> Any:
+        """Start computing Dask collections; a future for each (their values with ``sync``).
+
+        ``collections`` is one collection or a list of them.  The graph is sent as it is,
+        without Dask's optimizations; each result is its collection's finalized value (an
+        array, a DataFrame, a list for a bag), as ``dask.compute`` gives.
+        """
+        self._check_open()
+        single = not isinstance(collections, (list, tuple))
+        items = [collections] if single else list(collections)
+        futures = []
+        for c in items:
+            if not hasattr(c, "__dask_graph__") or not hasattr(c, "__dask_postcompute__"):
+                raise TypeError(f"compute() takes Dask collections, not a {type(c).__name__}")
+            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__())
+            func, extra = c.__dask_postcompute__()
+            futures.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
+        if sync:
+            futures = self.gather(futures)
+        return futures[0] if single else futures
+
     # -- Executor ------------------------------------------------------------------------
 
     def get_executor(self, **submit_options: Any) -> ClientExecutor:
@@ -479,6 +500,12 @@ def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_ot
     given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)
+
+
+def _token(parts: Any) -> str:
+    found: list[Future] = []
+    collect_futures(parts, found)
+    return hashlib.blake2b("\0".join(f.key for f in found).encode(), digest_size=16).hexdigest()
 
 
 def _funcname(fn: Callable) -> str:

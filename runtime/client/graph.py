@@ -20,7 +20,7 @@ while its results are held reuses them.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.client import task_entry
@@ -120,8 +120,8 @@ def _pack(keys: Any, results: dict) -> Any:
     return results[keys]
 
 
-def compute(client: Client, dsk: Any, keys: Any) -> Any:
-    """Run graph ``dsk`` and return the values of ``keys`` (a key or nested lists of keys)."""
+def submit(client: Client, dsk: Any, keys: Any) -> Any:
+    """Send graph ``dsk``; futures for ``keys`` (a key or nested lists of keys), in their shape."""
     if not isinstance(dsk, Mapping) and hasattr(dsk, "__dask_graph__"):
         dsk = dsk.__dask_graph__()
     if not isinstance(dsk, Mapping):
@@ -143,11 +143,18 @@ def compute(client: Client, dsk: Any, keys: Any) -> Any:
         if missing is not None:
             raise KeyError(f"get(): task {key!r} depends on {missing!r}, which is not in the graph")
         refs = {d: _Ref(runtime_key(d)) for d in deps}
-        name = runtime_key(key)
         args_bytes, dep_refs = serialize.dumps_args(_prefix(key), (node, refs), {})
-        tasks.append(task_entry(name, func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
+        tasks.append(task_entry(runtime_key(key), func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
     unique = list(dict.fromkeys(runtime_key(k) for k in wanted))
-    futures = client.core.update_graph(tasks, unique)
-    values = client.gather(futures)
-    by_key = dict(zip(unique, values, strict=True))
-    return _pack(keys, {k: by_key[runtime_key(k)] for k in wanted})
+    futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True))
+    return _pack(keys, {k: futures[runtime_key(k)] for k in wanted})
+
+
+def compute(client: Client, dsk: Any, keys: Any) -> Any:
+    """Run graph ``dsk`` and return the values of ``keys`` (a key or nested lists of keys)."""
+    return client.gather(submit(client, dsk, keys))
+
+
+def finalize(func: Callable, results: Any, extra: tuple) -> Any:
+    """On the worker: a collection's ``__dask_postcompute__`` step over its partitions' values."""
+    return func(results, *extra)
