@@ -360,3 +360,12 @@ def _wait_until(condition, timeout=30.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_remote_function_submitted_runs_as_its_function(client):
+    @rt.remote(retries=1)
+    def double(x):
+        return 2 * x
+
+    assert client.submit(double, 21).result(30) == 42
+    assert client.gather(client.map(double, [1, 2])) == [2, 4]

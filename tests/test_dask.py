@@ -89,3 +89,15 @@ def test_client_compute_returns_futures_of_finalized_values(client):
     assert client.compute(db.from_sequence([1, 2, 3]).map(str), sync=True) == ["1", "2", "3"]
     with pytest.raises(TypeError, match="Dask collections"):
         client.compute([1, 2])
+
+
+def test_a_client_becomes_dasks_default_scheduler_until_closed(client):
+    import os
+
+    pid = dask.delayed(os.getpid)().compute()  # no scheduler named: runs on a worker
+    assert pid in client.run(os.getpid).values()
+    with Client(client.address) as other:
+        assert dask.config.get("scheduler") == other.get
+    assert dask.config.get("scheduler") == client.get  # restored on close
+    with Client(client.address, set_as_default=False):
+        assert dask.config.get("scheduler") == client.get

@@ -22,12 +22,14 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from runtime.api.options import check_options, restrictions
+from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
 from runtime.client.client import Client as Core
 from runtime.client.client import task_entry
@@ -51,6 +53,7 @@ class Client(concurrent.futures.Executor):
         *,
         timeout: float = 30.0,
         n_workers: int | None = None,
+        set_as_default: bool = True,
         **cluster_kwargs: Any,
     ):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -83,6 +86,10 @@ class Client(concurrent.futures.Executor):
         #: functions pickled once per client (by identity, while they live)
         self._pickled: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._closed = False
+        #: Dask's scheduler setting before this client became the default, to restore on close
+        self._previous_dask_scheduler: tuple[Any] | None = None
+        if set_as_default:
+            self._become_dask_default()
 
     @property
     def id(self) -> str:
@@ -141,6 +148,7 @@ class Client(concurrent.futures.Executor):
         replaced by their values on the worker.
         """
         self._check_open()
+        fn = _plain(fn)
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not a {type(fn).__name__}")
         if key is not None and (not isinstance(key, str) or not key):
@@ -169,6 +177,7 @@ class Client(concurrent.futures.Executor):
         messages of ``batch_size``; ``kwargs`` go to every call.
         """
         self._check_open()
+        fn = _plain(fn)
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not a {type(fn).__name__}")
         if not iterables:
@@ -406,11 +415,35 @@ class Client(concurrent.futures.Executor):
         if self._closed:
             return
         self._closed = True
+        self._restore_dask_default()
         try:
             self.core.close()
         finally:
             if self.cluster is not None:
                 self.cluster.close()
+
+    def _become_dask_default(self) -> None:
+        """As a distributed Client does: Dask's ``compute()`` runs here from now on.
+
+        Only when the program has imported dask already (this package never imports it).
+        """
+        dask = sys.modules.get("dask")
+        config = getattr(dask, "config", None)
+        if config is None:
+            return
+        self._previous_dask_scheduler = (config.config.get("scheduler"),)
+        config.set(scheduler=self.get)
+
+    def _restore_dask_default(self) -> None:
+        dask = sys.modules.get("dask")
+        if self._previous_dask_scheduler is None or dask is None:
+            return
+        if dask.config.config.get("scheduler") == self.get:  # nobody changed it since
+            (previous,) = self._previous_dask_scheduler
+            if previous is None:
+                dask.config.config.pop("scheduler", None)
+            else:
+                dask.config.set(scheduler=previous)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -500,6 +533,11 @@ def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_ot
     given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)
+
+
+def _plain(fn: Any) -> Any:
+    """A ``@runtime.remote`` function submitted to a Client runs as the function it wraps."""
+    return fn._func if isinstance(fn, RemoteFunction) else fn
 
 
 def _token(parts: Any) -> str:
