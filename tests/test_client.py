@@ -318,6 +318,22 @@ def test_executor_contract(client):
         client.get_executor(num_cpus=2)
 
 
+def test_stdlib_wait_and_as_completed_take_our_futures(client):
+    slow, fast = client.submit(spin, 120, pure=False), client.submit(inc, 1)
+    done, not_done = cf.wait([slow, fast], return_when=cf.FIRST_COMPLETED, timeout=30)
+    assert done == {fast} and not_done == {slow}
+    bad = client.submit(boom, 5)
+    done, _ = cf.wait([slow, bad], return_when=cf.FIRST_EXCEPTION, timeout=30)
+    assert done == {bad}
+    late = client.submit(inc, 2, pure=False)
+    assert [f.result() for f in cf.as_completed([late, fast], timeout=30)] in ([3, 2], [2, 3])
+    with pytest.raises(cf.TimeoutError):
+        list(cf.as_completed([slow], timeout=0.05))
+    slow.cancel(force=True)
+    done, not_done = cf.wait([slow, fast, bad], timeout=30)
+    assert not not_done and slow.cancelled()
+
+
 def test_restart_cancels_futures_and_replaces_workers(client):
     f = client.submit(inc, 5)
     f.result(30)

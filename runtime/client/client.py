@@ -49,7 +49,8 @@ class Client:
         self.node = node
         self.prefix = prefix
         self._futures: dict[str, FutureState] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: concurrent.futures.wait takes each future's _condition (this one) in turn.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from runtime.client.client import Client
 
 PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
+#: the standard library's states of a done future (concurrent.futures._base)
+_STDLIB_DONE = ("FINISHED", "CANCELLED_AND_NOTIFIED")
 
 
 class FutureState:
@@ -44,6 +46,15 @@ class FutureState:
         #: called with the future once it is done (``add_done_callback``); None when there are none
         self.callbacks: list[tuple[Callable[[Future], Any], Future]] | None = None
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to the standard library's FINISHED/CANCELLED_AND_NOTIFIED once done, so its
+        ``wait`` and ``as_completed``, which test ``future._state in (...)``, read it right."""
+        if isinstance(other, str):
+            return self.status != PENDING and other in _STDLIB_DONE
+        return self is other
+
+    __hash__ = object.__hash__
+
     def error(self, key: str) -> BaseException:
         """The task's exception, rebuilt, with the remote traceback as its cause."""
         try:
@@ -67,13 +78,30 @@ class FutureState:
 class Future:
     """The eventual value of a task or ``put``; pass it to other tasks as an argument."""
 
-    __slots__ = ("key", "_client", "_state", "__weakref__")
+    __slots__ = ("key", "_client", "_state", "_stdlib_waiters", "__weakref__")
 
     def __init__(self, key: str, client: Client, state: FutureState):
         self.key = key
         self._client = client
         self._state = state
+        #: waiters of concurrent.futures.wait/as_completed on this object (created on first use)
+        self._stdlib_waiters: list | None = None
         state.refcount += 1
+
+    # concurrent.futures.wait and as_completed work on a Future through these two names:
+    # they hold _condition while they read _state and add a waiter to _waiters.
+
+    @property
+    def _condition(self) -> Any:
+        return self._client._cond
+
+    @property
+    def _waiters(self) -> list:
+        if self._stdlib_waiters is None:
+            self._stdlib_waiters = []
+            if self._state.status == PENDING:  # stable: the caller holds _condition
+                self._client.add_done_callback(self, _notify_stdlib_waiters)
+        return self._stdlib_waiters
 
     def result(self, timeout: float | None = None) -> Any:
         """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
@@ -133,6 +161,17 @@ class Future:
 
 
 ObjectRef = Future
+
+
+def _notify_stdlib_waiters(future: Future) -> None:
+    with future._condition:
+        for waiter in list(future._stdlib_waiters or ()):
+            if future._state.status == CANCELLED:
+                waiter.add_cancelled(future)
+            elif future._state.status == ERRED:
+                waiter.add_exception(future)
+            else:
+                waiter.add_result(future)
 
 
 def collect_futures(x: Any, out: list[Future]) -> None:
