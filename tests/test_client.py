@@ -256,10 +256,28 @@ def test_run_info_who_has_has_what(client):
     f.result(30)
     [holder] = client.who_has([f])[f.key]
     assert holder in pids and f.key in client.has_what()[holder]
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError) as info:
         client.run(lambda: 1 / 0)
+    assert "raised by Client.run on worker" in info.value.__notes__[0]
+    errors = client.run(lambda: 1 / 0, on_error="return")
+    assert set(errors) == set(pids) and all(isinstance(e, ZeroDivisionError) for e in errors.values())
     with pytest.raises(TypeError, match="callable"):
         client.run("os.getpid")
+    with pytest.raises(ValueError, match="no such worker"):
+        client.run(os.getpid, workers=["tcp://nowhere:1"])
+    with pytest.raises(TypeError, match="workers"):
+        client.run(os.getpid, workers=[1])
+
+
+def test_run_reaches_busy_workers_and_survives_one_leaving(client):
+    busy = client.map(spin, [120, 120], pure=False)
+    _wait_until(lambda: sum(len(keys) for keys in client.processing().values()) == 2)
+    assert len(client.run(os.getpid, timeout=30)) == 2  # not queued behind the spinning tasks
+    client.cancel(busy, force=True)
+    victim = next(iter(client.nthreads()))
+    answers = client.run(os._exit, 3, workers=[victim], on_error="return", timeout=60)
+    assert "left before it answered" in str(answers[victim])
+    _wait_until(lambda: victim not in client.nthreads() and len(client.nthreads()) == 2, timeout=60)
 
 
 class Recorder(WorkerPlugin):

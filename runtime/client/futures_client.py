@@ -20,6 +20,7 @@ yields results, for code written against the standard library (its ``wait`` and
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import sys
@@ -36,6 +37,7 @@ from runtime.client.client import task_entry
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
+from runtime.errors import RemoteTraceback
 from runtime.worker.plugins import plugin_name
 
 logger = logging.getLogger("runtime.client")
@@ -321,18 +323,46 @@ class Client(concurrent.futures.Executor):
             raise ValueError(f"wait_for_workers() needs a whole number >= 1, not {n_workers!r}")
         self.core.wait_for_workers(n_workers, timeout)
 
-    def run(self, fn: Callable, *args: Any, workers: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    def run(
+        self,
+        fn: Callable,
+        *args: Any,
+        workers: list[str] | None = None,
+        on_error: str = "raise",
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """Call ``fn(*args, **kwargs)`` once on every worker (or those in ``workers``).
 
-        Returns ``{worker address: result}``; re-raises the first exception.  Each call is a
-        task pinned to its worker, so it waits its turn behind tasks already running there.
+        Returns ``{worker address: result}``.  It is not a task: each worker runs it at once
+        on a thread of its own, even while its executor threads are busy.  ``on_error``:
+        ``"raise"`` re-raises the first exception, ``"return"`` puts exceptions among the
+        results.  ``timeout`` bounds the wait for every answer.
         """
         self._check_open()
         if not callable(fn):
             raise TypeError(f"run() needs a callable as its first argument, not a {type(fn).__name__}")
-        targets = list(self.scheduler_info()["workers"]) if workers is None else list(workers)
-        futures = {w: self.submit(fn, *args, pure=False, workers=[w], priority=2**30, **kwargs) for w in targets}
-        return self.gather(futures)
+        if on_error not in ("raise", "return"):
+            raise ValueError(f'run() on_error must be "raise" or "return", not {on_error!r}')
+        if workers is not None:
+            workers = waiting.check_workers(workers, "run()")
+        function = serialize.dumps_function(functools.partial(fn, *args, **kwargs))
+        answers = self.core.request("run", timeout=timeout, function=function, workers=workers)
+        if "error" in answers and isinstance(answers["error"], str):
+            raise ValueError(f"run(): {answers['error']}")
+        results: dict[str, Any] = {}
+        for worker, answer in answers.items():
+            if answer[0] == "ok":
+                results[worker] = serialize.loads(answer[1])
+                continue
+            exc = serialize.loads(answer[1]) if answer[1] is not None else RuntimeError(answer[2])
+            if answer[1] is not None:
+                exc.__cause__ = RemoteTraceback(answer[2])
+            exc.add_note(f"raised by Client.run on worker {worker}")
+            if on_error == "raise":
+                raise exc
+            results[worker] = exc
+        return results
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> dict[str, Any]:
         """Install a worker plugin (see ``runtime.WorkerPlugin``) on every worker, now and later.

@@ -43,6 +43,15 @@ def check_futures(fs: Any, what: str) -> list[Future]:
     return futures
 
 
+def check_workers(workers: Any, what: str) -> list[str]:
+    """``workers`` as a list of worker addresses, or a TypeError naming what ``what`` got."""
+    if isinstance(workers, str):
+        return [workers]
+    if not isinstance(workers, (list, tuple, set)) or not all(isinstance(w, str) for w in workers):
+        raise TypeError(f"{what} workers must be a worker address or a list of them, not {workers!r:.80}")
+    return list(workers)
+
+
 def wait(
     fs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED, *, num_returns: int | None = None
 ) -> DoneAndNotDone:

@@ -20,6 +20,7 @@ from runtime.comm.core import Comm, listen
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
+from runtime.scheduler.worker_runs import WorkerRuns
 
 logger = logging.getLogger("runtime.scheduler")
 
@@ -74,6 +75,8 @@ class Scheduler:
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
+        #: Client.run calls waiting for their workers' answers
+        self.runs = WorkerRuns(self._send)
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
@@ -167,6 +170,7 @@ class Scheduler:
 
     def _remove_worker(self, address: str, cause: str, executing: tuple[str, ...] | None = None) -> None:
         self._awaiting_report.pop(address, None)
+        self.runs.worker_gone(address, cause)
         self.handle_stimulus(st.RemoveWorker(f"remove-worker-{address}", address, cause, executing))
 
     def _worker_died(self, address: str, cause: str, executing: tuple[str, ...]) -> None:
@@ -201,6 +205,8 @@ class Scheduler:
                     self.handle_stimulus(make(msg, peer, f"{op}-{next(ids)}"))
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._query(msg, peer))
+                elif op == "run-result":
+                    self.runs.answered(peer, msg["run_id"], msg["answer"])
                 elif op == "actor-started":
                     self.actors.started(msg)
                 elif op == "worker-died":
@@ -244,6 +250,12 @@ class Scheduler:
             tasks = self.state.tasks
             keys = msg.get("keys")
             return {k: sorted(w.address for w in ts.who_has) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+        if what == "run":
+            workers = msg.get("workers") or list(self.state.workers)
+            unknown = [w for w in workers if w not in self.state.workers]
+            if unknown:
+                return {"error": f"no such worker(s): {', '.join(unknown)}"}
+            return self.runs.start(msg["function"], workers)
         if what == "register-worker-plugin":  # for workers that join from now on
             self.worker_plugins[msg["name"]] = msg["plugin"]
             return None

@@ -140,6 +140,8 @@ class Worker:
                 self.plugins.add(serialize.loads(msg["plugin"]), msg["name"])
             except Exception:
                 logger.exception("cannot install worker plugin %r", msg["name"])
+        elif op == "run":  # Client.run: out of band, on a thread of its own
+            threading.Thread(target=self._run_function, args=(msg,), name="client-run", daemon=True).start()
         elif op == "restart":
             logger.info("restarting on the request of client %s", msg.get("client", "?"))
             self._exit(interrupt.EXIT_RESTART)
@@ -147,6 +149,14 @@ class Worker:
             pass
         else:
             logger.warning("ignoring unknown op %r", op)
+
+    def _run_function(self, msg: dict) -> None:
+        try:
+            answer = ["ok", serialize.dumps(serialize.loads(msg["function"])())]
+        except BaseException as e:  # noqa: BLE001 - the caller gets every error back
+            erred = serialize.erred_message(f"run-{msg['run_id']}", e, 0.0)
+            answer = ["error", erred["exception"], erred["traceback"]]
+        self.post({"op": "run-result", "run_id": msg["run_id"], "answer": answer})
 
     def _interrupt(self, key: str) -> None:
         """Stop the task ``key`` if it is running here (see runtime.worker.interrupt)."""
