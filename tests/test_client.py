@@ -403,3 +403,20 @@ def test_a_remote_function_submitted_runs_as_its_function(client):
 
     assert client.submit(double, 21).result(30) == 42
     assert client.gather(client.map(double, [1, 2])) == [2, 4]
+
+
+def test_actor_results_feed_client_tasks(cluster):
+    @rt.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    counter = Counter.remote()
+    ref = counter.incr.remote()  # an actor call's result, known at first only to this process
+    with Client(cluster.cluster, set_as_default=False) as client:
+        assert client.submit(inc, ref).result(30) == 2
+        assert client.gather(client.map(add, [ref, ref], [10, 20])) == [11, 21]

@@ -252,8 +252,13 @@ class Client:
         that failed (the task then fails with its error), or None."""
         for dep in deps.values():
             fs = getattr(dep, "_state", None)
-            if fs is not None and fs.local and not self._register_local(dep):
+            if fs is None or not fs.local:
+                continue
+            owner = dep._client  # an actor result of another client in this process is its to register
+            if not owner._register_local(dep):
                 return dep
+            if owner is not self:  # its message goes on its own connection: wait until it has landed
+                owner.request("who-has", keys=[dep.key])
         return None
 
     def failed_future(self, key: str, cause: Future) -> Future:

@@ -118,7 +118,8 @@ class Client(concurrent.futures.Executor):
 
     def _task(
         self, fn: Callable, func_bytes: bytes, args: tuple, kwargs: dict, key: str | None, pure: bool, options: dict
-    ) -> list:
+    ) -> tuple[list, Future | None]:
+        """The task's wire form, and the actor-call result among its arguments that failed, if any."""
         name = _funcname(fn)
         args_bytes, deps = serialize.dumps_args(name, args, kwargs)
         if key is None:
@@ -126,7 +127,9 @@ class Client(concurrent.futures.Executor):
                 key = f"{name}-{hashlib.blake2b(func_bytes + args_bytes, digest_size=16).hexdigest()}"
             else:
                 key = self.core.new_key(name)
-        return task_entry(key, func_bytes, args_bytes, deps, options.get("retries") or 0, name, restrictions(options))
+        retries = options.get("retries") or 0
+        task = task_entry(key, func_bytes, args_bytes, deps, retries, name, restrictions(options))
+        return task, self.core.failed_dependency(deps)
 
     def submit(
         self,
@@ -156,7 +159,9 @@ class Client(concurrent.futures.Executor):
         if key is not None and (not isinstance(key, str) or not key):
             raise TypeError(f"submit() key must be a non-empty string, not {key!r}")
         options = _options(workers, resources, priority, retries, allow_other_workers)
-        task = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
+        task, failed = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
+        if failed is not None:
+            return self.core.failed_future(task[0], failed)
         return self.core.update_graph([task], [task[0]], priority)[0]
 
     def map(  # type: ignore[override]  # Dask's map: futures at once (see get_executor for the stdlib's)
@@ -200,17 +205,22 @@ class Client(concurrent.futures.Executor):
             raise TypeError(f"map() key must be a string prefix or a list of strings, not {key!r}")
         options = _options(workers, resources, priority, retries, allow_other_workers)
         func_bytes = self._pickle_function(fn)
-        futures: list[Future] = []
+        futures: list[Future | None] = [None] * len(items)
         for start in range(0, len(items), batch_size):
-            tasks = []
+            tasks, sent = [], []
             for i in range(start, min(start + batch_size, len(items))):
-                task = self._task(fn, func_bytes, items[i], kwargs, keys[i], pure, options)
+                task, failed = self._task(fn, func_bytes, items[i], kwargs, keys[i], pure, options)
                 if isinstance(key, str):  # a prefix: keep the hash (or counter) after it
                     task[0] = f"{key}-{task[0].rsplit('-', 1)[-1]}"
                     task[5] = key
-                tasks.append(task)
-            futures += self.core.update_graph(tasks, [t[0] for t in tasks], priority)
-        return futures
+                if failed is not None:
+                    futures[i] = self.core.failed_future(task[0], failed)
+                else:
+                    tasks.append(task)
+                    sent.append(i)
+            for i, future in zip(sent, self.core.update_graph(tasks, [t[0] for t in tasks], priority), strict=True):
+                futures[i] = future
+        return futures  # type: ignore[return-value]  # every slot is filled
 
     def scatter(self, data: Any, *, broadcast: bool = False, hash: bool = True) -> Any:  # noqa: A002 - Dask's name
         """Store data in the cluster: a list gives a list of futures, a dict a dict, else one.
