@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib.util
 import io
 import os
 import sys
@@ -267,6 +268,12 @@ def test_run_info_who_has_has_what(client):
         client.run(os.getpid, workers=["tcp://nowhere:1"])
     with pytest.raises(TypeError, match="workers"):
         client.run(os.getpid, workers=[1])
+    with pytest.raises(TimeoutError, match="2 of 5 workers joined"):
+        client.wait_for_workers(5, timeout=0.3)
+    with pytest.raises(ValueError, match="whole number"):
+        client.wait_for_workers(0)
+    with pytest.raises(TypeError, match="Future"):
+        client.who_has(["not a future"])
 
 
 def test_run_reaches_busy_workers_and_survives_one_leaving(client):
@@ -314,6 +321,10 @@ def test_progress_bar_fills_and_times_out(client):
         rt.progress(client.submit(slow_inc, 1, delay=3, pure=False), timeout=0.05, file=io.StringIO())
     with pytest.raises(TypeError, match="progress"):
         rt.progress(5)
+    if importlib.util.find_spec("ipywidgets") is None:  # asked for a widget it cannot show: text, blocking
+        out = io.StringIO()
+        assert rt.progress([client.submit(inc, 3)], notebook=True, file=out) is None
+        assert "1/1" in out.getvalue()
 
 
 # -- Executor --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
@@ -359,17 +361,27 @@ class Client:
         return await fut
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
-        """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s."""
+        """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s.
+
+        A wait of more than a second says what it waits for: a log line, and a bar of the
+        workers joined on a terminal.
+        """
         start = time.monotonic()
-        said = 0
-        while (have := len(self.request("identity")["workers"])) < n:
-            waited = time.monotonic() - start
-            if waited > timeout:
-                raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
-            if waited > 1 + said:  # a slow start says what it waits for, once a few seconds
-                logger.info("waiting for workers to start: %d of %d joined", have, n)
-                said = waited + 4
-            time.sleep(0.02)
+        bar = None
+        try:
+            while (have := len(self.request("identity")["workers"])) < n:
+                waited = time.monotonic() - start
+                if waited > timeout:
+                    raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
+                if bar is None and waited > 1:
+                    logger.info("waiting for workers to start: %d of %d joined", have, n)
+                    bar = tqdm(total=n, initial=have, desc="workers", unit="worker", leave=False, disable=None)
+                elif bar is not None and have > bar.n:
+                    bar.update(have - bar.n)
+                time.sleep(0.02)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
         """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""

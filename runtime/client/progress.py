@@ -8,12 +8,16 @@ once and the widget keeps moving while the cell's output stays live.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sys
 import threading
 from typing import Any
 
 from runtime.client.future import Future, collect_futures
 from runtime.errors import GetTimeoutError
+
+logger = logging.getLogger("runtime.client")
 
 
 def _in_notebook() -> bool:
@@ -39,11 +43,18 @@ def progress(
     found = {f.key: f for f in given}
     if notebook is None:
         notebook = _in_notebook()
+    if notebook and importlib.util.find_spec("ipywidgets") is None:
+        # tqdm's widget needs ipywidgets: show a text bar, and wait for it as in a terminal.
+        logger.warning("progress(): the notebook widget needs ipywidgets; showing a text bar")
+        notebook = False
     if notebook:
-        from tqdm.notebook import tqdm
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        bar = notebook_tqdm(total=len(found), desc=desc, unit="task")
     else:
         from tqdm import tqdm
-    bar = tqdm(total=len(found), desc=desc, unit="task", file=file, dynamic_ncols=True)
+
+        bar = tqdm(total=len(found), desc=desc, unit="task", file=file, dynamic_ncols=True)
     lock = threading.Lock()
     counts = {"done": 0, "failed": 0}
     all_done = threading.Event()
