@@ -112,6 +112,7 @@ def test_map_many_iterables_batches_and_keys(client):
 def test_gather_nested_and_errors(client):
     good, bad = client.submit(inc, 1), client.submit(boom, 1)
     assert client.gather({"a": [good, (good, 3)], "b": good}) == {"a": [2, (2, 3)], "b": 2}
+    assert list(client.gather(iter([good, good]))) == [2, 2]
     with pytest.raises(ValueError, match="boom 1") as info:
         client.gather([good, bad])
     assert any("raised by task" in note for note in info.value.__notes__)

@@ -280,6 +280,8 @@ class Client(concurrent.futures.Executor):
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
+        if isinstance(futures, Iterator):  # as Dask: an iterator of futures gives an iterator of values
+            return (self.gather(f, errors=errors, timeout=timeout) for f in futures)
         found: list[Future] = []
         collect_futures(futures, found)
         if found:
@@ -537,10 +539,11 @@ class ClientExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot map after shutdown() of this executor")
         futures = self.client.map(fn, *iterables, **self._options)
         self._futures.update(futures)
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-        def results() -> Iterator[Any]:
+        def results() -> Iterator[Any]:  # as the stdlib's: timeout counts from the call to map
             for f in futures:
-                yield f.result(timeout)
+                yield f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
         return results()
 
