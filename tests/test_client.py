@@ -372,11 +372,23 @@ def test_stdlib_wait_and_as_completed_take_our_futures(client):
     assert not not_done and slow.cancelled()
 
 
-def test_restart_cancels_futures_and_replaces_workers(client):
+class TeardownMarker(WorkerPlugin):
+    name = "teardown-marker"
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def teardown(self, worker):
+        open(os.path.join(self.directory, str(os.getpid())), "w").close()
+
+
+def test_restart_cancels_futures_and_replaces_workers(client, tmp_path):
     f = client.submit(inc, 5)
     f.result(30)
     old = client.run(os.getpid)
+    client.register_plugin(TeardownMarker(str(tmp_path)))
     client.restart()
+    assert {int(p.name) for p in tmp_path.iterdir()} == set(old.values())  # each old worker tore it down
     with pytest.raises(TaskCancelledError):
         f.result(5)
     new = client.run(os.getpid)
