@@ -143,7 +143,7 @@ def submit(client: Client, dsk: Any, keys: Any) -> Any:
         if missing is not None:
             raise KeyError(f"get(): task {key!r} depends on {missing!r}, which is not in the graph")
         refs = {d: _Ref(runtime_key(d)) for d in deps}
-        args_bytes, dep_refs = serialize.dumps_args(_prefix(key), (node, refs), {})
+        args_bytes, dep_refs = serialize.dumps_args_plain(_prefix(key), (node, refs), {})
         tasks.append(task_entry(runtime_key(key), func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
     unique = list(dict.fromkeys(runtime_key(k) for k in wanted))
     futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True))
