@@ -28,6 +28,7 @@ perf: $(VENV)/.perf-installed
 	$(PY) perf/bench_actors.py
 	$(PY) perf/bench_scheduler.py
 	$(PY) perf/bench_local.py
+	$(PY) perf/bench_client.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -2,10 +2,12 @@
 
 from runtime import config
 from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
-from runtime.api.context import cancel, get, init, is_initialized, put, shutdown, wait
+from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
 from runtime.api.remote import remote
-from runtime.client.client import Client
 from runtime.client.future import Future, ObjectRef
+from runtime.client.futures_client import Client, ClientExecutor
+from runtime.client.progress import progress
+from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from runtime.cluster import LocalCluster
 from runtime.diagnostics import MemorySampler
 from runtime.errors import (
@@ -17,10 +19,13 @@ from runtime.errors import (
     TaskCancelledError,
     TaskError,
 )
+from runtime.worker.actors import get_worker
+from runtime.worker.plugins import WorkerPlugin
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
-    "Client", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
+    "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
+    "as_completed", "progress", "WorkerPlugin", "get_worker", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip

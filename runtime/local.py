@@ -666,12 +666,14 @@ def _error(key: str, fs: FutureState) -> BaseException:
     if not isinstance(exc, BaseException):  # a scheduler-made error arrives pickled
         exc = _unpickle_exception(key, exc) if isinstance(exc, bytes) else TaskError(f"task {key!r} failed")
     note = failure_note(key, fs.blame)
+    notes = [*getattr(exc, "__notes__", ()), note]
     try:
         err = copy.copy(exc)
+        # Some copy reducers (tblib's, which Dask installs) share the instance dict.
+        err.__dict__ = {**exc.__dict__, "__notes__": notes}
         err.__traceback__, err.__cause__, err.__context__ = exc.__traceback__, exc.__cause__, exc.__context__
-    except Exception:
-        err = exc
-    err.__notes__ = [*getattr(exc, "__notes__", ()), note]
+    except Exception:  # an exception that cannot be copied: raise it once more, notes as they were
+        return exc
     return err
 
 
@@ -695,3 +697,24 @@ def shutdown() -> None:
         ls, _local = _local, None
     if ls is not None:
         ls.close()
+
+
+def owner_of(refs: Sequence[Future], scheduler: str | None, what: str) -> tuple[LocalScheduler | None, str | None]:
+    """The local scheduler that made ``refs`` (None: the cluster), and the checked ``scheduler``
+    (a ``get``/``wait`` argument); ValueError when the two do not go together."""
+    kind = config.SETTINGS["scheduler"].parse(scheduler) if scheduler is not None else None
+    owners = {type(r._client) is LocalScheduler for r in refs}
+    if len(owners) > 1:
+        raise ValueError(f"{what}() got futures of a local scheduler and of the cluster together; pass them apart")
+    is_local = owners == {True}
+    if is_local and kind == "distributed":
+        raise ValueError(
+            f"{what}(scheduler='distributed') got futures made under a local scheduler; "
+            "they run in this process (submit them again outside the local scheduler)"
+        )
+    if not is_local and kind not in (None, "distributed"):
+        raise ValueError(
+            f"{what}(scheduler={kind!r}) got futures of the distributed cluster, which runs them already; "
+            f"make them under runtime.config.set(scheduler={kind!r}) to run them locally"
+        )
+    return (refs[0]._client if is_local else None), kind  # type: ignore[return-value]

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 from conftest import runtime_cmd
 
-import runtime as rt
+from runtime.client.client import Client as CoreClient
 from runtime.comm import codec
 from runtime.comm.core import parse_address
 from runtime.comm.serialize import dumps_function
@@ -47,7 +47,7 @@ class Head:
 def served(tmp_path_factory):
     head = Head(str(tmp_path_factory.mktemp("hostile")))
     try:
-        client = rt.Client(head.scheduler_address)
+        client = CoreClient(head.scheduler_address)
         try:
             client.wait_for_workers(1)
             yield head, client
@@ -76,7 +76,7 @@ def _send_raw(address: str, data: bytes, wait_for_close: bool = True) -> None:
                 pass
 
 
-def _still_serving(client: rt.Client) -> None:
+def _still_serving(client: CoreClient) -> None:
     assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
 
 

@@ -121,7 +121,7 @@ def test_timeout_leaves_futures_usable(scheduler):
     f = slow.remote(7, 1.0)
     with pytest.raises(rt.GetTimeoutError):
         rt.get(f, timeout=0.05)
-    done, pending = rt.wait([f], timeout=0.01)
+    done, pending = rt.wait([f], num_returns=1, timeout=0.01)
     assert (done, pending) == ([], [f])
     assert rt.get(f, timeout=60) == 7
 

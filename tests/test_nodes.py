@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
+from runtime.client.client import Client as CoreClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
 
@@ -31,7 +32,7 @@ def make(n):
 def two_nodes():
     # No active memory manager: these tests count transfers, and it would drop idle copies.
     with rt.LocalCluster(n_workers=2, n_nodes=2, amm_interval=0) as cluster:
-        client = rt.Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2)
             yield cluster, client
@@ -41,7 +42,7 @@ def two_nodes():
         assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)]
 
 
-def _workers_on(client: rt.Client, node: str) -> list[str]:
+def _workers_on(client: CoreClient, node: str) -> list[str]:
     return [a for a, w in client.request("identity")["workers"].items() if w["node"] == node]
 
 
@@ -84,3 +85,15 @@ def test_the_driver_reads_a_value_made_on_another_node(two_nodes):
     ref = client.submit(dumps_function(make), "make", (1_000_000,), {}, restrictions={"workers": far})
     value = ref.result(timeout=30)
     assert value.sum() == 2_000_000.0 and not value.flags.writeable
+
+
+def test_scatter_broadcast_places_a_copy_in_every_store(two_nodes):
+    cluster, _ = two_nodes
+    with rt.Client(cluster) as client:
+        value = np.arange(2_000_000, dtype=np.float64)  # 16 MB: stored, not inline
+        ref = client.scatter(value, broadcast=True)
+        assert store.local_name(cluster.prefixes[1], ref._state.value[2]) in _objects(cluster.prefixes[1])
+        far = _workers_on(client.core, cluster.nodes[1])
+        before = len(_fetch_lines(cluster, 1))
+        assert client.submit(np.sum, ref, workers=far).result(60) == value.sum()
+        assert len(_fetch_lines(cluster, 1)) == before  # already there: nothing crossed at run time

@@ -14,6 +14,7 @@ import pytest
 from conftest import runtime_cmd
 
 import runtime as rt
+from runtime.client.client import Client as CoreClient
 from runtime.comm import auth
 from runtime.comm.serialize import dumps_function
 
@@ -86,7 +87,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
     try:
         # The right secret: tasks run, values move.
         security_env(secret_file=right)
-        client = rt.Client(address)
+        client = CoreClient(address)
         try:
             client.wait_for_workers(1)
             assert client.submit(dumps_function(inc), "inc", (1,), {}).result(timeout=60) == 2
@@ -103,7 +104,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         # A wrong secret: refused before anything is read.
         security_env(secret_file=_secret_file(tmp_path, "wrong"))
         with pytest.raises(auth.AuthenticationError, match="refused our secret"):
-            rt.Client(address, timeout=5)
+            CoreClient(address, timeout=5)
         # No secret at all: a client's registration and a graph go unread.
         host, port = address[len("tcp://") :].rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -120,7 +121,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         status = runtime_cmd("status", "--secret-file", right, run_dir=run_dir)
         assert status.returncode == 0 and "workers: 1" in status.stdout
         security_env(secret_file=right)
-        client = rt.Client(address)
+        client = CoreClient(address)
         try:  # none of the refused peers became a client
             assert client.request("status")["clients"] == clients_before
         finally:
@@ -148,7 +149,7 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
         joined = runtime_cmd("start", "--address", address, "--num-workers", "1", *flags, run_dir=run_dir + "-b")
         assert joined.returncode == 0, joined.stderr
         security_env(secret_file=secret, tls_cert=cert, tls_key=key, tls_ca=ca)
-        client = rt.Client(address)
+        client = CoreClient(address)
         try:
             client.wait_for_workers(2)
             assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
@@ -163,7 +164,7 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
         # The secret alone, without TLS, gets nowhere.
         security_env(tls_cert="", tls_key="", tls_ca="")
         with pytest.raises(ConnectionError, match="does the server use TLS"):
-            rt.Client(address, timeout=3)
+            CoreClient(address, timeout=3)
     finally:
         assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0
         runtime_cmd("stop", *flags, run_dir=run_dir + "-b")

@@ -130,6 +130,8 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, not a {type(actor).__name__}")
-    reply = current_runtime().client.request("kill-actor", actor=actor._actor_id, no_restart=no_restart)
+    client = current_runtime().client
+    reply = client.request("kill-actor", actor=actor._actor_id, no_restart=no_restart)
     if "error" in reply:
         raise ValueError(reply["error"])
+    client.actor_calls.relocate(actor._actor_id)

@@ -1,4 +1,4 @@
-"""The one explicit runtime object behind ``runtime.init/get/put/wait/shutdown``.
+"""The one explicit runtime object behind ``runtime.init/get/put/cancel/shutdown``.
 
 Using the API before ``init()`` starts a local cluster with default settings, as Ray
 does; ``shutdown()`` (or the end of the program) stops it.
@@ -20,7 +20,7 @@ from runtime import config, local
 from runtime.client.client import Client
 from runtime.client.future import Future
 from runtime.cluster import LocalCluster
-from runtime.local import LocalScheduler, local_scheduler
+from runtime.local import local_scheduler
 
 logger = logging.getLogger("runtime")
 
@@ -135,7 +135,7 @@ def get(refs: Future | Sequence[Future], *, timeout: float | None = None, schedu
         return get([refs], timeout=timeout, scheduler=scheduler)[0]
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
         raise TypeError(f"get() takes a Future or a list of Futures, not {_describe(refs)}")
-    owner, kind = _owner(refs, scheduler, "get")
+    owner, kind = local.owner_of(refs, scheduler, "get")
     if owner is not None:
         return owner.get(refs, timeout=timeout, scheduler=kind)
     return current_runtime().client.get(refs, timeout=timeout) if refs else []
@@ -150,46 +150,12 @@ def put(value: Any) -> Future:
     return current_runtime().client.put(value)
 
 
-def wait(
-    refs: Sequence[Future], *, num_returns: int = 1, timeout: float | None = None, scheduler: str | None = None
-) -> tuple[list[Future], list[Future]]:
-    """``(done, pending)`` once ``num_returns`` of ``refs`` are done or ``timeout`` s passed."""
-    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
-        raise TypeError(f"wait() takes a list of Futures, not {_describe(refs)}")
-    if len(set(refs)) != len(refs):
-        raise ValueError("wait() got the same future twice")
-    owner, kind = _owner(refs, scheduler, "wait")
-    if owner is not None:
-        return owner.wait(refs, num_returns=num_returns, timeout=timeout, scheduler=kind)
-    return current_runtime().client.wait(refs, num_returns=num_returns, timeout=timeout)
-
-
-def _owner(refs: Sequence[Future], scheduler: str | None, what: str) -> tuple[LocalScheduler | None, str | None]:
-    """The local scheduler that made ``refs`` (None: the cluster), and the checked ``scheduler``."""
-    kind = config.SETTINGS["scheduler"].parse(scheduler) if scheduler is not None else None
-    owners = {type(r._client) is LocalScheduler for r in refs}
-    if len(owners) > 1:
-        raise ValueError(f"{what}() got futures of a local scheduler and of the cluster together; pass them apart")
-    is_local = owners == {True}
-    if is_local and kind == "distributed":
-        raise ValueError(
-            f"{what}(scheduler='distributed') got futures made under a local scheduler; "
-            "they run in this process (submit them again outside the local scheduler)"
-        )
-    if not is_local and kind not in (None, "distributed"):
-        raise ValueError(
-            f"{what}(scheduler={kind!r}) got futures of the distributed cluster, which runs them already; "
-            f"make them under runtime.config.set(scheduler={kind!r}) to run them locally"
-        )
-    return (refs[0]._client if is_local else None), kind  # type: ignore[return-value]
-
-
 def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
     """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError."""
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")
-    owner, _ = _owner(futures, None, "cancel")
+    owner, _ = local.owner_of(futures, None, "cancel")
     if owner is not None:
         owner.cancel(futures, force=force)
     elif futures:

@@ -77,10 +77,20 @@ class ActorCalls:
         self._outbox.put({"msg": msg, "deps": deps})
         return future
 
+    def relocate(self, actor_id: str) -> None:
+        """The actor was killed or restarted: calls made from now on ask the scheduler where
+        it is (or why it is dead) instead of going to its old worker."""
+        self._outbox.put({"relocate": actor_id})
+
     # -- the client's loop thread ------------------------------------------------------------
 
     def _dispatch(self, batch: list[dict]) -> None:
         for call in batch:
+            if "relocate" in call:  # in order with the calls: those made before still go
+                route = self._routes.get(call["relocate"])
+                if route is not None and route.comm is not None:
+                    route.comm = None
+                continue
             route = self._routes.get(call["msg"]["actor"])
             if route is None:
                 route = self._routes[call["msg"]["actor"]] = _Route(call["msg"]["actor"])
@@ -179,6 +189,7 @@ class ActorCalls:
                         self._resolve(msg)
                     client._cond.notify_all()
                 self.futures_changed()
+                client.fire_callbacks()
         except (ConnectionError, OSError) as e:
             logger.info("lost the connection to actor worker %s: %s", address, e)
         finally:
@@ -209,6 +220,7 @@ class ActorCalls:
             fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
         else:
             fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"]
+        client._take_callbacks(fs)
 
     def _fail(self, key: str, text: str) -> None:
         """The call ``key`` fails with ActorDiedError.  Call without the client's ``_cond`` held."""
@@ -217,7 +229,9 @@ class ActorCalls:
             fs = client._futures.get(key)
             if fs is not None and fs.status == PENDING:
                 fs.status, fs.exception = ERRED, serialize.dumps(ActorDiedError(text))
+                client._take_callbacks(fs)
             client._cond.notify_all()
+        client.fire_callbacks()
 
     def close(self) -> None:
         for comm in self._comms.values():

@@ -16,6 +16,7 @@ with their value inline), so ``get`` needs no request of its own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -24,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from tqdm import tqdm
 
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
@@ -36,6 +39,9 @@ from runtime.objstore.transfer import fetch_sync
 
 logger = logging.getLogger("runtime.client")
 
+#: puts of at least this many bytes log what they do
+LARGE_PUT = 256 * 2**20
+
 
 class Client:
     def __init__(self, address: str, *, node: str | None = None, prefix: str | None = None, timeout: float = 30.0):
@@ -46,7 +52,8 @@ class Client:
         self.node = node
         self.prefix = prefix
         self._futures: dict[str, FutureState] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: concurrent.futures.wait takes each future's _condition (this one) in turn.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()
@@ -55,6 +62,10 @@ class Client:
         self._lost: str | None = None
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
+        #: runs add_done_callback callbacks, off the loop thread (created on first use)
+        self._callback_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: callbacks of futures that became done in the batch being handled
+        self._due: list[tuple[Callable[[Future], Any], Future]] = []
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
@@ -85,6 +96,7 @@ class Client:
                         self._handle(msg)
                     self._cond.notify_all()
                 self.actor_calls.futures_changed()
+                self.fire_callbacks()
         except (ConnectionError, OSError) as e:
             if not self._closed:
                 self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
@@ -95,11 +107,13 @@ class Client:
             fs = self._futures.get(msg["key"])
             if fs is not None:
                 fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
+                self._take_callbacks(fs)
         elif op == "task-erred":
             fs = self._futures.get(msg["key"])
             if fs is not None:
                 fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"] or ""
                 fs.blame, fs.worker = msg["blame"], msg.get("worker", "")
+                self._take_callbacks(fs)
         elif op == "reply":
             fut = self._requests.pop(msg["reqid"], None)
             if fut is not None and not fut.done():
@@ -112,6 +126,7 @@ class Client:
                         CANCELLED,
                         serialize.dumps(TaskCancelledError(f"task {key!r} was cancelled")),
                     )
+                    self._take_callbacks(fs)
         elif op == "lost-keys":  # their only copies were on a node that left: they are being recomputed
             for key in msg["keys"]:
                 fs = self._futures.get(key)
@@ -128,12 +143,44 @@ class Client:
         for fs in self._futures.values():
             if fs.status == PENDING:
                 fs.status, fs.exception = ERRED, pickled
+                self._take_callbacks(fs)
+
+    def _take_callbacks(self, fs: FutureState) -> None:
+        """A future became done: its callbacks run at the next ``fire_callbacks``.  Call with the lock held."""
+        if fs.callbacks:
+            self._due.extend(fs.callbacks)
+            fs.callbacks = None
+
+    def fire_callbacks(self) -> None:
+        """Hand the callbacks of futures that became done to the callback thread.
+
+        Call without the lock held: the futures are dropped here, and a last reference's
+        ``__del__`` takes the lock.
+        """
+        with self._lock:
+            if not self._due:
+                return
+            due, self._due = self._due, []
+        if self._callback_pool is None:
+            self._callback_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runtime-callbacks")
+        for fn, future in due:
+            self._callback_pool.submit(_call_logged, fn, future)
+
+    def add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once ``future`` is done; now, in this thread, if it already is."""
+        with self._lock:
+            fs = future._state
+            if fs.status == PENDING:
+                fs.callbacks = [*(fs.callbacks or ()), (fn, future)]
+                return
+        _call_logged(fn, future)
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
         with self._cond:
             self._fail_pending(ConnectionError(reason))
             self._cond.notify_all()
+        self.fire_callbacks()
         for fut in self._requests.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
@@ -188,15 +235,44 @@ class Client:
         """
         args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
         key = self.new_key(prefix)
-        future = self._new_future(key)
+        bad = self.failed_dependency(deps)
+        if bad is not None:
+            return self.failed_future(key, bad)
+        task = task_entry(key, func_bytes, args_bytes, deps, retries, prefix, restrictions)
+        return self.update_graph([task], [key], priority)[0]
+
+    def update_graph(self, tasks: list[list], wanted: list[str], priority: int = 0) -> list[Future]:
+        """Send tasks (``task_entry`` lists, in any order) in one message; futures for ``wanted``.
+
+        A task may depend on keys of the same message.  Keys the scheduler already has are
+        not run again: the new futures share their value.
+        """
+        futures = [self._new_future(key) for key in wanted]
+        with self._lock:
+            for f in futures:
+                if f._state.status == CANCELLED:  # submitted again: it runs again
+                    f._state.status, f._state.exception = PENDING, None
+        self._send({"op": "update-graph", "tasks": tasks, "wanted": wanted, "priority": priority})
+        return futures
+
+    def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
+        """Make actor-call results among a task's ``deps`` known to the scheduler; the first
+        that failed (the task then fails with its error), or None."""
         for dep in deps.values():
-            if dep._state.local and not self._register_local(dep):  # an actor call that failed
-                self._fail_like(future._state, dep)
-                return future
-        task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
-        if restrictions:
-            task.append(restrictions)
-        self._send({"op": "update-graph", "tasks": [task], "wanted": [key], "priority": priority})
+            fs = getattr(dep, "_state", None)
+            if fs is None or not fs.local:
+                continue
+            owner = dep._client  # an actor result of another client in this process is its to register
+            if not owner._register_local(dep):
+                return dep
+            if owner is not self:  # its message goes on its own connection: wait until it has landed
+                owner.request("who-has", keys=[dep.key])
+        return None
+
+    def failed_future(self, key: str, cause: Future) -> Future:
+        """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
+        future = self._new_future(key)
+        self._fail_like(future._state, cause)
         return future
 
     def _register_local(self, future: Future) -> bool:
@@ -220,7 +296,9 @@ class Client:
             bad = cause._state
             fs.status, fs.exception, fs.traceback, fs.worker = ERRED, bad.exception, bad.traceback, bad.worker
             fs.blame = cause.key
+            self._take_callbacks(fs)
             self._cond.notify_all()
+        self.fire_callbacks()
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
         """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
@@ -229,11 +307,31 @@ class Client:
         """
         self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
 
-    def put(self, value: Any) -> Future:
+    def cancel_all(self, why: str) -> None:
+        """Cancel every future of this client, done or not (their values are released)."""
+        with self._cond:
+            keys = list(self._futures)
+            pickled = serialize.dumps(TaskCancelledError(f"cancelled by {why}"))
+            for fs in self._futures.values():
+                fs.status, fs.exception = CANCELLED, pickled
+                self._take_callbacks(fs)
+            self._cond.notify_all()
+        self.fire_callbacks()
+        if keys:
+            self._send({"op": "cancel", "keys": keys, "force": True})
+
+    def put(self, value: Any, key: str | None = None) -> Future:
         """Store ``value`` in the cluster (in this node's store when large); returns its future."""
-        key = self.new_key("put")
+        key = key or self.new_key("put")
         prefix, node = self._store_location()
+        size = getattr(value, "nbytes", 0)  # numpy, Arrow: a large put says what it is doing
+        loud = isinstance(size, int) and size >= LARGE_PUT
+        if loud:
+            logger.info("storing %s (%.1f MB) in the object store of node %s", key, size / 2**20, node)
+            start = time.monotonic()
         located, nbytes = values.encode(value, key=key, prefix=prefix, node=node)
+        if loud:
+            logger.info("stored %s in %.2fs", key, time.monotonic() - start)
         future = self._new_future(key)
         with self._lock:
             fs = future._state
@@ -269,12 +367,27 @@ class Client:
         return await fut
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
-        """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while (have := len(self.request("identity")["workers"])) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
-            time.sleep(0.02)
+        """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s.
+
+        A wait of more than a second says what it waits for: a log line, and a bar of the
+        workers joined on a terminal.
+        """
+        start = time.monotonic()
+        bar = None
+        try:
+            while (have := len(self.request("identity")["workers"])) < n:
+                waited = time.monotonic() - start
+                if waited > timeout:
+                    raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
+                if bar is None and waited > 1:
+                    logger.info("waiting for workers to start: %d of %d joined", have, n)
+                    bar = tqdm(total=n, initial=have, desc="workers", unit="worker", leave=False, disable=None)
+                elif bar is not None and have > bar.n:
+                    bar.update(have - bar.n)
+                time.sleep(0.02)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def retire_workers(
         self, workers: Sequence[str] = (), *, nodes: Sequence[str] = (), timeout: float = 60.0
@@ -325,6 +438,11 @@ class Client:
         here = fetch_sync(agent, self.node, located, source, key)
         self._send({"op": "add-replica", "key": key, "node": self.node, "name": here[2], "source": located})
         return here
+
+    def wait_done(self, futures: Sequence[Future], timeout: float | None = None) -> None:
+        """Block until all ``futures`` are done; GetTimeoutError after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_for(lambda: all(f._state.status != PENDING for f in futures), deadline, futures)
 
     def wait(
         self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None
@@ -384,3 +502,23 @@ class Client:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+        if self._callback_pool is not None:
+            self._callback_pool.shutdown(wait=False)
+
+
+def task_entry(
+    key: str, func_bytes: bytes, args_bytes: bytes, deps: Iterable[str], retries: int, prefix: str,
+    restrictions: dict[str, Any] | None = None,
+) -> list:  # fmt: skip
+    """One task of an ``update-graph`` message, as the scheduler reads it."""
+    task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
+    if restrictions:
+        task.append(restrictions)
+    return task
+
+
+def _call_logged(fn: Callable[[Future], Any], future: Future) -> None:
+    try:
+        fn(future)
+    except Exception:
+        logger.exception("done callback %r of %r raised", fn, future)

@@ -58,6 +58,27 @@ def dumps_args(func_name: str, args: tuple, kwargs: dict) -> tuple[bytes, dict[s
     return data, deps
 
 
+def dumps_args_plain(func_name: str, args: tuple, kwargs: dict) -> tuple[bytes, dict[str, Any]]:
+    """``dumps_args`` with the standard pickler when it can stand in for cloudpickle.
+
+    It is several times faster on Dask graph nodes, whose functions are importable.  When
+    the standard pickler fails (a lambda, a closure) or its pickle names ``__main__`` or a
+    module cloudpickle pickles by value (code a worker cannot import), cloudpickle does it.
+    """
+    deps: dict[str, Any] = {}
+    _local.collecting = deps
+    try:
+        data: bytes | None = pickle.dumps((args, kwargs), protocol=5)
+    except Exception:
+        data = None
+    finally:
+        _local.collecting = None
+    by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if data is None or by_value is None or b"__main__" in data or any(m.encode() in data for m in by_value):
+        return dumps_args(func_name, args, kwargs)
+    return data, deps
+
+
 def _name_bad_argument(func_name: str, args: tuple, kwargs: dict, error: Exception) -> SerializationError:
     named = [(f"argument {i}", a) for i, a in enumerate(args)] + [
         (f"keyword argument {k!r}", v) for k, v in kwargs.items()

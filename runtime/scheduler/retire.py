@@ -45,6 +45,7 @@ async def retire(sched: Scheduler, workers: list[str], nodes: list[str], timeout
     sched.retiring_nodes |= leaving
     asked: dict[tuple[str, str], float] = {}
     deadline = time.monotonic() + timeout
+    moved = False
     try:
         while True:
             busy = [a for a in addresses if (ws := state.workers.get(a)) is not None and ws.processing]
@@ -53,6 +54,7 @@ async def retire(sched: Scheduler, workers: list[str], nodes: list[str], timeout
             except ValueError as e:
                 return _undo(sched, addresses, leaving, str(e))
             if not busy and not moves:
+                moved = True
                 break
             if time.monotonic() > deadline:
                 why = f"{len(busy)} workers still running tasks, {len(moves)} values not yet copied"
@@ -60,7 +62,10 @@ async def retire(sched: Scheduler, workers: list[str], nodes: list[str], timeout
             _ask_for_copies(sched, moves, asked)
             await asyncio.sleep(POLL)
     finally:
-        sched.retiring_nodes -= leaving
+        # Once all is copied they stay retiring until they are gone, so that the active
+        # memory manager does not drop the copies as spare while the originals still exist.
+        if not moved:
+            sched.retiring_nodes -= leaving
     by_node: dict[str, list[str]] = {}
     for a in addresses:
         ws = state.workers.get(a)

@@ -32,6 +32,7 @@ from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
 from runtime.scheduler.status import cluster_status
+from runtime.scheduler.worker_runs import WorkerRuns
 
 logger = logging.getLogger("runtime.scheduler")
 
@@ -107,9 +108,13 @@ class Scheduler:
         #: memory samplings running for clients, by id
         self.samplings: dict[str, sampler.Sampling] = {}
         self._background: list[asyncio.Task] = []
+        #: pickled worker plugins by name, sent to every worker that joins (Client.register_plugin)
+        self.worker_plugins: dict[str, bytes] = {}
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
+        #: Client.run calls waiting for their workers' answers
+        self.runs = WorkerRuns(self._send)
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
@@ -124,6 +129,7 @@ class Scheduler:
         """The active memory manager's ReduceReplicas, every ``amm_interval`` seconds."""
         while True:
             await asyncio.sleep(self.amm_interval)
+            self.retiring_nodes &= self.state.nodes.keys()  # those retired are gone
             drops = amm.reduce_replicas(self.state, frozenset(self.retiring_nodes))
             if drops:
                 logger.info("active memory manager: dropping %d copies nobody needs", len(drops))
@@ -214,6 +220,8 @@ class Scheduler:
             self.node_info[peer] = msgs[0]
             self.liveness.seen(peer, asyncio.get_running_loop().time())
         comm.send({"op": "registered", "scheduler": self.address})
+        if op == "register-worker":
+            comm.send_many([{"op": "plugin-add", "name": n, "plugin": p} for n, p in self.worker_plugins.items()])
         self.handle_stimulus(added)
         try:
             self._handle_msgs(comm, peer, msgs[1:])
@@ -272,6 +280,7 @@ class Scheduler:
 
     def _remove_worker(self, address: str, cause: str, executing: tuple[str, ...] | None = None) -> None:
         self._awaiting_report.pop(address, None)
+        self.runs.worker_gone(address, cause)
         self.handle_stimulus(st.RemoveWorker(f"remove-worker-{address}", address, cause, executing))
 
     def _worker_died(self, address: str, cause: str, executing: tuple[str, ...]) -> None:
@@ -282,6 +291,17 @@ class Scheduler:
             self._remove_worker(address, cause, executing)
         elif address in self.comms:  # the report came first: use it when the connection closes
             self._death_reports[address] = (cause, executing)
+
+    def _force_cancel(self, stimulus: st.Stimulus) -> None:
+        """``cancel(force=True)``: cancel, then interrupt the tasks it took off a worker mid-run."""
+        # Only tasks sent to workers can be running: a few per thread, not the whole graph.
+        running = [(ts, ws) for ws in self.state.workers.values() for ts in ws.processing]
+        self.handle_stimulus(stimulus)
+        msgs: dict[str, list[dict]] = {}
+        for ts, ws in running:
+            if ts.processing_on is not ws:
+                msgs.setdefault(ws.address, []).append({"op": "interrupt", "key": ts.key})
+        self._send(msgs)
 
     def _handle_msgs(self, comm: Comm, peer: str, msgs: list[dict]) -> None:
         ids = self._ids
@@ -295,9 +315,14 @@ class Scheduler:
                 if make is not None:
                     stimulus = make(msg, peer, f"{op}-{next(ids)}")
                     wirecheck.check(stimulus)
-                    self.handle_stimulus(stimulus)
+                    if isinstance(stimulus, st.Cancel) and stimulus.force:
+                        self._force_cancel(stimulus)
+                    else:
+                        self.handle_stimulus(stimulus)
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._ask(msg, peer))
+                elif op == "run-result":
+                    self.runs.answered(peer, msg["run_id"], msg["answer"])
                 elif op == "actor-started":
                     self.actors.started(msg)
                 elif op == "worker-died":
@@ -380,6 +405,27 @@ class Scheduler:
             return cluster_status(self.state, self.node_info)
         if what == "task-states":
             return {k: ts.state for k, ts in self.state.tasks.items()}
+        if what == "who-has":
+            tasks = self.state.tasks
+            keys = msg.get("keys")
+            return {k: sorted(w.address for w in ts.who_has) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+        if what == "run":
+            workers = msg.get("workers") or list(self.state.workers)
+            unknown = [w for w in workers if w not in self.state.workers]
+            if unknown:
+                return {"error": f"no such worker(s): {', '.join(unknown)}"}
+            return self.runs.start(msg["function"], workers)
+        if what == "register-worker-plugin":  # for workers that join from now on
+            self.worker_plugins[msg["name"]] = msg["plugin"]
+            return None
+        if what == "restart-workers":
+            workers = {a: w.pid for a, w in self.state.workers.items()}
+            self._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
+            return workers
+        if what == "processing":
+            return {a: [ts.key for ts in w.processing] for a, w in self.state.workers.items()}
+        if what == "has-what":
+            return {a: [ts.key for ts in w.has_what] for a, w in self.state.workers.items()}
         return {"error": f"unknown query {what!r}"}
 
 

@@ -54,6 +54,13 @@ def set_worker(worker: Worker) -> None:
     _worker = worker
 
 
+def get_worker() -> Worker:
+    """The worker of this process: call it inside a task, ``Client.run`` or a worker plugin."""
+    if _worker is None:
+        raise ValueError("get_worker() works only inside a task or Client.run on a worker")
+    return _worker
+
+
 def create_actor(cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
     """The function of an actor's creation task: build the instance on this worker."""
     if _worker is None:

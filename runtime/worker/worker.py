@@ -34,8 +34,9 @@ from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
-from runtime.worker import memory
+from runtime.worker import interrupt, memory
 from runtime.worker.actors import ActorHost, set_worker
+from runtime.worker.plugins import Plugins
 from runtime.worker.running import RunningBoard
 
 logger = logging.getLogger("runtime.worker")
@@ -78,6 +79,8 @@ class Worker:
         self._arrivals = itertools.count()
         #: the compute-task message each queued key will run with; a cancel removes it
         self._live: dict[str, dict] = {}
+        #: key -> (executor thread id, its compute-task message) while it runs, for interrupts
+        self._executing: dict[str, tuple[int, dict]] = {}
         #: ready tasks waiting for resources that running tasks hold
         self._blocked: list[tuple[Any, int, dict]] = []
         #: messages from executor threads on their way to the scheduler
@@ -86,6 +89,8 @@ class Worker:
         #: the actors living in this process
         self.actor_host = ActorHost(self)
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: worker plugins (Client.register_plugin)
+        self.plugins = Plugins(self)
         self._stopping = False
         self.closed = asyncio.Event()
 
@@ -118,6 +123,8 @@ class Worker:
             self.stop()
 
     def stop(self) -> None:
+        if not self._stopping:
+            self.plugins.teardown_all()
         self._stopping = True
         self.actor_host.close()
         with self._ready_cv:
@@ -136,6 +143,18 @@ class Worker:
                 self._live.pop(msg["key"], None)
         elif op == "kill-actor":
             self.actor_host.kill(msg["actor"], msg["reason"])
+        elif op == "interrupt":
+            self._interrupt(msg["key"])
+        elif op == "plugin-add":
+            try:
+                self.plugins.add(serialize.loads(msg["plugin"]), msg["name"])
+            except Exception:
+                logger.exception("cannot install worker plugin %r", msg["name"])
+        elif op == "run":  # Client.run: out of band, on a thread of its own
+            threading.Thread(target=self._run_function, args=(msg,), name="client-run", daemon=True).start()
+        elif op == "restart":
+            logger.info("restarting on the request of client %s", msg.get("client", "?"))
+            self._exit(interrupt.EXIT_RESTART)
         elif op == "registered":
             pass
         else:
@@ -174,15 +193,63 @@ class Worker:
             self._ready_cv.notify_all()
         self._to_scheduler([{"op": "worker-status", "status": status, "memory": self.memory}])
 
+    def _run_function(self, msg: dict) -> None:
+        try:
+            answer = ["ok", serialize.dumps(serialize.loads(msg["function"])())]
+        except BaseException as e:  # noqa: BLE001 - the caller gets every error back
+            erred = serialize.erred_message(f"run-{msg['run_id']}", e, 0.0)
+            answer = ["error", erred["exception"], erred["traceback"]]
+        self.post({"op": "run-result", "run_id": msg["run_id"], "answer": answer})
+
+    def _interrupt(self, key: str) -> None:
+        """Stop the task ``key`` if it is running here (see runtime.worker.interrupt)."""
+        with self._ready_cv:
+            running = self._executing.get(key)
+        if running is None:
+            return
+        logger.info("interrupting task %s (force-cancelled)", key)
+        interrupt.raise_in_thread(running[0])
+        assert self.loop is not None
+        self.loop.call_later(interrupt.FORCE_CANCEL_GRACE, self._restart_if_running, key, running[1])
+
+    def _restart_if_running(self, key: str, msg: dict) -> None:
+        with self._ready_cv:
+            still = self._executing.get(key)
+        if still is None or still[1] is not msg:
+            return
+        logger.error(
+            "force-cancelled task %s still runs after %gs (blocked outside Python?); restarting this worker",
+            key, interrupt.FORCE_CANCEL_GRACE,
+        )  # fmt: skip
+        self._exit(interrupt.EXIT_FORCE_CANCEL)
+
+    def _exit(self, code: int) -> None:
+        """End this process at once for its nanny to restart; no task it ran is blamed for it."""
+        if self.running_board is not None:
+            for slot in range(self.nthreads):
+                self.running_board.clear(slot)
+        self.plugins.teardown_all()
+        logging.shutdown()
+        os._exit(code)
+
     # -- executor threads ------------------------------------------------------------
 
     def _executor(self, slot: int) -> None:
+        while True:
+            try:
+                if not self._run_next(slot):
+                    return
+            except interrupt.TaskInterrupted:  # arrived just after its task ended: nothing to stop
+                pass
+
+    def _run_next(self, slot: int) -> bool:
+        """Take and run one task; False when the worker stops."""
         while True:
             with self._ready_cv:
                 while (not self._ready or self.status == "paused") and not self._stopping:
                     self._ready_cv.wait()
                 if self._stopping:
-                    return
+                    return False
                 entry = heapq.heappop(self._ready)
                 msg = entry[2]
                 if self._live.get(msg["key"]) is not msg:
@@ -192,16 +259,28 @@ class Worker:
                     self._blocked.append(entry)
                     continue
                 del self._live[msg["key"]]
+                self._executing[msg["key"]] = (threading.get_ident(), msg)
             board = self.running_board
             if board is not None:
                 board.mark(slot, msg["key"])
+            plugins = self.plugins.installed
             try:
-                self.post(self.execute(msg))
+                if plugins:
+                    self.plugins.transition(msg["key"], "ready", "executing")
+                result = self.execute(msg)
+                if plugins:
+                    finish = {"task-finished": "memory", "task-erred": "error"}.get(result["op"], "released")
+                    self.plugins.transition(msg["key"], "executing", finish)
+                self.post(result)
             finally:
+                with self._ready_cv:
+                    if self._executing.get(msg["key"], (0, None))[1] is msg:
+                        del self._executing[msg["key"]]
                 if board is not None:
                     board.clear(slot)
                 if needs:
                     self._release(needs)
+            return True
 
     def _acquire(self, needs: dict[str, float]) -> bool:
         """Take ``needs`` from the free resources if all are there.  Call with ``_ready_cv`` held."""
