@@ -25,25 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import psutil
 
+from runtime import config
 from runtime.comm import auth, codec
 from runtime.comm.core import parse_address, read_frame
 
 DEFAULT_PORT = 8786
-_UNITS = {
-    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-    "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+#: the memory thresholds a worker acts on, and what it does
+_THRESHOLDS = {"spill": "spills", "pause": "pauses", "terminate": "is restarted"}
 
 
 class CliError(Exception):
@@ -52,14 +51,26 @@ class CliError(Exception):
 
 def parse_bytes(text: str) -> int:
     """``"4GB"`` -> 4_000_000_000, ``"512MiB"`` -> 536_870_912, ``"1000"`` -> 1000."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    unit = m.group(2).lower() if m else ""
-    if m is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4GB, 512MiB, 1000000)")
-    value = int(float(m.group(1)) * _UNITS[unit])
+    try:
+        value = config.parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4GB, 512MiB, 1000000)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 bytes")
     return value
+
+
+def _setting_flag(key: str, what: str) -> Callable[[str], str]:
+    """An argparse type that checks a flag as setting ``key`` would and passes the text on."""
+
+    def check(text: str) -> str:
+        try:
+            config.SETTINGS[key].parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: {e}") from None
+        return text
+
+    return check
 
 
 def parse_resources(text: str) -> dict[str, float]:
@@ -280,7 +291,9 @@ def _start_agent(args: argparse.Namespace, address: str, logs: str, procs: list[
         sys.executable, "-m", "runtime.worker.agent", "--scheduler", address, "--node", node,
         "--num-workers", str(args.num_workers), "--threads-per-worker", str(args.threads_per_worker),
         "--log-dir", logs, "--resources", json.dumps(args.resources), "--host", args.host,
-        *(["--memory-limit", str(args.memory_limit)] if args.memory_limit else []),
+        *(["--memory-limit", args.memory_limit] if args.memory_limit is not None else []),
+        *(flag for name in _THRESHOLDS if (v := getattr(args, f"memory_{name}_fraction")) is not None
+          for flag in (f"--memory-{name}-fraction", v)),
         *(["--object-store-memory", str(args.object_store_memory)] if args.object_store_memory else []),
         *(["--watch-parent"] if args.block else []),
     ]  # fmt: skip
@@ -333,21 +346,27 @@ def _scheduler_address(args: argparse.Namespace) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n else "no limit"
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _use(used: int, limit: int) -> str:
+    return f"{_gib(used)} of {_gib(limit)}" if limit else f"{_gib(used)} (no limit)"
 
 
 def format_status(address: str, s: dict) -> str:
     lines = [f"scheduler {address}", f"nodes: {len(s['nodes'])}"]
     for node, info in sorted(s["nodes"].items()):
-        lines.append(f"  {node}  host {info['host']}  pid {info['pid']}  workers {len(info['workers'])}")
+        store = info.get("store")
+        where = f"  store {_use(store['used'], store['limit'])}, {_gib(store['spilled'])} spilled" if store else ""
+        lines.append(f"  {node}  host {info['host']}  pid {info['pid']}  workers {len(info['workers'])}{where}")
     workers = s["workers"]
     threads = sum(w["nthreads"] for w in workers.values())
-    memory = sum(w["memory_limit"] for w in workers.values())
-    lines.append(f"workers: {len(workers)} ({threads} threads, {_gib(memory)} memory)")
+    used, limit = (sum(w[k] for w in workers.values()) for k in ("memory", "memory_limit"))
+    lines.append(f"workers: {len(workers)} ({threads} threads, memory {_use(used, limit)})")
     for address_, w in sorted(workers.items()):
         res = "  resources " + ",".join(f"{k}={v:g}" for k, v in w["resources"].items()) if w["resources"] else ""
         lines.append(
-            f"  {address_}  threads {w['nthreads']}  memory {_gib(w['memory_limit'])}  "
+            f"  {address_}  {w['status']}  threads {w['nthreads']}  memory {_use(w['memory'], w['memory_limit'])}  "
             f"processing {w['processing']}{res}"
         )
     tasks = s["tasks"]
@@ -486,8 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N", help="default 1")
     start.add_argument(
-        "--memory-limit", type=parse_bytes, metavar="SIZE", help="for all workers of this node: 4GB, 512MiB, bytes"
+        "--memory-limit",
+        type=_setting_flag("worker.memory.limit", "a size"),
+        metavar="LIMIT",
+        help="each worker's: 4GB, 512MiB, bytes, a fraction of this machine's memory, 0 for none "
+        "(default: the machine's memory shared out between the workers)",
     )
+    for name in _THRESHOLDS:
+        start.add_argument(
+            f"--memory-{name}-fraction",
+            type=_setting_flag(f"worker.memory.{name}", "a fraction"),
+            metavar="F",
+            help=f"fraction of the memory limit at which a worker {_THRESHOLDS[name]} "
+            f"(default {config.SETTINGS[f'worker.memory.{name}'].default}; 0: never)",
+        )
     start.add_argument(
         "--object-store-memory", type=parse_bytes, metavar="SIZE", help="the node's shared-memory store size"
     )

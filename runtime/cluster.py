@@ -81,7 +81,7 @@ class LocalCluster:
         sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
         if validate:
             sched_cmd.append("--validate")
-        if amm_interval is not None:  # else RUNTIME_AMM_INTERVAL, else every 2 s
+        if amm_interval is not None:  # else the scheduler.amm-interval setting
             sched_cmd += ["--amm-interval", str(amm_interval)]
         self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log")
         # Several nodes on one machine stand in for several hosts: each has its own agent,

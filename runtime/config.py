@@ -74,11 +74,13 @@ def _bool(x: Any) -> bool:
 
 
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_BYTE_UNITS |= {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BYTE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def _bytes(x: Any) -> int:
-    """A whole number of bytes, or a string such as ``"100 KiB"`` or ``"4GB"``."""
+def parse_bytes(x: Any) -> int:
+    """A whole number of bytes, or a string such as ``"100 KiB"`` or ``"4GB"``; the one
+    size parser of the package (flags, settings and arguments)."""
     if isinstance(x, str):
         text = x.strip().lower().replace(" ", "")
         number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
@@ -94,7 +96,10 @@ def _bytes(x: Any) -> int:
 def _number(kind: type, low: float, high: float = math.inf, *, inf: bool = False) -> Callable[[Any], Any]:
     def parse(x: Any) -> Any:
         if isinstance(x, str):
-            x = float(x) if kind is float else int(x)
+            try:
+                x = float(x) if kind is float else int(x)
+            except ValueError:
+                raise ValueError(f"expected {'a whole number' if kind is int else 'a number'}") from None
         if isinstance(x, bool) or not isinstance(x, int | float) or (kind is int and not isinstance(x, int)):
             raise ValueError(f"expected {'a whole number' if kind is int else 'a number'}")
         if not (low <= x <= high) or (x == math.inf and not inf):
@@ -102,6 +107,30 @@ def _number(kind: type, low: float, high: float = math.inf, *, inf: bool = False
         return kind(x)
 
     return parse
+
+
+def _memory_limit(x: Any) -> float | int | None:
+    """``"auto"``/None: a share of the machine; a fraction in (0, 1]; else bytes (0: none)."""
+    if x is None or (isinstance(x, str) and x.strip().lower() in ("auto", "")):
+        return None
+    if isinstance(x, str):
+        try:
+            x = float(x)
+        except ValueError:
+            return parse_bytes(x)
+    if isinstance(x, float) and 0 < x <= 1:
+        return x
+    return parse_bytes(x)
+
+
+def _fraction_or_off(x: Any) -> float | bool:
+    """A fraction in (0, 1], or False (also 0, "off", "none") to turn the action off."""
+    if x is False or x == 0 or (isinstance(x, str) and x.strip().lower() in ("false", "off", "none", "0", "")):
+        return False
+    value = float(x) if isinstance(x, str) else x
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError("expected a fraction from 0 to 1, or false for off")
+    return float(value)
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -149,7 +178,7 @@ SETTINGS: dict[str, Setting] = {
         "worker processes of a local cluster, and threads/processes of the local schedulers (None: one per CPU)"),
     "processes.start-method": Setting("fork", _choice("fork", "spawn", "forkserver"),
         "how the processes scheduler starts its processes (spawn and forkserver import __main__ again)"),
-    "inline-threshold": Setting(100 * 1024, _bytes,
+    "inline-threshold": Setting(100 * 1024, parse_bytes,
         "values smaller than this travel inline in messages; larger ones go through the node's store",
         env="RUNTIME_INLINE_THRESHOLD"),
     "log-level": Setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
@@ -163,13 +192,36 @@ SETTINGS: dict[str, Setting] = {
     "scheduler.validate": Setting(False, _bool,
         "check every invariant of the scheduler's state after every transition (slow; tests)",
         env="RUNTIME_VALIDATE"),
-    "store.memory": Setting(None, _optional(_bytes),
+    "store.memory": Setting(None, _optional(parse_bytes),
         "bytes of shared memory for each node's object store (None: 30% of memory)",
         env="RUNTIME_OBJECT_STORE_MEMORY"),
     "store.spill-dir": Setting(None, _optional(_text),
         "where the store spills objects (None: $TMPDIR/runtime-<uid>/spill)", env="RUNTIME_SPILL_DIR"),
     "store.write-timeout": Setting(60.0, _number(float, 0.0),
         "seconds a writer waits for spilling to make room in a full store", env="RUNTIME_STORE_WRITE_TIMEOUT"),
+    "scheduler.amm-interval": Setting(2.0, _number(float, 0.0),
+        "seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
+        env="RUNTIME_AMM_INTERVAL"),
+    "heartbeat.interval": Setting(1.0, _number(float, 0.001),
+        "seconds between heartbeats of node agents and workers (at most half of heartbeat.timeout)",
+        env="RUNTIME_HEARTBEAT_INTERVAL"),
+    "heartbeat.timeout": Setting(10.0, _number(float, 0.001),
+        "seconds of silence after which the scheduler removes a node, and an agent gives its scheduler up",
+        env="RUNTIME_HEARTBEAT_TIMEOUT"),
+    "worker.memory.limit": Setting(None, _memory_limit,
+        "each worker's memory limit: bytes ('2GB'), a fraction of the machine's memory, 0 for none "
+        "(None: the machine's memory shared out between a node's workers)", env="RUNTIME_MEMORY_LIMIT"),
+    "worker.memory.spill": Setting(0.6, _fraction_or_off,
+        "fraction of its memory limit at which a worker drops store mappings and its node spills (false: never)",
+        env="RUNTIME_MEMORY_SPILL_FRACTION"),
+    "worker.memory.pause": Setting(0.8, _fraction_or_off,
+        "fraction of its memory limit at which a worker takes no new tasks (false: never)",
+        env="RUNTIME_MEMORY_PAUSE_FRACTION"),
+    "worker.memory.terminate": Setting(0.95, _fraction_or_off,
+        "fraction of its memory limit at which its nanny restarts a worker (false: never)",
+        env="RUNTIME_MEMORY_TERMINATE_FRACTION"),
+    "worker.memory.monitor-interval": Setting(0.1, _number(float, 0.001),
+        "seconds between two samples of a worker's memory", env="RUNTIME_MEMORY_MONITOR_INTERVAL"),
 }  # fmt: skip
 
 _LEGACY_ENV = {s.env: key for key, s in SETTINGS.items() if s.env}

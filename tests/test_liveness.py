@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime import config
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 
 
@@ -33,15 +34,15 @@ def test_the_schedulers_own_stall_is_not_held_against_the_nodes():
     assert [node for node, _ in live.silent(40.0)] == ["a"]
 
 
-def test_heartbeat_settings_come_from_the_environment_and_bad_ones_are_named(monkeypatch):
-    monkeypatch.setenv("RUNTIME_HEARTBEAT_TIMEOUT", "2")
-    monkeypatch.delenv("RUNTIME_HEARTBEAT_INTERVAL", raising=False)
-    assert heartbeat_settings() == (0.5, 2.0)
-    monkeypatch.setenv("RUNTIME_HEARTBEAT_INTERVAL", "5")
-    assert heartbeat_settings() == (1.0, 2.0)  # never more than half the timeout
-    monkeypatch.setenv("RUNTIME_HEARTBEAT_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="RUNTIME_HEARTBEAT_TIMEOUT='soon' is not a number of seconds"):
-        heartbeat_settings()
-    monkeypatch.setenv("RUNTIME_HEARTBEAT_TIMEOUT", "0")
-    with pytest.raises(ValueError, match="must be more than 0 seconds"):
-        heartbeat_settings()
+def test_heartbeat_settings_come_from_the_config_and_bad_ones_are_named():
+    env = {"RUNTIME_HEARTBEAT_TIMEOUT": "2"}
+    try:
+        config.refresh(env)
+        assert heartbeat_settings() == (0.5, 2.0)  # four heartbeats in the timeout
+        config.refresh({**env, "RUNTIME_HEARTBEAT__INTERVAL": "0.2"})
+        assert heartbeat_settings() == (0.2, 2.0)
+        for bad, why in (("soon", "expected a number"), ("0", "expected a value from 0.001")):
+            with pytest.raises(config.ConfigError, match=f"'heartbeat.timeout' = '{bad}' .*{why}"):
+                config.refresh({"RUNTIME_HEARTBEAT_TIMEOUT": bad})
+    finally:
+        config.refresh()

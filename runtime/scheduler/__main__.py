@@ -11,7 +11,6 @@ import os
 import sys
 
 from runtime import config, procutil
-from runtime.scheduler import amm
 from runtime.scheduler.server import Scheduler
 
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         help="root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never)",
     )
     parser.add_argument(
-        "--amm-interval", type=float, default=float(os.environ.get("RUNTIME_AMM_INTERVAL", amm.INTERVAL)),
+        "--amm-interval", type=float, default=config.get("scheduler.amm-interval"),
         help="seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
     )  # fmt: skip
     args = parser.parse_args(argv)

@@ -26,9 +26,6 @@ from runtime.scheduler.entities import NodeState, TaskState, is_stored
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
 
-#: seconds between two runs of the active memory manager (0: never)
-INTERVAL = 2.0
-
 
 def needed_on(ts: TaskState, node: str) -> bool:
     """Whether a task running on ``node`` reads ``ts``'s value (it may be reading our copy), or

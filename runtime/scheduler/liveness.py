@@ -11,33 +11,14 @@ this class holds no clock: the shell passes the time in.
 
 from __future__ import annotations
 
-import os
-
-#: seconds between an agent's heartbeats (RUNTIME_HEARTBEAT_INTERVAL)
-HEARTBEAT_INTERVAL = 1.0
-#: seconds of silence after which either side gives the other up (RUNTIME_HEARTBEAT_TIMEOUT)
-HEARTBEAT_TIMEOUT = 10.0
-
-
-def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from environment variable ``name``; errors name it."""
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"{name}={raw!r} must be more than 0 seconds")
-    return value
+from runtime import config
 
 
 def heartbeat_settings() -> tuple[float, float]:
-    """(interval, timeout) from the environment; the interval stays at most half the timeout."""
-    timeout = env_seconds("RUNTIME_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT)
-    interval = env_seconds("RUNTIME_HEARTBEAT_INTERVAL", min(HEARTBEAT_INTERVAL, timeout / 4))
-    return min(interval, timeout / 2), timeout
+    """(interval, timeout) from the ``heartbeat.*`` settings; at least four heartbeats fit in
+    the timeout, so a late one or two never remove a node."""
+    timeout = config.get("heartbeat.timeout")
+    return min(config.get("heartbeat.interval"), timeout / 4), timeout
 
 
 class Liveness:

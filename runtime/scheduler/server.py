@@ -80,7 +80,7 @@ class Scheduler:
 
     def __init__(
         self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
-        amm_interval: float = amm.INTERVAL,
+        amm_interval: float = 2.0,
     ):  # fmt: skip
         self.state = SchedulerState(
             validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation

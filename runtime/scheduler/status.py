@@ -46,7 +46,7 @@ def cluster_status(state: SchedulerState, node_info: dict[str, dict]) -> dict[st
     for address, ws in state.workers.items():
         workers[address] = {
             "node": ws.node, "host": ws.host, "pid": ws.pid, "nthreads": ws.nthreads,
-            "memory_limit": ws.memory_limit, "resources": ws.resources,
+            "memory": ws.memory, "memory_limit": ws.memory_limit, "status": ws.status, "resources": ws.resources,
             "processing": len(ws.processing), "occupancy": ws.occupancy,
         }  # fmt: skip
     nodes = {}
@@ -55,6 +55,9 @@ def cluster_status(state: SchedulerState, node_info: dict[str, dict]) -> dict[st
             "host": info.get("host", ""), "pid": info.get("pid", 0), "address": info.get("address", ""),
             "workers": sorted(w for w, d in workers.items() if d["node"] == node),
         }  # fmt: skip
+        ns = state.nodes.get(node)
+        if ns is not None:  # its store, as its last heartbeat said
+            nodes[node]["store"] = {"used": ns.store_used, "spilled": ns.store_spilled, "limit": ns.store_limit}
     unrunnable = sorted(state.unrunnable, key=lambda ts: ts.priority)
     return {
         "nodes": nodes,

@@ -222,6 +222,7 @@ class NodeAgent:
         limit, th = self.memory_limit, self.thresholds
         watched: dict[int, psutil.Process] = {}
         spilling: set[int] = set()
+        interval = config.get("worker.memory.monitor-interval")
         while not self._stopping:
             for index, proc in list(self.procs.items()):
                 try:
@@ -242,7 +243,7 @@ class NodeAgent:
                         self.store.relieve()
                 else:
                     spilling.discard(index)
-            await asyncio.sleep(memory.MONITOR_INTERVAL)
+            await asyncio.sleep(interval)
 
     async def _maintain_store(self) -> None:
         """Every few milliseconds: recount the store when needed and spill (in a thread: disk I/O)."""
@@ -349,14 +350,15 @@ def main() -> None:
         help="bytes of shared memory for the node's object store (default: 30%% of memory)",
     )  # fmt: skip
     parser.add_argument(
-        "--memory-limit", default=os.environ.get("RUNTIME_MEMORY_LIMIT") or None,
+        "--memory-limit", default=None,
         help="each worker's memory limit: bytes ('2GB'), a fraction of this machine's memory, 0 for none "
         "(default: the machine's memory shared out between the workers)",
     )  # fmt: skip
     for name in ("spill", "pause", "terminate"):
         parser.add_argument(
             f"--memory-{name}-fraction", type=float, default=None,
-            help=f"fraction of the memory limit at which a worker {name}s (default {memory.DEFAULTS[name]}; 0: never)",
+            help=f"fraction of the memory limit at which a worker {name}s (default: the worker.memory.{name} "
+            "setting; 0: never)",
         )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()

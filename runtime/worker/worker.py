@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from runtime import config
 from runtime.api.context import set_worker_context
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
@@ -162,11 +163,12 @@ class Worker:
 
     async def _monitor_memory(self) -> None:
         """Sample this process's memory; drop mappings, pause and resume by the thresholds; and
-        report to the scheduler in a heartbeat every HEARTBEAT_INTERVAL seconds."""
+        report to the scheduler in a heartbeat every ``heartbeat.interval`` seconds."""
         proc = psutil.Process()
         limit, th = self.memory_limit, self.thresholds
         spilling = False
         last_beat = 0.0
+        interval, beat = config.get("worker.memory.monitor-interval"), config.get("heartbeat.interval")
         while not self._stopping:
             self.memory, self.memory_rss = memory.process_memory(proc)
             if memory.over(self.memory, limit, th.spill) and not spilling:
@@ -178,10 +180,10 @@ class Worker:
             if paused != (self.status == "paused"):
                 self._set_status("paused" if paused else "running")
             now = time.monotonic()
-            if now - last_beat >= memory.HEARTBEAT_INTERVAL:
+            if now - last_beat >= beat:
                 last_beat = now
                 self._to_scheduler([{"op": "worker-heartbeat", "memory": self.memory, "rss": self.memory_rss}])
-            await asyncio.sleep(memory.MONITOR_INTERVAL)
+            await asyncio.sleep(interval)
 
     def _set_status(self, status: str) -> None:
         logger.warning(
