@@ -208,6 +208,9 @@ SETTINGS: dict[str, Setting] = {
     "heartbeat.timeout": Setting(10.0, _number(float, 0.001),
         "seconds of silence after which the scheduler removes a node, and an agent gives its scheduler up",
         env="RUNTIME_HEARTBEAT_TIMEOUT"),
+    "heartbeat.client-timeout": Setting(60.0, _number(float, 0.001),
+        "seconds a client waits for any word from its scheduler (it pings every heartbeat.interval) before "
+        "it fails its pending futures: the scheduler froze or the network is cut"),
     "worker.memory.limit": Setting(None, _memory_limit,
         "each worker's memory limit: bytes ('2GB'), a fraction of the machine's memory, 0 for none "
         "(None: the machine's memory shared out between a node's workers)", env="RUNTIME_MEMORY_LIMIT"),

@@ -124,14 +124,20 @@ def test_a_killed_scheduler_fails_every_call_fast_and_its_agent_stops(short_hear
             client.close()
 
 
-def test_a_frozen_scheduler_makes_its_agents_stop_within_the_timeout(short_heartbeats):
-    with rt.LocalCluster(n_workers=1) as cluster:
+def test_a_frozen_scheduler_makes_its_agents_stop_and_its_clients_fail_within_the_timeout(short_heartbeats):
+    with rt.LocalCluster(n_workers=1) as cluster, rt.config.set({"heartbeat.client-timeout": 2}):
         client = CoreClient(cluster.scheduler_address)
-        client.wait_for_workers(1)  # the agent has joined
-        client.close()
-        os.kill(cluster.scheduler_proc.pid, signal.SIGSTOP)
         try:
-            assert cluster.agent_procs[0].wait(timeout=30) == 0
+            client.wait_for_workers(1)  # the agent has joined
+            pending = client.submit(dumps_function(time.sleep), "sleep", (60,), {})
+            os.kill(cluster.scheduler_proc.pid, signal.SIGSTOP)
+            try:
+                # No timeout given: the client's own watch on its scheduler ends the wait.
+                with pytest.raises(ConnectionError, match="has not answered for .*frozen, overloaded or unreachable"):
+                    pending.result()
+                assert cluster.agent_procs[0].wait(timeout=30) == 0
+            finally:
+                os.kill(cluster.scheduler_proc.pid, signal.SIGCONT)
         finally:
-            os.kill(cluster.scheduler_proc.pid, signal.SIGCONT)
+            client.close()
         assert "heard nothing from the scheduler" in _log(cluster, "agent.log")

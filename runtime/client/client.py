@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
 from runtime.comm import serialize
@@ -62,6 +63,9 @@ class Client:
         self._lost: str | None = None
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
+        self._keepalive: asyncio.Future | None = None
+        #: when the loop last heard from the scheduler (loop time)
+        self._heard = 0.0
         #: runs add_done_callback callbacks, off the loop thread (created on first use)
         self._callback_pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: callbacks of futures that became done in the batch being handled
@@ -80,17 +84,21 @@ class Client:
     async def _connect(self, timeout: float) -> None:
         self.comm = await connect(self.address, timeout=timeout)
         self.comm.send({"op": "register-client", "client": self.id})
+        self._heard = asyncio.get_running_loop().time()
         asyncio.ensure_future(self._read_loop())
         self._pruner = asyncio.ensure_future(store.prune_mappings_forever())
+        self._keepalive = asyncio.ensure_future(self._watch_scheduler())
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _read_loop(self) -> None:
         assert self.comm is not None
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 msgs = await self.comm.read()
+                self._heard = loop.time()
                 with self._cond:
                     for msg in msgs:
                         self._handle(msg)
@@ -134,7 +142,7 @@ class Client:
                     fs.status, fs.value = PENDING, None
         elif op == "scheduler-error":
             self._fail_pending(SchedulerError(msg["text"]))
-        elif op != "registered":
+        elif op not in ("registered", "pong"):
             logger.warning("ignoring unknown op %r", op)
 
     def _fail_pending(self, error: Exception) -> None:
@@ -174,6 +182,25 @@ class Client:
                 fs.callbacks = [*(fs.callbacks or ()), (fn, future)]
                 return
         _call_logged(fn, future)
+
+    async def _watch_scheduler(self) -> None:
+        """Ping the scheduler every heartbeat interval; a scheduler silent for the client
+        timeout (frozen, or the network cut without a reset) fails what waits on it,
+        instead of leaving it waiting forever."""
+        loop = asyncio.get_running_loop()
+        interval, timeout = config.get("heartbeat.interval"), config.get("heartbeat.client-timeout")
+        interval = min(interval, timeout / 4)
+        while self.comm is not None and not self.comm.closed and self._lost is None:
+            await asyncio.sleep(interval)
+            silent = loop.time() - self._heard
+            if silent > timeout:
+                self._connection_lost(
+                    f"the scheduler at {self.address} has not answered for {silent:.0f}s "
+                    f"(heartbeat.client-timeout {timeout:g}s): it is frozen, overloaded or unreachable"
+                )
+                self.comm.close()
+                return
+            self.comm.send({"op": "ping"})
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
@@ -483,8 +510,9 @@ class Client:
         self._closed = True
 
         async def shut() -> None:
-            if self._pruner is not None:
-                self._pruner.cancel()
+            for task in (self._pruner, self._keepalive):
+                if task is not None:
+                    task.cancel()
             self.actor_calls.close()
             if self.comm is not None:
                 self._outbox.drain()

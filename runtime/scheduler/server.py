@@ -321,6 +321,8 @@ class Scheduler:
                         self.handle_stimulus(stimulus)
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._ask(msg, peer))
+                elif op == "ping":  # a client making sure the scheduler is there
+                    comm.send({"op": "pong"})
                 elif op == "run-result":
                     self.runs.answered(peer, msg["run_id"], msg["answer"])
                 elif op == "actor-started":
