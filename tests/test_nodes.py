@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
+from runtime.api import context
 from runtime.client.client import Client as CoreClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
@@ -97,3 +98,29 @@ def test_scatter_broadcast_places_a_copy_in_every_store(two_nodes):
         before = len(_fetch_lines(cluster, 1))
         assert client.submit(np.sum, ref, workers=far).result(60) == value.sum()
         assert len(_fetch_lines(cluster, 1)) == before  # already there: nothing crossed at run time
+
+
+@rt.remote
+class Summer:
+    def total(self, a):
+        return total(a)
+
+    def make(self, n):
+        return np.full(n, 2.0)
+
+
+def test_an_actor_on_the_other_node_reads_and_returns_stored_values(two_nodes, monkeypatch):
+    cluster, client = two_nodes
+    monkeypatch.setattr(context, "_current", context.Runtime(client, None))  # the API on this client
+    far = _workers_on(client, cluster.nodes[1])
+    summer = Summer.options(workers=far).remote()
+    before = len(_fetch_lines(cluster, 1))
+    arr = rt.put(np.ones(1_000_000))  # 8 MB into this node's store
+    assert rt.get([summer.total.remote(arr) for _ in range(3)], timeout=60) == [1_000_000.0] * 3
+    assert len(_fetch_lines(cluster, 1)) == before + 1  # copied to the actor's node once
+    big = summer.make.remote(1_000_000)  # written into the actor's node's store
+    value = rt.get(big, timeout=60)
+    assert value.sum() == 2_000_000.0 and not value.flags.writeable
+    near = _workers_on(client, cluster.nodes[0])
+    assert rt.get(rt.remote(total).options(workers=near).remote(big), timeout=60) == 2_000_000.0
+    rt.kill(summer)
