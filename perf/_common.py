@@ -8,13 +8,15 @@ that prints the table never loads runtime, Dask or Ray itself.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -522,3 +524,26 @@ def parse_bench_args(
     if unknown:
         p.error(f"unknown system(s) in --only: {', '.join(sorted(unknown))}")
     return args
+
+
+def drive(
+    args: argparse.Namespace, script: str, bench_system: Callable[[str, Any, int], dict[str, Any]],
+    print_table: Callable[[dict[str, dict[str, Any]], argparse.Namespace], None], quick: Any, full: Any,
+) -> int:  # fmt: skip
+    """The main of a side-by-side benchmark: as a child (``--system``), run one system and
+    print its JSON; as the parent, run each system in a child of its own and print one table."""
+    if args.system:
+        result = bench_system(args.system, quick if args.quick else full, args.repeat)
+        print(json.dumps(result), flush=True)
+        return 0 if result["status"] in ("ok", "not installed") else 1
+    results = {}
+    for name in args.only:
+        if not args.json:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, os.path.abspath(script), "--system", name, "--json", "--repeat", str(args.repeat)]
+        results[name], _ = run_child(name, cmd + (["--quick"] if args.quick else []), args.timeout, args.verbose)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results, args)
+    return 0 if all(r.get("status") in ("ok", "not installed") for r in results.values()) else 1

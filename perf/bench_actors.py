@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -30,8 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table
-from _common import run_child as common_run_child
+from _common import Metric, drive, fmt_ratio, fmt_value, parse_bench_args, render_table
 from _systems import ADAPTERS, System
 
 SYSTEMS = ("runtime", "dask", "ray")
@@ -105,14 +103,6 @@ def bench_system(name: str, sizes: Sizes, repeat: int) -> dict[str, Any]:
                   "in_order": in_order}  # fmt: skip
 
 
-def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--system", name, "--json", "--repeat", str(args.repeat)]
-    if args.quick:
-        cmd.append("--quick")
-    result, _ = common_run_child(name, cmd, args.timeout, args.verbose)
-    return result
-
-
 def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     sizes = QUICK if args.quick else FULL
     names = list(results)
@@ -147,21 +137,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.system:  # child: one system, JSON on stdout
-        result = bench_system(args.system, QUICK if args.quick else FULL, args.repeat)
-        print(json.dumps(result), flush=True)
-        return 0 if result["status"] in ("ok", "not installed") else 1
-    results = {}
-    for name in args.only:
-        if not args.json:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_child(name, args)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_table(results, args)
-    return 0 if all(r.get("status") in ("ok", "not installed") for r in results.values()) else 1
+    return drive(parse_args(argv), __file__, bench_system, print_table, QUICK, FULL)
 
 
 if __name__ == "__main__":
