@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test perf clean
+.PHONY: demo test lint perf clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
-test: $(VENV)/.installed
+test: lint
 	RUNTIME_VALIDATE=1 $(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check runtime tests perf examples
+	$(PY) -m ruff format --check runtime tests perf examples
 
 # Benchmarks against Dask and Ray (installed into .venv only for this target).
 $(VENV)/.perf-installed: $(VENV)/.installed
