@@ -128,10 +128,15 @@ class LocalCluster:
         """Run ``n`` workers: ask node agents for more, or retire idle ones gracefully.
 
         Scaling down retires only workers that run nothing (``workers_to_close``), so it may
-        retire fewer than asked for now; ``adapt`` asks again.
+        retire fewer than asked for now; ``adapt`` asks again.  Like Dask's, it ends an
+        ``adapt`` in progress: the count is the caller's from now on.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"scale() takes a whole number of workers >= 0, not {n!r}")
+        self._stop_adapting()
+        self._scale(n, timeout)
+
+    def _scale(self, n: int, timeout: float) -> None:
         with self._scale_lock:
             client = self._client()
             for node, proc in zip(self.nodes, self.agent_procs, strict=True):
@@ -193,7 +198,7 @@ class LocalCluster:
                 lower = lower + 1 if target < have else 0
                 if target > have or lower >= wait_count:
                     lower = 0
-                    self.scale(target)
+                    self._scale(target, 60.0)
             except Exception:
                 if stop.is_set():
                     return
