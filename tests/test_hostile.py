@@ -109,6 +109,11 @@ MALFORMED = [
         _frame({"op": "register-client", "client": "c-w"}, {"op": "update-graph", "tasks": [["k", 1]], "wanted": []}),
         "malformed 'update-graph'",
     ),
+    (
+        "a heartbeat from a client",
+        _frame({"op": "register-client", "client": "c-h"}, {"op": "heartbeat", "used": 0, "spilled": 0, "limit": 0}),
+        "not a node agent",
+    ),
 ]
 
 

@@ -309,6 +309,8 @@ class Scheduler:
             op = msg["op"]
             try:
                 if op == "heartbeat":
+                    if peer not in self.node_info:  # liveness would otherwise watch it as a node
+                        raise PeerError("a heartbeat from a peer that is not a node agent")
                     self.liveness.seen(peer, asyncio.get_running_loop().time())
                     comm.send({"op": "heartbeat-ack"})
                 make = _STIMULI.get(op)
