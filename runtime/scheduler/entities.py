@@ -202,12 +202,16 @@ class HeapSet:
     Removal is lazy: a removed task's entry stays in the heap until it reaches the top.  Each
     add stamps its entry, and only the entry with a member's current stamp counts, so a task
     removed and added again is never seen twice.
+
+    An entry is ``(*priority, stamp, task)``, flat: comparing two entries compares ints
+    only, where a nested ``(priority, stamp, task)`` would compare the priority tuples for
+    equality first, then for order (a pop makes ~log2(n) comparisons: half of its cost).
     """
 
     __slots__ = ("_heap", "_members", "_count")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[tuple[int, int, int], int, TaskState]] = []
+        self._heap: list[tuple] = []
         #: member -> the stamp of its live heap entry
         self._members: dict[TaskState, int] = {}
         self._count = 0
@@ -216,16 +220,16 @@ class HeapSet:
         if ts not in self._members:
             self._count += 1
             self._members[ts] = self._count
-            heapq.heappush(self._heap, (ts.priority, self._count, ts))
+            heapq.heappush(self._heap, (*ts.priority, self._count, ts))
 
     def discard(self, ts: TaskState) -> None:
         self._members.pop(ts, None)
 
     def peek(self) -> TaskState | None:
         heap, members = self._heap, self._members
-        while heap and members.get(heap[0][2]) != heap[0][1]:
+        while heap and members.get(heap[0][-1]) != heap[0][-2]:
             heapq.heappop(heap)
-        return heap[0][2] if heap else None
+        return heap[0][-1] if heap else None
 
     def topk(self, k: int) -> list[TaskState]:
         """The ``k`` first tasks, without removing them: O(k log n)."""
@@ -237,7 +241,7 @@ class HeapSet:
             taken.append(heapq.heappop(self._heap))
         for entry in taken:
             heapq.heappush(self._heap, entry)
-        return [e[2] for e in taken]
+        return [e[-1] for e in taken]
 
     def __contains__(self, ts: object) -> bool:
         return ts in self._members
