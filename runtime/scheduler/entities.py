@@ -64,8 +64,9 @@ class TaskState:
         self.state: TaskStateState = "released"
         #: lower runs first: (-user priority, submission generation, order in graph)
         self.priority: tuple[int, int, int] = (0, 0, 0)
-        # The four graph edges below are ordered sets (dicts with None values): iteration
-        # order is deterministic, and an empty one, the common case, costs 64 bytes, not 216.
+        # The graph edges and who_wants/who_has below are ordered sets (dicts with None
+        # values): iteration order is deterministic, and an empty one, the common case,
+        # costs 64 bytes, not a set's 216 (who_has is empty until the value exists).
         #: tasks whose values this one needs
         self.dependencies: dict[TaskState, None] = {}
         #: tasks that need this one's value
@@ -75,9 +76,9 @@ class TaskState:
         #: dependents yet to run that need this value kept (``waiting_data``)
         self.waiting_data: dict[TaskState, None] = {}
         #: clients holding a future for this key
-        self.who_wants: set[ClientState] = set()
+        self.who_wants: dict[ClientState, None] = {}
         #: workers holding the value
-        self.who_has: set[WorkerState] = set()
+        self.who_has: dict[WorkerState, None] = {}
         #: the worker running it, while processing (``rprocessing``)
         self.processing_on: WorkerState | None = None
         #: the value's wire form while in memory: inline pickle or [node, nbytes, name]
