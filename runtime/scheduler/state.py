@@ -124,7 +124,6 @@ class SchedulerState:
             st.UpdateData: self.stimulus_update_data,
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
-            st.MissingData: self.stimulus_missing_data,
             **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
             st.AddClient: self.stimulus_add_client,
             st.RemoveClient: self.stimulus_remove_client,
@@ -631,15 +630,6 @@ class SchedulerState:
             return {}
         return self._transition(ts, "memory", s.stimulus_id, value=s.value, nbytes=s.nbytes)
 
-    def promote_replica(self, ts: TaskState) -> None:
-        """The original of a stored value is gone but a copy lives on: the copy becomes the value."""
-        assert ts.replicas
-        node, name = ts.replicas.popitem()
-        ts.data = [node, ts.nbytes, name]
-        self.nodes[node].replicas.discard(ts)
-        self.nodes[node].stored.add(ts)
-        self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
-
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
         ts = self.tasks.get(key)
@@ -673,34 +663,6 @@ class SchedulerState:
             ts, "erred", s.stimulus_id, worker=s.worker, exception=s.exception,
             traceback=s.traceback, exception_text=s.exception_text,
         )  # fmt: skip
-
-    def stimulus_missing_data(self, s: st.MissingData) -> Recs:
-        """A worker could not read a stored dependency: that copy is gone.
-
-        A lost copy on another node is forgotten; a lost original is replaced by a copy if
-        one exists, else recomputed.  The task that asked runs again, reading what is left.
-        """
-        dts = self.tasks.get(s.dependency)
-        ts = self._is_current(s.key, s.worker)
-        rerun: Recs = {ts.key: "released"} if ts is not None else {}
-        if dts is None or dts.state != "memory" or not is_stored(s.value) or not is_stored(dts.data):
-            return rerun  # already handled
-        node, _, name = s.value
-        if dts.replicas and dts.replicas.get(node) == name:  # a copy on another node
-            del dts.replicas[node]
-            if node in self.nodes:
-                self.nodes[node].replicas.discard(dts)
-            return rerun
-        if dts.data != s.value:
-            return rerun  # a copy we no longer use
-        ns = self.nodes.get(node)
-        if ns is not None:
-            ns.stored.discard(dts)
-        if dts.replicas:
-            self.promote_replica(dts)
-            return rerun
-        dts.data = None  # nothing to free: the copy is gone
-        return self._transition(dts, "released", s.stimulus_id)
 
     def stimulus_add_client(self, s: st.AddClient) -> Recs:
         if s.client not in self.clients:
