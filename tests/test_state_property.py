@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import random
 from collections.abc import Iterable
 
 import pytest
@@ -992,3 +993,31 @@ def test_regression_recomputed_value_is_not_read_from_a_copy_of_the_old_one() ->
     # Today: b is sent ["n2", 20, "obj-a@n2"], the copy of the old value (never freed either).
     sent = [m["deps"]["a"] for m in worker_msgs.get("n2/w", []) if m["op"] == "compute-task"]
     assert ["n2", 20, "obj-a@n2"] not in sent
+
+
+def test_heapset_orders_like_a_sorted_list_whatever_the_order_of_adds() -> None:
+    # Ascending adds take the lane, others the heap: the front is always the least entry.
+    group = TaskGroup("g")
+    for seed in range(100):
+        rng = random.Random(seed)
+        tasks = [TaskState(f"t{i}", RUN_SPEC, group) for i in range(20)]
+        for t in tasks:
+            t.priority = (rng.randint(-1, 1), rng.randint(0, 2), rng.randint(0, 50))
+        queue, members = HeapSet(), set()
+        for _ in range(150):
+            op, ts = rng.random(), rng.choice(tasks)
+            if op < 0.5:
+                queue.add(ts)
+                members.add(ts)
+            elif op < 0.75:
+                queue.discard(ts)
+                members.discard(ts)
+            elif members:
+                top = queue.peek()
+                queue.discard(top)
+                members.remove(top)
+            k = rng.randint(1, 5)
+            expected = sorted(members, key=lambda t: (t.priority, queue._members[t]))[:k]
+            assert queue.topk(k) == expected, seed
+            assert queue.peek() == (expected[0] if expected else None)
+            assert len(queue) == len(members) and set(queue) == members

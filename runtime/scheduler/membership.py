@@ -1,4 +1,5 @@
-"""Stimuli of cluster membership: workers and nodes joining and leaving, copies of values.
+"""Stimuli of cluster membership: workers and nodes joining and leaving, copies of values
+(and the loss of one: ``missing-data``).
 
 Functions of the ``SchedulerState`` they change (``self``), split from ``state.py`` along
 the seam between who is in the cluster and the life of each task; the state's handler
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.amm import needed_on
-from runtime.scheduler.entities import Recs, WorkerState, WorkerStatus
+from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus, is_stored
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -117,7 +118,7 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
             recs.update(self._transition(ts, "released", s.stimulus_id))
     # Its values survive: inline ones are held here, stored ones in its node's store.
     for ts in ws.has_what:
-        ts.who_has.discard(ws)
+        ts.who_has.pop(ws, None)
     ws.has_what.clear()
     ws.nbytes = 0
     if not self.workers:  # nobody left to run what was queued
@@ -146,7 +147,7 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
     lost = []
     for ts in ns.stored:
         if ts.replicas:
-            self.promote_replica(ts)
+            promote_replica(self, ts)
             for cs in ts.who_wants:  # their futures name the copy that is gone
                 self._to_client(
                     cs.client_key, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes}
@@ -198,6 +199,45 @@ def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
     return {}
 
 
+def promote_replica(self: SchedulerState, ts: TaskState) -> None:
+    """The original of a stored value is gone but a copy lives on: the copy becomes the value."""
+    assert ts.replicas
+    node, name = ts.replicas.popitem()
+    ts.data = [node, ts.nbytes, name]
+    self.nodes[node].replicas.discard(ts)
+    self.nodes[node].stored.add(ts)
+    self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
+
+
+def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
+    """A worker could not read a stored dependency: that copy is gone.
+
+    A lost copy on another node is forgotten; a lost original is replaced by a copy if
+    one exists, else recomputed.  The task that asked runs again, reading what is left.
+    """
+    dts = self.tasks.get(s.dependency)
+    ts = self._is_current(s.key, s.worker)
+    rerun: Recs = {ts.key: "released"} if ts is not None else {}
+    if dts is None or dts.state != "memory" or not is_stored(s.value) or not is_stored(dts.data):
+        return rerun  # already handled
+    node, _, name = s.value
+    if dts.replicas and dts.replicas.get(node) == name:  # a copy on another node
+        del dts.replicas[node]
+        if node in self.nodes:
+            self.nodes[node].replicas.discard(dts)
+        return rerun
+    if dts.data != s.value:
+        return rerun  # a copy we no longer use
+    ns = self.nodes.get(node)
+    if ns is not None:
+        ns.stored.discard(dts)
+    if dts.replicas:
+        promote_replica(self, dts)
+        return rerun
+    dts.data = None  # nothing to free: the copy is gone
+    return self._transition(dts, "released", s.stimulus_id)
+
+
 #: stimulus type -> its handler, for the state's handler table
 HANDLERS = {
     st.AddReplica: add_replica,
@@ -209,4 +249,5 @@ HANDLERS = {
     st.WorkerHeartbeat: worker_heartbeat,
     st.WorkerStatusChange: worker_status_change,
     st.NodeHeartbeat: node_heartbeat,
+    st.MissingData: missing_data,
 }
