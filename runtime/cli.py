@@ -39,6 +39,7 @@ import psutil
 from runtime import config
 from runtime.comm import auth, codec
 from runtime.comm.core import parse_address, read_frame
+from runtime.worker.memory import format_bytes
 
 DEFAULT_PORT = 8786
 #: the memory thresholds a worker acts on, and what it does
@@ -345,19 +346,17 @@ def _scheduler_address(args: argparse.Namespace) -> str:
     return address
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
 def _use(used: int, limit: int) -> str:
-    return f"{_gib(used)} of {_gib(limit)}" if limit else f"{_gib(used)} (no limit)"
+    return f"{format_bytes(used)} of {format_bytes(limit)}" if limit else f"{format_bytes(used)} (no limit)"
 
 
 def format_status(address: str, s: dict) -> str:
     lines = [f"scheduler {address}", f"nodes: {len(s['nodes'])}"]
     for node, info in sorted(s["nodes"].items()):
         store = info.get("store")
-        where = f"  store {_use(store['used'], store['limit'])}, {_gib(store['spilled'])} spilled" if store else ""
+        where = ""
+        if store:
+            where = f"  store {_use(store['used'], store['limit'])}, {format_bytes(store['spilled'])} spilled"
         lines.append(f"  {node}  host {info['host']}  pid {info['pid']}  workers {len(info['workers'])}{where}")
     workers = s["workers"]
     threads = sum(w["nthreads"] for w in workers.values())
