@@ -213,13 +213,19 @@ class LocalScheduler:
         future = Future(key, self, fs)  # type: ignore[arg-type]
         # A plain tuple now: futures in the arguments become Deps, and the TaskSpec is made,
         # in _flush_pending, where the GC waits (what survives here, the GC walks again).
-        self._pending.append((key, func, args, kwargs, retries, name, priority))
+        pending = self._pending
+        pending.append((key, func, args, kwargs, retries, name, priority))
         self._kind = config.get("scheduler")
+        if not len(pending) & 127:
+            # What a graph being built makes lives until its get: the cyclic GC would only
+            # walk it again and again (full passes over the whole heap as it grows).  Often
+            # enough that the youngest generation never fills (700 objects, ~4 a call).
+            _freeze_until_get()
         # Let go of what earlier graphs no longer need now, not at the next get: their values
         # are freed sooner, and the GC does not walk them while this graph is built.
         # (Checked every 1,024 submissions too: releasing one root can free a whole graph.)
         releases = self._releases
-        if releases and (len(releases) >= 1000 or not len(self._pending) & 1023) and self._lock.acquire(blocking=False):
+        if releases and (len(releases) >= 1000 or not len(pending) & 1023) and self._lock.acquire(blocking=False):
             try:
                 self._flush_releases()
             finally:
@@ -615,10 +621,38 @@ class LocalScheduler:
                 p.terminate()
             for p in processes:
                 p.join(5)
+        _unfreeze_if_idle()
 
 
 _gc_lock = threading.Lock()
+#: graphs running now (get/wait calls inside ``_frozen_gc``)
 _gc_frozen = 0
+#: what the GC holds frozen for a graph being submitted, until a get/wait ends (or close)
+_gc_held = False
+
+
+def _freeze_until_get() -> None:
+    """Freeze what exists now for the cyclic GC, as ``_frozen_gc`` does for a running graph.
+
+    A program building a large graph makes a few long-lived objects per ``.remote()`` call
+    (futures, their states, pending specs) and little garbage; left to the GC they reach its
+    oldest generation and trigger full collections over the whole heap, again and again as
+    it grows.  Frozen, they cost nothing; the next ``get``/``wait`` to end (or ``close``)
+    unfreezes them, so a cycle made meanwhile is collected late, never lost.
+    """
+    global _gc_held
+    with _gc_lock:
+        gc.freeze()
+        _gc_held = True
+
+
+def _unfreeze_if_idle() -> None:
+    """Give the GC back what ``_freeze_until_get`` froze, if no graph is running."""
+    global _gc_held
+    with _gc_lock:
+        if _gc_held and _gc_frozen == 0:
+            gc.unfreeze()
+            _gc_held = False
 
 
 @contextlib.contextmanager
@@ -630,7 +664,7 @@ def _frozen_gc() -> Iterator[None]:
     scheduling itself.  Reference counting still frees them as usual; what froze goes back
     to the oldest generation when the last running graph ends, so no cycle is lost.
     """
-    global _gc_frozen
+    global _gc_frozen, _gc_held
     with _gc_lock:
         if _gc_frozen == 0:
             gc.freeze()
@@ -642,6 +676,7 @@ def _frozen_gc() -> Iterator[None]:
             _gc_frozen -= 1
             if _gc_frozen == 0:
                 gc.unfreeze()
+                _gc_held = False
 
 
 #: set in the local scheduler's pool threads: a get() there runs tasks itself (no deadlock)
