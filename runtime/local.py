@@ -207,7 +207,10 @@ class LocalScheduler:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def submit(self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int) -> Future:
+    def submit(
+        self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int, kind: str
+    ) -> Future:
+        """Record a task made under the local scheduler ``kind``; it runs at the next get/wait."""
         key = f"{name}-{self._tag}{next(self._keys)}"
         fs = self._futures[key] = FutureState()
         future = Future(key, self, fs)  # type: ignore[arg-type]
@@ -215,7 +218,7 @@ class LocalScheduler:
         # in _flush_pending, where the GC waits (what survives here, the GC walks again).
         pending = self._pending
         pending.append((key, func, args, kwargs, retries, name, priority))
-        self._kind = config.get("scheduler")
+        self._kind = kind
         if not len(pending) & 127:
             # What a graph being built makes lives until its get: the cyclic GC would only
             # walk it again and again (full passes over the whole heap as it grows).  Often
