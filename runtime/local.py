@@ -110,31 +110,34 @@ def _strip(obj: Any, deps: dict[str, None]) -> Any:
     return obj if items is None else t(items)
 
 
-def _fill(obj: Any, values: dict[str, Any]) -> Any:
+def _fill(obj: Any, boxes: dict[str, Box]) -> Any:
+    """``obj`` with each ``Dep`` replaced by its value (``boxes``: the task's ``deps``)."""
     t = type(obj)
     if t is Dep:
-        return values[obj.key]
+        return boxes[obj.key].value
     if t is list or t is tuple or t is set or t is frozenset:
-        return t([_fill(x, values) for x in obj])
+        return t([_fill(x, boxes) for x in obj])
     if t is dict:
-        return {k: _fill(v, values) for k, v in obj.items()}
+        return {k: _fill(v, boxes) for k, v in obj.items()}
     return obj
 
 
-def _run(func: Callable, args: tuple, kwargs: dict, deps: dict[str, Any] | None) -> Any:
-    if deps:
+def _run(func: Callable, args: tuple, kwargs: dict, boxes: dict[str, Box]) -> Any:
+    if boxes:
         # _fill(args) inlined: most arguments are plain values or futures.
-        args = tuple(deps[a.key] if type(a) is Dep else _fill(a, deps) if type(a) in _CONTAINERS else a for a in args)
+        args = tuple(
+            [boxes[a.key].value if type(a) is Dep else _fill(a, boxes) if type(a) in _CONTAINERS else a for a in args]
+        )
         if kwargs:
-            kwargs = _fill(kwargs, deps)
+            kwargs = _fill(kwargs, boxes)
     return func(*args, **kwargs)
 
 
-def _rank(priority: tuple[int, int, int]) -> int:
-    """The scheduler's priority (user priority, generation, graph order) as one int that sorts
-    the same: the ready heap compares one number instead of three-item tuples."""
+def _order(priority: tuple[int, int, int], arrival: int) -> int:
+    """The scheduler's priority (user priority, generation, graph order), then the arrival,
+    as one int that sorts the same: the ready heap compares plain numbers, not tuples."""
     user, generation, order = priority
-    return (user << 96) + (generation << 48) + order
+    return (user << 136) + (generation << 88) + (order << 40) + arrival
 
 
 # Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.
@@ -183,11 +186,11 @@ class LocalScheduler:
         self._kind = "sync"
         #: keys whose last Future went away (appended from __del__, any thread)
         self._releases: list[str] = []
-        #: pending keys whose last Future went away before their update-graph: not wanted
-        self._unwanted: set[str] = set()
         self._futures: dict[str, FutureState] = {}
-        #: compute-task messages ready to run: (priority, arrival, message)
-        self._ready: list[tuple[Any, int, dict]] = []
+        #: compute-task messages ready to run, as a heap of ``_order`` numbers ...
+        self._ready: list[int] = []
+        #: ... and the message of each
+        self._queue: dict[int, dict] = {}
         #: the message each key will run with; a cancel-compute removes it
         self._live: dict[str, dict] = {}
         self._arrivals = itertools.count()
@@ -271,9 +274,8 @@ class LocalScheduler:
         for k in gone:
             del self._futures[k]
         tasks = self.state.tasks
-        known = tuple(k for k in gone if k in tasks)
         # The others are still pending: their update-graph will not ask for them.
-        self._unwanted.update(k for k in gone if k not in tasks)
+        known = tuple([k for k in gone if k in tasks])
         if known:
             self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, known))
 
@@ -296,24 +298,29 @@ class LocalScheduler:
                 # _strip(args) inlined: the common case is a few plain values and futures.
                 stripped = None
                 for i, a in enumerate(args):
-                    s = Dep(a.key) if type(a) is Future else _strip(a, deps) if type(a) in _CONTAINERS else a
-                    if s is not a:
-                        if type(a) is Future:
-                            deps[a.key] = None
-                        stripped = stripped or list(args)
-                        stripped[i] = s
+                    t = type(a)
+                    if t is Future:
+                        deps[a.key] = None
+                        s = Dep(a.key)
+                    elif t in _CONTAINERS and (s := _strip(a, deps)) is not a:
+                        pass
+                    else:
+                        continue
+                    if stripped is None:
+                        stripped = list(args)
+                    stripped[i] = s
                 if stripped is not None:
                     args = tuple(stripped)
                 spec = st.TaskSpec(key, (func, (args, kwargs)), tuple(deps), retries, name)  # type: ignore[arg-type]
                 by_priority.setdefault(prio, []).append(spec)
             del pending
-            unwanted, self._unwanted = self._unwanted, set()
+            # Wanted: the keys that still have a Future (_flush_releases dropped the others).
+            futures = self._futures
             for prio, specs in by_priority.items():
-                keys = tuple(s.key for s in specs if s.key not in unwanted)
+                keys = tuple([s.key for s in specs if s.key in futures])
                 self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
         finally:
-            if _gc_frozen:
-                gc.freeze()
+            _freeze_until_get()
             if enabled:
                 gc.enable()
 
@@ -323,7 +330,9 @@ class LocalScheduler:
             op = msg["op"]
             if op == "compute-task":
                 self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
+                n = _order(msg["priority"], next(self._arrivals))
+                self._queue[n] = msg
+                heapq.heappush(self._ready, n)
             elif op == "cancel-compute":
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
@@ -353,9 +362,9 @@ class LocalScheduler:
 
     def _next_task(self) -> dict | None:
         """Pop the ready task of highest priority still live.  Call with the lock held."""
-        ready, live = self._ready, self._live
+        ready, queue, live = self._ready, self._queue, self._live
         while ready:
-            msg = heapq.heappop(ready)[2]
+            msg = queue.pop(heapq.heappop(ready))
             if live.get(msg["key"]) is msg:
                 del live[msg["key"]]
                 return msg
@@ -367,7 +376,7 @@ class LocalScheduler:
         deps = msg["deps"]
         sid = f"task-{next(self._ids)}"
         try:
-            result = _run(func, args, kwargs, {k: box.value for k, box in deps.items()} if deps else None)
+            result = _run(func, args, kwargs, deps)
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -416,7 +425,8 @@ class LocalScheduler:
 
     def _drive_sync(self, ready: Callable[[], bool], deadline: float | None) -> None:
         while not ready():
-            self._flush()
+            if self._releases or self._pending:
+                self._flush()
             msg = self._next_task()
             if msg is None:
                 if self._driving["threads"] or self._driving["processes"] or self._in_pool:
@@ -436,7 +446,9 @@ class LocalScheduler:
     def _requeue(self, msg: dict) -> None:
         """Put a task taken from the heap but not run back in its place."""
         self._live[msg["key"]] = msg
-        heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
+        n = _order(msg["priority"], next(self._arrivals))
+        self._queue[n] = msg
+        heapq.heappush(self._ready, n)
 
     # threads
 
@@ -505,8 +517,7 @@ class LocalScheduler:
             fb = self._func_bytes[func] = serialize.dumps_function(func)
         deps = msg["deps"]
         if deps:
-            values = {k: box.value for k, box in deps.items()}
-            args, kwargs = _fill(args, values), _fill(kwargs, values)
+            args, kwargs = _fill(args, deps), _fill(kwargs, deps)
         data, hidden = serialize.dumps_args(msg["key"].rsplit("-", 1)[0], args, kwargs)
         if hidden:
             raise SerializationError(
