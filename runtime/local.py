@@ -38,6 +38,7 @@ import pickle
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as PoolFuture
 from concurrent.futures import ProcessPoolExecutor
@@ -187,10 +188,12 @@ class LocalScheduler:
         #: keys whose last Future went away (appended from __del__, any thread)
         self._releases: list[str] = []
         self._futures: dict[str, FutureState] = {}
-        #: compute-task messages ready to run, as a heap of ``_order`` numbers ...
-        self._ready: list[int] = []
-        #: ... and the message of each
+        #: compute-task messages ready to run, by their ``_order`` number (one per entry below)
         self._queue: dict[int, dict] = {}
+        #: ready ``_order`` numbers: those pushed in ascending order (an update-graph's roots)
+        #: wait in this sorted lane, taken from in O(1); the others in a heap
+        self._lane: deque[int] = deque()
+        self._ready: list[int] = []
         #: the message each key will run with; a cancel-compute removes it
         self._live: dict[str, dict] = {}
         self._arrivals = itertools.count()
@@ -332,7 +335,11 @@ class LocalScheduler:
                 self._live[msg["key"]] = msg
                 n = _order(msg["priority"], next(self._arrivals))
                 self._queue[n] = msg
-                heapq.heappush(self._ready, n)
+                lane = self._lane
+                if not lane or n > lane[-1]:
+                    lane.append(n)
+                else:
+                    heapq.heappush(self._ready, n)
             elif op == "cancel-compute":
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
@@ -357,14 +364,17 @@ class LocalScheduler:
                             wake = wake or fs in watched
             if wake:  # only a caller waiting for one of these: no wake-up per finished task
                 self._changed.notify_all()
-        if self._ready and self._driving["threads"]:
-            self._work.notify(len(self._ready))
+        if self._queue and self._driving["threads"]:
+            self._work.notify(len(self._queue))
 
     def _next_task(self) -> dict | None:
         """Pop the ready task of highest priority still live.  Call with the lock held."""
-        ready, queue, live = self._ready, self._queue, self._live
-        while ready:
-            msg = queue.pop(heapq.heappop(ready))
+        ready, lane, queue, live = self._ready, self._lane, self._queue, self._live
+        while queue:
+            if ready and (not lane or ready[0] < lane[0]):
+                msg = queue.pop(heapq.heappop(ready))
+            else:
+                msg = queue.pop(lane.popleft())
             if live.get(msg["key"]) is msg:
                 del live[msg["key"]]
                 return msg
@@ -410,7 +420,7 @@ class LocalScheduler:
                     self._flush()
                     if kind == "processes":
                         self._dispatch_processes()
-                    elif self._ready and not any(t.is_alive() for t in self._threads):
+                    elif self._queue and not any(t.is_alive() for t in self._threads):
                         raise RuntimeError("the local scheduler's threads are gone")
                     self._wait_changed(deadline)
             finally:
@@ -448,7 +458,7 @@ class LocalScheduler:
         self._live[msg["key"]] = msg
         n = _order(msg["priority"], next(self._arrivals))
         self._queue[n] = msg
-        heapq.heappush(self._ready, n)
+        heapq.heappush(self._ready, n)  # the heap takes any number; the lane only a larger one
 
     # threads
 
@@ -480,13 +490,13 @@ class LocalScheduler:
     def _dispatch_processes(self) -> None:
         """Send ready tasks to the process pool in batches, two batches per process in flight."""
         n = config.get("num-workers") or os.cpu_count() or 1
-        while self._ready and len(self._in_pool) < 64 * n:
+        while self._queue and len(self._in_pool) < 64 * n:
             if self._pool is None:  # first use, or a process died and broke the last one
                 import multiprocessing
 
                 method = config.get("processes.start-method")
                 self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
-            size = max(1, min(64, len(self._ready) // (2 * n)))
+            size = max(1, min(64, len(self._queue) // (2 * n)))
             wire, msgs = [], []
             while len(msgs) < size and (msg := self._next_task()) is not None:
                 try:
