@@ -123,17 +123,6 @@ def _fill(obj: Any, boxes: dict[str, Box]) -> Any:
     return obj
 
 
-def _run(func: Callable, args: tuple, kwargs: dict, boxes: dict[str, Box]) -> Any:
-    if boxes:
-        # _fill(args) inlined: most arguments are plain values or futures.
-        args = tuple(
-            [boxes[a.key].value if type(a) is Dep else _fill(a, boxes) if type(a) in _CONTAINERS else a for a in args]
-        )
-        if kwargs:
-            kwargs = _fill(kwargs, boxes)
-    return func(*args, **kwargs)
-
-
 def _order(priority: tuple[int, int, int], arrival: int) -> int:
     """The scheduler's priority (user priority, generation, graph order), then the arrival,
     as one int that sorts the same: the ready heap compares plain numbers, not tuples."""
@@ -273,14 +262,16 @@ class LocalScheduler:
         if not self._releases:
             return
         keys, self._releases = self._releases, []
-        gone = [k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0]
-        for k in gone:
-            del self._futures[k]
-        tasks = self.state.tasks
-        # The others are still pending: their update-graph will not ask for them.
-        known = tuple([k for k in gone if k in tasks])
+        futures, tasks = self._futures, self.state.tasks
+        known = []
+        for k in keys:
+            fs = futures.get(k)
+            if fs is not None and fs.refcount <= 0:
+                del futures[k]
+                if k in tasks:  # the others are still pending: their update-graph will not ask for them
+                    known.append(k)
         if known:
-            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, known))
+            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, tuple(known)))
 
     def _flush_pending(self) -> None:
         """One update-graph per priority: graph order over the whole batch.
@@ -383,10 +374,20 @@ class LocalScheduler:
     def _execute(self, msg: dict) -> st.Stimulus:
         """Run one task here (sync, threads); returns the stimulus reporting how it went."""
         func, (args, kwargs) = msg["run_spec"]
-        deps = msg["deps"]
+        boxes = msg["deps"]
         sid = f"task-{next(self._ids)}"
         try:
-            result = _run(func, args, kwargs, deps)
+            if boxes:
+                # _fill(args) inlined: most arguments are plain values or futures.
+                args = tuple(
+                    [
+                        boxes[a.key].value if type(a) is Dep else _fill(a, boxes) if type(a) in _CONTAINERS else a
+                        for a in args
+                    ]
+                )
+                if kwargs:
+                    kwargs = _fill(kwargs, boxes)
+            result = func(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
