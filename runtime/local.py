@@ -8,7 +8,7 @@ Only who runs a task differs::
     put()     ──► update-data ────┤
     Future GC ──► release-keys ───┤
                                   ▼
-                           SchedulerState ──compute-task──► ready heap (by priority)
+                           SchedulerState ──compute-task──► ready queue (by priority)
                                   ▲                              │
                                   │ task-finished / task-erred   ▼
                                   └───────────────────── sync:      the calling thread runs it
@@ -18,11 +18,11 @@ Only who runs a task differs::
 Tasks run when a ``get``/``wait`` asks (Dask's ``compute`` does the same): ``.remote()``
 only records them, and the call that waits picks the scheduler (its ``scheduler=``
 argument, else the ``scheduler`` setting, else the one the tasks were made under).  The
-state machine and the heap are guarded by one lock; whoever holds it feeds results in
+state machine and the ready queue are guarded by one lock; whoever holds it feeds results in
 (pool threads do so themselves, with no hand-off).  Values stay Python objects (boxed in
 ``TaskState.data``) except under ``processes``, where arguments and results are pickled.
-A local "worker" never saturates, so nothing queues: the heap orders ready tasks by the
-scheduler's priority, depth-first as the graph order made them.
+A local "worker" never saturates, so no task waits in the scheduler's ``queued``: the ready
+queue orders them by the scheduler's priority, depth-first as the graph order made them.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _fill(obj: Any, boxes: dict[str, Box]) -> Any:
 
 def _order(priority: tuple[int, int, int], arrival: int) -> int:
     """The scheduler's priority (user priority, generation, graph order), then the arrival,
-    as one int that sorts the same: the ready heap compares plain numbers, not tuples."""
+    as one int that sorts the same: the ready queue compares plain numbers, not tuples."""
     user, generation, order = priority
     return (user << 136) + (generation << 88) + (order << 40) + arrival
 
@@ -155,7 +155,7 @@ def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str]
 
 
 class LocalScheduler:
-    """One per process: the state machine, the ready heap and the pools of the local schedulers."""
+    """One per process: the state machine, the ready queue and the pools of the local schedulers."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -166,7 +166,7 @@ class LocalScheduler:
         self.state = SchedulerState(
             validate=config.get("scheduler.validate"),
             allowed_failures=config.get("scheduler.allowed-failures"),
-            worker_saturation=math.inf,  # every ready task goes to the heap; the heap orders them
+            worker_saturation=math.inf,  # every ready task goes to the ready queue, which orders them
         )
         self.state.handle(st.AddClient("add-client-local", _CLIENT))
         self.state.handle(st.AddNode("add-node-local", _NODE))
@@ -210,7 +210,7 @@ class LocalScheduler:
         fs = self._futures[key] = FutureState()
         future = Future(key, self, fs)  # type: ignore[arg-type]
         # A plain tuple now: futures in the arguments become Deps, and the TaskSpec is made,
-        # in _flush_pending, where the GC waits (what survives here, the GC walks again).
+        # in _flush_pending, in one pass over the batch with the GC paused.
         pending = self._pending
         pending.append((key, func, args, kwargs, retries, name, priority))
         self._kind = kind
@@ -277,8 +277,8 @@ class LocalScheduler:
         """One update-graph per priority: graph order over the whole batch.
 
         Building a graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
-        would only walk them again and again, so it waits (no user code runs here).  While a
-        graph runs, what the new one added is frozen for the GC too (``_frozen_gc``).
+        would only walk them again and again, so it waits (no user code runs here).  What it
+        built then stays frozen for the GC until the get/wait ends (``_freeze_until_get``).
         """
         pending, self._pending = self._pending, []
         enabled = gc.isenabled()
@@ -455,7 +455,7 @@ class LocalScheduler:
             self._handle(stimulus)
 
     def _requeue(self, msg: dict) -> None:
-        """Put a task taken from the heap but not run back in its place."""
+        """Put a task taken from the ready queue but not run back in its place."""
         self._live[msg["key"]] = msg
         n = _order(msg["priority"], next(self._arrivals))
         self._queue[n] = msg
