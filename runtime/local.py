@@ -296,8 +296,10 @@ class LocalScheduler:
                     if t is Future:
                         deps[a.key] = None
                         s = Dep(a.key)
-                    elif t in _CONTAINERS and (s := _strip(a, deps)) is not a:
-                        pass
+                    elif t in _CONTAINERS:
+                        s = _strip(a, deps)
+                        if s is a:
+                            continue
                     else:
                         continue
                     if stripped is None:
