@@ -8,7 +8,7 @@ Only who runs a task differs::
     put()     ──► update-data ────┤
     Future GC ──► release-keys ───┤
                                   ▼
-                           SchedulerState ──compute-task──► ready heap (by priority)
+                           SchedulerState ──compute-task──► ready queue (by priority)
                                   ▲                              │
                                   │ task-finished / task-erred   ▼
                                   └───────────────────── sync:      the calling thread runs it
@@ -18,11 +18,11 @@ Only who runs a task differs::
 Tasks run when a ``get``/``wait`` asks (Dask's ``compute`` does the same): ``.remote()``
 only records them, and the call that waits picks the scheduler (its ``scheduler=``
 argument, else the ``scheduler`` setting, else the one the tasks were made under).  The
-state machine and the heap are guarded by one lock; whoever holds it feeds results in
+state machine and the ready queue are guarded by one lock; whoever holds it feeds results in
 (pool threads do so themselves, with no hand-off).  Values stay Python objects (boxed in
 ``TaskState.data``) except under ``processes``, where arguments and results are pickled.
-A local "worker" never saturates, so nothing queues: the heap orders ready tasks by the
-scheduler's priority, depth-first as the graph order made them.
+A local "worker" never saturates, so no task waits in the scheduler's ``queued``: the ready
+queue orders them by the scheduler's priority, depth-first as the graph order made them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import pickle
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as PoolFuture
 from concurrent.futures import ProcessPoolExecutor
@@ -110,31 +111,23 @@ def _strip(obj: Any, deps: dict[str, None]) -> Any:
     return obj if items is None else t(items)
 
 
-def _fill(obj: Any, values: dict[str, Any]) -> Any:
+def _fill(obj: Any, boxes: dict[str, Box]) -> Any:
+    """``obj`` with each ``Dep`` replaced by its value (``boxes``: the task's ``deps``)."""
     t = type(obj)
     if t is Dep:
-        return values[obj.key]
+        return boxes[obj.key].value
     if t is list or t is tuple or t is set or t is frozenset:
-        return t([_fill(x, values) for x in obj])
+        return t([_fill(x, boxes) for x in obj])
     if t is dict:
-        return {k: _fill(v, values) for k, v in obj.items()}
+        return {k: _fill(v, boxes) for k, v in obj.items()}
     return obj
 
 
-def _run(func: Callable, args: tuple, kwargs: dict, deps: dict[str, Any] | None) -> Any:
-    if deps:
-        # _fill(args) inlined: most arguments are plain values or futures.
-        args = tuple(deps[a.key] if type(a) is Dep else _fill(a, deps) if type(a) in _CONTAINERS else a for a in args)
-        if kwargs:
-            kwargs = _fill(kwargs, deps)
-    return func(*args, **kwargs)
-
-
-def _rank(priority: tuple[int, int, int]) -> int:
-    """The scheduler's priority (user priority, generation, graph order) as one int that sorts
-    the same: the ready heap compares one number instead of three-item tuples."""
+def _order(priority: tuple[int, int, int], arrival: int) -> int:
+    """The scheduler's priority (user priority, generation, graph order), then the arrival,
+    as one int that sorts the same: the ready queue compares plain numbers, not tuples."""
     user, generation, order = priority
-    return (user << 96) + (generation << 48) + order
+    return (user << 136) + (generation << 88) + (order << 40) + arrival
 
 
 # Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.
@@ -162,7 +155,7 @@ def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str]
 
 
 class LocalScheduler:
-    """One per process: the state machine, the ready heap and the pools of the local schedulers."""
+    """One per process: the state machine, the ready queue and the pools of the local schedulers."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -173,7 +166,7 @@ class LocalScheduler:
         self.state = SchedulerState(
             validate=config.get("scheduler.validate"),
             allowed_failures=config.get("scheduler.allowed-failures"),
-            worker_saturation=math.inf,  # every ready task goes to the heap; the heap orders them
+            worker_saturation=math.inf,  # every ready task goes to the ready queue, which orders them
         )
         self.state.handle(st.AddClient("add-client-local", _CLIENT))
         self.state.handle(st.AddNode("add-node-local", _NODE))
@@ -183,11 +176,13 @@ class LocalScheduler:
         self._kind = "sync"
         #: keys whose last Future went away (appended from __del__, any thread)
         self._releases: list[str] = []
-        #: pending keys whose last Future went away before their update-graph: not wanted
-        self._unwanted: set[str] = set()
         self._futures: dict[str, FutureState] = {}
-        #: compute-task messages ready to run: (priority, arrival, message)
-        self._ready: list[tuple[Any, int, dict]] = []
+        #: compute-task messages ready to run, by their ``_order`` number (one per entry below)
+        self._queue: dict[int, dict] = {}
+        #: ready ``_order`` numbers: those pushed in ascending order (an update-graph's roots)
+        #: wait in this sorted lane, taken from in O(1); the others in a heap
+        self._lane: deque[int] = deque()
+        self._ready: list[int] = []
         #: the message each key will run with; a cancel-compute removes it
         self._live: dict[str, dict] = {}
         self._arrivals = itertools.count()
@@ -207,19 +202,28 @@ class LocalScheduler:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def submit(self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int) -> Future:
+    def submit(
+        self, func: Callable, name: str, args: tuple, kwargs: dict, retries: int, priority: int, kind: str
+    ) -> Future:
+        """Record a task made under the local scheduler ``kind``; it runs at the next get/wait."""
         key = f"{name}-{self._tag}{next(self._keys)}"
         fs = self._futures[key] = FutureState()
         future = Future(key, self, fs)  # type: ignore[arg-type]
         # A plain tuple now: futures in the arguments become Deps, and the TaskSpec is made,
-        # in _flush_pending, where the GC waits (what survives here, the GC walks again).
-        self._pending.append((key, func, args, kwargs, retries, name, priority))
-        self._kind = config.get("scheduler")
+        # in _flush_pending, in one pass over the batch with the GC paused.
+        pending = self._pending
+        pending.append((key, func, args, kwargs, retries, name, priority))
+        self._kind = kind
+        if not len(pending) & 127:
+            # What a graph being built makes lives until its get: the cyclic GC would only
+            # walk it again and again (full passes over the whole heap as it grows).  Often
+            # enough that the youngest generation never fills (700 objects, ~4 a call).
+            _freeze_until_get()
         # Let go of what earlier graphs no longer need now, not at the next get: their values
         # are freed sooner, and the GC does not walk them while this graph is built.
         # (Checked every 1,024 submissions too: releasing one root can free a whole graph.)
         releases = self._releases
-        if releases and (len(releases) >= 1000 or not len(self._pending) & 1023) and self._lock.acquire(blocking=False):
+        if releases and (len(releases) >= 1000 or not len(pending) & 1023) and self._lock.acquire(blocking=False):
             try:
                 self._flush_releases()
             finally:
@@ -258,22 +262,23 @@ class LocalScheduler:
         if not self._releases:
             return
         keys, self._releases = self._releases, []
-        gone = [k for k in keys if (fs := self._futures.get(k)) is not None and fs.refcount <= 0]
-        for k in gone:
-            del self._futures[k]
-        tasks = self.state.tasks
-        known = tuple(k for k in gone if k in tasks)
-        # The others are still pending: their update-graph will not ask for them.
-        self._unwanted.update(k for k in gone if k not in tasks)
+        futures, tasks = self._futures, self.state.tasks
+        known = []
+        for k in keys:
+            fs = futures.get(k)
+            if fs is not None and fs.refcount <= 0:
+                del futures[k]
+                if k in tasks:  # the others are still pending: their update-graph will not ask for them
+                    known.append(k)
         if known:
-            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, known))
+            self._handle(st.ClientReleasesKeys(f"release-keys-{next(self._ids)}", _CLIENT, tuple(known)))
 
     def _flush_pending(self) -> None:
         """One update-graph per priority: graph order over the whole batch.
 
         Building a graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
-        would only walk them again and again, so it waits (no user code runs here).  While a
-        graph runs, what the new one added is frozen for the GC too (``_frozen_gc``).
+        would only walk them again and again, so it waits (no user code runs here).  What it
+        built then stays frozen for the GC until the get/wait ends (``_freeze_until_get``).
         """
         pending, self._pending = self._pending, []
         enabled = gc.isenabled()
@@ -287,24 +292,31 @@ class LocalScheduler:
                 # _strip(args) inlined: the common case is a few plain values and futures.
                 stripped = None
                 for i, a in enumerate(args):
-                    s = Dep(a.key) if type(a) is Future else _strip(a, deps) if type(a) in _CONTAINERS else a
-                    if s is not a:
-                        if type(a) is Future:
-                            deps[a.key] = None
-                        stripped = stripped or list(args)
-                        stripped[i] = s
+                    t = type(a)
+                    if t is Future:
+                        deps[a.key] = None
+                        s = Dep(a.key)
+                    elif t in _CONTAINERS:
+                        s = _strip(a, deps)
+                        if s is a:
+                            continue
+                    else:
+                        continue
+                    if stripped is None:
+                        stripped = list(args)
+                    stripped[i] = s
                 if stripped is not None:
                     args = tuple(stripped)
                 spec = st.TaskSpec(key, (func, (args, kwargs)), tuple(deps), retries, name)  # type: ignore[arg-type]
                 by_priority.setdefault(prio, []).append(spec)
             del pending
-            unwanted, self._unwanted = self._unwanted, set()
+            # Wanted: the keys that still have a Future (_flush_releases dropped the others).
+            futures = self._futures
             for prio, specs in by_priority.items():
-                keys = tuple(s.key for s in specs if s.key not in unwanted)
+                keys = tuple([s.key for s in specs if s.key in futures])
                 self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
         finally:
-            if _gc_frozen:
-                gc.freeze()
+            _freeze_until_get()
             if enabled:
                 gc.enable()
 
@@ -314,7 +326,13 @@ class LocalScheduler:
             op = msg["op"]
             if op == "compute-task":
                 self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
+                n = _order(msg["priority"], next(self._arrivals))
+                self._queue[n] = msg
+                lane = self._lane
+                if not lane or n > lane[-1]:
+                    lane.append(n)
+                else:
+                    heapq.heappush(self._ready, n)
             elif op == "cancel-compute":
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
@@ -339,14 +357,17 @@ class LocalScheduler:
                             wake = wake or fs in watched
             if wake:  # only a caller waiting for one of these: no wake-up per finished task
                 self._changed.notify_all()
-        if self._ready and self._driving["threads"]:
-            self._work.notify(len(self._ready))
+        if self._queue and self._driving["threads"]:
+            self._work.notify(len(self._queue))
 
     def _next_task(self) -> dict | None:
         """Pop the ready task of highest priority still live.  Call with the lock held."""
-        ready, live = self._ready, self._live
-        while ready:
-            msg = heapq.heappop(ready)[2]
+        ready, lane, queue, live = self._ready, self._lane, self._queue, self._live
+        while queue:
+            if ready and (not lane or ready[0] < lane[0]):
+                msg = queue.pop(heapq.heappop(ready))
+            else:
+                msg = queue.pop(lane.popleft())
             if live.get(msg["key"]) is msg:
                 del live[msg["key"]]
                 return msg
@@ -355,10 +376,20 @@ class LocalScheduler:
     def _execute(self, msg: dict) -> st.Stimulus:
         """Run one task here (sync, threads); returns the stimulus reporting how it went."""
         func, (args, kwargs) = msg["run_spec"]
-        deps = msg["deps"]
+        boxes = msg["deps"]
         sid = f"task-{next(self._ids)}"
         try:
-            result = _run(func, args, kwargs, {k: box.value for k, box in deps.items()} if deps else None)
+            if boxes:
+                # _fill(args) inlined: most arguments are plain values or futures.
+                args = tuple(
+                    [
+                        boxes[a.key].value if type(a) is Dep else _fill(a, boxes) if type(a) in _CONTAINERS else a
+                        for a in args
+                    ]
+                )
+                if kwargs:
+                    kwargs = _fill(kwargs, boxes)
+            result = func(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -392,7 +423,7 @@ class LocalScheduler:
                     self._flush()
                     if kind == "processes":
                         self._dispatch_processes()
-                    elif self._ready and not any(t.is_alive() for t in self._threads):
+                    elif self._queue and not any(t.is_alive() for t in self._threads):
                         raise RuntimeError("the local scheduler's threads are gone")
                     self._wait_changed(deadline)
             finally:
@@ -407,7 +438,8 @@ class LocalScheduler:
 
     def _drive_sync(self, ready: Callable[[], bool], deadline: float | None) -> None:
         while not ready():
-            self._flush()
+            if self._releases or self._pending:
+                self._flush()
             msg = self._next_task()
             if msg is None:
                 if self._driving["threads"] or self._driving["processes"] or self._in_pool:
@@ -425,9 +457,11 @@ class LocalScheduler:
             self._handle(stimulus)
 
     def _requeue(self, msg: dict) -> None:
-        """Put a task taken from the heap but not run back in its place."""
+        """Put a task taken from the ready queue but not run back in its place."""
         self._live[msg["key"]] = msg
-        heapq.heappush(self._ready, (_rank(msg["priority"]), next(self._arrivals), msg))
+        n = _order(msg["priority"], next(self._arrivals))
+        self._queue[n] = msg
+        heapq.heappush(self._ready, n)  # the heap takes any number; the lane only a larger one
 
     # threads
 
@@ -459,13 +493,13 @@ class LocalScheduler:
     def _dispatch_processes(self) -> None:
         """Send ready tasks to the process pool in batches, two batches per process in flight."""
         n = config.get("num-workers") or os.cpu_count() or 1
-        while self._ready and len(self._in_pool) < 64 * n:
+        while self._queue and len(self._in_pool) < 64 * n:
             if self._pool is None:  # first use, or a process died and broke the last one
                 import multiprocessing
 
                 method = config.get("processes.start-method")
                 self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
-            size = max(1, min(64, len(self._ready) // (2 * n)))
+            size = max(1, min(64, len(self._queue) // (2 * n)))
             wire, msgs = [], []
             while len(msgs) < size and (msg := self._next_task()) is not None:
                 try:
@@ -496,8 +530,7 @@ class LocalScheduler:
             fb = self._func_bytes[func] = serialize.dumps_function(func)
         deps = msg["deps"]
         if deps:
-            values = {k: box.value for k, box in deps.items()}
-            args, kwargs = _fill(args, values), _fill(kwargs, values)
+            args, kwargs = _fill(args, deps), _fill(kwargs, deps)
         data, hidden = serialize.dumps_args(msg["key"].rsplit("-", 1)[0], args, kwargs)
         if hidden:
             raise SerializationError(
@@ -615,10 +648,38 @@ class LocalScheduler:
                 p.terminate()
             for p in processes:
                 p.join(5)
+        _unfreeze_if_idle()
 
 
 _gc_lock = threading.Lock()
+#: graphs running now (get/wait calls inside ``_frozen_gc``)
 _gc_frozen = 0
+#: what the GC holds frozen for a graph being submitted, until a get/wait ends (or close)
+_gc_held = False
+
+
+def _freeze_until_get() -> None:
+    """Freeze what exists now for the cyclic GC, as ``_frozen_gc`` does for a running graph.
+
+    A program building a large graph makes a few long-lived objects per ``.remote()`` call
+    (futures, their states, pending specs) and little garbage; left to the GC they reach its
+    oldest generation and trigger full collections over the whole heap, again and again as
+    it grows.  Frozen, they cost nothing; the next ``get``/``wait`` to end (or ``close``)
+    unfreezes them, so a cycle made meanwhile is collected late, never lost.
+    """
+    global _gc_held
+    with _gc_lock:
+        gc.freeze()
+        _gc_held = True
+
+
+def _unfreeze_if_idle() -> None:
+    """Give the GC back what ``_freeze_until_get`` froze, if no graph is running."""
+    global _gc_held
+    with _gc_lock:
+        if _gc_held and _gc_frozen == 0:
+            gc.unfreeze()
+            _gc_held = False
 
 
 @contextlib.contextmanager
@@ -630,7 +691,7 @@ def _frozen_gc() -> Iterator[None]:
     scheduling itself.  Reference counting still frees them as usual; what froze goes back
     to the oldest generation when the last running graph ends, so no cycle is lost.
     """
-    global _gc_frozen
+    global _gc_frozen, _gc_held
     with _gc_lock:
         if _gc_frozen == 0:
             gc.freeze()
@@ -642,6 +703,7 @@ def _frozen_gc() -> Iterator[None]:
             _gc_frozen -= 1
             if _gc_frozen == 0:
                 gc.unfreeze()
+                _gc_held = False
 
 
 #: set in the local scheduler's pool threads: a get() there runs tasks itself (no deadlock)

@@ -3,6 +3,7 @@ small programs give the same results and the same errors on each."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
@@ -207,6 +208,23 @@ def test_released_futures_leave_the_local_scheduler():
         del root
         rt.get(rt.put(1))
         assert len(ls.state.tasks) <= 1
+    local.shutdown()
+
+
+def test_what_the_gc_froze_for_a_graph_is_given_back():
+    """.remote() calls freeze what they made for the cyclic GC; the get that runs the graph,
+    or shutting the scheduler down when none comes, unfreezes it, so no cycle is lost."""
+    gc.unfreeze()
+    with config.set(scheduler="sync"):
+        refs = [inc.remote(i) for i in range(300)]
+        assert gc.get_freeze_count() > 0
+        assert rt.get(add.remote(*refs)) == sum(range(1, 301))
+        assert gc.get_freeze_count() == 0
+        refs = [inc.remote(i) for i in range(300)]
+        assert gc.get_freeze_count() > 0
+        local.shutdown()
+        assert gc.get_freeze_count() == 0
+        del refs
     local.shutdown()
 
 

@@ -25,6 +25,10 @@ class RemoteFunction:
         self._pickled: bytes | None = None
         #: where it may run, as the scheduler reads it; None when anywhere
         self._restrictions = restrictions(self._options)
+        # Read once here, not at each .remote() call: the options never change (.options() copies).
+        self._retries: int = self._options.get("retries", 0) or self._options.get("max_retries", 0)
+        self._priority: int = self._options.get("priority", 0)
+        self._num_returns: int = self._options.get("num_returns", 1)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -36,23 +40,20 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
         """Run the function as a task; its future (or ``num_returns`` futures, one per item)."""
         global _pick_pickled
-        opts = self._options
-        retries = opts.get("retries", 0) or opts.get("max_retries", 0)
-        priority = opts.get("priority", 0)
-        if config.get("scheduler") != "distributed":  # a local scheduler: the task runs in this process
+        retries, priority, n = self._retries, self._priority, self._num_returns
+        kind = config.get("scheduler")
+        if kind != "distributed":  # a local scheduler: the task runs in this process
             local = local_scheduler()
-            future = local.submit(self._func, self._name, args, kwargs, retries, priority)
-            n = opts.get("num_returns", 1)
+            future = local.submit(self._func, self._name, args, kwargs, retries, priority, kind)
             if n == 1:
                 return future
-            return [local.submit(_pick, self._name, (future, i, n), {}, 0, priority) for i in range(n)]
+            return [local.submit(_pick, self._name, (future, i, n), {}, 0, priority, kind) for i in range(n)]
         if self._pickled is None:
             self._pickled = serialize.dumps_function(self._func)
         client = current_runtime().client
         future = client.submit(
             self._pickled, self._name, args, kwargs, retries=retries, priority=priority, restrictions=self._restrictions
         )
-        n = opts.get("num_returns", 1)
         if n == 1:
             return future
         # One small task per item picks it out of the result; the whole result is released
