@@ -62,7 +62,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     is_stored,
 )
-from runtime.scheduler.order import CycleError, graph_order
+from runtime.scheduler.order import CycleError, order_indices
 from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
@@ -544,42 +544,49 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
-        specs = [spec for spec in s.tasks if spec.key not in self.tasks]
-        in_order: list[st.TaskSpec]  # by graph order: a task's rank is its index here
-        if any(spec.dependencies for spec in specs):
+        # A key given twice counts where it first appears, with its last spec.
+        by_key = {spec.key: spec for spec in s.tasks if spec.key not in self.tasks}
+        specs = list(by_key.values())
+        # Graph order on indices: in_order[rank] is a task's index in specs.
+        in_order: Iterable[int] = range(len(specs))
+        deps: list[list[int | None]] | None = None  # per task, its in-graph dependencies' indices
+        if any(spec.dependencies for spec in specs):  # else the order given is the graph order
+            get = dict(zip(by_key, range(len(specs)), strict=True)).get
+            deps = [[*map(get, spec.dependencies)] for spec in specs]
             try:
-                rank = graph_order([t.key for t in specs], {t.key: t.dependencies for t in specs})
+                in_order = order_indices(deps, list(by_key))
             except CycleError as e:
-                return self._reject_graph(cs, specs, str(e))
-            in_order = [None] * len(rank)  # type: ignore[list-item]
-            for spec in specs:
-                in_order[rank[spec.key]] = spec  # a key given twice: its last spec
-            del rank
-        else:  # independent tasks run in the order given (what graph_order would say, faster)
-            in_order = list({spec.key: spec for spec in specs}.values())
-        new: list[tuple[TaskState, st.TaskSpec]] = []
-        for i, spec in enumerate(in_order):
-            ts = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
-            ts.priority = (-s.priority, self._generation, i)
+                return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
+        del by_key
+        new: list[TaskState | None] = [None] * len(specs)
+        for rank, i in enumerate(in_order):
+            spec = specs[i]
+            ts = new[i] = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
+            ts.priority = (-s.priority, self._generation, rank)
             ts.retries = spec.retries
             if spec.workers:
                 ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
                 ts.host_restrictions = set(spec.workers) - ts.worker_restrictions or None
             ts.resource_restrictions = dict(spec.resources) if spec.resources else None
             ts.loose_restrictions = spec.allow_other_workers
-            new.append((ts, spec))
         lookup_errors: list[tuple[TaskState, str]] = []
         # Recommendations pop last-in first-out: insert the lowest priority first.
-        for ts, spec in reversed(new):
-            for dep in spec.dependencies:
-                dts = self.tasks.get(dep)
-                if dts is None:
-                    lookup_errors.append((ts, dep))
-                    continue
-                ts.dependencies[dts] = None
-                dts.dependents[ts] = None
-                dts.waiting_data[ts] = None  # it will run: this value must be there for it
-                ts.group.dependencies.add(dts.group)
+        tasks = self.tasks
+        for i in reversed(in_order):
+            ts = new[i]
+            assert ts is not None
+            if deps is not None and deps[i]:
+                group_deps = ts.group.dependencies
+                # In the graph: its task by index (no lookup in the million-key table); else known before.
+                for dep, j in zip(specs[i].dependencies, deps[i], strict=True):
+                    dts = tasks.get(dep) if j is None else new[j]
+                    if dts is None:
+                        lookup_errors.append((ts, dep))
+                        continue
+                    ts.dependencies[dts] = None
+                    dts.dependents[ts] = None
+                    dts.waiting_data[ts] = None  # it will run: this value must be there for it
+                    group_deps.add(dts.group)
             recs[ts.key] = "waiting"
         for key in s.wanted:
             ts = self.tasks.get(key)
