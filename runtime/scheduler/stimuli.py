@@ -7,8 +7,10 @@ transition it causes can be traced back to it (``SchedulerState.story``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+_C = TypeVar("_C", bound=type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,3 +228,36 @@ class Cancel(Stimulus):
     client: str
     keys: tuple[str, ...] = field(default=())
     force: bool = False
+
+
+def _quick_init(cls: _C) -> _C:
+    """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
+
+    The ``__init__`` a frozen dataclass gets sets each field with ``object.__setattr__``
+    (to get past the frozen ``__setattr__``): 0.8 us for a TaskFinished, one of which
+    arrives per task run.  Calling each slot's own descriptor does the same in 0.45 us.
+    Same signature, defaults and result; classes with a ``default_factory`` keep theirs.
+    """
+    init = [f for f in fields(cls) if f.init]
+    if any(f.default_factory is not MISSING for f in init):
+        return cls
+    scope: dict[str, Any] = {}
+    params, body = [], []
+    for f in init:
+        scope[f"_set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            scope[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})\n")
+    exec(f"def __init__(self, {', '.join(params)}):\n{''.join(body)}", scope)  # as dataclasses does
+    scope["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = scope["__init__"]  # type: ignore[misc]
+    return cls
+
+
+for _cls in list(globals().values()):  # the module's classes (with slots=True, not their pre-slots drafts)
+    if isinstance(_cls, type) and issubclass(_cls, (Stimulus, TaskSpec)):
+        _quick_init(_cls)
+del _cls
