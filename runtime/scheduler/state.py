@@ -547,20 +547,25 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
-        # A key given twice counts where it first appears, with its last spec.
-        by_key = {spec.key: spec for spec in s.tasks if spec.key not in self.tasks}
-        specs = list(by_key.values())
+        specs = [spec for spec in s.tasks if spec.key not in self.tasks]
+        # key -> index in specs: the one string-keyed table of the graph (each probe of one
+        # with a million keys is a cache miss).  A key given twice counts where it first
+        # appears, with its last spec.
+        index = dict(zip([spec.key for spec in specs], range(len(specs)), strict=True))
+        if len(index) < len(specs):
+            specs = [specs[i] for i in index.values()]
+            index = dict(zip(index, range(len(specs)), strict=True))
         # Graph order on indices: in_order[rank] is a task's index in specs.
         in_order: Iterable[int] = range(len(specs))
         deps: list[list[int | None]] | None = None  # per task, its in-graph dependencies' indices
         if any(spec.dependencies for spec in specs):  # else the order given is the graph order
-            get = dict(zip(by_key, range(len(specs)), strict=True)).get
+            get = index.get
             deps = [[*map(get, spec.dependencies)] for spec in specs]
             try:
-                in_order = order_indices(deps, list(by_key))
+                in_order = order_indices(deps, list(index))
             except CycleError as e:
                 return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
-        del by_key
+        del index
         new: list[TaskState | None] = [None] * len(specs)
         for rank, i in enumerate(in_order):
             spec = specs[i]
