@@ -14,6 +14,10 @@ Linear in tasks plus edges, iterative (no recursion limit), deterministic.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime.scheduler.stimuli import TaskSpec
 
 _UNSEEN, _ENTERED, _DONE = 0, 1, 2
 
@@ -62,6 +66,27 @@ def order_indices(dependencies: Sequence[Sequence[int | None]], names: Sequence[
         first = next(i for i in range(n) if mark[i] != _DONE)
         raise CycleError(f"the graph has a cycle: {names[first]!r} depends, through others, on itself")
     return order
+
+
+def order_specs(specs: list[TaskSpec]) -> tuple[list[TaskSpec], Sequence[int], list[list[int | None]] | None]:
+    """A new graph's tasks, the order to number them in, and their dependencies as indices.
+
+    Returns ``(specs, in_order, deps)``: the specs, a key given twice counted where it
+    first appears, with its last spec; the indices into them in graph order; and for each
+    task the indices of its dependencies (None where one is outside the graph), or None
+    for a graph with no dependencies at all (its order is the order given).  Keys map to
+    indices through one table: each probe of a string-keyed table of a million keys is a
+    cache miss.  Raises ``CycleError``.
+    """
+    index = dict(zip([spec.key for spec in specs], range(len(specs)), strict=True))
+    if len(index) < len(specs):
+        specs = [specs[i] for i in index.values()]
+        index = dict(zip(index, range(len(specs)), strict=True))
+    if not any(spec.dependencies for spec in specs):
+        return specs, range(len(specs)), None
+    get = index.get
+    deps = [[*map(get, spec.dependencies)] for spec in specs]
+    return specs, order_indices(deps, list(index)), deps
 
 
 def graph_order(keys: Sequence[str], dependencies: Mapping[str, Sequence[str]]) -> dict[str, int]:

@@ -62,7 +62,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     is_stored,
 )
-from runtime.scheduler.order import CycleError, order_indices
+from runtime.scheduler.order import CycleError, order_specs
 from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
@@ -547,39 +547,33 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
-        specs = [spec for spec in s.tasks if spec.key not in self.tasks]
-        # key -> index in specs: the one string-keyed table of the graph (each probe of one
-        # with a million keys is a cache miss).  A key given twice counts where it first
-        # appears, with its last spec.
-        index = dict(zip([spec.key for spec in specs], range(len(specs)), strict=True))
-        if len(index) < len(specs):
-            specs = [specs[i] for i in index.values()]
-            index = dict(zip(index, range(len(specs)), strict=True))
-        # Graph order on indices: in_order[rank] is a task's index in specs.
-        in_order: Iterable[int] = range(len(specs))
-        deps: list[list[int | None]] | None = None  # per task, its in-graph dependencies' indices
-        if any(spec.dependencies for spec in specs):  # else the order given is the graph order
-            get = index.get
-            deps = [[*map(get, spec.dependencies)] for spec in specs]
-            try:
-                in_order = order_indices(deps, list(index))
-            except CycleError as e:
-                return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
-        del index
+        try:
+            specs, in_order, deps = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
+        except CycleError as e:
+            return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
         new: list[TaskState | None] = [None] * len(specs)
-        for rank, i in enumerate(in_order):
+        tasks, groups, user_priority, generation = self.tasks, self.task_groups, -s.priority, self._generation
+        for rank, i in enumerate(in_order):  # _new_task inlined: it runs once per task of every graph
             spec = specs[i]
-            ts = new[i] = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
-            ts.priority = (-s.priority, self._generation, rank)
-            ts.retries = spec.retries
+            prefix = spec.prefix or spec.key.rsplit("-", 1)[0]
+            tg = groups.get(prefix)
+            if tg is None:
+                tg = groups[prefix] = TaskGroup(prefix)
+            tg.size += 1
+            ts = tasks[spec.key] = new[i] = TaskState(spec.key, spec.run_spec, tg)
+            ts.priority = (user_priority, generation, rank)
+            # The rest only where they differ from TaskState's defaults (rare).
+            if spec.retries:
+                ts.retries = spec.retries
             if spec.workers:
                 ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
                 ts.host_restrictions = set(spec.workers) - ts.worker_restrictions or None
-            ts.resource_restrictions = dict(spec.resources) if spec.resources else None
-            ts.loose_restrictions = spec.allow_other_workers
+            if spec.resources:
+                ts.resource_restrictions = dict(spec.resources)
+            if spec.allow_other_workers:
+                ts.loose_restrictions = spec.allow_other_workers
         lookup_errors: list[tuple[TaskState, str]] = []
         # Recommendations pop last-in first-out: insert the lowest priority first.
-        tasks = self.tasks
         for i in reversed(in_order):
             ts = new[i]
             assert ts is not None
