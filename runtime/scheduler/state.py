@@ -184,9 +184,8 @@ class SchedulerState:
                 if validate:
                     validation.validate_task_state(self, ts)
                 if len(new) == 1 and key in new:
-                    # Its own next step only (released -> waiting -> queued, say): the one
-                    # popitem would return next.  Taken now, without a round trip through
-                    # recs, whose table at a million entries costs a cache miss a probe.
+                    # Its own next step only (released -> waiting -> queued): what popitem would
+                    # return next, taken now, with no cache-missing round trip through a big recs.
                     finish = new[key]
                 elif new:
                     recs.update(new)
@@ -297,7 +296,7 @@ class SchedulerState:
         deps = {dts.key: dts.located_on(ws.node) for dts in ts.dependencies} if ts.dependencies else {}
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
         # Where to fetch stored inputs that are on other nodes only.
-        sources = {
+        sources = deps and {
             loc[0]: self.nodes[loc[0]].address
             for loc in deps.values()
             if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes
@@ -327,7 +326,11 @@ class SchedulerState:
         Not done inside a transition: a task freeing a slot cannot know whether the queued
         task it would pick is about to be released by the same stimulus.
         """
-        free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+        if len(self.idle) == 1:  # the common case: the worker whose task just finished
+            ws = next(iter(self.idle))
+            free = ws.slots - len(ws.processing)
+        else:
+            free = sum(ws.slots - len(ws.processing) for ws in self.idle)
         top = self.queued.topk(int(min(free, len(self.queued))))
         recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
         self.transitions(recs, stimulus_id)
