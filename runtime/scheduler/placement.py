@@ -90,7 +90,7 @@ def _load(ws: WorkerState) -> tuple[float, float]:
 def _least_busy(s: SchedulerState) -> WorkerState | None:
     """An unsaturated worker with the least load, else the next worker in turn: O(idle)."""
     if s.idle:
-        return min(s.idle, key=_load)
+        return _least_loaded(s.idle)
     pool = s.worker_list()
     if not pool:
         return None
@@ -110,7 +110,12 @@ def is_rootish(s: SchedulerState, ts: TaskState) -> bool:
 
 def decide_rootish(s: SchedulerState) -> WorkerState | None:
     """The least busy worker with a free slot, or None if all are saturated."""
-    return min(s.idle, key=_load) if s.idle else None
+    return _least_loaded(s.idle) if s.idle else None
+
+
+def _least_loaded(idle: dict[WorkerState, None]) -> WorkerState:
+    # One idle worker is the common case (the one whose task just finished): no min() over it.
+    return next(iter(idle)) if len(idle) == 1 else min(idle, key=_load)
 
 
 def workers_to_close(s: SchedulerState, memory_factor: float = 2.0, n: int | None = None) -> list[str]:

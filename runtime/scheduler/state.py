@@ -62,7 +62,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     is_stored,
 )
-from runtime.scheduler.order import CycleError, graph_order
+from runtime.scheduler.order import CycleError, order_specs
 from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
@@ -174,22 +174,24 @@ class SchedulerState:
         tasks, log, table, validate = self.tasks, self.transition_log, _TRANSITIONS, self.validate
         while recs:
             key, finish = recs.popitem()
-            ts = tasks.get(key)
-            if ts is None:
-                continue
-            start = ts.state
-            if start == finish:
-                continue
-            func = table.get((start, finish))
-            if func is None:
-                raise InvalidTransition(key, start, finish, stimulus_id)
-            new = func(self, ts)
-            self.transition_counter += 1
-            log.append((key, start, ts.state, new, stimulus_id))
-            if validate:
-                validation.validate_task_state(self, ts)
-            if new:
-                recs.update(new)
+            while (ts := tasks.get(key)) is not None and (start := ts.state) != finish:
+                func = table.get((start, finish))
+                if func is None:
+                    raise InvalidTransition(key, start, finish, stimulus_id)
+                new = func(self, ts)
+                self.transition_counter += 1
+                log.append((key, start, ts.state, new, stimulus_id))
+                if validate:
+                    validation.validate_task_state(self, ts)
+                if len(new) == 1 and key in new:
+                    # Its own next step only (released -> waiting -> queued): what popitem would
+                    # return next, taken now, with no cache-missing round trip through a big recs.
+                    finish = new[key]
+                elif new:
+                    recs.update(new)
+                    break
+                else:
+                    break
 
     def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, **kwargs: Any) -> Recs:
         start = ts.state
@@ -294,7 +296,7 @@ class SchedulerState:
         deps = {dts.key: dts.located_on(ws.node) for dts in ts.dependencies} if ts.dependencies else {}
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
         # Where to fetch stored inputs that are on other nodes only.
-        sources = {
+        sources = deps and {
             loc[0]: self.nodes[loc[0]].address
             for loc in deps.values()
             if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes
@@ -324,7 +326,11 @@ class SchedulerState:
         Not done inside a transition: a task freeing a slot cannot know whether the queued
         task it would pick is about to be released by the same stimulus.
         """
-        free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+        if len(self.idle) == 1:  # the common case: the worker whose task just finished
+            ws = next(iter(self.idle))
+            free = ws.slots - len(ws.processing)
+        else:
+            free = sum(ws.slots - len(ws.processing) for ws in self.idle)
         top = self.queued.topk(int(min(free, len(self.queued))))
         recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
         self.transitions(recs, stimulus_id)
@@ -544,42 +550,48 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         self._generation += 1
         recs: Recs = {}
-        specs = [spec for spec in s.tasks if spec.key not in self.tasks]
-        in_order: list[st.TaskSpec]  # by graph order: a task's rank is its index here
-        if any(spec.dependencies for spec in specs):
-            try:
-                rank = graph_order([t.key for t in specs], {t.key: t.dependencies for t in specs})
-            except CycleError as e:
-                return self._reject_graph(cs, specs, str(e))
-            in_order = [None] * len(rank)  # type: ignore[list-item]
-            for spec in specs:
-                in_order[rank[spec.key]] = spec  # a key given twice: its last spec
-            del rank
-        else:  # independent tasks run in the order given (what graph_order would say, faster)
-            in_order = list({spec.key: spec for spec in specs}.values())
-        new: list[tuple[TaskState, st.TaskSpec]] = []
-        for i, spec in enumerate(in_order):
-            ts = self._new_task(spec.key, spec.run_spec, spec.prefix or spec.key.rsplit("-", 1)[0])
-            ts.priority = (-s.priority, self._generation, i)
-            ts.retries = spec.retries
+        try:
+            specs, in_order, deps = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
+        except CycleError as e:
+            return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
+        new: list[TaskState | None] = [None] * len(specs)
+        tasks, groups, user_priority, generation = self.tasks, self.task_groups, -s.priority, self._generation
+        for rank, i in enumerate(in_order):  # _new_task inlined: it runs once per task of every graph
+            spec = specs[i]
+            prefix = spec.prefix or spec.key.rsplit("-", 1)[0]
+            tg = groups.get(prefix)
+            if tg is None:
+                tg = groups[prefix] = TaskGroup(prefix)
+            tg.size += 1
+            ts = tasks[spec.key] = new[i] = TaskState(spec.key, spec.run_spec, tg)
+            ts.priority = (user_priority, generation, rank)
+            # The rest only where they differ from TaskState's defaults (rare).
+            if spec.retries:
+                ts.retries = spec.retries
             if spec.workers:
                 ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
                 ts.host_restrictions = set(spec.workers) - ts.worker_restrictions or None
-            ts.resource_restrictions = dict(spec.resources) if spec.resources else None
-            ts.loose_restrictions = spec.allow_other_workers
-            new.append((ts, spec))
+            if spec.resources:
+                ts.resource_restrictions = dict(spec.resources)
+            if spec.allow_other_workers:
+                ts.loose_restrictions = spec.allow_other_workers
         lookup_errors: list[tuple[TaskState, str]] = []
         # Recommendations pop last-in first-out: insert the lowest priority first.
-        for ts, spec in reversed(new):
-            for dep in spec.dependencies:
-                dts = self.tasks.get(dep)
-                if dts is None:
-                    lookup_errors.append((ts, dep))
-                    continue
-                ts.dependencies[dts] = None
-                dts.dependents[ts] = None
-                dts.waiting_data[ts] = None  # it will run: this value must be there for it
-                ts.group.dependencies.add(dts.group)
+        for i in reversed(in_order):
+            ts = new[i]
+            assert ts is not None
+            if deps is not None and deps[i]:
+                group_deps = ts.group.dependencies
+                # In the graph: its task by index (no lookup in the million-key table); else known before.
+                for dep, j in zip(specs[i].dependencies, deps[i], strict=True):
+                    dts = tasks.get(dep) if j is None else new[j]
+                    if dts is None:
+                        lookup_errors.append((ts, dep))
+                        continue
+                    ts.dependencies[dts] = None
+                    dts.dependents[ts] = None
+                    dts.waiting_data[ts] = None  # it will run: this value must be there for it
+                    group_deps.add(dts.group)
             recs[ts.key] = "waiting"
         for key in s.wanted:
             ts = self.tasks.get(key)
