@@ -198,6 +198,14 @@ def test_unknown_dependency_errs_with_a_clear_message(s):
     assert isinstance(exc, LookupError) and "never-submitted" in str(exc)
 
 
+def test_an_unknown_dependency_of_a_task_nobody_wants_leaves_nothing_behind(s):
+    # Found by a random-graph check: the erred task was kept with nobody wanting it.
+    add_worker(s)
+    cmsgs, _ = s.handle(graph(task("a-1", "never-submitted"), task("b-1"), wanted=("b-1",)))
+    assert "a-1" not in s.tasks and s.tasks["b-1"].state == "processing"
+    assert not [m for m in cmsgs.get("c1", []) if m.get("key") == "a-1"]  # nobody asked for it
+
+
 def test_client_leaving_releases_what_only_it_wanted(s):
     add_worker(s)
     s.handle(st.AddClient(sid(), "c2"))

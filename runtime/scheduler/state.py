@@ -363,8 +363,7 @@ class SchedulerState:
             ts.who_has[ws] = None
             ws.has_what[ts] = None
             ws.nbytes += nbytes
-        # A dict emptied by pop keeps its table (160 bytes); clear() frees it.  Every task of
-        # a graph empties these two, and a large graph has millions.
+        # A dict emptied by pop keeps its table (160 bytes); clear() frees it (millions per graph).
         for dts in ts.dependents:
             if dts.state == "waiting":
                 dts.waiting.pop(ts, None)
@@ -450,6 +449,8 @@ class SchedulerState:
         self._release_inputs(ts, recs)
         ts.waiting.clear()
         self._report(ts, self._erred_msg(ts))
+        if not ts.who_wants and not ts.dependents:  # an error nobody will ask for, as memory is released
+            recs[ts.key] = "forgotten"
 
     @staticmethod
     def _erred_msg(ts: TaskState) -> dict:
