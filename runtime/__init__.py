@@ -1,27 +1,36 @@
-"""runtime: Ray-style tasks on a Dask-style scheduler with a per-node shared-memory store."""
+"""runtime: Ray-style tasks on a Dask-style scheduler with a per-node shared-memory store.
 
-from runtime import config
-from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
-from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
-from runtime.api.remote import remote
-from runtime.client.future import Future, ObjectRef
-from runtime.client.futures_client import Client, ClientExecutor
-from runtime.client.progress import progress
-from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
-from runtime.cluster import LocalCluster
-from runtime.diagnostics import MemorySampler
-from runtime.errors import (
-    ActorDiedError,
-    GetTimeoutError,
-    KilledWorker,
-    RemoteTraceback,
-    SchedulerError,
-    TaskCancelledError,
-    TaskError,
-)
-from runtime.worker.actors import get_worker
-from runtime.worker.plugins import WorkerPlugin
+The public names below are imported on first use (PEP 562), so the cluster's own processes
+(scheduler, node agents, workers), which import ``runtime.*`` modules, do not load the
+whole user API, the local schedulers and the progress bar each time one starts.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "init": "runtime.api.context", "shutdown": "runtime.api.context", "is_initialized": "runtime.api.context",
+    "get": "runtime.api.context", "put": "runtime.api.context", "cancel": "runtime.api.context",
+    "remote": "runtime.api.remote",
+    "get_actor": "runtime.api.actor", "kill": "runtime.api.actor",
+    "ActorClass": "runtime.api.actor", "ActorHandle": "runtime.api.actor",
+    "Future": "runtime.client.future", "ObjectRef": "runtime.client.future",
+    "Client": "runtime.client.futures_client", "ClientExecutor": "runtime.client.futures_client",
+    "progress": "runtime.client.progress",
+    "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
+    "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
+    "FIRST_EXCEPTION": "runtime.client.waiting",
+    "LocalCluster": "runtime.cluster",
+    "MemorySampler": "runtime.diagnostics",
+    "get_worker": "runtime.worker.actors",
+    "WorkerPlugin": "runtime.worker.plugins",
+    "ActorDiedError": "runtime.errors", "GetTimeoutError": "runtime.errors", "KilledWorker": "runtime.errors",
+    "RemoteTraceback": "runtime.errors", "SchedulerError": "runtime.errors", "TaskCancelledError": "runtime.errors",
+    "TaskError": "runtime.errors",
+}  # fmt: skip
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
@@ -29,4 +38,44 @@ __all__ = [
     "ActorDiedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
+assert set(__all__) == {"config", *_EXPORTS}
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "config":  # a module of its own: runtime.config.set(...)
+        return importlib.import_module("runtime.config")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from runtime import config
+    from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
+    from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
+    from runtime.api.remote import remote
+    from runtime.client.future import Future, ObjectRef
+    from runtime.client.futures_client import Client, ClientExecutor
+    from runtime.client.progress import progress
+    from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
+    from runtime.cluster import LocalCluster
+    from runtime.diagnostics import MemorySampler
+    from runtime.errors import (
+        ActorDiedError,
+        GetTimeoutError,
+        KilledWorker,
+        RemoteTraceback,
+        SchedulerError,
+        TaskCancelledError,
+        TaskError,
+    )  # fmt: skip
+    from runtime.worker.actors import get_worker
+    from runtime.worker.plugins import WorkerPlugin

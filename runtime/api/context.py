@@ -21,6 +21,7 @@ from runtime.client.client import Client
 from runtime.client.future import Future
 from runtime.cluster import LocalCluster
 from runtime.local import local_scheduler
+from runtime.worker.actors import current_worker
 
 logger = logging.getLogger("runtime")
 
@@ -42,14 +43,6 @@ class Runtime:
 
 _current: Runtime | None = None
 _lock = threading.Lock()
-#: in a worker process: (scheduler address, node, store prefix) for tasks that use the API
-_worker_context: tuple[str, str, str] | None = None
-
-
-def set_worker_context(scheduler: str, node: str, prefix: str) -> None:
-    """Called by a worker at start: the API used by its tasks and actors joins its cluster."""
-    global _worker_context
-    _worker_context = (scheduler, node, prefix)
 
 
 def init(
@@ -114,11 +107,11 @@ def current_runtime() -> Runtime:
     global _current
     rt = _current
     if rt is None:
-        if _worker_context is not None:  # a task or an actor using the API: join the worker's cluster
+        worker = current_worker()
+        if worker is not None:  # a task or an actor using the API: join the worker's cluster, on its node
             with _lock:
                 if _current is None:
-                    scheduler, node, prefix = _worker_context
-                    _current = Runtime(Client(scheduler, node=node, prefix=prefix), None)
+                    _current = Runtime(Client(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None)
                 return _current
         logger.info("runtime used before init(): starting a local cluster")
         rt = init(ignore_reinit_error=True)

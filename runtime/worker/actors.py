@@ -54,6 +54,11 @@ def set_worker(worker: Worker) -> None:
     _worker = worker
 
 
+def current_worker() -> Worker | None:
+    """This process's worker, if it is one."""
+    return _worker
+
+
 def get_worker() -> Worker:
     """The worker of this process: call it inside a task, ``Client.run`` or a worker plugin."""
     if _worker is None:

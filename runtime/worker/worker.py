@@ -28,7 +28,6 @@ from typing import Any
 import psutil
 
 from runtime import config
-from runtime.api.context import set_worker_context
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.objstore import store, values
@@ -98,10 +97,8 @@ class Worker:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._outbox = ThreadOutbox(self.loop, self._to_scheduler)
+        # Also how the runtime API, when a task or actor here uses it, finds this cluster.
         set_worker(self)
-        # Tasks and actors running here may call .remote() themselves (or hold actor handles):
-        # the runtime API in this process connects to the same cluster, on this node.
-        set_worker_context(self.scheduler_address, self.node, self.prefix)
         self.comm = await connect(self.scheduler_address)
         self.comm.send(
             {
