@@ -15,15 +15,13 @@ subprocess.  Run: ``python perf/bench_client.py [--quick] [--only runtime,dask]`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from _common import Metric, fmt_ratio, fmt_value, parse_bench_args, render_table, system_version, timed
-from _common import run_child as common_run_child
+from _common import Metric, drive, fmt_ratio, fmt_value, parse_bench_args, render_table, system_version, timed
 
 SYSTEMS = ("runtime", "dask")
 
@@ -114,19 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_bench_args(
         argv, __doc__ or "", SYSTEMS, "smaller sizes (1,000 / 500 / 2,000 x 2,000)", "timed repeats (default 3)"
     )
-    if args.system:
-        print(json.dumps(bench(args.system, args.quick, args.repeat)), flush=True)
-        return 0
-    results = {}
-    for name in args.only:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--system", name, "--json", "--repeat", str(args.repeat)]
-        results[name], _ = common_run_child(name, cmd + (["--quick"] if args.quick else []), args.timeout, args.verbose)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_table(results, args)
-    return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+    return drive(args, __file__, bench, print_table, True, False)  # bench() takes quick: True or False
 
 
 if __name__ == "__main__":
