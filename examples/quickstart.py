@@ -1,4 +1,4 @@
-"""The quick-start: remote functions on an embedded local cluster."""
+"""The quick-start: remote functions, an actor and the futures Client on an embedded local cluster."""
 
 import numpy as np
 
@@ -23,6 +23,17 @@ def fail():
     raise ValueError("this task fails on purpose")
 
 
+@rt.remote
+class Counter:
+    # An actor: its state stays in one worker's memory; calls from one caller run in order.
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+
 a = inc.remote(1)
 b = inc.remote(a)  # a future as an argument: resolved to its value before inc runs
 print("inc chain:", rt.get([a, b]))
@@ -38,4 +49,11 @@ try:
 except ValueError as e:
     print("a task's exception comes back as itself:", repr(e))
 
+counter = Counter.remote()
+print("actor calls, in order:", rt.get([counter.incr.remote() for _ in range(5)]))
+
+# Dask's futures API: a Client with no address starts a local cluster of its own.
 rt.shutdown()
+with rt.Client(n_workers=2) as client:
+    futures = client.map(lambda x: x * x, range(10))
+    print("Client.map + submit:", client.submit(sum, futures).result(timeout=30))
