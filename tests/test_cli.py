@@ -68,6 +68,7 @@ def test_sizes_and_resources_parse_as_documented():
     [
         (["start", "--head", "--num-workers", "0"], "--num-workers: '0' is not a whole number >= 1"),
         (["start", "--head", "--memory-limit", "lots"], "'lots' is not a size"),
+        (["start", "--head", "--memory-pause-fraction", "2"], "'2' is not a fraction"),
         (["start", "--head", "--resources", "GPU"], "must look like NAME=AMOUNT"),
         (["start", "--address", "host:8786"], "must look like tcp://HOST:PORT"),
         (["start", "--head", "--address", "tcp://127.0.0.1:1"], "not allowed with argument"),
@@ -101,7 +102,7 @@ def test_head_and_two_joining_nodes_run_tasks_status_and_stop(tmp_path):
     head, b, c = (str(tmp_path / name) for name in ("head", "b", "c"))
     started = runtime_cmd(
         "start", "--head", "--port", "0", "--num-workers", "1", "--threads-per-worker", "2",
-        "--memory-limit", "2GB", "--resources", "GPU=1", run_dir=head,
+        "--memory-limit", "2GB", "--memory-spill-fraction", "off", "--resources", "GPU=1", run_dir=head,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     pids = []

@@ -356,7 +356,7 @@ def main() -> None:
     )  # fmt: skip
     for name in ("spill", "pause", "terminate"):
         parser.add_argument(
-            f"--memory-{name}-fraction", type=float, default=None,
+            f"--memory-{name}-fraction", default=None,  # read as the worker.memory.* setting is (memory._fraction)
             help=f"fraction of the memory limit at which a worker {name}s (default: the worker.memory.{name} "
             "setting; 0: never)",
         )  # fmt: skip
