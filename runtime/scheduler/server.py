@@ -112,7 +112,7 @@ class Scheduler:
         self.worker_plugins: dict[str, bytes] = {}
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
-        self.actors = ActorRegistry(self.handle_stimulus, lambda peer, msg: self._send({peer: [msg]}))
+        self.actors = ActorRegistry(self.handle_stimulus, self.send_to)
         #: Client.run calls waiting for their workers' answers
         self.runs = WorkerRuns(self._send)
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
@@ -193,9 +193,7 @@ class Scheduler:
     async def _handle_comm(self, comm: Comm) -> None:
         try:
             await self._serve_peer(comm)
-        except ProtocolError as e:
-            logger.warning("dropping connection from %s: %s", comm.peer, e)
-        except PeerError as e:
+        except (ProtocolError, PeerError) as e:
             logger.warning("dropping connection from %s: %s", comm.peer, e)
 
     async def _serve_peer(self, comm: Comm) -> None:

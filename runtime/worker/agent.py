@@ -217,8 +217,8 @@ class NodeAgent:
                 self.comm.send({"op": "add-replica", "key": key, "node": self.node, "name": name, "source": located})
 
     async def _watch_memory(self) -> None:
-        """The nanny's watch: spill the store when a worker passes the spill threshold, kill
-        (and so restart) one that passes the terminate threshold, and report the store's figures."""
+        """The nanny's watch: spill the store when a worker passes the spill threshold, and kill
+        (and so restart) one that passes the terminate threshold."""
         limit, th = self.memory_limit, self.thresholds
         watched: dict[int, psutil.Process] = {}
         spilling: set[int] = set()

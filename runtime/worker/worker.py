@@ -168,11 +168,12 @@ class Worker:
         interval, beat = config.get("worker.memory.monitor-interval"), config.get("heartbeat.interval")
         while not self._stopping:
             self.memory, self.memory_rss = memory.process_memory(proc)
-            if memory.over(self.memory, limit, th.spill) and not spilling:
+            over_spill = memory.over(self.memory, limit, th.spill)
+            if over_spill and not spilling:
                 logger.info("memory %s is over %.0f%% of the limit: dropping cached store mappings",
                             memory.format_bytes(self.memory), 100 * (th.spill or 0))  # fmt: skip
                 store.forget_mappings()
-            spilling = memory.over(self.memory, limit, th.spill)
+            spilling = over_spill
             paused = memory.over(self.memory, limit, th.pause)
             if paused != (self.status == "paused"):
                 self._set_status("paused" if paused else "running")
