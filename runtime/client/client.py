@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
@@ -407,6 +405,8 @@ class Client:
                 if waited > timeout:
                     raise TimeoutError(f"{have} of {n} workers joined within {timeout:g}s")
                 if bar is None and waited > 1:
+                    from tqdm import tqdm  # only for a slow start: not on every program's import
+
                     logger.info("waiting for workers to start: %d of %d joined", have, n)
                     bar = tqdm(total=n, initial=have, desc="workers", unit="worker", leave=False, disable=None)
                 elif bar is not None and have > bar.n:
