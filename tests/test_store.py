@@ -110,6 +110,19 @@ def test_manager_spills_least_recently_used_past_the_high_water_mark(prefix):
     assert not os.path.exists(store.spill_path(names[0]))
 
 
+def test_spilled_bytes_are_counted_in_the_configured_spill_directory(prefix, tmp_path, monkeypatch):
+    # Not only where tests point store.SPILL_DIR: the figure came out 0 (and read the
+    # current directory) when the directory came from the store.spill-dir setting.
+    monkeypatch.setattr(store, "SPILL_DIR", None)
+    with rt.config.set({"store.spill-dir": str(tmp_path / "configured")}):
+        manager = StoreManager(prefix, limit=10_000_000)
+        names = [put(prefix, f"k{i}", np.full(125_000, i, dtype=np.float64)) for i in range(9)]  # 9 x 1 MB
+        manager.maintain()
+        on_disk = [os.path.getsize(store.spill_path(n)) for n in names if os.path.exists(store.spill_path(n))]
+        assert len(on_disk) == 4 and manager.spilled == sum(on_disk)
+        store.sweep(prefix)
+
+
 def test_a_spill_directory_that_fails_leaves_objects_in_memory(prefix, tmp_path, monkeypatch, caplog):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")

@@ -397,7 +397,7 @@ def spilled_bytes(prefix: str) -> int:
     """Bytes of the objects under ``prefix`` that are spilled to disk."""
     total = 0
     try:
-        with os.scandir(SPILL_DIR) as entries:
+        with os.scandir(spill_dir()) as entries:
             for entry in entries:
                 if entry.name.startswith(prefix) and len(entry.name) == len(prefix) + _NAME_TAIL:
                     try:
