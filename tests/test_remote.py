@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import runtime as rt
 from runtime.comm.serialize import SerializationError
 from runtime.errors import RemoteTraceback
+from runtime.objstore import store
 
 
 @rt.remote
@@ -194,21 +196,21 @@ def test_init_twice_is_an_error(cluster):
 
 def test_dropped_futures_free_their_store_objects(cluster):
     prefix = cluster.cluster.prefix
-    before = {f for f in os.listdir("/dev/shm") if f.startswith(prefix)}
+    before = {name for name, _, _ in store.list_objects(prefix)}
     for _ in range(20):
         ref = make_array.remote(500_000)
         rt.get(ref)
         del ref
     rt.get(inc.remote(0))  # a round trip, so the releases have reached the scheduler
-    import time
-
     deadline = time.time() + 10
     while time.time() < deadline:
-        now = {f for f in os.listdir("/dev/shm") if f.startswith(prefix)}
+        now = {name for name, _, _ in store.list_objects(prefix)}
         if now <= before:
             break
         time.sleep(0.05)
     assert now <= before
+    _, pool, draining = store.list_files(prefix)  # freed files kept for reuse: a few, of the same size
+    assert len(pool) <= 2 * store.POOL_SLOTS and sum(size for _, size, _ in pool) + draining <= 20 * 4_000_200
 
 
 @rt.remote

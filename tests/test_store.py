@@ -163,9 +163,90 @@ def test_dropped_objects_keep_shared_memory_bounded():
             ref = rt.put(np.full(1_250_000, i, dtype=np.float64))  # 10 MB each, 10 GB in all
             assert rt.get(total.remote(ref)) == 1_250_000.0 * i
             del ref
-            if i % 10 == 0:
-                peak = max(peak, sum(s for _, s, _ in store.list_objects(prefix)))
+            if i % 10 == 0:  # objects, the reuse pool and freed files waiting for it: all of /dev/shm
+                objects, pool, draining = store.list_files(prefix)
+                peak = max(peak, sum(s for _, s, _ in objects + pool) + draining)
         assert peak < 256 * 2**20
+    finally:
+        rt.shutdown()
+
+
+def inode(name: str) -> int:
+    return os.stat(store.object_path(name)).st_ino
+
+
+def test_a_freed_file_is_reused_only_once_no_one_maps_it(prefix):
+    manager = StoreManager(prefix, limit=100_000_000)
+    first = put(prefix, "a", np.full(125_000, 1.0))  # 1 MB
+    held, ino = store.read(first, "a"), inode(first)
+    manager.free([first])
+    assert not os.path.exists(store.object_path(first))  # no one can open it by name any more
+    assert store.list_files(prefix)[1:] == ([], os.fstat(next(iter(manager._draining.values()))[0]).st_size)
+    second = put(prefix, "b", np.full(125_000, 2.0))
+    assert inode(second) != ino  # this process still maps the first file: not reused
+    assert (held == 1.0).all()
+    del held
+    store.forget_mapping(first)
+    manager.drain()  # nothing maps it now: into the pool
+    assert [n for n, _, _ in store.list_files(prefix)[1]] == [store.pool_name(prefix, store.size_class(1_000_192), 0)]
+    third = put(prefix, "c", np.full(120_000, 3.0))  # a little smaller: same size class
+    assert inode(third) == ino and store.list_files(prefix)[1] == []
+    back = store.read(third, "c")
+    assert back.shape == (120_000,) and (back == 3.0).all()
+    assert os.stat(store.object_path(third)).st_size < 1_000_000  # truncated to its own size
+    assert (store.read(second, "b") == 2.0).all()
+
+
+def test_the_pool_gives_way_when_idle_full_or_the_store_needs_room(prefix, monkeypatch):
+    manager = StoreManager(prefix, limit=10_000_000)  # the pool may hold 2.5 MB
+    names = [put(prefix, f"k{i}", np.full(125_000 + 1_000 * i, i, dtype=np.float64)) for i in range(3)]
+    manager.free(names)
+    assert len(store.list_files(prefix)[1]) == 2  # the third would pass the pool's share: freed
+    manager.maintain()
+    assert manager.pooled == 2 and manager.used == manager.pool_bytes > 2_000_000
+    monkeypatch.setattr("runtime.objstore.manager.POOL_IDLE", 0.0)
+    manager.maintain()  # idle too long: given back
+    assert store.list_files(prefix)[1] == [] and manager.used == 0
+    monkeypatch.undo()
+    manager.free([put(prefix, "p", np.zeros(125_000))])
+    for i in range(8):
+        put(prefix, f"big{i}", np.zeros(125_000 + 1_000 * i))
+    manager.maintain()  # 8+ MB of objects and 1 MB pooled: past the high-water mark, the pool goes first
+    assert store.list_files(prefix)[1] == [] and manager.pooled == 0
+
+
+def test_without_file_leases_freed_files_are_just_freed(prefix, monkeypatch, caplog):
+    def refuse(fd):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(store, "unmapped", refuse)
+    manager = StoreManager(prefix, limit=100_000_000)
+    manager.free([put(prefix, "a", np.zeros(125_000))])
+    assert store.list_files(prefix) == ([], [], 0) and manager.pool_limit == 0
+    assert "file leases are refused here" in caplog.text
+
+
+@rt.remote
+class Holder:
+    def __init__(self, array):
+        self.array = array  # a view into the store, kept after the driver lets go
+
+    def check(self, value):
+        return bool((self.array == value).all())
+
+
+def test_a_view_held_by_another_process_keeps_its_file_from_reuse():
+    runtime = rt.init(num_workers=1)
+    try:
+        ref = rt.put(np.full(250_000, 7.0))  # 2 MB
+        holder = Holder.remote(ref)
+        assert rt.get(holder.check.remote(7.0))
+        del ref  # freed: the worker still maps it
+        for i in range(30):  # the same size, over and over: reuse of freed files happens
+            assert (rt.get(rt.put(np.full(250_000, float(i)))) == i).all()
+        assert rt.get(holder.check.remote(7.0))
+        pool = store.list_files(runtime.cluster.prefix)[1]
+        assert pool, "freed files were not kept for reuse"
     finally:
         rt.shutdown()
 

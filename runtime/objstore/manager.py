@@ -5,16 +5,25 @@ publishes; the agent recounts what is really in shared memory, publishes that, a
 use passes the high-water mark (80% of the limit) spills the least recently used objects
 until it is back under the low-water mark (60%).  So spilling starts before the store is
 full, and a writer only waits (back-pressure) when writes outrun the spiller.
+
+The agent also keeps the reuse pool (``store.py`` says why and how a file gets there): a
+freed object's file waits as a drain until no process maps it, then joins the pool if the
+pool has room.  The pool holds at most ``store.reuse-fraction`` of the limit, gives back
+files no writer claimed for POOL_IDLE seconds, and is emptied first, before anything is
+spilled, when the store passes its high-water mark.  Its files count as used memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import logging
 import os
 import time
 
 import psutil
 
+from runtime import config
 from runtime.objstore import store
 
 logger = logging.getLogger("runtime.store")
@@ -25,6 +34,12 @@ LOW_WATER = 0.6
 DEFAULT_FRACTION = 0.3
 #: recount at least this often, even when nothing asks for it
 RECOUNT_INTERVAL = 1.0
+#: seconds a pool file waits for a writer before it is freed (an idle node gives memory back)
+POOL_IDLE = 10.0
+#: seconds a freed object's file may stay mapped by a reader before it is given up on for reuse
+DRAIN_PATIENCE = 10.0
+#: at most this many drains wait at once (each holds a file descriptor)
+MAX_DRAINING = 256
 
 
 def store_limit(requested: int | None = None) -> int:
@@ -46,6 +61,25 @@ def store_limit(requested: int | None = None) -> int:
     return wanted
 
 
+_IN_CLOSE = 0x08 | 0x10  # IN_CLOSE_WRITE | IN_CLOSE_NOWRITE
+
+
+def watch_closes(directory: str) -> int | None:
+    """An inotify descriptor that turns readable when a file in ``directory`` loses its last open
+    descriptor or mapping (the moment a drain may join the pool); None where inotify is missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None
+    if libc.inotify_add_watch(fd, directory.encode(), _IN_CLOSE) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
 class StoreManager:
     def __init__(self, prefix: str, limit: int):
         #: the node store's object-name prefix
@@ -61,16 +95,63 @@ class StoreManager:
         self.spilled = 0
         #: a worker of the node is short of memory: spill more at the next count
         self._relieve = False
+        #: bytes the reuse pool may hold (0: freed objects are unlinked at once)
+        self.pool_limit = int(config.get("store.reuse-fraction") * limit)
+        #: bytes and files in the reuse pool, at the last count and since
+        self.pool_bytes = self.pooled = 0
+        #: files put into the pool so far (a recount adds those entered while it ran)
+        self._entered = 0
+        #: freed objects' files waiting until no process maps them: name -> (read-only fd, since)
+        self._draining: dict[str, tuple[int, float]] = {}
+        self._drains = itertools.count()
         store.publish_capacity(prefix, 0, limit)
+
+    def free(self, names: list[str]) -> None:
+        """Free objects: with the pool on, each file waits as a drain to be reused (event loop thread)."""
+        self._dirty = True
+        for name in names:
+            if not self.pool_limit or len(self._draining) >= MAX_DRAINING:
+                store.free(name)
+                continue
+            drain = f"{self.prefix}drain-{next(self._drains)}"
+            try:
+                if store.retire(name, drain):
+                    self._draining[drain] = (os.open(store.object_path(drain), os.O_RDONLY), time.monotonic())
+            except OSError:  # reuse is an optimisation: whatever fails, the file is just freed
+                store.free(drain)
+        self.drain()
+
+    def drain(self) -> None:
+        """Put drains no process maps any more into the pool, or free them (event loop thread)."""
+        if not self._draining:
+            return
+        pooled = self.pooled
+        now = time.monotonic()
+        for drain, (fd, since) in list(self._draining.items()):
+            try:
+                ready = store.unmapped(fd)
+            except OSError as e:  # no leases on this system (EINVAL, EPERM): no reuse either
+                logger.warning("file leases are refused here (%s): freed objects are not reused", e)
+                self.pool_limit, ready = 0, False
+            if not ready and self.pool_limit and now - since < DRAIN_PATIENCE:
+                continue
+            del self._draining[drain]
+            size = os.fstat(fd).st_size
+            os.close(fd)
+            if ready and size >= store.POOL_MIN and self.pool_bytes + size <= self.pool_limit:
+                if store.enter_pool(self.prefix, drain, size):
+                    self.pool_bytes += size
+                    self.pooled += 1
+                    self._entered += 1
+                    continue
+            store.free(drain)
+        if self.pooled != pooled:  # tell writers the pool has files
+            store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
 
     def relieve(self) -> None:
         """A worker passed its spill threshold: at the next count, spill the least recently
         used objects until the store holds LOW_WATER of what it holds now."""
         self._relieve = True
-
-    def freed(self) -> None:
-        """Objects were freed: recount soon."""
-        self._dirty = True
 
     def due(self) -> bool:
         """Whether ``maintain`` has work: frees to count, writers past the high-water mark, or a
@@ -80,17 +161,31 @@ class StoreManager:
         return store.read_capacity(self.prefix)[0] > HIGH_WATER * self.limit
 
     def maintain(self) -> None:
-        """Recount, spill if over the high-water mark, publish the figures.  Blocking I/O."""
+        """Recount, trim the pool, spill if over the high-water mark, publish the figures.  Blocking I/O."""
         self._dirty = False
         self._last_count = time.monotonic()
-        objects = store.list_objects(self.prefix)
-        self.used = sum(size for _, size, _ in objects)
+        entered_before = self._entered
+        objects, pool, draining = store.list_files(self.prefix)
+        in_objects = sum(size for _, size, _ in objects)
+        # The pool gives way first: all of it when the store must make room, else the files
+        # idle too long or past the pool's share (the newest are kept).
+        make_room = self._relieve or in_objects + draining + sum(f[1] for f in pool) > HIGH_WATER * self.limit
+        now = time.time()
+        self.pool_bytes = self.pooled = 0
+        for name, size, entered in sorted(pool, key=lambda f: f[2], reverse=True):
+            if make_room or now - entered > POOL_IDLE or self.pool_bytes + size > self.pool_limit:
+                store.free(name)
+            else:
+                self.pool_bytes += size
+                self.pooled += 1
+        self.pooled += self._entered - entered_before  # writers must not miss those for a stale count
+        self.used = in_objects + self.pool_bytes + draining
         if self._relieve:
             self._relieve = False
             self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.used)
         elif self.used > HIGH_WATER * self.limit:
             self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.limit)
-        store.publish_capacity(self.prefix, self.used, self.limit)
+        store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
         self.spilled = store.spilled_bytes(self.prefix)
 
     def _spill(self, oldest_first: list[tuple[str, int, float]], target: float) -> None:

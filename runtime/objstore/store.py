@@ -24,11 +24,23 @@ limit.  Spilling moves the least recently used objects to ``SPILL_DIR`` on disk:
 sealed there before the shared-memory file is removed, so at every moment a reader finds the
 object in one place or the other.  Readers look in shared memory first, then on disk, and
 map either without a copy (a spilled object is read through the page cache).
+
+Reuse of freed files: the kernel allocates and zeroes a fresh tmpfs page on its first write,
+which makes a write into new pages about half as fast as into pages it already has.  So the
+node agent keeps some freed files for reuse instead of unlinking them (``manager.py`` says
+which and for how long).  A file may be reused only once no process maps it any more, since
+a reader's numpy view may outlive the object: at free the agent renames it to
+``<prefix>drain-<n>``, so no one can open it by name again, and the kernel then answers the
+question, refusing a write lease (``F_SETLEASE``) while any other process has the file open
+or mapped.  A file that passes goes into the pool as ``<prefix>pool-<class>-<slot>``, by
+size class; a writer claims one by renaming it to its temporary name (of two writers, one
+gets it) and truncates it to the object's size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import mmap
 import os
@@ -47,7 +59,7 @@ from runtime.objstore import arrow_ipc
 
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
-_CAPACITY = struct.Struct("<QQ")  # bytes in use, limit
+_CAPACITY = struct.Struct("<QQQ")  # bytes in use, limit, files in the reuse pool
 ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
@@ -134,28 +146,33 @@ def _capacity_fd(prefix: str, create: bool = False) -> int | None:
     return fd
 
 
-def read_capacity(prefix: str) -> tuple[int, int]:
-    """``(bytes in use, limit)`` of a node store, as its agent last published them; limit 0: none."""
+def _read_capacity(prefix: str) -> tuple[int, int, int]:
     fd = _capacity_fd(prefix)
     raw = os.pread(fd, _CAPACITY.size, 0) if fd is not None else b""
-    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0)
+    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0, 0)
 
 
-def publish_capacity(prefix: str, used: int, limit: int) -> None:
-    """Write ``(used, limit)`` where writers read it: a hint, recounted by the agent, so one
-    small pwrite (atomic for readers) is enough."""
+def read_capacity(prefix: str) -> tuple[int, int]:
+    """``(bytes in use, limit)`` of a node store, as its agent last published them; limit 0: none."""
+    return _read_capacity(prefix)[:2]
+
+
+def publish_capacity(prefix: str, used: int, limit: int, pooled: int = 0) -> None:
+    """Write ``(used, limit, files in the reuse pool)`` where writers read it: a hint, recounted
+    by the agent, so one small pwrite (atomic for readers) is enough."""
     fd = _capacity_fd(prefix, create=True)
     assert fd is not None
-    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit), 0)
+    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled), 0)
 
 
-def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> None:
+def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> int:
     """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will (after
-    ``timeout`` seconds, default the ``store.write-timeout`` setting)."""
-    used, limit = read_capacity(prefix)
+    ``timeout`` seconds, default the ``store.write-timeout`` setting).  Returns how many files
+    the store's reuse pool had."""
+    used, limit, pooled = _read_capacity(prefix)
     if not limit or used + nbytes <= limit:
-        publish_capacity(prefix, used + nbytes, limit) if limit else None
-        return
+        _publish_used(prefix, used + nbytes) if limit else None
+        return pooled
     if nbytes > limit:
         raise ObjectStoreFullError(
             f"object {key!r} is {nbytes:,} bytes, larger than the node store's limit of {limit:,} bytes; "
@@ -164,7 +181,7 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
     if timeout is None:
         timeout = config.get("store.write-timeout")
     deadline = time.monotonic() + timeout
-    while used + nbytes > limit:  # back-pressure: the node agent is spilling
+    while used + nbytes > limit:  # back-pressure: the node agent is spilling (or emptying its pool)
         if time.monotonic() > deadline:
             raise ObjectStoreFullError(
                 f"object {key!r} ({nbytes:,} bytes) waited {timeout:g}s for room in the node store: "
@@ -172,8 +189,16 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
                 f"{spill_dir()} full or unwritable? see the node agent's log)"
             )
         time.sleep(0.005)
-        used, limit = read_capacity(prefix)
-    publish_capacity(prefix, used + nbytes, limit)
+        used, limit, pooled = _read_capacity(prefix)
+    _publish_used(prefix, used + nbytes)
+    return pooled
+
+
+def _publish_used(prefix: str, used: int) -> None:
+    """A writer's share of ``publish_capacity``: the bytes in use, leaving the agent's figures be."""
+    fd = _capacity_fd(prefix)
+    assert fd is not None
+    os.pwrite(fd, struct.pack("<Q", used), 0)
 
 
 def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str = "") -> int:
@@ -218,10 +243,13 @@ def write_arrow(name: str, value: Any, key: str = "") -> int:
 
 def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
     """Reserve room, fill a temporary file, and rename it into place: the seal."""
-    reserve(prefix_of(name), size, key or name)
+    prefix = prefix_of(name)
+    pooled = reserve(prefix, size, key or name)
     final = object_path(name)
     tmp = f"{final}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = _claim(prefix, size, tmp) if pooled else None
+    if fd is None:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, max(size, 1))
         fill(fd)
@@ -232,6 +260,87 @@ def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
         raise
     os.close(fd)
     return size
+
+
+# -- reuse of freed files (see the module's docstring) ------------------------------------
+
+#: smaller objects are freed at once: their pages cost little to allocate
+POOL_MIN = 256 * 1024
+#: files kept per size class
+POOL_SLOTS = 4
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+_F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
+
+
+def size_class(nbytes: int) -> int:
+    """Size classes eight to a power of two: class ``(e << 3) + m - 8`` holds sizes from ``m << e``
+    up to ``(m + 1) << e``, for m in 8..15."""
+    e = max(nbytes.bit_length() - 4, 0)
+    return (e << 3) + (nbytes >> e) - 8
+
+
+def pool_name(prefix: str, cls: int, slot: int) -> str:
+    return f"{prefix}pool-{cls}-{slot}"
+
+
+def _claim(prefix: str, size: int, tmp: str) -> int | None:
+    """A file from the node's reuse pool of about ``size`` bytes, renamed to ``tmp`` and open for
+    writing (the caller truncates it to size); None when the pool has none."""
+    if size < POOL_MIN:
+        return None
+    first = size_class(size)
+    # Its own class may be up to an eighth short (those pages are new), the next up to a
+    # quarter long (truncated away).
+    for cls in (first, first + 1):
+        for slot in range(POOL_SLOTS):
+            try:
+                os.rename(object_path(pool_name(prefix, cls, slot)), tmp)
+            except FileNotFoundError:  # empty slot, or another writer was first
+                continue
+            return os.open(tmp, os.O_RDWR)
+    return None
+
+
+def retire(name: str, drain: str) -> bool:
+    """Free ``name``, keeping its shared-memory file as ``drain`` for a later ``try_pool``;
+    False when it had none (it was spilled, or freed already)."""
+    _unlink(spill_path(name))
+    try:
+        os.rename(object_path(name), object_path(drain))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def unmapped(fd: int) -> bool:
+    """Whether no other process has the file of ``fd`` (open read-only) open or mapped.
+
+    A write lease is granted only then; it is released at once (the agent ignores the SIGIO a
+    lease break would send it, and no one else knows a drain's name to open it anyway).
+    """
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_WRLCK)
+    except BlockingIOError:  # EAGAIN: still open or mapped elsewhere
+        return False
+    try:
+        return fcntl.fcntl(fd, _F_GETLEASE) == fcntl.F_WRLCK  # no opener raced the grant
+    finally:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+
+
+def enter_pool(prefix: str, drain: str, size: int) -> bool:
+    """Move an unmapped drain file into a free slot of its size class; False when the class is full."""
+    cls = size_class(size)
+    for slot in range(POOL_SLOTS):
+        try:
+            os.link(object_path(drain), object_path(pool_name(prefix, cls, slot)))
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (EPERM, EMLINK): no reuse
+            return False
+        _unlink(object_path(drain))
+        return True
+    return False
 
 
 def pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
@@ -271,10 +380,14 @@ def local_name(prefix: str, name: str) -> str:
 #: so a freed object's memory is not held for long; the oldest go past MAX_MAPPINGS.
 _mappings: dict[str, tuple[tuple[int, int, int], mmap.mmap]] = {}
 MAX_MAPPINGS = 64
+#: a new mapping first prunes the others, at most this often (seconds)
+PRUNE_EVERY = 0.01
+_pruned = 0.0
 
 
-async def prune_mappings_forever(interval: float = 1.0) -> None:
-    """Run ``prune_mappings`` every ``interval`` seconds (a task of a process's event loop)."""
+async def prune_mappings_forever(interval: float = 0.2) -> None:
+    """Run ``prune_mappings`` every ``interval`` seconds (a task of a process's event loop): a
+    freed file goes back to the pool, or its memory to the system, once no one maps it."""
     while True:
         await asyncio.sleep(interval)
         prune_mappings()
@@ -291,7 +404,9 @@ def forget_mappings() -> None:
 
 
 def prune_mappings() -> None:
-    """Forget mappings of objects whose file is gone or replaced; cheap, call every second or so."""
+    """Forget mappings of objects whose file is gone or replaced; cheap, call a few times a second."""
+    global _pruned
+    _pruned = time.monotonic()
     for name, (ident, _) in list(_mappings.items()):
         try:
             st = os.stat(object_path(name))
@@ -314,6 +429,9 @@ def _map(name: str, key: str) -> tuple[mmap.mmap, str, int]:
             mm = cached[1]
         else:
             mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+            global _pruned
+            if time.monotonic() - _pruned > PRUNE_EVERY:  # a reader of many objects lets freed ones go soon
+                prune_mappings()
             _mappings[name] = (ident, mm)
             if len(_mappings) > MAX_MAPPINGS:
                 del _mappings[next(iter(_mappings))]
@@ -380,17 +498,30 @@ def spill(name: str) -> int:
 
 def list_objects(prefix: str) -> list[tuple[str, int, float]]:
     """``(name, bytes, last used)`` of every sealed object in shared memory under ``prefix``."""
-    out = []
+    return list_files(prefix)[0]
+
+
+def list_files(prefix: str) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]], int]:
+    """A store's files in shared memory: its objects as ``(name, bytes, last used)``, its reuse
+    pool as ``(name, bytes, when it entered)``, and the bytes of its drains."""
+    objects, pool, draining = [], [], 0
+    pool_prefix, drain_prefix = prefix + "pool-", prefix + "drain-"
     with os.scandir(SHM_DIR) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(prefix) and len(name) == len(prefix) + _NAME_TAIL:
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:  # freed meanwhile
-                    continue
-                out.append((name, st.st_size, st.st_mtime))
-    return out
+            if not name.startswith(prefix):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # freed or claimed meanwhile
+                continue
+            if len(name) == len(prefix) + _NAME_TAIL:
+                objects.append((name, st.st_size, st.st_mtime))
+            elif name.startswith(pool_prefix):
+                pool.append((name, st.st_size, st.st_ctime))  # a link into the pool sets ctime
+            elif name.startswith(drain_prefix):
+                draining += st.st_size
+    return objects, pool, draining
 
 
 def spilled_bytes(prefix: str) -> int:

@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -35,7 +36,7 @@ import psutil
 from runtime import config, procutil
 from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
-from runtime.objstore.manager import StoreManager, store_limit
+from runtime.objstore.manager import StoreManager, store_limit, watch_closes
 from runtime.objstore.transfer import ObjectServer
 from runtime.scheduler.liveness import heartbeat_settings
 from runtime.worker import memory
@@ -146,6 +147,9 @@ class NodeAgent:
         background = [
             asyncio.ensure_future(c) for c in (self._maintain_store(), self._watch_memory(), self._heartbeat())
         ]
+        closes = watch_closes(store.SHM_DIR)
+        if closes is not None:
+            asyncio.get_running_loop().add_reader(closes, self._closed_files, closes)
         try:
             while True:
                 try:
@@ -160,9 +164,7 @@ class NodeAgent:
                 for msg in msgs:
                     op = msg["op"]
                     if op == "free-objects":
-                        for name in msg["names"]:
-                            store.free(name)
-                        self.store.freed()
+                        self.store.free(msg["names"])
                     elif op == "start-workers":
                         self.start_workers(msg["n"])
                     elif op == "stop-workers":
@@ -176,9 +178,21 @@ class NodeAgent:
         except ConnectionError:
             logger.info("scheduler connection closed; node agent %s stops", self.node)
         finally:
+            if closes is not None:
+                asyncio.get_running_loop().remove_reader(closes)
+                os.close(closes)
             for task in (*background, *self._supervisors.values()):
                 task.cancel()
             await self.stop()
+
+    def _closed_files(self, fd: int) -> None:
+        """A file in shared memory lost its last descriptor or mapping: maybe a drain's reader let go."""
+        try:
+            while os.read(fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        self.store.drain()
 
     async def _heartbeat(self) -> None:
         """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive, and
@@ -250,6 +264,7 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
+                self.store.drain()
                 if self.store.due():
                     self._maintaining = loop.run_in_executor(None, self.store.maintain)
                     await asyncio.shield(self._maintaining)  # cancelling us must not hide the thread's work
@@ -362,6 +377,9 @@ def main() -> None:
         )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
+    # A reader opening a freed file while the store tests it for reuse breaks the agent's lease,
+    # which signals SIGIO; its default would end the agent (store.unmapped).
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
     procutil.run_process("agent", _main(args))
 
 
