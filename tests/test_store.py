@@ -187,7 +187,7 @@ def test_a_freed_file_is_reused_only_once_no_one_maps_it(prefix):
     assert (held == 1.0).all()
     del held
     store.forget_mapping(first)
-    manager.drain()  # nothing maps it now: into the pool
+    manager.retry_drains()  # nothing maps it now: into the pool
     assert [n for n, _, _ in store.list_files(prefix)[1]] == [store.pool_name(prefix, store.size_class(1_000_192), 0)]
     third = put(prefix, "c", np.full(120_000, 3.0))  # a little smaller: same size class
     assert inode(third) == ino and store.list_files(prefix)[1] == []
@@ -213,6 +213,23 @@ def test_the_pool_gives_way_when_idle_full_or_the_store_needs_room(prefix, monke
         put(prefix, f"big{i}", np.zeros(125_000 + 1_000 * i))
     manager.maintain()  # 8+ MB of objects and 1 MB pooled: past the high-water mark, the pool goes first
     assert store.list_files(prefix)[1] == [] and manager.pooled == 0
+
+
+def test_the_agent_hears_when_a_reader_lets_a_file_go(prefix):
+    from runtime.objstore.manager import read_closes, watch_closes
+
+    watch = watch_closes(store.SHM_DIR)
+    assert watch is not None
+    try:
+        name = put(prefix, "a", np.zeros(125_000))
+        view = store.read(name, "a")
+        read_closes(watch)
+        store.forget_mapping(name)
+        assert name not in read_closes(watch)  # the view still maps it
+        del view
+        assert name in read_closes(watch)  # its last mapping went
+    finally:
+        os.close(watch)
 
 
 def test_without_file_leases_freed_files_are_just_freed(prefix, monkeypatch, caplog):

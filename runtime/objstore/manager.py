@@ -19,7 +19,10 @@ import ctypes
 import itertools
 import logging
 import os
+import struct
+import threading
 import time
+from collections.abc import Collection
 
 import psutil
 
@@ -40,6 +43,8 @@ POOL_IDLE = 10.0
 DRAIN_PATIENCE = 10.0
 #: at most this many drains wait at once (each holds a file descriptor)
 MAX_DRAINING = 256
+#: seconds between tries of every drain (a try at a reader's last close is at once)
+DRAIN_RETRY = 0.1
 
 
 def store_limit(requested: int | None = None) -> int:
@@ -80,6 +85,21 @@ def watch_closes(directory: str) -> int | None:
     return fd
 
 
+def read_closes(fd: int) -> set[str]:
+    """The names of the files whose last close ``watch_closes``'s descriptor reported since."""
+    names = set()
+    try:
+        while data := os.read(fd, 65536):
+            offset = 0
+            while offset < len(data):  # struct inotify_event: wd, mask, cookie, len, name[len]
+                length = struct.unpack_from("I", data, offset + 12)[0]
+                names.add(data[offset + 16 : offset + 16 + length].rstrip(b"\0").decode(errors="replace"))
+                offset += 16 + length
+    except BlockingIOError:
+        pass
+    return names
+
+
 class StoreManager:
     def __init__(self, prefix: str, limit: int):
         #: the node store's object-name prefix
@@ -97,18 +117,22 @@ class StoreManager:
         self._relieve = False
         #: bytes the reuse pool may hold (0: freed objects are unlinked at once)
         self.pool_limit = int(config.get("store.reuse-fraction") * limit)
-        #: bytes and files in the reuse pool, at the last count and since
-        self.pool_bytes = self.pooled = 0
-        #: files put into the pool so far (a recount adds those entered while it ran)
-        self._entered = 0
+        #: files and bytes in the reuse pool, at the last count and since
+        self.pooled = self.pool_bytes = 0
+        #: files and bytes put into the pool so far (a recount adds those entered while it ran)
+        self._entered = (0, 0)
+        #: the event loop thread fills the pool while a recount in a thread counts it
+        self._pool_lock = threading.Lock()
         #: freed objects' files waiting until no process maps them: name -> (read-only fd, since)
         self._draining: dict[str, tuple[int, float]] = {}
         self._drains = itertools.count()
+        self._last_retry = 0.0
         store.publish_capacity(prefix, 0, limit)
 
     def free(self, names: list[str]) -> None:
         """Free objects: with the pool on, each file waits as a drain to be reused (event loop thread)."""
         self._dirty = True
+        drains = []
         for name in names:
             if not self.pool_limit or len(self._draining) >= MAX_DRAINING:
                 store.free(name)
@@ -117,17 +141,26 @@ class StoreManager:
             try:
                 if store.retire(name, drain):
                     self._draining[drain] = (os.open(store.object_path(drain), os.O_RDONLY), time.monotonic())
+                    drains.append(drain)
             except OSError:  # reuse is an optimisation: whatever fails, the file is just freed
+                store.free(name)
                 store.free(drain)
-        self.drain()
+        self.drain(drains)
 
-    def drain(self) -> None:
-        """Put drains no process maps any more into the pool, or free them (event loop thread)."""
-        if not self._draining:
-            return
-        pooled = self.pooled
+    def retry_drains(self) -> None:
+        """Try every drain again, at most every DRAIN_RETRY seconds (in case a close went unseen)."""
+        if self._draining and time.monotonic() - self._last_retry > DRAIN_RETRY:
+            self._last_retry = time.monotonic()
+            self.drain(list(self._draining))
+
+    def drain(self, names: Collection[str]) -> None:
+        """Put those of these drains no process maps any more into the pool, or free them (event
+        loop thread); names that are not drains are ignored."""
         now = time.monotonic()
-        for drain, (fd, since) in list(self._draining.items()):
+        for drain in names:
+            if drain not in self._draining:
+                continue
+            fd, since = self._draining[drain]
             try:
                 ready = store.unmapped(fd)
             except OSError as e:  # no leases on this system (EINVAL, EPERM): no reuse either
@@ -140,13 +173,13 @@ class StoreManager:
             os.close(fd)
             if ready and size >= store.POOL_MIN and self.pool_bytes + size <= self.pool_limit:
                 if store.enter_pool(self.prefix, drain, size):
-                    self.pool_bytes += size
-                    self.pooled += 1
-                    self._entered += 1
+                    with self._pool_lock:
+                        self.pooled += 1
+                        self.pool_bytes += size
+                        self._entered = (self._entered[0] + 1, self._entered[1] + size)
+                        store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)  # writers look
                     continue
             store.free(drain)
-        if self.pooled != pooled:  # tell writers the pool has files
-            store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
 
     def relieve(self) -> None:
         """A worker passed its spill threshold: at the next count, spill the least recently
@@ -164,28 +197,31 @@ class StoreManager:
         """Recount, trim the pool, spill if over the high-water mark, publish the figures.  Blocking I/O."""
         self._dirty = False
         self._last_count = time.monotonic()
-        entered_before = self._entered
+        with self._pool_lock:
+            entered_before = self._entered
         objects, pool, draining = store.list_files(self.prefix)
         in_objects = sum(size for _, size, _ in objects)
         # The pool gives way first: all of it when the store must make room, else the files
         # idle too long or past the pool's share (the newest are kept).
         make_room = self._relieve or in_objects + draining + sum(f[1] for f in pool) > HIGH_WATER * self.limit
         now = time.time()
-        self.pool_bytes = self.pooled = 0
+        kept = kept_bytes = 0
         for name, size, entered in sorted(pool, key=lambda f: f[2], reverse=True):
-            if make_room or now - entered > POOL_IDLE or self.pool_bytes + size > self.pool_limit:
+            if make_room or now - entered > POOL_IDLE or kept_bytes + size > self.pool_limit:
                 store.free(name)
             else:
-                self.pool_bytes += size
-                self.pooled += 1
-        self.pooled += self._entered - entered_before  # writers must not miss those for a stale count
+                kept, kept_bytes = kept + 1, kept_bytes + size
+        with self._pool_lock:  # and those entered meanwhile, or writers would skip them for a stale count
+            self.pooled = kept + self._entered[0] - entered_before[0]
+            self.pool_bytes = kept_bytes + self._entered[1] - entered_before[1]
         self.used = in_objects + self.pool_bytes + draining
         if self._relieve:
             self._relieve = False
             self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.used)
         elif self.used > HIGH_WATER * self.limit:
             self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.limit)
-        store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
+        with self._pool_lock:
+            store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
         self.spilled = store.spilled_bytes(self.prefix)
 
     def _spill(self, oldest_first: list[tuple[str, int, float]], target: float) -> None:

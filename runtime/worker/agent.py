@@ -36,7 +36,7 @@ import psutil
 from runtime import config, procutil
 from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
-from runtime.objstore.manager import StoreManager, store_limit, watch_closes
+from runtime.objstore.manager import StoreManager, read_closes, store_limit, watch_closes
 from runtime.objstore.transfer import ObjectServer
 from runtime.scheduler.liveness import heartbeat_settings
 from runtime.worker import memory
@@ -186,13 +186,8 @@ class NodeAgent:
             await self.stop()
 
     def _closed_files(self, fd: int) -> None:
-        """A file in shared memory lost its last descriptor or mapping: maybe a drain's reader let go."""
-        try:
-            while os.read(fd, 65536):
-                pass
-        except BlockingIOError:
-            pass
-        self.store.drain()
+        """Files in shared memory lost their last descriptor or mapping: maybe a drain's reader let go."""
+        self.store.drain(read_closes(fd))
 
     async def _heartbeat(self) -> None:
         """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive, and
@@ -264,7 +259,7 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
-                self.store.drain()
+                self.store.retry_drains()
                 if self.store.due():
                     self._maintaining = loop.run_in_executor(None, self.store.maintain)
                     await asyncio.shield(self._maintaining)  # cancelling us must not hide the thread's work
