@@ -247,9 +247,7 @@ def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
     pooled = reserve(prefix, size, key or name)
     final = object_path(name)
     tmp = f"{final}.tmp-{os.getpid()}"
-    fd = _claim(prefix, size, tmp) if pooled else None
-    if fd is None:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = create(prefix, size, tmp, pooled)
     try:
         os.ftruncate(fd, max(size, 1))
         fill(fd)
@@ -283,6 +281,13 @@ def pool_name(prefix: str, cls: int, slot: int) -> str:
     return f"{prefix}pool-{cls}-{slot}"
 
 
+def create(prefix: str, size: int, tmp: str, pooled: int) -> int:
+    """Open the temporary file ``tmp`` for writing about ``size`` bytes (the caller truncates it
+    to size): a file from the reuse pool when ``reserve`` said it has some, else a new one."""
+    fd = _claim(prefix, size, tmp) if pooled else None
+    return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600) if fd is None else fd
+
+
 def _claim(prefix: str, size: int, tmp: str) -> int | None:
     """A file from the node's reuse pool of about ``size`` bytes, renamed to ``tmp`` and open for
     writing (the caller truncates it to size); None when the pool has none."""
@@ -302,8 +307,8 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
 
 
 def retire(name: str, drain: str) -> bool:
-    """Free ``name``, keeping its shared-memory file as ``drain`` for a later ``try_pool``;
-    False when it had none (it was spilled, or freed already)."""
+    """Free ``name``, keeping its shared-memory file as ``drain`` (``StoreManager.drain`` decides
+    its fate); False when it had none (it was spilled, or freed already)."""
     _unlink(spill_path(name))
     try:
         os.rename(object_path(name), object_path(drain))
@@ -429,7 +434,6 @@ def _map(name: str, key: str) -> tuple[mmap.mmap, str, int]:
             mm = cached[1]
         else:
             mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
-            global _pruned
             if time.monotonic() - _pruned > PRUNE_EVERY:  # a reader of many objects lets freed ones go soon
                 prune_mappings()
             _mappings[name] = (ident, mm)

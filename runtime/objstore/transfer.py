@@ -112,11 +112,12 @@ class ObjectServer:
                 raise store.ObjectLostError(reply.get("error", f"{source} answered {reply['op']!r}"))
             size = reply["size"]
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, store.reserve, self.prefix, size, name)
+            pooled = await loop.run_in_executor(None, store.reserve, self.prefix, size, name)
             path = store.object_path(local)
             tmp = f"{path}.tmp-{os.getpid()}"
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fd = store.create(self.prefix, size, tmp, pooled)
             try:
+                os.ftruncate(fd, size)
                 offset = 0
                 while offset < size:
                     reading = comm.reader.readexactly(min(CHUNK, size - offset))
