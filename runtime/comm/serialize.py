@@ -139,6 +139,10 @@ class _ValuePickler(cloudpickle.CloudPickler):
 def dumps_value(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle with large buffers out of band: ``(pickle_bytes, buffers)``."""
     buffers: list[pickle.PickleBuffer] = []
+    np = sys.modules.get("numpy")
+    if np is not None and type(obj) is np.ndarray and obj.flags.c_contiguous and not obj.dtype.hasobject:
+        # the common large value: the C pickler is three times quicker than cloudpickle's (~10 us)
+        return pickle.dumps(obj, protocol=5, buffer_callback=buffers.append), buffers
     out = io.BytesIO()
     try:
         _ValuePickler(out, protocol=5, buffer_callback=buffers.append).dump(obj)
