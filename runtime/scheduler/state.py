@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from runtime.scheduler import membership, placement, validation
+from runtime.scheduler import clients, membership, placement, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -125,10 +125,7 @@ class SchedulerState:
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
             **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
-            st.AddClient: self.stimulus_add_client,
-            st.RemoveClient: self.stimulus_remove_client,
-            st.ClientReleasesKeys: self.stimulus_client_releases_keys,
-            st.Cancel: self.stimulus_cancel,
+            **{kind: partial(handler, self) for kind, handler in clients.HANDLERS.items()},
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -676,62 +673,6 @@ class SchedulerState:
             ts, "erred", s.stimulus_id, worker=s.worker, exception=s.exception,
             traceback=s.traceback, exception_text=s.exception_text,
         )  # fmt: skip
-
-    def stimulus_add_client(self, s: st.AddClient) -> Recs:
-        if s.client not in self.clients:
-            self._new_client(s.client)
-        return {}
-
-    def stimulus_remove_client(self, s: st.RemoveClient) -> Recs:
-        cs = self.clients.get(s.client)
-        if cs is None:
-            return {}
-        recs = self._client_releases(cs, [ts.key for ts in cs.wants_what])
-        del self.clients[s.client]
-        return recs
-
-    def stimulus_client_releases_keys(self, s: st.ClientReleasesKeys) -> Recs:
-        cs = self.clients.get(s.client)
-        return self._client_releases(cs, s.keys) if cs is not None else {}
-
-    def _client_releases(self, cs: ClientState, keys: Iterable[str]) -> Recs:
-        recs: Recs = {}
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None or ts not in cs.wants_what:
-                continue
-            cs.wants_what.discard(ts)
-            ts.who_wants.pop(cs, None)
-            if ts.who_wants:
-                continue
-            if not ts.dependents:
-                recs[key] = "forgotten"
-            else:
-                self._release_if_unneeded(ts, recs)
-        return recs
-
-    def stimulus_cancel(self, s: st.Cancel) -> Recs:
-        """Stop computing ``keys`` and everything depending on them, for this client.
-
-        With ``force``, for every client; else a key another client still wants goes on.
-        """
-        cs = self.clients.get(s.client)
-        if cs is None:
-            return {}
-        recs: Recs = {}
-        seen: set[TaskState] = set()
-        stack = [ts for k in s.keys if (ts := self.tasks.get(k)) is not None]
-        while stack:
-            ts = stack.pop()
-            if ts in seen or (not s.force and ts.who_wants.keys() - {cs}):
-                continue
-            seen.add(ts)
-            stack.extend(ts.dependents)
-            for client in list(ts.who_wants) if s.force else [cs]:
-                if ts in client.wants_what:
-                    self._to_client(client.client_key, {"op": "cancelled-keys", "keys": [ts.key]})
-                    recs.update(self._client_releases(client, [ts.key]))
-        return recs
 
     def _new_client(self, client: str) -> ClientState:
         cs = self.clients[client] = ClientState(client)
