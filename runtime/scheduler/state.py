@@ -385,6 +385,23 @@ class SchedulerState:
 
     def _transition_memory_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
+        self._free_value(ts)
+        ts.state = "released"
+        for dts in ts.dependents:
+            if dts.state in ("processing", "no-worker", "queued"):
+                recs[dts.key] = "released"  # it lost an input; it will wait for it again
+            elif dts.state == "waiting":
+                dts.waiting[ts] = None
+        return self._after_release(ts, recs)
+
+    def _transition_memory_forgotten(self, ts: TaskState) -> Recs:
+        # What memory -> released -> forgotten does, without the released leg's work on
+        # dependents, which forgetting undoes: how every finished graph's tasks end.
+        self._free_value(ts)
+        return self._transition_released_forgotten(ts)
+
+    def _free_value(self, ts: TaskState) -> None:
+        """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
         for ws in ts.who_has:
             del ws.has_what[ts]
             ws.nbytes -= ts.nbytes
@@ -402,13 +419,6 @@ class SchedulerState:
                 self._to_worker(node, {"op": "free-objects", "names": [name]})
         ts.replicas = None
         ts.data = None
-        ts.state = "released"
-        for dts in ts.dependents:
-            if dts.state in ("processing", "no-worker", "queued"):
-                recs[dts.key] = "released"  # it lost an input; it will wait for it again
-            elif dts.state == "waiting":
-                dts.waiting[ts] = None
-        return self._after_release(ts, recs)
 
     def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
         """A task just became released: compute it again if needed, forget it if nothing links to it."""
@@ -718,6 +728,7 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("processing", "erred"): S._transition_processing_erred,
     ("processing", "released"): S._transition_processing_released,
     ("memory", "released"): S._transition_memory_released,
+    ("memory", "forgotten"): S._transition_memory_forgotten,
     ("erred", "released"): S._transition_erred_released,
     ("erred", "forgotten"): S._transition_erred_forgotten,
 }
@@ -734,7 +745,7 @@ def _via_released(first: Callable[..., Recs], then: Callable[..., Recs]) -> Call
     return transition
 
 
-# Every other pair goes through "released" when both legs exist (e.g. memory -> forgotten).
+# Every other pair goes through "released" when both legs exist (e.g. processing -> forgotten).
 for (_start, _mid), _first in list(_TRANSITIONS.items()):
     for (_mid2, _finish), _then in list(_TRANSITIONS.items()):
         if _mid == _mid2 == "released" and _start != _finish and (_start, _finish) not in _TRANSITIONS:
