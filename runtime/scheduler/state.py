@@ -190,12 +190,14 @@ class SchedulerState:
                 else:
                     break
 
-    def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, **kwargs: Any) -> Recs:
+    def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
+        """One transition; ``args``: what it needs from the stimulus, such as the value of a
+        finished task (positional: keywords would build and unpack a dict per task)."""
         start = ts.state
         func = _TRANSITIONS.get((start, finish))
         if func is None:
             raise InvalidTransition(ts.key, start, finish, stimulus_id)
-        recs = func(self, ts, **kwargs) if kwargs else func(self, ts)
+        recs = func(self, ts, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
         if self.validate:
@@ -333,7 +335,7 @@ class SchedulerState:
         self.transitions(recs, stimulus_id)
 
     def _transition_processing_memory(
-        self, ts: TaskState, *, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
+        self, ts: TaskState, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
     ) -> Recs:
         recs: Recs = {}
         ws = self._exit_processing(ts)
@@ -342,7 +344,7 @@ class SchedulerState:
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
         return self._add_to_memory(ts, ws, value, nbytes, recs)
 
-    def _transition_released_memory(self, ts: TaskState, *, value: Any, nbytes: int) -> Recs:
+    def _transition_released_memory(self, ts: TaskState, value: Any, nbytes: int) -> Recs:
         return self._add_to_memory(ts, None, value, nbytes, {})
 
     def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
@@ -437,7 +439,7 @@ class SchedulerState:
         return recs
 
     def _transition_processing_erred(
-        self, ts: TaskState, *, worker: str, exception: bytes, traceback: str, exception_text: str, **_: Any
+        self, ts: TaskState, worker: str, exception: bytes, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
         self._exit_processing(ts)
@@ -648,7 +650,7 @@ class SchedulerState:
         cs.wants_what.add(ts)
         if ts.state != "released":
             return {}
-        return self._transition(ts, "memory", s.stimulus_id, value=s.value, nbytes=s.nbytes)
+        return self._transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
 
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
@@ -666,9 +668,7 @@ class SchedulerState:
             if is_stored(s.value) and s.value[0] in self.nodes and (live is None or live.data != s.value):
                 self._to_worker(s.value[0], {"op": "free-objects", "names": [s.value[2]]})
             return {}
-        return self._transition(
-            ts, "memory", s.stimulus_id, worker=s.worker, value=s.value, nbytes=s.nbytes, start=s.start, stop=s.stop
-        )
+        return self._transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
 
     def stimulus_task_erred(self, s: st.TaskErred) -> Recs:
         ts = self._is_current(s.key, s.worker)
@@ -679,10 +679,7 @@ class SchedulerState:
             recs = self._transition(ts, "released", s.stimulus_id)
             recs[ts.key] = "waiting"
             return recs
-        return self._transition(
-            ts, "erred", s.stimulus_id, worker=s.worker, exception=s.exception,
-            traceback=s.traceback, exception_text=s.exception_text,
-        )  # fmt: skip
+        return self._transition(ts, "erred", s.stimulus_id, s.worker, s.exception, s.traceback, s.exception_text)
 
     def _new_client(self, client: str) -> ClientState:
         cs = self.clients[client] = ClientState(client)
@@ -736,10 +733,10 @@ del S
 
 
 def _via_released(first: Callable[..., Recs], then: Callable[..., Recs]) -> Callable[..., Recs]:
-    def transition(self: SchedulerState, ts: TaskState, **kwargs: Any) -> Recs:
+    def transition(self: SchedulerState, ts: TaskState, *args: Any) -> Recs:
         recs = first(self, ts)
         recs.pop(ts.key, None)  # it goes on to the final state itself
-        recs.update(then(self, ts, **kwargs))
+        recs.update(then(self, ts, *args))
         return recs
 
     return transition
