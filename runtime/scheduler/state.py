@@ -136,8 +136,8 @@ class SchedulerState:
     def handle(self, stimulus: st.Stimulus) -> tuple[Msgs, Msgs]:
         """Apply one stimulus and every transition it leads to; returns the messages to send."""
         self._client_msgs, self._worker_msgs = {}, {}
-        recs = self._handlers[type(stimulus)](stimulus)
-        self.transitions(recs, stimulus.stimulus_id)
+        if recs := self._handlers[type(stimulus)](stimulus):
+            self.transitions(recs, stimulus.stimulus_id)
         if self.queued and self.idle:
             self._fill_free_slots(stimulus.stimulus_id)
         if self.validate:
@@ -330,9 +330,11 @@ class SchedulerState:
             free = ws.slots - len(ws.processing)
         else:
             free = sum(ws.slots - len(ws.processing) for ws in self.idle)
-        top = self.queued.topk(int(min(free, len(self.queued))))
-        recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
-        self.transitions(recs, stimulus_id)
+        # Each task moved as a stimulus moves the task it names: a recommendation would
+        # find it again by key, a probe of the task table for a task in hand.
+        for ts in self.queued.topk(int(min(free, len(self.queued)))):
+            if recs := self._transition(ts, "processing", stimulus_id):
+                self.transitions(recs, stimulus_id)
 
     def _transition_processing_memory(
         self, ts: TaskState, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
