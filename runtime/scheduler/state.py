@@ -588,7 +588,8 @@ class SchedulerState:
             if spec.allow_other_workers:
                 ts.loose_restrictions = spec.allow_other_workers
         lookup_errors: list[tuple[TaskState, str]] = []
-        # Recommendations pop last-in first-out: insert the lowest priority first.
+        # Lowest priority first: dependents made ready together are then recommended in this
+        # order, and popped last-in first-out, highest priority first.
         for i in reversed(in_order):
             ts = new[i]
             assert ts is not None
@@ -604,7 +605,6 @@ class SchedulerState:
                     dts.dependents[ts] = None
                     dts.waiting_data[ts] = None  # it will run: this value must be there for it
                     group_deps.add(dts.group)
-            recs[ts.key] = "waiting"
         for key in s.wanted:
             ts = self.tasks.get(key)
             if ts is None:
@@ -617,15 +617,23 @@ class SchedulerState:
                 )
             elif ts.state == "erred":
                 self._to_client(cs.client_key, self._erred_msg(ts))
-            elif ts.state == "released":
+            elif ts.state == "released" and ts.priority[1] != generation:  # known before, not new
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
             text = (
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
-            recs.pop(ts.key, None)
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
-        return recs
+        self.transitions(recs, s.stimulus_id)
+        # Then each new task to waiting, highest priority first, moved as a stimulus moves the
+        # task it names: as recommendations, a million keys would go through the recs table
+        # and each be looked up again in the task table.
+        for i in in_order:
+            ts = new[i]
+            assert ts is not None
+            if ts.state == "released" and (more := self._transition(ts, "waiting", s.stimulus_id)):
+                self.transitions(more, s.stimulus_id)
+        return {}
 
     def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str) -> Recs:
         """A graph that can never run: tell the client, keep nothing of it."""
