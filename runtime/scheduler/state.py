@@ -138,7 +138,7 @@ class SchedulerState:
         self._client_msgs, self._worker_msgs = {}, {}
         if recs := self._handlers[type(stimulus)](stimulus):
             self.transitions(recs, stimulus.stimulus_id)
-        if self.queued and self.idle:
+        if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
             self._fill_free_slots(stimulus.stimulus_id)
         if self.validate:
             validation.validate_state(self)
@@ -416,11 +416,12 @@ class SchedulerState:
             if ns is not None:
                 ns.stored.discard(ts)
                 self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
-        for node, name in (ts.replicas or {}).items():
-            ns = self.nodes.get(node)
-            if ns is not None:
-                ns.replicas.discard(ts)
-                self._to_worker(node, {"op": "free-objects", "names": [name]})
+        if ts.replicas:
+            for node, name in ts.replicas.items():
+                ns = self.nodes.get(node)
+                if ns is not None:
+                    ns.replicas.discard(ts)
+                    self._to_worker(node, {"op": "free-objects", "names": [name]})
         ts.replicas = None
         ts.data = None
 
