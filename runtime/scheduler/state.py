@@ -167,28 +167,30 @@ class SchedulerState:
     def transitions(self, recommendations: Recs, stimulus_id: str) -> None:
         """Apply recommendations, and those they produce, until none is left."""
         recs = dict(recommendations)  # a copy: transition_log keeps the dicts transitions return
-        # _transition inlined, with its lookups bound once: this loop runs every transition.
-        tasks, log, table, validate = self.tasks, self.transition_log, _TRANSITIONS, self.validate
+        tasks = self.tasks
         while recs:
             key, finish = recs.popitem()
-            while (ts := tasks.get(key)) is not None and (start := ts.state) != finish:
-                func = table.get((start, finish))
-                if func is None:
-                    raise InvalidTransition(key, start, finish, stimulus_id)
-                new = func(self, ts)
-                self.transition_counter += 1
-                log.append((key, start, ts.state, new, stimulus_id))
-                if validate:
-                    validation.validate_task_state(self, ts)
-                if len(new) == 1 and key in new:
-                    # Its own next step only (released -> waiting -> queued): what popitem would
-                    # return next, taken now, with no cache-missing round trip through a big recs.
-                    finish = new[key]
-                elif new:
-                    recs.update(new)
-                    break
-                else:
-                    break
+            if (ts := tasks.get(key)) is not None and (new := self._transition_on(ts, finish, stimulus_id)):
+                recs.update(new)
+
+    def _transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
+        """Move ``ts`` to ``finish``, and on while its only recommendation is its own next state
+        (released -> waiting -> queued): what the loop would pop next, taken now, with no
+        round trip through the recs and the task table.  Returns the other recommendations."""
+        key, log, table, validate = ts.key, self.transition_log, _TRANSITIONS, self.validate
+        while (start := ts.state) != finish and start != "forgotten":
+            func = table.get((start, finish))
+            if func is None:
+                raise InvalidTransition(key, start, finish, stimulus_id)
+            new = func(self, ts)
+            self.transition_counter += 1
+            log.append((key, start, ts.state, new, stimulus_id))
+            if validate:
+                validation.validate_task_state(self, ts)
+            if len(new) != 1 or key not in new:
+                return new
+            finish = new[key]
+        return {}
 
     def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
         """One transition; ``args``: what it needs from the stimulus, such as the value of a
@@ -632,7 +634,7 @@ class SchedulerState:
         for i in in_order:
             ts = new[i]
             assert ts is not None
-            if ts.state == "released" and (more := self._transition(ts, "waiting", s.stimulus_id)):
+            if ts.state == "released" and (more := self._transition_on(ts, "waiting", s.stimulus_id)):
                 self.transitions(more, s.stimulus_id)
         return {}
 
