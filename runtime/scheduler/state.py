@@ -294,14 +294,13 @@ class SchedulerState:
         if len(ws.processing) >= ws.slots:
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
-        deps = {dts.key: dts.located_on(ws.node) for dts in ts.dependencies} if ts.dependencies else {}
+        deps: dict[str, bytes | list | None] = {}
+        sources: dict[str, str] = {}  # where to fetch stored inputs that are on other nodes only
+        for dts in ts.dependencies:  # a loop, not two comprehensions: each is a call of its own
+            loc = deps[dts.key] = dts.located_on(ws.node)
+            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes:  # type: ignore[index]
+                sources[loc[0]] = self.nodes[loc[0]].address  # type: ignore[index]
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
-        # Where to fetch stored inputs that are on other nodes only.
-        sources = deps and {
-            loc[0]: self.nodes[loc[0]].address
-            for loc in deps.values()
-            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes
-        }
         if sources:
             msg["sources"] = sources
         if ts.resource_restrictions:
