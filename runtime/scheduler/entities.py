@@ -237,7 +237,11 @@ class HeapSet:
                 heapq.heappush(self._heap, entry)
 
     def discard(self, ts: TaskState) -> None:
-        self._members.pop(ts, None)
+        if self._members.pop(ts, None) is not None:
+            # Mostly the front, leaving for a worker: step over it now, not by a probe later.
+            lane, start = self._lane, self._start
+            if start < len(lane) and lane[start][-1] is ts:
+                self._start = start + 1
 
     def _front(self) -> tuple | None:
         """The first live entry, dropping removed ones ahead of it."""
@@ -245,7 +249,7 @@ class HeapSet:
         while heap and members.get(heap[0][-1]) != heap[0][-2]:
             heapq.heappop(heap)
         start, end = self._start, len(lane)
-        while start < end and members.get(lane[start][-1]) != lane[start][-2]:
+        while start < end and members.get((entry := lane[start])[-1]) != entry[-2]:
             start += 1
         if start == end:
             lane.clear()
@@ -266,8 +270,8 @@ class HeapSet:
     def topk(self, k: int) -> list[TaskState]:
         """The ``k`` first tasks, without removing them: O(k log n)."""
         if k == 1:  # the common case: one slot freed
-            top = self.peek()
-            return [top] if top is not None else []
+            front = self._front()
+            return [front[-1]] if front is not None else []
         heap, members = self._heap, self._members
         self._front()
         taken: list[tuple] = []  # popped off the heap, pushed back after

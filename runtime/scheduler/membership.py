@@ -107,12 +107,7 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     for ts in running:
         if ts.suspicious > self.allowed_failures:
             exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
-            recs.update(
-                self._transition(
-                    ts, "erred", s.stimulus_id, worker=ws.address, exception=pickle.dumps(exc),
-                    traceback="", exception_text=str(exc),
-                )
-            )  # fmt: skip
+            recs.update(self._transition(ts, "erred", s.stimulus_id, ws.address, pickle.dumps(exc), "", str(exc)))
     for ts in running:
         if ts.processing_on is ws:
             recs.update(self._transition(ts, "released", s.stimulus_id))

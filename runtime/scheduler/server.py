@@ -19,6 +19,7 @@ logged reason.  Everyone else is served as before.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 from collections.abc import Callable
@@ -148,6 +149,12 @@ class Scheduler:
         self.closed.set()
 
     def handle_stimulus(self, stimulus: st.Stimulus) -> None:
+        # An update-graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
+        # would walk the growing heap again and again (a million-task graph: 17 us per task
+        # instead of 7).  The state machine runs no user code, so the GC waits till it is done.
+        pause_gc = isinstance(stimulus, st.UpdateGraph) and gc.isenabled()
+        if pause_gc:
+            gc.disable()
         try:
             client_msgs, worker_msgs = self.state.handle(stimulus)
         except Exception as e:
@@ -157,6 +164,9 @@ class Scheduler:
             text = f"the scheduler failed while handling {stimulus.stimulus_id}: {type(e).__name__}: {e}"
             self._send({c: [{"op": "scheduler-error", "text": text}] for c in self.state.clients})
             return
+        finally:
+            if pause_gc:
+                gc.enable()
         self._send(client_msgs)
         self._send(worker_msgs)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):

@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from runtime.scheduler import membership, placement, validation
+from runtime.scheduler import clients, membership, placement, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -125,10 +125,7 @@ class SchedulerState:
             st.TaskFinished: self.stimulus_task_finished,
             st.TaskErred: self.stimulus_task_erred,
             **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
-            st.AddClient: self.stimulus_add_client,
-            st.RemoveClient: self.stimulus_remove_client,
-            st.ClientReleasesKeys: self.stimulus_client_releases_keys,
-            st.Cancel: self.stimulus_cancel,
+            **{kind: partial(handler, self) for kind, handler in clients.HANDLERS.items()},
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -139,9 +136,9 @@ class SchedulerState:
     def handle(self, stimulus: st.Stimulus) -> tuple[Msgs, Msgs]:
         """Apply one stimulus and every transition it leads to; returns the messages to send."""
         self._client_msgs, self._worker_msgs = {}, {}
-        recs = self._handlers[type(stimulus)](stimulus)
-        self.transitions(recs, stimulus.stimulus_id)
-        if self.queued and self.idle:
+        if recs := self._handlers[type(stimulus)](stimulus):
+            self.transitions(recs, stimulus.stimulus_id)
+        if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
             self._fill_free_slots(stimulus.stimulus_id)
         if self.validate:
             validation.validate_state(self)
@@ -170,35 +167,39 @@ class SchedulerState:
     def transitions(self, recommendations: Recs, stimulus_id: str) -> None:
         """Apply recommendations, and those they produce, until none is left."""
         recs = dict(recommendations)  # a copy: transition_log keeps the dicts transitions return
-        # _transition inlined, with its lookups bound once: this loop runs every transition.
-        tasks, log, table, validate = self.tasks, self.transition_log, _TRANSITIONS, self.validate
+        tasks = self.tasks
         while recs:
             key, finish = recs.popitem()
-            while (ts := tasks.get(key)) is not None and (start := ts.state) != finish:
-                func = table.get((start, finish))
-                if func is None:
-                    raise InvalidTransition(key, start, finish, stimulus_id)
-                new = func(self, ts)
-                self.transition_counter += 1
-                log.append((key, start, ts.state, new, stimulus_id))
-                if validate:
-                    validation.validate_task_state(self, ts)
-                if len(new) == 1 and key in new:
-                    # Its own next step only (released -> waiting -> queued): what popitem would
-                    # return next, taken now, with no cache-missing round trip through a big recs.
-                    finish = new[key]
-                elif new:
-                    recs.update(new)
-                    break
-                else:
-                    break
+            if (ts := tasks.get(key)) is not None and (new := self._transition_on(ts, finish, stimulus_id)):
+                recs.update(new)
 
-    def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, **kwargs: Any) -> Recs:
+    def _transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
+        """Move ``ts`` to ``finish``, and on while its only recommendation is its own next state
+        (released -> waiting -> queued): what the loop would pop next, taken now, with no
+        round trip through the recs and the task table.  Returns the other recommendations."""
+        key, log, table, validate = ts.key, self.transition_log, _TRANSITIONS, self.validate
+        while (start := ts.state) != finish and start != "forgotten":
+            func = table.get((start, finish))
+            if func is None:
+                raise InvalidTransition(key, start, finish, stimulus_id)
+            new = func(self, ts)
+            self.transition_counter += 1
+            log.append((key, start, ts.state, new, stimulus_id))
+            if validate:
+                validation.validate_task_state(self, ts)
+            if len(new) != 1 or key not in new:
+                return new
+            finish = new[key]
+        return {}
+
+    def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
+        """One transition; ``args``: what it needs from the stimulus, such as the value of a
+        finished task (positional: keywords would build and unpack a dict per task)."""
         start = ts.state
         func = _TRANSITIONS.get((start, finish))
         if func is None:
             raise InvalidTransition(ts.key, start, finish, stimulus_id)
-        recs = func(self, ts, **kwargs) if kwargs else func(self, ts)
+        recs = func(self, ts, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
         if self.validate:
@@ -293,14 +294,13 @@ class SchedulerState:
         if len(ws.processing) >= ws.slots:
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
-        deps = {dts.key: dts.located_on(ws.node) for dts in ts.dependencies} if ts.dependencies else {}
+        deps: dict[str, bytes | list | None] = {}
+        sources: dict[str, str] = {}  # where to fetch stored inputs that are on other nodes only
+        for dts in ts.dependencies:  # a loop, not two comprehensions: each is a call of its own
+            loc = deps[dts.key] = dts.located_on(ws.node)
+            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes:  # type: ignore[index]
+                sources[loc[0]] = self.nodes[loc[0]].address  # type: ignore[index]
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
-        # Where to fetch stored inputs that are on other nodes only.
-        sources = deps and {
-            loc[0]: self.nodes[loc[0]].address
-            for loc in deps.values()
-            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes
-        }
         if sources:
             msg["sources"] = sources
         if ts.resource_restrictions:
@@ -331,12 +331,14 @@ class SchedulerState:
             free = ws.slots - len(ws.processing)
         else:
             free = sum(ws.slots - len(ws.processing) for ws in self.idle)
-        top = self.queued.topk(int(min(free, len(self.queued))))
-        recs: Recs = {ts.key: "processing" for ts in reversed(top)}  # popped last-in first-out
-        self.transitions(recs, stimulus_id)
+        # Each task moved as a stimulus moves the task it names: a recommendation would
+        # find it again by key, a probe of the task table for a task in hand.
+        for ts in self.queued.topk(int(min(free, len(self.queued)))):
+            if recs := self._transition(ts, "processing", stimulus_id):
+                self.transitions(recs, stimulus_id)
 
     def _transition_processing_memory(
-        self, ts: TaskState, *, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
+        self, ts: TaskState, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
     ) -> Recs:
         recs: Recs = {}
         ws = self._exit_processing(ts)
@@ -345,7 +347,7 @@ class SchedulerState:
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
         return self._add_to_memory(ts, ws, value, nbytes, recs)
 
-    def _transition_released_memory(self, ts: TaskState, *, value: Any, nbytes: int) -> Recs:
+    def _transition_released_memory(self, ts: TaskState, value: Any, nbytes: int) -> Recs:
         return self._add_to_memory(ts, None, value, nbytes, {})
 
     def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
@@ -388,6 +390,23 @@ class SchedulerState:
 
     def _transition_memory_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
+        self._free_value(ts)
+        ts.state = "released"
+        for dts in ts.dependents:
+            if dts.state in ("processing", "no-worker", "queued"):
+                recs[dts.key] = "released"  # it lost an input; it will wait for it again
+            elif dts.state == "waiting":
+                dts.waiting[ts] = None
+        return self._after_release(ts, recs)
+
+    def _transition_memory_forgotten(self, ts: TaskState) -> Recs:
+        # What memory -> released -> forgotten does, without the released leg's work on
+        # dependents, which forgetting undoes: how every finished graph's tasks end.
+        self._free_value(ts)
+        return self._transition_released_forgotten(ts)
+
+    def _free_value(self, ts: TaskState) -> None:
+        """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
         for ws in ts.who_has:
             del ws.has_what[ts]
             ws.nbytes -= ts.nbytes
@@ -398,20 +417,14 @@ class SchedulerState:
             if ns is not None:
                 ns.stored.discard(ts)
                 self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
-        for node, name in (ts.replicas or {}).items():
-            ns = self.nodes.get(node)
-            if ns is not None:
-                ns.replicas.discard(ts)
-                self._to_worker(node, {"op": "free-objects", "names": [name]})
+        if ts.replicas:
+            for node, name in ts.replicas.items():
+                ns = self.nodes.get(node)
+                if ns is not None:
+                    ns.replicas.discard(ts)
+                    self._to_worker(node, {"op": "free-objects", "names": [name]})
         ts.replicas = None
         ts.data = None
-        ts.state = "released"
-        for dts in ts.dependents:
-            if dts.state in ("processing", "no-worker", "queued"):
-                recs[dts.key] = "released"  # it lost an input; it will wait for it again
-            elif dts.state == "waiting":
-                dts.waiting[ts] = None
-        return self._after_release(ts, recs)
 
     def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
         """A task just became released: compute it again if needed, forget it if nothing links to it."""
@@ -430,7 +443,7 @@ class SchedulerState:
         return recs
 
     def _transition_processing_erred(
-        self, ts: TaskState, *, worker: str, exception: bytes, traceback: str, exception_text: str, **_: Any
+        self, ts: TaskState, worker: str, exception: bytes, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
         self._exit_processing(ts)
@@ -577,7 +590,8 @@ class SchedulerState:
             if spec.allow_other_workers:
                 ts.loose_restrictions = spec.allow_other_workers
         lookup_errors: list[tuple[TaskState, str]] = []
-        # Recommendations pop last-in first-out: insert the lowest priority first.
+        # Lowest priority first: dependents made ready together are then recommended in this
+        # order, and popped last-in first-out, highest priority first.
         for i in reversed(in_order):
             ts = new[i]
             assert ts is not None
@@ -593,7 +607,6 @@ class SchedulerState:
                     dts.dependents[ts] = None
                     dts.waiting_data[ts] = None  # it will run: this value must be there for it
                     group_deps.add(dts.group)
-            recs[ts.key] = "waiting"
         for key in s.wanted:
             ts = self.tasks.get(key)
             if ts is None:
@@ -606,15 +619,23 @@ class SchedulerState:
                 )
             elif ts.state == "erred":
                 self._to_client(cs.client_key, self._erred_msg(ts))
-            elif ts.state == "released":
+            elif ts.state == "released" and ts.priority[1] != generation:  # known before, not new
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
             text = (
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
-            recs.pop(ts.key, None)
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
-        return recs
+        self.transitions(recs, s.stimulus_id)
+        # Then each new task to waiting, highest priority first, moved as a stimulus moves the
+        # task it names: as recommendations, a million keys would go through the recs table
+        # and each be looked up again in the task table.
+        for i in in_order:
+            ts = new[i]
+            assert ts is not None
+            if ts.state == "released" and (more := self._transition_on(ts, "waiting", s.stimulus_id)):
+                self.transitions(more, s.stimulus_id)
+        return {}
 
     def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str) -> Recs:
         """A graph that can never run: tell the client, keep nothing of it."""
@@ -641,7 +662,7 @@ class SchedulerState:
         cs.wants_what.add(ts)
         if ts.state != "released":
             return {}
-        return self._transition(ts, "memory", s.stimulus_id, value=s.value, nbytes=s.nbytes)
+        return self._transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
 
     def _is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
@@ -659,9 +680,7 @@ class SchedulerState:
             if is_stored(s.value) and s.value[0] in self.nodes and (live is None or live.data != s.value):
                 self._to_worker(s.value[0], {"op": "free-objects", "names": [s.value[2]]})
             return {}
-        return self._transition(
-            ts, "memory", s.stimulus_id, worker=s.worker, value=s.value, nbytes=s.nbytes, start=s.start, stop=s.stop
-        )
+        return self._transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
 
     def stimulus_task_erred(self, s: st.TaskErred) -> Recs:
         ts = self._is_current(s.key, s.worker)
@@ -672,66 +691,7 @@ class SchedulerState:
             recs = self._transition(ts, "released", s.stimulus_id)
             recs[ts.key] = "waiting"
             return recs
-        return self._transition(
-            ts, "erred", s.stimulus_id, worker=s.worker, exception=s.exception,
-            traceback=s.traceback, exception_text=s.exception_text,
-        )  # fmt: skip
-
-    def stimulus_add_client(self, s: st.AddClient) -> Recs:
-        if s.client not in self.clients:
-            self._new_client(s.client)
-        return {}
-
-    def stimulus_remove_client(self, s: st.RemoveClient) -> Recs:
-        cs = self.clients.get(s.client)
-        if cs is None:
-            return {}
-        recs = self._client_releases(cs, [ts.key for ts in cs.wants_what])
-        del self.clients[s.client]
-        return recs
-
-    def stimulus_client_releases_keys(self, s: st.ClientReleasesKeys) -> Recs:
-        cs = self.clients.get(s.client)
-        return self._client_releases(cs, s.keys) if cs is not None else {}
-
-    def _client_releases(self, cs: ClientState, keys: Iterable[str]) -> Recs:
-        recs: Recs = {}
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None or ts not in cs.wants_what:
-                continue
-            cs.wants_what.discard(ts)
-            ts.who_wants.pop(cs, None)
-            if ts.who_wants:
-                continue
-            if not ts.dependents:
-                recs[key] = "forgotten"
-            else:
-                self._release_if_unneeded(ts, recs)
-        return recs
-
-    def stimulus_cancel(self, s: st.Cancel) -> Recs:
-        """Stop computing ``keys`` and everything depending on them, for this client.
-
-        With ``force``, for every client; else a key another client still wants goes on.
-        """
-        cs = self.clients.get(s.client)
-        if cs is None:
-            return {}
-        recs: Recs = {}
-        seen: set[TaskState] = set()
-        stack = [ts for k in s.keys if (ts := self.tasks.get(k)) is not None]
-        while stack:
-            ts = stack.pop()
-            if ts in seen or (not s.force and ts.who_wants.keys() - {cs}):
-                continue
-            seen.add(ts)
-            stack.extend(ts.dependents)
-            for client in list(ts.who_wants) if s.force else [cs]:
-                if ts in client.wants_what:
-                    self._to_client(client.client_key, {"op": "cancelled-keys", "keys": [ts.key]})
-                    recs.update(self._client_releases(client, [ts.key]))
-        return recs
+        return self._transition(ts, "erred", s.stimulus_id, s.worker, s.exception, s.traceback, s.exception_text)
 
     def _new_client(self, client: str) -> ClientState:
         cs = self.clients[client] = ClientState(client)
@@ -777,6 +737,7 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("processing", "erred"): S._transition_processing_erred,
     ("processing", "released"): S._transition_processing_released,
     ("memory", "released"): S._transition_memory_released,
+    ("memory", "forgotten"): S._transition_memory_forgotten,
     ("erred", "released"): S._transition_erred_released,
     ("erred", "forgotten"): S._transition_erred_forgotten,
 }
@@ -784,16 +745,16 @@ del S
 
 
 def _via_released(first: Callable[..., Recs], then: Callable[..., Recs]) -> Callable[..., Recs]:
-    def transition(self: SchedulerState, ts: TaskState, **kwargs: Any) -> Recs:
+    def transition(self: SchedulerState, ts: TaskState, *args: Any) -> Recs:
         recs = first(self, ts)
         recs.pop(ts.key, None)  # it goes on to the final state itself
-        recs.update(then(self, ts, **kwargs))
+        recs.update(then(self, ts, *args))
         return recs
 
     return transition
 
 
-# Every other pair goes through "released" when both legs exist (e.g. memory -> forgotten).
+# Every other pair goes through "released" when both legs exist (e.g. processing -> forgotten).
 for (_start, _mid), _first in list(_TRANSITIONS.items()):
     for (_mid2, _finish), _then in list(_TRANSITIONS.items()):
         if _mid == _mid2 == "released" and _start != _finish and (_start, _finish) not in _TRANSITIONS:
