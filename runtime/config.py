@@ -189,6 +189,8 @@ SETTINGS: dict[str, Setting] = {
         env="RUNTIME_WORKER_SATURATION"),
     "scheduler.allowed-failures": Setting(3, _number(int, 0),
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
+    "scheduler.transition-log-length": Setting(1000, _number(int, 1),
+        "transitions the scheduler keeps for story(key) (Dask's distributed.admin.low-level-log-length)"),
     "scheduler.validate": Setting(False, _bool,
         "check every invariant of the scheduler's state after every transition (slow; tests)",
         env="RUNTIME_VALIDATE"),

@@ -166,6 +166,7 @@ class LocalScheduler:
         self.state = SchedulerState(
             validate=config.get("scheduler.validate"),
             allowed_failures=config.get("scheduler.allowed-failures"),
+            transition_log_length=config.get("scheduler.transition-log-length"),
             worker_saturation=math.inf,  # every ready task goes to the ready queue, which orders them
         )
         self.state.handle(st.AddClient("add-client-local", _CLIENT))

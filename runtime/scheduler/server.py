@@ -31,7 +31,7 @@ from runtime.scheduler import amm, placement, retire, sampler, wirecheck
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
-from runtime.scheduler.state import WORKER_SATURATION, Msgs, SchedulerState
+from runtime.scheduler.state import TRANSITION_LOG_LENGTH, WORKER_SATURATION, Msgs, SchedulerState
 from runtime.scheduler.status import cluster_status
 from runtime.scheduler.worker_runs import WorkerRuns
 
@@ -81,11 +81,12 @@ class Scheduler:
 
     def __init__(
         self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
-        amm_interval: float = 2.0,
+        amm_interval: float = 2.0, transition_log_length: int = TRANSITION_LOG_LENGTH,
     ):  # fmt: skip
         self.state = SchedulerState(
-            validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation
-        )
+            validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation,
+            transition_log_length=transition_log_length,
+        )  # fmt: skip
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
         #: what each node agent told us about itself (store prefix, host, pid)

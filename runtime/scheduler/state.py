@@ -67,7 +67,8 @@ from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
 UNKNOWN_TASK_DURATION = 0.5
-TRANSITION_LOG_LENGTH = 100_000
+#: transitions kept for ``story`` (Dask's default, ``distributed.admin.low-level-log-length``, too)
+TRANSITION_LOG_LENGTH = 1_000
 #: a worker takes root-ish tasks while it has fewer than ceil(this x threads) (Dask's default)
 WORKER_SATURATION = 1.1
 
@@ -80,8 +81,9 @@ class InvalidTransition(RuntimeError):
 
 class SchedulerState:
     def __init__(
-        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION
-    ):
+        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
+        transition_log_length: int = TRANSITION_LOG_LENGTH,
+    ):  # fmt: skip
         #: every task the scheduler knows, by key
         self.tasks: dict[str, TaskState] = {}
         #: task groups by name (a task's prefix)
@@ -113,7 +115,7 @@ class SchedulerState:
         #: check every invariant after every transition (tests run with this on)
         self.validate = validate
         #: (key, start, finish, recommendations, stimulus_id), newest last
-        self.transition_log: deque[tuple] = deque(maxlen=TRANSITION_LOG_LENGTH)
+        self.transition_log: deque[tuple] = deque(maxlen=transition_log_length)
         self.transition_counter = 0
         #: turns of round-robin placement when every worker is saturated
         self.round_robin = 0
