@@ -149,3 +149,29 @@ def test_malformed_message_drops_only_that_client_and_its_futures_fail_clearly()
         finally:
             bad.close()
             good.close()
+
+
+def test_lazy_messages_wait_a_moment_and_leave_in_order_with_the_next_urgent_one():
+    import asyncio
+    import threading
+
+    from runtime.comm.core import ThreadOutbox
+
+    loop = asyncio.new_event_loop()
+    batches: list[list[dict]] = []
+    outbox = ThreadOutbox(loop, batches.append)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        outbox.put({"n": 1}, lazy=True)
+        outbox.put({"n": 2}, lazy=True)
+        time.sleep(0.05)  # no urgent message: the lazy ones leave together after LAZY_DELAY
+        assert batches == [[{"n": 1}, {"n": 2}]]
+        outbox.put({"n": 3}, lazy=True)
+        outbox.put({"n": 4})  # urgent: takes the lazy one along at once, in order
+        time.sleep(0.05)
+        assert batches[1:] == [[{"n": 3}, {"n": 4}]]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -216,10 +216,11 @@ class Client:
 
     # -- user threads ------------------------------------------------------------------
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: dict, lazy: bool = False) -> None:
+        """To the scheduler, in order; ``lazy``: nothing waits on it, it may leave a moment later."""
         if self._lost:
             raise ConnectionError(self._lost)
-        self._outbox.put(msg)
+        self._outbox.put(msg, lazy)
 
     def _new_future(self, key: str) -> Future:
         with self._lock:
@@ -237,7 +238,7 @@ class Client:
         if isinstance(fs.value, list):  # this process need not keep its mapping either
             store.forget_mapping(fs.value[2])
         if not self._closed and not self._lost and not fs.local:
-            self._send({"op": "release-keys", "keys": [key]})
+            self._send({"op": "release-keys", "keys": [key]}, lazy=True)
 
     def new_key(self, name: str) -> str:
         return f"{name}-{self._tag}{next(self._counter)}"
@@ -361,7 +362,7 @@ class Client:
         with self._lock:
             fs = future._state
             fs.status, fs.value, fs.nbytes = FINISHED, located, nbytes
-        self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes})
+        self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes}, lazy=True)
         return future
 
     def _store_location(self) -> tuple[str, str]:
@@ -388,6 +389,7 @@ class Client:
         reqid = next(self._counter)
         fut = self._requests[reqid] = self._loop.create_future()
         assert self.comm is not None
+        self._outbox.drain()  # what the caller sent before goes first (lazy messages may still wait)
         self.comm.send({"op": "request", "reqid": reqid, "what": what, **kwargs})
         return await fut
 

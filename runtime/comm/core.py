@@ -166,28 +166,40 @@ class ThreadOutbox:
     """Messages from any thread, handed to an event loop in batches.
 
     ``put`` wakes the loop only when the outbox was empty, so a burst of messages (task
-    results, ``.remote()`` calls) costs one wake-up and leaves as one batch.  The flag is
-    cleared before the queue is drained, so a message put during a drain is never stranded.
+    results, ``.remote()`` calls) costs one wake-up and leaves as one batch.  A *lazy*
+    message (one nothing waits on, such as a release) waits up to LAZY_DELAY for others to
+    leave with, so a loop that drops futures one by one wakes the loop once per batch, not
+    once per future; any other message takes the lazy ones along at once, in order.  The
+    flags are cleared before the queue is drained, so a message put during a drain is never
+    stranded.
     """
+
+    LAZY_DELAY = 0.002
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[dict]], None]):
         self._loop = loop
         self._deliver = deliver
         self._queue: deque[dict] = deque()
         self._wakeup_pending = False
+        self._timer_pending = False
 
-    def put(self, msg: dict) -> None:
+    def put(self, msg: dict, lazy: bool = False) -> None:
         self._queue.append(msg)
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            try:
+        if self._wakeup_pending or (lazy and self._timer_pending):
+            return
+        try:
+            if lazy:
+                self._timer_pending = True
+                self._loop.call_soon_threadsafe(self._loop.call_later, self.LAZY_DELAY, self.drain)
+            else:
+                self._wakeup_pending = True
                 self._loop.call_soon_threadsafe(self.drain)
-            except RuntimeError:  # the loop closed while shutting down
-                pass
+        except RuntimeError:  # the loop closed while shutting down
+            pass
 
     def drain(self) -> None:
         """Deliver everything queued (on the loop's thread)."""
-        self._wakeup_pending = False
+        self._wakeup_pending = self._timer_pending = False
         batch = []
         while self._queue:
             batch.append(self._queue.popleft())

@@ -111,7 +111,7 @@ def prefix_of(name: str) -> str:
 
 
 def object_path(name: str) -> str:
-    return os.path.join(SHM_DIR, name)
+    return f"{SHM_DIR}/{name}"
 
 
 def spill_dir() -> str:
@@ -265,7 +265,7 @@ def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
 #: smaller objects are freed at once: their pages cost little to allocate
 POOL_MIN = 256 * 1024
 #: files kept per size class
-POOL_SLOTS = 4
+POOL_SLOTS = 8
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
 
@@ -303,6 +303,11 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
             except FileNotFoundError:  # empty slot, or another writer was first
                 continue
             return os.open(tmp, os.O_RDWR)
+    # None of this size: say so to the next writers, who would look in vain (the agent counts
+    # again when it next adds a file; a file it added meanwhile just waits for that).
+    fd = _capacity_fd(prefix)
+    if fd is not None:
+        os.pwrite(fd, struct.pack("<Q", 0), 16)
     return None
 
 
@@ -358,7 +363,8 @@ def pwrite_all(fd: int, part: memoryview | bytes, offset: int) -> None:
 
 def _open(name: str, key: str) -> tuple[int, str]:
     """Open an object where it is: shared memory, else the spill directory."""
-    for path in (object_path(name), spill_path(name)):
+    for where in (object_path, spill_path):  # the spill path only when needed: it reads a setting
+        path = where(name)
         try:
             return os.open(path, os.O_RDONLY), path
         except FileNotFoundError:
