@@ -177,7 +177,7 @@ class StoreManager:
                         self.pooled += 1
                         self.pool_bytes += size
                         self._entered = (self._entered[0] + 1, self._entered[1] + size)
-                        store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)  # writers look
+                        store.publish_pooled(self.prefix, self.pooled)  # not "used": writers have reserved since
                     continue
             store.free(drain)
 

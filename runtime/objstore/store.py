@@ -60,6 +60,7 @@ from runtime.objstore import arrow_ipc
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
 _CAPACITY = struct.Struct("<QQQ")  # bytes in use, limit, files in the reuse pool
+_USED, _POOLED = 0, 2  # their places, for writing one alone
 ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
@@ -171,7 +172,7 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
     the store's reuse pool had."""
     used, limit, pooled = _read_capacity(prefix)
     if not limit or used + nbytes <= limit:
-        _publish_used(prefix, used + nbytes) if limit else None
+        _publish_figure(prefix, _USED, used + nbytes) if limit else None
         return pooled
     if nbytes > limit:
         raise ObjectStoreFullError(
@@ -190,15 +191,20 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
             )
         time.sleep(0.005)
         used, limit, pooled = _read_capacity(prefix)
-    _publish_used(prefix, used + nbytes)
+    _publish_figure(prefix, _USED, used + nbytes)
     return pooled
 
 
-def _publish_used(prefix: str, used: int) -> None:
-    """A writer's share of ``publish_capacity``: the bytes in use, leaving the agent's figures be."""
+def publish_pooled(prefix: str, pooled: int) -> None:
+    """The agent added files to the reuse pool: say how many it has, leaving the other figures be."""
+    _publish_figure(prefix, _POOLED, pooled)
+
+
+def _publish_figure(prefix: str, field: int, value: int) -> None:
+    """Write one figure of the capacity file (an 8-byte pwrite), leaving the others as they are."""
     fd = _capacity_fd(prefix)
-    assert fd is not None
-    os.pwrite(fd, struct.pack("<Q", used), 0)
+    if fd is not None:
+        os.pwrite(fd, struct.pack("<Q", value), field * 8)
 
 
 def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str = "") -> int:
@@ -305,9 +311,7 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
             return os.open(tmp, os.O_RDWR)
     # None of this size: say so to the next writers, who would look in vain (the agent counts
     # again when it next adds a file; a file it added meanwhile just waits for that).
-    fd = _capacity_fd(prefix)
-    if fd is not None:
-        os.pwrite(fd, struct.pack("<Q", 0), 16)
+    _publish_figure(prefix, _POOLED, 0)
     return None
 
 
