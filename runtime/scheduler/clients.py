@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.entities import ClientState, Recs, TaskState
+from runtime.scheduler.entities import ClientState, Recs, TaskState, TaskStateState
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -34,26 +34,44 @@ def remove_client(self: SchedulerState, s: st.RemoveClient) -> Recs:
 
 
 def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys) -> Recs:
+    """The client dropped its futures of ``s.keys``: each key is let go of and moved on,
+    through all the transitions that follow, before the next, last key first.
+
+    A client's keys come in the order it submitted them, dependencies before dependents,
+    so last first a task's dependents are forgotten before it is let go of: it goes straight
+    from memory to forgotten, and no table of recommendations grows as large as the release.
+    """
     cs = self.clients.get(s.client)
-    return client_releases(self, cs, s.keys) if cs is not None else {}
+    if cs is None:
+        return {}
+    tasks, stimulus_id = self.tasks, s.stimulus_id
+    for key in reversed(s.keys):
+        if (ts := tasks.get(key)) is not None and (finish := _let_go(self, cs, ts)) is not None:
+            if more := self._transition_on(ts, finish, stimulus_id):
+                self.transitions(more, stimulus_id)
+    return {}
 
 
 def client_releases(self: SchedulerState, cs: ClientState, keys: Iterable[str]) -> Recs:
     """``cs`` no longer wants ``keys``: release or forget each that nobody else wants."""
     recs: Recs = {}
     for key in keys:
-        ts = self.tasks.get(key)
-        if ts is None or ts not in cs.wants_what:
-            continue
-        cs.wants_what.discard(ts)
-        ts.who_wants.pop(cs, None)
-        if ts.who_wants:
-            continue
-        if not ts.dependents:
-            recs[key] = "forgotten"
-        else:
-            self._release_if_unneeded(ts, recs)
+        if (ts := self.tasks.get(key)) is not None and (finish := _let_go(self, cs, ts)) is not None:
+            recs[key] = finish
     return recs
+
+
+def _let_go(self: SchedulerState, cs: ClientState, ts: TaskState) -> TaskStateState | None:
+    """``cs`` no longer wants ``ts``: the state ``ts`` should move to now, or None."""
+    if ts not in cs.wants_what:
+        return None
+    cs.wants_what.discard(ts)
+    del ts.who_wants[cs]
+    if ts.who_wants:
+        return None
+    if not ts.dependents:
+        return "forgotten"
+    return "released" if self._is_unneeded(ts) else None
 
 
 def cancel(self: SchedulerState, s: st.Cancel) -> Recs:

@@ -378,17 +378,18 @@ class SchedulerState:
             dts.waiting_data.pop(ts, None)
             if not dts.waiting_data:
                 dts.waiting_data.clear()
-            self._release_if_unneeded(dts, recs)
+            if self._is_unneeded(dts):
+                recs[dts.key] = "released"
         if ts.who_wants:
             self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": value, "nbytes": nbytes})
         elif not ts.waiting_data:
             recs[ts.key] = "released"
         return recs
 
-    def _release_if_unneeded(self, ts: TaskState, recs: Recs) -> None:
-        """Release ``ts`` (its value, or its run) once nobody wants it and no dependent waits."""
-        if not ts.waiting_data and not ts.who_wants and ts.state not in ("released", "erred"):
-            recs[ts.key] = "released"
+    @staticmethod
+    def _is_unneeded(ts: TaskState) -> bool:
+        """Nobody wants ``ts`` and no dependent waits for it: release its value, or its run."""
+        return not ts.waiting_data and not ts.who_wants and ts.state not in ("released", "erred")
 
     def _transition_memory_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
@@ -484,7 +485,8 @@ class SchedulerState:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
         for dts in ts.dependencies:
             dts.waiting_data.pop(ts, None)
-            self._release_if_unneeded(dts, recs)
+            if self._is_unneeded(dts):
+                recs[dts.key] = "released"
 
     def _transition_waiting_erred(self, ts: TaskState) -> Recs:
         recs: Recs = {}
@@ -542,8 +544,8 @@ class SchedulerState:
             dts.waiting_data.pop(ts, None)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
-            else:
-                self._release_if_unneeded(dts, recs)
+            elif self._is_unneeded(dts):
+                recs[dts.key] = "released"
         for dts in ts.dependents:  # only when cancelled together with ts
             dts.dependencies.pop(ts, None)
             dts.waiting.pop(ts, None)
