@@ -123,11 +123,9 @@ def _fill(obj: Any, boxes: dict[str, Box]) -> Any:
     return obj
 
 
-def _order(priority: tuple[int, int, int], arrival: int) -> int:
-    """The scheduler's priority (user priority, generation, graph order), then the arrival,
-    as one int that sorts the same: the ready queue compares plain numbers, not tuples."""
-    user, generation, order = priority
-    return (user << 136) + (generation << 88) + (order << 40) + arrival
+def _order(priority: int, arrival: int) -> int:
+    """The scheduler's priority, then the arrival, as one int that sorts the same."""
+    return (priority << 40) + arrival
 
 
 # Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.

@@ -164,6 +164,8 @@ def test_options_are_checked_and_copied():
         rt.remote(num_cpus=-1)
     with pytest.raises(TypeError, match="unknown option"):
         rt.remote(bogus=1)
+    with pytest.raises(ValueError, match=r"priority=1000000000.*from -262144 to 262143"):
+        inc.options(priority=10**9)
     assert inc.options(retries=2) is not inc
 
 

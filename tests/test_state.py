@@ -282,6 +282,9 @@ def test_user_priority_orders_compute_messages(s):
     _, low = s.handle(graph(task("low-1"), priority=0))
     _, high = s.handle(graph(task("high-1"), priority=10))
     assert high["w1"][0]["priority"] < low["w1"][0]["priority"]
+    # A hand-made message's priority out of range is clamped: still first, still a 64-bit int.
+    _, highest = s.handle(graph(task("highest-1"), priority=10**30))
+    assert 0 <= highest["w1"][0]["priority"] < high["w1"][0]["priority"] < 2**63
 
 
 def test_invalid_transition_names_key_and_states(s):

@@ -50,6 +50,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from runtime.scheduler import amm
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.entities import pack_priority
 from runtime.scheduler.state import ALL_TASK_STATES, HeapSet, Msgs, SchedulerState, TaskGroup, TaskState, WorkerState
 
 CLIENTS = ("c0", "c1", "c2")
@@ -864,7 +865,7 @@ def test_regression_a_put_does_not_retry_an_erred_task() -> None:
 def test_regression_heapset_topk_returns_distinct_tasks() -> None:
     group = TaskGroup("g")
     a, b = TaskState("a", RUN_SPEC, group), TaskState("b", RUN_SPEC, group)
-    a.priority, b.priority = (0, 0, 0), (0, 0, 1)
+    a.priority, b.priority = 0, 1
     queue = HeapSet()
     queue.add(a)
     queue.add(b)
@@ -1002,7 +1003,7 @@ def test_heapset_orders_like_a_sorted_list_whatever_the_order_of_adds() -> None:
         rng = random.Random(seed)
         tasks = [TaskState(f"t{i}", RUN_SPEC, group) for i in range(20)]
         for t in tasks:
-            t.priority = (rng.randint(-1, 1), rng.randint(0, 2), rng.randint(0, 50))
+            t.priority = pack_priority(rng.randint(-1, 1), rng.randint(0, 50))
         queue, members = HeapSet(), set()
         for _ in range(150):
             op, ts = rng.random(), rng.choice(tasks)

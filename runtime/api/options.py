@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.scheduler.entities import USER_PRIORITY_LIMIT
+
 
 @dataclass(frozen=True, slots=True)
 class Option:
@@ -29,7 +31,12 @@ TASK_OPTIONS: dict[str, Option] = {
     "num_cpus": Option((int, float), 1, _non_negative, "a number >= 0"),
     "retries": Option((int,), 0, _non_negative, "a whole number >= 0"),
     "max_retries": Option((int,), 0, _non_negative, "a whole number >= 0 (Ray's name for retries)"),
-    "priority": Option((int,), 0, lambda x: True, "a whole number (higher runs first)"),
+    "priority": Option(
+        (int,),
+        0,
+        lambda x: -USER_PRIORITY_LIMIT <= x < USER_PRIORITY_LIMIT,
+        f"a whole number from {-USER_PRIORITY_LIMIT} to {USER_PRIORITY_LIMIT - 1} (higher runs first)",
+    ),
     "name": Option((str,), None, lambda x: bool(x), "a non-empty string"),
     "resources": Option(
         (dict,),

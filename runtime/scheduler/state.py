@@ -61,6 +61,8 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     TaskStateState,
     WorkerState,
     is_stored,
+    pack_priority,
+    priority_sequence,
 )
 from runtime.scheduler.order import CycleError, order_specs
 from runtime.scheduler.validation import InvariantError  # noqa: F401
@@ -120,7 +122,8 @@ class SchedulerState:
         #: turns of round-robin placement when every worker is saturated
         self.round_robin = 0
         self._worker_list: list[WorkerState] | None = None
-        self._generation = 0
+        #: tasks numbered so far, in the order submitted (the sequence in their priority)
+        self._sequence = 0
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             st.UpdateGraph: self.stimulus_update_graph,
             st.UpdateData: self.stimulus_update_data,
@@ -566,14 +569,15 @@ class SchedulerState:
 
     def stimulus_update_graph(self, s: st.UpdateGraph) -> Recs:
         cs = self.clients.get(s.client) or self._new_client(s.client)
-        self._generation += 1
         recs: Recs = {}
         try:
             specs, in_order, deps = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
         except CycleError as e:
             return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
         new: list[TaskState | None] = [None] * len(specs)
-        tasks, groups, user_priority, generation = self.tasks, self.task_groups, -s.priority, self._generation
+        tasks, groups, start = self.tasks, self.task_groups, self._sequence
+        self._sequence += len(specs)
+        first = pack_priority(s.priority, start)  # rank r's priority is first + r
         for rank, i in enumerate(in_order):  # _new_task inlined: it runs once per task of every graph
             spec = specs[i]
             prefix = spec.prefix or spec.key.rsplit("-", 1)[0]
@@ -582,7 +586,7 @@ class SchedulerState:
                 tg = groups[prefix] = TaskGroup(prefix)
             tg.size += 1
             ts = tasks[spec.key] = new[i] = TaskState(spec.key, spec.run_spec, tg)
-            ts.priority = (user_priority, generation, rank)
+            ts.priority = first + rank
             # The rest only where they differ from TaskState's defaults (rare).
             if spec.retries:
                 ts.retries = spec.retries
@@ -623,7 +627,7 @@ class SchedulerState:
                 )
             elif ts.state == "erred":
                 self._to_client(cs.client_key, self._erred_msg(ts))
-            elif ts.state == "released" and ts.priority[1] != generation:  # known before, not new
+            elif ts.state == "released" and priority_sequence(ts.priority) < start:  # known before, not new
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
             text = (
