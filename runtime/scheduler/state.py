@@ -140,16 +140,16 @@ class SchedulerState:
 
     def handle(self, stimulus: st.Stimulus) -> tuple[Msgs, Msgs]:
         """Apply one stimulus and every transition it leads to; returns the messages to send."""
-        self._client_msgs, self._worker_msgs = {}, {}
-        if recs := self._handlers[type(stimulus)](stimulus):
-            self.transitions(recs, stimulus.stimulus_id)
-        if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
-            self._fill_free_slots(stimulus.stimulus_id)
-        if self.validate:
-            validation.validate_state(self)
-        msgs = self._client_msgs, self._worker_msgs
-        self._client_msgs, self._worker_msgs = {}, {}
-        return msgs
+        try:
+            if recs := self._handlers[type(stimulus)](stimulus):
+                self.transitions(recs, stimulus.stimulus_id)
+            if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
+                self._fill_free_slots(stimulus.stimulus_id)
+            if self.validate:
+                validation.validate_state(self)
+            return self._client_msgs, self._worker_msgs
+        finally:  # the next stimulus starts empty, even after one that raised
+            self._client_msgs, self._worker_msgs = {}, {}
 
     def _to_client(self, client: str, msg: dict) -> None:
         self._client_msgs.setdefault(client, []).append(msg)
@@ -159,7 +159,7 @@ class SchedulerState:
 
     def _report(self, ts: TaskState, msg: dict) -> None:
         for cs in ts.who_wants:
-            self._to_client(cs.client_key, msg)
+            self._client_msgs.setdefault(cs.client_key, []).append(msg)
 
     def worker_list(self) -> list[WorkerState]:
         """The workers that take new tasks (not paused, not retiring)."""
@@ -299,18 +299,19 @@ class SchedulerState:
         if len(ws.processing) >= ws.slots:
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
+        node, nodes = ws.node, self.nodes
         deps: dict[str, bytes | list | None] = {}
-        sources: dict[str, str] = {}  # where to fetch stored inputs that are on other nodes only
-        for dts in ts.dependencies:  # a loop, not two comprehensions: each is a call of its own
-            loc = deps[dts.key] = dts.located_on(ws.node)
-            if is_stored(loc) and loc[0] != ws.node and loc[0] in self.nodes:  # type: ignore[index]
-                sources[loc[0]] = self.nodes[loc[0]].address  # type: ignore[index]
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
-        if sources:
-            msg["sources"] = sources
+        # A loop, not comprehensions (each is a call of its own), and no calls for the common
+        # input: an inline value, or a stored one with no copies elsewhere.
+        for dts in ts.dependencies:
+            loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data
+            if is_stored(loc) and loc[0] != node and loc[0] in nodes:  # type: ignore[index]
+                # Stored on another node only: where to fetch it.
+                msg.setdefault("sources", {})[loc[0]] = nodes[loc[0]].address  # type: ignore[index]
         if ts.resource_restrictions:
             msg["resources"] = ts.resource_restrictions
-        self._to_worker(ws.address, msg)
+        self._worker_msgs.setdefault(ws.address, []).append(msg)
 
     def _exit_processing(self, ts: TaskState) -> WorkerState | None:
         """Take ``ts`` off its worker, freeing a slot."""
