@@ -44,11 +44,6 @@ def pack_priority(user: int, sequence: int) -> int:
     return ((USER_PRIORITY_LIMIT - 1 - user) << SEQUENCE_BITS) + sequence
 
 
-def priority_sequence(priority: int) -> int:
-    """The submission sequence packed into ``priority``."""
-    return priority & ((1 << SEQUENCE_BITS) - 1)
-
-
 def is_stored(data: bytes | list | None) -> bool:
     """A value's wire form is inline bytes, or ``[node, nbytes, name]`` for a stored one."""
     return isinstance(data, list)

@@ -68,25 +68,27 @@ def order_indices(dependencies: Sequence[Sequence[int | None]], names: Sequence[
     return order
 
 
-def order_specs(specs: list[TaskSpec]) -> tuple[list[TaskSpec], Sequence[int], list[list[int | None]] | None]:
+def order_specs(
+    specs: list[TaskSpec],
+) -> tuple[list[TaskSpec], Sequence[int], list[list[int | None]] | None, dict[str, int]]:
     """A new graph's tasks, the order to number them in, and their dependencies as indices.
 
-    Returns ``(specs, in_order, deps)``: the specs, a key given twice counted where it
-    first appears, with its last spec; the indices into them in graph order; and for each
+    Returns ``(specs, in_order, deps, index)``: the specs, a key given twice counted where
+    it first appears, with its last spec; the indices into them in graph order; for each
     task the indices of its dependencies (None where one is outside the graph), or None
-    for a graph with no dependencies at all (its order is the order given).  Keys map to
-    indices through one table: each probe of a string-keyed table of a million keys is a
-    cache miss.  Raises ``CycleError``.
+    for a graph with no dependencies at all (its order is the order given); and each key's
+    index.  Keys map to indices through this one table: each probe of a string-keyed table
+    of a million keys is a cache miss.  Raises ``CycleError``.
     """
     index = dict(zip([spec.key for spec in specs], range(len(specs)), strict=True))
     if len(index) < len(specs):
         specs = [specs[i] for i in index.values()]
         index = dict(zip(index, range(len(specs)), strict=True))
     if not any(spec.dependencies for spec in specs):
-        return specs, range(len(specs)), None
+        return specs, range(len(specs)), None, index
     get = index.get
     deps = [[*map(get, spec.dependencies)] for spec in specs]
-    return specs, order_indices(deps, list(index)), deps
+    return specs, order_indices(deps, list(index)), deps, index
 
 
 def graph_order(keys: Sequence[str], dependencies: Mapping[str, Sequence[str]]) -> dict[str, int]:

@@ -62,7 +62,6 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     is_stored,
     pack_priority,
-    priority_sequence,
 )
 from runtime.scheduler.order import CycleError, order_specs
 from runtime.scheduler.validation import InvariantError  # noqa: F401
@@ -572,10 +571,19 @@ class SchedulerState:
         cs = self.clients.get(s.client) or self._new_client(s.client)
         recs: Recs = {}
         try:
-            specs, in_order, deps = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
+            specs, in_order, deps, index = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
         except CycleError as e:
             return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
         new: list[TaskState | None] = [None] * len(specs)
+        # Which new tasks the client wants, by index: each is then marked as it is made, in
+        # graph order, next to the rest of its state, not found again in the task table.
+        wanted, wanted_before = bytearray(len(specs)), []
+        for key in s.wanted:
+            if (i := index.get(key)) is None:
+                wanted_before.append(key)
+            else:
+                wanted[i] = 1
+        wants_what = cs.wants_what
         tasks, groups, start = self.tasks, self.task_groups, self._sequence
         self._sequence += len(specs)
         first = pack_priority(s.priority, start)  # rank r's priority is first + r
@@ -588,6 +596,9 @@ class SchedulerState:
             tg.size += 1
             ts = tasks[spec.key] = new[i] = TaskState(spec.key, spec.run_spec, tg)
             ts.priority = first + rank
+            if wanted[i]:
+                ts.who_wants[cs] = None
+                wants_what.add(ts)
             # The rest only where they differ from TaskState's defaults (rare).
             if spec.retries:
                 ts.retries = spec.retries
@@ -616,7 +627,7 @@ class SchedulerState:
                     dts.dependents[ts] = None
                     dts.waiting_data[ts] = None  # it will run: this value must be there for it
                     group_deps.add(dts.group)
-        for key in s.wanted:
+        for key in wanted_before:  # tasks known before this graph
             ts = self.tasks.get(key)
             if ts is None:
                 continue
@@ -628,7 +639,7 @@ class SchedulerState:
                 )
             elif ts.state == "erred":
                 self._to_client(cs.client_key, self._erred_msg(ts))
-            elif ts.state == "released" and priority_sequence(ts.priority) < start:  # known before, not new
+            elif ts.state == "released":
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
             text = (
