@@ -252,7 +252,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """``ts`` cannot run: no live worker may run it, or it waits for such a task."""
         if ts.state == "no-worker":
             return not self.runnable(ts)
-        return ts.state == "waiting" and any(self.blocked(dts) for dts in ts.waiting)
+        return ts.state == "waiting" and any(self.blocked(dts) for dts in ts.waiting or ())
 
     def processing_keys(self) -> list[str]:
         return sorted(k for k, ts in self.state.tasks.items() if ts.state == "processing")
@@ -635,10 +635,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         s = self.state
         for ts in s.tasks.values():
             assert ts.state in RESTING, ts
-            for other in (*ts.dependencies, *ts.dependents, *ts.waiting, *ts.waiting_data):
+            waiting = ts.waiting or {}
+            for other in (*ts.dependencies, *ts.dependents, *waiting, *ts.waiting_data):
                 assert s.tasks.get(other.key) is other, f"{ts.key} links to dropped {other.key}"
-            assert set(ts.waiting) <= set(ts.dependencies) and set(ts.waiting_data) <= set(ts.dependents), ts
-            for ws in ts.who_has:
+            assert set(waiting) <= set(ts.dependencies) and set(ts.waiting_data) <= set(ts.dependents), ts
+            for ws in ts.who_has or ():
                 assert s.workers.get(ws.address) is ws, f"{ts.key} held by dead worker {ws.address}"
             if ts.processing_on is not None:
                 assert s.workers.get(ts.processing_on.address) is ts.processing_on, ts
@@ -687,7 +688,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ts in self.state.tasks.values():
             if ts.state in PENDING:
                 not_ready = {dts for dts in ts.dependencies if dts.state != "memory"}
-                assert set(ts.waiting) == not_ready, f"{ts.key}: waiting {keys_of(ts.waiting)} != {keys_of(not_ready)}"
+                waiting = set(ts.waiting or ())
+                assert waiting == not_ready, f"{ts.key}: waiting {keys_of(waiting)} != {keys_of(not_ready)}"
             else:
                 assert not ts.waiting, ts
             pending = {dts for dts in ts.dependents if dts.state in PENDING}

@@ -90,14 +90,15 @@ class TaskState:
         self.dependencies: dict[TaskState, None] = {}
         #: tasks that need this one's value
         self.dependents: dict[TaskState, None] = {}
-        #: dependencies not yet in memory (the specification's ``waiting``)
-        self.waiting: dict[TaskState, None] = {}
+        #: dependencies not yet in memory (the specification's ``waiting``); None, not an
+        #: empty dict, while there are none: most tasks never wait, or not for long
+        self.waiting: dict[TaskState, None] | None = None
         #: dependents yet to run that need this value kept (``waiting_data``)
         self.waiting_data: dict[TaskState, None] = {}
         #: clients holding a future for this key
         self.who_wants: dict[ClientState, None] = {}
-        #: workers holding the value
-        self.who_has: dict[WorkerState, None] = {}
+        #: workers holding the value (None until one does)
+        self.who_has: dict[WorkerState, None] | None = None
         #: the worker running it, while processing (``rprocessing``)
         self.processing_on: WorkerState | None = None
         #: the value's wire form while in memory: inline pickle or [node, nbytes, name]

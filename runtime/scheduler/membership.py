@@ -113,7 +113,8 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
             recs.update(self._transition(ts, "released", s.stimulus_id))
     # Its values survive: inline ones are held here, stored ones in its node's store.
     for ts in ws.has_what:
-        ts.who_has.pop(ws, None)
+        if ts.who_has:
+            ts.who_has.pop(ws, None)
     ws.has_what.clear()
     ws.nbytes = 0
     if not self.workers:  # nobody left to run what was queued

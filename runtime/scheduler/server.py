@@ -421,7 +421,11 @@ class Scheduler:
         if what == "who-has":
             tasks = self.state.tasks
             keys = msg.get("keys")
-            return {k: sorted(w.address for w in ts.who_has) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+            return {
+                k: sorted(w.address for w in ts.who_has or ())
+                for k in keys or tasks
+                if (ts := tasks.get(k)) is not None
+            }
         if what == "run":
             workers = msg.get("workers") or list(self.state.workers)
             unknown = [w for w in workers if w not in self.state.workers]

@@ -223,14 +223,17 @@ class SchedulerState:
                 ts.exception_blame = dts.exception_blame
                 return {ts.key: "erred"}
         recs: Recs = {}
+        waiting = None
         for dts in ts.dependencies:
             dts.waiting_data[ts] = None
             if dts.state != "memory":
-                ts.waiting[dts] = None
+                if waiting is None:
+                    waiting = ts.waiting = {}
+                waiting[dts] = None
                 if dts.state == "released":
                     recs[dts.key] = "waiting"
         ts.state = "waiting"
-        if not ts.waiting:
+        if waiting is None:
             recs[ts.key] = self._ready(ts)
         return recs
 
@@ -367,15 +370,18 @@ class SchedulerState:
         ts.data = value
         ts.nbytes = nbytes
         if ws is not None:
+            if ts.who_has is None:
+                ts.who_has = {}
             ts.who_has[ws] = None
             ws.has_what[ts] = None
             ws.nbytes += nbytes
         # A dict emptied by pop keeps its table (160 bytes); clear() frees it (millions per graph).
         for dts in ts.dependents:
             if dts.state == "waiting":
-                dts.waiting.pop(ts, None)
+                if dts.waiting:
+                    dts.waiting.pop(ts, None)
                 if not dts.waiting:
-                    dts.waiting.clear()
+                    dts.waiting = None
                     recs[dts.key] = "processing"
         for dts in ts.dependencies:
             dts.waiting_data.pop(ts, None)
@@ -402,6 +408,8 @@ class SchedulerState:
             if dts.state in ("processing", "no-worker", "queued"):
                 recs[dts.key] = "released"  # it lost an input; it will wait for it again
             elif dts.state == "waiting":
+                if dts.waiting is None:
+                    dts.waiting = {}
                 dts.waiting[ts] = None
         return self._after_release(ts, recs)
 
@@ -413,10 +421,11 @@ class SchedulerState:
 
     def _free_value(self, ts: TaskState) -> None:
         """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
-        for ws in ts.who_has:
-            del ws.has_what[ts]
-            ws.nbytes -= ts.nbytes
-        ts.who_has.clear()
+        if ts.who_has:
+            for ws in ts.who_has:
+                del ws.has_what[ts]
+                ws.nbytes -= ts.nbytes
+        ts.who_has = None
         if is_stored(ts.data):
             node = ts.data[0]  # type: ignore[index]
             ns = self.nodes.get(node)
@@ -466,7 +475,7 @@ class SchedulerState:
                 dts.exception_blame = blame
                 recs[dts.key] = "erred"
         self._release_inputs(ts, recs)
-        ts.waiting.clear()
+        ts.waiting = None
         self._report(ts, self._erred_msg(ts))
         if not ts.who_wants and not ts.dependents:  # an error nobody will ask for, as memory is released
             recs[ts.key] = "forgotten"
@@ -507,7 +516,7 @@ class SchedulerState:
         recs: Recs = {}
         self.unrunnable.discard(ts)
         self.queued.discard(ts)
-        ts.waiting.clear()
+        ts.waiting = None
         ts.state = "released"
         return self._release_or_retry(ts, recs)
 
@@ -551,7 +560,8 @@ class SchedulerState:
                 recs[dts.key] = "released"
         for dts in ts.dependents:  # only when cancelled together with ts
             dts.dependencies.pop(ts, None)
-            dts.waiting.pop(ts, None)
+            if dts.waiting:
+                dts.waiting.pop(ts, None)
             if dts.state not in ("memory", "erred"):
                 recs[dts.key] = "forgotten"
         ts.dependencies.clear()

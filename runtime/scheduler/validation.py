@@ -35,7 +35,7 @@ def _validate_released(s: SchedulerState, ts: TaskState) -> None:
 def _validate_waiting(s: SchedulerState, ts: TaskState) -> None:
     _check(ts, ts.processing_on is None and ts.data is None, "waiting task is processing or in memory")
     not_in_memory = {d for d in ts.dependencies if d.state != "memory"}
-    _check(ts, ts.waiting.keys() == not_in_memory, "waiting != the dependencies not in memory")
+    _check(ts, (ts.waiting or {}).keys() == not_in_memory, "waiting != the dependencies not in memory")
     for dts in ts.dependencies:
         _check(ts, ts in dts.waiting_data, f"missing from waiting_data of {dts.key!r}")
 
@@ -70,7 +70,7 @@ def _validate_processing(s: SchedulerState, ts: TaskState) -> None:
 def _validate_memory(s: SchedulerState, ts: TaskState) -> None:
     _check(ts, ts.data is not None, "in memory without a value")
     _check(ts, ts.processing_on is None and not ts.waiting, "in memory but processing or waiting")
-    for ws in ts.who_has:
+    for ws in ts.who_has or ():
         _check(ts, ts in ws.has_what, f"who_has {ws.address} but not in its has_what")
     if is_stored(ts.data):
         ns = s.nodes.get(ts.data[0])  # type: ignore[index]
@@ -112,7 +112,7 @@ def validate_state(s: SchedulerState) -> None:
         for ts in ws.processing:
             _check(ts, ts.processing_on is ws, f"in processing of {ws.address} but runs elsewhere")
         for ts in ws.has_what:
-            _check(ts, ws in ts.who_has, f"in has_what of {ws.address} but not in who_has")
+            _check(ts, ws in (ts.who_has or ()), f"in has_what of {ws.address} but not in who_has")
         total = sum(ws.processing.values())
         if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
             raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
