@@ -321,10 +321,10 @@ class SchedulerState:
         ts.processing_on = None
         if ws is None:
             return None
-        ws.occupancy = max(ws.occupancy - ws.processing.pop(ts), 0.0)
-        if not ws.processing:
-            ws.occupancy = 0.0  # no float drift when it is idle
-        if ws.address in self.workers and len(ws.processing) < ws.slots and ws.status == "running":
+        occupancy = ws.occupancy - ws.processing.pop(ts)
+        # No float drift below zero, nor when it is idle.
+        ws.occupancy = occupancy if occupancy > 0.0 and ws.processing else 0.0
+        if len(ws.processing) < ws.slots and ws.status == "running" and ws.address in self.workers:
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
 
@@ -339,9 +339,11 @@ class SchedulerState:
             free = ws.slots - len(ws.processing)
         else:
             free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+        if free > 1:  # slots may be infinite: never more than are queued
+            free = min(free, len(self.queued))
         # Each task moved as a stimulus moves the task it names: a recommendation would
         # find it again by key, a probe of the task table for a task in hand.
-        for ts in self.queued.topk(int(min(free, len(self.queued)))):
+        for ts in self.queued.topk(int(free)):
             if recs := self._transition(ts, "processing", stimulus_id):
                 self.transitions(recs, stimulus_id)
 
