@@ -66,7 +66,7 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
     # Locality only matters for stored values: inline ones travel with the task anyway.
     holders: set[WorkerState] = set()
     for dts in ts.dependencies:
-        if is_stored(dts.data):
+        if type(dts.data) is list:  # is_stored, inlined (per input of every task placed)
             for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
                 ns = s.nodes.get(node)
                 if ns is not None:

@@ -308,7 +308,7 @@ class SchedulerState:
         # input: an inline value, or a stored one with no copies elsewhere.
         for dts in ts.dependencies:
             loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data
-            if is_stored(loc) and loc[0] != node and loc[0] in nodes:  # type: ignore[index]
+            if type(loc) is list and loc[0] != node and loc[0] in nodes:  # is_stored, inlined (per input)
                 # Stored on another node only: where to fetch it.
                 msg.setdefault("sources", {})[loc[0]] = nodes[loc[0]].address  # type: ignore[index]
         if ts.resource_restrictions:
@@ -361,7 +361,7 @@ class SchedulerState:
         return self._add_to_memory(ts, None, value, nbytes, {})
 
     def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
-        if is_stored(value):
+        if type(value) is list:  # is_stored, inlined (once per task)
             if value[0] in self.departed_nodes:  # its node left while the message was in flight
                 ts.state = "released"
                 return self._after_release(ts, recs)
