@@ -32,16 +32,17 @@ USER_PRIORITY_LIMIT = 1 << (62 - SEQUENCE_BITS)
 
 
 def pack_priority(user: int, sequence: int) -> int:
-    """A task's priority, lower first, as one int below 2**63 (a msgpack int on the wire).
+    """A task's priority, lower first, as one signed 64-bit int (a msgpack int on the wire).
 
     The specification's ``(-user priority, submission generation, order in the graph)``:
     ``sequence`` numbers tasks across all graphs, in graph order within each, which sorts
     as generation then order.  One int, not a tuple: 32 bytes a task instead of about 90,
-    compared in one step.  Clients reject user priorities out of range; the scheduler
-    clamps one that comes in a hand-made message.
+    compared in one step; with the default user priority 0 it is the sequence itself.
+    Clients reject user priorities out of range; the scheduler clamps one that comes in a
+    hand-made message.
     """
     user = min(max(user, -USER_PRIORITY_LIMIT), USER_PRIORITY_LIMIT - 1)
-    return ((USER_PRIORITY_LIMIT - 1 - user) << SEQUENCE_BITS) + sequence
+    return (-user << SEQUENCE_BITS) + sequence
 
 
 def is_stored(data: bytes | list | None) -> bool:
@@ -84,8 +85,8 @@ class TaskState:
         #: lower runs first: user priority, then submission order (pack_priority)
         self.priority = 0
         # The graph edges and who_wants/who_has below are ordered sets (dicts with None
-        # values): iteration order is deterministic, and an empty one, the common case,
-        # costs 64 bytes, not a set's 216 (who_has is empty until the value exists).
+        # values): iteration order is deterministic, and an empty one costs 64 bytes, not a
+        # set's 216 (waiting and who_has, empty for most tasks most of the time, are None).
         #: tasks whose values this one needs
         self.dependencies: dict[TaskState, None] = {}
         #: tasks that need this one's value
