@@ -115,6 +115,26 @@ def test_release_forgets_results_and_frees_stored_copies(s):
     assert s.workers["w1"].nbytes == 0 and not s.nodes["n1"].stored
 
 
+@pytest.mark.parametrize("order", ["submitted", "reversed"])
+def test_release_of_a_whole_graph_forgets_every_task(s, order):
+    # Keys in the order submitted (dependencies first): each task goes straight from
+    # memory to forgotten.  In any other order the result is the same, by more transitions.
+    add_worker(s)
+    specs = (task("a-1"), task("b-1", "a-1"), task("c-1", "b-1"), task("d-1", "a-1", "c-1"))
+    s.handle(graph(*specs))
+    for key in ("a-1", "b-1", "c-1", "d-1"):
+        s.handle(finished(key, "w1"))
+    keys = tuple(t.key for t in specs)
+    release = st.ClientReleasesKeys(sid(), "c1", keys if order == "submitted" else keys[::-1])
+    s.handle(release)
+    assert s.tasks == {} and not s.workers["w1"].has_what and not s.clients["c1"].wants_what
+    moves = {(key, start, finish) for key, start, finish, _, by in s.transition_log if by == release.stimulus_id}
+    if order == "submitted":
+        assert moves == {(key, "memory", "forgotten") for key in keys}
+    else:
+        assert ("a-1", "memory", "released") in moves and ("a-1", "released", "forgotten") in moves
+
+
 def test_release_of_a_pending_task_cancels_it(s):
     add_worker(s)
     s.handle(graph(task("x-1")))
