@@ -495,9 +495,11 @@ def test_when_a_node_leaves_a_copy_elsewhere_becomes_the_value(s):
     big = ["n1", 10, "obj-a"]
     s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10))
     s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
-    s.handle(st.RemoveNode(sid(), "n1"))
+    cmsgs, _ = s.handle(st.RemoveNode(sid(), "n1"))
     ts = s.tasks["big-1"]
     assert ts.state == "memory" and ts.data == ["n2", 10, "obj-b"] and not ts.replicas
+    # The client's future now names the copy, told once.
+    assert cmsgs == {"c1": [{"op": "key-in-memory", "key": "big-1", "value": ["n2", 10, "obj-b"], "nbytes": 10}]}
 
 
 def test_a_stale_copy_is_freed(s):

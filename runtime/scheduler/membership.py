@@ -143,11 +143,7 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
     lost = []
     for ts in ns.stored:
         if ts.replicas:
-            promote_replica(self, ts)
-            for cs in ts.who_wants:  # their futures name the copy that is gone
-                self._to_client(
-                    cs.client_key, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes}
-                )
+            promote_replica(self, ts)  # and tells the clients, whose futures name the copy that is gone
         else:
             lost.append(ts)
     ns.stored.clear()
