@@ -1024,3 +1024,18 @@ def test_heapset_orders_like_a_sorted_list_whatever_the_order_of_adds() -> None:
             assert queue.topk(k) == expected, seed
             assert queue.peek() == (expected[0] if expected else None)
             assert len(queue) == len(members) and set(queue) == members
+
+
+def test_regression_an_input_of_a_new_task_that_will_not_run_is_not_held_for_it() -> None:
+    s = scheduler(("w1", "n1"))
+    s.handle(st.UpdateGraph("g1", "c", (task("z"), task("o")), ("z", "o")))
+    err(s, "z")
+    finish(s, "o")
+    # b errs at once (z erred), and with it e, before n's turn: nobody needs n any more, so
+    # it stays released, and o must not keep its value for n.  Was: o's waiting_data still
+    # named n, which update-graph had put there for a run that never came.
+    s.handle(st.UpdateGraph("g2", "c", (task("b", "z"), task("n", "o"), task("e", "b", "n")), ("e",)))
+    assert states(s) == {"z": "erred", "o": "memory", "b": "erred", "n": "released", "e": "erred"}
+    assert not s.tasks["o"].waiting_data
+    s.handle(st.ClientReleasesKeys("rel", "c", ("o",)))
+    assert s.tasks["o"].state == "released"  # kept as an input of n, its value freed

@@ -211,18 +211,20 @@ class SchedulerState:
         return recs
 
     def _transition_released_waiting(self, ts: TaskState) -> Recs:
+        recs: Recs = {}
         if not (ts.who_wants or ts.waiting_data):
             # A recommendation made stale by a later one in the same stimulus (its last
-            # dependent erred meanwhile, say): nothing needs it any more.
-            return {} if ts.dependents else {ts.key: "forgotten"}
+            # dependent erred meanwhile, say): nothing needs it any more, nor its inputs for
+            # it (update-graph counted on its run in their waiting_data).
+            self._release_inputs(ts, recs)
+            return self._after_release(ts, recs)
         if ts.run_spec is None:
             error = f"the value of {ts.key!r} was put by a client and released; it cannot be recomputed"
-            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, {})
+            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, recs)
         for dts in ts.dependencies:
             if dts.exception_blame is not None:
                 ts.exception_blame = dts.exception_blame
                 return {ts.key: "erred"}
-        recs: Recs = {}
         waiting = None
         for dts in ts.dependencies:
             dts.waiting_data[ts] = None
