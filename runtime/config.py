@@ -207,6 +207,9 @@ SETTINGS: dict[str, Setting] = {
     "scheduler.amm-interval": Setting(2.0, _number(float, 0.0),
         "seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
         env="RUNTIME_AMM_INTERVAL"),
+    "client.attach-store": Setting(True, _bool,
+        "a client that joins by address reads and writes the store of a node on its host directly, zero-copy "
+        "(false: over the network, through the nodes' agents, as on a host with no node)"),
     "heartbeat.interval": Setting(1.0, _number(float, 0.001),
         "seconds between heartbeats of node agents and workers (at most half of heartbeat.timeout)",
         env="RUNTIME_HEARTBEAT_INTERVAL"),

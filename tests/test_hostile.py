@@ -13,13 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cloudpickle
 import msgpack
+import numpy as np
 import pytest
 from conftest import runtime_cmd
 
 from runtime.client.client import Client as CoreClient
 from runtime.comm import codec
-from runtime.comm.core import parse_address
+from runtime.comm.core import parse_address, read_frame
 from runtime.comm.serialize import dumps_function
+from runtime.objstore import store
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -177,3 +179,46 @@ def _exchange(address: str, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             received += chunk
     return received
+
+
+def test_peers_that_stop_midway_through_an_object_leave_nothing_behind_and_one_log_line(served):
+    cluster, client = served
+    (node,) = client.request("identity")["nodes"].values()
+    agent, prefix = node["address"], node["prefix"]
+    _, host, port = parse_address(agent)
+    ref = client.put(np.ones(10_000_000))  # 80 MB: more than the socket buffers hold
+    name = ref._state.value[2]
+
+    # A reader that takes a little of an object and goes away (a reset, as a killed process's).
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(_frame({"op": "get-object", "name": name}))
+        assert read_frame(sock, agent)[0]["op"] == "object"
+        sock.recv(65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # A client with no store that starts a put and goes away.
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(_frame({"op": "put-object", "key": "half-put", "size": 10_000_000}))
+        assert read_frame(sock, agent)[0]["op"] == "ready"
+        sock.sendall(bytes(1_000_000))
+    # Puts that cannot be: refused with a reason, and the connection goes on serving.
+    with socket.create_connection((host, port), timeout=30) as sock:
+        for size, says in ((-1, "no object"), (2**60, "larger than the node store's limit")):
+            sock.sendall(_frame({"op": "put-object", "key": "bad-put", "size": size}))
+            reply = read_frame(sock, agent)[0]
+            assert reply["op"] == "put-failed" and says in reply["error"], reply
+    for request in ({"op": "put-object", "key": "k", "size": "lots"}, {"op": "fetch", "located": ["n", 1, "/x"]}):
+        assert _exchange(agent, _frame(request)) == b""
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix) and ".tmp-" in f]
+        or "put of 'half-put'" not in cluster.log("agent.log")
+    ):
+        time.sleep(0.05)
+    assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix) and ".tmp-" in f]
+    log = cluster.log("agent.log")
+    assert "went away" in log and "put of 'half-put'" in log
+    assert "handler failed" not in log and "Traceback" not in log and "BufferError" not in log
+    assert float(client.get([ref])[0].sum()) == 10_000_000.0  # nothing stored was touched
+    del ref
+    _still_serving(client)

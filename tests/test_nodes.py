@@ -15,6 +15,7 @@ from runtime.api import context
 from runtime.client.client import Client as CoreClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
+from runtime.objstore.transfer import fetch_sync
 
 # Workers cannot import this test module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -78,6 +79,23 @@ def test_an_object_crosses_to_another_node_once_and_is_shared_there(two_nodes):
     while _objects(cluster.prefixes[1]) and time.time() < deadline:
         time.sleep(0.05)
     assert not _objects(cluster.prefixes[1])
+
+
+def test_a_copy_made_for_a_process_that_then_died_is_recorded_and_freed_with_the_value(two_nodes):
+    cluster, client = two_nodes
+    ref = client.put(np.ones(2_000_000))  # 16 MB in node 0's store
+    nodes = client.request("identity")["nodes"]
+    here, there = (nodes[n]["address"] for n in cluster.nodes)
+    # What a worker on node 1 does before it reads the value; then it is killed, saying nothing.
+    fetch_sync(there, cluster.nodes[1], ref.key, ref._state.value, here)
+    copy = store.local_name(cluster.prefixes[1], ref._state.value[2])
+    assert copy in _objects(cluster.prefixes[1])
+    del ref  # the agent told the scheduler of its copy: it goes with the value
+    client.request("identity")
+    deadline = time.time() + 10
+    while copy in _objects(cluster.prefixes[1]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert copy not in _objects(cluster.prefixes[1])
 
 
 def test_the_driver_reads_a_value_made_on_another_node(two_nodes):

@@ -34,7 +34,7 @@ from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
-from runtime.objstore.transfer import fetch_sync
+from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
 
 logger = logging.getLogger("runtime.client")
 
@@ -47,9 +47,12 @@ class Client:
         #: the scheduler's address
         self.address = address
         self.id = f"client-{os.urandom(4).hex()}"
-        #: the node whose store this process can read, and its object-name prefix
+        #: the node whose store this process reads and writes, and its object-name prefix
+        #: (None: not known yet, found at first need; "": none, values go over the network)
         self.node = node
         self.prefix = prefix
+        #: the cluster's nodes, from the scheduler, once a stored value needed them
+        self._node_info: dict[str, dict] | None = None
         self._futures: dict[str, FutureState] = {}
         # Re-entrant: concurrent.futures.wait takes each future's _condition (this one) in turn.
         self._lock = threading.RLock()
@@ -347,15 +350,17 @@ class Client:
             self._send({"op": "cancel", "keys": keys, "force": True})
 
     def put(self, value: Any, key: str | None = None) -> Future:
-        """Store ``value`` in the cluster (in this node's store when large); returns its future."""
+        """Store ``value`` in the cluster (in a node's store when large); returns its future."""
         key = key or self.new_key("put")
-        prefix, node = self._store_location()
+        attached = self._attach()
         size = getattr(value, "nbytes", 0)  # numpy, Arrow: a large put says what it is doing
         loud = isinstance(size, int) and size >= LARGE_PUT
         if loud:
-            logger.info("storing %s (%.1f MB) in the object store of node %s", key, size / 2**20, node)
+            where = f"node {self.node}" if attached else "a node's object store, over the network"
+            logger.info("storing %s (%.1f MB) in %s", key, size / 2**20, where)
             start = time.monotonic()
-        located, nbytes = values.encode(value, key=key, prefix=prefix, node=node)
+        upload = None if attached else self._upload
+        located, nbytes = values.encode(value, key=key, prefix=self.prefix or "", node=self.node or "", upload=upload)
         if loud:
             logger.info("stored %s in %.2fs", key, time.monotonic() - start)
         future = self._new_future(key)
@@ -365,16 +370,41 @@ class Client:
         self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes}, lazy=True)
         return future
 
-    def _store_location(self) -> tuple[str, str]:
-        """This host's node store (prefix, node id), asking the scheduler the first time."""
-        if self.prefix is None or self.node is None:
-            nodes = self.request("identity")["nodes"]
-            host = socket.gethostname()
-            here = [n for n in nodes.values() if n["host"] == host and (self.node is None or n["node"] == self.node)]
-            if not here:
-                return "", ""  # no store here: large values fail in encode with a clear error
-            self.node, self.prefix = here[0]["node"], here[0]["prefix"]
-        return self.prefix, self.node
+    def _attach(self) -> bool:
+        """Whether this process reads and writes a node's store directly: its own node's, or,
+        for a client that joined by address, that of a node on its host (found the first time;
+        the ``client.attach-store`` setting off: never)."""
+        if self.node is None:
+            node = prefix = ""
+            if config.get("client.attach-store"):
+                host = socket.gethostname()
+                for info in self._nodes().values():  # the same host, and the same /dev/shm
+                    if info["host"] == host and os.path.exists(store.capacity_path(info["prefix"])):
+                        node, prefix = info["node"], info["prefix"]
+                        break
+            self.node, self.prefix = node, prefix
+        return bool(self.node)
+
+    def _nodes(self, refresh: bool = False) -> dict[str, dict]:
+        """The cluster's nodes (id, host, store prefix, agent address), as last asked."""
+        if refresh or self._node_info is None:
+            self._node_info = self.request("identity")["nodes"]
+        return self._node_info
+
+    def _agent(self, node: str, key: str) -> str:
+        """The address of ``node``'s agent; ObjectLostError if that node has left."""
+        info = self._nodes().get(node) or self._nodes(refresh=True).get(node)
+        if info is None:
+            raise ObjectLostError(f"object {key!r} is on node {node!r}, which is no longer in the cluster")
+        return info["address"]
+
+    def _upload(self, key: str, data: bytes, buffers: list) -> list:
+        """Put a large value into the store of the node with the most room (no store here)."""
+        nodes = self._nodes(refresh=True)
+        if not nodes:
+            raise ObjectStoreUnavailableError(f"value for {key!r} needs a node's store, and the cluster has no node")
+        info = min(nodes.values(), key=lambda n: n["store"][0])
+        return write_remote(info["address"], info["node"], key, data, buffers)
 
     def request(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
         """Ask the scheduler a question (``identity``, ``story``, ``task-states``, actor queries)."""
@@ -449,24 +479,39 @@ class Client:
                 located = fs.value
                 assert located is not None
                 try:
-                    out.append(values.decode(self._here(f.key, located), key=f.key, node=self.node or ""))
+                    out.append(self._load(f.key, located))
                     break
                 except (ObjectLostError, ObjectStoreUnavailableError):
-                    # Its node left meanwhile: the scheduler said where a copy is, or is recomputing it.
-                    if fs.status != PENDING and fs.value is located:
+                    if not self._heard_of_loss(f, located, deadline):
                         raise
         return out
 
-    def _here(self, key: str, located: bytes | list) -> bytes | list:
-        """A stored value on another node is first copied into this node's store (once per node)."""
-        if not isinstance(located, list) or located[0] == self.node or self.node is None:
-            return located
-        nodes = self.request("identity")["nodes"]
-        agent = nodes.get(self.node, {}).get("address", "")
-        source = nodes.get(located[0], {}).get("address")
-        here = fetch_sync(agent, self.node, located, source, key)
-        self._send({"op": "add-replica", "key": key, "node": self.node, "name": here[2], "source": located})
-        return here
+    def _heard_of_loss(self, future: Future, located: bytes | list, deadline: float | None) -> bool:
+        """A stored value could not be read: its node may have just left.  Wait, at most the
+        heartbeat timeout, for the scheduler to say so (the future then waits for a copy or a
+        recomputation); False if it says nothing."""
+        fs = future._state
+        patience = time.monotonic() + config.get("heartbeat.timeout")
+        try:
+            self._wait_for(
+                lambda: fs.value is not located, patience if deadline is None else min(deadline, patience), [future]
+            )
+        except GetTimeoutError:
+            return False
+        return True
+
+    def _load(self, key: str, located: bytes | list) -> Any:
+        """A value from its wire form.  A stored one is read from this node's store, after its
+        agent copied it here if it is on another node; with no store here, straight from the
+        node that holds it."""
+        if isinstance(located, bytes):
+            return values.decode(located, key=key, node="")
+        if not self._attach():
+            return read_remote(self._agent(located[0], key), key, located)
+        if located[0] != self.node:
+            source = self._agent(located[0], key)
+            located = fetch_sync(self._agent(self.node, key), self.node, key, located, source)
+        return values.decode(located, key=key, node=self.node)
 
     def wait_done(self, futures: Sequence[Future], timeout: float | None = None) -> None:
         """Block until all ``futures`` are done; GetTimeoutError after ``timeout`` s."""

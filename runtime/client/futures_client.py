@@ -264,11 +264,8 @@ class Client(concurrent.futures.Executor):
         nodes = self.core.request("identity")["nodes"]
         source = nodes.get(located[0], {}).get("address")
         for node, info in nodes.items():
-            if node != located[0]:
-                here = fetch_sync(info["address"], node, located, source, future.key)
-                self.core._send(
-                    {"op": "add-replica", "key": future.key, "node": node, "name": here[2], "source": located}
-                )
+            if node != located[0]:  # each agent tells the scheduler of its copy
+                fetch_sync(info["address"], node, future.key, located, source)
 
     # -- results -------------------------------------------------------------------------
 

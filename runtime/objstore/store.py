@@ -207,24 +207,30 @@ def _publish_figure(prefix: str, field: int, value: int) -> None:
         os.pwrite(fd, struct.pack("<Q", value), field * 8)
 
 
-def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str = "") -> int:
-    """Write and seal one object, after waiting for room; returns its size in bytes."""
+def layout(data: bytes, buffers: list[pickle.PickleBuffer]) -> tuple[list[tuple[int, memoryview | bytes]], int]:
+    """An object's parts as ``(offset, bytes)`` in the format above, and its total size: what a
+    writer puts into its file, or a client with no store of its own sends to a node's."""
     views = [memoryview(b).cast("B") for b in buffers]
     head = _HEAD.pack(MAGIC, len(views), 0, len(data)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
-    parts: list[tuple[int, memoryview | bytes]] = []
+    parts: list[tuple[int, memoryview | bytes]] = [(0, head)]
     offset = _aligned(len(head))
-    parts.append((0, head))
     parts.append((offset, data))
     offset = _aligned(offset + len(data))
     for v in views:
         parts.append((offset, v))
         offset = _aligned(offset + v.nbytes)
+    return parts, offset
+
+
+def write(name: str, data: bytes, buffers: list[pickle.PickleBuffer], key: str = "") -> int:
+    """Write and seal one object, after waiting for room; returns its size in bytes."""
+    parts, size = layout(data, buffers)
 
     def fill(fd: int) -> None:
         for off, part in parts:
             pwrite_all(fd, part, off)
 
-    return _seal(name, offset, key, fill)
+    return _seal(name, size, key, fill)
 
 
 def write_arrow(name: str, value: Any, key: str = "") -> int:
@@ -458,12 +464,20 @@ def _map(name: str, key: str) -> tuple[mmap.mmap, str, int]:
 def read(name: str, key: str) -> Any:
     """Map a sealed object and unpickle it with zero-copy buffers (``key`` names it in errors)."""
     mm, path, size = _map(name, key)
-    view = memoryview(mm)
+    return loads_object(memoryview(mm), key, path)
+
+
+def loads_object(view: memoryview, key: str, where: str) -> Any:
+    """The value in an object's bytes (format above), its buffers views into ``view``; ``where``
+    names the object's file or source in errors."""
+    size = view.nbytes
+    if size < _HEAD.size:
+        raise ObjectLostError(f"object {key!r} is truncated: {size} bytes in {where}")
     magic, nbuf, kind, plen = _HEAD.unpack_from(view)
     if magic != MAGIC:
-        raise ObjectLostError(f"object {key!r} is corrupt: bad magic {bytes(magic)!r} in {path}")
+        raise ObjectLostError(f"object {key!r} is corrupt: bad magic {bytes(magic)!r} in {where}")
     if _HEAD.size + 8 * nbuf > size:
-        raise ObjectLostError(f"object {key!r} is corrupt: header lists {nbuf} buffers in {size} bytes ({path})")
+        raise ObjectLostError(f"object {key!r} is corrupt: header lists {nbuf} buffers in {size} bytes ({where})")
     lens = struct.unpack_from(f"<{nbuf}Q", view, _HEAD.size)
     offset = _aligned(_HEAD.size + 8 * nbuf)
     data = view[offset : offset + plen]
@@ -473,14 +487,14 @@ def read(name: str, key: str) -> Any:
         bufs.append(view[offset : offset + n])
         offset = _aligned(offset + n)
     if offset > _aligned(size):
-        raise ObjectLostError(f"object {key!r} is truncated: needs {offset} bytes, {path} has {size}")
+        raise ObjectLostError(f"object {key!r} is truncated: needs {offset} bytes, {where} has {size}")
     try:
         if kind:
             return arrow_ipc.read_stream(kind, bufs[0])
         return serialize.loads(data, buffers=bufs)
     except Exception as e:
         raise ObjectLostError(
-            f"object {key!r} is corrupt: it does not unpickle ({type(e).__name__}: {e}) ({path})"
+            f"object {key!r} is corrupt: it does not unpickle ({type(e).__name__}: {e}) ({where})"
         ) from e
 
 

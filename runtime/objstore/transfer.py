@@ -1,16 +1,23 @@
-"""Moving stored objects between nodes: each node agent serves its store and fetches for its node.
+"""Moving stored objects between nodes, and to and from clients on hosts without a node.
 
-::
+Each node agent serves its store (``ObjectServer``).  A worker or driver on a node that needs
+an object of another node asks its own agent, which copies it once::
 
-    worker on node B ──fetch(name, source)──► agent B ──get-object(name)──► agent A
-          ▲                                     │  (one transfer per object,            │
-          └──── fetched(local name) ◄───────────┘   concurrent asks wait for it) ◄─────┘
-                                                       header frame, then raw bytes
+    worker on node B ──fetch(key, ref, source)──► agent B ──get-object(name)──► agent A
+          ▲                                         │  (one transfer per object,        │
+          └──── fetched(local name) ◄───────────────┘   concurrent asks wait for it) ◄──┘
+                                                           header frame, then raw bytes
 
 An object crosses the network once per node: agent B writes the copy into its own store
-under a name derived from the original (``store.local_name``), so every later ask on node
-B, from any worker or driver, finds it there.  The copy is sealed by rename like any
-object.  Readers then map it without a copy.
+under a name derived from the original (``store.local_name``) and tells the scheduler
+(``add-replica``) itself, so a copy is recorded, and freed with the value, even if the
+worker that asked dies meanwhile.  Every later ask on node B finds the copy there.
+
+A client on a host with no node (or told not to attach to one: the ``client.attach-store``
+setting) has no store to copy into: it reads an object straight from its holder's agent
+(``get-object``) into memory of its own (``read_remote``), and puts a large value into a
+node's store by sending it to that node's agent (``put-object``, ``write_remote``).  Both
+stream the object's bytes: no copy is made on the way beyond the socket's own.
 """
 
 from __future__ import annotations
@@ -19,9 +26,14 @@ import asyncio
 import logging
 import mmap
 import os
+import pickle
 import re
+from collections.abc import Callable
+from typing import Any
 
-from runtime.comm.core import Comm, connect, request_sync
+from runtime import config
+from runtime.comm import auth, codec
+from runtime.comm.core import Comm, connect, parse_address, read_frame, request_sync
 from runtime.objstore import store
 
 logger = logging.getLogger("runtime.transfer")
@@ -30,65 +42,127 @@ CHUNK = 4 * 2**20
 #: what an object's name looks like (``store.make_prefix`` + hex): never a path
 OBJECT_NAME = re.compile(r"rt-[0-9]+-[0-9a-f]+-[0-9a-f]+")
 
+#: ``(key, local name, the original's [node, nbytes, name])``: a copy was made in this store
+CopyMade = Callable[[str, str, list], None]
+
+
+def _is_name(name: Any) -> bool:
+    return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None
+
+
+def _is_ref(located: Any) -> bool:
+    """Whether a wire value is a stored value's ``[node, nbytes, name]`` naming a store object."""
+    return (
+        isinstance(located, list)
+        and len(located) == 3
+        and isinstance(located[0], str)
+        and isinstance(located[1], int)
+        and _is_name(located[2])
+    )
+
 
 class ObjectServer:
-    def __init__(self, prefix: str, node: str, stall_timeout: float = 10.0):
+    def __init__(self, prefix: str, node: str, stall_timeout: float = 10.0, copied: CopyMade | None = None):
         #: this node's store prefix and id
         self.prefix = prefix
         self.node = node
-        #: seconds a source may send nothing before the transfer is given up (a frozen node)
+        #: seconds a peer may send nothing before a transfer is given up (a frozen node)
         self.stall_timeout = stall_timeout
+        #: told of every copy made here (the agent tells the scheduler)
+        self.copied = copied
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     async def serve(self, comm: Comm) -> None:
-        """One connection: local workers ask to ``fetch``, other agents to ``get-object``.
+        """One connection: local workers and clients ask to ``fetch``, other agents and clients
+        with no store to ``get-object``, clients with no store to ``put-object``.
 
         A request that is not one of these, or names something that is not an object of a
         store (a path, say), drops the connection with a logged reason.
         """
         while True:
             for msg in await comm.read():
-                op = msg["op"]
-                name = msg.get("name")
-                if not isinstance(name, str) or not OBJECT_NAME.fullmatch(name):
-                    logger.warning("dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name)
-                    return
-                if op == "fetch" and isinstance(msg.get("source"), str):
+                op = msg.get("op")
+                if op == "get-object":
+                    name = msg.get("name")
+                    if not _is_name(name):
+                        logger.warning(
+                            "dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name
+                        )
+                        return
+                    if not name.startswith(self.prefix):
+                        logger.warning("dropping connection from %s: %s is not of node %s", comm.peer, name, self.node)
+                        return
+                    if not await self._send_object(comm, name):
+                        return
+                elif op == "fetch" and _is_ref(msg.get("located")) and isinstance(msg.get("source"), str):
                     try:
-                        local = await self.fetch(name, msg["source"])
+                        local = await self.fetch(str(msg.get("key", "")), msg["located"], msg["source"])
                         comm.send({"op": "fetched", "name": local})
                     except Exception as e:
                         comm.send({"op": "fetch-failed", "error": f"{type(e).__name__}: {e}"})
-                elif op == "get-object" and name.startswith(self.prefix):
-                    await self._send_object(comm, name)
+                elif op == "put-object" and isinstance(msg.get("key"), str) and isinstance(msg.get("size"), int):
+                    if not await self._take_object(comm, msg["key"], msg["size"]):
+                        return
                 else:
                     logger.warning("dropping connection from %s: unknown or malformed %r request", comm.peer, op)
                     return
 
-    async def _send_object(self, comm: Comm, name: str) -> None:
+    async def _send_object(self, comm: Comm, name: str) -> bool:
+        """Stream one object of this store to the peer; False if the peer went away meanwhile."""
         path = store.find(name)
         if path is None:
             comm.send({"op": "object-missing", "error": f"{name} is not in node {self.node}'s store"})
-            return
+            return True
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            comm.send({"op": "object", "size": size})
+            # Not closed here: the transport may still hold a slice of it when the peer is gone,
+            # and closing a mapping with views raises; it goes with its last view.
+            view = memoryview(mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ))
+        comm.send({"op": "object", "size": size})
+        sent = 0
+        try:
             await comm.drain()
-            with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mm:
-                view = memoryview(mm)
-                for start in range(0, size, CHUNK):
-                    comm.writer.write(view[start : start + CHUNK])
-                    await comm.writer.drain()
-                view.release()
+            while sent < size:
+                comm.writer.write(view[sent : sent + CHUNK])
+                sent = min(sent + CHUNK, size)
+                await comm.writer.drain()
+        except (ConnectionError, OSError) as e:  # the reader stopped reading: its own error path runs
+            logger.info("%s went away %d of %d bytes into %s: %s", comm.peer, sent, size, name, e)
+            return False
+        return True
 
-    async def fetch(self, name: str, source: str) -> str:
-        """A copy of another node's object ``name`` in this node's store; returns its local name."""
-        local = store.local_name(self.prefix, name)
+    async def _take_object(self, comm: Comm, key: str, size: int) -> bool:
+        """A client with no store puts an object into this one: room is reserved, then it streams
+        the bytes; the reply names the object.  False (connection dropped) if it stops midway."""
+        loop = asyncio.get_running_loop()
+        if size < 1:
+            comm.send({"op": "put-failed", "error": f"an object of {size} bytes is no object"})
+            return True
+        try:
+            pooled = await loop.run_in_executor(None, store.reserve, self.prefix, size, key)
+        except store.ObjectStoreFullError as e:
+            comm.send({"op": "put-failed", "error": str(e)})
+            return True
+        comm.send({"op": "ready"})
+        name = store.new_name(self.prefix, key)
+        try:
+            await self._receive(comm, name, size, pooled)
+        except store.ObjectLostError as e:
+            logger.info("put of %r from %s failed: %s", key, comm.peer, e)
+            return False
+        comm.send({"op": "stored", "name": name})
+        return True
+
+    async def fetch(self, key: str, located: list, source: str) -> str:
+        """A copy of another node's object in this node's store; returns its local name.
+
+        ``located`` is its ``[node, nbytes, name]`` there and ``source`` that node's agent."""
+        local = store.local_name(self.prefix, located[2])
         if store.find(local) is not None:
             return local
         pending = self._inflight.get(local)
         if pending is None:
-            pending = self._inflight[local] = asyncio.ensure_future(self._transfer(name, source, local))
+            pending = self._inflight[local] = asyncio.ensure_future(self._transfer(key, located, source, local))
             pending.add_done_callback(lambda _: self._inflight.pop(local, None))
         return await asyncio.shield(pending)
 
@@ -100,7 +174,8 @@ class ObjectServer:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
-    async def _transfer(self, name: str, source: str, local: str) -> str:
+    async def _transfer(self, key: str, located: list, source: str, local: str) -> str:
+        name = located[2]
         comm = await connect(source, timeout=10)
         try:
             comm.send({"op": "get-object", "name": name})
@@ -108,39 +183,51 @@ class ObjectServer:
                 reply = (await asyncio.wait_for(comm.read(), self.stall_timeout))[0]
             except TimeoutError:
                 raise store.ObjectLostError(f"{source} sent nothing for {self.stall_timeout:g}s") from None
-            if reply["op"] != "object":
-                raise store.ObjectLostError(reply.get("error", f"{source} answered {reply['op']!r}"))
+            if reply.get("op") != "object" or not isinstance(reply.get("size"), int):
+                raise store.ObjectLostError(reply.get("error", f"{source} answered {reply.get('op')!r}"))
             size = reply["size"]
             loop = asyncio.get_running_loop()
             pooled = await loop.run_in_executor(None, store.reserve, self.prefix, size, name)
-            path = store.object_path(local)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            fd = store.create(self.prefix, size, tmp, pooled)
-            try:
-                os.ftruncate(fd, size)
-                offset = 0
-                while offset < size:
-                    reading = comm.reader.readexactly(min(CHUNK, size - offset))
-                    try:
-                        chunk = await asyncio.wait_for(reading, self.stall_timeout)
-                    except TimeoutError:
-                        raise store.ObjectLostError(f"{source} stalled {offset} bytes into {name}") from None
-                    store.pwrite_all(fd, chunk, offset)
-                    offset += len(chunk)
-                os.rename(tmp, path)
-            except BaseException:
-                os.close(fd)
-                store.free(os.path.basename(tmp))
-                raise
-            os.close(fd)
+            await self._receive(comm, local, size, pooled)
         finally:
             comm.close()
         logger.info("fetched %s (%d bytes) from %s as %s", name, size, source, local)
+        if self.copied is not None:
+            self.copied(key, local, located)
         return local
 
+    async def _receive(self, comm: Comm, name: str, size: int, pooled: int) -> None:
+        """Write ``size`` bytes streamed by the peer into this store as object ``name`` (room
+        reserved); ObjectLostError, with the partial file removed, if the peer stops or stalls."""
+        path = store.object_path(name)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fd = store.create(self.prefix, size, tmp, pooled)
+        try:
+            os.ftruncate(fd, size)
+            offset = 0
+            while offset < size:
+                reading = comm.reader.readexactly(min(CHUNK, size - offset))
+                try:
+                    chunk = await asyncio.wait_for(reading, self.stall_timeout)
+                except TimeoutError:
+                    raise store.ObjectLostError(f"{comm.peer} stalled {offset} bytes into {name}") from None
+                except (asyncio.IncompleteReadError, ConnectionError) as e:
+                    raise store.ObjectLostError(f"{comm.peer} went away {offset} bytes into {name}: {e}") from None
+                store.pwrite_all(fd, chunk, offset)
+                offset += len(chunk)
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            store.free(os.path.basename(tmp))
+            raise
+        os.close(fd)
 
-def fetch_sync(agent: str, node: str, located: list, source: str | None, key: str) -> list:
-    """From a thread: have this node's agent copy a value stored on another node; its local wire form.
+
+# -- from threads: workers, drivers --------------------------------------------------------
+
+
+def fetch_sync(agent: str, node: str, key: str, located: list, source: str | None) -> list:
+    """Have this node's agent copy a value stored on another node; its local wire form.
 
     ``located`` is the value's ``[node, nbytes, name]`` there and ``source`` that node's agent.
     """
@@ -149,7 +236,67 @@ def fetch_sync(agent: str, node: str, located: list, source: str | None, key: st
             f"object {key!r} is on node {located[0]!r} and this process on node {node!r} "
             "knows no node agent to fetch it through"
         )
-    reply = request_sync(agent, {"op": "fetch", "name": located[2], "source": source})
+    reply = request_sync(agent, {"op": "fetch", "key": key, "located": located, "source": source})
     if reply["op"] != "fetched":
         raise store.ObjectLostError(f"cannot fetch {key!r} from node {located[0]!r}: {reply.get('error')}")
     return [node, located[1], reply["name"]]
+
+
+def read_remote(source: str, key: str, located: list) -> Any:
+    """A stored value read straight from its holder's agent at ``source`` into this process's
+    memory (a client with no store on its host).  ObjectLostError names the key and node when
+    the holder does not have it, goes away or stalls."""
+    where = f"node {located[0]!r} at {source}"
+    stall = config.get("heartbeat.timeout")
+    scheme, host, port = parse_address(source)
+    try:
+        with auth.open_sync(scheme, host, port, stall) as sock:
+            sock.sendall(codec.encode([{"op": "get-object", "name": located[2]}]))
+            reply = read_frame(sock, source)[0]
+            if reply.get("op") != "object":
+                raise store.ObjectLostError(f"object {key!r} is not on {where}: {reply.get('error')}")
+            # Page-aligned anonymous memory, filled straight from the socket: numpy and Arrow
+            # buffers come back aligned, as from the store.
+            buf = mmap.mmap(-1, max(reply["size"], 1))
+            view = memoryview(buf)[: reply["size"]]
+            got = 0
+            while got < view.nbytes:
+                n = sock.recv_into(view[got:])
+                if not n:
+                    raise ConnectionResetError(f"{source} closed the connection {got} bytes in")
+                got += n
+    except OSError as e:  # refused, reset, timed out: the holder is gone or frozen
+        raise store.ObjectLostError(f"cannot read {key!r} from {where}: {type(e).__name__}: {e}") from None
+    return store.loads_object(view.toreadonly(), key, where)
+
+
+def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> list:
+    """Put a value into the store of ``node`` through its agent at ``agent``: the pickle and its
+    buffers are sent as they are, in the store's format.  Returns the value's wire form."""
+    parts, size = store.layout(data, buffers)
+    scheme, host, port = parse_address(agent)
+    stall = config.get("heartbeat.timeout")
+    try:
+        with auth.open_sync(scheme, host, port, stall) as sock:
+            sock.sendall(codec.encode([{"op": "put-object", "key": key, "size": size}]))
+            sock.settimeout(config.get("store.write-timeout") + stall)  # the node may spill to make room
+            reply = read_frame(sock, agent)[0]
+            if reply.get("op") != "ready":
+                raise store.ObjectStoreFullError(f"node {node!r} cannot store {key!r}: {reply.get('error')}")
+            sock.settimeout(stall)
+            sent = 0
+            for offset, part in parts:
+                if offset > sent:
+                    sock.sendall(bytes(offset - sent))  # alignment padding
+                sock.sendall(part)
+                sent = offset + memoryview(part).nbytes
+            if size > sent:
+                sock.sendall(bytes(size - sent))
+            reply = read_frame(sock, agent)[0]
+    except OSError as e:
+        raise store.ObjectStoreUnavailableError(
+            f"cannot put {key!r} into the store of node {node!r} at {agent}: {type(e).__name__}: {e}"
+        ) from None
+    if reply.get("op") != "stored":
+        raise store.ObjectStoreUnavailableError(f"node {node!r} did not store {key!r}: {reply}")
+    return [node, size, reply["name"]]

@@ -7,6 +7,7 @@ Users cannot tell the two apart: ``decode`` gives the value back either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from runtime import config
@@ -17,10 +18,18 @@ from runtime.objstore.store import StoreRef
 Located = bytes | list
 
 
-def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int | None = None) -> tuple[Located, int]:
+#: ``(key, pickle, buffers) -> wire form``: puts a value into a node's store from a process with none
+Upload = Callable[[str, bytes, list], list]
+
+
+def encode(
+    obj: Any, *, key: str, prefix: str, node: str, threshold: int | None = None, upload: Upload | None = None
+) -> tuple[Located, int]:
     """Serialize ``obj``; returns its wire form and its size in bytes.
 
-    Values smaller than ``threshold`` (default: the ``inline-threshold`` setting) travel inline.
+    Values smaller than ``threshold`` (default: the ``inline-threshold`` setting) travel inline;
+    larger ones go into the store with ``prefix``, or, with no store here (``prefix`` empty),
+    through ``upload`` into another node's.
     """
     if threshold is None:
         threshold = config.get("inline-threshold")
@@ -34,6 +43,9 @@ def encode(obj: Any, *, key: str, prefix: str, node: str, threshold: int | None 
         if buffers:  # small enough to carry the buffers in band
             data = serialize.dumps(obj)
         return data, len(data)
+    if not prefix and upload is not None:
+        located = upload(key, data, buffers)
+        return located, located[1]
     if not prefix:
         raise store.ObjectStoreUnavailableError(
             f"value for {key!r} is {nbytes} bytes, over the {threshold}-byte inline limit, "

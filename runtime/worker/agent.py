@@ -96,7 +96,7 @@ class NodeAgent:
         #: seconds between heartbeats, and of silence before the scheduler counts as gone
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_settings()
         #: serves this store to other nodes and fetches from theirs (a node silent that long is gone)
-        self.objects = ObjectServer(prefix, node, self.heartbeat_timeout)
+        self.objects = ObjectServer(prefix, node, self.heartbeat_timeout, self._copied)
         #: the interface the object server listens on (loopback unless told otherwise)
         self.host = host
         self.address = ""
@@ -215,15 +215,18 @@ class NodeAgent:
         return f"{self.node}/w{index}-{pid}"
 
     async def _acquire(self, objects: list[list]) -> None:
-        """Copy ``[key, [node, nbytes, name], source agent]`` objects here and tell the scheduler."""
+        """Copy ``[key, [node, nbytes, name], source agent]`` objects here (each copy is reported)."""
         for key, located, source in objects:
             try:
-                name = await asyncio.wait_for(self.objects.fetch(located[2], source), 120)
+                await asyncio.wait_for(self.objects.fetch(key, located, source), 120)
             except Exception as e:
                 logger.error("could not copy %s from node %s: %s: %s", key, located[0], type(e).__name__, e)
-                continue
-            if self.comm is not None:
-                self.comm.send({"op": "add-replica", "key": key, "node": self.node, "name": name, "source": located})
+
+    def _copied(self, key: str, name: str, located: list) -> None:
+        """A copy of another node's object was made here: the scheduler records it (and frees it
+        with the value), whether or not whoever asked for it is still there to say so."""
+        if self.comm is not None:
+            self.comm.send({"op": "add-replica", "key": key, "node": self.node, "name": name, "source": located})
 
     async def _watch_memory(self) -> None:
         """The nanny's watch: spill the store when a worker passes the spill threshold, and kill

@@ -332,14 +332,12 @@ class Worker:
 
     def load_deps(self, key: str, deps: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
         """The values of a task's dependencies, from their wire forms; a value stored on another
-        node is first copied into this node's store (and the scheduler told of the copy)."""
+        node is first copied into this node's store (its agent tells the scheduler of the copy)."""
         out = {}
         for dep, located in deps.items():
             try:
                 if is_stored(located) and located[0] != self.node:
-                    here = fetch_sync(self.agent, self.node, located, sources.get(located[0]), dep)
-                    self.post({"op": "add-replica", "key": dep, "node": self.node, "name": here[2], "source": located})
-                    located = here
+                    located = fetch_sync(self.agent, self.node, dep, located, sources.get(located[0]))
                 out[dep] = values.decode(located, key=dep, node=self.node)
             except ObjectLostError as e:
                 logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
