@@ -84,6 +84,19 @@ class Client:
     async def _connect(self, timeout: float) -> None:
         self.comm = await connect(self.address, timeout=timeout)
         self.comm.send({"op": "register-client", "client": self.id})
+        # Wait for "registered": a cluster that requires a secret we lack, or a peer that is no
+        # scheduler, fails the connect with a clear error instead of the first get.
+        try:
+            first = await asyncio.wait_for(self.comm.read(), timeout)
+        except TimeoutError:
+            self.comm.close()
+            raise ConnectionError(f"the scheduler at {self.address} did not answer within {timeout:g}s") from None
+        except ConnectionError:
+            self.comm.close()
+            raise
+        with self._cond:
+            for msg in first:
+                self._handle(msg)
         self._heard = asyncio.get_running_loop().time()
         asyncio.ensure_future(self._read_loop())
         self._pruner = asyncio.ensure_future(store.prune_mappings_forever())
