@@ -27,15 +27,15 @@ _EXPORTS = {
     "MemorySampler": "runtime.diagnostics",
     "get_worker": "runtime.worker.actors",
     "WorkerPlugin": "runtime.worker.plugins",
-    "ActorDiedError": "runtime.errors", "GetTimeoutError": "runtime.errors", "KilledWorker": "runtime.errors",
-    "RemoteTraceback": "runtime.errors", "SchedulerError": "runtime.errors", "TaskCancelledError": "runtime.errors",
-    "TaskError": "runtime.errors",
+    "ActorDiedError": "runtime.errors", "ClientClosedError": "runtime.errors", "GetTimeoutError": "runtime.errors",
+    "KilledWorker": "runtime.errors", "RemoteTraceback": "runtime.errors", "SchedulerError": "runtime.errors",
+    "TaskCancelledError": "runtime.errors", "TaskError": "runtime.errors",
 }  # fmt: skip
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "progress", "WorkerPlugin", "get_worker", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
-    "ActorDiedError", "GetTimeoutError", "KilledWorker",
+    "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
 assert set(__all__) == {"config", *_EXPORTS}
@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.diagnostics import MemorySampler
     from runtime.errors import (
         ActorDiedError,
+        ClientClosedError,
         GetTimeoutError,
         KilledWorker,
         RemoteTraceback,

@@ -149,6 +149,11 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
                         return reply["result"]
     except TimeoutError:
         raise CliError(f"the scheduler at {address} did not answer within {timeout:g}s") from None
+    except codec.SecretRequiredError:
+        raise CliError(
+            f"the cluster at {address} requires a shared secret; give --secret-file FILE or set RUNTIME_SECRET "
+            "or RUNTIME_SECRET_FILE (see docs/deployment.md)"
+        ) from None
     except (OSError, ValueError) as e:  # ProtocolError and AuthenticationError are OSErrors
         raise CliError(f"cannot reach a scheduler at {address}: {e}") from None
 

@@ -49,6 +49,11 @@ class SchedulerError(RuntimeError):
     """The scheduler hit an internal error; pending futures fail with it instead of hanging."""
 
 
+class ClientClosedError(RuntimeError):
+    """A future's own client was closed (``runtime.shutdown()`` or ``Client.close()``):
+    its futures cannot be read, waited on, cancelled or passed to new tasks any more."""
+
+
 class ActorDiedError(RuntimeError):
     """The actor is gone (killed, its worker died past ``max_restarts``, or its constructor
     raised); calls to it fail with this, naming the actor and why."""

@@ -175,3 +175,73 @@ def test_lazy_messages_wait_a_moment_and_leave_in_order_with_the_next_urgent_one
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@rt.remote
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_futures_of_a_shut_down_runtime_fail_at_once_and_start_no_new_cluster():
+    import threading
+
+    rt.init(num_workers=1)
+    done, pending = inc.remote(1), nap.remote(60)
+    assert rt.get(done) == 2
+    woken: list[BaseException] = []
+    waiter = threading.Thread(target=lambda: woken.extend(_raised(lambda: rt.get(pending))), daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    rt.shutdown()
+    waiter.join(10)
+    assert not waiter.is_alive(), "a get() blocked across shutdown() kept waiting"
+    assert isinstance(woken[0], rt.ClientClosedError) and "cancelled before it finished" in str(woken[0])
+    assert pending.cancelled()
+    start = time.monotonic()
+    for use in (
+        lambda: rt.get(done, timeout=30),
+        lambda: rt.get([done, pending], timeout=30),
+        lambda: done.result(timeout=30),
+        lambda: rt.wait([pending], timeout=30),
+        lambda: rt.wait([pending], num_returns=1, timeout=30),
+        lambda: rt.cancel(pending),
+    ):
+        with pytest.raises(rt.ClientClosedError, match="to a runtime that was shut down by runtime.shutdown"):
+            use()
+    assert time.monotonic() - start < 5
+    assert not rt.is_initialized(), "using a future of the old runtime started a new one"
+    try:
+        with pytest.raises(rt.ClientClosedError, match=f"future '{done.key}' belongs to a runtime that was shut"):
+            inc.remote(done)  # a new call starts a new runtime, but the old future cannot go to it
+    finally:
+        rt.shutdown()
+
+
+def test_futures_of_a_closed_client_fail_at_once():
+    with rt.LocalCluster(n_workers=1) as cluster:
+        client = rt.Client(cluster)
+        done = client.submit(inc, 1)
+        assert done.result(timeout=30) == 2
+        pending = client.submit(time.sleep, 60)
+        client.close()
+        assert pending.cancelled()
+        for use in (
+            lambda: pending.result(timeout=30),
+            lambda: done.result(timeout=30),
+            lambda: client.gather([done]),
+            lambda: rt.wait([pending], timeout=30),
+            lambda: pending.cancel(),
+        ):
+            with pytest.raises(rt.ClientClosedError, match="to a Client that was closed by Client.close"):
+                use()
+        with rt.Client(cluster) as other, pytest.raises(rt.ClientClosedError, match=done.key):
+            other.submit(inc, done)
+
+
+def _raised(fn) -> list[BaseException]:
+    try:
+        fn()
+    except BaseException as e:
+        return [e]
+    return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -96,3 +97,36 @@ def test_memory_sampler_records_cluster_memory_over_time(small_workers):
     with pytest.raises(ValueError, match="interval"):
         with ms.sample("bad", interval=0):
             pass
+
+
+def test_memory_sampling_refuses_an_interval_below_its_floor(small_workers):
+    with pytest.raises(ValueError, match=r"interval must be a number of seconds >= 0.01, not 0$"):
+        with rt.MemorySampler().sample(interval=0):
+            pass
+    # A client that skips MemorySampler's check is refused by the scheduler.
+    reply = small_workers.client.request("memory-sampling-start", interval=0)
+    assert "interval must be a number of seconds >= 0.01, not 0" in reply["error"]
+
+
+def test_a_memory_sampling_ends_when_its_client_is_killed(small_workers):
+    client = small_workers.client
+    script = (
+        "import time\n"
+        "from runtime.client.client import Client\n"
+        f"c = Client({client.address!r})\n"
+        "print(c.request('memory-sampling-start', interval=0.01), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        sampling = proc.stdout.readline().strip()
+        assert sampling.startswith("sampling-")
+        clients = client.request("status")["clients"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 10
+    while client.request("status")["clients"] >= clients:
+        assert time.monotonic() < deadline, "the scheduler did not notice the killed client leave"
+        time.sleep(0.05)
+    assert client.request("memory-sampling-stop", id=sampling) == {"error": f"no memory sampling {sampling!r}"}

@@ -64,6 +64,27 @@ def test_heartbeats_keep_memory_figures_for_the_sampler(s):
     assert sampler.snapshot(s) == {"n1": [120, 1000, 500]}
 
 
+def test_a_sampling_keeps_a_bounded_number_of_samples_over_its_whole_span(s):
+    import asyncio
+
+    async def run() -> sampler.Sampling:
+        sampling = sampler.Sampling(s, sampler.MIN_INTERVAL, "c1", max_samples=8)
+        await asyncio.sleep(0.5)
+        sampling.stop()
+        return sampling
+
+    sampling = asyncio.run(run())
+    times = [t for t, _ in sampling.samples]
+    assert len(times) <= 8 + 1 and times[0] < 0.05 and times[-1] >= 0.5  # the stop adds one
+    assert sampling.interval >= 4 * sampler.MIN_INTERVAL  # halved, and it samples less often
+
+
+@pytest.mark.parametrize("interval", [0, -1, 0.001, float("nan"), float("inf"), "1", True, None])
+def test_a_sampling_interval_below_the_floor_or_not_a_number_is_refused(interval):
+    with pytest.raises(ValueError, match=r"interval must be a number of seconds >= 0.01, not "):
+        sampler.check_interval(interval)
+
+
 def two_nodes_with_a_copy(s: SchedulerState) -> list:
     s.handle(st.AddNode(sid(), "n1", "tcp://a"))
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import cloudpickle
 import numpy as np
@@ -15,7 +17,7 @@ from conftest import runtime_cmd
 
 import runtime as rt
 from runtime.client.client import Client as CoreClient
-from runtime.comm import auth
+from runtime.comm import auth, codec
 from runtime.comm.serialize import dumps_function
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -117,7 +119,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         security_env()
         os.environ.pop("RUNTIME_SECRET_FILE", None)
         refused = runtime_cmd("status", "--timeout", "5", run_dir=run_dir)
-        assert refused.returncode == 1 and "cannot reach a scheduler" in refused.stderr
+        assert refused.returncode == 1 and "requires a shared secret" in refused.stderr
         status = runtime_cmd("status", "--secret-file", right, run_dir=run_dir)
         assert status.returncode == 0 and "workers: 1" in status.stdout
         security_env(secret_file=right)
@@ -128,6 +130,39 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
             client.close()
     finally:
         assert runtime_cmd("stop", "--secret-file", right, run_dir=run_dir).returncode == 0
+
+
+def test_a_cluster_that_requires_a_secret_says_so_to_a_client_without_one(tmp_path, security_env):
+    run_dir = str(tmp_path / "head")
+    secret = _secret_file(tmp_path, "right")
+    address = _start_head(run_dir, "--secret-file", secret)
+    try:
+        said = f"the cluster at {address} requires a shared secret; set RUNTIME_SECRET or RUNTIME_SECRET_FILE"
+        with pytest.raises(codec.SecretRequiredError, match=re.escape(said)):
+            rt.init(address=address)  # at once, not at the first get
+        assert not rt.is_initialized()
+        with pytest.raises(codec.SecretRequiredError, match=re.escape(said)):
+            CoreClient(address, timeout=5)
+        status = runtime_cmd("status", "--timeout", "5", run_dir=run_dir)
+        assert status.returncode == 1
+        assert status.stderr.strip().splitlines() == [
+            f"runtime status: the cluster at {address} requires a shared secret; give --secret-file FILE "
+            "or set RUNTIME_SECRET or RUNTIME_SECRET_FILE (see docs/deployment.md)"
+        ]
+    finally:
+        assert runtime_cmd("stop", "--secret-file", secret, run_dir=run_dir).returncode == 0
+
+
+def test_a_client_with_a_secret_the_cluster_does_not_use_is_told_so(tmp_path, security_env):
+    with rt.LocalCluster(n_workers=1) as cluster:  # no secret
+        security_env(secret="unneeded")
+        start = time.monotonic()
+        with pytest.raises(auth.AuthenticationError, match="it runs without a shared secret and this process has one"):
+            CoreClient(cluster.scheduler_address, timeout=2)
+        assert time.monotonic() - start < 10
+        status = runtime_cmd("status", "--address", cluster.scheduler_address, "--timeout", "2", run_dir=str(tmp_path))
+        assert status.returncode == 1 and len(status.stderr.strip().splitlines()) == 1
+        assert "it runs without a shared secret and this process has one" in status.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
@@ -163,7 +198,7 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
             client.close()
         # The secret alone, without TLS, gets nowhere.
         security_env(tls_cert="", tls_key="", tls_ca="")
-        with pytest.raises(ConnectionError, match="does the server use TLS"):
+        with pytest.raises(ConnectionError, match="uses TLS and this process does not"):
             CoreClient(address, timeout=3)
     finally:
         assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0

@@ -5,7 +5,9 @@ does; ``shutdown()`` (or the end of the program) stops it.
 
 Under a local scheduler (the ``scheduler`` setting, or ``scheduler=`` on ``get``/``wait``)
 tasks run in this process instead (``runtime/local.py``); a future belongs to the scheduler
-that made it, and ``get``/``wait``/``cancel`` go to that one.
+that made it, and ``get``/``wait``/``cancel`` go to that one.  So do futures of the cluster:
+to the client that made them, which raises ClientClosedError once ``shutdown()`` closed it
+(instead of starting a new cluster that does not know them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +38,7 @@ class Runtime:
 
     def close(self) -> None:
         try:
-            self.client.close()
+            self.client.close("a runtime that was shut down by runtime.shutdown()")
         finally:
             if self.cluster is not None:
                 self.cluster.close()
@@ -131,7 +134,14 @@ def get(refs: Future | Sequence[Future], *, timeout: float | None = None, schedu
     owner, kind = local.owner_of(refs, scheduler, "get")
     if owner is not None:
         return owner.get(refs, timeout=timeout, scheduler=kind)
-    return current_runtime().client.get(refs, timeout=timeout) if refs else []
+    if all(r._client is refs[0]._client for r in refs):
+        return refs[0]._client.get(refs, timeout=timeout) if refs else []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out = []
+    for r in refs:  # futures of several clients: each from its own
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        out.extend(r._client.get([r], timeout=remaining))
+    return out
 
 
 def put(value: Any) -> Future:
@@ -151,8 +161,9 @@ def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
     owner, _ = local.owner_of(futures, None, "cancel")
     if owner is not None:
         owner.cancel(futures, force=force)
-    elif futures:
-        current_runtime().client.cancel(futures, force=force)
+        return
+    for client in dict.fromkeys(f._client for f in futures):  # each to its own client
+        client.cancel([f for f in futures if f._client is client], force=force)
 
 
 def _describe(x: Any) -> str:

@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from runtime.client.future import ERRED, FINISHED, PENDING, Future
+from runtime.client.future import ERRED, FINISHED, PENDING, Future, check_open_deps
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import ActorDiedError
@@ -70,6 +70,7 @@ class ActorCalls:
 
     def call(self, actor_id: str, method: str, args: tuple, kwargs: dict) -> Future:
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
+        check_open_deps(deps)
         future = self.client._new_future(self.client.new_key(method))
         future._state.local = True
         msg = {"op": "actor-call", "key": future.key, "actor": actor_id, "method": method, "args": args_bytes}

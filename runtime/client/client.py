@@ -28,10 +28,10 @@ from typing import Any
 
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
-from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
-from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
+from runtime.errors import ClientClosedError, GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
@@ -61,6 +61,8 @@ class Client:
         self._tag = os.urandom(3).hex()
         self._requests: dict[int, asyncio.Future] = {}
         self._closed = False
+        #: what closed this client, for the error of its futures' get/wait/cancel afterwards
+        self._closed_as = "a client that was closed"
         self._lost: str | None = None
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
@@ -85,6 +87,19 @@ class Client:
     async def _connect(self, timeout: float) -> None:
         self.comm = await connect(self.address, timeout=timeout)
         self.comm.send({"op": "register-client", "client": self.id})
+        # Wait for "registered": a cluster that requires a secret we lack, or a peer that is no
+        # scheduler, fails the connect with a clear error instead of the first get.
+        try:
+            first = await asyncio.wait_for(self.comm.read(), timeout)
+        except TimeoutError:
+            self.comm.close()
+            raise ConnectionError(f"the scheduler at {self.address} did not answer within {timeout:g}s") from None
+        except ConnectionError:
+            self.comm.close()
+            raise
+        with self._cond:
+            for msg in first:
+                self._handle(msg)
         self._heard = asyncio.get_running_loop().time()
         asyncio.ensure_future(self._read_loop())
         self._pruner = asyncio.ensure_future(store.prune_mappings_forever())
@@ -101,6 +116,8 @@ class Client:
                 msgs = await self.comm.read()
                 self._heard = loop.time()
                 with self._cond:
+                    if self._closed:  # close() settled every future: late news changes none
+                        return
                     for msg in msgs:
                         self._handle(msg)
                     self._cond.notify_all()
@@ -146,12 +163,12 @@ class Client:
         elif op not in ("registered", "pong"):
             logger.warning("ignoring unknown op %r", op)
 
-    def _fail_pending(self, error: Exception) -> None:
+    def _fail_pending(self, error: Exception, status: str = ERRED) -> None:
         """Every future still pending fails with ``error``.  Call with ``_cond`` held."""
         pickled = serialize.dumps(error)
         for fs in self._futures.values():
             if fs.status == PENDING:
-                fs.status, fs.exception = ERRED, pickled
+                fs.status, fs.exception = status, pickled
                 self._take_callbacks(fs)
 
     def _take_callbacks(self, fs: FutureState) -> None:
@@ -243,6 +260,20 @@ class Client:
         if not self._closed and not self._lost and not fs.local:
             self._send({"op": "release-keys", "keys": [key]}, lazy=True)
 
+    def check_open(self, futures: Iterable[Future]) -> None:
+        """ClientClosedError if this client is closed: its futures' values and work are gone,
+        and no other client or runtime knows them."""
+        if self._closed:
+            keys = [f.key for f in futures]
+            raise self._closed_error(f"future {keys[0]!r} belongs" if len(keys) == 1 else f"futures {keys[:3]} belong")
+
+    def _closed_error(self, subject: str) -> ClientClosedError:
+        """``subject`` says who belongs to this closed client, e.g. "future 'inc-1' belongs"."""
+        return ClientClosedError(
+            f"{subject} to {self._closed_as} (client {self.id} of the cluster at {self.address}); "
+            "futures do not carry over to a new runtime or client: submit the task again"
+        )
+
     def new_key(self, name: str) -> str:
         return f"{name}-{self._tag}{next(self._counter)}"
 
@@ -287,6 +318,7 @@ class Client:
     def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
         """Make actor-call results among a task's ``deps`` known to the scheduler; the first
         that failed (the task then fails with its error), or None."""
+        check_open_deps(deps)
         for dep in deps.values():
             fs = getattr(dep, "_state", None)
             if fs is None or not fs.local:
@@ -334,6 +366,7 @@ class Client:
 
         A key another client also wants keeps running unless ``force``.
         """
+        self.check_open(futures)
         self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
 
     def cancel_all(self, why: str) -> None:
@@ -467,6 +500,7 @@ class Client:
 
     def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
         """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""
+        self.check_open(futures)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = []
         for f in futures:
@@ -524,6 +558,7 @@ class Client:
         """Wait until ``num_returns`` of ``futures`` are done or ``timeout`` passes."""
         if not 0 <= num_returns <= len(futures):
             raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
+        self.check_open(futures)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def enough() -> bool:
@@ -545,16 +580,24 @@ class Client:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)
+                self.check_open(futures)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     keys = [f.key for f in futures if f._state.status == PENDING]
                     raise GetTimeoutError(f"timed out waiting for {len(keys)} result(s), e.g. {keys[:3]}")
                 self._cond.wait(remaining)
 
-    def close(self) -> None:
+    def close(self, closed_as: str | None = None) -> None:
+        """Disconnect.  Its pending futures are cancelled, and using any of its futures
+        afterwards raises ClientClosedError saying it belongs to ``closed_as``."""
         if self._closed:
             return
-        self._closed = True
+        with self._cond:
+            self._closed = True
+            self._closed_as = closed_as or self._closed_as
+            self._fail_pending(self._closed_error("cancelled before it finished: the future belongs"), CANCELLED)
+            self._cond.notify_all()
+        self.fire_callbacks()
 
         async def shut() -> None:
             for task in (self._pruner, self._keepalive):

@@ -178,6 +178,14 @@ def _notify_stdlib_waiters(future: Future) -> None:
                 waiter.add_result(future)
 
 
+def check_open_deps(deps: dict[str, Future]) -> None:
+    """ClientClosedError if one of a call's argument futures belongs to a closed client."""
+    for dep in deps.values():
+        check_open = getattr(dep._client, "check_open", None)  # a local scheduler's futures have none
+        if check_open is not None:
+            check_open([dep])
+
+
 def collect_futures(x: Any, out: list[Future]) -> None:
     """Append the futures in ``x`` (a future, or lists, tuples, sets and dicts of them, nested)."""
     if isinstance(x, Future):

@@ -456,7 +456,7 @@ class Client(concurrent.futures.Executor):
         self._closed = True
         self._restore_dask_default()
         try:
-            self.core.close()
+            self.core.close("a Client that was closed by Client.close()")
         finally:
             if self.cluster is not None:
                 self.cluster.close()

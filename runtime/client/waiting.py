@@ -83,6 +83,7 @@ def wait(
             raise GetTimeoutError(f"wait() timed out after {timeout:g}s with {len(pending)} of {len(futures)} not done")
         return DoneAndNotDone(done, pending)
     client = futures[0]._client
+    client.check_open(futures)
     if num_returns is not None:
         done, pending = client.wait(futures, num_returns=num_returns, timeout=timeout)
         return DoneAndNotDone(done, pending)

@@ -12,6 +12,10 @@ The secret never crosses the wire, and a fresh nonce each time means a recorded 
 cannot be replayed.  A peer that answers wrongly, slowly (``HANDSHAKE_TIMEOUT``) or not
 at all is refused and logged by the server; nothing it sent is acted on.
 
+A client without a secret reads the challenge's first bytes as a frame header: the codec
+recognises ``MAGIC`` there and raises ``SecretRequiredError`` naming the cluster.  A client
+with a secret that gets no challenge says the server runs without one (``NO_CHALLENGE``).
+
 TLS (``RUNTIME_TLS_CERT``, ``RUNTIME_TLS_KEY``, ``RUNTIME_TLS_CA``) wraps TCP connections;
 with a CA both sides must present a certificate it signed.  Host names are not checked:
 cluster hosts are usually addressed by IP, and the CA is the cluster's own.
@@ -45,6 +49,14 @@ HANDSHAKE_TIMEOUT = 10.0
 
 class AuthenticationError(ConnectionError):
     """The peer does not know the cluster's secret (or does not speak the handshake)."""
+
+
+#: why a server sent no challenge, when this process has a secret
+NO_CHALLENGE = (
+    "it runs without a shared secret and this process has one (unset RUNTIME_SECRET and RUNTIME_SECRET_FILE, "
+    "or start the cluster with --secret-file), or it uses TLS and this process does not (set RUNTIME_TLS_CERT "
+    "and RUNTIME_TLS_KEY), or it is no runtime; see docs/deployment.md"
+)
 
 
 @dataclass(frozen=True)
@@ -143,15 +155,18 @@ async def client_handshake(
     """Answer the server's challenge and check that the server knows ``secret`` too."""
     try:
         challenge = await asyncio.wait_for(reader.readexactly(len(MAGIC) + NONCE), timeout)
-        if not challenge.startswith(MAGIC):
-            raise AuthenticationError("the server sent no challenge: it runs without a secret, or is not a runtime")
-        nonce_s, nonce_c = challenge[len(MAGIC) :], os.urandom(NONCE)
-        writer.write(nonce_c + _mac(secret, b"client", nonce_s, nonce_c))
+    except TimeoutError:
+        raise AuthenticationError(f"the server sent no challenge within {timeout:g}s: {NO_CHALLENGE}") from None
+    except asyncio.IncompleteReadError:
+        raise AuthenticationError(f"the server closed the connection without a challenge: {NO_CHALLENGE}") from None
+    if not challenge.startswith(MAGIC):
+        raise AuthenticationError(f"the server sent no challenge: {NO_CHALLENGE}")
+    nonce_s, nonce_c = challenge[len(MAGIC) :], os.urandom(NONCE)
+    writer.write(nonce_c + _mac(secret, b"client", nonce_s, nonce_c))
+    try:
         proof = await asyncio.wait_for(reader.readexactly(DIGEST), timeout)
     except TimeoutError:
-        raise AuthenticationError(
-            f"the handshake did not finish within {timeout:g}s (does the server use TLS, and this process not?)"
-        ) from None
+        raise AuthenticationError(f"the server did not answer our proof of the secret within {timeout:g}s") from None
     except asyncio.IncompleteReadError:
         raise AuthenticationError("the server refused our secret (it closed the connection)") from None
     if not hmac.compare_digest(proof, _mac(secret, b"server", nonce_c, nonce_s)):
@@ -160,9 +175,16 @@ async def client_handshake(
 
 def client_handshake_sync(sock: socket.socket, secret: bytes) -> None:
     """``client_handshake`` over a blocking socket (its timeout bounds each step)."""
-    challenge = _recv_exactly(sock, len(MAGIC) + NONCE)
+    try:
+        challenge = recv_exactly(sock, len(MAGIC) + NONCE, "the server")
+    except TimeoutError:
+        raise AuthenticationError(
+            f"the server sent no challenge within {sock.gettimeout():g}s: {NO_CHALLENGE}"
+        ) from None
+    except ConnectionResetError:
+        raise AuthenticationError(f"the server closed the connection without a challenge: {NO_CHALLENGE}") from None
     if not challenge.startswith(MAGIC):
-        raise AuthenticationError("the server sent no challenge: it runs without a secret, or is not a runtime")
+        raise AuthenticationError(f"the server sent no challenge: {NO_CHALLENGE}")
     nonce_s, nonce_c = challenge[len(MAGIC) :], os.urandom(NONCE)
     sock.sendall(nonce_c + _mac(secret, b"client", nonce_s, nonce_c))
     if not hmac.compare_digest(_recv_exactly(sock, DIGEST), _mac(secret, b"server", nonce_c, nonce_s)):

@@ -11,6 +11,8 @@ import struct
 
 import msgpack
 
+from runtime.comm.auth import MAGIC, AuthenticationError
+
 HEADER = struct.Struct("<I")
 #: A frame larger than this is refused: a corrupt or hostile length field must not make a
 #: peer allocate gigabytes.  Large values never travel inline; they go through the store.
@@ -19,6 +21,18 @@ MAX_FRAME_BYTES = 512 * 1024 * 1024
 
 class ProtocolError(ConnectionError):
     """A peer sent bytes that are not a valid frame of this protocol."""
+
+
+class SecretRequiredError(ProtocolError, AuthenticationError):
+    """The server opened with the challenge of a cluster that requires a shared secret, and
+    this process has none (so it read the challenge as a frame)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__(
+            f"the cluster at {address} requires a shared secret; "
+            "set RUNTIME_SECRET or RUNTIME_SECRET_FILE (see docs/deployment.md)"
+        )
 
 
 _packer_options = {"use_bin_type": True}
@@ -32,9 +46,12 @@ def encode(msgs: list[dict]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def frame_length(header: bytes) -> int:
+def frame_length(header: bytes, peer: str = "the peer") -> int:
+    """The payload size a frame's header announces; ``peer`` names who sent it, for errors."""
     (n,) = HEADER.unpack(header)
     if n > MAX_FRAME_BYTES:
+        if header == MAGIC[: HEADER.size]:  # not a frame: a secret-requiring server's challenge
+            raise SecretRequiredError(peer)
         raise ProtocolError(f"peer announced a frame of {n} bytes, over the {MAX_FRAME_BYTES}-byte limit")
     return n
 

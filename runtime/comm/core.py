@@ -52,7 +52,7 @@ class Comm:
         header = b""
         try:
             header = await self.reader.readexactly(codec.HEADER.size)
-            payload = await self.reader.readexactly(codec.frame_length(header))
+            payload = await self.reader.readexactly(codec.frame_length(header, self.peer))
         except asyncio.IncompleteReadError as e:
             self.closed = True
             if header or e.partial:  # it went away in the middle of a frame
@@ -239,4 +239,4 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
 def read_frame(sock: socket.socket, peer: str) -> list[dict]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
     header = auth.recv_exactly(sock, codec.HEADER.size, peer)
-    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header), peer))
+    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header, peer), peer))

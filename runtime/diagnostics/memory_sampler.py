@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from runtime.scheduler.sampler import check_interval
+
 #: what each sample holds, in order
 FIELDS = ("process", "store", "spilled")
 
@@ -34,15 +36,21 @@ class MemorySampler:
 
     @contextmanager
     def sample(self, label: str | None = None, *, client: Any = None, interval: float = 0.5) -> Iterator[None]:
-        """Sample cluster memory every ``interval`` seconds while the block runs."""
-        if interval <= 0:
-            raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
+        """Sample cluster memory every ``interval`` seconds while the block runs.
+
+        ``interval`` is at least 0.01 s (``MIN_INTERVAL``).  A sampling keeps at most 10,000
+        samples: past that it keeps every other one and samples half as often.  It stops
+        when the block ends, or on the scheduler when this client disconnects.
+        """
+        interval = check_interval(interval)
         if client is None:
             from runtime.api.context import current_runtime
 
             client = current_runtime().client
         label = label if label is not None else f"Samples {len(self.samples)}"
         sid = client.request("memory-sampling-start", interval=interval)
+        if isinstance(sid, dict):  # {"error": ...}
+            raise RuntimeError(f"memory sampling {label!r} could not start: {sid.get('error')}")
         try:
             yield
         finally:

@@ -174,6 +174,8 @@ class Scheduler:
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
             self.actors.client_gone(stimulus.client)
+            for sid in [sid for sid, s in self.samplings.items() if s.client == stimulus.client]:
+                self.samplings.pop(sid).stop()
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
@@ -407,7 +409,7 @@ class Scheduler:
             return sampler.snapshot(state)
         if what == "memory-sampling-start":
             sid = f"sampling-{next(self._ids)}"
-            self.samplings[sid] = sampler.Sampling(state, float(msg.get("interval", 0.5)))
+            self.samplings[sid] = sampler.Sampling(state, msg.get("interval", 0.5), peer)
             return sid
         if what == "memory-sampling-stop":
             sampling = self.samplings.pop(msg["id"], None)
