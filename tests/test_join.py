@@ -45,6 +45,18 @@ assert rt.get(table.remote(100_000)).column("x").to_numpy()[-1] == 99_999
 ref = rt.put(np.arange(1_000_000, dtype=np.float64))
 assert rt.get(total.remote(ref)) == float(np.arange(1_000_000).sum())
 assert rt.get(ref)[-1] == 999_999
+@rt.remote
+class Holder:
+    def make(self, n):
+        return np.full(n, 4.0)
+
+    def total(self, a):
+        return float(a.sum())
+
+holder = Holder.remote()
+made = holder.make.remote(500_000)  # stored on the actor's node
+assert rt.get(made)[0] == 4.0 and rt.get(holder.total.remote(ref)) == float(np.arange(1_000_000).sum())
+assert rt.get(total.remote(made)) == 2_000_000.0
 done, pending = rt.wait([ones.remote(200_000), ref], num_returns=2, timeout=30)
 assert len(done) == 2, (done, pending)
 print("node", repr(current_runtime().client.node))
