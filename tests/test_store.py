@@ -85,6 +85,39 @@ def test_a_lost_object_is_named(prefix):
         store.read(name, "gone")
 
 
+def test_names_that_are_not_objects_of_the_store_never_become_paths(prefix, tmp_path, caplog):
+    manager = StoreManager(prefix, limit=100_000_000)
+    kept = put(prefix, "kept", np.arange(100_000))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    other = put(f"rt-{os.getpid()}-{os.urandom(3).hex()}-", "elsewhere", np.arange(100_000))
+    try:
+        bad = [
+            os.path.relpath(victim, store.SHM_DIR), str(victim), f"{prefix}{'0' * 28}/x", f"{kept}\0", kept + "/",
+            f"{prefix}capacity", store.pool_name(prefix, 0, 0), f"{prefix}drain-0", "", "..", None,
+        ]  # fmt: skip
+        for name in bad:
+            assert not store.is_object_name(name)
+            for op in (
+                store.free,
+                store.spill,
+                store.find,
+                lambda n: store.read(n, "k"),
+                lambda n: store.retire(n, "d"),
+            ):
+                with pytest.raises(ValueError, match="is not the name of a store object"):
+                    op(name)
+        assert store.is_object_name(kept, prefix) and store.is_object_name(other)
+        assert not store.is_object_name(other, prefix)
+        manager.free(bad + [other])
+        assert caplog.text.count("refusing to free") == len(bad) + 1
+        assert victim.read_text() == "precious" and os.path.exists(store.capacity_path(prefix))
+        assert np.array_equal(store.read(other, "elsewhere"), np.arange(100_000))
+        assert np.array_equal(store.read(kept, "kept"), np.arange(100_000))
+    finally:
+        store.sweep(store.prefix_of(other))
+
+
 def test_an_object_larger_than_the_store_fails_clearly_and_harms_nothing(prefix):
     StoreManager(prefix, limit=4_000_000)
     kept = put(prefix, "kept", np.arange(100_000))
@@ -283,11 +316,11 @@ def test_a_new_agent_sweeps_what_dead_clusters_left(tmp_path, monkeypatch):
     dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
     leftovers = [f"rt-{dead_pid}-abcdef-{'0' * 28}", f"rt-{dead_pid}-abcdef-capacity"]
     for name in leftovers:
-        open(store.object_path(name), "wb").close()
-    alive = put(f"rt-{os.getpid()}-live00-", "k", np.arange(100_000))
+        open(store.shm_path(name), "wb").close()
+    alive = put(f"rt-{os.getpid()}-a1b2c3-", "k", np.arange(100_000))
     try:
         assert sweep_dead_stores() >= 2
-        assert not any(os.path.exists(store.object_path(n)) for n in leftovers)
+        assert not any(os.path.exists(store.shm_path(n)) for n in leftovers)
         assert os.path.exists(store.object_path(alive))
     finally:
-        store.sweep(f"rt-{os.getpid()}-live00-")
+        store.sweep(f"rt-{os.getpid()}-a1b2c3-")

@@ -134,17 +134,20 @@ class StoreManager:
         self._dirty = True
         drains = []
         for name in names:
+            if not store.is_object_name(name, self.prefix):
+                logger.warning("refusing to free %.80r: not an object of this node's store (%s)", name, self.prefix)
+                continue
             if not self.pool_limit or len(self._draining) >= MAX_DRAINING:
                 store.free(name)
                 continue
             drain = f"{self.prefix}drain-{next(self._drains)}"
             try:
                 if store.retire(name, drain):
-                    self._draining[drain] = (os.open(store.object_path(drain), os.O_RDONLY), time.monotonic())
+                    self._draining[drain] = (os.open(store.shm_path(drain), os.O_RDONLY), time.monotonic())
                     drains.append(drain)
             except OSError:  # reuse is an optimisation: whatever fails, the file is just freed
                 store.free(name)
-                store.free(drain)
+                store.discard(drain)
         self.drain(drains)
 
     def retry_drains(self) -> None:
@@ -179,7 +182,7 @@ class StoreManager:
                         self._entered = (self._entered[0] + 1, self._entered[1] + size)
                         store.publish_pooled(self.prefix, self.pooled)  # not "used": writers have reserved since
                     continue
-            store.free(drain)
+            store.discard(drain)
 
     def relieve(self) -> None:
         """A worker passed its spill threshold: at the next count, spill the least recently
@@ -208,7 +211,7 @@ class StoreManager:
         kept = kept_bytes = 0
         for name, size, entered in sorted(pool, key=lambda f: f[2], reverse=True):
             if make_room or now - entered > POOL_IDLE or kept_bytes + size > self.pool_limit:
-                store.free(name)
+                store.discard(name)
             else:
                 kept, kept_bytes = kept + 1, kept_bytes + size
         with self._pool_lock:  # and those entered meanwhile, or writers would skip them for a stale count

@@ -1,11 +1,17 @@
 """The per-node shared-memory object store (the skeleton's part of it).
 
 Layout: one POSIX shared-memory file per object under ``/dev/shm``, named
-``rt-<cluster>-<digest of key><attempt>``: each write gets a name of its own, so a stale
-copy of a recomputed task can be freed without touching the live one.  A writer fills
+``<prefix><digest of key><random>``: each write gets a name of its own, so a stale copy of a
+recomputed task can be freed without touching the live one.  A writer fills
 ``<name>.tmp-<pid>`` and renames it to the final name, so the rename is the seal: a reader
 sees a whole object or none, even if the writer is killed mid-write (the node agent
 sweeps the leftovers by prefix).
+
+Names arrive in messages, so ``object_path`` and ``spill_path``, the only ways from a name
+to a file, refuse any name that is not exactly an object's (``OBJECT_NAME``): a path
+(``../``, ``/``, NUL) or one of the store's own files (capacity, pool, drains) never gets
+through.  Whoever takes a name off the wire checks it first (``is_object_name``), to refuse
+it with a reason of its own.
 
 Object format, every part 64-byte aligned so numpy and Arrow see aligned buffers::
 
@@ -45,6 +51,7 @@ import hashlib
 import mmap
 import os
 import pickle
+import re
 import shutil
 import struct
 import tempfile
@@ -67,6 +74,13 @@ SHM_DIR = "/dev/shm"
 SPILL_DIR: str | None = None
 #: an object name is its node's prefix, then 20 + 8 hex digits
 _NAME_TAIL = 28
+#: a store's prefix (``make_prefix``), with the process id it names
+STORE_PREFIX = re.compile(r"rt-([0-9]+)-[0-9a-f]{6}-")
+#: an object's name (``new_name``: the prefix, then _NAME_TAIL hex digits); never a path,
+#: nor one of the store's own files (its capacity file, reuse pool and drains)
+OBJECT_NAME = re.compile(STORE_PREFIX.pattern + "[0-9a-f]{28}")
+#: an object's name, or the name of the temporary file it is written to before its seal
+_OBJECT_FILE = re.compile(OBJECT_NAME.pattern + r"(\.tmp-[0-9]+)?")
 
 
 class ObjectLostError(RuntimeError):
@@ -107,12 +121,33 @@ def new_name(prefix: str, key: str) -> str:
     return prefix + hashlib.blake2b(key.encode(), digest_size=10).hexdigest() + os.urandom(4).hex()
 
 
+def is_object_name(name: Any, prefix: str = "") -> bool:
+    """Whether ``name`` (from a message, say) names an object, of the store with ``prefix`` if given."""
+    return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None and name.startswith(prefix)
+
+
 def prefix_of(name: str) -> str:
     return name[:-_NAME_TAIL]
 
 
 def object_path(name: str) -> str:
+    """Where object ``name`` (or its temporary file) lives in shared memory.
+
+    Raises ValueError for any other name, so a name from a message never becomes a path
+    elsewhere (``../``, ``/``, NUL) nor names one of the store's own files.
+    """
+    _check(name)
     return f"{SHM_DIR}/{name}"
+
+
+def _check(name: str) -> None:
+    if not isinstance(name, str) or _OBJECT_FILE.fullmatch(name) is None:
+        raise ValueError(f"{name!r:.80} is not the name of a store object")
+
+
+def shm_path(file: str) -> str:
+    """Where one of the store's own files (its reuse pool, drains) lives: named by the store, never by a message."""
+    return f"{SHM_DIR}/{file}"
 
 
 def spill_dir() -> str:
@@ -125,6 +160,8 @@ def spill_dir() -> str:
 
 
 def spill_path(name: str) -> str:
+    """Where object ``name`` spills to; ValueError for any other name (as ``object_path``)."""
+    _check(name)
     return os.path.join(spill_dir(), name)
 
 
@@ -305,7 +342,7 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
     for cls in (first, first + 1):
         for slot in range(POOL_SLOTS):
             try:
-                os.rename(object_path(pool_name(prefix, cls, slot)), tmp)
+                os.rename(shm_path(pool_name(prefix, cls, slot)), tmp)
             except FileNotFoundError:  # empty slot, or another writer was first
                 continue
             return os.open(tmp, os.O_RDWR)
@@ -320,7 +357,7 @@ def retire(name: str, drain: str) -> bool:
     its fate); False when it had none (it was spilled, or freed already)."""
     _unlink(spill_path(name))
     try:
-        os.rename(object_path(name), object_path(drain))
+        os.rename(object_path(name), shm_path(drain))
         return True
     except FileNotFoundError:
         return False
@@ -347,12 +384,12 @@ def enter_pool(prefix: str, drain: str, size: int) -> bool:
     cls = size_class(size)
     for slot in range(POOL_SLOTS):
         try:
-            os.link(object_path(drain), object_path(pool_name(prefix, cls, slot)))
+            os.link(shm_path(drain), shm_path(pool_name(prefix, cls, slot)))
         except FileExistsError:
             continue
         except OSError:  # no hard links here (EPERM, EMLINK): no reuse
             return False
-        _unlink(object_path(drain))
+        discard(drain)
         return True
     return False
 
@@ -485,8 +522,14 @@ def read(name: str, key: str) -> Any:
 
 
 def free(name: str) -> None:
+    """Remove an object (or the temporary file of a write that failed), in memory or spilled."""
     _unlink(object_path(name))
     _unlink(spill_path(name))
+
+
+def discard(file: str) -> None:
+    """Remove one of the store's own files in shared memory (a drain, a pool file)."""
+    _unlink(shm_path(file))
 
 
 def spill(name: str) -> int:

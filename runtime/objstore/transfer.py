@@ -19,16 +19,14 @@ import asyncio
 import logging
 import mmap
 import os
-import re
 
 from runtime.comm.core import Comm, connect, request_sync
 from runtime.objstore import store
+from runtime.objstore.store import OBJECT_NAME
 
 logger = logging.getLogger("runtime.transfer")
 
 CHUNK = 4 * 2**20
-#: what an object's name looks like (``store.make_prefix`` + hex): never a path
-OBJECT_NAME = re.compile(r"rt-[0-9]+-[0-9a-f]+-[0-9a-f]+")
 
 
 class ObjectServer:
