@@ -7,6 +7,7 @@ ones run a real cluster with a small store.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -141,6 +142,38 @@ def test_manager_spills_least_recently_used_past_the_high_water_mark(prefix):
         assert store.read(name, f"k{i}")[0] == i
     store.free(names[0])
     assert not os.path.exists(store.spill_path(names[0]))
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["freed-to-pool", "unlinked"])
+@pytest.mark.parametrize("window", ["copying", "renamed"])
+def test_an_object_freed_while_it_spills_leaves_no_copy_behind(prefix, monkeypatch, reuse, window):
+    # The agent spills in a thread while its event loop frees: a free that landed while the
+    # copy was made left the spilled copy on disk, for no one, until the agent stopped.
+    manager = StoreManager(prefix, limit=10_000_000)
+    manager.pool_limit = manager.pool_limit if reuse else 0
+    names = [put(prefix, f"k{i}", np.full(125_000, i, dtype=np.float64)) for i in range(9)]  # 9 x 1 MB
+    for i, name in enumerate(names):
+        os.utime(store.object_path(name), (i, i))  # k0 spills first
+    copyfile, rename = shutil.copyfile, os.rename
+
+    def copy_then_free(src, dst):
+        copyfile(src, dst)
+        if window == "copying" and src == store.object_path(names[0]):
+            manager.free([names[0]])
+
+    def rename_then_free(src, dst):
+        rename(src, dst)
+        if window == "renamed" and dst == store.spill_path(names[0]):
+            manager.free([names[0]])
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfile", copy_then_free)
+        patched.setattr(os, "rename", rename_then_free)
+        manager.maintain()
+    assert store.find(names[0]) is None
+    spilled = {n for n in names if not os.path.exists(store.object_path(n))} - {names[0]}
+    assert spilled and set(os.listdir(store.spill_dir())) == spilled  # nothing else, no temporary file
+    assert all(store.read(n, f"k{i}")[0] == i for i, n in enumerate(names) if i)
 
 
 def test_spilled_bytes_are_counted_in_the_configured_spill_directory(prefix, tmp_path, monkeypatch):

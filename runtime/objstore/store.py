@@ -355,12 +355,13 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
 def retire(name: str, drain: str) -> bool:
     """Free ``name``, keeping its shared-memory file as ``drain`` (``StoreManager.drain`` decides
     its fate); False when it had none (it was spilled, or freed already)."""
-    _unlink(spill_path(name))
     try:
         os.rename(object_path(name), shm_path(drain))
         return True
     except FileNotFoundError:
         return False
+    finally:  # after the shared-memory file, as ``free`` does
+        _unlink(spill_path(name))
 
 
 def unmapped(fd: int) -> bool:
@@ -522,7 +523,10 @@ def read(name: str, key: str) -> Any:
 
 
 def free(name: str) -> None:
-    """Remove an object (or the temporary file of a write that failed), in memory or spilled."""
+    """Remove an object (or the temporary file of a write that failed), in memory or spilled.
+
+    The shared-memory file goes first, then the spilled one: ``spill`` relies on that order.
+    """
     _unlink(object_path(name))
     _unlink(spill_path(name))
 
@@ -536,7 +540,8 @@ def spill(name: str) -> int:
     """Move one object from shared memory to the spill directory; returns the bytes freed.
 
     The copy is sealed on disk before the shared-memory file goes, so readers always find it.
-    Raises OSError (disk full, unwritable directory) with the object left where it was.
+    Raises OSError (disk full, unwritable directory) with the object left where it was, and
+    FileNotFoundError when it was freed meanwhile (by another thread), leaving no copy.
     """
     src = object_path(name)
     dst = spill_path(name)
@@ -548,8 +553,15 @@ def spill(name: str) -> int:
     except BaseException:
         _unlink(tmp)
         raise
-    size = os.stat(src).st_size
-    _unlink(src)
+    size = os.stat(dst).st_size
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        # Freed since the copy began.  A free removes the shared-memory file, then the
+        # spilled one: that second step may have run before our copy landed, so remove it
+        # here.  (Had the free come after this unlink, its second step removes the copy.)
+        _unlink(dst)
+        raise
     return size
 
 
