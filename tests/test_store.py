@@ -220,6 +220,22 @@ def test_a_working_set_three_times_the_store_completes(tmp_path):
         rt.shutdown()
 
 
+def test_a_put_that_fits_once_others_spill_waits_for_them_not_for_the_high_water(tmp_path):
+    # 20 MB is below the high-water mark of a 64 MiB store, so it never spilled, and a 50 MB
+    # put waited out its timeout for room that would fit once the 20 MB were on disk.
+    with rt.config.set({"store.spill-dir": str(tmp_path), "store.write-timeout": 20}):
+        rt.init(num_workers=1, object_store_memory=64 * 2**20)
+        try:
+            first = rt.put(np.full(2_500_000, 1.0))  # 20 MB
+            second = rt.put(np.full(6_250_000, 2.0))  # 50 MB
+            assert os.path.exists(store.spill_path(first._state.value[2]))
+            assert (rt.get(first) == 1.0).all() and rt.get(first).shape == (2_500_000,)
+            assert (rt.get(second) == 2.0).all() and rt.get(second).shape == (6_250_000,)
+            assert rt.get(total.remote(first)) == 2_500_000.0  # a worker reads the spilled one too
+        finally:
+            rt.shutdown()
+
+
 def test_dropped_objects_keep_shared_memory_bounded():
     runtime = rt.init(num_workers=1, object_store_memory=256 * 2**20)
     prefix = runtime.cluster.prefix

@@ -24,11 +24,12 @@ reader still maps is safe; the memory goes when the last view does.
 
 Capacity and spilling: each node store has a limit.  The node agent (``manager.py``)
 publishes the bytes in use and the limit in a small file, ``<prefix>capacity``; a writer
-reads it first, waits while the store is over its limit (back-pressure: the agent is
-spilling), and fails with ``ObjectStoreFullError`` if the object alone is larger than the
-limit.  Spilling moves the least recently used objects to ``SPILL_DIR`` on disk: the copy is
-sealed there before the shared-memory file is removed, so at every moment a reader finds the
-object in one place or the other.  Readers look in shared memory first, then on disk, and
+reads it first, waits while the store is over its limit (back-pressure: it writes the room
+it needs into the same file, and the agent spills to make it), and fails with
+``ObjectStoreFullError`` if the object alone is larger than the limit.  Spilling moves the
+least recently used objects to ``SPILL_DIR`` on disk: the copy is sealed there before the
+shared-memory file is removed, so at every moment a reader finds the object in one place or
+the other.  Readers look in shared memory first, then on disk, and
 map either without a copy (a spilled object is read through the page cache).
 
 Reuse of freed files: the kernel allocates and zeroes a fresh tmpfs page on its first write,
@@ -66,8 +67,9 @@ from runtime.objstore import arrow_ipc
 
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
-_CAPACITY = struct.Struct("<QQQ")  # bytes in use, limit, files in the reuse pool
-_USED, _POOLED = 0, 2  # their places, for writing one alone
+#: bytes in use, limit, files in the reuse pool, bytes the largest waiting writer needs
+_CAPACITY = struct.Struct("<QQQQ")
+_USED, _POOLED, _WANTED = 0, 2, 3  # their places, for writing one alone
 ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
@@ -184,10 +186,10 @@ def _capacity_fd(prefix: str, create: bool = False) -> int | None:
     return fd
 
 
-def _read_capacity(prefix: str) -> tuple[int, int, int]:
+def _read_capacity(prefix: str) -> tuple[int, int, int, int]:
     fd = _capacity_fd(prefix)
     raw = os.pread(fd, _CAPACITY.size, 0) if fd is not None else b""
-    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0, 0)
+    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0, 0, 0)
 
 
 def read_capacity(prefix: str) -> tuple[int, int]:
@@ -195,19 +197,29 @@ def read_capacity(prefix: str) -> tuple[int, int]:
     return _read_capacity(prefix)[:2]
 
 
+def wanted(prefix: str) -> int:
+    """Bytes of room a writer waits for in a node store (the largest such writer's); 0: none waits."""
+    return _read_capacity(prefix)[_WANTED]
+
+
 def publish_capacity(prefix: str, used: int, limit: int, pooled: int = 0) -> None:
     """Write ``(used, limit, files in the reuse pool)`` where writers read it: a hint, recounted
-    by the agent, so one small pwrite (atomic for readers) is enough."""
+    by the agent, so one small pwrite (atomic for readers) is enough.  It clears the room
+    wanted: a writer still waiting says so again."""
     fd = _capacity_fd(prefix, create=True)
     assert fd is not None
-    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled), 0)
+    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled, 0), 0)
 
 
 def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> int:
     """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will (after
     ``timeout`` seconds, default the ``store.write-timeout`` setting).  Returns how many files
-    the store's reuse pool had."""
-    used, limit, pooled = _read_capacity(prefix)
+    the store's reuse pool had.
+
+    While it waits it publishes the room it needs, so the agent spills that much more than
+    its low-water mark asks: an object that fits once others are spilled is not refused.
+    """
+    used, limit, pooled, wanted = _read_capacity(prefix)
     if not limit or used + nbytes <= limit:
         _publish_figure(prefix, _USED, used + nbytes) if limit else None
         return pooled
@@ -226,8 +238,10 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
                 f"{used:,} of {limit:,} bytes in use and spilling made no room (is the spill directory "
                 f"{spill_dir()} full or unwritable? see the node agent's log)"
             )
+        if wanted < nbytes:  # a larger figure stands: room for that is room for this
+            _publish_figure(prefix, _WANTED, nbytes)
         time.sleep(0.005)
-        used, limit, pooled = _read_capacity(prefix)
+        used, limit, pooled, wanted = _read_capacity(prefix)
     _publish_figure(prefix, _USED, used + nbytes)
     return pooled
 
