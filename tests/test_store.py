@@ -176,6 +176,22 @@ def test_an_object_freed_while_it_spills_leaves_no_copy_behind(prefix, monkeypat
     assert all(store.read(n, f"k{i}")[0] == i for i, n in enumerate(names) if i)
 
 
+def test_an_object_being_written_counts_as_used(prefix):
+    # A recount while an object was being written left it out and published the room its
+    # writer had reserved as free: the next writer took it too, past the limit.
+    manager = StoreManager(prefix, limit=10_000_000)
+    stored = put(prefix, "k", np.zeros(125_000))  # 1 MB
+    name = store.new_name(prefix, "writing")
+    fd = store.create(prefix, 5_000_000, f"{store.object_path(name)}.tmp-{os.getpid()}", 0)
+    try:
+        os.ftruncate(fd, 5_000_000)
+        manager.maintain()
+        assert manager.used == os.path.getsize(store.object_path(stored)) + 5_000_000
+        assert store.read_capacity(prefix) == (manager.used, 10_000_000)
+    finally:
+        os.close(fd)
+
+
 def test_spilled_bytes_are_counted_in_the_configured_spill_directory(prefix, tmp_path, monkeypatch):
     # Not only where tests point store.SPILL_DIR: the figure came out 0 (and read the
     # current directory) when the directory came from the store.spill-dir setting.

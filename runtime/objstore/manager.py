@@ -211,11 +211,11 @@ class StoreManager:
         wanted = store.wanted(self.prefix)
         start = min(HIGH_WATER * self.limit, self.limit - wanted)
         target = min(LOW_WATER * self.limit, self.limit - wanted)
-        objects, pool, draining = store.list_files(self.prefix)
+        objects, pool, busy = store.list_files(self.prefix)
         in_objects = sum(size for _, size, _ in objects)
         # The pool gives way first: all of it when the store must make room, else the files
         # idle too long or past the pool's share (the newest are kept).
-        make_room = self._relieve or in_objects + draining + sum(f[1] for f in pool) > start
+        make_room = self._relieve or in_objects + busy + sum(f[1] for f in pool) > start
         now = time.time()
         kept = kept_bytes = 0
         for name, size, entered in sorted(pool, key=lambda f: f[2], reverse=True):
@@ -226,7 +226,7 @@ class StoreManager:
         with self._pool_lock:  # and those entered meanwhile, or writers would skip them for a stale count
             self.pooled = kept + self._entered[0] - entered_before[0]
             self.pool_bytes = kept_bytes + self._entered[1] - entered_before[1]
-        self.used = in_objects + self.pool_bytes + draining
+        self.used = in_objects + self.pool_bytes + busy
         if self._relieve:
             self._relieve = False
             self._spill(sorted(objects, key=lambda o: o[2]), min(LOW_WATER * self.used, target))

@@ -586,8 +586,10 @@ def list_objects(prefix: str) -> list[tuple[str, int, float]]:
 
 def list_files(prefix: str) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]], int]:
     """A store's files in shared memory: its objects as ``(name, bytes, last used)``, its reuse
-    pool as ``(name, bytes, when it entered)``, and the bytes of its drains."""
-    objects, pool, draining = [], [], 0
+    pool as ``(name, bytes, when it entered)``, and the bytes of the rest, in use but not to
+    spill: drains, and objects being written (a count that left them out would hand the room
+    their writers reserved to the next writer)."""
+    objects, pool, busy = [], [], 0
     pool_prefix, drain_prefix = prefix + "pool-", prefix + "drain-"
     with os.scandir(SHM_DIR) as entries:
         for entry in entries:
@@ -602,9 +604,9 @@ def list_files(prefix: str) -> tuple[list[tuple[str, int, float]], list[tuple[st
                 objects.append((name, st.st_size, st.st_mtime))
             elif name.startswith(pool_prefix):
                 pool.append((name, st.st_size, st.st_ctime))  # a link into the pool sets ctime
-            elif name.startswith(drain_prefix):
-                draining += st.st_size
-    return objects, pool, draining
+            elif name.startswith(drain_prefix) or _OBJECT_FILE.fullmatch(name):
+                busy += st.st_size
+    return objects, pool, busy
 
 
 def spilled_bytes(prefix: str) -> int:
