@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pytest
+from conftest import runtime_cmd
 
 import runtime as rt
+from runtime.client.client import Client as CoreClient
 from runtime.comm import serialize
 from runtime.objstore import store, values
 from runtime.objstore.manager import StoreManager
@@ -379,13 +385,75 @@ def test_a_new_agent_sweeps_what_dead_clusters_left(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "SPILL_DIR", str(tmp_path / "spill"))
     dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
-    leftovers = [f"rt-{dead_pid}-abcdef-{'0' * 28}", f"rt-{dead_pid}-abcdef-capacity"]
+    dead = f"rt-{dead_pid}-abcdef-"
+    leftovers = [f"{dead}{'0' * 28}", f"{dead}capacity", f"{dead}pool-3-0"]
     for name in leftovers:
         open(store.shm_path(name), "wb").close()
-    alive = put(f"rt-{os.getpid()}-a1b2c3-", "k", np.arange(100_000))
+    alive = put(f"rt-{os.getpid()}-a1b2c3-", "k", np.arange(100_000))  # no agent: its pid says it lives
+    # A store whose prefix names a dead process (an embedded cluster's driver, say) but whose
+    # agent lives: the lock it holds on its capacity file says so.
+    owned = f"rt-{dead_pid}-0a0b0c-"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", f"from runtime.objstore import store; store.open_capacity({owned!r}, 1); input()"],
+        stdin=subprocess.PIPE,
+    )
     try:
+        while not os.path.exists(store.capacity_path(owned)):
+            assert owner.poll() is None
+            time.sleep(0.01)
         assert sweep_dead_stores() >= 2
         assert not any(os.path.exists(store.shm_path(n)) for n in leftovers)
-        assert os.path.exists(store.object_path(alive))
+        assert os.path.exists(store.object_path(alive)) and os.path.exists(store.capacity_path(owned))
+        owner.kill()  # not reaped: a zombie holds no lock
+        deadline = time.monotonic() + 30
+        while os.path.exists(store.capacity_path(owned)) and time.monotonic() < deadline:
+            sweep_dead_stores()
+            time.sleep(0.01)
+        assert not os.path.exists(store.capacity_path(owned))
     finally:
+        owner.kill()
+        owner.wait()
         store.sweep(f"rt-{os.getpid()}-a1b2c3-")
+        store.sweep(owned)
+
+
+def test_an_agent_killed_and_started_again_at_once_sweeps_the_dead_ones_store(tmp_path):
+    # `runtime start` leaves its agent to PID 1, which (in a container) may reap a killed one
+    # only seconds later: the agent started again meanwhile took the zombie's store for live
+    # and left its objects and capacity file in /dev/shm.  Here this test is the killed
+    # agent's parent and never reaps it, so it stays a zombie for as long as it takes.
+    head = tmp_path / "head"
+    started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", run_dir=str(head))
+    assert started.returncode == 0, started.stderr
+    address = (head / "address").read_text().strip()
+    client = CoreClient(address)
+    node = f"killed-{os.urandom(3).hex()}"
+    with open(tmp_path / "agent.log", "wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker.agent", "--scheduler", address, "--node", node,
+             "--num-workers", "1", "--log-dir", str(tmp_path / "killed")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        client.wait_for_workers(2)
+        prefix = client.request("identity")["nodes"][node]["prefix"]
+        on_node = CoreClient(address, node=node, prefix=prefix)
+        try:
+            refs = [on_node.put(np.full(125_000, i)) for i in range(5)]  # 1 MB each: into its store
+            assert len(store.list_objects(prefix)) == len(refs)
+            agent.kill()
+            deadline = time.monotonic() + 30
+            while psutil.Process(agent.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.01)
+            again = runtime_cmd("start", "--address", address, "--num-workers", "1", run_dir=str(tmp_path / "again"))
+            assert again.returncode == 0, again.stderr
+            assert psutil.Process(agent.pid).status() == psutil.STATUS_ZOMBIE
+            assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)]  # capacity file too
+        finally:
+            on_node.close()
+    finally:
+        client.close()
+        agent.kill()
+        agent.wait()
+        runtime_cmd("stop", run_dir=str(tmp_path / "again"))
+        assert runtime_cmd("stop", run_dir=str(head)).returncode == 0

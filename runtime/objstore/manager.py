@@ -129,7 +129,7 @@ class StoreManager:
         self._draining: dict[str, tuple[int, float]] = {}
         self._drains = itertools.count()
         self._last_retry = 0.0
-        store.publish_capacity(prefix, 0, limit)
+        store.open_capacity(prefix, limit)
 
     def free(self, names: list[str]) -> None:
         """Free objects: with the pool on, each file waits as a drain to be reused (event loop thread)."""

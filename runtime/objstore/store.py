@@ -5,7 +5,9 @@ Layout: one POSIX shared-memory file per object under ``/dev/shm``, named
 recomputed task can be freed without touching the live one.  A writer fills
 ``<name>.tmp-<pid>`` and renames it to the final name, so the rename is the seal: a reader
 sees a whole object or none, even if the writer is killed mid-write (the node agent
-sweeps the leftovers by prefix).
+sweeps the leftovers by prefix).  The store's owner, its node agent, holds a lock on the
+store's capacity file for life, so a later agent tells a dead store from a live one
+(``is_owned``) and sweeps all its files.
 
 Names arrive in messages, so ``object_path`` and ``spill_path``, the only ways from a name
 to a file, refuse any name that is not exactly an object's (``OBJECT_NAME``): a path
@@ -171,19 +173,54 @@ def capacity_path(prefix: str) -> str:
     return os.path.join(SHM_DIR, prefix + "capacity")
 
 
-#: this process's open capacity files, by prefix (one 16-byte pread or pwrite per use)
+#: this process's open capacity files, by prefix (one small pread or pwrite per use)
 _capacity_fds: dict[str, int] = {}
 
 
-def _capacity_fd(prefix: str, create: bool = False) -> int | None:
+def _capacity_fd(prefix: str) -> int | None:
     fd = _capacity_fds.get(prefix)
     if fd is None:
         try:
-            fd = os.open(capacity_path(prefix), os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+            fd = os.open(capacity_path(prefix), os.O_RDWR)
         except FileNotFoundError:
             return None  # no agent runs this store: no limit
         _capacity_fds[prefix] = fd
     return fd
+
+
+def open_capacity(prefix: str, limit: int) -> None:
+    """Create the store's capacity file, for its owner (the node agent), and hold a lock on it
+    for as long as this process lives: the kernel lets go when it ends, however it ends, and
+    that is how ``is_owned`` tells a live store from a dead one."""
+    fd = _capacity_fds.pop(prefix, None)
+    if fd is not None:  # ours already (a test's second manager): let it go first
+        os.close(fd)
+    if is_owned(prefix):
+        raise RuntimeError(f"the store {prefix!r} already has a node agent")
+    path = capacity_path(prefix)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: granted at once
+    os.pwrite(fd, _CAPACITY.pack(0, limit, 0, 0), 0)
+    os.rename(tmp, path)  # named only once locked, so a sweeper never sees it without its owner
+    _capacity_fds[prefix] = fd
+
+
+def is_owned(prefix: str) -> bool:
+    """Whether a live process (the store's node agent) holds the lock on its capacity file."""
+    try:
+        fd = os.open(capacity_path(prefix), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # another user's store: not ours to judge (nor to sweep)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _read_capacity(prefix: str) -> tuple[int, int, int, int]:
@@ -205,10 +242,10 @@ def wanted(prefix: str) -> int:
 def publish_capacity(prefix: str, used: int, limit: int, pooled: int = 0) -> None:
     """Write ``(used, limit, files in the reuse pool)`` where writers read it: a hint, recounted
     by the agent, so one small pwrite (atomic for readers) is enough.  It clears the room
-    wanted: a writer still waiting says so again."""
-    fd = _capacity_fd(prefix, create=True)
-    assert fd is not None
-    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled, 0), 0)
+    wanted: a writer still waiting says so again.  Nothing is written once the store is swept."""
+    fd = _capacity_fd(prefix)
+    if fd is not None:
+        os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled, 0), 0)
 
 
 def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> int:
@@ -632,11 +669,18 @@ def _unlink(path: str) -> None:
         pass
 
 
+def store_prefixes() -> set[tuple[str, int]]:
+    """The prefixes of the stores with files in shared memory, each with the process id it names."""
+    return {(m[0], int(m[1])) for entry in os.listdir(SHM_DIR) if (m := STORE_PREFIX.match(entry))}
+
+
 def sweep(prefix: str) -> int:
-    """Remove every object, spilled copy and temp file with this prefix; returns the count."""
+    """Remove every file of the store with this prefix, in memory and spilled (objects, temp
+    files, pool, drains), then its capacity file; returns how many there were besides."""
     fd = _capacity_fds.pop(prefix, None)
     if fd is not None:
         os.close(fd)
+    capacity = capacity_path(prefix)
     n = 0
     for directory in (SHM_DIR, spill_dir()):
         try:
@@ -644,7 +688,9 @@ def sweep(prefix: str) -> int:
         except OSError:  # no spill directory (yet), or not a directory
             continue
         for entry in entries:
-            if entry.startswith(prefix):
-                _unlink(os.path.join(directory, entry))
+            path = os.path.join(directory, entry)
+            if entry.startswith(prefix) and path != capacity:
+                _unlink(path)
                 n += 1
+    _unlink(capacity)  # last: while files are left, the store is still found
     return n
