@@ -31,8 +31,9 @@ it needs into the same file, and the agent spills to make it), and fails with
 ``ObjectStoreFullError`` if the object alone is larger than the limit.  Spilling moves the
 least recently used objects to ``SPILL_DIR`` on disk: the copy is sealed there before the
 shared-memory file is removed, so at every moment a reader finds the object in one place or
-the other.  Readers look in shared memory first, then on disk, and
-map either without a copy (a spilled object is read through the page cache).
+the other (and a free that comes meanwhile leaves no copy behind: ``spill``).  Readers look
+in shared memory first, then on disk, and map either without a copy (a spilled object is
+read through the page cache).
 
 Reuse of freed files: the kernel allocates and zeroes a fresh tmpfs page on its first write,
 which makes a write into new pages about half as fast as into pages it already has.  So the
