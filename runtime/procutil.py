@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import psutil
+
 from runtime import config
 
 
@@ -48,6 +50,17 @@ def on_signals(handler: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handler)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and has not ended (a zombie has, and waits only
+    for its parent to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # there, but not ours to look at
+        return True
 
 
 def describe_exit(returncode: int | None) -> str:

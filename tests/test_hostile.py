@@ -4,6 +4,7 @@ scheduler and node agent go on serving everyone else."""
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 import socket
 import struct
@@ -18,7 +19,7 @@ import pytest
 from conftest import runtime_cmd
 
 from runtime.client.client import Client as CoreClient
-from runtime.comm import codec
+from runtime.comm import codec, serialize
 from runtime.comm.core import parse_address, read_frame
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
@@ -154,12 +155,13 @@ def test_the_node_agents_object_server_drops_bad_peers_and_keeps_serving(served)
     agent = node["address"]
     for _, data, _ in MALFORMED[:5]:
         _send_raw(agent, data)
+    elsewhere = f"rt-1-abcdef-{'0' * 28}"  # another store's object
     bad_requests = [
         {"op": "get-object"},  # no name
         {"op": "get-object", "name": "../../../etc/passwd"},  # a path, not an object
-        {"op": "get-object", "name": "rt-1-abc-0123"},  # another store's object
-        {"op": "fetch", "name": "rt-1-abc-0123"},  # no source
-        {"op": "delete-everything", "name": "rt-1-abc-0123"},
+        {"op": "get-object", "name": elsewhere},
+        {"op": "fetch", "name": elsewhere},  # no source
+        {"op": "delete-everything", "name": elsewhere},
     ]
     for request in bad_requests:
         assert _exchange(agent, _frame(request)) == b""  # dropped: not a byte of any file
@@ -222,3 +224,65 @@ def test_peers_that_stop_midway_through_an_object_leave_nothing_behind_and_one_l
     assert float(client.get([ref])[0].sum()) == 10_000_000.0  # nothing stored was touched
     del ref
     _still_serving(client)
+
+
+def _wait_for_log(cluster: Head, log: str, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while cluster.log(log).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cluster.log(log).count(text) >= count, f"{log} does not say {text!r} {count} times"
+
+
+def test_a_name_that_is_not_an_object_of_the_store_never_reaches_a_file(served, tmp_path):
+    # Before: an update-data (or add-replica) naming a path had the node agent delete that file.
+    cluster, client = served
+    (node,) = client.request("identity")["nodes"].values()
+    prefix = node["prefix"]
+    victims = [tmp_path / "relative", tmp_path / "absolute", *(tmp_path / "under-shm" / n for n in ("a", "b"))]
+    for victim in victims:
+        victim.parent.mkdir(exist_ok=True)
+        victim.write_text("precious")
+    drain = pathlib.Path(store.SHM_DIR, f"{prefix}drain-999999")  # one of the store's own files, as a victim
+    drain.touch()
+    bad_names = [
+        os.path.relpath(victims[0], store.SHM_DIR),  # ../../tmp/...
+        str(victims[1]),  # absolute: the spill directory's join would go there
+        f"{prefix}{'0' * 28}/../../{os.path.relpath(victims[2], store.SHM_DIR)}",  # an object's name, then a path
+        f"{prefix}{'0' * 27}\0",  # NUL: os.unlink raised in the agent's loop and ended the agent
+        f"{prefix}capacity",
+        f"{prefix}pool-20-0",
+        drain.name,
+        f"{prefix}{'0' * 28}.tmp-1",
+        "",
+    ]
+    # A real object of another store: a valid name, but not the node's to free.
+    other = f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
+    others = [store.new_name(other, f"k{i}") for i in range(2)]
+    for name in others:
+        store.write(name, *serialize.dumps_value(b"x" * 1000))
+    try:
+        for name in bad_names + others:
+            key = f"victim-{os.urandom(4).hex()}"
+            located = [node["node"], 1000, name]
+            update = {"op": "update-data", "key": key, "value": located, "nbytes": 1000}
+            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": _client_id()}, update))
+            client_id = _client_id()
+            release = {"op": "release-keys", "keys": [key]}
+            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": client_id}, release))
+            replica = {"op": "add-replica", "key": key, "node": node["node"], "name": name, "source": located}
+            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": _client_id()}, replica))
+        # The scheduler refuses each bad name at the wire, the agent an object of another store.
+        _wait_for_log(
+            cluster, "scheduler.log", "is not bytes or [node, nbytes, object name of a store]", len(bad_names)
+        )
+        _wait_for_log(cluster, "scheduler.log", "'name' of AddReplica is not an object name of a store", len(bad_names))
+        for name in others:
+            _wait_for_log(cluster, "agent.log", f"refusing to free {name!r}")
+        assert all(v.read_text() == "precious" for v in victims)
+        assert drain.exists() and os.path.exists(f"{store.SHM_DIR}/{prefix}capacity")
+        assert all(os.path.exists(store.object_path(n)) for n in others)
+        _still_serving(client)
+        assert client.request("identity")["nodes"]  # the agent is still there
+    finally:
+        store.sweep(other)
+        drain.unlink(missing_ok=True)

@@ -7,12 +7,19 @@ ones run a real cluster with a small store.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pytest
+from conftest import runtime_cmd
 
 import runtime as rt
+from runtime.client.client import Client as CoreClient
 from runtime.comm import serialize
 from runtime.objstore import store, values
 from runtime.objstore.manager import StoreManager
@@ -85,6 +92,39 @@ def test_a_lost_object_is_named(prefix):
         store.read(name, "gone")
 
 
+def test_names_that_are_not_objects_of_the_store_never_become_paths(prefix, tmp_path, caplog):
+    manager = StoreManager(prefix, limit=100_000_000)
+    kept = put(prefix, "kept", np.arange(100_000))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    other = put(f"rt-{os.getpid()}-{os.urandom(3).hex()}-", "elsewhere", np.arange(100_000))
+    try:
+        bad = [
+            os.path.relpath(victim, store.SHM_DIR), str(victim), f"{prefix}{'0' * 28}/x", f"{kept}\0", kept + "/",
+            f"{prefix}capacity", store.pool_name(prefix, 0, 0), f"{prefix}drain-0", "", "..", None,
+        ]  # fmt: skip
+        for name in bad:
+            assert not store.is_object_name(name)
+            for op in (
+                store.free,
+                store.spill,
+                store.find,
+                lambda n: store.read(n, "k"),
+                lambda n: store.retire(n, "d"),
+            ):
+                with pytest.raises(ValueError, match="is not the name of a store object"):
+                    op(name)
+        assert store.is_object_name(kept, prefix) and store.is_object_name(other)
+        assert not store.is_object_name(other, prefix)
+        manager.free(bad + [other])
+        assert caplog.text.count("refusing to free") == len(bad) + 1
+        assert victim.read_text() == "precious" and os.path.exists(store.capacity_path(prefix))
+        assert np.array_equal(store.read(other, "elsewhere"), np.arange(100_000))
+        assert np.array_equal(store.read(kept, "kept"), np.arange(100_000))
+    finally:
+        store.sweep(store.prefix_of(other))
+
+
 def test_an_object_larger_than_the_store_fails_clearly_and_harms_nothing(prefix):
     StoreManager(prefix, limit=4_000_000)
     kept = put(prefix, "kept", np.arange(100_000))
@@ -108,6 +148,54 @@ def test_manager_spills_least_recently_used_past_the_high_water_mark(prefix):
         assert store.read(name, f"k{i}")[0] == i
     store.free(names[0])
     assert not os.path.exists(store.spill_path(names[0]))
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["freed-to-pool", "unlinked"])
+@pytest.mark.parametrize("window", ["copying", "renamed"])
+def test_an_object_freed_while_it_spills_leaves_no_copy_behind(prefix, monkeypatch, reuse, window):
+    # The agent spills in a thread while its event loop frees: a free that landed while the
+    # copy was made left the spilled copy on disk, for no one, until the agent stopped.
+    manager = StoreManager(prefix, limit=10_000_000)
+    manager.pool_limit = manager.pool_limit if reuse else 0
+    names = [put(prefix, f"k{i}", np.full(125_000, i, dtype=np.float64)) for i in range(9)]  # 9 x 1 MB
+    for i, name in enumerate(names):
+        os.utime(store.object_path(name), (i, i))  # k0 spills first
+    copyfile, rename = shutil.copyfile, os.rename
+
+    def copy_then_free(src, dst):
+        copyfile(src, dst)
+        if window == "copying" and src == store.object_path(names[0]):
+            manager.free([names[0]])
+
+    def rename_then_free(src, dst):
+        rename(src, dst)
+        if window == "renamed" and dst == store.spill_path(names[0]):
+            manager.free([names[0]])
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfile", copy_then_free)
+        patched.setattr(os, "rename", rename_then_free)
+        manager.maintain()
+    assert store.find(names[0]) is None
+    spilled = {n for n in names if not os.path.exists(store.object_path(n))} - {names[0]}
+    assert spilled and set(os.listdir(store.spill_dir())) == spilled  # nothing else, no temporary file
+    assert all(store.read(n, f"k{i}")[0] == i for i, n in enumerate(names) if i)
+
+
+def test_an_object_being_written_counts_as_used(prefix):
+    # A recount while an object was being written left it out and published the room its
+    # writer had reserved as free: the next writer took it too, past the limit.
+    manager = StoreManager(prefix, limit=10_000_000)
+    stored = put(prefix, "k", np.zeros(125_000))  # 1 MB
+    name = store.new_name(prefix, "writing")
+    fd = store.create(prefix, 5_000_000, f"{store.object_path(name)}.tmp-{os.getpid()}", 0)
+    try:
+        os.ftruncate(fd, 5_000_000)
+        manager.maintain()
+        assert manager.used == os.path.getsize(store.object_path(stored)) + 5_000_000
+        assert store.read_capacity(prefix) == (manager.used, 10_000_000)
+    finally:
+        os.close(fd)
 
 
 def test_spilled_bytes_are_counted_in_the_configured_spill_directory(prefix, tmp_path, monkeypatch):
@@ -152,6 +240,22 @@ def test_a_working_set_three_times_the_store_completes(tmp_path):
         assert rt.get(total.remote(refs[0])) == 0.0  # nothing stored was harmed
     finally:
         rt.shutdown()
+
+
+def test_a_put_that_fits_once_others_spill_waits_for_them_not_for_the_high_water(tmp_path):
+    # 20 MB is below the high-water mark of a 64 MiB store, so it never spilled, and a 50 MB
+    # put waited out its timeout for room that would fit once the 20 MB were on disk.
+    with rt.config.set({"store.spill-dir": str(tmp_path), "store.write-timeout": 20}):
+        rt.init(num_workers=1, object_store_memory=64 * 2**20)
+        try:
+            first = rt.put(np.full(2_500_000, 1.0))  # 20 MB
+            second = rt.put(np.full(6_250_000, 2.0))  # 50 MB
+            assert os.path.exists(store.spill_path(first._state.value[2]))
+            assert (rt.get(first) == 1.0).all() and rt.get(first).shape == (2_500_000,)
+            assert (rt.get(second) == 2.0).all() and rt.get(second).shape == (6_250_000,)
+            assert rt.get(total.remote(first)) == 2_500_000.0  # a worker reads the spilled one too
+        finally:
+            rt.shutdown()
 
 
 def test_dropped_objects_keep_shared_memory_bounded():
@@ -281,13 +385,75 @@ def test_a_new_agent_sweeps_what_dead_clusters_left(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "SPILL_DIR", str(tmp_path / "spill"))
     dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
-    leftovers = [f"rt-{dead_pid}-abcdef-{'0' * 28}", f"rt-{dead_pid}-abcdef-capacity"]
+    dead = f"rt-{dead_pid}-abcdef-"
+    leftovers = [f"{dead}{'0' * 28}", f"{dead}capacity", f"{dead}pool-3-0"]
     for name in leftovers:
-        open(store.object_path(name), "wb").close()
-    alive = put(f"rt-{os.getpid()}-live00-", "k", np.arange(100_000))
+        open(store.shm_path(name), "wb").close()
+    alive = put(f"rt-{os.getpid()}-a1b2c3-", "k", np.arange(100_000))  # no agent: its pid says it lives
+    # A store whose prefix names a dead process (an embedded cluster's driver, say) but whose
+    # agent lives: the lock it holds on its capacity file says so.
+    owned = f"rt-{dead_pid}-0a0b0c-"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", f"from runtime.objstore import store; store.open_capacity({owned!r}, 1); input()"],
+        stdin=subprocess.PIPE,
+    )
     try:
+        while not os.path.exists(store.capacity_path(owned)):
+            assert owner.poll() is None
+            time.sleep(0.01)
         assert sweep_dead_stores() >= 2
-        assert not any(os.path.exists(store.object_path(n)) for n in leftovers)
-        assert os.path.exists(store.object_path(alive))
+        assert not any(os.path.exists(store.shm_path(n)) for n in leftovers)
+        assert os.path.exists(store.object_path(alive)) and os.path.exists(store.capacity_path(owned))
+        owner.kill()  # not reaped: a zombie holds no lock
+        deadline = time.monotonic() + 30
+        while os.path.exists(store.capacity_path(owned)) and time.monotonic() < deadline:
+            sweep_dead_stores()
+            time.sleep(0.01)
+        assert not os.path.exists(store.capacity_path(owned))
     finally:
-        store.sweep(f"rt-{os.getpid()}-live00-")
+        owner.kill()
+        owner.wait()
+        store.sweep(f"rt-{os.getpid()}-a1b2c3-")
+        store.sweep(owned)
+
+
+def test_an_agent_killed_and_started_again_at_once_sweeps_the_dead_ones_store(tmp_path):
+    # `runtime start` leaves its agent to PID 1, which (in a container) may reap a killed one
+    # only seconds later: the agent started again meanwhile took the zombie's store for live
+    # and left its objects and capacity file in /dev/shm.  Here this test is the killed
+    # agent's parent and never reaps it, so it stays a zombie for as long as it takes.
+    head = tmp_path / "head"
+    started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", run_dir=str(head))
+    assert started.returncode == 0, started.stderr
+    address = (head / "address").read_text().strip()
+    client = CoreClient(address)
+    node = f"killed-{os.urandom(3).hex()}"
+    with open(tmp_path / "agent.log", "wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker.agent", "--scheduler", address, "--node", node,
+             "--num-workers", "1", "--log-dir", str(tmp_path / "killed")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        client.wait_for_workers(2)
+        prefix = client.request("identity")["nodes"][node]["prefix"]
+        on_node = CoreClient(address, node=node, prefix=prefix)
+        try:
+            refs = [on_node.put(np.full(125_000, i)) for i in range(5)]  # 1 MB each: into its store
+            assert len(store.list_objects(prefix)) == len(refs)
+            agent.kill()
+            deadline = time.monotonic() + 30
+            while psutil.Process(agent.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.01)
+            again = runtime_cmd("start", "--address", address, "--num-workers", "1", run_dir=str(tmp_path / "again"))
+            assert again.returncode == 0, again.stderr
+            assert psutil.Process(agent.pid).status() == psutil.STATUS_ZOMBIE
+            assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)]  # capacity file too
+        finally:
+            on_node.close()
+    finally:
+        client.close()
+        agent.kill()
+        agent.wait()
+        runtime_cmd("stop", run_dir=str(tmp_path / "again"))
+        assert runtime_cmd("stop", run_dir=str(head)).returncode == 0

@@ -4,7 +4,9 @@ Writers reserve room themselves (``store.reserve``) against the figures the agen
 publishes; the agent recounts what is really in shared memory, publishes that, and when
 use passes the high-water mark (80% of the limit) spills the least recently used objects
 until it is back under the low-water mark (60%).  So spilling starts before the store is
-full, and a writer only waits (back-pressure) when writes outrun the spiller.
+full, and a writer only waits (back-pressure) when writes outrun the spiller.  A writer
+that waits publishes the room it needs, and the agent spills far enough to make it, below
+the high-water mark too: 300 MB stored in 1 GB make room for an 800 MB object.
 
 The agent also keeps the reuse pool (``store.py`` says why and how a file gets there): a
 freed object's file waits as a drain until no process maps it, then joins the pool if the
@@ -127,24 +129,27 @@ class StoreManager:
         self._draining: dict[str, tuple[int, float]] = {}
         self._drains = itertools.count()
         self._last_retry = 0.0
-        store.publish_capacity(prefix, 0, limit)
+        store.open_capacity(prefix, limit)
 
     def free(self, names: list[str]) -> None:
         """Free objects: with the pool on, each file waits as a drain to be reused (event loop thread)."""
         self._dirty = True
         drains = []
         for name in names:
+            if not store.is_object_name(name, self.prefix):
+                logger.warning("refusing to free %.80r: not an object of this node's store (%s)", name, self.prefix)
+                continue
             if not self.pool_limit or len(self._draining) >= MAX_DRAINING:
                 store.free(name)
                 continue
             drain = f"{self.prefix}drain-{next(self._drains)}"
             try:
                 if store.retire(name, drain):
-                    self._draining[drain] = (os.open(store.object_path(drain), os.O_RDONLY), time.monotonic())
+                    self._draining[drain] = (os.open(store.shm_path(drain), os.O_RDONLY), time.monotonic())
                     drains.append(drain)
             except OSError:  # reuse is an optimisation: whatever fails, the file is just freed
                 store.free(name)
-                store.free(drain)
+                store.discard(drain)
         self.drain(drains)
 
     def retry_drains(self) -> None:
@@ -179,7 +184,7 @@ class StoreManager:
                         self._entered = (self._entered[0] + 1, self._entered[1] + size)
                         store.publish_pooled(self.prefix, self.pooled)  # not "used": writers have reserved since
                     continue
-            store.free(drain)
+            store.discard(drain)
 
     def relieve(self) -> None:
         """A worker passed its spill threshold: at the next count, spill the least recently
@@ -187,39 +192,46 @@ class StoreManager:
         self._relieve = True
 
     def due(self) -> bool:
-        """Whether ``maintain`` has work: frees to count, writers past the high-water mark, or a
-        second since the last count.  Cheap enough to ask every few milliseconds."""
+        """Whether ``maintain`` has work: frees to count, writers past the high-water mark or
+        waiting for room, or a second since the last count.  Cheap enough to ask every few
+        milliseconds."""
         if self._dirty or self._relieve or time.monotonic() - self._last_count > RECOUNT_INTERVAL:
             return True
-        return store.read_capacity(self.prefix)[0] > HIGH_WATER * self.limit
+        return store.read_capacity(self.prefix)[0] > HIGH_WATER * self.limit or store.wanted(self.prefix) > 0
 
     def maintain(self) -> None:
-        """Recount, trim the pool, spill if over the high-water mark, publish the figures.  Blocking I/O."""
+        """Recount, trim the pool, spill if over the high-water mark or a writer waits for room,
+        publish the figures.  Blocking I/O."""
         self._dirty = False
         self._last_count = time.monotonic()
         with self._pool_lock:
             entered_before = self._entered
-        objects, pool, draining = store.list_files(self.prefix)
+        # Spilling starts past the high-water mark and goes down to the low-water mark, or as
+        # far as a writer waiting for room needs: it would wait in vain for the high water.
+        wanted = store.wanted(self.prefix)
+        start = min(HIGH_WATER * self.limit, self.limit - wanted)
+        target = min(LOW_WATER * self.limit, self.limit - wanted)
+        objects, pool, busy = store.list_files(self.prefix)
         in_objects = sum(size for _, size, _ in objects)
         # The pool gives way first: all of it when the store must make room, else the files
         # idle too long or past the pool's share (the newest are kept).
-        make_room = self._relieve or in_objects + draining + sum(f[1] for f in pool) > HIGH_WATER * self.limit
+        make_room = self._relieve or in_objects + busy + sum(f[1] for f in pool) > start
         now = time.time()
         kept = kept_bytes = 0
         for name, size, entered in sorted(pool, key=lambda f: f[2], reverse=True):
             if make_room or now - entered > POOL_IDLE or kept_bytes + size > self.pool_limit:
-                store.free(name)
+                store.discard(name)
             else:
                 kept, kept_bytes = kept + 1, kept_bytes + size
         with self._pool_lock:  # and those entered meanwhile, or writers would skip them for a stale count
             self.pooled = kept + self._entered[0] - entered_before[0]
             self.pool_bytes = kept_bytes + self._entered[1] - entered_before[1]
-        self.used = in_objects + self.pool_bytes + draining
+        self.used = in_objects + self.pool_bytes + busy
         if self._relieve:
             self._relieve = False
-            self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.used)
-        elif self.used > HIGH_WATER * self.limit:
-            self._spill(sorted(objects, key=lambda o: o[2]), LOW_WATER * self.limit)
+            self._spill(sorted(objects, key=lambda o: o[2]), min(LOW_WATER * self.used, target))
+        elif self.used > start:
+            self._spill(sorted(objects, key=lambda o: o[2]), target)
         with self._pool_lock:
             store.publish_capacity(self.prefix, self.used, self.limit, self.pooled)
         self.spilled = store.spilled_bytes(self.prefix)

@@ -1,11 +1,19 @@
 """The per-node shared-memory object store (the skeleton's part of it).
 
 Layout: one POSIX shared-memory file per object under ``/dev/shm``, named
-``rt-<cluster>-<digest of key><attempt>``: each write gets a name of its own, so a stale
-copy of a recomputed task can be freed without touching the live one.  A writer fills
+``<prefix><digest of key><random>``: each write gets a name of its own, so a stale copy of a
+recomputed task can be freed without touching the live one.  A writer fills
 ``<name>.tmp-<pid>`` and renames it to the final name, so the rename is the seal: a reader
 sees a whole object or none, even if the writer is killed mid-write (the node agent
-sweeps the leftovers by prefix).
+sweeps the leftovers by prefix).  The store's owner, its node agent, holds a lock on the
+store's capacity file for life, so a later agent tells a dead store from a live one
+(``is_owned``) and sweeps all its files.
+
+Names arrive in messages, so ``object_path`` and ``spill_path``, the only ways from a name
+to a file, refuse any name that is not exactly an object's (``OBJECT_NAME``): a path
+(``../``, ``/``, NUL) or one of the store's own files (capacity, pool, drains) never gets
+through.  Whoever takes a name off the wire checks it first (``is_object_name``), to refuse
+it with a reason of its own.
 
 Object format, every part 64-byte aligned so numpy and Arrow see aligned buffers::
 
@@ -18,12 +26,14 @@ reader still maps is safe; the memory goes when the last view does.
 
 Capacity and spilling: each node store has a limit.  The node agent (``manager.py``)
 publishes the bytes in use and the limit in a small file, ``<prefix>capacity``; a writer
-reads it first, waits while the store is over its limit (back-pressure: the agent is
-spilling), and fails with ``ObjectStoreFullError`` if the object alone is larger than the
-limit.  Spilling moves the least recently used objects to ``SPILL_DIR`` on disk: the copy is
-sealed there before the shared-memory file is removed, so at every moment a reader finds the
-object in one place or the other.  Readers look in shared memory first, then on disk, and
-map either without a copy (a spilled object is read through the page cache).
+reads it first, waits while the store is over its limit (back-pressure: it writes the room
+it needs into the same file, and the agent spills to make it), and fails with
+``ObjectStoreFullError`` if the object alone is larger than the limit.  Spilling moves the
+least recently used objects to ``SPILL_DIR`` on disk: the copy is sealed there before the
+shared-memory file is removed, so at every moment a reader finds the object in one place or
+the other (and a free that comes meanwhile leaves no copy behind: ``spill``).  Readers look
+in shared memory first, then on disk, and map either without a copy (a spilled object is
+read through the page cache).
 
 Reuse of freed files: the kernel allocates and zeroes a fresh tmpfs page on its first write,
 which makes a write into new pages about half as fast as into pages it already has.  So the
@@ -45,6 +55,7 @@ import hashlib
 import mmap
 import os
 import pickle
+import re
 import shutil
 import struct
 import tempfile
@@ -59,14 +70,22 @@ from runtime.objstore import arrow_ipc
 
 MAGIC = b"RTOBJ001"
 _HEAD = struct.Struct("<8sIIQ")
-_CAPACITY = struct.Struct("<QQQ")  # bytes in use, limit, files in the reuse pool
-_USED, _POOLED = 0, 2  # their places, for writing one alone
+#: bytes in use, limit, files in the reuse pool, bytes the largest waiting writer needs
+_CAPACITY = struct.Struct("<QQQQ")
+_USED, _POOLED, _WANTED = 0, 2, 3  # their places, for writing one alone
 ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
 SPILL_DIR: str | None = None
 #: an object name is its node's prefix, then 20 + 8 hex digits
 _NAME_TAIL = 28
+#: a store's prefix (``make_prefix``), with the process id it names
+STORE_PREFIX = re.compile(r"rt-([0-9]+)-[0-9a-f]{6}-")
+#: an object's name (``new_name``: the prefix, then _NAME_TAIL hex digits); never a path,
+#: nor one of the store's own files (its capacity file, reuse pool and drains)
+OBJECT_NAME = re.compile(STORE_PREFIX.pattern + "[0-9a-f]{28}")
+#: an object's name, or the name of the temporary file it is written to before its seal
+_OBJECT_FILE = re.compile(OBJECT_NAME.pattern + r"(\.tmp-[0-9]+)?")
 
 
 class ObjectLostError(RuntimeError):
@@ -107,12 +126,33 @@ def new_name(prefix: str, key: str) -> str:
     return prefix + hashlib.blake2b(key.encode(), digest_size=10).hexdigest() + os.urandom(4).hex()
 
 
+def is_object_name(name: Any, prefix: str = "") -> bool:
+    """Whether ``name`` (from a message, say) names an object, of the store with ``prefix`` if given."""
+    return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None and name.startswith(prefix)
+
+
 def prefix_of(name: str) -> str:
     return name[:-_NAME_TAIL]
 
 
 def object_path(name: str) -> str:
+    """Where object ``name`` (or its temporary file) lives in shared memory.
+
+    Raises ValueError for any other name, so a name from a message never becomes a path
+    elsewhere (``../``, ``/``, NUL) nor names one of the store's own files.
+    """
+    _check(name)
     return f"{SHM_DIR}/{name}"
+
+
+def _check(name: str) -> None:
+    if not isinstance(name, str) or _OBJECT_FILE.fullmatch(name) is None:
+        raise ValueError(f"{name!r:.80} is not the name of a store object")
+
+
+def shm_path(file: str) -> str:
+    """Where one of the store's own files (its reuse pool, drains) lives: named by the store, never by a message."""
+    return f"{SHM_DIR}/{file}"
 
 
 def spill_dir() -> str:
@@ -125,6 +165,8 @@ def spill_dir() -> str:
 
 
 def spill_path(name: str) -> str:
+    """Where object ``name`` spills to; ValueError for any other name (as ``object_path``)."""
+    _check(name)
     return os.path.join(spill_dir(), name)
 
 
@@ -132,25 +174,60 @@ def capacity_path(prefix: str) -> str:
     return os.path.join(SHM_DIR, prefix + "capacity")
 
 
-#: this process's open capacity files, by prefix (one 16-byte pread or pwrite per use)
+#: this process's open capacity files, by prefix (one small pread or pwrite per use)
 _capacity_fds: dict[str, int] = {}
 
 
-def _capacity_fd(prefix: str, create: bool = False) -> int | None:
+def _capacity_fd(prefix: str) -> int | None:
     fd = _capacity_fds.get(prefix)
     if fd is None:
         try:
-            fd = os.open(capacity_path(prefix), os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+            fd = os.open(capacity_path(prefix), os.O_RDWR)
         except FileNotFoundError:
             return None  # no agent runs this store: no limit
         _capacity_fds[prefix] = fd
     return fd
 
 
-def _read_capacity(prefix: str) -> tuple[int, int, int]:
+def open_capacity(prefix: str, limit: int) -> None:
+    """Create the store's capacity file, for its owner (the node agent), and hold a lock on it
+    for as long as this process lives: the kernel lets go when it ends, however it ends, and
+    that is how ``is_owned`` tells a live store from a dead one."""
+    fd = _capacity_fds.pop(prefix, None)
+    if fd is not None:  # ours already (a test's second manager): let it go first
+        os.close(fd)
+    if is_owned(prefix):
+        raise RuntimeError(f"the store {prefix!r} already has a node agent")
+    path = capacity_path(prefix)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: granted at once
+    os.pwrite(fd, _CAPACITY.pack(0, limit, 0, 0), 0)
+    os.rename(tmp, path)  # named only once locked, so a sweeper never sees it without its owner
+    _capacity_fds[prefix] = fd
+
+
+def is_owned(prefix: str) -> bool:
+    """Whether a live process (the store's node agent) holds the lock on its capacity file."""
+    try:
+        fd = os.open(capacity_path(prefix), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # another user's store: not ours to judge (nor to sweep)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _read_capacity(prefix: str) -> tuple[int, int, int, int]:
     fd = _capacity_fd(prefix)
     raw = os.pread(fd, _CAPACITY.size, 0) if fd is not None else b""
-    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0, 0)
+    return _CAPACITY.unpack(raw) if len(raw) == _CAPACITY.size else (0, 0, 0, 0)
 
 
 def read_capacity(prefix: str) -> tuple[int, int]:
@@ -158,19 +235,29 @@ def read_capacity(prefix: str) -> tuple[int, int]:
     return _read_capacity(prefix)[:2]
 
 
+def wanted(prefix: str) -> int:
+    """Bytes of room a writer waits for in a node store (the largest such writer's); 0: none waits."""
+    return _read_capacity(prefix)[_WANTED]
+
+
 def publish_capacity(prefix: str, used: int, limit: int, pooled: int = 0) -> None:
     """Write ``(used, limit, files in the reuse pool)`` where writers read it: a hint, recounted
-    by the agent, so one small pwrite (atomic for readers) is enough."""
-    fd = _capacity_fd(prefix, create=True)
-    assert fd is not None
-    os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled), 0)
+    by the agent, so one small pwrite (atomic for readers) is enough.  It clears the room
+    wanted: a writer still waiting says so again.  Nothing is written once the store is swept."""
+    fd = _capacity_fd(prefix)
+    if fd is not None:
+        os.pwrite(fd, _CAPACITY.pack(max(used, 0), limit, pooled, 0), 0)
 
 
 def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) -> int:
     """Wait until ``nbytes`` fit in the store; ObjectStoreFullError when they never will (after
     ``timeout`` seconds, default the ``store.write-timeout`` setting).  Returns how many files
-    the store's reuse pool had."""
-    used, limit, pooled = _read_capacity(prefix)
+    the store's reuse pool had.
+
+    While it waits it publishes the room it needs, so the agent spills that much more than
+    its low-water mark asks: an object that fits once others are spilled is not refused.
+    """
+    used, limit, pooled, wanted = _read_capacity(prefix)
     if not limit or used + nbytes <= limit:
         _publish_figure(prefix, _USED, used + nbytes) if limit else None
         return pooled
@@ -189,8 +276,10 @@ def reserve(prefix: str, nbytes: int, key: str, timeout: float | None = None) ->
                 f"{used:,} of {limit:,} bytes in use and spilling made no room (is the spill directory "
                 f"{spill_dir()} full or unwritable? see the node agent's log)"
             )
+        if wanted < nbytes:  # a larger figure stands: room for that is room for this
+            _publish_figure(prefix, _WANTED, nbytes)
         time.sleep(0.005)
-        used, limit, pooled = _read_capacity(prefix)
+        used, limit, pooled, wanted = _read_capacity(prefix)
     _publish_figure(prefix, _USED, used + nbytes)
     return pooled
 
@@ -311,7 +400,7 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
     for cls in (first, first + 1):
         for slot in range(POOL_SLOTS):
             try:
-                os.rename(object_path(pool_name(prefix, cls, slot)), tmp)
+                os.rename(shm_path(pool_name(prefix, cls, slot)), tmp)
             except FileNotFoundError:  # empty slot, or another writer was first
                 continue
             return os.open(tmp, os.O_RDWR)
@@ -324,12 +413,13 @@ def _claim(prefix: str, size: int, tmp: str) -> int | None:
 def retire(name: str, drain: str) -> bool:
     """Free ``name``, keeping its shared-memory file as ``drain`` (``StoreManager.drain`` decides
     its fate); False when it had none (it was spilled, or freed already)."""
-    _unlink(spill_path(name))
     try:
-        os.rename(object_path(name), object_path(drain))
+        os.rename(object_path(name), shm_path(drain))
         return True
     except FileNotFoundError:
         return False
+    finally:  # after the shared-memory file, as ``free`` does
+        _unlink(spill_path(name))
 
 
 def unmapped(fd: int) -> bool:
@@ -353,12 +443,12 @@ def enter_pool(prefix: str, drain: str, size: int) -> bool:
     cls = size_class(size)
     for slot in range(POOL_SLOTS):
         try:
-            os.link(object_path(drain), object_path(pool_name(prefix, cls, slot)))
+            os.link(shm_path(drain), shm_path(pool_name(prefix, cls, slot)))
         except FileExistsError:
             continue
         except OSError:  # no hard links here (EPERM, EMLINK): no reuse
             return False
-        _unlink(object_path(drain))
+        discard(drain)
         return True
     return False
 
@@ -499,15 +589,25 @@ def loads_object(view: memoryview, key: str, where: str) -> Any:
 
 
 def free(name: str) -> None:
+    """Remove an object (or the temporary file of a write that failed), in memory or spilled.
+
+    The shared-memory file goes first, then the spilled one: ``spill`` relies on that order.
+    """
     _unlink(object_path(name))
     _unlink(spill_path(name))
+
+
+def discard(file: str) -> None:
+    """Remove one of the store's own files in shared memory (a drain, a pool file)."""
+    _unlink(shm_path(file))
 
 
 def spill(name: str) -> int:
     """Move one object from shared memory to the spill directory; returns the bytes freed.
 
     The copy is sealed on disk before the shared-memory file goes, so readers always find it.
-    Raises OSError (disk full, unwritable directory) with the object left where it was.
+    Raises OSError (disk full, unwritable directory) with the object left where it was, and
+    FileNotFoundError when it was freed meanwhile (by another thread), leaving no copy.
     """
     src = object_path(name)
     dst = spill_path(name)
@@ -519,8 +619,15 @@ def spill(name: str) -> int:
     except BaseException:
         _unlink(tmp)
         raise
-    size = os.stat(src).st_size
-    _unlink(src)
+    size = os.stat(dst).st_size
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        # Freed since the copy began.  A free removes the shared-memory file, then the
+        # spilled one: that second step may have run before our copy landed, so remove it
+        # here.  (Had the free come after this unlink, its second step removes the copy.)
+        _unlink(dst)
+        raise
     return size
 
 
@@ -531,8 +638,10 @@ def list_objects(prefix: str) -> list[tuple[str, int, float]]:
 
 def list_files(prefix: str) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]], int]:
     """A store's files in shared memory: its objects as ``(name, bytes, last used)``, its reuse
-    pool as ``(name, bytes, when it entered)``, and the bytes of its drains."""
-    objects, pool, draining = [], [], 0
+    pool as ``(name, bytes, when it entered)``, and the bytes of the rest, in use but not to
+    spill: drains, and objects being written (a count that left them out would hand the room
+    their writers reserved to the next writer)."""
+    objects, pool, busy = [], [], 0
     pool_prefix, drain_prefix = prefix + "pool-", prefix + "drain-"
     with os.scandir(SHM_DIR) as entries:
         for entry in entries:
@@ -547,9 +656,9 @@ def list_files(prefix: str) -> tuple[list[tuple[str, int, float]], list[tuple[st
                 objects.append((name, st.st_size, st.st_mtime))
             elif name.startswith(pool_prefix):
                 pool.append((name, st.st_size, st.st_ctime))  # a link into the pool sets ctime
-            elif name.startswith(drain_prefix):
-                draining += st.st_size
-    return objects, pool, draining
+            elif name.startswith(drain_prefix) or _OBJECT_FILE.fullmatch(name):
+                busy += st.st_size
+    return objects, pool, busy
 
 
 def spilled_bytes(prefix: str) -> int:
@@ -575,11 +684,18 @@ def _unlink(path: str) -> None:
         pass
 
 
+def store_prefixes() -> set[tuple[str, int]]:
+    """The prefixes of the stores with files in shared memory, each with the process id it names."""
+    return {(m[0], int(m[1])) for entry in os.listdir(SHM_DIR) if (m := STORE_PREFIX.match(entry))}
+
+
 def sweep(prefix: str) -> int:
-    """Remove every object, spilled copy and temp file with this prefix; returns the count."""
+    """Remove every file of the store with this prefix, in memory and spilled (objects, temp
+    files, pool, drains), then its capacity file; returns how many there were besides."""
     fd = _capacity_fds.pop(prefix, None)
     if fd is not None:
         os.close(fd)
+    capacity = capacity_path(prefix)
     n = 0
     for directory in (SHM_DIR, spill_dir()):
         try:
@@ -587,7 +703,9 @@ def sweep(prefix: str) -> int:
         except OSError:  # no spill directory (yet), or not a directory
             continue
         for entry in entries:
-            if entry.startswith(prefix):
-                _unlink(os.path.join(directory, entry))
+            path = os.path.join(directory, entry)
+            if entry.startswith(prefix) and path != capacity:
+                _unlink(path)
                 n += 1
+    _unlink(capacity)  # last: while files are left, the store is still found
     return n

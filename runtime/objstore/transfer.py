@@ -27,7 +27,6 @@ import logging
 import mmap
 import os
 import pickle
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,15 +38,9 @@ from runtime.objstore import store
 logger = logging.getLogger("runtime.transfer")
 
 CHUNK = 4 * 2**20
-#: what an object's name looks like (``store.make_prefix`` + hex): never a path
-OBJECT_NAME = re.compile(r"rt-[0-9]+-[0-9a-f]+-[0-9a-f]+")
 
 #: ``(key, local name, the original's [node, nbytes, name])``: a copy was made in this store
 CopyMade = Callable[[str, str, list], None]
-
-
-def _is_name(name: Any) -> bool:
-    return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None
 
 
 def _is_ref(located: Any) -> bool:
@@ -57,7 +50,7 @@ def _is_ref(located: Any) -> bool:
         and len(located) == 3
         and isinstance(located[0], str)
         and isinstance(located[1], int)
-        and _is_name(located[2])
+        and store.is_object_name(located[2])
     )
 
 
@@ -84,7 +77,7 @@ class ObjectServer:
                 op = msg.get("op")
                 if op == "get-object":
                     name = msg.get("name")
-                    if not _is_name(name):
+                    if not store.is_object_name(name):
                         logger.warning(
                             "dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name
                         )

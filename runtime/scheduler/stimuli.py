@@ -11,6 +11,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 _C = TypeVar("_C", bound=type)
+#: the name of an object in a node's store (checked at the wire: ``store.is_object_name``)
+ObjectName = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ class UpdateData(Stimulus):
     op: ClassVar[str] = "update-data"
     client: str
     key: str
-    value: Any  # wire form of a located value (inline bytes or [node, nbytes])
+    value: Any  # wire form of a located value (inline bytes or [node, nbytes, name])
     nbytes: int
 
 
@@ -110,7 +112,7 @@ class AddReplica(Stimulus):
     op: ClassVar[str] = "add-replica"
     key: str
     node: str
-    name: str
+    name: ObjectName
     #: the copy it was made from, [node, nbytes, name]
     source: Any
 

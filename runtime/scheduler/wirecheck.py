@@ -6,6 +6,9 @@ machine trusts its stimuli, so such a message could corrupt it half-way through 
 transition.  ``check(stimulus)`` compares each field with its annotation (the few shapes
 the stimuli use) and raises ``TypeError`` naming the field; the shell then drops that
 connection.  The checkers are built once per stimulus class.
+
+A stored value's object name is checked to be exactly that (``store.is_object_name``), not
+just a string: the scheduler hands it on to node agents, which make a file's path of it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+
+from runtime.objstore.store import is_object_name
 
 Checker = Callable[[Any], bool]
 
@@ -33,7 +38,9 @@ def _is_located(x: Any) -> bool:
     """A value's wire form: inline bytes, or ``[node, nbytes, name]`` of a stored one."""
     if isinstance(x, bytes):
         return True
-    return isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], int) and _is_str(x[2])
+    return (
+        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], int) and is_object_name(x[2])
+    )
 
 
 def _is_resources(x: Any) -> bool:
@@ -68,30 +75,34 @@ _BY_ANNOTATION: dict[str, Checker] = {
     "dict[str, float]": _is_resources,
     "dict[str, float] | None": lambda x: x is None or _is_resources(x),
     "tuple[TaskSpec, ...]": _is_task_specs,
+    "ObjectName": is_object_name,
 }
 #: fields annotated ``Any`` that hold a value's wire form
 _LOCATED_FIELDS = {"value", "source"}
-_checkers: dict[type, list[tuple[str, Checker]]] = {}
+#: what a field should hold, in words, where its annotation does not say it plainly
+_EXPECTED = {"ObjectName": "an object name of a store", "Any": "bytes or [node, nbytes, object name of a store]"}
+_checkers: dict[type, list[tuple[str, Checker, str]]] = {}
 
 
-def _checkers_of(cls: type) -> list[tuple[str, Checker]]:
+def _checkers_of(cls: type) -> list[tuple[str, Checker, str]]:
     found = _checkers.get(cls)
     if found is None:
         found = []
         for f in dataclasses.fields(cls):
             annotation = str(f.type)
+            expected = _EXPECTED.get(annotation, f"a {annotation}")
             if annotation == "Any":
                 if f.name in _LOCATED_FIELDS:
-                    found.append((f.name, _is_located))
+                    found.append((f.name, _is_located, expected))
             else:
-                found.append((f.name, _BY_ANNOTATION[annotation]))
+                found.append((f.name, _BY_ANNOTATION[annotation], expected))
         _checkers[cls] = found
     return found
 
 
 def check(obj: Any) -> None:
     """Raise ``TypeError`` naming the first field of ``obj`` whose value has the wrong type."""
-    for name, ok in _checkers_of(type(obj)):
+    for name, ok, expected in _checkers_of(type(obj)):
         value = getattr(obj, name)
         if not ok(value):
-            raise TypeError(f"field {name!r} of {type(obj).__name__} has a {type(value).__name__}: {value!r:.80}")
+            raise TypeError(f"field {name!r} of {type(obj).__name__} is not {expected}: {value!r:.80}")

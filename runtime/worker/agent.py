@@ -53,12 +53,18 @@ def default_node_id() -> str:
 
 
 def sweep_dead_stores() -> int:
-    """Remove store objects left by owners whose process is gone (a crash, a power cut)."""
-    dead = set()
-    for entry in os.listdir(store.SHM_DIR):
-        parts = entry.split("-", 3)
-        if len(parts) == 4 and parts[0] == "rt" and parts[1].isdigit() and not psutil.pid_exists(int(parts[1])):
-            dead.add(f"rt-{parts[1]}-{parts[2]}-")
+    """Remove the files of stores whose owner is gone (a crash, SIGKILL, a power cut).
+
+    A store is dead when no process holds the lock on its capacity file (its node agent
+    holds it for life) and the process its prefix names has ended.  Both: a store written
+    without an agent (or by an older runtime) has no lock, and an embedded cluster's prefix
+    names its driver, which may end before its agents do.  A zombie has ended: a killed agent
+    that PID 1 adopted stays one until PID 1 reaps it, which can take seconds in a container,
+    and its store was taken for live.
+    """
+    dead = [
+        prefix for prefix, pid in store.store_prefixes() if not store.is_owned(prefix) and not procutil.running(pid)
+    ]
     return sum(store.sweep(prefix) for prefix in dead)
 
 
@@ -375,6 +381,8 @@ def main() -> None:
         )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
+    if args.prefix and not store.STORE_PREFIX.fullmatch(args.prefix):
+        parser.error(f"--prefix {args.prefix!r} is not a store prefix (rt-<pid>-<6 hex digits>-)")
     # A reader opening a freed file while the store tests it for reuse breaks the agent's lease,
     # which signals SIGIO; its default would end the agent (store.unmapped).
     signal.signal(signal.SIGIO, signal.SIG_IGN)
