@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import psutil
 
-from runtime import config
+from runtime import config, procutil
 from runtime.comm import auth, codec
 from runtime.comm.core import parse_address, read_frame
 from runtime.worker.memory import format_bytes
@@ -389,14 +389,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gone(proc: psutil.Process) -> bool:
-    """Exited: no such process, or a zombie its new parent (init) has yet to reap."""
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _terminate(pid: int, timeout: float) -> None:
     """SIGTERM, then SIGKILL if it still runs after ``timeout`` seconds."""
     try:
@@ -405,7 +397,7 @@ def _terminate(pid: int, timeout: float) -> None:
     except psutil.NoSuchProcess:
         return
     deadline = time.monotonic() + timeout
-    while not _gone(proc):
+    while procutil.running(pid):  # a zombie init has yet to reap has ended
         if time.monotonic() > deadline:
             proc.kill()
             return

@@ -63,6 +63,6 @@ def decode(located: Located, *, key: str, node: str) -> Any:
     if where != node:
         raise store.ObjectStoreUnavailableError(
             f"object {key!r} is in the store of node {where!r}; this process is on node {node!r} "
-            "and transfer between nodes is not built yet"
+            "and reads only its own node's store (transfer.fetch_sync copies it here first)"
         )
     return store.read(located[2], key)
