@@ -385,14 +385,16 @@ class Round:
                 self.dead_store_left(dead, in_shm, spilled)
 
     def dead_store_left(self, dead: str, in_shm: set[str], spilled: set[str]) -> None:
-        """Name the defect that left files of a dead agent's store."""
+        """Name the defect that left files of a dead agent's store, or fail."""
         detail = f"{sorted(in_shm)} in {SHM}, {sorted(spilled)} in {self.c.spill_dir}"
         if in_shm == {dead + "capacity"} and not spilled:
             self.known_defect("capacity-left", detail)
-        elif in_shm:  # the agent started after it did not sweep it
+        elif dead + "capacity" in in_shm:  # the store was not swept at all
             self.known_defect("dead-store", detail)
-        else:
+        elif not in_shm:  # swept from /dev/shm, by another cluster's agent
             self.known_defect("orphaned-spill", detail)
+        else:
+            raise AssertionError(f"files of the dead store came after it was swept: {detail}")
 
     def finish(self) -> None:
         if self.known:
