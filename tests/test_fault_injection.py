@@ -20,9 +20,12 @@ the cluster's stores left in /dev/shm (files ``rt-<agent pid>-...``; the reuse p
 are a cache and allowed) or in the spill directory, and no process beyond the scheduler,
 the agents and their workers (no orphan worker of a dead agent, no stray driver).
 
-A check that fails in a way a known defect explains (one being fixed elsewhere, or one this
-test found and reported) is named in KNOWN and turns the round into an expected failure at
-its end, after every other check has run.
+Each defect these rounds found has a test of its own too: a dead agent's store not swept
+when the next agent started at once (a zombie's pid still exists), its capacity file left, a
+spilled file left by a free during the spill, a copy fetched for a worker that died left
+unregistered, a worker whose agent died mid-fetch failing its task with the connection's error
+(now it exits and the task runs again), and a dead store's spilled files left when its memory
+files were swept by an agent that spills elsewhere.
 
 A soak, off by default, runs rounds of random faults on the same cluster:
 ``RUNTIME_SOAK_ROUNDS=40 pytest tests/test_fault_injection.py -k soak -s``.
@@ -63,23 +66,6 @@ SHM = store.SHM_DIR
 STORE = "12MB"  # each node's store: the 12 MiB of values a round holds on each node do not fit, so some spill
 FREEZE = 3.0  # seconds a worker stays stopped in round 3 (longer than the heartbeat timeout)
 WAIT = 60.0  # bound of every wait for the cluster
-
-#: Checks that fail because of a defect another change is fixing, or one this test found and
-#: reported: named, and turned into an expected failure of the round (see Round.known_defect).
-KNOWN = {
-    "dead-store": "the store of a SIGKILLed agent is not swept by an agent started within ~1.5 s of its death "
-    "(the dead agent is still a zombie then, so its pid exists)",
-    "capacity-left": "the capacity file of a dead agent's store survives the sweep",
-    "spill-left": "a spilled file can be left behind after its object is freed (race between spill and free)",
-    "copy-left": "a copy an agent fetched for a worker that then died is never registered, so never freed",
-    # found by this test:
-    "fetch-cut": "a worker whose own node agent dies while it fetches a dependency reports the task as "
-    "erred with the connection error, so get() raises it instead of the task running again",
-    "orphaned-spill": "the dead store's files in /dev/shm are gone but its spilled ones stay: an agent finds "
-    "dead stores by their /dev/shm files only, and another cluster's agent (another spill directory) "
-    "swept those first, or swept them after the next agent missed the store (dead-store)",
-}
-
 
 # -- the graph ------------------------------------------------------------------------------
 
@@ -304,10 +290,7 @@ def cluster(tmp_path_factory):
 
 
 class Round:
-    """One round: what the cluster was at its start, and the checks that it came back to it.
-
-    A check that fails because of a KNOWN defect is collected instead of failing at once;
-    ``finish`` then makes the round an expected failure (after every other check passed)."""
+    """One round: what the cluster was at its start, and the checks that it came back to it."""
 
     def __init__(self, c: Cluster):
         c.ready()
@@ -317,34 +300,22 @@ class Round:
         #: the stores' files in shared memory and in the spill directory at the start
         self.shm = _store_files(SHM, prefixes)
         self.spilled = _store_files(c.spill_dir, prefixes)
-        self.known: list[str] = []
 
-    def known_defect(self, which: str, detail: str) -> None:
-        """A check failed in the way KNOWN[which] explains; the round goes on, and xfails at its end."""
-        self.known.append(f"{which}: {KNOWN[which]} [{detail}]")
-
-    def run(self, tag: int, fault: Callable[[], None], agent_killed: bool = False) -> None:
+    def run(self, tag: int, fault: Callable[[], None]) -> None:
         """Run a graph, strike once its first layer of mixes is done, check its checksums."""
         graph = submit_graph(tag)
         rt.wait(graph.layers[0], timeout=WAIT)  # the second layer is running now
         fault()
-        try:
-            sums = rt.get(graph.sums, timeout=WAIT)
-        except ConnectionError as e:  # the task's error, if it is one, holds the remote traceback
-            if not (agent_killed and "in fetch_sync" in str(e.__cause__)):
-                raise
-            self.known_defect("fetch-cut", f"{type(e).__name__}: {e}")
-            return
+        sums = rt.get(graph.sums, timeout=WAIT)
         assert sums == graph.expected
         # The stores could not hold all the values held: some went through the spill directory.
         assert _store_files(self.c.spill_dir, list(self.c.prefixes.values())) - self.spilled
 
-    def settle(self, gone: tuple[int, ...] = (), dead: str = "", worker_died: bool = False) -> None:
+    def settle(self, gone: tuple[int, ...] = (), dead: str = "") -> None:
         """The driver has let go of its futures: the cluster must come back to where it was.
 
         ``gone``: the pids killed; ``dead``: the prefix of a store whose agent was killed, which
-        the agent started after it must sweep; ``worker_died``: a worker was killed (a copy
-        fetched for it may be left, KNOWN)."""
+        the agent started after it must sweep."""
         c = self.c
         gc.collect()
         _wait_until(lambda: not c.request("task-states"), "the scheduler has forgotten every task")
@@ -367,39 +338,17 @@ class Round:
         expected = {f for f in self.shm if f.startswith(tuple(live))} | {p + "capacity" for p in live}
         _eventually(lambda: _store_files(SHM, live) <= expected, 5)
         left = _store_files(SHM, live) - expected
-        copies = {line.rpartition(" as ")[2] for line in c.logs("agent.log").splitlines() if " fetched " in line}
-        if left and worker_died and left <= copies:
-            self.known_defect("copy-left", f"copies left in {SHM}: {sorted(left)}")
-        else:
-            assert not left, f"objects of live stores left in {SHM}: {sorted(left)}"
+        assert not left, f"objects of live stores left in {SHM}: {sorted(left)}"
 
         # The spill directory: no object of this round left there.
         _eventually(lambda: _store_files(c.spill_dir, live) <= self.spilled, 3)
         left = _store_files(c.spill_dir, live) - self.spilled
-        if left:
-            self.known_defect("spill-left", f"left in {c.spill_dir}: {sorted(left)}")
+        assert not left, f"objects of live stores left in {c.spill_dir}: {sorted(left)}"
 
         if dead:  # the store of the killed agent: swept by the agent that joined after it
             _eventually(lambda: not _store_files(SHM, [dead]) | _store_files(c.spill_dir, [dead]), 3)
             in_shm, spilled = _store_files(SHM, [dead]), _store_files(c.spill_dir, [dead])
-            if in_shm or spilled:
-                self.dead_store_left(dead, in_shm, spilled)
-
-    def dead_store_left(self, dead: str, in_shm: set[str], spilled: set[str]) -> None:
-        """Name the defect that left files of a dead agent's store, or fail."""
-        detail = f"{sorted(in_shm)} in {SHM}, {sorted(spilled)} in {self.c.spill_dir}"
-        if in_shm == {dead + "capacity"} and not spilled:
-            self.known_defect("capacity-left", detail)
-        elif dead + "capacity" in in_shm:  # the store was not swept at all
-            self.known_defect("dead-store", detail)
-        elif not in_shm:  # swept from /dev/shm, by another cluster's agent
-            self.known_defect("orphaned-spill", detail)
-        else:
-            raise AssertionError(f"files of the dead store came after it was swept: {detail}")
-
-    def finish(self) -> None:
-        if self.known:
-            pytest.xfail("; ".join(self.known))
+            assert not in_shm and not spilled, f"the dead store's {sorted(in_shm)} and {sorted(spilled)} are left"
 
 
 # -- the rounds -----------------------------------------------------------------------------
@@ -416,7 +365,7 @@ def _in_hand(c: Cluster, run_dir: str) -> tuple[str, int]:
     return _wait_until(busy, "a worker of the node has a task in hand")
 
 
-def killed_worker(c: Cluster, tag: int) -> Round:
+def killed_worker(c: Cluster, tag: int) -> None:
     """A worker of the joined node with a task in hand is SIGKILLed."""
     r = Round(c)
     before = c.workers_of(c.node_dir)
@@ -428,15 +377,14 @@ def killed_worker(c: Cluster, tag: int) -> Round:
         killed.append(pid)
 
     r.run(tag, kill_worker)
-    r.settle(gone=tuple(killed), worker_died=True)
+    r.settle(gone=tuple(killed))
     # Its agent started another in its place, and told why it died.
     after = c.workers_of(c.node_dir)
     assert set(before.values()) - set(after.values()) == set(killed) and len(after) == NWORKERS
     assert f"(pid {killed[0]}) died: killed by signal 9 (SIGKILL); restarting" in c.logs("agent.log")
-    return r
 
 
-def killed_agent(c: Cluster, tag: int) -> Round:
+def killed_agent(c: Cluster, tag: int) -> None:
     """The joined node's agent is SIGKILLed while its workers have tasks in hand; a fresh node joins."""
     r = Round(c)
     old_dir, agent = c.node_dir, _pid(c.node_dir, "agent")
@@ -450,13 +398,12 @@ def killed_agent(c: Cluster, tag: int) -> Round:
         # values only the dead store held, again.
         c.node_dir = c.start_node(f"node-{tag}", "--address", c.address, "--resources", "B=4")
 
-    r.run(tag, kill_agent, agent_killed=True)
+    r.run(tag, kill_agent)
     assert old_node not in c.nodes()
     r.settle(gone=(agent, *old_workers), dead=c.prefixes[old_node])
-    return r
 
 
-def frozen_worker(c: Cluster, tag: int) -> Round:
+def frozen_worker(c: Cluster, tag: int) -> None:
     """A worker of the joined node with a task in hand is stopped for FREEZE seconds, then continued."""
     r = Round(c)
     before = {**c.workers_of(c.head_dir), **c.workers_of(c.node_dir)}
@@ -473,7 +420,6 @@ def frozen_worker(c: Cluster, tag: int) -> Round:
     r.settle()
     # Frozen for longer than the heartbeat timeout, it was waited for, not replaced.
     assert {**c.workers_of(c.head_dir), **c.workers_of(c.node_dir)} == before
-    return r
 
 
 def _first_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -490,7 +436,7 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
     return data.decode().partition("\n")[0]
 
 
-def killed_driver(c: Cluster, tag: int) -> Round:
+def killed_driver(c: Cluster, tag: int) -> None:
     """A second driver, joined by address and holding futures and a put value, is SIGKILLed
     while this driver's graph runs."""
     r = Round(c)
@@ -513,31 +459,24 @@ def killed_driver(c: Cluster, tag: int) -> Round:
             driver.kill()
             driver.wait()
     r.settle(gone=(driver.pid,))
-    return r
 
 
 def test_round_1_a_killed_worker(cluster):
-    killed_worker(cluster, 0).finish()
+    killed_worker(cluster, 0)
 
 
 def test_round_2_a_killed_node_agent(cluster):
-    killed_agent(cluster, 100).finish()
+    killed_agent(cluster, 100)
 
 
 def test_round_3_a_frozen_worker(cluster):
-    frozen_worker(cluster, 200).finish()
+    frozen_worker(cluster, 200)
 
 
 def test_round_4_a_killed_driver(cluster):
-    killed_driver(cluster, 300).finish()
+    killed_driver(cluster, 300)
 
 
-@pytest.mark.xfail(
-    raises=store.ObjectStoreUnavailableError,
-    strict=False,
-    reason="a driver that joined by address cannot read values over the inline threshold (fixed on main "
-    "by cb11e3f, 'A driver that joins by address reads and writes stored values of any size')",
-)
 def test_the_joined_driver_reads_stored_values(cluster):
     """No fault: the driver reads the graph's last layer itself, 1 MiB values from both stores."""
     r = Round(cluster)
@@ -546,7 +485,6 @@ def test_the_joined_driver_reads_stored_values(cluster):
     assert [checksum_value(v) for v in values] == graph.expected
     del values, graph
     r.settle()
-    r.finish()
 
 
 #: random rounds of the soak (off by default: it takes about 5 s a round)
@@ -557,18 +495,13 @@ SOAK = int(os.environ.get("RUNTIME_SOAK_ROUNDS", "0"))
 @pytest.mark.timeout(60 + 30 * SOAK)
 def test_soak_random_faults(cluster):
     """RUNTIME_SOAK_ROUNDS rounds, each with one of the four faults chosen at random
-    (RUNTIME_SOAK_SEED repeats a run); the rounds' checks as above, known defects counted."""
+    (RUNTIME_SOAK_SEED repeats a run); the rounds' checks as above."""
     seed = int(os.environ.get("RUNTIME_SOAK_SEED") or time.time())
     rng = random.Random(seed)
-    known: dict[str, int] = {}
     for i in range(SOAK):
         fault = rng.choice((killed_worker, killed_agent, frozen_worker, killed_driver))
         print(f"soak seed {seed}, round {i + 1}: {fault.__name__}", flush=True)
-        for defect in fault(cluster, 1000 * (i + 1)).known:
-            name = defect.partition(":")[0]
-            known[name] = known.get(name, 0) + 1
-    if known:
-        pytest.xfail(f"seed {seed}: known defects in rounds: {known} (see KNOWN)")
+        fault(cluster, 1000 * (i + 1))
 
 
 def test_stop_leaves_nothing_behind(cluster):

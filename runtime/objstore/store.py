@@ -685,8 +685,15 @@ def _unlink(path: str) -> None:
 
 
 def store_prefixes() -> set[tuple[str, int]]:
-    """The prefixes of the stores with files in shared memory, each with the process id it names."""
-    return {(m[0], int(m[1])) for entry in os.listdir(SHM_DIR) if (m := STORE_PREFIX.match(entry))}
+    """The prefixes of the stores with files in shared memory or in the spill directory, each
+    with the process id it names (a dead store's files in memory may be gone, swept by an agent
+    that spills elsewhere, while its spilled ones are left)."""
+    entries = os.listdir(SHM_DIR)
+    try:
+        entries += os.listdir(spill_dir())
+    except OSError:  # nothing spilled yet, or no usable spill directory
+        pass
+    return {(m[0], int(m[1])) for entry in entries if (m := STORE_PREFIX.match(entry))}
 
 
 def sweep(prefix: str) -> int:

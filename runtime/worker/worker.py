@@ -41,6 +41,10 @@ from runtime.worker.running import RunningBoard
 
 logger = logging.getLogger("runtime.worker")
 
+#: the worker's exit code when it ends itself because its node agent is gone: a task that
+#: was fetching an input then is run again elsewhere, not failed with the connection's error
+EXIT_AGENT_LOST = 77
+
 
 class Worker:
     def __init__(
@@ -337,7 +341,14 @@ class Worker:
         for dep, located in deps.items():
             try:
                 if is_stored(located) and located[0] != self.node:
-                    located = fetch_sync(self.agent, self.node, dep, located, sources.get(located[0]))
+                    try:
+                        located = fetch_sync(self.agent, self.node, dep, located, sources.get(located[0]))
+                    except OSError as e:  # refused, reset, silent: not the task's error but our node's end
+                        logger.error(
+                            "task %s: cannot reach this node's agent at %s to fetch %s (%s: %s); the node is "
+                            "gone and this worker with it", key, self.agent, dep, type(e).__name__, e,
+                        )  # fmt: skip
+                        self._exit(EXIT_AGENT_LOST)
                 out[dep] = values.decode(located, key=dep, node=self.node)
             except ObjectLostError as e:
                 logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
