@@ -53,6 +53,7 @@ import psutil
 import pytest
 
 import runtime as rt
+from runtime import procutil
 from runtime.api.context import current_runtime
 from runtime.objstore import store
 
@@ -145,13 +146,6 @@ def _pid(run_dir: str, name: str) -> int:
         return int(f.read().split()[0])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _wait_until(ready: Callable[[], object], what: str, timeout: float = WAIT) -> object:
     deadline = time.monotonic() + timeout
     while not (result := ready()):
@@ -234,7 +228,7 @@ class Cluster:
         workers = {}
         for pid in agents:
             try:
-                workers[pid] = sorted(p.pid for p in psutil.Process(pid).children() if _alive(p.pid))
+                workers[pid] = sorted(p.pid for p in psutil.Process(pid).children() if procutil.running(p.pid))
             except psutil.NoSuchProcess:
                 workers[pid] = []
         known = agents | {p for ps in workers.values() for p in ps} | {os.getpid()}
@@ -321,9 +315,9 @@ class Round:
         _wait_until(lambda: not c.request("task-states"), "the scheduler has forgotten every task")
 
         # Processes: the scheduler, the two agents with their workers, and nothing else.
-        assert _alive(self.scheduler)
+        assert procutil.running(self.scheduler)
         for pid in gone:
-            _wait_until(lambda pid=pid: not _alive(pid), f"killed process {pid} has exited")
+            _wait_until(lambda pid=pid: not procutil.running(pid), f"killed process {pid} has exited")
         agents = {_pid(c.head_dir, "agent"), _pid(c.node_dir, "agent")}
 
         def settled() -> bool:
@@ -513,7 +507,7 @@ def test_stop_leaves_nothing_behind(cluster):
     rt.shutdown()
     stopped = _cli("stop", run_dir=c.head_dir)
     assert stopped.returncode == 0, stopped.stderr
-    _wait_until(lambda: not any(_alive(p) for p in processes), "every process of the cluster has exited")
+    _wait_until(lambda: not any(procutil.running(p) for p in processes), "every process of the cluster has exited")
     assert not c.processes(set())[1]
     left = [e for d in (SHM, c.spill_dir) if os.path.isdir(d) for e in os.listdir(d) if e.startswith(tuple(live))]
     assert not left
