@@ -43,7 +43,6 @@ import pickle
 import random
 from collections.abc import Iterable
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hst
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -661,7 +660,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             in_store = {
                 ts for ts in s.tasks.values() if ts.state == "memory" and is_stored(ts.data) and ts.data[0] == node
             }
-            assert ns.stored == in_store, f"{node}: stored {keys_of(ns.stored)} != {keys_of(in_store)}"
+            assert ns.stored.keys() == in_store, f"{node}: stored {keys_of(ns.stored)} != {keys_of(in_store)}"
         for ts in s.tasks.values():
             if ts.state == "memory" and is_stored(ts.data):
                 assert ts.data[0] in s.nodes, f"{ts.key} in memory in the store of dead node {ts.data[0]}"
@@ -699,7 +698,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def ready_tasks_wait_only_when_they_must(self) -> None:
         s = self.state
-        assert s.unrunnable == {ts for ts in s.tasks.values() if ts.state == "no-worker"}
+        assert s.unrunnable.keys() == {ts for ts in s.tasks.values() if ts.state == "no-worker"}
         assert set(s.queued) == {ts for ts in s.tasks.values() if ts.state == "queued"}
         for ts in s.unrunnable:
             assert not self.runnable(ts), f"{ts.key} is no-worker, but a live worker may run it"
@@ -725,21 +724,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert ts.state not in PENDING, f"{ts.key} is {ts.state} but nobody wants or waits for it"
 
 
-def deterministic_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hash tasks by key and workers by address, as Dask does, instead of by ``id()``.
-
-    ``SchedulerState`` still keeps tasks and workers in sets (``unrunnable``, a node's
-    workers, the holders of a value) and acts in their iteration order: which task a new
-    worker takes first, which of equally good workers gets a task.  Hashed by ``id()``, that
-    order changes between two runs of the same stimuli, and hypothesis could neither replay
-    nor shrink an example.  Equality stays identity.
-    """
-    monkeypatch.setattr(TaskState, "__hash__", lambda ts: hash(ts.key))
-    monkeypatch.setattr(WorkerState, "__hash__", lambda ws: hash(ws.address))
-
-
-def test_random_stimuli_keep_the_state_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
-    deterministic_hashes(monkeypatch)
+def test_random_stimuli_keep_the_state_consistent() -> None:
+    # Hypothesis replays and shrinks examples: it needs the same stimuli to give the same
+    # decisions, which the state machine does by construction (its entity sets are ordered).
     run_state_machine_as_test(
         SchedulerMachine,
         settings=settings(
@@ -925,11 +912,9 @@ def test_regression_wanting_a_key_whose_put_input_is_gone_runs_nothing_needlessl
     assert states(s) == {"p": "erred", "a": "released", "b": "erred", "z": "memory"}
 
 
-def test_regression_node_leaving_does_not_run_what_its_killed_task_made_unneeded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A leaving node's workers are removed in the iteration order of a set: fix it (w1 first).
-    monkeypatch.setattr(WorkerState, "__hash__", lambda ws: {"n0/w0": 0, "n1/w1": 1, "n1/w2": 2}[ws.address])
+def test_regression_node_leaving_does_not_run_what_its_killed_task_made_unneeded() -> None:
+    # A leaving node's workers are removed in the order they joined (w1 first); when that was a
+    # set's order, this test fixed it by patching their hashes.
     s = SchedulerState(validate=True, allowed_failures=1)
     s.handle(st.AddNode("add-n0", "n0"))
     s.handle(st.AddWorker("add-w0", "n0/w0", "n0"))
@@ -968,18 +953,17 @@ def test_regression_a_lost_copy_of_an_input_is_not_sent_again() -> None:
     assert not s.tasks["a"].replicas
 
 
-def test_regression_node_leaving_sends_no_compute_reading_its_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The departed node's values are released in the iteration order of a set: fix it so that
-    # b's value goes first (as it does for about half of all hash seeds).
-    monkeypatch.setattr(TaskState, "__hash__", lambda ts: {"a": 1, "b": 2}[ts.key])
+def test_regression_node_leaving_sends_no_compute_reading_its_store() -> None:
+    # Found when the departed node's values were released in the iteration order of a set:
+    # recommended in the order stored (a, then b) and popped last first, b ran first.
     s = two_nodes()
     a = st.TaskSpec("a", RUN_SPEC, (), 0, "a", ("n1/w",))
     b = st.TaskSpec("b", RUN_SPEC, ("a",), 0, "b", ("n1/w",), None, True)
     s.handle(st.UpdateGraph("g", "c", (a, b), ("a", "b")))
     s.handle(st.TaskFinished("done-a", "a", "n1/w", ["n1", 10, "obj-a"], 10))
     s.handle(st.TaskFinished("done-b", "b", "n1/w", ["n1", 10, "obj-b"], 10))
-    # n1 leaves with a and b.  Today b is recomputed at once on n2/w, reading a from n1's
-    # store (gone), then cancelled in the same batch when a is released too.
+    # n1 leaves with a and b.  Before the fix b was recomputed at once on n2/w, reading a from
+    # n1's store (gone), then cancelled in the same batch when a was released too.
     _, worker_msgs = s.handle(st.RemoveNode("gone", "n1"))
     assert worker_msgs == {}
 

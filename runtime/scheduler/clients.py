@@ -65,7 +65,7 @@ def _let_go(self: SchedulerState, cs: ClientState, ts: TaskState) -> TaskStateSt
     """``cs`` no longer wants ``ts``: the state ``ts`` should move to now, or None."""
     if ts not in cs.wants_what:
         return None
-    cs.wants_what.discard(ts)
+    del cs.wants_what[ts]
     del ts.who_wants[cs]
     if ts.who_wants:
         return None

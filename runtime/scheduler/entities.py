@@ -119,9 +119,9 @@ class TaskState:
         #: how many more times to rerun it if it raises
         self.retries = 0
         #: addresses of the only workers that may run it, or None
-        self.worker_restrictions: set[str] | None = None
+        self.worker_restrictions: dict[str, None] | None = None
         #: hosts whose workers may run it, or None
-        self.host_restrictions: set[str] | None = None
+        self.host_restrictions: dict[str, None] | None = None
         #: abstract resources it needs from a worker, e.g. {"GPU": 1}, or None
         self.resource_restrictions: dict[str, float] | None = None
         #: run elsewhere when no worker meets the restrictions
@@ -193,7 +193,7 @@ class ClientState:
     def __init__(self, client_key: str):
         self.client_key = client_key
         #: tasks this client holds futures for
-        self.wants_what: set[TaskState] = set()
+        self.wants_what: dict[TaskState, None] = {}
 
     def __repr__(self) -> str:
         return f"<ClientState {self.client_key!r} wants={len(self.wants_what)}>"
@@ -207,11 +207,11 @@ class NodeState:
         #: where its agent serves objects to other nodes
         self.address = address
         #: live workers on this node
-        self.workers: set[WorkerState] = set()
+        self.workers: dict[WorkerState, None] = {}
         #: tasks whose value was first stored here (``TaskState.data`` names this node)
-        self.stored: set[TaskState] = set()
+        self.stored: dict[TaskState, None] = {}
         #: tasks of which this store holds a copy fetched from another node
-        self.replicas: set[TaskState] = set()
+        self.replicas: dict[TaskState, None] = {}
         #: its store's bytes in shared memory, spilled to disk, and limit, at its last heartbeat
         self.store_used = 0
         self.store_spilled = 0

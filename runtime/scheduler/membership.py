@@ -29,10 +29,10 @@ def add_worker(self: SchedulerState, s: st.AddWorker) -> Recs:
         resources=dict(s.resources), memory_limit=s.memory_limit, saturation=self.worker_saturation,
     )  # fmt: skip
     self.workers[s.address] = ws
-    self.workers_by_host.setdefault(s.host, set()).add(ws)
+    self.workers_by_host.setdefault(s.host, {})[ws] = None
     self._worker_list = None
     self.total_nthreads += ws.nthreads
-    ns.workers.add(ws)
+    ns.workers[ws] = None
     self.idle[ws] = None
     return _try_unrunnable(self)
 
@@ -88,12 +88,12 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     self._worker_list = None
     self.total_nthreads -= ws.nthreads
     self.idle.pop(ws, None)
-    self.workers_by_host[ws.host].discard(ws)
+    self.workers_by_host[ws.host].pop(ws, None)
     if not self.workers_by_host[ws.host]:
         del self.workers_by_host[ws.host]
     ns = self.nodes.get(ws.node)
     if ns is not None:
-        ns.workers.discard(ws)
+        ns.workers.pop(ws, None)
     recs: Recs = {}
     running = list(ws.processing)
     for ts in running:
@@ -174,7 +174,7 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     if s.node in ts.replicas:
         return {}
     ts.replicas[s.node] = s.name
-    ns.replicas.add(ts)
+    ns.replicas[ts] = None
     return {}
 
 
@@ -186,7 +186,7 @@ def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
         if ts is None or ns is None or not ts.replicas or ts.replicas.get(node) != name or needed_on(ts, node):
             continue
         del ts.replicas[node]
-        ns.replicas.discard(ts)
+        ns.replicas.pop(ts, None)
         self._to_worker(node, {"op": "free-objects", "names": [name]})
     return {}
 
@@ -196,8 +196,8 @@ def promote_replica(self: SchedulerState, ts: TaskState) -> None:
     assert ts.replicas
     node, name = ts.replicas.popitem()
     ts.data = [node, ts.nbytes, name]
-    self.nodes[node].replicas.discard(ts)
-    self.nodes[node].stored.add(ts)
+    self.nodes[node].replicas.pop(ts, None)
+    self.nodes[node].stored[ts] = None
     self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
 
 
@@ -216,13 +216,13 @@ def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
     if dts.replicas and dts.replicas.get(node) == name:  # a copy on another node
         del dts.replicas[node]
         if node in self.nodes:
-            self.nodes[node].replicas.discard(dts)
+            self.nodes[node].replicas.pop(dts, None)
         return rerun
     if dts.data != s.value:
         return rerun  # a copy we no longer use
     ns = self.nodes.get(node)
     if ns is not None:
-        ns.stored.discard(dts)
+        ns.stored.pop(dts, None)
     if dts.replicas:
         promote_replica(self, dts)
         return rerun

@@ -30,20 +30,21 @@ if TYPE_CHECKING:
 BANDWIDTH = 100e6
 
 
-def valid_workers(s: SchedulerState, ts: TaskState) -> set[WorkerState] | None:
-    """Workers that satisfy ``ts``'s worker, host and resource restrictions; None if unrestricted."""
+def valid_workers(s: SchedulerState, ts: TaskState) -> dict[WorkerState, None] | None:
+    """Workers that satisfy ``ts``'s worker, host and resource restrictions, as an ordered set
+    (so ties between them always go the same way); None if unrestricted."""
     if not ts.has_restrictions():
         return None
-    ok: set[WorkerState] | None = None
+    ok: dict[WorkerState, None] | None = None
     if ts.worker_restrictions or ts.host_restrictions:
-        ok = {ws for a in ts.worker_restrictions or () if (ws := s.workers.get(a)) is not None}
+        ok = {ws: None for a in ts.worker_restrictions or () if (ws := s.workers.get(a)) is not None}
         for host in ts.host_restrictions or ():
-            ok.update(s.workers_by_host.get(host, ()))
+            ok.update(s.workers_by_host.get(host, {}))
     if ts.resource_restrictions:
         pool: Iterable[WorkerState] = s.workers.values() if ok is None else ok
-        ok = {ws for ws in pool if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())}
+        ok = {ws: None for ws in pool if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())}
     assert ok is not None
-    ok = {ws for ws in ok if ws.status == "running"}
+    ok = {ws: None for ws in ok if ws.status == "running"}
     if not ok and ts.loose_restrictions:
         return None
     return ok
@@ -64,22 +65,22 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
     if valid is not None and not valid:
         return None
     # Locality only matters for stored values: inline ones travel with the task anyway.
-    holders: set[WorkerState] = set()
+    holders: dict[WorkerState, None] = {}  # an ordered set: ties go the same way in every run
     for dts in ts.dependencies:
         if type(dts.data) is list:  # is_stored, inlined (per input of every task placed)
             for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
                 ns = s.nodes.get(node)
                 if ns is not None:
-                    holders |= {ws for ws in ns.workers if ws.status == "running"}
+                    holders.update({ws: None for ws in ns.workers if ws.status == "running"})
     if valid is not None:
-        holders &= valid
+        holders = {ws: None for ws in holders if ws in valid}
     # The least busy worker anywhere competes with the holders: when they are busy enough,
     # moving the data costs less than waiting (the objective weighs both).
     elsewhere = min(valid, key=_load) if valid is not None else _least_busy(s)
     if not holders:
         return elsewhere
     if elsewhere is not None:
-        holders.add(elsewhere)
+        holders[elsewhere] = None
     return min(holders, key=lambda ws: worker_objective(ts, ws))
 
 

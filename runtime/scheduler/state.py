@@ -92,7 +92,7 @@ class SchedulerState:
         #: live workers by address
         self.workers: dict[str, WorkerState] = {}
         #: live workers by host, for host restrictions
-        self.workers_by_host: dict[str, set[WorkerState]] = {}
+        self.workers_by_host: dict[str, dict[WorkerState, None]] = {}
         #: live node agents (and their stores) by node id
         self.nodes: dict[str, NodeState] = {}
         #: nodes that left: what their stores held is gone (node ids are never reused)
@@ -100,7 +100,7 @@ class SchedulerState:
         #: connected clients by id
         self.clients: dict[str, ClientState] = {}
         #: ready tasks no worker may run (the specification's ``unrunnable``)
-        self.unrunnable: set[TaskState] = set()
+        self.unrunnable: dict[TaskState, None] = {}
         #: ready root-ish tasks waiting for a free worker slot, by priority
         self.queued = HeapSet()
         #: workers with a free slot (fewer tasks than ``WorkerState.slots``)
@@ -264,7 +264,7 @@ class SchedulerState:
         return {}
 
     def _transition_waiting_queued(self, ts: TaskState) -> Recs:
-        self.unrunnable.discard(ts)
+        self.unrunnable.pop(ts, None)
         ts.state = "queued"
         self.queued.add(ts)
         return {}
@@ -273,7 +273,7 @@ class SchedulerState:
 
     def _transition_waiting_no_worker(self, ts: TaskState) -> Recs:
         ts.state = "no-worker"
-        self.unrunnable.add(ts)
+        self.unrunnable[ts] = None
         return {}
 
     def _transition_queued_processing(self, ts: TaskState) -> Recs:
@@ -290,7 +290,7 @@ class SchedulerState:
             return {}  # still nobody to run it
         if isinstance(where, str):
             return {ts.key: where}
-        self.unrunnable.discard(ts)
+        self.unrunnable.pop(ts, None)
         self._send_to_worker(ts, where)
         return {}
 
@@ -369,7 +369,7 @@ class SchedulerState:
                 return self._after_release(ts, recs)
             # A client on a node may put before that node's agent has registered.
             ns = self.nodes.get(value[0]) or self._new_node(value[0])
-            ns.stored.add(ts)
+            ns.stored[ts] = None
         ts.state = "memory"
         ts.data = value
         ts.nbytes = nbytes
@@ -433,13 +433,13 @@ class SchedulerState:
             node = ts.data[0]  # type: ignore[index]
             ns = self.nodes.get(node)
             if ns is not None:
-                ns.stored.discard(ts)
+                ns.stored.pop(ts, None)
                 self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
         if ts.replicas:
             for node, name in ts.replicas.items():
                 ns = self.nodes.get(node)
                 if ns is not None:
-                    ns.replicas.discard(ts)
+                    ns.replicas.pop(ts, None)
                     self._to_worker(node, {"op": "free-objects", "names": [name]})
         ts.replicas = None
         ts.data = None
@@ -505,7 +505,7 @@ class SchedulerState:
 
     def _transition_waiting_erred(self, ts: TaskState) -> Recs:
         recs: Recs = {}
-        self.unrunnable.discard(ts)
+        self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
         ts.state = "erred"
         self._erred_common(ts, recs)
@@ -517,7 +517,7 @@ class SchedulerState:
 
     def _transition_waiting_released(self, ts: TaskState) -> Recs:
         recs: Recs = {}
-        self.unrunnable.discard(ts)
+        self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
         ts.waiting = None
         ts.state = "released"
@@ -611,13 +611,13 @@ class SchedulerState:
             ts.priority = first + rank
             if wanted[i]:
                 ts.who_wants[cs] = None
-                wants_what.add(ts)
+                wants_what[ts] = None
             # The rest only where they differ from TaskState's defaults (rare).
             if spec.retries:
                 ts.retries = spec.retries
             if spec.workers:
-                ts.worker_restrictions = {w for w in spec.workers if w in self.workers or "/" in w or ":" in w}
-                ts.host_restrictions = set(spec.workers) - ts.worker_restrictions or None
+                ts.worker_restrictions = {w: None for w in spec.workers if w in self.workers or "/" in w or ":" in w}
+                ts.host_restrictions = {h: None for h in spec.workers if h not in ts.worker_restrictions} or None
             if spec.resources:
                 ts.resource_restrictions = dict(spec.resources)
             if spec.allow_other_workers:
@@ -645,7 +645,7 @@ class SchedulerState:
             if ts is None:
                 continue
             ts.who_wants[cs] = None
-            cs.wants_what.add(ts)
+            cs.wants_what[ts] = None
             if ts.state == "memory":
                 self._to_client(
                     cs.client_key, {"op": "key-in-memory", "key": key, "value": ts.data, "nbytes": ts.nbytes}
@@ -692,7 +692,7 @@ class SchedulerState:
         if ts is None:
             ts = self._new_task(s.key, None, "put")
         ts.who_wants[cs] = None
-        cs.wants_what.add(ts)
+        cs.wants_what[ts] = None
         if ts.state != "released":
             return {}
         return self._transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
