@@ -6,6 +6,7 @@
     runtime start --address tcp://H:P  a node agent (+ its workers) joining that scheduler
     runtime status                     nodes, workers, tasks per state, tasks no worker can run
     runtime stop                       what this run directory started (a head: the whole cluster)
+    runtime replay FILE                a recorded scheduler run, into a fresh state machine, offline
 
 ``start`` spawns the processes in a session of their own (they outlive the command) and
 records them in a *run directory* (``--run-dir``, else ``$RUNTIME_RUN_DIR``, else
@@ -270,6 +271,8 @@ def _start_scheduler(args: argparse.Namespace, logs: str, procs: list[subprocess
     cmd = [sys.executable, "-m", "runtime.scheduler", "--address", listen]
     if args.block:
         cmd.append("--watch-parent")
+    if args.record:
+        cmd += ["--record", os.path.abspath(args.record)]
     proc = _spawn(cmd, log_path, args.block)
     procs.append(proc)
 
@@ -440,7 +443,7 @@ def _apply_security(args: argparse.Namespace) -> None:
         ("tls_key", "TLS_KEY"),
         ("tls_ca", "TLS_CA"),
     ):
-        path = getattr(args, flag)
+        path = getattr(args, flag, None)  # replay has none of them
         if path:
             if not os.path.isfile(path):
                 raise CliError(f"--{flag.replace('_', '-')} {path}: no such file")
@@ -521,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--resources", type=parse_resources, metavar="RES", default={}, help='each worker\'s, e.g. GPU=1 or {"GPU":1}'
     )
+    start.add_argument(
+        "--record", metavar="FILE", help="the scheduler writes every stimulus to FILE, for `runtime replay FILE`"
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops everything")
     common(start)
     start.set_defaults(func=cmd_start)
@@ -534,7 +540,44 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop what this run directory started (a head stops the whole cluster)")
     common(stop)
     stop.set_defaults(func=cmd_stop)
+
+    replay = sub.add_parser(
+        "replay", help="feed a scheduler's recorded stimuli (scheduler.record) into a fresh state machine, offline"
+    )
+    replay.add_argument("file", help="the stimulus log")
+    replay.add_argument("--stop-at", metavar="STIMULUS", help="stop after this stimulus (its id, or its number)")
+    replay.add_argument("--story", metavar="KEY", action="append", default=[], help="print KEY's story (repeatable)")
+    replay.add_argument("--no-validate", action="store_true", help="do not check every invariant (faster)")
+    replay.add_argument("--interact", action="store_true", help="then open a Python prompt with `state` in it")
+    replay.set_defaults(func=cmd_replay)
     return parser
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from runtime.scheduler import record  # the state machine: only this command needs it
+
+    try:
+        state, n = record.replay(args.file, args.stop_at, validate=not args.no_validate)
+    except OSError as e:
+        raise CliError(f"cannot read {args.file}: {e.strerror or e}") from None
+    except record.ReplayError as e:
+        raise CliError(str(e)) from None
+    counts: dict[str, int] = {}
+    for ts in state.tasks.values():
+        counts[ts.state] = counts.get(ts.state, 0) + 1
+    where = f", stopped at {args.stop_at}" if args.stop_at else ""
+    print(f"replayed {n} stimuli from {args.file}{where}: every decision as recorded")
+    print(f"tasks: {len(state.tasks)}" + "".join(f", {s} {c}" for s, c in sorted(counts.items())))
+    print(f"workers: {len(state.workers)}, nodes: {len(state.nodes)}, clients: {len(state.clients)}")
+    for key in args.story:
+        print(f"story of {key}:")
+        for key_, start, finish, recs, sid in state.story(key):
+            print(f"  {sid}: {key_} {start} -> {finish}" + (f"  recommends {recs}" if recs else ""))
+    if args.interact:
+        import code
+
+        code.interact(banner="the replayed SchedulerState is `state`", local={"state": state}, exitmsg="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -18,6 +18,7 @@ async def _main(args: argparse.Namespace) -> None:
     scheduler = Scheduler(
         validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation,
         amm_interval=args.amm_interval, transition_log_length=config.get("scheduler.transition-log-length"),
+        record_to=args.record,
     )  # fmt: skip
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--amm-interval", type=float, default=config.get("scheduler.amm-interval"),
         help="seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--record", metavar="FILE", default=config.get("scheduler.record"),
+        help="write every stimulus to FILE, for `runtime replay FILE` (default: the scheduler.record setting)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     procutil.run_process("scheduler", _main(args))

@@ -27,7 +27,7 @@ from typing import Any
 
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
-from runtime.scheduler import amm, placement, retire, sampler, wirecheck
+from runtime.scheduler import amm, placement, record, retire, sampler, wirecheck
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -81,12 +81,15 @@ class Scheduler:
 
     def __init__(
         self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
-        amm_interval: float = 2.0, transition_log_length: int = TRANSITION_LOG_LENGTH,
+        amm_interval: float = 2.0, transition_log_length: int = TRANSITION_LOG_LENGTH, record_to: str | None = None,
     ):  # fmt: skip
-        self.state = SchedulerState(
-            validate=validate, allowed_failures=allowed_failures, worker_saturation=worker_saturation,
+        settings = dict(
+            allowed_failures=allowed_failures, worker_saturation=worker_saturation,
             transition_log_length=transition_log_length,
         )  # fmt: skip
+        self.state = SchedulerState(validate=validate, **settings)
+        #: every stimulus handled, written down for ``runtime replay`` (``record_to``: its file)
+        self.stimulus_log = record.StimulusLog(record_to, settings) if record_to else None
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
         #: what each node agent told us about itself (store prefix, host, pid)
@@ -147,6 +150,8 @@ class Scheduler:
             self._server.close()
         for comm in list(self.comms.values()):
             comm.close()
+        if self.stimulus_log is not None:
+            self.stimulus_log.close()
         self.closed.set()
 
     def handle_stimulus(self, stimulus: st.Stimulus) -> None:
@@ -159,6 +164,8 @@ class Scheduler:
         try:
             client_msgs, worker_msgs = self.state.handle(stimulus)
         except Exception as e:
+            if self.stimulus_log is not None:
+                self.stimulus_log.write(stimulus, None)
             # A bug in the state machine (validate=True finds these first).  Say so to every
             # client, so nobody waits forever on a task this scheduler can no longer track.
             logger.exception("scheduler state machine failed on %r", stimulus)
@@ -168,6 +175,8 @@ class Scheduler:
         finally:
             if pause_gc:
                 gc.enable()
+        if self.stimulus_log is not None:
+            self.stimulus_log.write(stimulus, record.digest(client_msgs, worker_msgs))
         self._send(client_msgs)
         self._send(worker_msgs)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
