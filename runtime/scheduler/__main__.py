@@ -17,8 +17,7 @@ from runtime.scheduler.server import Scheduler
 async def _main(args: argparse.Namespace) -> None:
     scheduler = Scheduler(
         validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation,
-        amm_interval=args.amm_interval, transition_log_length=config.get("scheduler.transition-log-length"),
-        record_to=args.record,
+        amm_interval=args.amm_interval, record_to=args.record,
     )  # fmt: skip
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)

@@ -25,13 +25,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from runtime import config
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
 from runtime.scheduler import amm, placement, record, retire, sampler, wirecheck
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
-from runtime.scheduler.state import TRANSITION_LOG_LENGTH, WORKER_SATURATION, Msgs, SchedulerState
+from runtime.scheduler.state import Msgs, SchedulerState
 from runtime.scheduler.status import cluster_status
 from runtime.scheduler.worker_runs import WorkerRuns
 
@@ -72,6 +73,10 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
+def _setting(given: Any, key: str) -> Any:
+    return config.get(key) if given is None else given
+
+
 class PeerError(Exception):
     """A peer broke the protocol; its connection is dropped with this reason."""
 
@@ -80,14 +85,17 @@ class Scheduler:
     """Holds a ``SchedulerState`` and performs what it returns."""
 
     def __init__(
-        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
-        amm_interval: float = 2.0, transition_log_length: int = TRANSITION_LOG_LENGTH, record_to: str | None = None,
+        self, *, validate: bool | None = None, allowed_failures: int | None = None,
+        worker_saturation: float | None = None, amm_interval: float | None = None,
+        transition_log_length: int | None = None, record_to: str | None = None,
     ):  # fmt: skip
+        """Each setting not given is the config tree's (``scheduler.*``)."""
         settings = dict(
-            allowed_failures=allowed_failures, worker_saturation=worker_saturation,
-            transition_log_length=transition_log_length,
+            allowed_failures=_setting(allowed_failures, "scheduler.allowed-failures"),
+            worker_saturation=_setting(worker_saturation, "scheduler.worker-saturation"),
+            transition_log_length=_setting(transition_log_length, "scheduler.transition-log-length"),
         )  # fmt: skip
-        self.state = SchedulerState(validate=validate, **settings)
+        self.state = SchedulerState(validate=_setting(validate, "scheduler.validate"), **settings)
         #: every stimulus handled, written down for ``runtime replay`` (``record_to``: its file)
         self.stimulus_log = record.StimulusLog(record_to, settings) if record_to else None
         #: open connections by client id, worker address or node id
@@ -105,7 +113,7 @@ class Scheduler:
         #: when each node agent was last heard from
         self.liveness = Liveness(heartbeat_timeout, self.heartbeat_interval)
         #: seconds between runs of the active memory manager (0: off)
-        self.amm_interval = amm_interval
+        self.amm_interval = _setting(amm_interval, "scheduler.amm-interval")
         #: nodes being retired: the active memory manager keeps the copies of their values
         self.retiring_nodes: set[str] = set()
         #: workers stopped on purpose: their connection closing is no death

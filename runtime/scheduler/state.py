@@ -45,6 +45,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from runtime import config
 from runtime.scheduler import clients, membership, placement, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
@@ -68,10 +69,12 @@ from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
 UNKNOWN_TASK_DURATION = 0.5
-#: transitions kept for ``story`` (Dask's default, ``distributed.admin.low-level-log-length``, too)
-TRANSITION_LOG_LENGTH = 1_000
-#: a worker takes root-ish tasks while it has fewer than ceil(this x threads) (Dask's default)
-WORKER_SATURATION = 1.1
+
+
+def _default(key: str) -> Any:
+    """A setting's default, from the config tree (the one place defaults live).  The state
+    machine takes its settings as arguments; these are only what it takes when given none."""
+    return config.SETTINGS[key].default
 
 
 class InvalidTransition(RuntimeError):
@@ -82,8 +85,9 @@ class InvalidTransition(RuntimeError):
 
 class SchedulerState:
     def __init__(
-        self, *, validate: bool = False, allowed_failures: int = 3, worker_saturation: float = WORKER_SATURATION,
-        transition_log_length: int = TRANSITION_LOG_LENGTH,
+        self, *, validate: bool = False, allowed_failures: int = _default("scheduler.allowed-failures"),
+        worker_saturation: float = _default("scheduler.worker-saturation"),
+        transition_log_length: int = _default("scheduler.transition-log-length"),
     ):  # fmt: skip
         #: every task the scheduler knows, by key
         self.tasks: dict[str, TaskState] = {}
