@@ -97,6 +97,15 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
             clients_before = client.request("status")["clients"]
         finally:
             client.close()
+        with rt.config.set({"client.attach-store": False}):  # as on a host with no node: the agents' servers
+            client = CoreClient(address)
+            try:
+                big = client.put(np.ones(200_000))  # 1.6 MB, sent to the node's agent
+                assert float(client.get([big])[0].sum()) == 200_000.0 and client.node == ""
+                made = client.submit(dumps_function(np.ones), "ones", (300_000,), {})
+                assert float(made.result(timeout=60).sum()) == 300_000.0  # read from the agent
+            finally:
+                client.close()
         rt.init(address=address)  # actors: their call servers check the secret too
         try:
             counter = Counter.remote()
