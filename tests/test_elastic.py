@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
 
@@ -37,7 +37,7 @@ def nap(x, seconds):
 @pytest.fixture(scope="module")
 def cluster():
     with rt.LocalCluster(n_workers=2, n_nodes=2, amm_interval=0.2) as cluster:
-        client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2, timeout=60)
             yield cluster, client

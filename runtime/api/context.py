@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime import config, local
-from runtime.client.client import Client
+from runtime.client.client import ClusterClient
 from runtime.client.future import Future
 from runtime.cluster import LocalCluster
 from runtime.local import local_scheduler
@@ -32,7 +32,7 @@ logger = logging.getLogger("runtime")
 class Runtime:
     """A connected client, and the local cluster it started if it started one."""
 
-    def __init__(self, client: Client, cluster: LocalCluster | None):
+    def __init__(self, client: ClusterClient, cluster: LocalCluster | None):
         self.client = client
         self.cluster = cluster
 
@@ -78,13 +78,13 @@ def init(
                     "num_workers, resources, object_store_memory and memory_limit apply to a local cluster, "
                     "not when joining an address"
                 )
-            _current = Runtime(Client(address), None)
+            _current = Runtime(ClusterClient(address), None)
         else:
             cluster = LocalCluster(
                 num_workers, resources=resources, object_store_memory=object_store_memory, memory_limit=memory_limit
             )
             try:
-                client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+                client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
             except BaseException:
                 cluster.close()
                 raise
@@ -114,7 +114,9 @@ def current_runtime() -> Runtime:
         if worker is not None:  # a task or an actor using the API: join the worker's cluster, on its node
             with _lock:
                 if _current is None:
-                    _current = Runtime(Client(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None)
+                    _current = Runtime(
+                        ClusterClient(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None
+                    )
                 return _current
         logger.info("runtime used before init(): starting a local cluster")
         rt = init(ignore_reinit_error=True)

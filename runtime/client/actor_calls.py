@@ -30,7 +30,7 @@ from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import ActorDiedError
 
 if TYPE_CHECKING:
-    from runtime.client.client import Client
+    from runtime.client.client import ClusterClient
 
 logger = logging.getLogger("runtime.client.actors")
 
@@ -53,7 +53,7 @@ class _Route:
 
 
 class ActorCalls:
-    def __init__(self, client: Client):
+    def __init__(self, client: ClusterClient):
         self.client = client
         self._outbox = ThreadOutbox(client._loop, self._dispatch)
         #: one route per actor called from this process

@@ -1,4 +1,4 @@
-"""The client: the driver's side of the wire protocol.
+"""The cluster client (``ClusterClient``): the driver's side of the wire protocol.
 
 ::
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("runtime.client")
 LARGE_PUT = 256 * 2**20
 
 
-class Client:
+class ClusterClient:
     def __init__(self, address: str, *, node: str | None = None, prefix: str | None = None, timeout: float = 30.0):
         #: the scheduler's address
         self.address = address

@@ -15,7 +15,7 @@ from runtime.comm import serialize
 from runtime.errors import RemoteTraceback, TaskError
 
 if TYPE_CHECKING:
-    from runtime.client.client import Client
+    from runtime.client.client import ClusterClient
 
 PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 #: the standard library's states of a done future (concurrent.futures._base)
@@ -84,7 +84,7 @@ class Future:
 
     __slots__ = ("key", "_client", "_state", "_stdlib_waiters", "__weakref__")
 
-    def __init__(self, key: str, client: Client, state: FutureState):
+    def __init__(self, key: str, client: ClusterClient, state: FutureState):
         self.key = key
         self._client = client
         self._state = state

@@ -6,7 +6,7 @@
     Client.gather     ◄── core (FutureState per key, pushed by the scheduler) ◄────────────────┘
     Client.get(dsk)   ──► runtime.client.graph: one task per graph node, one message
 
-The core (``runtime.client.client.Client``) owns the connection and the futures; this
+The core (``runtime.client.client.ClusterClient``) owns the connection and the futures; this
 class only shapes calls the way Dask users know them.  ``Client()`` starts a
 ``LocalCluster`` it owns and closes; ``Client(address)`` and ``Client(cluster)`` connect.
 
@@ -32,8 +32,7 @@ from typing import Any
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
-from runtime.client.client import Client as Core
-from runtime.client.client import task_entry
+from runtime.client.client import ClusterClient, task_entry
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
@@ -76,9 +75,11 @@ class Client(concurrent.futures.Executor):
             raise TypeError(f"Client() takes an address string or a LocalCluster, not a {type(address).__name__}")
         try:
             if cluster is None:
-                self.core = Core(str(address), timeout=timeout)
+                self.core = ClusterClient(str(address), timeout=timeout)
             else:
-                self.core = Core(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix, timeout=timeout)
+                self.core = ClusterClient(
+                    cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix, timeout=timeout
+                )
                 # A cluster's workers are starting: wait for them, as Dask's Client(LocalCluster) does.
                 self.core.wait_for_workers(cluster.n_workers, timeout=max(timeout, 60.0))
         except BaseException:
