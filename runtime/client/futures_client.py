@@ -34,6 +34,7 @@ from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_entry
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
+from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
 from runtime.errors import RemoteTraceback
@@ -283,7 +284,7 @@ class Client(concurrent.futures.Executor):
         found: list[Future] = []
         collect_futures(futures, found)
         if found:
-            self.core.wait_done(found, timeout)
+            waiting.wait_done(found, timeout)
         results: dict[str, Any] = {}
         for f in found:
             if f.key in results:
@@ -293,7 +294,7 @@ class Client(concurrent.futures.Executor):
                     raise f._state.error(f.key)
                 results[f.key] = None
             else:
-                results[f.key] = self.core.get([f])[0]
+                results[f.key] = f._owner.get([f])[0]
         return _pack(futures, results)
 
     def cancel(self, futures: Any, force: bool = False) -> None:
@@ -302,7 +303,8 @@ class Client(concurrent.futures.Executor):
         Their ``result()`` raises ``CancelledError``.  A task already running finishes
         unless ``force``; with ``force`` its worker interrupts it (and, failing that, restarts).
         """
-        self.core.cancel(waiting.check_futures(futures, "cancel()"), force=force)
+        for owner, theirs in by_owner(waiting.check_futures(futures, "cancel()")).items():
+            owner.cancel(theirs, force=force)
 
     # -- the cluster ---------------------------------------------------------------------
 
@@ -551,7 +553,7 @@ class ClientExecutor(concurrent.futures.Executor):
         if cancel_futures and pending:
             self.client.cancel(pending)
         elif wait and pending:
-            self.client.core.wait_done(pending)
+            waiting.wait_done(pending)
 
 
 def _install_plugin(pickled: bytes, name: str) -> Any:

@@ -2,8 +2,9 @@
 
 The bar is tqdm's (``tqdm.auto`` picks the notebook widget inside Jupyter).  Each future's
 done callback advances it, so nothing polls the scheduler.  In a terminal ``progress``
-blocks until every future is done, as Dask's does; in a notebook it returns the bar at
-once and the widget keeps moving while the cell's output stays live.
+blocks until every future is done, as Dask's does (futures of a local scheduler run their
+tasks meanwhile); in a notebook it returns the bar at once and the widget keeps moving while
+the cell's output stays live.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import importlib.util
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 from runtime.client.future import Future, collect_futures
+from runtime.client.owner import by_owner
+from runtime.client.waiting import wait_until
 from runtime.errors import GetTimeoutError
 
 logger = logging.getLogger("runtime.client")
@@ -74,8 +78,9 @@ def progress(
     if notebook or not found:
         return bar
     try:
-        if not all_done.wait(timeout):
-            raise GetTimeoutError(f"progress(): {len(found) - counts['done']} of {len(found)} tasks not done")
+        wait_until(all_done.is_set, by_owner(found.values()), None if timeout is None else time.monotonic() + timeout)
+    except GetTimeoutError:
+        raise GetTimeoutError(f"progress(): {len(found) - counts['done']} of {len(found)} tasks not done") from None
     finally:
         bar.close()
     return None
