@@ -473,11 +473,13 @@ class ClusterClient:
         self, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None,
         scheduler: str | None = None,
     ) -> None:  # fmt: skip
-        """Block until ``ready()``: checked whenever the scheduler's news changes futures, and
-        after done callbacks ran.  GetTimeoutError past ``deadline``; ConnectionError, or
-        ClientClosedError for ``futures``, when nothing will change any more."""
+        """Block until ``ready()``: checked whenever the scheduler's news changes futures, or,
+        with no ``futures``, whenever done callbacks have run.  GetTimeoutError past
+        ``deadline``; ConnectionError, or ClientClosedError for ``futures``, when nothing will
+        change any more."""
         _check_scheduler(scheduler)
-        with self.futures.cond:
+        cond = self.futures.cond if futures else self.futures.called_back
+        with cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)
@@ -486,7 +488,7 @@ class ClusterClient:
                 if remaining is not None and remaining <= 0:
                     keys = [f.key for f in futures if f._state.status == PENDING]
                     raise GetTimeoutError(f"timed out waiting for {len(keys)} result(s), e.g. {keys[:3]}")
-                self.futures.cond.wait(remaining)
+                cond.wait(remaining)
 
     def close(self, closed_as: str | None = None) -> None:
         """Disconnect.  Its pending futures are cancelled, and using any of its futures

@@ -57,7 +57,8 @@ class FutureOwner(Protocol):
     ) -> None:  # fmt: skip
         """Block until ``ready()``, doing what that takes; ``GetTimeoutError`` past ``deadline``
         (``time.monotonic()``).  ``ready`` is checked again whenever one of ``futures``
-        changes and after done callbacks have run."""
+        changes, and after done callbacks have run (with no ``futures``: only then, for a
+        ``ready`` that reads what callbacks did, as ``as_completed``'s)."""
         ...
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None: ...
@@ -79,7 +80,7 @@ class FutureTable:
     is held (``due``) and run by ``fire_callbacks``: on a callback thread of their own when
     ``callback_thread`` (the cluster client: results arrive on its event loop, which must
     not wait for user code), else at once, in the thread that settled the futures.  After
-    each batch the condition is notified, so a ``wait_for`` whose ``ready`` reads what the
+    each batch ``called_back`` is notified, so a ``wait_for`` whose ``ready`` reads what the
     callbacks did (``as_completed``, ``progress``) sees it.
     """
 
@@ -90,6 +91,10 @@ class FutureTable:
         self.lock = threading.RLock()
         #: notified when futures change
         self.cond = threading.Condition(self.lock)
+        #: notified when callbacks have run: a condition of its own with a callback thread,
+        #: so waiters for callbacks alone sleep through the results that come before them;
+        #: else ``cond``, on which a local scheduler's caller waits while pool threads run tasks
+        self.called_back = threading.Condition(self.lock) if callback_thread else self.cond
         #: callbacks of futures that became done, not run yet
         self.due: list[tuple[Callable[[Future], Any], Future]] = []
         self._callback_thread = callback_thread
@@ -193,8 +198,8 @@ class FutureTable:
     def _run(self, due: list[tuple[Callable[[Future], Any], Future]]) -> None:
         for fn, future in due:
             _call_logged(fn, future)
-        with self.cond:
-            self.cond.notify_all()
+        with self.called_back:
+            self.called_back.notify_all()
 
     def close(self) -> None:
         """Stop the callback thread once it has run what it was given."""

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from runtime.client.future import Future, collect_futures
-from runtime.client.owner import by_owner
 from runtime.client.waiting import wait_until
 from runtime.errors import GetTimeoutError
 
@@ -78,7 +77,9 @@ def progress(
     if notebook or not found:
         return bar
     try:
-        wait_until(all_done.is_set, by_owner(found.values()), None if timeout is None else time.monotonic() + timeout)
+        # Its callbacks say when all are done: the owners are asked to wait for those alone.
+        owners: dict[Any, list[Future]] = {f._owner: [] for f in found.values()}
+        wait_until(all_done.is_set, owners, None if timeout is None else time.monotonic() + timeout)
     except GetTimeoutError:
         raise GetTimeoutError(f"progress(): {len(found) - counts['done']} of {len(found)} tasks not done") from None
     finally:

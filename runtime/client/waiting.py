@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from runtime.client.future import ERRED, Future
+from runtime.client.future import ERRED, PENDING, Future
 from runtime.client.owner import FutureOwner, by_owner, scheduler_choice
 from runtime.errors import GetTimeoutError
 
@@ -88,7 +88,7 @@ def wait(
     if num_returns is not None:  # Ray's: what is done at the timeout, at most num_returns of it
         k = num_returns
         try:
-            wait_until(lambda: sum(f.done() for f in futures) >= k, owners, deadline, kind)
+            wait_until(lambda: sum(f._state.status != PENDING for f in futures) >= k, owners, deadline, kind)
         except GetTimeoutError:
             pass
         done: list[Future] = []
@@ -97,12 +97,14 @@ def wait(
             (done if f.done() and len(done) < k else pending).append(f)
         return DoneAndNotDone(done, pending)
 
+    all_completed = all_done(futures)
+
     def ready() -> bool:
         if return_when == ALL_COMPLETED:
-            return all(f.done() for f in futures)
+            return all_completed()
         if return_when == FIRST_COMPLETED:
-            return any(f.done() for f in futures)
-        return all(f.done() for f in futures) or any(f._state.status == ERRED for f in futures)
+            return any(f._state.status != PENDING for f in futures)
+        return all_completed() or any(f._state.status == ERRED for f in futures)
 
     try:
         wait_until(ready, owners, deadline, kind)
@@ -117,7 +119,29 @@ def wait(
 def wait_done(futures: Sequence[Future], timeout: float | None = None) -> None:
     """Block until every one of ``futures`` is done; GetTimeoutError after ``timeout`` s."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    wait_until(lambda: all(f.done() for f in futures), by_owner(futures), deadline)
+    wait_until(all_done(futures), by_owner(futures), deadline)
+
+
+def all_done(futures: Sequence[Future]) -> Callable[[], bool]:
+    """A ``ready()`` for "every one of ``futures`` is done", amortized O(1) a call (it is
+    called at every change): each call goes on from the first future the last one found
+    pending, and the whole list is checked once at the end, as a value lost with its node
+    makes a finished future wait again."""
+    first_pending = 0
+
+    def ready() -> bool:
+        nonlocal first_pending
+        n = len(futures)
+        while first_pending < n and futures[first_pending]._state.status != PENDING:
+            first_pending += 1
+        if first_pending < n:
+            return False
+        if all(f._state.status != PENDING for f in futures):
+            return True
+        first_pending = 0
+        return False
+
+    return ready
 
 
 #: how long ``wait_until`` waits on one owner at a time when futures have several
