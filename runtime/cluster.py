@@ -28,7 +28,7 @@ import threading
 from typing import IO
 
 from runtime import config
-from runtime.client.client import Client
+from runtime.client.client import ClusterClient
 from runtime.objstore.store import make_prefix
 from runtime.worker import memory
 
@@ -90,7 +90,7 @@ class LocalCluster:
         #: how many workers each node's agent keeps running (scale and adapt change it)
         self.slots: dict[str, int] = {}
         #: a connection to the scheduler for scaling, made on first use
-        self._control: Client | None = None
+        self._control: ClusterClient | None = None
         self._scale_lock = threading.Lock()
         self._adapt_thread: threading.Thread | None = None
         self._adapt_stop = threading.Event()
@@ -119,9 +119,9 @@ class LocalCluster:
     def processes(self) -> list[subprocess.Popen]:
         return [self.scheduler_proc, *self.agent_procs]
 
-    def _client(self) -> Client:
+    def _client(self) -> ClusterClient:
         if self._control is None:
-            self._control = Client(self.scheduler_address, node=self.node, prefix=self.prefix)
+            self._control = ClusterClient(self.scheduler_address, node=self.node, prefix=self.prefix)
         return self._control
 
     def scale(self, n: int, timeout: float = 60.0) -> None:

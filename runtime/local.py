@@ -23,12 +23,13 @@ state machine and the ready queue are guarded by one lock; whoever holds it feed
 ``TaskState.data``) except under ``processes``, where arguments and results are pickled.
 A local "worker" never saturates, so no task waits in the scheduler's ``queued``: the ready
 queue orders them by the scheduler's priority, depth-first as the graph order made them.
+The local scheduler owns the futures it makes, as the cluster client owns its own
+(``runtime/client/owner.py``): their done callbacks run in the thread that ran the task.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import heapq
 import itertools
@@ -39,7 +40,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future as PoolFuture
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,15 +49,18 @@ from typing import Any
 import cloudpickle
 
 from runtime import config
-from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, failure_note
+from runtime.client.future import CANCELLED, FINISHED, PENDING, Future, FutureState
+from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import serialize
 from runtime.comm.serialize import SerializationError
-from runtime.errors import GetTimeoutError, RemoteTraceback, TaskCancelledError, TaskError
+from runtime.errors import GetTimeoutError
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
 
 LOCAL_KINDS = ("sync", "threads", "processes")
 _CLIENT, _WORKER, _NODE = "local-client", "local-worker", "local-node"
+#: what a closed local scheduler was, in the error of its futures
+_CLOSED_AS = "a local scheduler that was shut down (runtime.shutdown())"
 
 
 class Box:
@@ -128,11 +132,12 @@ def _order(priority: int, arrival: int) -> int:
     return (priority << 40) + arrival
 
 
-# Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result) out.
+# Under ``processes``: a batch of pickled tasks in, a list of (ok, pickled result or
+# exception, traceback, text) out.
 _child_functions: dict[bytes, Callable] = {}
 
 
-def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str]]:
+def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str, str]]:
     out = []
     for func_bytes, args_bytes in batch:
         try:
@@ -140,27 +145,30 @@ def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str]
             if func is None:
                 func = _child_functions[func_bytes] = pickle.loads(func_bytes)
             args, kwargs = pickle.loads(args_bytes)
-            out.append((True, cloudpickle.dumps(func(*args, **kwargs), protocol=5), ""))
+            out.append((True, cloudpickle.dumps(func(*args, **kwargs), protocol=5), "", ""))
         except BaseException as e:  # noqa: BLE001 - it goes back to the caller
-            tb = "".join(traceback.format_exception(e))
-            try:
-                exc = cloudpickle.dumps(e, protocol=5)
-                pickle.loads(exc)
-            except Exception:
-                exc = pickle.dumps(TaskError(f"{type(e).__qualname__}: {e}"))
-            out.append((False, exc, tb))
+            out.append(_erred(e))
     return out
+
+
+def _erred(e: BaseException) -> tuple[bool, bytes, str, str]:
+    """A failed task's entry of ``_run_batch``: pickled as a worker pickles it for the cluster."""
+    msg = serialize.erred_message("", e, 0.0)
+    return False, msg["exception"], msg["traceback"], msg["text"]
 
 
 class LocalScheduler:
     """One per process: the state machine, the ready queue and the pools of the local schedulers."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        #: the futures made here; callbacks run in the thread that settled them
+        self.futures = FutureTable(self, callback_thread=False)
+        # One lock guards the state machine, the ready queue and the futures.
+        self._lock = self.futures.lock
         #: pool threads wait here for ready tasks
         self._work = threading.Condition(self._lock)
-        #: callers of get/wait wait here for futures to finish
-        self._changed = threading.Condition(self._lock)
+        #: callers of get/wait wait here for futures to finish (or callbacks to have run)
+        self._changed = self.futures.cond
         self.state = SchedulerState(
             validate=config.get("scheduler.validate"),
             allowed_failures=config.get("scheduler.allowed-failures"),
@@ -175,7 +183,6 @@ class LocalScheduler:
         self._kind = "sync"
         #: keys whose last Future went away (appended from __del__, any thread)
         self._releases: list[str] = []
-        self._futures: dict[str, FutureState] = {}
         #: compute-task messages ready to run, by their ``_order`` number (one per entry below)
         self._queue: dict[int, dict] = {}
         #: ready ``_order`` numbers: those pushed in ascending order (an update-graph's roots)
@@ -206,8 +213,8 @@ class LocalScheduler:
     ) -> Future:
         """Record a task made under the local scheduler ``kind``; it runs at the next get/wait."""
         key = f"{name}-{self._tag}{next(self._keys)}"
-        fs = self._futures[key] = FutureState()
-        future = Future(key, self, fs)  # type: ignore[arg-type]
+        fs = self.futures.states[key] = FutureState()
+        future = Future(key, self, fs)
         # A plain tuple now: futures in the arguments become Deps, and the TaskSpec is made,
         # in _flush_pending, in one pass over the batch with the GC paused.
         pending = self._pending
@@ -232,22 +239,31 @@ class LocalScheduler:
     def put(self, value: Any) -> Future:
         key = f"put-{self._tag}{next(self._keys)}"
         with self._lock:
-            fs = self._futures[key] = FutureState()
-            fs.status, fs.value = FINISHED, Box(value)  # type: ignore[assignment]
-            future = Future(key, self, fs)  # type: ignore[arg-type]
+            fs = self.futures.states[key] = FutureState()
+            fs.status, fs.value = FINISHED, Box(value)
+            future = Future(key, self, fs)
             self._handle(st.UpdateData(f"put-{key}", _CLIENT, key, Box(value), 0))
         return future
 
-    def _release(self, key: str, fs: FutureState) -> None:
+    def release(self, key: str, fs: FutureState) -> None:
         """Called by Future.__del__, from any thread: only note it (list.append is atomic)."""
         fs.refcount -= 1
         if fs.refcount <= 0 and not self._closed:
             self._releases.append(key)
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
+        self.check_open(futures)
         with self._lock:
             self._flush()
             self._handle(st.Cancel(f"cancel-{next(self._ids)}", _CLIENT, tuple(f.key for f in futures), force))
+        self.futures.fire_callbacks()
+
+    def check_open(self, futures: Iterable[Future]) -> None:
+        """ClientClosedError once this scheduler was shut down: its futures' work is gone."""
+        if self._closed:
+            futures = list(futures)
+            if futures:
+                raise closed_error(_CLOSED_AS, futures)
 
     # -- the state machine ---------------------------------------------------------------
 
@@ -256,12 +272,13 @@ class LocalScheduler:
         self._flush_releases()
         if self._pending:
             self._flush_pending()
+            self.futures.fire_callbacks()  # of futures the update-graph failed at once
 
     def _flush_releases(self) -> None:
         if not self._releases:
             return
         keys, self._releases = self._releases, []
-        futures, tasks = self._futures, self.state.tasks
+        futures, tasks = self.futures.states, self.state.tasks
         known = []
         for k in keys:
             fs = futures.get(k)
@@ -310,7 +327,7 @@ class LocalScheduler:
                 by_priority.setdefault(prio, []).append(spec)
             del pending
             # Wanted: the keys that still have a Future (_flush_releases dropped the others).
-            futures = self._futures
+            futures = self.futures.states
             for prio, specs in by_priority.items():
                 keys = tuple([s.key for s in specs if s.key in futures])
                 self._handle(st.UpdateGraph(f"update-graph-{next(self._ids)}", _CLIENT, tuple(specs), keys, prio))
@@ -336,24 +353,19 @@ class LocalScheduler:
                 self._live.pop(msg["key"], None)
         msgs = client_msgs.get(_CLIENT)
         if msgs:
-            futures, watched, wake = self._futures, self._watched, False
+            table, watched, wake = self.futures, self._watched, False
             for msg in msgs:
                 op = msg["op"]
                 if op == "key-in-memory" or op == "task-erred":
-                    fs = futures.get(msg["key"])
+                    fs = table.settle(msg)
                     if fs is None:
                         continue
-                    if op == "key-in-memory":
-                        fs.status, fs.value = FINISHED, msg["value"]
-                    else:
-                        fs.status, fs.exception, fs.blame = ERRED, msg["exception"], msg["blame"]
+                    if op == "task-erred":
+                        fs.worker = ""  # the "worker" is this process: an error's note names none
                     wake = wake or fs in watched
                 elif op == "cancelled-keys":
-                    for key in msg["keys"]:
-                        fs = futures.get(key)
-                        if fs is not None and fs.status == PENDING:
-                            fs.status = CANCELLED
-                            wake = wake or fs in watched
+                    for fs in table.cancel_keys(msg["keys"]):
+                        wake = wake or fs in watched
             if wake:  # only a caller waiting for one of these: no wake-up per finished task
                 self._changed.notify_all()
         if self._queue and self._driving["threads"]:
@@ -392,7 +404,9 @@ class LocalScheduler:
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
-            return st.TaskErred(sid, msg["key"], _WORKER, e, "", f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
+            # The exception itself, not pickled: re-raised, it keeps its own traceback.
+            tb = "".join(traceback.format_exception(e))
+            return st.TaskErred(sid, msg["key"], _WORKER, e, tb, f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
         return st.TaskFinished(sid, msg["key"], _WORKER, Box(result), 0)
 
     # -- driving: get / wait -------------------------------------------------------------
@@ -422,6 +436,7 @@ class LocalScheduler:
                     self._flush()
                     if kind == "processes":
                         self._dispatch_processes()
+                        self.futures.fire_callbacks()  # of tasks that could not be pickled
                     elif self._queue and not any(t.is_alive() for t in self._threads):
                         raise RuntimeError("the local scheduler's threads are gone")
                     self._wait_changed(deadline)
@@ -436,6 +451,7 @@ class LocalScheduler:
         self._changed.wait(min(remaining, 0.1) if remaining is not None else 0.1)
 
     def _drive_sync(self, ready: Callable[[], bool], deadline: float | None) -> None:
+        table = self.futures
         while not ready():
             if self._releases or self._pending:
                 self._flush()
@@ -454,6 +470,8 @@ class LocalScheduler:
                 self._requeue(msg)
                 raise
             self._handle(stimulus)
+            if table.due:  # before ready() is asked again: it may read what they do
+                table.fire_callbacks()
 
     def _requeue(self, msg: dict) -> None:
         """Put a task taken from the ready queue but not run back in its place."""
@@ -486,6 +504,12 @@ class LocalScheduler:
                 finally:
                     self._lock.acquire()
                 self._handle(stimulus)
+                if self.futures.due:  # run them outside the lock, as the task ran
+                    self._lock.release()
+                    try:
+                        self.futures.fire_callbacks()
+                    finally:
+                        self._lock.acquire()
 
     # processes
 
@@ -539,6 +563,13 @@ class LocalScheduler:
         return fb, data
 
     def _batch_done(self, pool: ProcessPoolExecutor, keys: list[str], fut: PoolFuture) -> None:
+        try:
+            self._feed_batch(pool, keys, fut)
+        finally:
+            self.futures.fire_callbacks()
+
+    def _feed_batch(self, pool: ProcessPoolExecutor, keys: list[str], fut: PoolFuture) -> None:
+        """The results of a batch the process pool ran, to the state machine."""
         with self._lock:
             if pool is not self._pool:
                 return  # a batch of a pool that broke: its tasks were counted and sent again then
@@ -556,21 +587,22 @@ class LocalScheduler:
                 self._handle(st.AddWorker(f"add-worker-{next(self._ids)}", _WORKER, _NODE, 1))
                 return
             except BaseException as e:  # noqa: BLE001 - the batch could not even be sent
-                results = [(False, pickle.dumps(e), "".join(traceback.format_exception(e)))] * len(keys)
-            for key, (ok, payload, tb) in zip(keys, results, strict=True):
+                results = [_erred(e)] * len(keys)
+            for key, (ok, payload, tb, text) in zip(keys, results, strict=True):
                 sid = f"task-{next(self._ids)}"
                 if ok:
                     self._handle(st.TaskFinished(sid, key, _WORKER, Box(pickle.loads(payload)), len(payload)))
-                else:
-                    exc = _unpickle_exception(key, payload)
-                    exc.__cause__ = RemoteTraceback(tb)
-                    self._handle(st.TaskErred(sid, key, _WORKER, exc, tb, f"{type(exc).__name__}: {exc}"))  # type: ignore[arg-type]
+                else:  # pickled, as from a worker: the future rebuilds it with its remote traceback
+                    self._handle(st.TaskErred(sid, key, _WORKER, payload, tb, text))
             if self._driving["processes"]:
                 self._dispatch_processes()  # straight from here: no round trip through the caller
 
     # -- results ---------------------------------------------------------------------------
 
     def get(self, futures: Sequence[Future], timeout: float | None = None, scheduler: str | None = None) -> list:
+        """The values of ``futures``, running their tasks now; raises the first error met."""
+        _check_scheduler(scheduler)
+        self.check_open(futures)
         deadline = None if timeout is None else time.monotonic() + timeout
         states = [f._state for f in futures]
         first_pending = 0
@@ -593,30 +625,24 @@ class LocalScheduler:
         out = []
         for f, fs in zip(futures, states, strict=True):
             if fs.status != FINISHED:
-                raise _error(f.key, fs)
-            out.append(fs.value.value)  # type: ignore[union-attr]
+                raise fs.error(f.key)
+            out.append(fs.value.value)
         return out
 
-    def wait(
-        self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None,
+    def wait_for(
+        self, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None,
         scheduler: str | None = None,
-    ) -> tuple[list[Future], list[Future]]:  # fmt: skip
-        if not 0 <= num_returns <= len(futures):
-            raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+    ) -> None:  # fmt: skip
+        """Run tasks until ``ready()``, checked after each task under ``sync``, else whenever
+        one of ``futures`` finishes or done callbacks have run; GetTimeoutError past ``deadline``."""
+        _check_scheduler(scheduler)
+        self.check_open(futures)
         watching: list[FutureState] = []
         self._watch(watching, [f._state for f in futures])
         try:
-            self.drive(lambda: sum(f._state.status != PENDING for f in futures) >= num_returns, deadline, scheduler)
-        except GetTimeoutError:
-            pass
+            self.drive(ready, deadline, scheduler)
         finally:
             self._watch(watching, [])
-        done: list[Future] = []
-        pending: list[Future] = []
-        for f in futures:
-            (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
-        return done, pending
 
     def _watch(self, current: list[FutureState], new: list[FutureState]) -> None:
         """Replace the futures a caller watches (``current``, updated in place) by ``new``."""
@@ -631,8 +657,10 @@ class LocalScheduler:
             current[:] = new
 
     def close(self) -> None:
-        with self._lock:
+        """Stop the pools; futures not done yet are cancelled (their waiters wake)."""
+        with self.futures.changing():
             self._closed = True
+            self.futures.fail_pending(closed_error(_CLOSED_AS), CANCELLED)
             self._work.notify_all()
         # Idle threads leave at once; one inside a task cannot be stopped (it is a daemon).
         deadline = time.monotonic() + 1.0
@@ -709,33 +737,13 @@ def _frozen_gc() -> Iterator[None]:
 _in_pool_thread = threading.local()
 
 
-def _unpickle_exception(key: str, payload: bytes) -> BaseException:
-    try:
-        exc = pickle.loads(payload)
-    except Exception as e:
-        exc = TaskError(f"task {key!r} failed with an exception that cannot be unpickled here: {e}")
-    return exc if isinstance(exc, BaseException) else TaskError(repr(exc))
-
-
-def _error(key: str, fs: FutureState) -> BaseException:
-    """The exception to raise for a failed future: the task's own, noted as the distributed
-    scheduler notes it.  A copy per raise, so notes do not pile up; it keeps the original
-    traceback, so a post-mortem debugger lands in the task."""
-    if fs.status == CANCELLED:
-        return TaskCancelledError(f"task {key!r} was cancelled")
-    exc = fs.exception
-    if not isinstance(exc, BaseException):  # a scheduler-made error arrives pickled
-        exc = _unpickle_exception(key, exc) if isinstance(exc, bytes) else TaskError(f"task {key!r} failed")
-    note = failure_note(key, fs.blame)
-    notes = [*getattr(exc, "__notes__", ()), note]
-    try:
-        err = copy.copy(exc)
-        # Some copy reducers (tblib's, which Dask installs) share the instance dict.
-        err.__dict__ = {**exc.__dict__, "__notes__": notes}
-        err.__traceback__, err.__cause__, err.__context__ = exc.__traceback__, exc.__cause__, exc.__context__
-    except Exception:  # an exception that cannot be copied: raise it once more, notes as they were
-        return exc
-    return err
+def _check_scheduler(scheduler: str | None) -> None:
+    """A ``scheduler=`` argument of get/wait: any local one (or none) runs local futures."""
+    if scheduler == "distributed":
+        raise ValueError(
+            "scheduler='distributed' got futures made under a local scheduler; they run in this process "
+            "(submit them again outside the local scheduler)"
+        )
 
 
 _local: LocalScheduler | None = None
@@ -758,24 +766,3 @@ def shutdown() -> None:
         ls, _local = _local, None
     if ls is not None:
         ls.close()
-
-
-def owner_of(refs: Sequence[Future], scheduler: str | None, what: str) -> tuple[LocalScheduler | None, str | None]:
-    """The local scheduler that made ``refs`` (None: the cluster), and the checked ``scheduler``
-    (a ``get``/``wait`` argument); ValueError when the two do not go together."""
-    kind = config.SETTINGS["scheduler"].parse(scheduler) if scheduler is not None else None
-    owners = {type(r._client) is LocalScheduler for r in refs}
-    if len(owners) > 1:
-        raise ValueError(f"{what}() got futures of a local scheduler and of the cluster together; pass them apart")
-    is_local = owners == {True}
-    if is_local and kind == "distributed":
-        raise ValueError(
-            f"{what}(scheduler='distributed') got futures made under a local scheduler; "
-            "they run in this process (submit them again outside the local scheduler)"
-        )
-    if not is_local and kind not in (None, "distributed"):
-        raise ValueError(
-            f"{what}(scheduler={kind!r}) got futures of the distributed cluster, which runs them already; "
-            f"make them under runtime.config.set(scheduler={kind!r}) to run them locally"
-        )
-    return (refs[0]._client if is_local else None), kind  # type: ignore[return-value]

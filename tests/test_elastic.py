@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
 
@@ -37,7 +37,7 @@ def nap(x, seconds):
 @pytest.fixture(scope="module")
 def cluster():
     with rt.LocalCluster(n_workers=2, n_nodes=2, amm_interval=0.2) as cluster:
-        client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2, timeout=60)
             yield cluster, client
@@ -104,7 +104,7 @@ def test_retiring_a_node_first_moves_the_values_only_it_holds(cluster):
     far = workers_on(client, cluster.nodes[1])
     made = [submit(client, make, 200_000, i, workers=far) for i in range(10)]  # 1.6 MB each, on node 1
     small = [submit(client, nap, i, 0.0, workers=far) for i in range(10)]  # inline: held by the scheduler
-    client.wait(made + small, num_returns=20, timeout=60)
+    rt.wait(made + small, num_returns=20, timeout=60)  # each future asks its own client
     assert len(objects(cluster.prefixes[1])) == 10
     result = client.retire_workers(nodes=[cluster.nodes[1]], timeout=60)
     assert result["nodes"] == [cluster.nodes[1]] and result["workers"] == far and result["copied"] == 10

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
 
@@ -40,14 +40,14 @@ def short_heartbeats(monkeypatch):
     monkeypatch.setenv("RUNTIME_HEARTBEAT_INTERVAL", "0.2")
 
 
-def _two_nodes() -> tuple[rt.LocalCluster, CoreClient]:
+def _two_nodes() -> tuple[rt.LocalCluster, ClusterClient]:
     cluster = rt.LocalCluster(n_workers=2, n_nodes=2)
-    client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+    client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
     client.wait_for_workers(2)
     return cluster, client
 
 
-def _submit_sum(client: CoreClient, blocks: range) -> tuple[list[rt.Future], rt.Future]:
+def _submit_sum(client: ClusterClient, blocks: range) -> tuple[list[rt.Future], rt.Future]:
     made = [client.submit(dumps_function(make), "make", (i,), {}) for i in blocks]
     partial = [client.submit(dumps_function(add), "add", tuple(made[j : j + 10]), {}) for j in range(0, len(made), 10)]
     return made, client.submit(dumps_function(add), "total", tuple(partial), {})
@@ -62,7 +62,7 @@ def _log(cluster: rt.LocalCluster, name: str) -> str:
         return f.read()
 
 
-def _close(cluster: rt.LocalCluster, client: CoreClient) -> None:
+def _close(cluster: rt.LocalCluster, client: ClusterClient) -> None:
     client.close()
     cluster.close()
     for prefix in cluster.prefixes:  # a killed agent could not empty its store: do it for it
@@ -105,7 +105,7 @@ def test_a_killed_node_agent_loses_no_result(short_heartbeats):
 
 def test_a_killed_scheduler_fails_every_call_fast_and_its_agent_stops(short_heartbeats):
     with rt.LocalCluster(n_workers=1) as cluster:
-        client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(1)
             pending = client.submit(dumps_function(time.sleep), "sleep", (60,), {})
@@ -126,7 +126,7 @@ def test_a_killed_scheduler_fails_every_call_fast_and_its_agent_stops(short_hear
 
 def test_a_frozen_scheduler_makes_its_agents_stop_and_its_clients_fail_within_the_timeout(short_heartbeats):
     with rt.LocalCluster(n_workers=1) as cluster, rt.config.set({"heartbeat.client-timeout": 2}):
-        client = CoreClient(cluster.scheduler_address)
+        client = ClusterClient(cluster.scheduler_address)
         try:
             client.wait_for_workers(1)  # the agent has joined
             pending = client.submit(dumps_function(time.sleep), "sleep", (60,), {})

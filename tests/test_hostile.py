@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import runtime_cmd
 
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm import codec, serialize
 from runtime.comm.core import parse_address, read_frame
 from runtime.comm.serialize import dumps_function
@@ -50,7 +50,7 @@ class Head:
 def served(tmp_path_factory):
     head = Head(str(tmp_path_factory.mktemp("hostile")))
     try:
-        client = CoreClient(head.scheduler_address)
+        client = ClusterClient(head.scheduler_address)
         try:
             client.wait_for_workers(1)
             yield head, client
@@ -79,7 +79,7 @@ def _send_raw(address: str, data: bytes, wait_for_close: bool = True) -> None:
                 pass
 
 
-def _still_serving(client: CoreClient) -> None:
+def _still_serving(client: ClusterClient) -> None:
     assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
 
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 
 DRIVER = textwrap.dedent(
     """
@@ -135,8 +135,8 @@ def test_shutdown_twice_is_harmless():
 
 def test_malformed_message_drops_only_that_client_and_its_futures_fail_clearly():
     with rt.LocalCluster(n_workers=1) as cluster:
-        bad = CoreClient(cluster.scheduler_address)
-        good = CoreClient(cluster.scheduler_address)
+        bad = ClusterClient(cluster.scheduler_address)
+        good = ClusterClient(cluster.scheduler_address)
         try:
             from runtime.comm import serialize
 

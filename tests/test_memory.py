@@ -112,8 +112,8 @@ def test_a_memory_sampling_ends_when_its_client_is_killed(small_workers):
     client = small_workers.client
     script = (
         "import time\n"
-        "from runtime.client.client import Client\n"
-        f"c = Client({client.address!r})\n"
+        "from runtime.client.client import ClusterClient\n"
+        f"c = ClusterClient({client.address!r})\n"
         "print(c.request('memory-sampling-start', interval=0.01), flush=True)\n"
         "time.sleep(60)\n"
     )

@@ -12,7 +12,7 @@ import pytest
 
 import runtime as rt
 from runtime.api import context
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
 from runtime.objstore.transfer import fetch_sync
@@ -34,7 +34,7 @@ def make(n):
 def two_nodes():
     # No active memory manager: these tests count transfers, and it would drop idle copies.
     with rt.LocalCluster(n_workers=2, n_nodes=2, amm_interval=0) as cluster:
-        client = CoreClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+        client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2)
             yield cluster, client
@@ -44,7 +44,7 @@ def two_nodes():
         assert not [f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)]
 
 
-def _workers_on(client: CoreClient, node: str) -> list[str]:
+def _workers_on(client: ClusterClient, node: str) -> list[str]:
     return [a for a, w in client.request("identity")["workers"].items() if w["node"] == node]
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import runtime_cmd
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm import auth, codec
 from runtime.comm.serialize import dumps_function
 
@@ -89,7 +89,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
     try:
         # The right secret: tasks run, values move.
         security_env(secret_file=right)
-        client = CoreClient(address)
+        client = ClusterClient(address)
         try:
             client.wait_for_workers(1)
             assert client.submit(dumps_function(inc), "inc", (1,), {}).result(timeout=60) == 2
@@ -115,7 +115,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         # A wrong secret: refused before anything is read.
         security_env(secret_file=_secret_file(tmp_path, "wrong"))
         with pytest.raises(auth.AuthenticationError, match="refused our secret"):
-            CoreClient(address, timeout=5)
+            ClusterClient(address, timeout=5)
         # No secret at all: a client's registration and a graph go unread.
         host, port = address[len("tcp://") :].rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -132,7 +132,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         status = runtime_cmd("status", "--secret-file", right, run_dir=run_dir)
         assert status.returncode == 0 and "workers: 1" in status.stdout
         security_env(secret_file=right)
-        client = CoreClient(address)
+        client = ClusterClient(address)
         try:  # none of the refused peers became a client
             assert client.request("status")["clients"] == clients_before
         finally:
@@ -151,7 +151,7 @@ def test_a_cluster_that_requires_a_secret_says_so_to_a_client_without_one(tmp_pa
             rt.init(address=address)  # at once, not at the first get
         assert not rt.is_initialized()
         with pytest.raises(codec.SecretRequiredError, match=re.escape(said)):
-            CoreClient(address, timeout=5)
+            ClusterClient(address, timeout=5)
         status = runtime_cmd("status", "--timeout", "5", run_dir=run_dir)
         assert status.returncode == 1
         assert status.stderr.strip().splitlines() == [
@@ -167,7 +167,7 @@ def test_a_client_with_a_secret_the_cluster_does_not_use_is_told_so(tmp_path, se
         security_env(secret="unneeded")
         start = time.monotonic()
         with pytest.raises(auth.AuthenticationError, match="it runs without a shared secret and this process has one"):
-            CoreClient(cluster.scheduler_address, timeout=2)
+            ClusterClient(cluster.scheduler_address, timeout=2)
         assert time.monotonic() - start < 10
         status = runtime_cmd("status", "--address", cluster.scheduler_address, "--timeout", "2", run_dir=str(tmp_path))
         assert status.returncode == 1 and len(status.stderr.strip().splitlines()) == 1
@@ -193,7 +193,7 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
         joined = runtime_cmd("start", "--address", address, "--num-workers", "1", *flags, run_dir=run_dir + "-b")
         assert joined.returncode == 0, joined.stderr
         security_env(secret_file=secret, tls_cert=cert, tls_key=key, tls_ca=ca)
-        client = CoreClient(address)
+        client = ClusterClient(address)
         try:
             client.wait_for_workers(2)
             assert client.submit(dumps_function(inc), "inc", (41,), {}).result(timeout=60) == 42
@@ -208,7 +208,7 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
         # The secret alone, without TLS, gets nowhere.
         security_env(tls_cert="", tls_key="", tls_ca="")
         with pytest.raises(ConnectionError, match="uses TLS and this process does not"):
-            CoreClient(address, timeout=3)
+            ClusterClient(address, timeout=3)
     finally:
         assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0
         runtime_cmd("stop", *flags, run_dir=run_dir + "-b")

@@ -19,7 +19,7 @@ import pytest
 from conftest import runtime_cmd
 
 import runtime as rt
-from runtime.client.client import Client as CoreClient
+from runtime.client.client import ClusterClient
 from runtime.comm import serialize
 from runtime.objstore import store, values
 from runtime.objstore.manager import StoreManager
@@ -426,7 +426,7 @@ def test_an_agent_killed_and_started_again_at_once_sweeps_the_dead_ones_store(tm
     started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", run_dir=str(head))
     assert started.returncode == 0, started.stderr
     address = (head / "address").read_text().strip()
-    client = CoreClient(address)
+    client = ClusterClient(address)
     node = f"killed-{os.urandom(3).hex()}"
     with open(tmp_path / "agent.log", "wb") as log:
         agent = subprocess.Popen(
@@ -437,7 +437,7 @@ def test_an_agent_killed_and_started_again_at_once_sweeps_the_dead_ones_store(tm
     try:
         client.wait_for_workers(2)
         prefix = client.request("identity")["nodes"][node]["prefix"]
-        on_node = CoreClient(address, node=node, prefix=prefix)
+        on_node = ClusterClient(address, node=node, prefix=prefix)
         try:
             refs = [on_node.put(np.full(125_000, i)) for i in range(5)]  # 1 MB each: into its store
             assert len(store.list_objects(prefix)) == len(refs)

@@ -4,10 +4,11 @@ Using the API before ``init()`` starts a local cluster with default settings, as
 does; ``shutdown()`` (or the end of the program) stops it.
 
 Under a local scheduler (the ``scheduler`` setting, or ``scheduler=`` on ``get``/``wait``)
-tasks run in this process instead (``runtime/local.py``); a future belongs to the scheduler
-that made it, and ``get``/``wait``/``cancel`` go to that one.  So do futures of the cluster:
-to the client that made them, which raises ClientClosedError once ``shutdown()`` closed it
-(instead of starting a new cluster that does not know them).
+tasks run in this process instead (``runtime/local.py``).  Every future belongs to its
+owner, the scheduler or client that made it (``runtime/client/owner.py``), and ``get``,
+``wait`` and ``cancel`` go to that one, never to whatever runtime is current: a future of a
+client that ``shutdown()`` closed raises ClientClosedError instead of starting a new cluster
+that does not know it, and one of a ``runtime.Client`` never starts one at all.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime import config, local
-from runtime.client.client import Client
+from runtime.client.client import ClusterClient
 from runtime.client.future import Future
+from runtime.client.owner import by_owner, scheduler_choice
 from runtime.cluster import LocalCluster
 from runtime.local import local_scheduler
 from runtime.worker.actors import current_worker
@@ -32,7 +34,7 @@ logger = logging.getLogger("runtime")
 class Runtime:
     """A connected client, and the local cluster it started if it started one."""
 
-    def __init__(self, client: Client, cluster: LocalCluster | None):
+    def __init__(self, client: ClusterClient, cluster: LocalCluster | None):
         self.client = client
         self.cluster = cluster
 
@@ -78,13 +80,13 @@ def init(
                     "num_workers, resources, object_store_memory and memory_limit apply to a local cluster, "
                     "not when joining an address"
                 )
-            _current = Runtime(Client(address), None)
+            _current = Runtime(ClusterClient(address), None)
         else:
             cluster = LocalCluster(
                 num_workers, resources=resources, object_store_memory=object_store_memory, memory_limit=memory_limit
             )
             try:
-                client = Client(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
+                client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
             except BaseException:
                 cluster.close()
                 raise
@@ -114,7 +116,9 @@ def current_runtime() -> Runtime:
         if worker is not None:  # a task or an actor using the API: join the worker's cluster, on its node
             with _lock:
                 if _current is None:
-                    _current = Runtime(Client(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None)
+                    _current = Runtime(
+                        ClusterClient(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None
+                    )
                 return _current
         logger.info("runtime used before init(): starting a local cluster")
         rt = init(ignore_reinit_error=True)
@@ -131,16 +135,17 @@ def get(refs: Future | Sequence[Future], *, timeout: float | None = None, schedu
         return get([refs], timeout=timeout, scheduler=scheduler)[0]
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):
         raise TypeError(f"get() takes a Future or a list of Futures, not {_describe(refs)}")
-    owner, kind = local.owner_of(refs, scheduler, "get")
-    if owner is not None:
+    kind = scheduler_choice(scheduler)
+    if not refs:
+        return []
+    owner = refs[0]._owner
+    if all(r._owner is owner for r in refs):
         return owner.get(refs, timeout=timeout, scheduler=kind)
-    if all(r._client is refs[0]._client for r in refs):
-        return refs[0]._client.get(refs, timeout=timeout) if refs else []
     deadline = None if timeout is None else time.monotonic() + timeout
     out = []
-    for r in refs:  # futures of several clients: each from its own
+    for r in refs:  # futures of several owners: each from its own
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        out.extend(r._client.get([r], timeout=remaining))
+        out.extend(r._owner.get([r], timeout=remaining, scheduler=kind))
     return out
 
 
@@ -158,12 +163,8 @@ def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")
-    owner, _ = local.owner_of(futures, None, "cancel")
-    if owner is not None:
-        owner.cancel(futures, force=force)
-        return
-    for client in dict.fromkeys(f._client for f in futures):  # each to its own client
-        client.cancel([f for f in futures if f._client is client], force=force)
+    for owner, theirs in by_owner(futures).items():
+        owner.cancel(theirs, force=force)
 
 
 def _describe(x: Any) -> str:

@@ -12,7 +12,9 @@ connection to its worker.  A call leaves only when every call before it has left
 own future arguments are done, so calls reach the actor in the order they were made.
 Results come back on the same connection and never pass through the scheduler: a small
 one lives only in this process (its ``FutureState.local`` is set) until it is passed to a
-task, a large one is in the store and registered with the scheduler like a ``put``.
+task, a large one is in the store and registered with the scheduler like a ``put``.  The
+calls' futures belong to the cluster client and live in its ``FutureTable``, through which
+their results are settled as the scheduler's are.
 If the worker's connection drops, the calls in flight fail with ``ActorDiedError`` and the
 route asks the scheduler where the actor lives now (it may have been restarted).
 """
@@ -22,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from runtime.client.future import ERRED, FINISHED, PENDING, Future, check_open_deps
+from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import ActorDiedError
 
 if TYPE_CHECKING:
-    from runtime.client.client import Client
+    from runtime.client.owner import FutureTable
 
 logger = logging.getLogger("runtime.client.actors")
 
@@ -53,9 +56,25 @@ class _Route:
 
 
 class ActorCalls:
-    def __init__(self, client: Client):
-        self.client = client
-        self._outbox = ThreadOutbox(client._loop, self._dispatch)
+    """The actor calls of one cluster client.
+
+    ``futures`` is the client's table; ``new_key`` names a call; ``ask`` (on the loop thread)
+    asks the scheduler a question; ``to_scheduler`` (on the loop thread) sends it messages.
+    """
+
+    def __init__(
+        self,
+        futures: FutureTable,
+        loop: asyncio.AbstractEventLoop,
+        new_key: Callable[[str], str],
+        ask: Callable[..., Awaitable[Any]],
+        to_scheduler: Callable[[list[dict]], None],
+    ):
+        self.futures = futures
+        self._new_key = new_key
+        self._ask = ask
+        self._to_scheduler = to_scheduler
+        self._outbox = ThreadOutbox(loop, self._dispatch)
         #: one route per actor called from this process
         self._routes: dict[str, _Route] = {}
         #: connections by worker call address, and the calls in flight on each (key -> actor)
@@ -71,7 +90,7 @@ class ActorCalls:
     def call(self, actor_id: str, method: str, args: tuple, kwargs: dict) -> Future:
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
         check_open_deps(deps)
-        future = self.client._new_future(self.client.new_key(method))
+        future = self.futures.future(self._new_key(method))
         future._state.local = True
         msg = {"op": "actor-call", "key": future.key, "actor": actor_id, "method": method, "args": args_bytes}
         # The futures themselves ride along until the call leaves: they keep their values alive.
@@ -127,9 +146,10 @@ class ActorCalls:
             msg = call["msg"]
             bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
             if bad is not None:  # an argument failed: so does the call, blaming it
-                fs = self.client._futures.get(msg["key"])
-                if fs is not None:
-                    self.client._fail_like(fs, bad)
+                with self.futures.changing():
+                    fs = self.futures.states.get(msg["key"])
+                    if fs is not None:
+                        self.futures.fail_like(fs, bad)
                 continue
             msg["deps"] = {k: f._state.value for k, f in deps.items()}
             sources = self._sources(msg["deps"].values())
@@ -150,10 +170,10 @@ class ActorCalls:
         deadline = loop.time() + REACH_TIMEOUT
         try:
             if self._agents is None:
-                nodes = (await self.client._ask("identity"))["nodes"]
+                nodes = (await self._ask("identity"))["nodes"]
                 self._agents = {n: info.get("address", "") for n, info in nodes.items()}
             while route.comm is None:
-                where = await self.client._ask("actor-location", actor=route.actor_id)
+                where = await self._ask("actor-location", actor=route.actor_id)
                 if "error" in where:
                     route.error = where["error"]
                     break
@@ -179,18 +199,15 @@ class ActorCalls:
         return comm
 
     async def _read(self, comm: Comm, address: str) -> None:
-        client = self.client
         try:
             while True:
                 msgs = await comm.read()
                 inflight = self._inflight[comm]
-                with client._cond:
+                with self.futures.changing():
                     for msg in msgs:
                         inflight.pop(msg["key"], None)
                         self._resolve(msg)
-                    client._cond.notify_all()
                 self.futures_changed()
-                client.fire_callbacks()
         except (ConnectionError, OSError) as e:
             logger.info("lost the connection to actor worker %s: %s", address, e)
         finally:
@@ -205,34 +222,23 @@ class ActorCalls:
                     self._pump(route)
 
     def _resolve(self, msg: dict) -> None:
-        """A call's result or error.  Call with the client's ``_cond`` held."""
-        client = self.client
+        """A call's result or error.  Call with the futures' lock held."""
         key = msg["key"]
-        fs = client._futures.get(key)
         stored = msg["op"] == "actor-result" and isinstance(msg["value"], list)
         if stored:  # the scheduler owns stored values' lifetime, as for put()
-            client._to_scheduler([{"op": "update-data", "key": key, "value": msg["value"], "nbytes": msg["nbytes"]}])
-            if fs is None:  # nobody holds the future any more: free it at once
-                client._to_scheduler([{"op": "release-keys", "keys": [key]}])
-        if fs is None:
-            return
-        fs.local = not stored
-        if msg["op"] == "actor-result":
-            fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
-        else:
-            fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"]
-        client._take_callbacks(fs)
+            self._to_scheduler([{"op": "update-data", "key": key, "value": msg["value"], "nbytes": msg["nbytes"]}])
+            if key not in self.futures.states:  # nobody holds the future any more: free it at once
+                self._to_scheduler([{"op": "release-keys", "keys": [key]}])
+        fs = self.futures.settle(msg)
+        if fs is not None:
+            fs.local = not stored
 
     def _fail(self, key: str, text: str) -> None:
-        """The call ``key`` fails with ActorDiedError.  Call without the client's ``_cond`` held."""
-        client = self.client
-        with client._cond:
-            fs = client._futures.get(key)
+        """The call ``key`` fails with ActorDiedError.  Call without the futures' lock held."""
+        with self.futures.changing():
+            fs = self.futures.states.get(key)
             if fs is not None and fs.status == PENDING:
-                fs.status, fs.exception = ERRED, serialize.dumps(ActorDiedError(text))
-                client._take_callbacks(fs)
-            client._cond.notify_all()
-        client.fire_callbacks()
+                self.futures.fail(fs, ActorDiedError(text))
 
     def close(self) -> None:
         for comm in self._comms.values():

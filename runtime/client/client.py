@@ -1,22 +1,22 @@
-"""The client: the driver's side of the wire protocol.
+"""The cluster client (``ClusterClient``): the driver's side of the wire protocol.
 
 ::
 
     user thread                         client loop thread (uvloop)
     ───────────                         ───────────────────────────
     submit/put ──► outbox (deque) ──wake──► one frame per loop turn ──► scheduler
-    get/wait  ◄── FutureState + Condition ◄── key-in-memory / task-erred ◄──┘
+    get/wait  ◄── FutureTable (state + condition) ◄── key-in-memory / task-erred ◄──┘
 
 Calls from user threads never touch the socket: they queue a message and wake the loop
 only when the outbox was empty, so a burst of ``.remote()`` calls costs one wake-up and
 leaves in a few frames.  Results for wanted keys are pushed by the scheduler (small ones
-with their value inline), so ``get`` needs no request of its own.
+with their value inline), so ``get`` needs no request of its own.  It owns the futures it
+makes (``runtime/client/owner.py``): their table, shared with the actor calls, lives here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
 import os
@@ -29,9 +29,10 @@ from typing import Any
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
+from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
-from runtime.errors import ClientClosedError, GetTimeoutError, SchedulerError, TaskCancelledError
+from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
@@ -42,7 +43,9 @@ logger = logging.getLogger("runtime.client")
 LARGE_PUT = 256 * 2**20
 
 
-class Client:
+class ClusterClient:
+    """The connection to a cluster's scheduler, and the owner of the futures made through it."""
+
     def __init__(self, address: str, *, node: str | None = None, prefix: str | None = None, timeout: float = 30.0):
         #: the scheduler's address
         self.address = address
@@ -53,10 +56,8 @@ class Client:
         self.prefix = prefix
         #: the cluster's nodes, from the scheduler, once a stored value needed them
         self._node_info: dict[str, dict] | None = None
-        self._futures: dict[str, FutureState] = {}
-        # Re-entrant: concurrent.futures.wait takes each future's _condition (this one) in turn.
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        #: the futures made here; their callbacks run on a thread of their own, off the loop thread
+        self.futures = FutureTable(self, callback_thread=True)
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()
         self._requests: dict[int, asyncio.Future] = {}
@@ -69,15 +70,11 @@ class Client:
         self._keepalive: asyncio.Future | None = None
         #: when the loop last heard from the scheduler (loop time)
         self._heard = 0.0
-        #: runs add_done_callback callbacks, off the loop thread (created on first use)
-        self._callback_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        #: callbacks of futures that became done in the batch being handled
-        self._due: list[tuple[Callable[[Future], Any], Future]] = []
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
         #: actor method calls, sent straight to the actors' workers
-        self.actor_calls = ActorCalls(self)
+        self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
         self._call(self._connect(timeout), timeout + 5)
@@ -97,7 +94,7 @@ class Client:
         except ConnectionError:
             self.comm.close()
             raise
-        with self._cond:
+        with self.futures.lock:
             for msg in first:
                 self._handle(msg)
         self._heard = asyncio.get_running_loop().time()
@@ -115,91 +112,36 @@ class Client:
             while True:
                 msgs = await self.comm.read()
                 self._heard = loop.time()
-                with self._cond:
+                with self.futures.changing():
                     if self._closed:  # close() settled every future: late news changes none
                         return
                     for msg in msgs:
                         self._handle(msg)
-                    self._cond.notify_all()
                 self.actor_calls.futures_changed()
-                self.fire_callbacks()
         except (ConnectionError, OSError) as e:
             if not self._closed:
                 self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
 
     def _handle(self, msg: dict) -> None:
+        """One message from the scheduler.  Call with the futures' lock held."""
         op = msg["op"]
-        if op == "key-in-memory":
-            fs = self._futures.get(msg["key"])
-            if fs is not None:
-                fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
-                self._take_callbacks(fs)
-        elif op == "task-erred":
-            fs = self._futures.get(msg["key"])
-            if fs is not None:
-                fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"] or ""
-                fs.blame, fs.worker = msg["blame"], msg.get("worker", "")
-                self._take_callbacks(fs)
+        if op == "key-in-memory" or op == "task-erred":
+            self.futures.settle(msg)
         elif op == "reply":
             fut = self._requests.pop(msg["reqid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg["result"])
         elif op == "cancelled-keys":
-            for key in msg["keys"]:
-                fs = self._futures.get(key)
-                if fs is not None and fs.status == PENDING:
-                    fs.status, fs.exception = (
-                        CANCELLED,
-                        serialize.dumps(TaskCancelledError(f"task {key!r} was cancelled")),
-                    )
-                    self._take_callbacks(fs)
+            self.futures.cancel_keys(msg["keys"])
         elif op == "lost-keys":  # their only copies were on a node that left: they are being recomputed
             for key in msg["keys"]:
-                fs = self._futures.get(key)
+                fs = self.futures.states.get(key)
                 if fs is not None and fs.status == FINISHED:
                     fs.status, fs.value = PENDING, None
         elif op == "scheduler-error":
-            self._fail_pending(SchedulerError(msg["text"]))
+            self.futures.fail_pending(SchedulerError(msg["text"]))
         elif op not in ("registered", "pong"):
             logger.warning("ignoring unknown op %r", op)
-
-    def _fail_pending(self, error: Exception, status: str = ERRED) -> None:
-        """Every future still pending fails with ``error``.  Call with ``_cond`` held."""
-        pickled = serialize.dumps(error)
-        for fs in self._futures.values():
-            if fs.status == PENDING:
-                fs.status, fs.exception = status, pickled
-                self._take_callbacks(fs)
-
-    def _take_callbacks(self, fs: FutureState) -> None:
-        """A future became done: its callbacks run at the next ``fire_callbacks``.  Call with the lock held."""
-        if fs.callbacks:
-            self._due.extend(fs.callbacks)
-            fs.callbacks = None
-
-    def fire_callbacks(self) -> None:
-        """Hand the callbacks of futures that became done to the callback thread.
-
-        Call without the lock held: the futures are dropped here, and a last reference's
-        ``__del__`` takes the lock.
-        """
-        with self._lock:
-            if not self._due:
-                return
-            due, self._due = self._due, []
-        if self._callback_pool is None:
-            self._callback_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runtime-callbacks")
-        for fn, future in due:
-            self._callback_pool.submit(_call_logged, fn, future)
-
-    def add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
-        """Call ``fn(future)`` once ``future`` is done; now, in this thread, if it already is."""
-        with self._lock:
-            fs = future._state
-            if fs.status == PENDING:
-                fs.callbacks = [*(fs.callbacks or ()), (fn, future)]
-                return
-        _call_logged(fn, future)
 
     async def _watch_scheduler(self) -> None:
         """Ping the scheduler every heartbeat interval; a scheduler silent for the client
@@ -222,10 +164,8 @@ class Client:
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
-        with self._cond:
-            self._fail_pending(ConnectionError(reason))
-            self._cond.notify_all()
-        self.fire_callbacks()
+        with self.futures.changing():
+            self.futures.fail_pending(ConnectionError(reason))
         for fut in self._requests.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
@@ -242,19 +182,13 @@ class Client:
             raise ConnectionError(self._lost)
         self._outbox.put(msg, lazy)
 
-    def _new_future(self, key: str) -> Future:
-        with self._lock:
-            fs = self._futures.get(key)
-            if fs is None:
-                fs = self._futures[key] = FutureState()
-            return Future(key, self, fs)
-
-    def _release(self, key: str, fs: FutureState) -> None:
-        with self._lock:
+    def release(self, key: str, fs: FutureState) -> None:
+        """A ``Future`` of ``key`` was collected: the last one lets go of the key."""
+        with self.futures.lock:
             fs.refcount -= 1
-            if fs.refcount > 0 or self._futures.get(key) is not fs:
+            if fs.refcount > 0 or self.futures.states.get(key) is not fs:
                 return
-            del self._futures[key]
+            del self.futures.states[key]
         if isinstance(fs.value, list):  # this process need not keep its mapping either
             store.forget_mapping(fs.value[2])
         if not self._closed and not self._lost and not fs.local:
@@ -264,15 +198,12 @@ class Client:
         """ClientClosedError if this client is closed: its futures' values and work are gone,
         and no other client or runtime knows them."""
         if self._closed:
-            keys = [f.key for f in futures]
-            raise self._closed_error(f"future {keys[0]!r} belongs" if len(keys) == 1 else f"futures {keys[:3]} belong")
+            futures = list(futures)
+            if futures:
+                raise closed_error(self._described(), futures)
 
-    def _closed_error(self, subject: str) -> ClientClosedError:
-        """``subject`` says who belongs to this closed client, e.g. "future 'inc-1' belongs"."""
-        return ClientClosedError(
-            f"{subject} to {self._closed_as} (client {self.id} of the cluster at {self.address}); "
-            "futures do not carry over to a new runtime or client: submit the task again"
-        )
+    def _described(self) -> str:
+        return f"{self._closed_as} (client {self.id} of the cluster at {self.address})"
 
     def new_key(self, name: str) -> str:
         return f"{name}-{self._tag}{next(self._counter)}"
@@ -307,8 +238,8 @@ class Client:
         A task may depend on keys of the same message.  Keys the scheduler already has are
         not run again: the new futures share their value.
         """
-        futures = [self._new_future(key) for key in wanted]
-        with self._lock:
+        futures = [self.futures.future(key) for key in wanted]
+        with self.futures.lock:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
@@ -323,8 +254,10 @@ class Client:
             fs = getattr(dep, "_state", None)
             if fs is None or not fs.local:
                 continue
-            owner = dep._client  # an actor result of another client in this process is its to register
-            if not owner._register_local(dep):
+            # An actor call's result (only a ClusterClient makes those), perhaps of another
+            # client of this process: that client registers it.
+            owner: ClusterClient = dep._owner  # type: ignore[assignment]
+            if not owner.register_local(dep):
                 return dep
             if owner is not self:  # its message goes on its own connection: wait until it has landed
                 owner.request("who-has", keys=[dep.key])
@@ -332,17 +265,18 @@ class Client:
 
     def failed_future(self, key: str, cause: Future) -> Future:
         """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
-        future = self._new_future(key)
-        self._fail_like(future._state, cause)
+        future = self.futures.future(key)
+        with self.futures.changing():
+            self.futures.fail_like(future._state, cause)
         return future
 
-    def _register_local(self, future: Future) -> bool:
+    def register_local(self, future: Future) -> bool:
         """Tell the scheduler the value of an actor call's result, so tasks can use it: after
         waiting for it if need be.  False if the call failed."""
         fs = future._state
         if fs.status == PENDING:
-            self._wait_for(lambda: fs.status != PENDING, None, [future])
-        with self._lock:
+            self.wait_for(future.done, [future], None)
+        with self.futures.lock:
             if not fs.local:
                 return True
             if fs.status != FINISHED:
@@ -350,16 +284,6 @@ class Client:
             fs.local = False
         self._send({"op": "update-data", "key": future.key, "value": fs.value, "nbytes": fs.nbytes})
         return True
-
-    def _fail_like(self, fs: FutureState, cause: Future) -> None:
-        """``fs`` fails with the error of ``cause``, an argument it needed."""
-        with self._cond:
-            bad = cause._state
-            fs.status, fs.exception, fs.traceback, fs.worker = ERRED, bad.exception, bad.traceback, bad.worker
-            fs.blame = cause.key
-            self._take_callbacks(fs)
-            self._cond.notify_all()
-        self.fire_callbacks()
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
         """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
@@ -371,14 +295,11 @@ class Client:
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""
-        with self._cond:
-            keys = list(self._futures)
-            pickled = serialize.dumps(TaskCancelledError(f"cancelled by {why}"))
-            for fs in self._futures.values():
-                fs.status, fs.exception = CANCELLED, pickled
-                self._take_callbacks(fs)
-            self._cond.notify_all()
-        self.fire_callbacks()
+        with self.futures.changing():
+            keys = list(self.futures.states)
+            error = TaskCancelledError(f"cancelled by {why}")
+            for fs in self.futures.states.values():
+                self.futures.fail(fs, error, CANCELLED)
         if keys:
             self._send({"op": "cancel", "keys": keys, "force": True})
 
@@ -396,8 +317,8 @@ class Client:
         located, nbytes = values.encode(value, key=key, prefix=self.prefix or "", node=self.node or "", upload=upload)
         if loud:
             logger.info("stored %s in %.2fs", key, time.monotonic() - start)
-        future = self._new_future(key)
-        with self._lock:
+        future = self.futures.future(key)
+        with self.futures.lock:
             fs = future._state
             fs.status, fs.value, fs.nbytes = FINISHED, located, nbytes
         self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes}, lazy=True)
@@ -498,8 +419,9 @@ class Client:
             raise (TimeoutError if "timed out" in result["error"] else ValueError)(result["error"])
         return result
 
-    def get(self, futures: Sequence[Future], timeout: float | None = None) -> list[Any]:
+    def get(self, futures: Sequence[Future], timeout: float | None = None, scheduler: str | None = None) -> list[Any]:
         """The values of ``futures``, in order; raises the first error met, or GetTimeoutError."""
+        _check_scheduler(scheduler)
         self.check_open(futures)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = []
@@ -507,7 +429,7 @@ class Client:
             fs = f._state
             while True:
                 if fs.status == PENDING:
-                    self._wait_for(lambda fs=fs: fs.status != PENDING, deadline, [f])
+                    self.wait_for(f.done, [f], deadline)
                 if fs.status in (ERRED, CANCELLED):
                     raise fs.error(f.key)
                 located = fs.value
@@ -527,8 +449,8 @@ class Client:
         fs = future._state
         patience = time.monotonic() + config.get("heartbeat.timeout")
         try:
-            self._wait_for(
-                lambda: fs.value is not located, patience if deadline is None else min(deadline, patience), [future]
+            self.wait_for(
+                lambda: fs.value is not located, [future], patience if deadline is None else min(deadline, patience)
             )
         except GetTimeoutError:
             return False
@@ -547,36 +469,17 @@ class Client:
             located = fetch_sync(self._agent(self.node, key), self.node, key, located, source)
         return values.decode(located, key=key, node=self.node)
 
-    def wait_done(self, futures: Sequence[Future], timeout: float | None = None) -> None:
-        """Block until all ``futures`` are done; GetTimeoutError after ``timeout`` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait_for(lambda: all(f._state.status != PENDING for f in futures), deadline, futures)
-
-    def wait(
-        self, futures: Sequence[Future], num_returns: int = 1, timeout: float | None = None
-    ) -> tuple[list[Future], list[Future]]:
-        """Wait until ``num_returns`` of ``futures`` are done or ``timeout`` passes."""
-        if not 0 <= num_returns <= len(futures):
-            raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
-        self.check_open(futures)
-        deadline = None if timeout is None else time.monotonic() + timeout
-
-        def enough() -> bool:
-            return sum(1 for f in futures if f._state.status != PENDING) >= num_returns
-
-        if not enough():
-            try:
-                self._wait_for(enough, deadline, futures)
-            except GetTimeoutError:
-                pass
-        done: list[Future] = []
-        pending: list[Future] = []
-        for f in futures:
-            (done if f._state.status != PENDING and len(done) < num_returns else pending).append(f)
-        return done, pending
-
-    def _wait_for(self, ready: Callable[[], bool], deadline: float | None, futures: Iterable[Future]) -> None:
-        with self._cond:
+    def wait_for(
+        self, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None,
+        scheduler: str | None = None,
+    ) -> None:  # fmt: skip
+        """Block until ``ready()``: checked whenever the scheduler's news changes futures, or,
+        with no ``futures``, whenever done callbacks have run.  GetTimeoutError past
+        ``deadline``; ConnectionError, or ClientClosedError for ``futures``, when nothing will
+        change any more."""
+        _check_scheduler(scheduler)
+        cond = self.futures.cond if futures else self.futures.called_back
+        with cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)
@@ -585,19 +488,17 @@ class Client:
                 if remaining is not None and remaining <= 0:
                     keys = [f.key for f in futures if f._state.status == PENDING]
                     raise GetTimeoutError(f"timed out waiting for {len(keys)} result(s), e.g. {keys[:3]}")
-                self._cond.wait(remaining)
+                cond.wait(remaining)
 
     def close(self, closed_as: str | None = None) -> None:
         """Disconnect.  Its pending futures are cancelled, and using any of its futures
         afterwards raises ClientClosedError saying it belongs to ``closed_as``."""
         if self._closed:
             return
-        with self._cond:
+        with self.futures.changing():
             self._closed = True
             self._closed_as = closed_as or self._closed_as
-            self._fail_pending(self._closed_error("cancelled before it finished: the future belongs"), CANCELLED)
-            self._cond.notify_all()
-        self.fire_callbacks()
+            self.futures.fail_pending(closed_error(self._described()), CANCELLED)
 
         async def shut() -> None:
             for task in (self._pruner, self._keepalive):
@@ -620,8 +521,7 @@ class Client:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
-        if self._callback_pool is not None:
-            self._callback_pool.shutdown(wait=False)
+        self.futures.close()
 
 
 def task_entry(
@@ -635,8 +535,10 @@ def task_entry(
     return task
 
 
-def _call_logged(fn: Callable[[Future], Any], future: Future) -> None:
-    try:
-        fn(future)
-    except Exception:
-        logger.exception("done callback %r of %r raised", fn, future)
+def _check_scheduler(scheduler: str | None) -> None:
+    """A ``scheduler=`` argument of get/wait: only "distributed" (or none) runs the cluster's futures."""
+    if scheduler not in (None, "distributed"):
+        raise ValueError(
+            f"scheduler={scheduler!r} got futures of the distributed cluster, which runs them already; "
+            f"make them under runtime.config.set(scheduler={scheduler!r}) to run them locally"
+        )

@@ -6,7 +6,7 @@
     Client.gather     ◄── core (FutureState per key, pushed by the scheduler) ◄────────────────┘
     Client.get(dsk)   ──► runtime.client.graph: one task per graph node, one message
 
-The core (``runtime.client.client.Client``) owns the connection and the futures; this
+The core (``runtime.client.client.ClusterClient``) owns the connection and the futures; this
 class only shapes calls the way Dask users know them.  ``Client()`` starts a
 ``LocalCluster`` it owns and closes; ``Client(address)`` and ``Client(cluster)`` connect.
 
@@ -32,9 +32,9 @@ from typing import Any
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
-from runtime.client.client import Client as Core
-from runtime.client.client import task_entry
+from runtime.client.client import ClusterClient, task_entry
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
+from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
 from runtime.errors import RemoteTraceback
@@ -76,9 +76,11 @@ class Client(concurrent.futures.Executor):
             raise TypeError(f"Client() takes an address string or a LocalCluster, not a {type(address).__name__}")
         try:
             if cluster is None:
-                self.core = Core(str(address), timeout=timeout)
+                self.core = ClusterClient(str(address), timeout=timeout)
             else:
-                self.core = Core(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix, timeout=timeout)
+                self.core = ClusterClient(
+                    cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix, timeout=timeout
+                )
                 # A cluster's workers are starting: wait for them, as Dask's Client(LocalCluster) does.
                 self.core.wait_for_workers(cluster.n_workers, timeout=max(timeout, 60.0))
         except BaseException:
@@ -282,7 +284,7 @@ class Client(concurrent.futures.Executor):
         found: list[Future] = []
         collect_futures(futures, found)
         if found:
-            self.core.wait_done(found, timeout)
+            waiting.wait_done(found, timeout)
         results: dict[str, Any] = {}
         for f in found:
             if f.key in results:
@@ -292,7 +294,7 @@ class Client(concurrent.futures.Executor):
                     raise f._state.error(f.key)
                 results[f.key] = None
             else:
-                results[f.key] = self.core.get([f])[0]
+                results[f.key] = f._owner.get([f])[0]
         return _pack(futures, results)
 
     def cancel(self, futures: Any, force: bool = False) -> None:
@@ -301,7 +303,8 @@ class Client(concurrent.futures.Executor):
         Their ``result()`` raises ``CancelledError``.  A task already running finishes
         unless ``force``; with ``force`` its worker interrupts it (and, failing that, restarts).
         """
-        self.core.cancel(waiting.check_futures(futures, "cancel()"), force=force)
+        for owner, theirs in by_owner(waiting.check_futures(futures, "cancel()")).items():
+            owner.cancel(theirs, force=force)
 
     # -- the cluster ---------------------------------------------------------------------
 
@@ -550,7 +553,7 @@ class ClientExecutor(concurrent.futures.Executor):
         if cancel_futures and pending:
             self.client.cancel(pending)
         elif wait and pending:
-            self.client.core.wait_done(pending)
+            waiting.wait_done(pending)
 
 
 def _install_plugin(pickled: bytes, name: str) -> Any:

@@ -2,8 +2,9 @@
 
 The bar is tqdm's (``tqdm.auto`` picks the notebook widget inside Jupyter).  Each future's
 done callback advances it, so nothing polls the scheduler.  In a terminal ``progress``
-blocks until every future is done, as Dask's does; in a notebook it returns the bar at
-once and the widget keeps moving while the cell's output stays live.
+blocks until every future is done, as Dask's does (futures of a local scheduler run their
+tasks meanwhile); in a notebook it returns the bar at once and the widget keeps moving while
+the cell's output stays live.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import importlib.util
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 from runtime.client.future import Future, collect_futures
+from runtime.client.waiting import wait_until
 from runtime.errors import GetTimeoutError
 
 logger = logging.getLogger("runtime.client")
@@ -74,8 +77,11 @@ def progress(
     if notebook or not found:
         return bar
     try:
-        if not all_done.wait(timeout):
-            raise GetTimeoutError(f"progress(): {len(found) - counts['done']} of {len(found)} tasks not done")
+        # Its callbacks say when all are done: the owners are asked to wait for those alone.
+        owners: dict[Any, list[Future]] = {f._owner: [] for f in found.values()}
+        wait_until(all_done.is_set, owners, None if timeout is None else time.monotonic() + timeout)
+    except GetTimeoutError:
+        raise GetTimeoutError(f"progress(): {len(found) - counts['done']} of {len(found)} tasks not done") from None
     finally:
         bar.close()
     return None

@@ -1,9 +1,11 @@
 """Waiting on many futures: ``wait`` (Dask's and Ray's in one) and ``as_completed``.
 
-Both rest on two primitives of the client core: ``Client.wait`` (block on its condition
-until enough futures are done) and ``Future.add_done_callback`` (called on the client's
-callback thread).  ``as_completed`` turns the callbacks into a queue that iteration drains,
-so it yields futures in the order they finish, whatever order they were given in.
+Both rest on two primitives every future's owner offers (``runtime/client/owner.py``):
+``wait_for(ready)`` (block until a condition holds; a local scheduler runs its tasks
+meanwhile) and done callbacks.  ``as_completed`` turns the callbacks into a queue that
+iteration drains, so it yields futures in the order they finish, whatever order they were
+given in.  Futures of several owners (two clients, or a client and a local scheduler) can
+be waited on together: ``wait_until`` asks each owner in turn.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from runtime.client.future import ERRED, Future
+from runtime.client.future import ERRED, PENDING, Future
+from runtime.client.owner import FutureOwner, by_owner, scheduler_choice
 from runtime.errors import GetTimeoutError
-from runtime.local import owner_of
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -64,44 +66,125 @@ def wait(
     ``k`` in ``done`` (Ray's contract).  Dask's ``wait`` raises ``TimeoutError`` when
     ``timeout`` passes first; with ``num_returns`` it returns what is done (as Ray's).
     Both parts are lists, in the order given.  Futures of a local scheduler run their tasks
-    here (``scheduler`` picks which, as for ``get``); there FIRST_EXCEPTION waits for all.
+    here (``scheduler`` picks which, as for ``get``).
     """
     futures = check_futures(fs, "wait()")
     if len(set(futures)) != len(futures):
         raise ValueError("wait() got the same future twice")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"wait() timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+    if num_returns is not None and not 0 <= num_returns <= len(futures):
+        raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
     if not futures:
         return DoneAndNotDone([], [])
     if return_when not in RETURN_WHEN:
         raise ValueError(f"wait() return_when must be one of {', '.join(RETURN_WHEN)}, not {return_when!r}")
-    owner, kind = owner_of(futures, scheduler, "wait")
-    if owner is not None:
-        k = num_returns if num_returns is not None else 1 if return_when == FIRST_COMPLETED else len(futures)
-        done, pending = owner.wait(futures, num_returns=k, timeout=timeout, scheduler=kind)
-        if num_returns is None and len(done) < k:
-            raise GetTimeoutError(f"wait() timed out after {timeout:g}s with {len(pending)} of {len(futures)} not done")
+    kind = scheduler_choice(scheduler)
+    owners = by_owner(futures)
+    for owner, theirs in owners.items():
+        owner.check_open(theirs)
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    if num_returns is not None:  # Ray's: what is done at the timeout, at most num_returns of it
+        k = num_returns
+        try:
+            wait_until(lambda: sum(f._state.status != PENDING for f in futures) >= k, owners, deadline, kind)
+        except GetTimeoutError:
+            pass
+        done: list[Future] = []
+        pending: list[Future] = []
+        for f in futures:
+            (done if f.done() and len(done) < k else pending).append(f)
         return DoneAndNotDone(done, pending)
-    client = futures[0]._client
-    client.check_open(futures)
-    if num_returns is not None:
-        done, pending = client.wait(futures, num_returns=num_returns, timeout=timeout)
-        return DoneAndNotDone(done, pending)
+
+    all_completed = all_done(futures)
 
     def ready() -> bool:
         if return_when == ALL_COMPLETED:
-            return all(f.done() for f in futures)
+            return all_completed()
         if return_when == FIRST_COMPLETED:
-            return any(f.done() for f in futures)
-        return all(f.done() for f in futures) or any(f._state.status == ERRED for f in futures)
+            return any(f._state.status != PENDING for f in futures)
+        return all_completed() or any(f._state.status == ERRED for f in futures)
 
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        client._wait_for(ready, deadline, futures)
+        wait_until(ready, owners, deadline, kind)
     except GetTimeoutError as e:
-        pending = sum(not f.done() for f in futures)
-        raise GetTimeoutError(f"wait() timed out after {timeout:g}s with {pending} of {len(futures)} not done") from e
+        pending_count = sum(not f.done() for f in futures)
+        raise GetTimeoutError(
+            f"wait() timed out after {timeout:g}s with {pending_count} of {len(futures)} not done"
+        ) from e
     return DoneAndNotDone([f for f in futures if f.done()], [f for f in futures if not f.done()])
+
+
+def wait_done(futures: Sequence[Future], timeout: float | None = None) -> None:
+    """Block until every one of ``futures`` is done; GetTimeoutError after ``timeout`` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait_until(all_done(futures), by_owner(futures), deadline)
+
+
+def all_done(futures: Sequence[Future]) -> Callable[[], bool]:
+    """A ``ready()`` for "every one of ``futures`` is done", amortized O(1) a call (it is
+    called at every change): each call goes on from the first future the last one found
+    pending, and the whole list is checked once at the end, as a value lost with its node
+    makes a finished future wait again."""
+    first_pending = 0
+
+    def ready() -> bool:
+        nonlocal first_pending
+        n = len(futures)
+        while first_pending < n and futures[first_pending]._state.status != PENDING:
+            first_pending += 1
+        if first_pending < n:
+            return False
+        if all(f._state.status != PENDING for f in futures):
+            return True
+        first_pending = 0
+        return False
+
+    return ready
+
+
+#: how long ``wait_until`` waits on one owner at a time when futures have several
+OWNER_SLICE = 0.01
+
+
+def wait_until(
+    ready: Callable[[], bool], owners: dict[FutureOwner, list[Future]], deadline: float | None,
+    scheduler: str | None = None,
+) -> None:  # fmt: skip
+    """Block until ``ready()``, asking the owners of the futures it reads (``by_owner``) to
+    do what that takes; GetTimeoutError past ``deadline``.
+
+    An owner given no futures is asked to wait for ``ready`` alone (``as_completed``).
+    """
+    if len(owners) == 1:
+        ((owner, futures),) = owners.items()
+        owner.wait_for(ready, futures, deadline, scheduler)
+        return
+    # No one condition hears of every owner's futures: wait on each in turn, briefly, until
+    # all its own are done (a local scheduler runs its tasks meanwhile).
+    while not ready():
+        waited = False
+        for owner, futures in owners.items():
+            if futures and all(f.done() for f in futures):
+                continue
+            waited = True
+            brief = time.monotonic() + OWNER_SLICE
+            if deadline is not None and deadline < brief:
+                brief = deadline
+
+            def own(futures: list[Future] = futures) -> bool:
+                return ready() or bool(futures) and all(f.done() for f in futures)
+
+            try:
+                owner.wait_for(own, futures, brief, scheduler)
+            except GetTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+        if not waited:  # every future is done; ready() waits for their callbacks
+            if deadline is not None and time.monotonic() >= deadline:
+                raise GetTimeoutError("timed out waiting for done callbacks")
+            time.sleep(0.001)
 
 
 class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
@@ -128,6 +211,9 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
         self._queue: deque[Future] = deque()
         #: futures added and not yet handed out (finished or not)
         self._pending = 0
+        #: the owners of the futures whose callbacks have not run yet, with how many each:
+        #: a wait for the next future asks them (a local scheduler runs its tasks meanwhile)
+        self._owners: dict[FutureOwner, int] = {}
         if futures is not None:
             self.update(futures)
 
@@ -137,6 +223,7 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
             raise TypeError(f"as_completed.add() takes a Future, not a {type(future).__name__}")
         with self._cond:
             self._pending += 1
+            self._owners[future._owner] = self._owners.get(future._owner, 0) + 1
         future.add_done_callback(self._on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
@@ -146,6 +233,11 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
     def _on_done(self, future: Future) -> None:
         with self._cond:
             self._queue.append(future)
+            left = self._owners.get(future._owner, 0) - 1
+            if left > 0:
+                self._owners[future._owner] = left
+            else:
+                self._owners.pop(future._owner, None)
             self._cond.notify_all()
 
     def count(self) -> int:
@@ -163,6 +255,18 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
     def _next_batch(self, whole: bool) -> list[Future]:
         with self._cond:
             if not self._pending:
+                raise StopIteration
+            owners = {owner: [] for owner in self._owners} if not self._queue else None
+        if owners:  # not under our lock: the callbacks that fill the queue take it
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            try:
+                wait_until(lambda: bool(self._queue), owners, deadline)
+            except GetTimeoutError:
+                raise GetTimeoutError(
+                    f"as_completed: none of {self._pending} futures finished in {self.timeout:g}s"
+                ) from None
+        with self._cond:
+            if not self._pending:  # cleared meanwhile
                 raise StopIteration
             if not self._cond.wait_for(lambda: self._queue, self.timeout):
                 raise GetTimeoutError(f"as_completed: none of {self._pending} futures finished in {self.timeout:g}s")
@@ -208,6 +312,7 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
         with self._cond:
             self._queue.clear()
             self._pending = 0
+            self._owners.clear()
 
     def __repr__(self) -> str:
         return f"<as_completed: waiting={self._pending - len(self._queue)} done={len(self._queue)}>"
