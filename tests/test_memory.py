@@ -8,6 +8,7 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import validated
 
 import runtime as rt
 
@@ -22,7 +23,8 @@ def small_workers():
     runtime = rt.init(num_workers=2, memory_limit=LIMIT)
     try:
         runtime.client.wait_for_workers(2, timeout=60)
-        yield runtime
+        with validated(runtime.client):
+            yield runtime
     finally:
         rt.shutdown()
 

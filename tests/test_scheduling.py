@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from conftest import validated
 
 import runtime as rt
 
@@ -16,7 +17,8 @@ def gpu_cluster():
     runtime = rt.init(num_workers=2, resources={"GPU": 1})
     runtime.client.wait_for_workers(2)
     try:
-        yield runtime
+        with validated(runtime.client):
+            yield runtime
     finally:
         rt.shutdown()
 
