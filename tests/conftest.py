@@ -12,7 +12,8 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -45,6 +46,15 @@ def _scheduler_valid_when_the_test_ends() -> Iterator[None]:
         error = client.request("validate")
         if error is not None:
             pytest.fail(f"the scheduler's state is invalid at the end of the test: {error['error']}", pytrace=False)
+
+
+def wait_until(condition: Callable[[], _T], what: str, timeout: float = 30.0) -> _T:
+    """Poll ``condition`` until it returns something true, and return that; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting until {what}"
+        time.sleep(0.01)
+    return result
 
 
 @pytest.fixture(scope="module")
