@@ -153,8 +153,11 @@ class SchedulerState:
             if self.validate:
                 validation.validate_state(self)
             return self._client_msgs, self._worker_msgs
+        except BaseException:
+            self._to_place.clear()  # the next stimulus places nothing of one that raised
+            raise
         finally:  # the next stimulus starts empty, even after one that raised
-            self._client_msgs, self._worker_msgs, self._to_place = {}, {}, []
+            self._client_msgs, self._worker_msgs = {}, {}
 
     def _to_client(self, client: str, msg: dict) -> None:
         self._client_msgs.setdefault(client, []).append(msg)
@@ -192,7 +195,7 @@ class SchedulerState:
 
     def _transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
         """Move ``ts`` to ``finish``, and on while its only recommendation is its own next state
-        (released -> waiting -> queued): what the loop would pop next, taken now, with no
+        (waiting -> processing -> no-worker): what the loop would pop next, taken now, with no
         round trip through the recs and the task table (``processing`` waits, as in
         ``transitions``).  Returns the other recommendations."""
         key, log, table, validate = ts.key, self.transition_log, _TRANSITIONS, self.validate
@@ -253,16 +256,15 @@ class SchedulerState:
                     recs[dts.key] = "waiting"
         ts.state = "waiting"
         if waiting is None:
-            recs[ts.key] = self._ready(ts)
+            recs[ts.key] = "processing"  # or queued: _ready decides, once the stimulus has settled
         return recs
 
     def _ready(self, ts: TaskState) -> TaskStateState:
-        """Where a task whose inputs are all in memory goes next.
+        """Where a task whose inputs are all in memory goes once the stimulus has settled.
 
         Straight to ``queued`` when it is root-ish and no worker has a free slot (as Dask
         does): a wide graph then costs one transition less per root, with no detour through
-        a waiting -> processing that places nothing.  Else ``processing``, which places it
-        once the stimulus has settled (and asks this again then).
+        a waiting -> processing that places nothing.  Else ``processing``, which places it.
         """
         if not self.idle and self.workers and placement.is_rootish(self, ts):
             return "queued"
