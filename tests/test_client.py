@@ -12,6 +12,7 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import validated
 
 import runtime as rt
 from runtime import (
@@ -63,7 +64,7 @@ def started(path, then, *args):
 
 @pytest.fixture(scope="module")
 def client():
-    with Client(n_workers=2) as c:
+    with Client(n_workers=2) as c, validated(c.core):
         yield c
     # The cluster it started is gone, store objects and all.
     assert c.cluster is not None and not os.path.exists(c.cluster.session_dir)

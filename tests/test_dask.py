@@ -7,6 +7,7 @@ import sys
 
 import cloudpickle
 import pytest
+from conftest import validated
 
 from runtime import Client
 
@@ -22,7 +23,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @pytest.fixture(scope="module")
 def client():
-    with Client(n_workers=2) as c:
+    with Client(n_workers=2) as c, validated(c.core):
         yield c
 
 

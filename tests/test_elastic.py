@@ -12,6 +12,7 @@ import time
 import cloudpickle
 import numpy as np
 import pytest
+from conftest import validated
 
 import runtime as rt
 from runtime.client.client import ClusterClient
@@ -40,7 +41,8 @@ def cluster():
         client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2, timeout=60)
-            yield cluster, client
+            with validated(client):
+                yield cluster, client
         finally:
             client.close()
     for prefix in cluster.prefixes:

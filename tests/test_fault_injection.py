@@ -313,6 +313,7 @@ class Round:
         c = self.c
         gc.collect()
         _wait_until(lambda: not c.request("task-states"), "the scheduler has forgotten every task")
+        assert c.request("validate") is None  # the state machine never raised, and its state is valid
 
         # Processes: the scheduler, the two agents with their workers, and nothing else.
         assert procutil.running(self.scheduler)

@@ -16,7 +16,7 @@ import cloudpickle
 import msgpack
 import numpy as np
 import pytest
-from conftest import runtime_cmd
+from conftest import runtime_cmd, validated
 
 from runtime.client.client import ClusterClient
 from runtime.comm import codec, serialize
@@ -53,7 +53,8 @@ def served(tmp_path_factory):
         client = ClusterClient(head.scheduler_address)
         try:
             client.wait_for_workers(1)
-            yield head, client
+            with validated(client):
+                yield head, client
         finally:
             client.close()
     finally:

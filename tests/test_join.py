@@ -14,8 +14,9 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
-from conftest import runtime_cmd
+from conftest import runtime_cmd, wait_until
 
 from runtime.objstore import store
 
@@ -146,9 +147,20 @@ rt.shutdown()
 """
 
 
+def _connected_to(pids: list[int], server: int) -> bool:
+    """Whether one of ``pids`` has a TCP connection open to a port process ``server`` listens on
+    (a stopped server's kernel still accepts connections: they wait in its backlog)."""
+    ports = {c.laddr.port for c in psutil.Process(server).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    return any(
+        c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in ports
+        for pid in pids
+        for c in psutil.Process(pid).net_connections("tcp")
+    )
+
+
 @pytest.mark.parametrize("attach", [True, False], ids=["same-host", "no-node"])
 def test_a_holder_that_dies_during_a_fetch_gives_the_lost_data_path_not_a_hang(head, tmp_path, attach):
-    address, _ = head
+    address, run_dir = head
     other = str(tmp_path / "holder")
     joined = runtime_cmd("start", "--address", address, "--num-workers", "1", run_dir=other)
     assert joined.returncode == 0, joined.stderr
@@ -166,7 +178,9 @@ def test_a_holder_that_dies_during_a_fetch_gives_the_lost_data_path_not_a_hang(h
         os.kill(agent, signal.SIGSTOP)
         driver.stdin.write("go\n")
         driver.stdin.flush()
-        time.sleep(1)  # the driver is now reading from the frozen holder
+        # The driver reads from the frozen holder: itself, or its node's agent for it.
+        reader = _pid(run_dir, "agent") if attach else driver.pid
+        wait_until(lambda: _connected_to([reader], agent), "the driver reads from the frozen holder")
         os.kill(agent, signal.SIGKILL)
         out, err = driver.communicate(timeout=60)
         assert driver.returncode == 0, err[-3000:]

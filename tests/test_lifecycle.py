@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
 import pytest
+from conftest import wait_until
 
 import runtime as rt
 from runtime.client.client import ClusterClient
@@ -153,7 +155,6 @@ def test_malformed_message_drops_only_that_client_and_its_futures_fail_clearly()
 
 def test_lazy_messages_wait_a_moment_and_leave_in_order_with_the_next_urgent_one():
     import asyncio
-    import threading
 
     from runtime.comm.core import ThreadOutbox
 
@@ -165,11 +166,11 @@ def test_lazy_messages_wait_a_moment_and_leave_in_order_with_the_next_urgent_one
     try:
         outbox.put({"n": 1}, lazy=True)
         outbox.put({"n": 2}, lazy=True)
-        time.sleep(0.05)  # no urgent message: the lazy ones leave together after LAZY_DELAY
-        assert batches == [[{"n": 1}, {"n": 2}]]
+        wait_until(lambda: batches, "the lazy messages leave")  # no urgent one: they wait LAZY_DELAY
+        assert batches == [[{"n": 1}, {"n": 2}]]  # together
         outbox.put({"n": 3}, lazy=True)
         outbox.put({"n": 4})  # urgent: takes the lazy one along at once, in order
-        time.sleep(0.05)
+        wait_until(lambda: len(batches) > 1, "the urgent message leaves")
         assert batches[1:] == [[{"n": 3}, {"n": 4}]]
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -184,15 +185,13 @@ def nap(seconds):
 
 
 def test_futures_of_a_shut_down_runtime_fail_at_once_and_start_no_new_cluster():
-    import threading
-
     rt.init(num_workers=1)
     done, pending = inc.remote(1), nap.remote(60)
     assert rt.get(done) == 2
     woken: list[BaseException] = []
     waiter = threading.Thread(target=lambda: woken.extend(_raised(lambda: rt.get(pending))), daemon=True)
     waiter.start()
-    time.sleep(0.2)
+    wait_until(lambda: _blocked(waiter), "the waiter blocks in get()")
     rt.shutdown()
     waiter.join(10)
     assert not waiter.is_alive(), "a get() blocked across shutdown() kept waiting"
@@ -237,6 +236,12 @@ def test_futures_of_a_closed_client_fail_at_once():
                 use()
         with rt.Client(cluster) as other, pytest.raises(rt.ClientClosedError, match=done.key):
             other.submit(inc, done)
+
+
+def _blocked(thread) -> bool:
+    """Whether ``thread`` waits on a lock or condition now (as a get() does for its result)."""
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code.co_filename == threading.__file__ and frame.f_code.co_name == "wait"
 
 
 def _raised(fn) -> list[BaseException]:

@@ -8,6 +8,7 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import validated, wait_until
 
 import runtime as rt
 
@@ -22,7 +23,8 @@ def small_workers():
     runtime = rt.init(num_workers=2, memory_limit=LIMIT)
     try:
         runtime.client.wait_for_workers(2, timeout=60)
-        yield runtime
+        with validated(runtime.client):
+            yield runtime
     finally:
         rt.shutdown()
 
@@ -69,13 +71,20 @@ def test_a_task_past_the_memory_limit_gets_its_worker_restarted_and_the_cause_re
     small_workers.client.wait_for_workers(2, timeout=60)  # and the nanny restarted the workers
 
 
+def _store_used(runtime) -> int:
+    """Bytes in the node stores' shared memory, as the scheduler last heard."""
+    return sum(used for _, used, _ in runtime.client.request("memory").values())
+
+
 def test_memory_sampler_records_cluster_memory_over_time(small_workers):
     import numpy as np
 
     ms = rt.MemorySampler()
     with ms.sample("put", interval=0.1):
         ref = rt.put(np.ones(10_000_000))  # 80 MB in the node's store
-        time.sleep(2.5)  # the node agent recounts its store every second
+        # The node agent recounts its store about every second, and tells the scheduler.
+        wait_until(lambda: _store_used(small_workers) >= 80_000_000, "the scheduler hears of the array", 60)
+        time.sleep(0.5)  # and five samples more: this is a sampling over time
     rows = ms.samples["put"]
     assert len(rows) >= 5 and all(len(r) == 4 for r in rows)
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)

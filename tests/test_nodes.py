@@ -9,6 +9,7 @@ import time
 import cloudpickle
 import numpy as np
 import pytest
+from conftest import validated
 
 import runtime as rt
 from runtime.api import context
@@ -37,7 +38,8 @@ def two_nodes():
         client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
         try:
             client.wait_for_workers(2)
-            yield cluster, client
+            with validated(client):
+                yield cluster, client
         finally:
             client.close()
     for prefix in cluster.prefixes:  # both stores are emptied on the way out

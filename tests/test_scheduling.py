@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from conftest import validated, wait_until
 
 import runtime as rt
 
@@ -16,7 +17,8 @@ def gpu_cluster():
     runtime = rt.init(num_workers=2, resources={"GPU": 1})
     runtime.client.wait_for_workers(2)
     try:
-        yield runtime
+        with validated(runtime.client):
+            yield runtime
     finally:
         rt.shutdown()
 
@@ -39,8 +41,9 @@ def _states(runtime, keys):
 
 def test_wide_graph_waits_on_the_scheduler_not_on_workers(gpu_cluster):
     refs = [pid_after.remote(0.05) for _ in range(40)]
-    time.sleep(0.1)
-    states = _states(gpu_cluster, [r.key for r in refs])
+    keys = [r.key for r in refs]
+    wait_until(lambda: None not in _states(gpu_cluster, keys), "the scheduler has every task")
+    states = _states(gpu_cluster, keys)  # 40 tasks of 0.05 s on 4 slots: 0.5 s before all have run
     # 2 workers x ceil(1.1 x 1 thread) = 4 slots; the rest is queued on the scheduler.
     assert states.count("processing") <= 4 and "queued" in states
     assert len(set(rt.get(refs, timeout=60))) == 2
@@ -76,7 +79,7 @@ def test_workers_restriction_runs_on_that_worker(gpu_cluster):
 def test_cancel_stops_a_running_task_and_its_dependents(gpu_cluster):
     slow = pid_after.remote(30)
     after = inc.remote(slow)
-    time.sleep(0.2)
+    wait_until(lambda: _states(gpu_cluster, [slow.key]) == ["processing"], "the slow task runs")
     rt.cancel(slow)
     for ref in (slow, after):
         with pytest.raises(rt.TaskCancelledError, match="was cancelled"):

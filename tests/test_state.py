@@ -537,3 +537,26 @@ def test_stimuli_built_by_their_quick_init_are_the_frozen_dataclasses_they_were(
     with pytest.raises(TypeError, match="missing"):
         st.TaskFinished("s3")  # type: ignore[call-arg]
     assert pickle.loads(pickle.dumps(t)) == t
+
+
+def test_the_validate_request_names_a_failure_of_the_state_machine_or_an_invalid_state(monkeypatch):
+    # What the test fixtures ask when each test ends (tests/conftest.py, ``validated``).
+    from runtime.scheduler.server import Scheduler
+
+    sched = Scheduler(validate=False)
+    sched.handle_stimulus(st.AddNode(sid(), "n1"))
+    sched.handle_stimulus(st.AddWorker(sid(), "w1", "n1"))
+    assert sched._query({"what": "validate"}, "c1") is None
+    sched.state.idle.clear()  # w1 has free slots but is no longer listed as idle
+    assert "w1" in sched._query({"what": "validate"}, "c1")["error"]
+    sched.state.idle[sched.state.workers["w1"]] = None
+
+    def broken(stimulus):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(sched.state, "handle", broken)
+    sched.handle_stimulus(st.AddClient("add-c2", "c2"))  # logged and told to clients, as it always was
+    monkeypatch.undo()
+    assert sched._query({"what": "validate"}, "c1") == {
+        "error": "the scheduler failed while handling add-c2: KeyError: 'oops'"
+    }

@@ -22,8 +22,8 @@ After every stimulus it checks:
   told of is the value (or a copy of the value) of a task in memory, or was freed;
 * the messages returned (``handle``): each goes to a live worker, node or client; every
   ``compute-task`` goes to a worker allowed to run the task and carries exactly the task's
-  submitted dependencies, each with a value; a stale report changes nothing; a value in
-  memory is computed again only if it was lost.
+  submitted dependencies, each with a value, and is not cancelled later in the same batch;
+  a stale report changes nothing; a value in memory is computed again only if it was lost.
 
 A ``drain`` rule (also run at teardown, after adding a worker if none is alive) finishes
 every processing task until none is left, then checks that every wanted key ended in
@@ -73,11 +73,6 @@ PUT_CLIENT = "c-put"
 #: that copy missing; the scheduler takes it for a stale report and sends the same lost copy
 #: again, forever.  Steered around by reporting the original value instead.
 KNOWN_BUG_LOST_REPLICA = False
-#: Bug 10: one stimulus can send a task to a worker and cancel it again (in the same batch,
-#: so the worker never runs it).  Fixed for a node leaving (test_regression_node_leaving_*),
-#: still seen through other sequences; harmless but wasteful.  While True, a compute-task
-#: cancelled in the same batch is not checked.
-KNOWN_BUG_TRANSIENT_COMPUTE = True
 #: Bug 11: when a worker reports a stored value missing, the value's copies on other nodes
 #: stay listed (and in their stores): once recomputed, dependents on those nodes are sent
 #: the stale copy of the old value.  Steered around by reporting missing only values with
@@ -101,6 +96,16 @@ def is_stored(value: object) -> bool:
 
 def keys_of(tasks: Iterable[TaskState]) -> set[str]:
     return {ts.key for ts in tasks}
+
+
+def sent_and_cancelled(worker_msgs: Msgs) -> list[str]:
+    """Keys a batch tells a worker to compute and then, later in the same batch, to cancel."""
+    keys = []
+    for msgs in worker_msgs.values():
+        for i, msg in enumerate(msgs):
+            if msg["op"] == "compute-task" and {"op": "cancel-compute", "key": msg["key"]} in msgs[i:]:
+                keys.append(msg["key"])
+    return keys
 
 
 def may_run(spec: st.TaskSpec, ws: WorkerState) -> bool:
@@ -190,16 +195,15 @@ class SchedulerMachine(RuleBasedStateMachine):
                         told.pop(key, None)
 
     def check_worker_msgs(self, worker_msgs: Msgs) -> None:
-        """Orders go to live workers (compute, cancel) or nodes (free stored objects)."""
+        """Orders go to live workers (compute, cancel) or nodes (free stored objects); no
+        worker is told to compute a task and to cancel it in the same batch."""
         s = self.state
+        assert not sent_and_cancelled(worker_msgs), f"told to compute, then cancel: {worker_msgs}"
         for dest, msgs in worker_msgs.items():
             assert dest in s.workers or dest in s.nodes, f"message to dead worker or node {dest!r}: {msgs}"
-            for i, msg in enumerate(msgs):
+            for msg in msgs:
                 if msg["op"] == "compute-task":
-                    cancelled = {"op": "cancel-compute", "key": msg["key"]} in msgs[i:]
-                    assert not cancelled or KNOWN_BUG_TRANSIENT_COMPUTE, f"{dest} told to compute, then cancel {msg}"
-                    if not cancelled:
-                        self.check_compute_task(dest, msg)
+                    self.check_compute_task(dest, msg)
                 elif msg["op"] == "free-objects":
                     assert dest in s.nodes, f"free-objects to {dest!r}, not a node"
                 else:
@@ -1023,3 +1027,29 @@ def test_regression_an_input_of_a_new_task_that_will_not_run_is_not_held_for_it(
     assert not s.tasks["o"].waiting_data
     s.handle(st.ClientReleasesKeys("rel", "c", ("o",)))
     assert s.tasks["o"].state == "released"  # kept as an input of n, its value freed
+
+
+def test_regression_update_graph_sends_no_input_of_a_task_that_errs_at_once() -> None:
+    s = scheduler(("w1", "n1"))
+    s.handle(st.UpdateGraph("g1", "c", (task("z"),), ("z",)))
+    err(s, "z")
+    # y errs at once (its input z erred), so nothing needs x.  Was: x, first in graph order
+    # and ready, was sent to w1 at once, then cancelled in the same batch when y erred.
+    _, worker_msgs = s.handle(st.UpdateGraph("g2", "c", (task("x"), task("y", "x", "z")), ("y",)))
+    assert sent_and_cancelled(worker_msgs) == [] and worker_msgs == {}
+    assert states(s) == {"z": "erred", "x": "released", "y": "erred"}
+
+
+def test_regression_worker_death_sends_no_task_that_its_killed_task_made_unneeded() -> None:
+    s = SchedulerState(validate=True, allowed_failures=0)
+    s.handle(st.AddNode("add-n1", "n1"))
+    s.handle(st.AddWorker("add-w1", "w1", "n1"))
+    s.handle(st.UpdateGraph("g", "c", (task("k"), task("r"), task("d", "k", "r")), ("d",)))
+    s.handle(st.AddWorker("add-w2", "w2", "n1"))
+    assert [ts.key for ts in s.workers["w1"].processing] == ["k", "r"]
+    # w1 dies running k: k errs with KilledWorker, d with it, and nothing needs r, which
+    # was only waiting its turn on w1.  Was: r went back to waiting and was sent to w2
+    # before d erred, then cancelled in the same batch.
+    _, worker_msgs = s.handle(st.RemoveWorker("dies", "w1", executing=("k",)))
+    assert sent_and_cancelled(worker_msgs) == [] and worker_msgs == {}
+    assert states(s) == {"k": "erred", "r": "released", "d": "erred"}

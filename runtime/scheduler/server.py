@@ -128,6 +128,8 @@ class Scheduler:
         self.actors = ActorRegistry(self.handle_stimulus, self.send_to)
         #: Client.run calls waiting for their workers' answers
         self.runs = WorkerRuns(self._send)
+        #: the first error the state machine raised, if any (the ``validate`` request reports it)
+        self.first_failure = ""
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
@@ -178,6 +180,7 @@ class Scheduler:
             # client, so nobody waits forever on a task this scheduler can no longer track.
             logger.exception("scheduler state machine failed on %r", stimulus)
             text = f"the scheduler failed while handling {stimulus.stimulus_id}: {type(e).__name__}: {e}"
+            self.first_failure = self.first_failure or text
             self._send({c: [{"op": "scheduler-error", "text": text}] for c in self.state.clients})
             return
         finally:
@@ -377,6 +380,17 @@ class Scheduler:
         else:
             comm.send({"op": "reply", "reqid": reqid, "result": result})
 
+    def _validate(self) -> dict | None:
+        """None if the state machine never failed and its state is valid now; else what is
+        wrong (tests ask this when they end, whether the scheduler validates or not)."""
+        if self.first_failure:
+            return {"error": self.first_failure}
+        try:
+            self.state.validate_state()
+        except Exception as e:  # an InvariantError, or a state too broken to check
+            return {"error": f"invalid scheduler state: {type(e).__name__}: {e}"}
+        return None
+
     def _ask(self, msg: dict, peer: str) -> Any:
         try:
             return self._query(msg, peer)
@@ -435,6 +449,8 @@ class Scheduler:
             return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
         if what == "status":
             return cluster_status(self.state, self.node_info)
+        if what == "validate":
+            return self._validate()
         if what == "task-states":
             return {k: ts.state for k, ts in self.state.tasks.items()}
         if what == "who-has":

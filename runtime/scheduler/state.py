@@ -19,11 +19,13 @@ goes through ``released`` when both legs exist; any other pair raises
 ``InvalidTransition`` naming the key and both states.  Where a task runs is decided in
 ``placement.py``; the invariants are in ``validation.py``.
 
-A ready task goes to ``processing`` on the worker ``decide_worker`` picks.  A root-ish task
-(``placement.is_rootish``) goes there only while some worker has a free slot (its
-``slots``: worker-saturation x threads); otherwise it waits in ``queued``, and each slot
-that frees takes the queued task of highest priority.  With no worker able to run it at
-all, a task waits in ``no-worker``.
+A ready task goes to ``processing`` on the worker ``decide_worker`` picks, once the
+stimulus that made it ready has settled (``_place_ready``): placed at once, it could be
+released again by the same stimulus, and its worker told to compute it and to cancel it in
+one batch.  A root-ish task (``placement.is_rootish``) goes there only while some worker
+has a free slot (its ``slots``: worker-saturation x threads); otherwise it waits in
+``queued``, and each slot that frees takes the queued task of highest priority.  With no
+worker able to run it at all, a task waits in ``no-worker``.
 
 Where a value lives (a deviation the object store makes possible): ``TaskState.data`` is
 the value's wire form, either the pickle itself (small values travel inline, held here so
@@ -138,6 +140,8 @@ class SchedulerState:
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
         self._worker_msgs: Msgs = {}
+        #: tasks the current stimulus recommended for processing, placed once it has settled
+        self._to_place: list[TaskState] = []
 
     # ------------------------------------------------------------------ entry point
 
@@ -146,11 +150,16 @@ class SchedulerState:
         try:
             if recs := self._handlers[type(stimulus)](stimulus):
                 self.transitions(recs, stimulus.stimulus_id)
+            if self._to_place:
+                self._place_ready(stimulus.stimulus_id)
             if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
                 self._fill_free_slots(stimulus.stimulus_id)
             if self.validate:
                 validation.validate_state(self)
             return self._client_msgs, self._worker_msgs
+        except BaseException:
+            self._to_place.clear()  # the next stimulus places nothing of one that raised
+            raise
         finally:  # the next stimulus starts empty, even after one that raised
             self._client_msgs, self._worker_msgs = {}, {}
 
@@ -173,18 +182,26 @@ class SchedulerState:
     # ------------------------------------------------------------------ transitions
 
     def transitions(self, recommendations: Recs, stimulus_id: str) -> None:
-        """Apply recommendations, and those they produce, until none is left."""
+        """Apply recommendations, and those they produce, until none is left.
+
+        Those for ``processing`` wait until the stimulus has settled (``_place_ready``).
+        """
         recs = dict(recommendations)  # a copy: transition_log keeps the dicts transitions return
-        tasks = self.tasks
+        tasks, to_place = self.tasks, self._to_place
         while recs:
             key, finish = recs.popitem()
-            if (ts := tasks.get(key)) is not None and (new := self._transition_on(ts, finish, stimulus_id)):
+            if (ts := tasks.get(key)) is None:
+                continue
+            if finish == "processing":
+                to_place.append(ts)
+            elif new := self._transition_on(ts, finish, stimulus_id):
                 recs.update(new)
 
     def _transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
         """Move ``ts`` to ``finish``, and on while its only recommendation is its own next state
-        (released -> waiting -> queued): what the loop would pop next, taken now, with no
-        round trip through the recs and the task table.  Returns the other recommendations."""
+        (waiting -> processing -> no-worker): what the loop would pop next, taken now, with no
+        round trip through the recs and the task table (``processing`` waits, as in
+        ``transitions``).  Returns the other recommendations."""
         key, log, table, validate = ts.key, self.transition_log, _TRANSITIONS, self.validate
         while (start := ts.state) != finish and start != "forgotten":
             func = table.get((start, finish))
@@ -198,6 +215,9 @@ class SchedulerState:
             if len(new) != 1 or key not in new:
                 return new
             finish = new[key]
+            if finish == "processing":  # placed once the stimulus has settled
+                self._to_place.append(ts)
+                return {}
         return {}
 
     def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
@@ -240,11 +260,11 @@ class SchedulerState:
                     recs[dts.key] = "waiting"
         ts.state = "waiting"
         if waiting is None:
-            recs[ts.key] = self._ready(ts)
+            recs[ts.key] = "processing"  # or queued: _ready decides, once the stimulus has settled
         return recs
 
     def _ready(self, ts: TaskState) -> TaskStateState:
-        """Where a task whose inputs are all in memory goes next.
+        """Where a task whose inputs are all in memory goes once the stimulus has settled.
 
         Straight to ``queued`` when it is root-ish and no worker has a free slot (as Dask
         does): a wide graph then costs one transition less per root, with no detour through
@@ -333,6 +353,22 @@ class SchedulerState:
         if len(ws.processing) < ws.slots and ws.status == "running" and ws.address in self.workers:
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
+
+    def _place_ready(self, stimulus_id: str) -> None:
+        """Once a stimulus has settled, send the tasks it made ready to workers (or queue them).
+
+        Not done inside a transition: a task sent at once could be released again by the
+        same stimulus (an input of a task that errs later in it, say), and its worker told
+        to compute it and to cancel it in one batch.  In the order recommended, which is
+        the order they were placed in when it was done at once: highest priority first.
+        """
+        to_place = self._to_place
+        for ts in to_place:  # what placing leads to (nothing, today) is appended, and placed too
+            # Still ready: not released, erred or forgotten since, nor placed by an earlier entry.
+            if (ts.state == "waiting" or ts.state == "no-worker") and not ts.waiting:
+                if more := self._transition_on(ts, self._ready(ts), stimulus_id):
+                    self.transitions(more, stimulus_id)
+        to_place.clear()
 
     def _fill_free_slots(self, stimulus_id: str) -> None:
         """Once a stimulus has settled, send queued tasks to every free worker slot.
