@@ -12,7 +12,7 @@ import time
 
 import cloudpickle
 import pytest
-from conftest import validated
+from conftest import validated, wait_until
 
 import runtime as rt
 from runtime import (
@@ -167,7 +167,7 @@ def test_force_cancel_interrupts_a_python_loop(client, tmp_path):
     before = client.nthreads()
     mark = tmp_path / "running"
     f = client.submit(started, str(mark), spin, 300, pure=False)
-    _wait_until(mark.exists)
+    wait_until(mark.exists, "the task has started")
     f.cancel(force=True)
     with pytest.raises(TaskCancelledError):
         f.result(30)
@@ -179,13 +179,13 @@ def test_force_cancel_interrupts_a_python_loop(client, tmp_path):
 def test_force_cancel_of_a_running_sleep_restarts_its_worker(client, tmp_path):
     mark = tmp_path / "running"
     f = client.submit(started, str(mark), time.sleep, 300, pure=False)
-    _wait_until(mark.exists)
+    wait_until(mark.exists, "the task has started")
     worker = next(w for w, keys in client.processing().items() if f.key in keys)
     f.cancel(force=True)
     with pytest.raises(TaskCancelledError):
         f.result(30)
     # time.sleep does not see the interrupt: after the grace period the nanny restarts the worker.
-    _wait_until(lambda: worker not in client.nthreads() and len(client.nthreads()) == 2, timeout=60)
+    wait_until(lambda: worker not in client.nthreads() and len(client.nthreads()) == 2, "a new worker replaced it", 60)
     assert client.submit(inc, 41, pure=False).result(60) == 42
 
 
@@ -288,13 +288,13 @@ def test_run_info_who_has_has_what(client):
 
 def test_run_reaches_busy_workers_and_survives_one_leaving(client):
     busy = client.map(spin, [120, 120], pure=False)
-    _wait_until(lambda: sum(len(keys) for keys in client.processing().values()) == 2)
+    wait_until(lambda: sum(len(keys) for keys in client.processing().values()) == 2, "both tasks are processing")
     assert len(client.run(os.getpid, timeout=30)) == 2  # not queued behind the spinning tasks
     client.cancel(busy, force=True)
     victim = next(iter(client.nthreads()))
     answers = client.run(os._exit, 3, workers=[victim], on_error="return", timeout=60)
     assert "left before it answered" in str(answers[victim])
-    _wait_until(lambda: victim not in client.nthreads() and len(client.nthreads()) == 2, timeout=60)
+    wait_until(lambda: victim not in client.nthreads() and len(client.nthreads()) == 2, "a new worker replaced it", 60)
 
 
 class Recorder(WorkerPlugin):
@@ -420,13 +420,6 @@ def test_client_on_a_cluster_leaves_it_running():
         with Client(cluster.scheduler_address) as c2, pytest.raises(RuntimeError, match="closed"):
             c2.close()
             c2.submit(inc, 1)
-
-
-def _wait_until(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_remote_function_submitted_runs_as_its_function(client):

@@ -12,7 +12,7 @@ import time
 import cloudpickle
 import numpy as np
 import pytest
-from conftest import validated
+from conftest import validated, wait_until
 
 import runtime as rt
 from runtime.client.client import ClusterClient
@@ -57,13 +57,6 @@ def workers_on(client, node: str) -> list[str]:
     return [a for a, w in client.request("identity")["workers"].items() if w["node"] == node]
 
 
-def wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
 def objects(prefix: str) -> list[str]:
     return [name for name, _, _ in store.list_objects(prefix)]
 
@@ -74,7 +67,7 @@ def test_the_active_memory_manager_drops_a_copy_nobody_needs(cluster):
     far = submit(client, total, ref, workers=workers_on(client, cluster.nodes[1]))
     assert far.result(timeout=60) == float(np.arange(2_000_000).sum())
     # node 1 fetched a copy to read it; with the reader done, the copy goes, the value stays.
-    wait_until(lambda: not objects(cluster.prefixes[1]), "the copy on node 1 is dropped")
+    wait_until(lambda: not objects(cluster.prefixes[1]), "the copy on node 1 is dropped", 60)
     assert len(objects(cluster.prefixes[0])) == 1
     again = submit(client, total, ref, workers=workers_on(client, cluster.nodes[1]))
     assert again.result(timeout=60) == float(np.arange(2_000_000).sum())
@@ -89,14 +82,14 @@ def test_a_node_agent_may_join_and_leave_at_any_time(cluster, tmp_path):
         stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_until(lambda: workers_on(client, node), "the late agent's worker joins")
+        wait_until(lambda: workers_on(client, node), "the late agent's worker joins", 60)
         # Stored on the new node; may be recomputed elsewhere once that node is gone.
         here = submit(client, make, 100_000, 3, workers=workers_on(client, node), allow_other_workers=True)
         assert client.get([submit(client, total, here)], timeout=60) == [300_000.0]
     finally:
         agent.stdin.close()  # its parent pipe: the agent leaves
         agent.wait(30)
-    wait_until(lambda: node not in client.request("identity")["nodes"], "the late agent is gone")
+    wait_until(lambda: node not in client.request("identity")["nodes"], "the late agent is gone", 60)
     # Its store went with it: a value only it held is recomputed when needed.
     assert client.get([submit(client, total, here)], timeout=60) == [300_000.0]
 
@@ -112,7 +105,7 @@ def test_retiring_a_node_first_moves_the_values_only_it_holds(cluster):
     assert result["nodes"] == [cluster.nodes[1]] and result["workers"] == far and result["copied"] == 10
     cluster.agent_procs[1].wait(30)  # its agent stopped, and took its store with it
     assert not objects(cluster.prefixes[1])
-    wait_until(lambda: not workers_on(client, cluster.nodes[1]), "node 1's workers are gone")
+    wait_until(lambda: not workers_on(client, cluster.nodes[1]), "node 1's workers are gone", 60)
     # Nothing was lost: every value is read from its copy on node 0, none recomputed.
     checked = [f.result(timeout=30).sum() for f in made]
     assert checked == [200_000.0 * i for i in range(10)]
@@ -128,7 +121,7 @@ def test_retiring_a_busy_worker_times_out_and_leaves_it_working(cluster):
     cluster, client = cluster
     (worker,) = client.request("identity")["workers"]
     busy = submit(client, nap, 1, 3.0)
-    wait_until(lambda: client.request("task-states").get(busy.key) == "processing", "the task runs")
+    wait_until(lambda: client.request("task-states").get(busy.key) == "processing", "the task runs", 60)
     with pytest.raises(TimeoutError, match="1 workers still running tasks"):
         client.retire_workers([worker], timeout=0.5)
     assert client.request("identity")["workers"][worker]["status"] == "running"  # nothing was stopped
@@ -142,10 +135,10 @@ def test_adapt_scales_up_with_the_load_and_back_down_when_idle(cluster):
     cluster, client = cluster
     cluster.adapt(minimum=1, maximum=3, interval=0.2, target_duration=1.0, wait_count=2)
     futures = [submit(client, nap, i, 0.3) for i in range(40)]  # 12 s of work for one worker
-    wait_until(lambda: len(client.request("identity")["workers"]) == 3, "adapt starts two more workers")
+    wait_until(lambda: len(client.request("identity")["workers"]) == 3, "adapt starts two more workers", 60)
     assert client.get(futures, timeout=120) == list(range(40))
     del futures
-    wait_until(lambda: len(client.request("identity")["workers"]) == 1, "adapt retires the idle workers")
+    wait_until(lambda: len(client.request("identity")["workers"]) == 1, "adapt retires the idle workers", 60)
     cluster.scale(2)
     client.wait_for_workers(2, timeout=60)
     with pytest.raises(ValueError, match="adapt"):

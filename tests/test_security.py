@@ -98,7 +98,7 @@ def test_a_wrong_or_missing_secret_is_refused_and_nothing_it_sent_is_acted_on(tm
         finally:
             client.close()
         with rt.config.set({"client.attach-store": False}):  # as on a host with no node: the agents' servers
-            client = CoreClient(address)
+            client = ClusterClient(address)
             try:
                 big = client.put(np.ones(200_000))  # 1.6 MB, sent to the node's agent
                 assert float(client.get([big])[0].sum()) == 200_000.0 and client.node == ""
