@@ -194,14 +194,18 @@ def client_handshake_sync(sock: socket.socket, secret: bytes) -> None:
 def recv_exactly(sock: socket.socket, n: int, peer: str) -> bytes:
     """``n`` bytes from a blocking socket; ``ConnectionResetError`` if it closes first."""
     buf = bytearray(n)
-    view = memoryview(buf)
+    recv_into_all(sock, memoryview(buf), peer)
+    return bytes(buf)
+
+
+def recv_into_all(sock: socket.socket, view: memoryview, peer: str) -> None:
+    """Fill ``view`` from a blocking socket, with no copy; ``ConnectionResetError`` if it closes first."""
     got = 0
-    while got < n:
+    while got < view.nbytes:
         k = sock.recv_into(view[got:])
         if not k:
-            raise ConnectionResetError(f"{peer} closed the connection mid-message")
+            raise ConnectionResetError(f"{peer} closed the connection {got} of {view.nbytes} bytes into a message")
         got += k
-    return bytes(buf)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -252,12 +252,7 @@ def read_remote(source: str, key: str, located: list) -> Any:
             # buffers come back aligned, as from the store.
             buf = mmap.mmap(-1, max(reply["size"], 1))
             view = memoryview(buf)[: reply["size"]]
-            got = 0
-            while got < view.nbytes:
-                n = sock.recv_into(view[got:])
-                if not n:
-                    raise ConnectionResetError(f"{source} closed the connection {got} bytes in")
-                got += n
+            auth.recv_into_all(sock, view, source)
     except OSError as e:  # refused, reset, timed out: the holder is gone or frozen
         raise store.ObjectLostError(f"cannot read {key!r} from {where}: {type(e).__name__}: {e}") from None
     return store.loads_object(view.toreadonly(), key, where)
