@@ -131,6 +131,14 @@ def is_object_name(name: Any, prefix: str = "") -> bool:
     return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None and name.startswith(prefix)
 
 
+def is_stored_ref(x: Any) -> bool:
+    """Whether ``x`` (from a message, say) is a stored value's wire form: ``[node, nbytes, name]``
+    with ``name`` an object's name."""
+    return (
+        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], int) and is_object_name(x[2])
+    )
+
+
 def prefix_of(name: str) -> str:
     return name[:-_NAME_TAIL]
 

@@ -43,17 +43,6 @@ CHUNK = 4 * 2**20
 CopyMade = Callable[[str, str, list], None]
 
 
-def _is_ref(located: Any) -> bool:
-    """Whether a wire value is a stored value's ``[node, nbytes, name]`` naming a store object."""
-    return (
-        isinstance(located, list)
-        and len(located) == 3
-        and isinstance(located[0], str)
-        and isinstance(located[1], int)
-        and store.is_object_name(located[2])
-    )
-
-
 class ObjectServer:
     def __init__(self, prefix: str, node: str, stall_timeout: float = 10.0, copied: CopyMade | None = None):
         #: this node's store prefix and id
@@ -87,7 +76,7 @@ class ObjectServer:
                         return
                     if not await self._send_object(comm, name):
                         return
-                elif op == "fetch" and _is_ref(msg.get("located")) and isinstance(msg.get("source"), str):
+                elif op == "fetch" and store.is_stored_ref(msg.get("located")) and isinstance(msg.get("source"), str):
                     try:
                         local = await self.fetch(str(msg.get("key", "")), msg["located"], msg["source"])
                         comm.send({"op": "fetched", "name": local})

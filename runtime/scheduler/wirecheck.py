@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from runtime.objstore.store import is_object_name
+from runtime.objstore.store import is_object_name, is_stored_ref
 
 Checker = Callable[[Any], bool]
 
@@ -36,11 +36,7 @@ def _is_number(x: Any) -> bool:
 
 def _is_located(x: Any) -> bool:
     """A value's wire form: inline bytes, or ``[node, nbytes, name]`` of a stored one."""
-    if isinstance(x, bytes):
-        return True
-    return (
-        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], int) and is_object_name(x[2])
-    )
+    return isinstance(x, bytes) or is_stored_ref(x)
 
 
 def _is_resources(x: Any) -> bool:
