@@ -76,6 +76,12 @@ def _leftover_shm(prefix: str) -> list[str]:
     return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
 
 
+def pid_of(run_dir: str, name: str) -> int:
+    """The pid ``runtime start`` recorded for ``name`` ("scheduler" or "agent") in ``run_dir``."""
+    with open(os.path.join(run_dir, f"{name}.pid")) as f:
+        return int(f.read().split()[0])
+
+
 def runtime_cmd(*args: str, run_dir: str, timeout: float = 90) -> subprocess.CompletedProcess:
     """Run the ``runtime`` command with its run directory (never the user's default)."""
     env = {**os.environ, "RUNTIME_RUN_DIR": run_dir}

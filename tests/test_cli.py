@@ -13,17 +13,12 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import runtime_cmd
+from conftest import pid_of, runtime_cmd
 
 import runtime as rt
 from runtime.api.context import current_runtime
 from runtime.cli import parse_bytes, parse_resources
 from runtime.objstore import store
-
-
-def _pid(run_dir: str, name: str) -> int:
-    with open(os.path.join(run_dir, f"{name}.pid")) as f:
-        return int(f.read().split()[0])
 
 
 def _exited(pid: int) -> bool:
@@ -116,7 +111,7 @@ def test_head_and_two_joining_nodes_run_tasks_status_and_stop(tmp_path):
         for run_dir in (b, c):
             joined = runtime_cmd("start", "--address", address, "--num-workers", "1", run_dir=run_dir)
             assert joined.returncode == 0, joined.stderr
-        pids = [_pid(head, "scheduler"), _pid(head, "agent"), _pid(b, "agent"), _pid(c, "agent")]
+        pids = [pid_of(head, "scheduler"), pid_of(head, "agent"), pid_of(b, "agent"), pid_of(c, "agent")]
         pids += [p.pid for pid in pids[1:] for p in psutil.Process(pid).children()]  # the workers
 
         rt.init(address=address)
@@ -167,7 +162,7 @@ def test_block_stays_in_the_foreground_and_sigterm_stops_everything(tmp_path):
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("started the scheduler and node agent")
-        pids = [_pid(run_dir, "scheduler"), _pid(run_dir, "agent")]
+        pids = [pid_of(run_dir, "scheduler"), pid_of(run_dir, "agent")]
         pids += [p.pid for p in psutil.Process(pids[1]).children()]
         status = runtime_cmd("status", run_dir=run_dir)
         assert status.returncode == 0 and "workers: 1" in status.stdout

@@ -16,7 +16,7 @@ import time
 
 import psutil
 import pytest
-from conftest import runtime_cmd, wait_until
+from conftest import pid_of, runtime_cmd, wait_until
 
 from runtime.objstore import store
 
@@ -80,11 +80,6 @@ def _driver(address: str, *, attach: bool, script: str = DRIVER, timeout: float 
     )  # fmt: skip
 
 
-def _pid(run_dir: str, name: str) -> int:
-    with open(os.path.join(run_dir, f"{name}.pid")) as f:
-        return int(f.read().split()[0])
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A head node (scheduler, agent, two workers) started by the CLI; its address and run directory."""
@@ -101,7 +96,7 @@ def head(tmp_path_factory):
 @pytest.mark.parametrize("attach", [True, False], ids=["same-host", "no-node"])
 def test_a_joined_driver_gets_puts_scatters_and_passes_values_of_any_size(head, attach):
     address, run_dir = head
-    prefix = f"rt-{_pid(run_dir, 'agent')}-"
+    prefix = f"rt-{pid_of(run_dir, 'agent')}-"
     before = {f for f in os.listdir(store.SHM_DIR) if f.startswith(prefix)}
     result = _driver(address, attach=attach)
     assert result.returncode == 0 and result.stdout.endswith("ok\n"), result.stderr[-3000:]
@@ -164,7 +159,7 @@ def test_a_holder_that_dies_during_a_fetch_gives_the_lost_data_path_not_a_hang(h
     other = str(tmp_path / "holder")
     joined = runtime_cmd("start", "--address", address, "--num-workers", "1", run_dir=other)
     assert joined.returncode == 0, joined.stderr
-    agent = _pid(other, "agent")
+    agent = pid_of(other, "agent")
     env = {
         **os.environ, "RUNTIME_CLIENT__ATTACH_STORE": "1" if attach else "0", "RUNTIME_HEARTBEAT__TIMEOUT": "3",
     }  # fmt: skip
@@ -179,7 +174,7 @@ def test_a_holder_that_dies_during_a_fetch_gives_the_lost_data_path_not_a_hang(h
         driver.stdin.write("go\n")
         driver.stdin.flush()
         # The driver reads from the frozen holder: itself, or its node's agent for it.
-        reader = _pid(run_dir, "agent") if attach else driver.pid
+        reader = pid_of(run_dir, "agent") if attach else driver.pid
         wait_until(lambda: _connected_to([reader], agent), "the driver reads from the frozen holder")
         os.kill(agent, signal.SIGKILL)
         out, err = driver.communicate(timeout=60)
