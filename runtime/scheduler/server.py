@@ -392,93 +392,117 @@ class Scheduler:
         return None
 
     def _ask(self, msg: dict, peer: str) -> Any:
-        try:
-            return self._query(msg, peer)
-        except (KeyError, TypeError, ValueError) as e:
-            return {"error": f"bad request {msg.get('what')!r}: {type(e).__name__}: {e}"}
-
-    def _query(self, msg: dict, peer: str) -> Any:
         what = msg["what"]
-        state = self.state
-        if what == "register-actor":
-            return self.actors.register(msg, peer)
-        if what == "actor-location":
-            return self.actors.locate(msg["actor"])
-        if what == "get-actor":
-            return self.actors.by_name(msg["name"])
-        if what == "kill-actor":
-            return self.actors.kill(msg["actor"], msg.get("no_restart", True))
-        if what == "identity":
-            memory = sampler.snapshot(state)
-            return {
-                "address": self.address,
-                "nodes": {n: {**info, "store": memory.get(n, [0, 0, 0])[1:]} for n, info in self.node_info.items()},
-                "workers": {
-                    a: {
-                        "node": w.node,
-                        "nthreads": w.nthreads,
-                        "pid": w.pid,
-                        "status": w.status,
-                        "memory": w.memory,
-                        "memory_limit": w.memory_limit,
-                    }
-                    for a, w in state.workers.items()
-                },  # fmt: skip
+        handler = REQUESTS.get(what)
+        if handler is None:
+            return {"error": f"unknown request {what!r}"}
+        try:
+            return handler(self, msg, peer)
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": f"bad request {what!r}: {type(e).__name__}: {e}"}
+
+
+#: what a request asks -> its handler(scheduler, request message, asker's id); a handler
+#: answers with a value, an ``{"error": ...}``, or a coroutine or future to wait for
+RequestHandler = Callable[[Scheduler, dict, str], Any]
+REQUESTS: dict[str, RequestHandler] = {}
+
+
+def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
+    """Register the handler of the request ``what`` (extensions register theirs too)."""
+
+    def register(handler: RequestHandler) -> RequestHandler:
+        if what in REQUESTS:
+            raise ValueError(f"request {what!r} has a handler already: {REQUESTS[what].__qualname__}")
+        REQUESTS[what] = handler
+        return handler
+
+    return register
+
+
+request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
+request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"]))
+request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
+request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
+request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
+request("status")(lambda s, msg, peer: cluster_status(s.state, s.node_info))
+request("validate")(lambda s, msg, peer: s._validate())
+request("workers-to-close")(lambda s, msg, peer: s.state.workers_to_close(n=msg.get("n")))
+request("adaptive-target")(lambda s, msg, peer: placement.adaptive_target(s.state, msg.get("target_duration", 5.0)))
+request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.story(*msg["keys"])])
+request("task-states")(lambda s, msg, peer: {k: ts.state for k, ts in s.state.tasks.items()})
+request("processing")(lambda s, msg, peer: {a: [t.key for t in w.processing] for a, w in s.state.workers.items()})
+request("has-what")(lambda s, msg, peer: {a: [t.key for t in w.has_what] for a, w in s.state.workers.items()})
+
+
+@request("identity")
+def _identity(s: Scheduler, msg: dict, peer: str) -> dict:
+    memory = sampler.snapshot(s.state)
+    return {
+        "address": s.address,
+        "nodes": {n: {**info, "store": memory.get(n, [0, 0, 0])[1:]} for n, info in s.node_info.items()},
+        "workers": {
+            a: {
+                "node": w.node, "nthreads": w.nthreads, "pid": w.pid, "status": w.status,
+                "memory": w.memory, "memory_limit": w.memory_limit,
             }
-        if what == "retire-workers":
-            return retire.retire(self, list(msg.get("workers") or ()), list(msg.get("nodes") or ()), msg["within"])
-        if what == "start-workers":
-            if msg["node"] not in self.node_info:
-                return {"error": f"no such node: {msg['node']}"}
-            self.send_to(msg["node"], {"op": "start-workers", "n": int(msg["n"])})
-            return {}
-        if what == "workers-to-close":
-            return state.workers_to_close(n=msg.get("n"))
-        if what == "adaptive-target":
-            return placement.adaptive_target(state, msg.get("target_duration", 5.0))
-        if what == "memory":
-            return sampler.snapshot(state)
-        if what == "memory-sampling-start":
-            sid = f"sampling-{next(self._ids)}"
-            self.samplings[sid] = sampler.Sampling(state, msg.get("interval", 0.5), peer)
-            return sid
-        if what == "memory-sampling-stop":
-            sampling = self.samplings.pop(msg["id"], None)
-            return sampling.stop() if sampling is not None else {"error": f"no memory sampling {msg['id']!r}"}
-        if what == "story":
-            return [list(t[:3]) + [t[4]] for t in self.state.story(*msg["keys"])]
-        if what == "status":
-            return cluster_status(self.state, self.node_info)
-        if what == "validate":
-            return self._validate()
-        if what == "task-states":
-            return {k: ts.state for k, ts in self.state.tasks.items()}
-        if what == "who-has":
-            tasks = self.state.tasks
-            keys = msg.get("keys")
-            return {
-                k: sorted(w.address for w in ts.who_has or ())
-                for k in keys or tasks
-                if (ts := tasks.get(k)) is not None
-            }
-        if what == "run":
-            workers = msg.get("workers") or list(self.state.workers)
-            unknown = [w for w in workers if w not in self.state.workers]
-            if unknown:
-                return {"error": f"no such worker(s): {', '.join(unknown)}"}
-            return self.runs.start(msg["function"], workers)
-        if what == "register-worker-plugin":  # for workers that join from now on
-            self.worker_plugins[msg["name"]] = msg["plugin"]
-            return None
-        if what == "restart-workers":
-            workers = {a: w.pid for a, w in self.state.workers.items()}
-            self._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
-            return workers
-        if what == "processing":
-            return {a: [ts.key for ts in w.processing] for a, w in self.state.workers.items()}
-        if what == "has-what":
-            return {a: [ts.key for ts in w.has_what] for a, w in self.state.workers.items()}
-        return {"error": f"unknown query {what!r}"}
+            for a, w in s.state.workers.items()
+        },
+    }  # fmt: skip
+
+
+@request("retire-workers")
+def _retire_workers(s: Scheduler, msg: dict, peer: str) -> Any:
+    return retire.retire(s, list(msg.get("workers") or ()), list(msg.get("nodes") or ()), msg["within"])
+
+
+@request("start-workers")
+def _start_workers(s: Scheduler, msg: dict, peer: str) -> dict:
+    if msg["node"] not in s.node_info:
+        return {"error": f"no such node: {msg['node']}"}
+    s.send_to(msg["node"], {"op": "start-workers", "n": int(msg["n"])})
+    return {}
+
+
+@request("memory-sampling-start")
+def _memory_sampling_start(s: Scheduler, msg: dict, peer: str) -> str:
+    sid = f"sampling-{next(s._ids)}"
+    s.samplings[sid] = sampler.Sampling(s.state, msg.get("interval", 0.5), peer)
+    return sid
+
+
+@request("memory-sampling-stop")
+def _memory_sampling_stop(s: Scheduler, msg: dict, peer: str) -> Any:
+    sampling = s.samplings.pop(msg["id"], None)
+    return sampling.stop() if sampling is not None else {"error": f"no memory sampling {msg['id']!r}"}
+
+
+@request("who-has")
+def _who_has(s: Scheduler, msg: dict, peer: str) -> dict:
+    tasks = s.state.tasks
+    keys = msg.get("keys")
+    return {k: sorted(w.address for w in ts.who_has or ()) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+
+
+@request("run")
+def _run(s: Scheduler, msg: dict, peer: str) -> Any:
+    workers = msg.get("workers") or list(s.state.workers)
+    unknown = [w for w in workers if w not in s.state.workers]
+    if unknown:
+        return {"error": f"no such worker(s): {', '.join(unknown)}"}
+    return s.runs.start(msg["function"], workers)
+
+
+@request("register-worker-plugin")
+def _register_worker_plugin(s: Scheduler, msg: dict, peer: str) -> None:
+    s.worker_plugins[msg["name"]] = msg["plugin"]  # for workers that join from now on
+
+
+@request("restart-workers")
+def _restart_workers(s: Scheduler, msg: dict, peer: str) -> dict:
+    workers = {a: w.pid for a, w in s.state.workers.items()}
+    s._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
+    return workers
 
 
 def _outcome(f: asyncio.Future) -> Any:
