@@ -39,8 +39,9 @@ def test_the_docs_message_tables_name_every_op_each_side_decodes():
     assert rows["scheduler → agent"] == _ops(m.TO_AGENT)
     assert rows["client → actor's worker (direct)"] == _ops(m.TO_ACTOR_SERVER)
     assert rows["actor's worker → client (direct)"] == _ops(m.FROM_ACTOR_SERVER)
-    object_rows = {cell: ops for cell, ops in rows.items() if cell.startswith("`") and "→" not in cell}
-    requests = {re.match(r"`([a-z-]+)`", cell).group(1) for cell in object_rows}  # type: ignore[union-attr]
+    # the object server's table: "`op` (its fields): from whom" | its answers
+    object_rows = {found.group(1): ops for cell, ops in rows.items() if (found := re.match(r"`([a-z-]+)` \(", cell))}
+    requests = set(object_rows)
     answers = set().union(*object_rows.values())
     assert requests == _ops(m.TO_OBJECT_SERVER)
     assert answers == _ops(m.FROM_OBJECT_SERVER)
