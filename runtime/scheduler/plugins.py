@@ -109,6 +109,8 @@ class Plugins:
         self._hooked: dict[str, list[tuple[str, Any]]] = {}
         #: the workers plugins were told of (a node that leaves takes its workers with it)
         self.workers: set[str] = set()
+        #: the state's transition log while some plugin has a transition hook
+        self._tap: TransitionTap | None = None
 
     def add(self, plugin: Any, name: str = "") -> str:
         """Add ``plugin`` (replacing one of the same name) and start it; returns its name."""
@@ -140,9 +142,10 @@ class Plugins:
         state = self.scheduler.state
         tapped = isinstance(state.transition_log, TransitionTap)
         if self._hooked["transition"] and not tapped:
-            state.transition_log = TransitionTap(state.transition_log)
+            state.transition_log = self._tap = TransitionTap(state.transition_log)
         elif not self._hooked["transition"] and tapped:
             state.transition_log = deque(state.transition_log, maxlen=state.transition_log.maxlen)
+            self._tap = None
 
     def _call(self, name: str, plugin: Any, hook: str, *args: Any, removing: bool = True, **kwargs: Any) -> None:
         """One hook of one plugin; one that raises (or whose coroutine does) is logged and removed."""
@@ -173,9 +176,10 @@ class Plugins:
         hook = _HOOKS.get(type(stimulus))
         if hook is not None:
             hook(self, stimulus)
-        log = self.scheduler.state.transition_log
-        if isinstance(log, TransitionTap) and log.pending:
-            for key, start, finish, _recs, stimulus_id in log.drain():
+        if self._tap is not None and self._tap.pending:
+            for key, start, finish, _recs, stimulus_id in self._tap.drain():
+                if start == finish:  # a step that moved it nowhere (waiting on its way to no-worker)
+                    continue
                 self._each("transition", key, start, finish, stimulus_id=stimulus_id)
 
 
