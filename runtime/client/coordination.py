@@ -62,6 +62,12 @@ def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any
     return result
 
 
+def _tell(cc: ClusterClient, what: str, **kwargs: Any) -> None:
+    """A request whose answer nobody waits for (its reply finds no waiter and is dropped):
+    one message instead of a round trip.  Later requests of this client come after it."""
+    cc._send({"op": "request", "reqid": next(cc._counter), "what": what, **kwargs})
+
+
 def encode_item(cc: ClusterClient, value: Any) -> dict:
     """A value as the extensions keep it: pickled, or a future's key."""
     if isinstance(value, Future):
@@ -171,7 +177,7 @@ class Semaphore(_Named):
         lease = self._leases.popleft()
         if not self._leases and self._refresher is not None:
             self._refresher.cancel()  # nothing left to renew
-        _ask(self.cc, "semaphore-release", name=self.name, lease=lease)
+        _tell(self.cc, "semaphore-release", name=self.name, lease=lease)  # checked above: it holds the lease
         return True
 
     def get_value(self) -> int:
