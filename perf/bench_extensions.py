@@ -45,7 +45,7 @@ def queue_loop(queue: Any, n: int) -> float:
 
 def run_system(name: str, n: int, repeat: int) -> dict[str, float]:
     if name == "runtime":
-        from runtime import Client, Lock, LocalCluster, Queue
+        from runtime import Client, LocalCluster, Lock, Queue
 
         cluster = LocalCluster(2)
     else:
