@@ -103,6 +103,35 @@ class Waits:
             self.wake(wid, self._on_timeout(wid))
 
 
+class NamedWaiters:
+    """Waiter ids by the name they wait on, in order (a pure state's part for variables and events)."""
+
+    def __init__(self) -> None:
+        #: name -> the waiter ids waiting on it, in order
+        self.waiters: dict[str, dict[int, None]] = {}
+        #: waiter id -> the name it waits on
+        self.waiting_on: dict[int, str] = {}
+
+    def wait(self, name: str, wid: int) -> None:
+        self.waiters.setdefault(name, {})[wid] = None
+        self.waiting_on[wid] = name
+
+    def drop_waiter(self, wid: int) -> None:
+        name = self.waiting_on.pop(wid, None)
+        if name is not None:
+            waiters = self.waiters[name]
+            del waiters[wid]
+            if not waiters:
+                del self.waiters[name]
+
+    def take(self, name: str) -> list[int]:
+        """Every waiter on ``name``, now no longer waiting."""
+        woken = list(self.waiters.pop(name, ()))
+        for wid in woken:
+            del self.waiting_on[wid]
+        return woken
+
+
 class KeyRefs:
     """How many times queues, variables and datasets hold each key: ``EXTENSIONS_CLIENT``
     wants a key while it is held at least once."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler.extensions.base import Waits, name_of, timeout_of
+from runtime.scheduler.extensions.base import NamedWaiters, Waits, name_of, timeout_of
 from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.scheduler.server import request
 
@@ -16,42 +16,24 @@ if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
 
 
-class EventState:
+class EventState(NamedWaiters):
     """Which events are set, and who waits on the others; pure."""
 
     def __init__(self) -> None:
+        super().__init__()
         #: names of the events that are set
         self.set_events: set[str] = set()
-        #: event name -> the waiter ids waiting for it
-        self.waiters: dict[str, dict[int, None]] = {}
-        #: waiter id -> the event it waits on
-        self.waiting_on: dict[int, str] = {}
 
     def set(self, name: str) -> list[int]:
         """Set ``name``; returns the waiters to wake."""
         self.set_events.add(name)
-        woken = list(self.waiters.pop(name, ()))
-        for wid in woken:
-            del self.waiting_on[wid]
-        return woken
+        return self.take(name)
 
     def clear(self, name: str) -> None:
         self.set_events.discard(name)
 
     def is_set(self, name: str) -> bool:
         return name in self.set_events
-
-    def wait(self, name: str, wid: int) -> None:
-        self.waiters.setdefault(name, {})[wid] = None
-        self.waiting_on[wid] = name
-
-    def drop_waiter(self, wid: int) -> None:
-        name = self.waiting_on.pop(wid, None)
-        if name is not None:
-            waiters = self.waiters[name]
-            del waiters[wid]
-            if not waiters:
-                del self.waiters[name]
 
 
 class Events(SchedulerPlugin):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler.extensions.base import Item, KeyRefs, Waits, name_of, timeout_of
+from runtime.scheduler.extensions.base import Item, KeyRefs, NamedWaiters, Waits, name_of, timeout_of
 from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.scheduler.server import request
 
@@ -17,37 +17,19 @@ if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
 
 
-class VariableState:
+class VariableState(NamedWaiters):
     """Every variable's value and the gets waiting for one; pure."""
 
     def __init__(self) -> None:
+        super().__init__()
         #: variable name -> its value
         self.values: dict[str, Item] = {}
-        #: variable name -> the waiter ids of gets waiting for a value, in order
-        self.waiters: dict[str, dict[int, None]] = {}
-        #: waiter id -> the variable it waits on
-        self.waiting_on: dict[int, str] = {}
 
     def set(self, name: str, item: Item) -> tuple[Item | None, list[int]]:
         """Set ``name``: (the value it replaces, the waiters to answer with the new one)."""
         old = self.values.get(name)
         self.values[name] = item
-        woken = list(self.waiters.pop(name, ()))
-        for wid in woken:
-            del self.waiting_on[wid]
-        return old, woken
-
-    def wait(self, name: str, wid: int) -> None:
-        self.waiters.setdefault(name, {})[wid] = None
-        self.waiting_on[wid] = name
-
-    def drop_waiter(self, wid: int) -> None:
-        name = self.waiting_on.pop(wid, None)
-        if name is not None:
-            waiters = self.waiters[name]
-            del waiters[wid]
-            if not waiters:
-                del self.waiters[name]
+        return old, self.take(name)
 
     def delete(self, name: str) -> Item | None:
         return self.values.pop(name, None)
