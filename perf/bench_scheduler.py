@@ -37,6 +37,7 @@ from typing import Any
 
 import psutil
 
+from runtime.comm import messages as m
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.plugins import Plugins, SchedulerPlugin
 from runtime.scheduler.state import SchedulerState
@@ -124,7 +125,7 @@ def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
         for address, batch in msgs.items():
             q = queues.get(address)
             if q is not None:
-                q.extend(m["key"] for m in batch if m["op"] == "compute-task")
+                q.extend(msg.key for msg in batch if type(msg) is m.ComputeTask)
 
     enqueue(wmsgs)
     finished = 0

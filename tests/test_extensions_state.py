@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.extensions.events import EventState
+from runtime.scheduler.extensions.event import EventState
 from runtime.scheduler.extensions.multi_lock import MultiLockState
 from runtime.scheduler.extensions.queues import QueueState
 from runtime.scheduler.extensions.semaphores import SemaphoreState

@@ -23,6 +23,7 @@ from typing import Any
 from runtime import config
 from runtime.client.client import ClusterClient
 from runtime.client.future import Future
+from runtime.comm import messages as m
 from runtime.comm import serialize
 
 __all__ = ["Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event", "cluster_client"]
@@ -65,7 +66,7 @@ def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any
 def _tell(cc: ClusterClient, what: str, **kwargs: Any) -> None:
     """A request whose answer nobody waits for (its reply finds no waiter and is dropped):
     one message instead of a round trip.  Later requests of this client come after it."""
-    cc._send({"op": "request", "reqid": next(cc._counter), "what": what, **kwargs})
+    cc._send(m.Request(next(cc._counter), what, kwargs))
 
 
 def encode_item(cc: ClusterClient, value: Any) -> dict:

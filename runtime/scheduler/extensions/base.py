@@ -182,7 +182,7 @@ class KeyRefs:
 
 def install(scheduler: Scheduler) -> None:
     """Add every extension to ``scheduler`` as a plugin (once it listens)."""
-    from runtime.scheduler.extensions import events, multi_lock, publish, queues, semaphores, variables
+    from runtime.scheduler.extensions import event, multi_lock, publish, queues, semaphores, variables
 
     scheduler.handle_stimulus(st.AddClient("add-client-extensions", EXTENSIONS_CLIENT))
     refs = KeyRefs(scheduler)
@@ -191,7 +191,7 @@ def install(scheduler: Scheduler) -> None:
         "multi_locks": multi_lock.MultiLocks(),
         "queues": queues.Queues(refs),
         "variables": variables.Variables(refs),
-        "events": events.Events(),
+        "event": event.Events(),
         "datasets": publish.Datasets(refs),
     }.items():
         scheduler.extensions[name] = ext

@@ -71,7 +71,7 @@ class Events(SchedulerPlugin):
 
 
 def _ext(s: Scheduler) -> Events:
-    return s.extensions["events"]
+    return s.extensions["event"]
 
 
 request("event-set")(lambda s, msg, peer: _ext(s).set(msg))
