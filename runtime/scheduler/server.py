@@ -36,6 +36,7 @@ from runtime.scheduler import amm, placement, record, retire, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
+from runtime.scheduler.plugins import Plugins
 from runtime.scheduler.state import Msgs, SchedulerState
 from runtime.scheduler.status import cluster_status
 from runtime.scheduler.worker_runs import WorkerRuns
@@ -136,12 +137,19 @@ class Scheduler:
         self.runs = WorkerRuns(self._send)
         #: the first error the state machine raised, if any (the ``validate`` request reports it)
         self.first_failure = ""
+        #: scheduler plugins (the extensions among them), told of what each stimulus did
+        self.plugins = Plugins(self)
+        #: the extensions (coordination primitives, datasets) by name; extensions.install fills it
+        self.extensions: dict[str, Any] = {}
         #: per kind of peer (client, worker, node): message type -> handler
         self._handlers = self._handler_tables()
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
         self._server, self.address = await listen(address, self._handle_comm, m.TO_SCHEDULER)
+        from runtime.scheduler import extensions  # its modules register their requests
+
+        extensions.install(self)
         self._background.append(asyncio.ensure_future(self._remove_silent_nodes()))
         logger.info("scheduler listening at %s", self.address)
         if self.amm_interval > 0:
@@ -164,6 +172,7 @@ class Scheduler:
     async def close(self) -> None:
         for task in (*self._background, *(s._task for s in self.samplings.values())):
             task.cancel()
+        self.plugins.close()
         if self._server is not None:
             self._server.close()
         for comm in list(self.comms.values()):
@@ -204,6 +213,7 @@ class Scheduler:
             self.actors.client_gone(stimulus.client)
             for sid in [sid for sid, s in self.samplings.items() if s.client == stimulus.client]:
                 self.samplings.pop(sid).stop()
+        self.plugins.after(stimulus)
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
@@ -505,6 +515,16 @@ def _run(s: Scheduler, msg: dict, peer: str) -> Any:
 @request("register-worker-plugin")
 def _register_worker_plugin(s: Scheduler, msg: dict, peer: str) -> None:
     s.worker_plugins[msg["name"]] = msg["plugin"]  # for workers that join from now on
+
+
+@request("register-scheduler-plugin")
+def _register_scheduler_plugin(s: Scheduler, msg: dict, peer: str) -> str:
+    from runtime.comm.serialize import loads  # the scheduler unpickles nothing else
+
+    return s.plugins.add(loads(msg["plugin"]), msg.get("name") or "")
+
+
+request("unregister-scheduler-plugin")(lambda s, msg, peer: s.plugins.remove(msg["name"]))
 
 
 @request("restart-workers")
