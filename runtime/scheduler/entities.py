@@ -51,9 +51,10 @@ def is_stored(data: bytes | list | None) -> bool:
 
 
 class TaskGroup:
-    """Tasks that share a prefix (one function): sized to tell root-ish tasks apart."""
+    """Tasks that share a prefix (one function): sized to tell root-ish tasks apart, and
+    counted as they move, so the dashboard reads tasks per state without walking them."""
 
-    __slots__ = ("name", "size", "dependencies")
+    __slots__ = ("name", "size", "dependencies", "entered", "left", "compute_seconds", "nbytes", "suspicious")
 
     def __init__(self, name: str):
         self.name = name
@@ -61,6 +62,26 @@ class TaskGroup:
         self.size = 0
         #: groups its tasks depend on
         self.dependencies: set[TaskGroup] = set()
+        # Two increments per transition give both what the dashboard shows: tasks in a state
+        # now (entered - left; ``released`` is the rest of ``size``) and moves into each
+        # state since the start (``entered``, Dask's prefix state totals).
+        #: transitions of its tasks into each state, ever
+        self.entered: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
+        #: transitions of its tasks out of each state, ever
+        self.left: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
+        #: seconds its tasks that finished ran on workers, summed
+        self.compute_seconds = 0.0
+        #: bytes of its values in memory now
+        self.nbytes = 0
+        #: times a worker died while running one of its tasks
+        self.suspicious = 0
+
+    def states(self) -> dict[str, int]:
+        """How many of its tasks are in each state now (forgotten ones are not counted)."""
+        entered, left = self.entered, self.left
+        counts = {s: entered[s] - left[s] for s in ALL_TASK_STATES if s not in ("released", "forgotten")}
+        counts["released"] = self.size - sum(counts.values())
+        return counts
 
 
 class TaskState:
