@@ -14,6 +14,8 @@ from typing import Literal, get_args
 
 TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
 ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
+#: the task states in the order a task goes through them (for counts that print in order)
+TASK_STATES_IN_ORDER: tuple[str, ...] = get_args(TaskStateState)
 WorkerStatus = Literal["running", "paused", "closing_gracefully"]
 #: recommendations: key -> the state it should move to next
 Recs = dict[str, TaskStateState]
@@ -66,9 +68,9 @@ class TaskGroup:
         # now (entered - left; ``released`` is the rest of ``size``) and moves into each
         # state since the start (``entered``, Dask's prefix state totals).
         #: transitions of its tasks into each state, ever
-        self.entered: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
+        self.entered: dict[str, int] = dict.fromkeys(TASK_STATES_IN_ORDER, 0)
         #: transitions of its tasks out of each state, ever
-        self.left: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
+        self.left: dict[str, int] = dict.fromkeys(TASK_STATES_IN_ORDER, 0)
         #: seconds its tasks that finished ran on workers, summed
         self.compute_seconds = 0.0
         #: bytes of its values in memory now
@@ -79,7 +81,8 @@ class TaskGroup:
     def states(self) -> dict[str, int]:
         """How many of its tasks are in each state now (forgotten ones are not counted)."""
         entered, left = self.entered, self.left
-        counts = {s: entered[s] - left[s] for s in ALL_TASK_STATES if s not in ("released", "forgotten")}
+        counts = {s: entered[s] - left[s] for s in TASK_STATES_IN_ORDER if s != "forgotten"}
+        counts["released"] = 0
         counts["released"] = self.size - sum(counts.values())
         return counts
 
