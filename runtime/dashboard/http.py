@@ -49,6 +49,8 @@ CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/ht
 
 DASHBOARD = web.AppKey("dashboard", object)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+#: [the snapshot the metrics text was made from, that text]
+EXPOSITION = web.AppKey("exposition", list)
 
 
 def _token(secret: bytes) -> str:
@@ -90,14 +92,19 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(500, f"{type(e).__name__}: {e}")
 
 
+#: the package's static files, read once: name -> (bytes, content type)
+_FILES: dict[str, tuple[bytes, str]] = {}
+
+
 def _static(name: str) -> web.Response:
-    path = STATIC / name
-    suffix = name[name.rfind(".") :]
-    if "/" in name or suffix not in CONTENT_TYPES or not path.is_file():
-        raise web.HTTPNotFound()
-    return web.Response(
-        body=path.read_bytes(), content_type=CONTENT_TYPES[suffix], headers={"Cache-Control": "no-cache"}
-    )
+    if name not in _FILES:
+        path = STATIC / name
+        suffix = name[name.rfind(".") :]
+        if "/" in name or suffix not in CONTENT_TYPES or not path.is_file():
+            raise web.HTTPNotFound()
+        _FILES[name] = (path.read_bytes(), CONTENT_TYPES[suffix])
+    body, kind = _FILES[name]
+    return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-cache"})
 
 
 async def _page(request: web.Request) -> web.Response:
@@ -182,7 +189,11 @@ async def _api_stream(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = metrics.exposition(request.app[REGISTRY])
+    snapshot = request.app[DASHBOARD].snapshots.get()
+    cached = request.app[EXPOSITION]
+    if cached[0] is not snapshot:  # encoded once per snapshot, however often scraped
+        cached[:] = [snapshot, metrics.exposition(request.app[REGISTRY])]
+    body = cached[1]
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -210,6 +221,7 @@ def make_app(dashboard: Dashboard) -> web.Application:
     app = web.Application(middlewares=[_guard])
     app[DASHBOARD] = dashboard
     app[REGISTRY] = metrics.registry(dashboard.snapshots.get)
+    app[EXPOSITION] = [None, b""]
     app.router.add_get("/", _root)
     for path in PAGES:
         app.router.add_get(path, _page)
