@@ -221,6 +221,28 @@ def test_the_task_stream_keeps_the_newest_and_serves_from_a_number():
     assert [e[1] for e in r.since(0, 2)] == ["inc-3", "inc-4"] and r.since(5, 10) == []
 
 
+def test_a_stored_value_and_its_copies_read_from_their_store_refs():
+    from runtime.comm.messages import StoreRef
+    from runtime.dashboard.snapshot import Recorder, task
+
+    s = SchedulerState(validate=True)
+    r = Recorder(s)
+    for stimulus in (
+        st.AddNode("n", "n1"),
+        st.AddNode("n2", "n2"),
+        st.AddWorker("w", "w1", "n1", 1),
+        st.UpdateGraph("g", "c1", (st.TaskSpec("a-1", (b"f", b"a")),), ("a-1",)),
+    ):
+        s.handle(stimulus)
+    ref = StoreRef("n1", 1000, "rt-1-abcdef-" + "0" * 28)
+    s.handle(st.TaskFinished("f", "a-1", "w1", ref, 1000, 1.0, 1.5))
+    assert task(s, "a-1")["stored"] == ["n1", 1000, ref.name]  # JSON as before: [node, nbytes, name]
+    r(st.AddReplica("c", "a-1", "n2", "rt-1-abcdef-" + "1" * 28, ref))
+    assert r.transfers == {"n2": [1, 1000]}
+    s.handle(st.UpdateData("u", "c1", "inline-1", b"v", 1))  # inline: held by the scheduler
+    assert task(s, "inline-1")["stored"] is None
+
+
 def test_the_dashboard_address_setting():
     assert config.dashboard_address(":8787") == "127.0.0.1:8787"
     assert config.dashboard_address("off") is None and config.dashboard_address(None) is None

@@ -23,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from runtime import config
+from runtime.comm.messages import StoreRef
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT
 from runtime.scheduler.entities import TASK_STATES_IN_ORDER
@@ -78,10 +79,9 @@ class Recorder:
                     del self.deaths[next(iter(self.deaths))]
         elif kind is st.AddReplica:
             a: st.AddReplica = stimulus  # type: ignore[assignment]
-            ts = self.state.tasks.get(a.key)
             moved = self.transfers.setdefault(a.node, [0, 0])
             moved[0] += 1
-            moved[1] += ts.nbytes if ts is not None else 0
+            moved[1] += a.source.nbytes  # the copy's size, from the StoreRef it was made from
 
     def since(self, number: int, limit: int) -> list[list]:
         """Finished tasks numbered above ``number``, at most the ``limit`` newest."""
@@ -187,7 +187,8 @@ def task(state: SchedulerState, key: str) -> dict[str, Any] | None:
         "key": key, "state": ts.state, "prefix": ts.prefix, "priority": ts.priority, "nbytes": ts.nbytes,
         "worker": ts.processing_on.address if ts.processing_on is not None else None,
         "who_has": [ws.address for ws in ts.who_has or ()],
-        "stored": ts.data if isinstance(ts.data, list) else None,
+        # where its value is stored, as [node, nbytes, name]; None when inline or not in memory
+        "stored": [data.node, data.nbytes, data.name] if type(data := ts.data) is StoreRef else None,
         "dependencies": [d.key for d in itertools.islice(ts.dependencies, MAX_EDGES)],
         "dependents": [d.key for d in itertools.islice(ts.dependents, MAX_EDGES)],
         "n_dependencies": len(ts.dependencies), "n_dependents": len(ts.dependents),
