@@ -175,6 +175,30 @@ def _choice(*names: str, aliases: Mapping[str, str] | None = None) -> Callable[[
     return parse
 
 
+#: what turns the dashboard off
+_OFF = ("", "off", "none", "false", "no")
+
+
+def dashboard_address(x: Any) -> str | None:
+    """Where the scheduler serves its dashboard, as ``host:port``; None (also "off") for nowhere.
+
+    Takes ``"host:port"``, ``":port"`` or a bare port (on 127.0.0.1), with or without
+    ``http://``; port 0 picks a free one.
+    """
+    if x is None or x is False or (isinstance(x, str) and x.strip().lower() in _OFF):
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | str):
+        raise ValueError("expected host:port, a port number, or off")
+    text = str(x).strip().removeprefix("http://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, a port number (0-65535; 0 picks a free one), or off, not {x!r}")
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
 def _text(x: Any) -> str:
     if not isinstance(x, str):
         raise ValueError("expected a string")
@@ -220,6 +244,10 @@ SETTINGS: dict[str, Setting] = {
         "transitions the scheduler keeps for story(key) (Dask's distributed.admin.low-level-log-length)"),
     "scheduler.record": Setting(None, _optional(_text),
         "a file the scheduler writes every stimulus it handles to, for `runtime replay FILE` (None: no recording)"),
+    "scheduler.dashboard.address": Setting("127.0.0.1:8787", dashboard_address,
+        "where the scheduler serves its dashboard, /metrics and /api/v1 (host:port, :port; a port taken already "
+        "means a free one instead; beyond the loopback only with a shared secret; off: no dashboard)",
+        env="RUNTIME_DASHBOARD_ADDRESS"),
     "scheduler.validate": Setting(False, _bool,
         "check every invariant of the scheduler's state after every transition (slow; tests)",
         env="RUNTIME_VALIDATE"),

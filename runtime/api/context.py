@@ -91,7 +91,18 @@ def init(
                 cluster.close()
                 raise
             _current = Runtime(client, cluster)
+        _log_dashboard(_current.client)
         return _current
+
+
+def _log_dashboard(client: ClusterClient) -> None:
+    """Say where the dashboard is, once per init() (a scheduler too old to answer says nothing)."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # the link is a courtesy: init() has succeeded
+        return
+    if link:
+        logger.info("runtime dashboard at %s", link)
 
 
 def shutdown() -> None:

@@ -42,6 +42,8 @@ logger = logging.getLogger("runtime.client")
 
 #: puts of at least this many bytes log what they do
 LARGE_PUT = 256 * 2**20
+#: the dashboard's link before anyone asked the scheduler for it
+_UNASKED: Any = object()
 
 
 class ClusterClient:
@@ -66,6 +68,8 @@ class ClusterClient:
         #: what closed this client, for the error of its futures' get/wait/cancel afterwards
         self._closed_as = "a client that was closed"
         self._lost: str | None = None
+        #: the scheduler's dashboard URL, asked for on first use (dashboard_link)
+        self._dashboard_link: str | None = _UNASKED
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
         self._keepalive: asyncio.Future | None = None
@@ -387,6 +391,13 @@ class ClusterClient:
         self._outbox.drain()  # what the caller sent before goes first (lazy messages may still wait)
         self.comm.send(m.Request(reqid, what, kwargs))
         return await fut
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The URL of the scheduler's dashboard (its status page), or None when it has none."""
+        if self._dashboard_link is _UNASKED:
+            self._dashboard_link = self.request("dashboard")
+        return self._dashboard_link
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s.

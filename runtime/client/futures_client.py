@@ -322,6 +322,11 @@ class Client(concurrent.futures.Executor):
 
     # -- the cluster ---------------------------------------------------------------------
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The URL of the scheduler's dashboard (its status page, as Dask's), or None when it has none."""
+        return self.core.dashboard_link
+
     def scheduler_info(self) -> dict[str, Any]:
         """The scheduler's address, its workers (node, threads, pid) and nodes."""
         return self.core.request("identity")

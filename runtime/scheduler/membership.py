@@ -101,6 +101,7 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
         # Only a task it was executing can have killed it; queued ones just run elsewhere.
         if s.executing is None or ts.key in s.executing:
             ts.suspicious += 1
+            ts.group.suspicious += 1
             ts.erred_on = ts.erred_on or set()
             ts.erred_on.add(ws.address)
     # Err the tasks that killed too many workers first: what only they needed is then

@@ -32,6 +32,7 @@ from runtime import config
 from runtime.comm import messages as m
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
+from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, placement, record, retire, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
@@ -95,8 +96,10 @@ class Scheduler:
         self, *, validate: bool | None = None, allowed_failures: int | None = None,
         worker_saturation: float | None = None, amm_interval: float | None = None,
         transition_log_length: int | None = None, record_to: str | None = None,
+        dashboard_address: str | None = None,
     ):  # fmt: skip
-        """Each setting not given is the config tree's (``scheduler.*``)."""
+        """Each setting not given is the config tree's (``scheduler.*``), but the dashboard:
+        served at ``dashboard_address`` (``host:port``) only when given."""
         settings = dict(
             allowed_failures=_setting(allowed_failures, "scheduler.allowed-failures"),
             worker_saturation=_setting(worker_saturation, "scheduler.worker-saturation"),
@@ -143,6 +146,10 @@ class Scheduler:
         self.extensions: dict[str, Any] = {}
         #: per kind of peer (client, worker, node): message type -> handler
         self._handlers = self._handler_tables()
+        #: called with each stimulus before the state machine handles it (the dashboard's records)
+        self.on_stimulus: list[Callable[[st.Stimulus], None]] = []
+        #: the HTTP dashboard, /metrics and /api/v1 (runtime/dashboard), or None
+        self.dashboard = Dashboard(self, dashboard_address) if dashboard_address else None
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
@@ -154,6 +161,8 @@ class Scheduler:
         logger.info("scheduler listening at %s", self.address)
         if self.amm_interval > 0:
             self._background.append(asyncio.ensure_future(self._run_amm()))
+        if self.dashboard is not None:  # in the background: clients need not wait for it
+            self._background.append(self.dashboard.begin())
         return self.address
 
     async def _run_amm(self) -> None:
@@ -175,6 +184,8 @@ class Scheduler:
         self.plugins.close()
         if self._server is not None:
             self._server.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         for comm in list(self.comms.values()):
             comm.close()
         if self.stimulus_log is not None:
@@ -185,6 +196,8 @@ class Scheduler:
         # An update-graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
         # would walk the growing heap again and again (a million-task graph: 17 us per task
         # instead of 7).  The state machine runs no user code, so the GC waits till it is done.
+        for listener in self.on_stimulus:
+            listener(stimulus)
         pause_gc = isinstance(stimulus, st.UpdateGraph) and gc.isenabled()
         if pause_gc:
             gc.disable()
@@ -444,8 +457,12 @@ request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"]))
 request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
 request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
 request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
-request("status")(lambda s, msg, peer: cluster_status(s.state, s.node_info))
+request("status")(
+    lambda s, msg, peer: {**cluster_status(s.state, s.node_info), "dashboard": s.dashboard and s.dashboard.link}
+)
 request("validate")(lambda s, msg, peer: s._validate())
+# The dashboard's URL (None: off, or it could not start), once it serves or has given up.
+request("dashboard")(lambda s, msg, peer: s.dashboard.started if s.dashboard else None)
 request("workers-to-close")(lambda s, msg, peer: s.state.workers_to_close(n=msg.get("n")))
 request("adaptive-target")(lambda s, msg, peer: placement.adaptive_target(s.state, msg.get("target_duration", 5.0)))
 request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.story(*msg["keys"])])

@@ -219,6 +219,9 @@ class SchedulerState:
             new = func(self, ts)
             self.transition_counter += 1
             log.append((key, start, ts.state, new, stimulus_id))
+            tg = ts.group  # counted per group for the dashboard (TaskGroup.states)
+            tg.entered[ts.state] += 1
+            tg.left[start] += 1
             if validate:
                 validation.validate_task_state(self, ts)
             if len(new) != 1 or key not in new:
@@ -239,6 +242,9 @@ class SchedulerState:
         recs = func(self, ts, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
+        tg = ts.group
+        tg.entered[ts.state] += 1
+        tg.left[start] += 1
         if self.validate:
             validation.validate_task_state(self, ts)
         return recs
@@ -402,6 +408,7 @@ class SchedulerState:
         recs: Recs = {}
         ws = self._exit_processing(ts)
         if stop > start:
+            ts.group.compute_seconds += stop - start
             old = self.task_durations.get(ts.prefix)
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
         return self._add_to_memory(ts, ws, value, nbytes, recs)
@@ -420,6 +427,7 @@ class SchedulerState:
         ts.state = "memory"
         ts.data = value
         ts.nbytes = nbytes
+        ts.group.nbytes += nbytes
         if ws is not None:
             if ts.who_has is None:
                 ts.who_has = {}
@@ -471,6 +479,7 @@ class SchedulerState:
 
     def _free_value(self, ts: TaskState) -> None:
         """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
+        ts.group.nbytes -= ts.nbytes
         if ts.who_has:
             for ws in ts.who_has:
                 del ws.has_what[ts]
@@ -696,6 +705,8 @@ class SchedulerState:
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
+            ts.group.entered["erred"] += 1  # released -> erred, outside a transition
+            ts.group.left["released"] += 1
         self.transitions(recs, s.stimulus_id)
         # Then each new task to waiting, highest priority first, moved as a stimulus moves the
         # task it names: as recommendations, a million keys would go through the recs table
