@@ -60,6 +60,7 @@ _STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
     "task-erred": lambda m, peer, sid: st.TaskErred(
         sid, m["key"], peer, m["exception"], m["traceback"], m["text"], m.get("start", 0.0), m.get("stop", 0.0)
     ),
+    "long-running": lambda m, peer, sid: st.LongRunning(sid, m["key"], peer),
     "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
     "add-replica": lambda m, peer, sid: st.AddReplica(sid, m["key"], m["node"], m["name"], m["source"]),
     "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
