@@ -4,9 +4,10 @@ before (it finishes, errs, is rescheduled and blamed when its worker dies)."""
 
 from __future__ import annotations
 
+from test_state import add_worker, compute_keys, erred, finished, graph, sid, task
+
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
-from test_state import add_worker, compute_keys, erred, finished, graph, sid, task
 
 
 def long_running(key: str, worker: str) -> st.LongRunning:
