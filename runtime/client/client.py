@@ -36,6 +36,7 @@ from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
+from runtime.worker.secession import waiting_in_task
 
 logger = logging.getLogger("runtime.client")
 
@@ -476,10 +477,15 @@ class ClusterClient:
         """Block until ``ready()``: checked whenever the scheduler's news changes futures, or,
         with no ``futures``, whenever done callbacks have run.  GetTimeoutError past
         ``deadline``; ConnectionError, or ClientClosedError for ``futures``, when nothing will
-        change any more."""
+        change any more.  Inside a task on a worker, the task secedes while it waits."""
         _check_scheduler(scheduler)
         cond = self.futures.cond if futures else self.futures.called_back
         with cond:
+            if ready():
+                return
+        # A task waiting here gives its worker's thread back meanwhile (and takes one back
+        # after, outside the lock): tasks that wait on tasks never deadlock a worker.
+        with waiting_in_task(), cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)
