@@ -36,10 +36,10 @@ from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
 from runtime.scheduler.entities import is_stored
 from runtime.worker import interrupt, memory
-from runtime.worker.secession import thread_state
 from runtime.worker.actors import ActorHost, set_worker
 from runtime.worker.plugins import Plugins
 from runtime.worker.running import RunningBoard
+from runtime.worker.secession import thread_state
 
 logger = logging.getLogger("runtime.worker")
 
