@@ -140,3 +140,61 @@ def test_a_task_in_an_actor_method_thread_waits_without_seceding(cluster):
     caller = Caller.remote()
     value, thread = rt.get(caller.run.remote(4))
     assert value == 24 and not thread.startswith("executor")
+
+
+# -- actors: the cases that used to hang ------------------------------------------------------
+
+
+@rt.remote
+class Node:
+    """An actor that calls the next one of a chain and returns what it says."""
+
+    def __init__(self, name: str, next_node=None):
+        self.name, self.next = name, next_node
+
+    def chain(self) -> list[str]:
+        below = rt.get(self.next.chain.remote()) if self.next is not None else []
+        return [self.name, *below]
+
+    def where(self) -> str:
+        return rt.get_worker().address
+
+    def echo(self, x):
+        return x
+
+
+def _one_worker(cluster) -> str:
+    return sorted(cluster.client.request("identity")["workers"])[0]
+
+
+def test_nested_calls_between_actors_on_one_worker_complete(cluster):
+    worker = _one_worker(cluster)
+    pinned = Node.options(workers=[worker])
+    c = pinned.remote("c")
+    b = pinned.remote("b", c)
+    a = pinned.remote("a", b)
+    assert rt.get([x.where.remote() for x in (a, b, c)]) == [worker] * 3
+    assert rt.get(a.chain.remote()) == ["a", "b", "c"]
+
+
+def test_a_task_calling_actors_on_its_own_worker_completes(cluster):
+    worker = _one_worker(cluster)
+    c = Node.options(workers=[worker]).remote("c")
+    b = Node.options(workers=[worker]).remote("b", c)
+
+    @rt.remote
+    def call(handle) -> list[str]:
+        return rt.get(handle.chain.remote())
+
+    assert rt.get(call.options(workers=[worker]).remote(b)) == ["b", "c"]
+
+
+def test_creating_an_actor_from_a_task_completes_on_its_own_worker(cluster):
+    @rt.remote
+    def make_and_call(name: str) -> tuple[list[str], str, str]:
+        here = rt.get_worker().address
+        actor = Node.options(workers=[here]).remote(name)  # its creation queues behind this task
+        return rt.get(actor.chain.remote()), rt.get(actor.where.remote()), here
+
+    chain, there, here = rt.get(make_and_call.remote("made-in-a-task"))
+    assert chain == ["made-in-a-task"] and there == here
