@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import wait_until
 
 import runtime as rt
 
@@ -198,3 +199,80 @@ def test_creating_an_actor_from_a_task_completes_on_its_own_worker(cluster):
 
     chain, there, here = rt.get(make_and_call.remote("made-in-a-task"))
     assert chain == ["made-in-a-task"] and there == here
+
+
+@rt.remote(max_concurrency=2)
+class Gate:
+    """``wait()`` returns its argument once ``open()`` is called (or fails when told to)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.fail = False
+
+    def wait(self, x):
+        assert self.event.wait(30), "the gate was never opened"
+        if self.fail:
+            raise ValueError("the gate failed on purpose")
+        return x
+
+    def open(self, fail: bool = False):
+        self.fail = fail
+        self.event.set()
+
+
+@rt.remote
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_a_pending_actor_result_as_an_argument_does_not_block_the_caller(cluster):
+    gate = Gate.remote()
+    pending = gate.wait.remote(1)
+    first = plus_one.remote(pending)  # returns at once: its graph waits in the client
+    second = plus_one.remote(first)  # so does one that needs a held task
+    unrelated = plus_one.remote(10)  # and nothing else waits for them
+    assert rt.get(unrelated) == 11
+    assert not first.done() and not second.done()
+    rt.get(gate.open.remote())
+    assert rt.get([first, second]) == [2, 3]
+
+
+def test_a_graph_waiting_for_an_actor_result_can_be_cancelled(cluster):
+    gate = Gate.remote()
+    pending = gate.wait.remote(1)
+    first = plus_one.remote(pending)
+    second = plus_one.remote(first)
+    kept = plus_one.remote(pending)
+    rt.cancel(first)  # sent at once, and takes the held dependent with it
+    for f in (first, second):
+        with pytest.raises(rt.TaskCancelledError):
+            rt.get(f, timeout=10)
+    rt.get(gate.open.remote())
+    assert rt.get(kept) == 2
+    states = cluster.client.request("task-states")
+    assert first.key not in states and second.key not in states
+
+
+def test_a_failed_actor_call_fails_the_held_tasks_that_need_it(cluster):
+    gate = Gate.remote()
+    pending = gate.wait.remote(1)
+    first = plus_one.remote(pending)
+    second = plus_one.remote(first)
+    rt.get(gate.open.remote(fail=True))
+    for f in (first, second):
+        with pytest.raises(ValueError, match="failed on purpose"):
+            rt.get(f, timeout=10)
+
+
+def test_a_held_result_dropped_before_it_leaves_is_released_after(cluster):
+    gate = Gate.remote()
+    pending = gate.wait.remote(5)
+    dropped = plus_one.remote(pending)
+    key = dropped.key
+    kept = plus_one.remote(dropped)
+    del dropped
+    rt.get(gate.open.remote())
+    assert rt.get(kept) == 7
+    assert cluster.client.request("task-states").get(key) in ("released", None)  # its value is freed
+    del kept  # and it is forgotten with its last dependent
+    wait_until(lambda: key not in cluster.client.request("task-states"), "the dropped key is forgotten")
