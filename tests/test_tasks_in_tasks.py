@@ -276,3 +276,32 @@ def test_a_held_result_dropped_before_it_leaves_is_released_after(cluster):
     assert cluster.client.request("task-states").get(key) in ("released", None)  # its value is freed
     del kept  # and it is forgotten with its last dependent
     wait_until(lambda: key not in cluster.client.request("task-states"), "the dropped key is forgotten")
+
+
+#: the names of a worker's executor threads (for Client.run; pickled by value)
+executor_threads = eval(
+    "lambda: [t.name for t in __import__('threading').enumerate() if t.name.startswith('executor-')]"
+)
+
+
+def test_workers_are_back_to_their_threads_after_nested_waits_and_a_forced_cancel(cluster):
+    assert rt.get(factorial.remote(5)) == 120
+    gate = Gate.remote()
+
+    @rt.remote
+    def wait_on_gate(x):
+        return rt.get(plus_one.remote(gate.wait.remote(x)))
+
+    parent = wait_on_gate.remote(1)
+    wait_until(lambda: cluster.client.request("task-states").get(parent.key) == "processing", "the parent runs")
+    rt.cancel(parent, force=True)  # interrupted while seceded, waiting in get
+    with pytest.raises(rt.TaskCancelledError):
+        rt.get(parent, timeout=10)
+    rt.get(gate.open.remote())
+    client = rt.get_client()
+
+    def threads_per_worker() -> list[int]:
+        return sorted(len(names) for names in client.run(executor_threads).values())
+
+    wait_until(lambda: threads_per_worker() == [1, 1], "every worker has one executor thread again")
+    assert rt.get(factorial.remote(4)) == 24

@@ -71,7 +71,6 @@ def rejoin() -> None:
     worker = _running_task()
     if thread_state.seceded:
         worker.rejoin_thread()
-        thread_state.seceded = False
 
 
 @contextlib.contextmanager

@@ -284,7 +284,14 @@ class Worker:
                 return
             self._rejoining.append(event)
             self._ready_cv.notify_all()  # an idle thread hands over at once
-        event.wait()
+        try:
+            event.wait()
+        finally:  # interrupted (a forced cancel) before a thread handed over: still seceded
+            with self._ready_cv:
+                if event.is_set():
+                    thread_state.seceded = False
+                else:
+                    self._rejoining.remove(event)
 
     def _run_next(self, slot: int) -> bool:
         """Take and run one task; False when the worker stops."""
