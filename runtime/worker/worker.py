@@ -9,7 +9,9 @@
     scheduler ◄──task-finished / task-erred── event loop ◄── done queue
 
 The event loop thread only moves messages; tasks run on executor threads, so the worker
-keeps reading (cancellations, later heartbeats) while user code runs.  Results are not
+keeps reading (cancellations, later heartbeats) while user code runs.  A task that waits on
+other tasks secedes: another executor thread starts in its place, and it takes one back when
+it rejoins (``runtime/worker/secession.py``).  Results are not
 kept here: small ones go back inline, large ones into the node's shared-memory store.
 """
 
@@ -294,7 +296,8 @@ class Worker:
                     self._rejoining.remove(event)
 
     def _run_next(self, slot: int) -> bool:
-        """Take and run one task; False when the worker stops."""
+        """Take and run one task; False when the worker stops or this thread ends (it handed
+        its place to a rejoining task, or its task seceded and has a replacement)."""
         while True:
             with self._ready_cv:
                 while (not self._ready or self.status == "paused") and not self._stopping and not self._rejoining:
