@@ -23,10 +23,11 @@ makes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from runtime.client.future import CANCELLED, PENDING
+from runtime.comm import messages as m
 from runtime.errors import TaskCancelledError
 
 if TYPE_CHECKING:
@@ -35,12 +36,12 @@ if TYPE_CHECKING:
 
 
 class _Graph:
-    """One held ``update-graph`` message."""
+    """One held ``UpdateGraph`` message."""
 
     __slots__ = ("tasks", "wanted", "priority", "waiting", "released")
 
-    def __init__(self, tasks: list[list], wanted: list[str], priority: int, waiting: set[str]):
-        #: its tasks (``task_entry`` lists: key, function, arguments, dependencies, ...)
+    def __init__(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int, waiting: set[str]):
+        #: its tasks (``client.task_spec``s)
         self.tasks = tasks
         self.wanted = wanted
         self.priority = priority
@@ -53,7 +54,7 @@ class _Graph:
 class HeldGraphs:
     """The held graphs of one cluster client; ``send`` puts a message in its outbox."""
 
-    def __init__(self, futures: FutureTable, send: Callable[[dict], None]):
+    def __init__(self, futures: FutureTable, send: Callable[[m.Message], None]):
         self.futures = futures
         self._send = send
         #: keys of actor calls still running that a held graph may need
@@ -73,14 +74,14 @@ class HeldGraphs:
         with self.futures.lock:
             self.pending.add(key)
 
-    def hold(self, tasks: list[list], wanted: list[str], priority: int) -> bool:
+    def hold(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int) -> bool:
         """Hold the graph if one of its tasks needs a pending or held key; False if it may go.
         Call with the futures' lock held, and send the graph under it if it may go."""
-        own = {t[0] for t in tasks}
-        waiting = {d for t in tasks for d in t[3] if (d in self.pending or d in self.unsent) and d not in own}
+        own = {t.key for t in tasks}
+        waiting = {d for t in tasks for d in t.dependencies if (d in self.pending or d in self.unsent) and d not in own}
         if not waiting:
             return False
-        graph = _Graph(tasks, wanted, priority, waiting)
+        graph = _Graph(list(tasks), list(wanted), priority, waiting)
         for key in own:
             self.unsent[key] = graph
         for key in waiting:
@@ -106,7 +107,7 @@ class HeldGraphs:
         graph.released.append(key)
         return True
 
-    def cancel(self, keys: list[str]) -> None:
+    def cancel(self, keys: Iterable[str]) -> None:
         """Cancel the held tasks among ``keys`` and every held task that needs one of ``keys``."""
         with self.futures.changing():
             error = TaskCancelledError("cancelled before it was sent: it was waiting for an actor call's result")
@@ -130,17 +131,17 @@ class HeldGraphs:
                 if not graph.waiting:
                     keys.extend(self._leave(graph))
         if self._releasing:
-            needed = {d for graph in set(self.unsent.values()) for t in graph.tasks for d in t[3]}
+            needed = {d for graph in set(self.unsent.values()) for t in graph.tasks for d in t.dependencies}
             free = [k for k in self._releasing if k not in needed]
             if free:
-                self._send({"op": "release-keys", "keys": free})
+                self._send(m.ReleaseKeys(tuple(free)))
                 for key in free:
                     del self._releasing[key]
 
     def _leave(self, graph: _Graph) -> list[str]:
-        self._send({"op": "update-graph", "tasks": graph.tasks, "wanted": graph.wanted, "priority": graph.priority})
+        self._send(m.UpdateGraph(tuple(graph.tasks), tuple(graph.wanted), graph.priority))
         self._releasing.update(dict.fromkeys(graph.released))  # once the graphs that need them have left too
-        keys = [t[0] for t in graph.tasks]
+        keys = [t.key for t in graph.tasks]
         for key in keys:
             del self.unsent[key]
         return keys
@@ -158,10 +159,10 @@ class HeldGraphs:
             for graph in list(graphs):
                 keep = []
                 for task in graph.tasks:
-                    if task[0] in dropped or any(d in dropped for d in task[3]):
-                        if task[0] not in dropped:
-                            dropped.add(task[0])
-                            graphs.update(self._waiters.get(task[0], {}))
+                    if task.key in dropped or any(d in dropped for d in task.dependencies):
+                        if task.key not in dropped:
+                            dropped.add(task.key)
+                            graphs.update(self._waiters.get(task.key, {}))
                             changed = True
                     else:
                         keep.append(task)
@@ -175,7 +176,7 @@ class HeldGraphs:
         ready = []
         for graph in graphs:
             graph.wanted = [k for k in graph.wanted if k not in dropped]
-            needed = {d for t in graph.tasks for d in t[3]}
+            needed = {d for t in graph.tasks for d in t.dependencies}
             for key in [k for k in graph.waiting if k not in needed]:
                 graph.waiting.discard(key)
                 self._waiters.get(key, {}).pop(graph, None)
