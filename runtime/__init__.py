@@ -26,6 +26,8 @@ _EXPORTS = {
     "LocalCluster": "runtime.cluster",
     "MemorySampler": "runtime.diagnostics",
     "get_worker": "runtime.worker.actors",
+    "get_client": "runtime.api.in_task", "worker_client": "runtime.api.in_task",
+    "secede": "runtime.api.in_task", "rejoin": "runtime.api.in_task",
     "WorkerPlugin": "runtime.worker.plugins", "SchedulerPlugin": "runtime.scheduler.plugins",
     "Lock": "runtime.client.coordination", "MultiLock": "runtime.client.coordination",
     "Semaphore": "runtime.client.coordination", "Queue": "runtime.client.coordination",
@@ -37,7 +39,8 @@ _EXPORTS = {
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
-    "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker",
+    "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
+    "secede", "rejoin",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
@@ -66,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime import config
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
+    from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote
     from runtime.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
     from runtime.client.future import Future, ObjectRef

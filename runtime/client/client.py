@@ -29,6 +29,7 @@ from typing import Any
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
+from runtime.client.held import HeldGraphs
 from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import messages as m
 from runtime.comm import serialize
@@ -37,6 +38,7 @@ from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
+from runtime.worker.secession import waiting_in_task
 
 logger = logging.getLogger("runtime.client")
 
@@ -78,6 +80,8 @@ class ClusterClient:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        #: graphs waiting for actor calls' results before they can leave (``held.py``)
+        self._held = HeldGraphs(self.futures, self._send)
         #: actor method calls, sent straight to the actors' workers
         self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
         #: what to do with each message from the scheduler
@@ -204,6 +208,8 @@ class ClusterClient:
             if fs.refcount > 0 or self.futures.states.get(key) is not fs:
                 return
             del self.futures.states[key]
+            if self._held and self._held.release(key):
+                return  # released once its held graph leaves
         if type(fs.value) is m.StoreRef:  # this process need not keep its mapping either
             store.forget_mapping(fs.value.name)
         if not self._closed and not self._lost and not fs.local:
@@ -258,25 +264,48 @@ class ClusterClient:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
+            if self._held:  # it may need an actor call's result that is not there yet
+                if not self._held.hold(tasks, wanted, priority):
+                    self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority))
+                return futures
         self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority))
         return futures
 
     def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
         """Make actor-call results among a task's ``deps`` known to the scheduler; the first
-        that failed (the task then fails with its error), or None."""
+        that failed (the task then fails with its error), or None.  One still running is
+        made known when it returns: the task's graph waits for it here (``held.py``)
+        instead of the caller."""
         check_open_deps(deps)
         for dep in deps.values():
             fs = getattr(dep, "_state", None)
             if fs is None or not fs.local:
                 continue
-            # An actor call's result (only a ClusterClient makes those), perhaps of another
-            # client of this process: that client registers it.
-            owner: ClusterClient = dep._owner  # type: ignore[assignment]
-            if not owner.register_local(dep):
+            if fs.status == PENDING:
+                self._held.expect(dep.key)
+                dep._owner.futures.add_done_callback(dep, self._local_result_arrived)
+            elif not self._register_local_of(dep):
                 return dep
-            if owner is not self:  # its message goes on its own connection: wait until it has landed
-                owner.request("who-has", keys=[dep.key])
         return None
+
+    def _register_local_of(self, dep: Future) -> bool:
+        """Register a done actor call's result (perhaps of another client of this process: that
+        client does it); False if the call failed."""
+        owner: ClusterClient = dep._owner  # type: ignore[assignment]  # only a ClusterClient makes those
+        if not owner.register_local(dep):
+            return False
+        if owner is not self:  # its message goes on its own connection: wait until it has landed
+            owner.request("who-has", keys=[dep.key])
+        return True
+
+    def _local_result_arrived(self, dep: Future) -> None:
+        """A running actor call that a held graph needs returned (on a callback thread)."""
+        try:
+            ok = self._register_local_of(dep)
+        except (ConnectionError, TimeoutError) as e:  # the graphs fail with the connection
+            logger.warning("cannot register actor result %s for the tasks that need it: %s", dep.key, e)
+            return
+        self._held.arrived(dep.key, None if ok else dep)
 
     def failed_future(self, key: str, cause: Future) -> Future:
         """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
@@ -306,7 +335,10 @@ class ClusterClient:
         A key another client also wants keeps running unless ``force``.
         """
         self.check_open(futures)
-        self._send(m.Cancel(tuple(f.key for f in futures), force))
+        keys = tuple(f.key for f in futures)
+        if self._held:  # held tasks are cancelled here: the scheduler never saw them
+            self._held.cancel(keys)
+        self._send(m.Cancel(keys, force))
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""
@@ -498,10 +530,15 @@ class ClusterClient:
         """Block until ``ready()``: checked whenever the scheduler's news changes futures, or,
         with no ``futures``, whenever done callbacks have run.  GetTimeoutError past
         ``deadline``; ConnectionError, or ClientClosedError for ``futures``, when nothing will
-        change any more."""
+        change any more.  Inside a task on a worker, the task secedes while it waits."""
         _check_scheduler(scheduler)
         cond = self.futures.cond if futures else self.futures.called_back
         with cond:
+            if ready():
+                return
+        # A task waiting here gives its worker's thread back meanwhile (and takes one back
+        # after, outside the lock): tasks that wait on tasks never deadlock a worker.
+        with waiting_in_task(), cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)

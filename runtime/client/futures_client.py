@@ -62,6 +62,9 @@ def default_client() -> Client | None:
 class Client(concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
 
+    #: whether close() closes the connection (not for get_client()'s, which shares another's)
+    _owns_core = True
+
     def __init__(
         self,
         address: str | LocalCluster | None = None,
@@ -100,6 +103,18 @@ class Client(concurrent.futures.Executor):
             if self.cluster is not None:
                 self.cluster.close()
             raise
+        self._start(set_as_default)
+
+    @classmethod
+    def _sharing(cls, core: ClusterClient) -> Client:
+        """A Client on the connection ``core`` of someone else (``runtime.get_client()`` in a
+        task shares its worker process's): closing it leaves that connection open."""
+        self = cls.__new__(cls)
+        self.cluster, self.core, self._owns_core = None, core, False
+        self._start(set_as_default=False)
+        return self
+
+    def _start(self, set_as_default: bool) -> None:
         #: functions pickled once per client (by identity, while they live)
         self._pickled: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._closed = False
@@ -517,7 +532,8 @@ class Client(concurrent.futures.Executor):
         self._closed = True
         self._restore_dask_default()
         try:
-            self.core.close("a Client that was closed by Client.close()")
+            if self._owns_core:
+                self.core.close("a Client that was closed by Client.close()")
         finally:
             if self.cluster is not None:
                 self.cluster.close()

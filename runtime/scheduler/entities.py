@@ -167,7 +167,7 @@ class TaskState:
 class WorkerState:
     __slots__ = (
         "address", "node", "host", "nthreads", "pid", "resources", "memory_limit",
-        "processing", "has_what", "occupancy", "nbytes", "slots", "status", "memory", "memory_rss",
+        "processing", "long_running", "has_what", "occupancy", "nbytes", "slots", "status", "memory", "memory_rss",
     )  # fmt: skip
 
     def __init__(
@@ -188,6 +188,8 @@ class WorkerState:
         self.memory_limit = memory_limit
         #: tasks sent to it and their expected durations
         self.processing: dict[TaskState, float] = {}
+        #: those of its processing tasks that seceded: they hold no thread, and no slot
+        self.long_running: dict[TaskState, None] = {}
         #: values it holds (an ordered set)
         self.has_what: dict[TaskState, None] = {}
         #: expected seconds of work sent to it
@@ -203,6 +205,10 @@ class WorkerState:
         self.memory = 0
         #: its resident set at its last heartbeat (includes mapped store pages), bytes
         self.memory_rss = 0
+
+    def has_free_slot(self) -> bool:
+        """Whether it holds fewer tasks than its ``slots`` (long-running ones hold none)."""
+        return len(self.processing) - len(self.long_running) < self.slots
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} node={self.node} processing={len(self.processing)}>"

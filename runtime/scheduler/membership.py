@@ -70,7 +70,7 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs
     if status != "running":
         self.idle.pop(ws, None)
         return {}
-    if len(ws.processing) < ws.slots:
+    if ws.has_free_slot():
         self.idle[ws] = None  # queued tasks come once the stimulus settles (_fill_free_slots)
     return _try_unrunnable(self)
 

@@ -62,6 +62,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
     m.TaskErred: lambda msg, peer, sid: st.TaskErred(
         sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
     ),
+    m.LongRunning: lambda msg, peer, sid: st.LongRunning(sid, msg.key, peer),
     m.MissingData: lambda msg, peer, sid: st.MissingData(sid, msg.key, peer, msg.dependency, msg.value),
     m.WorkerHeartbeat: lambda msg, peer, sid: st.WorkerHeartbeat(sid, peer, msg.memory, msg.rss),
     m.WorkerStatus: lambda msg, peer, sid: st.WorkerStatusChange(sid, peer, msg.status, msg.memory),
@@ -75,7 +76,7 @@ _SENT_BY = {
     "client": (m.UpdateGraph, m.UpdateData, m.ReleaseKeys, m.Cancel, m.Request, m.Ping, m.CloseCluster),
     "worker": (
         m.TaskFinished, m.TaskErred, m.MissingData, m.WorkerHeartbeat, m.WorkerStatus, m.ActorStarted,
-        m.RunResult, m.Request,
+        m.RunResult, m.LongRunning, m.Request,
     ),
     "node": (m.Heartbeat, m.WorkerDied, m.AddReplica, m.Request),
 }  # fmt: skip

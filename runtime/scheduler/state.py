@@ -58,7 +58,7 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import clients, membership, placement, validation
+from runtime.scheduler import clients, membership, placement, secession, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -145,6 +145,7 @@ class SchedulerState:
             st.TaskErred: self.stimulus_task_erred,
             **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
             **{kind: partial(handler, self) for kind, handler in clients.HANDLERS.items()},
+            **{kind: partial(handler, self) for kind, handler in secession.HANDLERS.items()},
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -339,7 +340,7 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
-        if len(ws.processing) >= ws.slots:
+        if not ws.has_free_slot():
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
         node, nodes = ws.node, self.nodes
@@ -361,9 +362,11 @@ class SchedulerState:
         if ws is None:
             return None
         occupancy = ws.occupancy - ws.processing.pop(ts)
+        if ws.long_running:
+            ws.long_running.pop(ts, None)
         # No float drift below zero, nor when it is idle.
         ws.occupancy = occupancy if occupancy > 0.0 and ws.processing else 0.0
-        if len(ws.processing) < ws.slots and ws.status == "running" and ws.address in self.workers:
+        if ws.has_free_slot() and ws.status == "running" and ws.address in self.workers:
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
 
@@ -391,9 +394,9 @@ class SchedulerState:
         """
         if len(self.idle) == 1:  # the common case: the worker whose task just finished
             ws = next(iter(self.idle))
-            free = ws.slots - len(ws.processing)
+            free = ws.slots - len(ws.processing) + len(ws.long_running)
         else:
-            free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+            free = sum(ws.slots - len(ws.processing) + len(ws.long_running) for ws in self.idle)
         if free > 1:  # slots may be infinite: never more than are queued
             free = min(free, len(self.queued))
         # Each task moved as a stimulus moves the task it names: a recommendation would

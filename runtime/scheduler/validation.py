@@ -118,7 +118,10 @@ def validate_state(s: SchedulerState) -> None:
         total = sum(ws.processing.values())
         if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
             raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
-        if (ws in s.idle) != (len(ws.processing) < ws.slots and ws.status == "running"):
+        for ts in ws.long_running:
+            _check(ts, ts in ws.processing, f"long-running on {ws.address} but not in its processing")
+            _check(ts, ws.processing[ts] == 0.0, f"long-running on {ws.address} but counted in its occupancy")
+        if (ws in s.idle) != (ws.has_free_slot() and ws.status == "running"):
             raise InvariantError(f"worker {ws.address}: in idle is {ws in s.idle} with {len(ws.processing)} tasks")
     if s.queued and s.idle:
         raise InvariantError(f"{len(s.queued)} tasks queued while {len(s.idle)} workers have free slots")
