@@ -53,7 +53,7 @@ from runtime.client.future import CANCELLED, FINISHED, PENDING, Future, FutureSt
 from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import serialize
 from runtime.comm.serialize import SerializationError
-from runtime.errors import GetTimeoutError
+from runtime.errors import GetTimeoutError, task_exit_error
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
 
@@ -404,6 +404,8 @@ class LocalScheduler:
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
+            if isinstance(e, SystemExit):  # raised again by get, it would end the program
+                e = task_exit_error(e)
             # The exception itself, not pickled: re-raised, it keeps its own traceback.
             tb = "".join(traceback.format_exception(e))
             return st.TaskErred(sid, msg["key"], _WORKER, e, tb, f"{type(e).__name__}: {e}")  # type: ignore[arg-type]

@@ -102,7 +102,7 @@ def test_exception_and_traceback(owner):
     assert isinstance(exc, ValueError) and str(exc) == "boom 3"
     assert exc.__notes__[-1].startswith(f"raised by task {bad.key!r}")
     assert "in boom" in bad.traceback()
-    assert bad.done() and bad.status == "erred"
+    assert bad.done() and bad.status == "error"
     with pytest.raises(ValueError, match="boom 3"):
         rt.get(bad)
     with pytest.raises(ValueError) as again:  # raised again, with one note, not two

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import serialize
-from runtime.errors import RemoteTraceback, TaskError
+from runtime.errors import RemoteTraceback, TaskError, as_task_error
 
 if TYPE_CHECKING:
     from runtime.client.owner import FutureOwner
 
-PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
+#: a future's ``status`` (Dask's names: a failed future's is "error")
+PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "error", "cancelled"
 #: the standard library's states of a done future (concurrent.futures._base)
 _STDLIB_DONE = ("FINISHED", "CANCELLED_AND_NOTIFIED")
 
@@ -31,7 +32,7 @@ class FutureState:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        #: pending, finished, erred or cancelled
+        #: pending, finished, error or cancelled
         self.status = PENDING
         #: the value once finished: its wire form (inline pickle or [node, nbytes, name]) from
         #: the cluster, the object itself (boxed) from a local scheduler
@@ -79,6 +80,8 @@ class FutureState:
                 err.__cause__ = RemoteTraceback(self.traceback)
         if self.status != CANCELLED:
             err.add_note(failure_note(key, self.blame, self.worker))
+            if self.traceback:  # raised by a task (not made here, as a lost connection's error)
+                err = as_task_error(err)
         return err
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from runtime.errors import TaskError
+from runtime.errors import TaskError, task_exit_error
 
 _local = threading.local()
 
@@ -157,7 +157,10 @@ def buffers_nbytes(buffers: list[pickle.PickleBuffer]) -> int:
 
 def erred_message(key: str, e: BaseException, start: float) -> dict:
     """The task-erred message for exception ``e`` of task ``key``: the exception pickled (or a
-    TaskError standing in when it cannot be rebuilt) and its traceback text."""
+    TaskError standing in when it cannot be rebuilt) and its traceback text.  A ``SystemExit``
+    becomes a TaskError: re-raised by the caller, it would end the caller's program."""
+    if isinstance(e, SystemExit):
+        e = task_exit_error(e)
     tb = "".join(traceback.format_exception(e))
     try:
         exc_bytes = dumps(e)
