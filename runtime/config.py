@@ -28,6 +28,7 @@ or a bad value is an error that names it, with the closest known key suggested.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import math
@@ -91,6 +92,32 @@ def parse_bytes(x: Any) -> int:
     if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x < 0:
         raise ValueError("expected a number of bytes >= 0")
     return int(x)
+
+
+_TIME_UNITS = {"": 1, "s": 1, "sec": 1, "second": 1, "seconds": 1, "ms": 1e-3, "millisecond": 1e-3,
+               "milliseconds": 1e-3, "us": 1e-6, "m": 60, "min": 60, "minute": 60, "minutes": 60,
+               "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}  # fmt: skip
+
+
+def parse_timeout(x: Any, what: str = "timeout") -> float | None:
+    """A timeout in seconds: None (no limit), a number, a ``timedelta`` or a string such as
+    ``"1s"``, ``"500ms"`` or ``"2 minutes"`` (as Dask's ``parse_timedelta``); a ValueError
+    naming ``what`` otherwise."""
+    if x is None:
+        return None
+    if isinstance(x, datetime.timedelta):
+        x = x.total_seconds()
+    elif isinstance(x, str):
+        text = x.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number) :]
+        try:
+            x = float(number) * _TIME_UNITS[unit]
+        except (KeyError, ValueError):
+            raise ValueError(f"{what} must be a number of seconds or a duration such as '1s', not {x!r}") from None
+    if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x) or x < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, a duration such as '1s', or None, not {x!r}")
+    return x
 
 
 def _number(kind: type, low: float, high: float = math.inf, *, inf: bool = False) -> Callable[[Any], Any]:

@@ -170,8 +170,8 @@ def test_wait_ray_and_dask(owner):
     done, pending = rt.wait(futures, num_returns=2, timeout=60)  # Ray's
     assert len(done) == 2 and len(pending) == 1 and all(f.done() for f in done)
     assert done == [f for f in futures if f in done] and pending == [f for f in futures if f not in done]
-    done, not_done = rt.wait(futures)  # Dask's ALL_COMPLETED, the default
-    assert done == futures and not_done == []
+    done, not_done = rt.wait([*futures, futures[0]])  # Dask's ALL_COMPLETED, the default: sets
+    assert done == set(futures) and not_done == set()
     fresh = [owner.submit(inc, i) for i in range(3)]
     done, _ = rt.wait(fresh, return_when=FIRST_COMPLETED, timeout=60)
     assert done and all(f.done() for f in done)
@@ -219,7 +219,7 @@ def test_a_client_future_never_asks_the_current_runtime(futures_client, monkeypa
     monkeypatch.setattr(context, "current_runtime", no_runtime)
     f = futures_client.submit(inc, 1, pure=False)
     assert rt.get(f, timeout=60) == 2
-    assert rt.wait([f], timeout=60).done == [f]
+    assert rt.wait([f], timeout=60).done == {f}
     slow = futures_client.submit(nap, 1.0, pure=False)
     rt.cancel(slow)
     with pytest.raises(TaskCancelledError):

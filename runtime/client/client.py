@@ -291,7 +291,10 @@ class ClusterClient:
         A key another client also wants keeps running unless ``force``.
         """
         self.check_open(futures)
-        self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
+        keys = [f.key for f in futures]
+        with self.futures.changing():  # cancelled from the caller's view at once (Dask's)
+            self.futures.cancel_keys(keys)
+        self._send({"op": "cancel", "keys": keys, "force": force})
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""

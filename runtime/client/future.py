@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import serialize
+from runtime.config import parse_timeout
 from runtime.errors import RemoteTraceback, TaskError, as_task_error
 
 if TYPE_CHECKING:
@@ -144,11 +145,12 @@ class Future:
                 self._owner.futures.add_done_callback(self, _notify_stdlib_waiters)
         return self._stdlib_waiters
 
-    def result(self, timeout: float | None = None) -> Any:
-        """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
-        return self._owner.get([self], timeout=timeout)[0]
+    def result(self, timeout: float | str | None = None) -> Any:
+        """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s
+        (a number, or a duration string such as ``"1s"``)."""
+        return self._owner.get([self], timeout=parse_timeout(timeout, "result() timeout"))[0]
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: float | str | None = None) -> BaseException | None:
         """The exception the task raised, or None if it succeeded; waits up to ``timeout`` s."""
         self._wait(timeout)
         fs = self._state
@@ -159,7 +161,8 @@ class Future:
         self._wait(timeout)
         return (self._state.traceback or None) if self._state.status == ERRED else None
 
-    def _wait(self, timeout: float | None) -> None:
+    def _wait(self, timeout: float | str | None) -> None:
+        timeout = parse_timeout(timeout)
         if self._state.status == PENDING:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._owner.wait_for(self.done, [self], deadline)

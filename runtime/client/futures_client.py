@@ -37,6 +37,7 @@ from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
+from runtime.config import parse_timeout
 from runtime.errors import RemoteTraceback
 from runtime.worker.plugins import plugin_name
 
@@ -53,12 +54,13 @@ class Client(concurrent.futures.Executor):
         self,
         address: str | LocalCluster | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float | str = 30.0,
         n_workers: int | None = None,
         set_as_default: bool = True,
         **cluster_kwargs: Any,
     ):
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        timeout = parse_timeout(timeout, "Client timeout")
+        if not timeout:
             raise ValueError(f"Client timeout must be a number of seconds > 0, not {timeout!r}")
         #: the cluster this client started and closes; None when it connected to one
         self.cluster: LocalCluster | None = None
@@ -271,14 +273,16 @@ class Client(concurrent.futures.Executor):
 
     # -- results -------------------------------------------------------------------------
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | str | None = None) -> Any:
         """The values of ``futures``: a future, or lists, tuples, sets and dicts of them, nested.
 
         ``errors="raise"`` re-raises the first failed task's exception; ``errors="skip"``
-        puts None in the place of each failed or cancelled one.
+        leaves each failed or cancelled one out of a list, and puts None in its place
+        elsewhere (as Dask's).  ``timeout``: seconds or a duration string such as ``"1s"``.
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
+        timeout = parse_timeout(timeout, "gather() timeout")
         if isinstance(futures, Iterator):  # as Dask: an iterator of futures gives an iterator of values
             return (self.gather(f, errors=errors, timeout=timeout) for f in futures)
         found: list[Future] = []
@@ -286,6 +290,7 @@ class Client(concurrent.futures.Executor):
         if found:
             waiting.wait_done(found, timeout)
         results: dict[str, Any] = {}
+        failed: set[str] = set()
         for f in found:
             if f.key in results:
                 continue
@@ -293,17 +298,20 @@ class Client(concurrent.futures.Executor):
                 if errors == "raise":
                     raise f._state.error(f.key)
                 results[f.key] = None
+                failed.add(f.key)
             else:
                 results[f.key] = f._owner.get([f])[0]
-        return _pack(futures, results)
+        return _pack(futures, results, failed)
 
     def cancel(self, futures: Any, force: bool = False) -> None:
-        """Stop computing ``futures`` (a future or a list) and what depends on them.
+        """Stop computing ``futures`` (a future, a list, or Dask collections holding futures,
+        which are not computed) and what depends on them.
 
-        Their ``result()`` raises ``CancelledError``.  A task already running finishes
-        unless ``force``; with ``force`` its worker interrupts it (and, failing that, restarts).
+        They are cancelled when this returns: ``cancelled()`` is true and ``result()`` raises
+        ``CancelledError``.  A task already running finishes unless ``force``; with
+        ``force`` its worker interrupts it (and, failing that, restarts).
         """
-        for owner, theirs in by_owner(waiting.check_futures(futures, "cancel()")).items():
+        for owner, theirs in by_owner(waiting.check_futures(futures_of(futures), "cancel()")).items():
             owner.cancel(theirs, force=force)
 
     # -- the cluster ---------------------------------------------------------------------
@@ -358,6 +366,7 @@ class Client(concurrent.futures.Executor):
             raise ValueError(f'run() on_error must be "raise" or "return", not {on_error!r}')
         if workers is not None:
             workers = waiting.check_workers(workers, "run()")
+        timeout = parse_timeout(timeout, "run() timeout")
         function = serialize.dumps_function(functools.partial(fn, *args, **kwargs))
         answers = self.core.request("run", timeout=timeout, function=function, workers=workers)
         if "error" in answers and isinstance(answers["error"], str):
@@ -594,11 +603,26 @@ def _funcname(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def _pack(x: Any, results: dict[str, Any]) -> Any:
+def _pack(x: Any, results: dict[str, Any], skip: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """``x`` with each future replaced by its result; futures whose keys are in ``skip``
+    are left out of lists (Dask's ``errors="skip"``)."""
     if isinstance(x, Future):
         return results[x.key]
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return type(x)(_pack(item, results) for item in x)
+    if isinstance(x, list):
+        return [_pack(item, results, skip) for item in x if not (isinstance(item, Future) and item.key in skip)]
+    if isinstance(x, (tuple, set, frozenset)):
+        return type(x)(_pack(item, results, skip) for item in x)
     if isinstance(x, dict):
-        return {k: _pack(v, results) for k, v in x.items()}
+        return {k: _pack(v, results, skip) for k, v in x.items()}
     return x
+
+
+def futures_of(x: Any) -> Any:
+    """``x``, or, for Dask collections (alone or in a list), the futures in their graphs."""
+    items = x if isinstance(x, (list, tuple)) else [x]
+    if not any(hasattr(c, "__dask_graph__") for c in items):
+        return x
+    graphs = [dict(c.__dask_graph__()) if hasattr(c, "__dask_graph__") else c for c in items]
+    # Pickling finds futures at any depth, inside task-spec nodes too, as for task arguments.
+    _, found = serialize.dumps_args("futures_of", tuple(graphs), {})
+    return [f for f in found.values() if isinstance(f, Future)]

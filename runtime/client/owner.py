@@ -114,7 +114,7 @@ class FutureTable:
         """A task's or actor call's result or error arrived (``key-in-memory``/``actor-result``
         or ``task-erred``/``actor-error``): its future is done.  None if nobody holds it."""
         fs = self.states.get(msg["key"])
-        if fs is None:
+        if fs is None or fs.status == CANCELLED:  # a result that crossed the cancel: too late
             return None
         if msg["op"] in _VALUE_OPS:
             fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
