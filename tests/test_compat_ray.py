@@ -74,3 +74,108 @@ def test_sys_exit_under_the_local_scheduler(cluster):
 
     with ray.config.set(scheduler="sync"), pytest.raises(ray.TaskError, match="sys.exit"):
         ray.get(exits.remote())
+
+
+# -- calls are checked at .remote() ------------------------------------------------------------
+
+
+def test_arguments_are_checked_against_the_signature_at_remote(cluster):
+    @ray.remote
+    def two(a, b=1):
+        return a + b
+
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        two.remote()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        two.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        two.remote(1, c=3)
+    assert ray.get(two.remote(1, b=2)) == 3
+
+
+@ray.remote
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def add(self, k=1):
+        self.n += k
+        return self.n
+
+    @ray.method(num_returns=2)
+    def pair(self):
+        return self.n, -self.n
+
+    def many(self, k):
+        return list(range(k))
+
+    @staticmethod
+    def static(x):
+        return x
+
+
+def test_actor_constructor_and_methods_are_checked_at_remote(cluster):
+    with pytest.raises(TypeError, match="missing a required argument: 'start'"):
+        Counter.remote()
+    c = Counter.remote(0)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        c.add.remote(1, 2)
+    with pytest.raises(TypeError, match="missing a required argument: 'x'"):
+        c.static.remote()
+    assert ray.get(c.add.remote(k=2)) == 2
+    assert ray.get(c.static.remote(5)) == 5
+
+
+# -- num_returns on actor methods --------------------------------------------------------------
+
+
+def test_actor_method_num_returns(cluster):
+    c = Counter.remote(3)
+    a, b = c.pair.remote()
+    assert ray.get([a, b]) == [3, -3]
+    refs = c.many.options(num_returns=3).remote(3)
+    assert ray.get(refs) == [0, 1, 2]
+    bad = c.many.options(num_returns=2).remote(3)
+    with pytest.raises(ValueError, match="num_returns=2"):
+        ray.get(bad[1])
+    with pytest.raises(ValueError, match="num_returns"):
+        c.many.options(num_returns=0)
+
+
+# -- await ---------------------------------------------------------------------------------------
+
+
+def test_await_a_ref_in_asyncio(cluster):
+    import asyncio
+
+    async def main():
+        return await f.remote(5), await asyncio.gather(f.remote(1), f.remote(2))
+
+    assert asyncio.run(main()) == (5, [1, 2])
+
+    async def fails():
+        await raises_value_error.remote()
+
+    with pytest.raises(ValueError, match="bad input"):
+        asyncio.run(fails())
+
+
+@ray.remote
+class AsyncActor:
+    async def run(self, x):
+        return await f.remote(x) + 1
+
+
+def test_await_a_ref_in_an_async_actor_method(cluster):
+    a = AsyncActor.remote()
+    assert ray.get(a.run.remote(41)) == 42
+
+
+# -- kill and get_actor --------------------------------------------------------------------------
+
+
+def test_kill_and_get_actor_with_a_wrong_argument_raise_value_error(cluster):
+    with pytest.raises(ValueError, match="actor handle"):
+        ray.kill(f.remote(1))
+    with pytest.raises(ValueError, match="non-empty"):
+        ray.get_actor("")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from runtime.api.context import current_runtime
-from runtime.api.options import ACTOR_OPTIONS, check_options, restrictions
+from runtime.api.options import ACTOR_OPTIONS, check_call, check_options, restrictions, signature_of
 from runtime.client.future import Future
 from runtime.comm import serialize
 from runtime.worker.actors import create_actor
@@ -26,6 +27,48 @@ def _methods(cls: type) -> list[str]:
     return sorted(name for name, _ in inspect.getmembers(cls, callable) if not name.startswith("__"))
 
 
+#: the attribute ``runtime.method`` sets on an actor method: its options
+_METHOD_OPTIONS = "__runtime_method_options__"
+
+
+def method(*, num_returns: int = 1) -> Callable[[Callable], Callable]:
+    """``@runtime.method(num_returns=2)`` on an actor method: each call returns that many
+    futures, one per item of what it returns (as Ray's ``ray.method``)."""
+    check_options({"num_returns": num_returns})
+
+    def mark(func: Callable) -> Callable:
+        setattr(func, _METHOD_OPTIONS, {"num_returns": num_returns})
+        return func
+
+    return mark
+
+
+def _method_options(cls: type) -> dict[str, dict[str, Any]]:
+    """The options ``runtime.method`` gave the methods of ``cls``, by method name."""
+    out = {}
+    for name in _methods(cls):
+        options = getattr(inspect.getattr_static(cls, name), _METHOD_OPTIONS, None)
+        if options is None:
+            options = getattr(getattr(cls, name), _METHOD_OPTIONS, None)
+        if options:
+            out[name] = options
+    return out
+
+
+def _method_signature(cls: type, name: str) -> inspect.Signature | None:
+    """The signature a call of method ``name`` is checked against (without ``self``)."""
+    raw = inspect.getattr_static(cls, name, None)
+    if isinstance(raw, (staticmethod, classmethod)):
+        return signature_of(getattr(cls, name))
+    sig = signature_of(raw)
+    if sig is None or not sig.parameters:
+        return sig
+    first = next(iter(sig.parameters.values()))
+    if first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD):
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+    return sig
+
+
 class ActorClass:
     """A class whose instances live on the cluster: ``Cls.remote(*args)`` starts one."""
 
@@ -33,6 +76,11 @@ class ActorClass:
         self._cls = cls
         self._options = check_options(options, ACTOR_OPTIONS)
         self._methods = _methods(cls)
+        #: num_returns of methods marked with runtime.method
+        self._method_options = _method_options(cls)
+        #: what calls are checked against at .remote(): the constructor's, each method's
+        self._signature = signature_of(cls)
+        self._signatures = {name: _method_signature(cls, name) for name in self._methods}
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -51,6 +99,7 @@ class ActorClass:
             _create_actor_pickled = serialize.dumps_function(create_actor)
         opts = self._options
         name = self._cls.__name__
+        check_call(self._signature, f"{name}.remote()", args, kwargs)
         actor_id = f"actor-{name}-{os.urandom(6).hex()}"
         args_bytes, deps = serialize.dumps_args(
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
@@ -66,7 +115,7 @@ class ActorClass:
         if "error" in reply:
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
-        return ActorHandle(actor_id, name, self._methods)
+        return ActorHandle(actor_id, name, self._methods, self._method_options, self._signatures)
 
     def __repr__(self) -> str:
         return f"<ActorClass {self._cls.__name__} {self._options or ''}>"
@@ -75,18 +124,26 @@ class ActorClass:
 class ActorHandle:
     """A reference to a running actor; ``handle.method.remote(...)`` calls it."""
 
-    def __init__(self, actor_id: str, class_name: str, methods: list[str]):
+    def __init__(
+        self, actor_id: str, class_name: str, methods: list[str],
+        method_options: dict[str, dict[str, Any]] | None = None,
+        signatures: dict[str, inspect.Signature | None] | None = None,
+    ):  # fmt: skip
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        #: options runtime.method gave methods (num_returns), by name
+        self._method_options = method_options or {}
+        #: the methods' signatures (in the process that made the actor; not pickled)
+        self._signatures = signatures or {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") or name not in self._methods:
             raise AttributeError(f"actor {self._class_name!r} has no method {name!r}")
-        return ActorMethod(self, name)
+        return ActorMethod(self, name, self._method_options.get(name, {}).get("num_returns", 1))
 
     def __reduce__(self) -> tuple:
-        return ActorHandle, (self._actor_id, self._class_name, self._methods)
+        return ActorHandle, (self._actor_id, self._class_name, self._methods, self._method_options)
 
     def __repr__(self) -> str:
         return f"<ActorHandle {self._class_name} {self._actor_id}>"
@@ -99,12 +156,23 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str):
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int = 1):
         self._handle = handle
         self._name = name
+        self._num_returns = num_returns
 
-    def remote(self, *args: Any, **kwargs: Any) -> Future:
-        return current_runtime().client.actor_calls.call(self._handle._actor_id, self._name, args, kwargs)
+    def options(self, *, num_returns: int) -> ActorMethod:
+        """This method with calls returning ``num_returns`` futures (Ray's ``.options``)."""
+        check_options({"num_returns": num_returns})
+        return ActorMethod(self._handle, self._name, num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
+        handle = self._handle
+        check_call(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}.remote()", args, kwargs)
+        futures = current_runtime().client.actor_calls.call(
+            handle._actor_id, self._name, args, kwargs, self._num_returns
+        )
+        return futures[0] if self._num_returns == 1 else futures
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -115,8 +183,8 @@ class ActorMethod:
 
 def get_actor(name: str) -> ActorHandle:
     """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
+    if not isinstance(name, str) or not name:  # a ValueError, as Ray's
+        raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
     reply = current_runtime().client.request("get-actor", name=name)
     if "error" in reply:
         raise ValueError(reply["error"])
@@ -128,8 +196,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     With ``no_restart=False`` an actor that has restarts left is started afresh instead.
     """
-    if not isinstance(actor, ActorHandle):
-        raise TypeError(f"kill() takes an actor handle, not a {type(actor).__name__}")
+    if not isinstance(actor, ActorHandle):  # a ValueError, as Ray's
+        raise ValueError(
+            f"kill() takes an actor handle, not a {type(actor).__name__}; to stop a task, use runtime.cancel()"
+        )
     client = current_runtime().client
     reply = client.request("kill-actor", actor=actor._actor_id, no_restart=no_restart)
     if "error" in reply:

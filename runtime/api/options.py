@@ -8,6 +8,7 @@ rejects an unknown name (suggesting the closest known one) or a bad value with a
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,25 @@ ACTOR_OPTIONS: dict[str, Option] = {
     "max_restarts": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
     "lifetime": Option((str,), None, lambda x: x == "detached", '"detached" (outlive the process that made it)'),
 }
+
+
+def signature_of(func: Any) -> inspect.Signature | None:
+    """``func``'s signature, to check calls against at ``.remote()``; None when it has none
+    that can be read (some builtins)."""
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_call(sig: inspect.Signature | None, what: str, args: tuple, kwargs: dict) -> None:
+    """The ``TypeError`` Python would raise calling ``what`` with these arguments, raised
+    here, at ``.remote()``, not later on a worker (Ray checks the same way)."""
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{what}: {e}") from None
 
 
 def restrictions(options: dict[str, Any]) -> dict[str, Any] | None:

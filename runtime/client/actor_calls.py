@@ -87,15 +87,21 @@ class ActorCalls:
 
     # -- user threads ------------------------------------------------------------------
 
-    def call(self, actor_id: str, method: str, args: tuple, kwargs: dict) -> Future:
+    def call(self, actor_id: str, method: str, args: tuple, kwargs: dict, num_returns: int = 1) -> list[Future]:
+        """Call ``method``; its ``num_returns`` futures (the items of what it returns, when more than one)."""
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
         check_open_deps(deps)
-        future = self.futures.future(self._new_key(method))
-        future._state.local = True
-        msg = {"op": "actor-call", "key": future.key, "actor": actor_id, "method": method, "args": args_bytes}
+        key = self._new_key(method)
+        keys = [key] if num_returns == 1 else [f"{key}-{i}" for i in range(num_returns)]
+        futures = [self.futures.future(k) for k in keys]
+        for f in futures:
+            f._state.local = True
+        msg = {"op": "actor-call", "key": key, "actor": actor_id, "method": method, "args": args_bytes}
+        if num_returns != 1:
+            msg["returns"] = keys
         # The futures themselves ride along until the call leaves: they keep their values alive.
         self._outbox.put({"msg": msg, "deps": deps})
-        return future
+        return futures
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
@@ -128,7 +134,8 @@ class ActorCalls:
         """Send what can go of ``route``'s calls, in order."""
         if route.error is not None:
             while route.queue:
-                self._fail(route.queue.popleft()["msg"]["key"], route.error)
+                for key in _result_keys(route.queue.popleft()["msg"]):
+                    self._fail(key, route.error)
             return
         if route.comm is None:
             if not route.locating and route.queue:
@@ -147,15 +154,17 @@ class ActorCalls:
             bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
             if bad is not None:  # an argument failed: so does the call, blaming it
                 with self.futures.changing():
-                    fs = self.futures.states.get(msg["key"])
-                    if fs is not None:
-                        self.futures.fail_like(fs, bad)
+                    for key in _result_keys(msg):
+                        fs = self.futures.states.get(key)
+                        if fs is not None:
+                            self.futures.fail_like(fs, bad)
                 continue
             msg["deps"] = {k: f._state.value for k, f in deps.items()}
             sources = self._sources(msg["deps"].values())
             if sources:
                 msg["sources"] = sources
-            self._inflight[route.comm][msg["key"]] = route.actor_id
+            for key in _result_keys(msg):
+                self._inflight[route.comm][key] = route.actor_id
             route.comm.send(msg)
 
     def _sources(self, located: Any) -> dict[str, str]:
@@ -243,3 +252,8 @@ class ActorCalls:
     def close(self) -> None:
         for comm in self._comms.values():
             comm.close()
+
+
+def _result_keys(msg: dict) -> list[str]:
+    """The keys an actor call's results come back under: one per item with ``num_returns``."""
+    return msg.get("returns") or [msg["key"]]

@@ -8,10 +8,11 @@ key (the cluster client tells the scheduler), so its value can be freed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import serialize
@@ -166,6 +167,27 @@ class Future:
         if self._state.status == PENDING:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._owner.wait_for(self.done, [self], deadline)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in asyncio code (an ``async def`` actor method, or the driver's own
+        loop): the value, or the task's exception raised, as Ray's ``await ref``."""
+        return self._value_async().__await__()
+
+    async def _value_async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self._owner.futures.settles_itself:  # a local scheduler runs its tasks for a waiter
+            return await loop.run_in_executor(None, self.result)
+        if self._state.status == PENDING:
+            done = loop.create_future()
+
+            def wake(_: Future) -> None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+            self._owner.futures.add_done_callback(self, wake)
+            await done
+        if self._state.status == FINISHED and isinstance(self._state.value, bytes):
+            return self.result()  # inline: decoding it does not block
+        return await loop.run_in_executor(None, self.result)  # may read from another node
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` once the task is done (finished, erred or cancelled).

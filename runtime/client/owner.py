@@ -98,6 +98,9 @@ class FutureTable:
         #: callbacks of futures that became done, not run yet
         self.due: list[tuple[Callable[[Future], Any], Future]] = []
         self._callback_thread = callback_thread
+        #: futures settle without a waiter driving them (the cluster's); a local scheduler's
+        #: run their tasks only while someone waits
+        self.settles_itself = callback_thread
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def future(self, key: str) -> Future:

@@ -125,16 +125,17 @@ class Actor:
 
     def _run(self, msg: dict, reply: Callable[[dict], None]) -> None:
         if self.dead:
-            reply(self.host.died_message(msg["key"], self.actor_id, self.dead))
+            for key in msg.get("returns") or [msg["key"]]:
+                reply(self.host.died_message(key, self.actor_id, self.dead))
             return
         start = time.time()
         try:
             method, args, kwargs = self._prepare(msg)
             result = method(*args, **kwargs)
             del args, kwargs
-            reply(self._result(msg["key"], result))
+            self._reply_results(msg, result, reply)
         except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
-            reply(self.host.erred_message(msg["key"], e, start))
+            self._reply_error(msg, e, start, reply)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -153,9 +154,9 @@ class Actor:
                 if inspect.isawaitable(result):
                     result = await result
                 del args, kwargs
-                reply(self._result(msg["key"], result))
+                self._reply_results(msg, result, reply)
             except BaseException as e:  # noqa: BLE001
-                reply(self.host.erred_message(msg["key"], e, start))
+                self._reply_error(msg, e, start, reply)
 
     def _prepare(self, msg: dict) -> tuple[Callable, tuple, dict]:
         name = msg["method"]
@@ -165,6 +166,26 @@ class Actor:
         deps = self.host.worker.load_deps(msg["key"], msg.get("deps") or {}, msg.get("sources") or {})
         args, kwargs = serialize.loads_args(msg["args"], deps)
         return method, args, kwargs
+
+    def _reply_results(self, msg: dict, result: Any, reply: Callable[[dict], None]) -> None:
+        """Send a call's result; with ``num_returns`` (its ``returns`` keys), one per item."""
+        keys = msg.get("returns")
+        if keys is None:
+            reply(self._result(msg["key"], result))
+            return
+        try:
+            n = len(result)
+        except TypeError:
+            n = None
+        if n != len(keys):
+            got = f"a {type(result).__name__}" + (f" of {n}" if n is not None else "")
+            raise ValueError(f"the method was declared with num_returns={len(keys)} but returned {got}")
+        for key, item in zip(keys, result, strict=True):
+            reply(self._result(key, item))
+
+    def _reply_error(self, msg: dict, e: BaseException, start: float, reply: Callable[[dict], None]) -> None:
+        for key in msg.get("returns") or [msg["key"]]:
+            reply(self.host.erred_message(key, e, start))
 
     def _result(self, key: str, result: Any) -> dict:
         worker = self.host.worker
@@ -240,7 +261,8 @@ class ActorHost:
                     actor = self.actors.get(msg["actor"])
                     if actor is None:
                         why = self.gone.get(msg["actor"], "it is not on this worker")
-                        reply(self.died_message(msg["key"], msg["actor"], why))
+                        for key in msg.get("returns") or [msg["key"]]:
+                            reply(self.died_message(key, msg["actor"], why))
                     else:
                         actor.submit(msg, reply)
 
