@@ -10,7 +10,7 @@ import sys
 
 import cloudpickle
 import pytest
-from conftest import validated
+from conftest import validated, wait_until
 
 import runtime as ray
 
@@ -179,3 +179,61 @@ def test_kill_and_get_actor_with_a_wrong_argument_raise_value_error(cluster):
         ray.kill(f.remote(1))
     with pytest.raises(ValueError, match="non-empty"):
         ray.get_actor("")
+
+
+# -- ObjectRefs inside results -------------------------------------------------------------------
+
+
+@ray.remote
+def make_refs(n):
+    return [f.remote(i) for i in range(n)]
+
+
+def test_refs_returned_from_a_task_work(cluster):
+    import gc
+
+    refs = ray.get(make_refs.remote(3))
+    assert all(isinstance(r, ray.ObjectRef) for r in refs)
+    gc.collect()  # the task's own refs are long gone: the result holds the values
+    assert ray.get(refs) == [0, 1, 2]
+    nested = ray.get(f.remote(None))
+    assert nested is None
+
+
+def test_a_returned_ref_is_released_with_what_held_it(cluster):
+    import gc
+
+    outer = make_refs.remote(1)
+    [inner] = ray.get(outer)
+    key = inner.key
+    assert key in cluster.client.request("task-states")
+    del inner, outer
+    gc.collect()
+    wait_until(lambda: key not in cluster.client.request("task-states"), "the returned ref's value is released")
+
+
+def test_refs_inside_dicts_and_passed_on_to_tasks(cluster):
+    @ray.remote
+    def in_a_dict():
+        return {"a": f.remote(1), "b": [f.remote(2)]}
+
+    d = ray.get(in_a_dict.remote())
+    assert ray.get(d["a"]) == 1 and ray.get(d["b"][0]) == 2
+    refs = ray.get(make_refs.remote(4))
+    assert ray.get(f.remote(refs[3])) == 3  # a borrowed ref passed on as a task's argument
+
+
+def test_put_of_refs_and_refs_from_an_actor(cluster):
+    inner = f.remote(7)
+    outer = ray.put([inner])
+    del inner
+    assert ray.get(ray.get(outer)[0]) == 7
+
+    @ray.remote
+    class Maker:
+        def make(self):
+            return [f.remote(8)]
+
+    m = Maker.remote()
+    [ref] = ray.get(m.make.remote())
+    assert ray.get(ref) == 8

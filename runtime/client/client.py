@@ -263,6 +263,34 @@ class ClusterClient:
                 owner.request("who-has", keys=[dep.key])
         return None
 
+    def hold_refs(self, holder: str, keys: list[str]) -> None:
+        """The value stored as ``holder`` refers to futures of ``keys`` (ours): the scheduler
+        keeps them while it lives.  A round trip: once the value is out (a task's result
+        reaches its reader through another connection), the scheduler knows the keys."""
+        self.request("hold-refs", holder=holder, keys=keys)
+
+    def borrow(self, key: str) -> Future:
+        """A future of ``key`` read from inside a value: ours from now on (the scheduler is
+        told we want it; if it was forgotten meanwhile the future fails saying so)."""
+        with self.futures.lock:
+            known = key in self.futures.states
+            future = self.futures.future(key)
+        if not known:
+            asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
+        return future
+
+    async def _borrow(self, key: str) -> None:
+        try:
+            reply = await self._ask("borrow-refs", keys=[key])
+        except (ConnectionError, OSError):
+            return  # every pending future fails with the connection already
+        if reply.get("missing"):
+            with self.futures.changing():
+                fs = self.futures.states.get(key)
+                if fs is not None and fs.status == PENDING:
+                    error = ObjectLostError(f"the value of future {key!r} was released before it was read")
+                    self.futures.fail(fs, error)
+
     def failed_future(self, key: str, cause: Future) -> Future:
         """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
         future = self.futures.future(key)
@@ -463,6 +491,10 @@ class ClusterClient:
         """A value from its wire form.  A stored one is read from this node's store, after its
         agent copied it here if it is on another node; with no store here, straight from the
         node that holds it."""
+        with serialize.reading_refs(self):  # futures inside it become this client's
+            return self._decode(key, located)
+
+    def _decode(self, key: str, located: bytes | list) -> Any:
         if isinstance(located, bytes):
             return values.decode(located, key=key, node="")
         if not self._attach():

@@ -248,7 +248,8 @@ class Client(concurrent.futures.Executor):
     def _scatter_one(self, value: Any, key: str | None, broadcast: bool) -> Future:
         """``key`` None: a hash of the value; "": a fresh key."""
         if key is None:
-            pickled, buffers = serialize.dumps_value(value)
+            with serialize.collecting_refs():  # futures inside it (a collection of futures) hash by key
+                pickled, buffers = serialize.dumps_value(value)
             h = hashlib.blake2b(pickled, digest_size=16)
             for b in buffers:
                 h.update(b.raw())

@@ -513,3 +513,6 @@ def _outcome(f: asyncio.Future) -> Any:
         logger.error("a request failed: %s: %s", type(f.exception()).__name__, f.exception())
         return {"error": f"{type(f.exception()).__name__}: {f.exception()}"}
     return f.result()
+
+
+from runtime.scheduler import borrowed  # noqa: E402, F401 - registers its requests
