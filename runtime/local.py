@@ -29,9 +29,11 @@ The local scheduler owns the futures it makes, as the cluster client owns its ow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import heapq
+import inspect
 import itertools
 import math
 import os
@@ -401,6 +403,8 @@ class LocalScheduler:
                 if kwargs:
                     kwargs = _fill(kwargs, boxes)
             result = func(*args, **kwargs)
+            if inspect.iscoroutine(result):  # an async def function: run it on an event loop
+                result = asyncio.run(result)
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise

@@ -117,3 +117,95 @@ def test_local_cluster_takes_dasks_arguments():
         assert list(client.nthreads().values()) == [2]
     with pytest.raises(ValueError, match="threads_per_worker"):
         LocalCluster(n_workers=1, threads_per_worker=0)
+
+
+# -- futures ---------------------------------------------------------------------------------
+
+
+def test_future_client_release_traceback_and_client_futures(c):
+    import traceback
+
+    x = c.submit(inc, 1)
+    assert x.client is c
+    assert x.key in c.futures
+    y = c.submit(div, 1, 0)
+    wait([y])
+    tb = y.traceback()
+    assert any("div" in line for line in traceback.format_tb(tb))
+    assert x.traceback() is None
+    key = x.key
+    x.release()
+    del x
+    assert key not in c.futures
+
+
+def test_async_def_functions_run_on_an_event_loop(c):
+    async def add_async(a, b):
+        import asyncio
+
+        await asyncio.sleep(0)
+        return a + b
+
+    assert c.submit(add_async, 1, 2).result() == 3
+
+
+# -- scatter, who_has, run -------------------------------------------------------------------
+
+
+def test_scatter_keeps_the_container_type(c):
+    assert isinstance(c.scatter((1, 2)), tuple)
+    assert isinstance(c.scatter({1, 2}), set)
+    assert isinstance(c.scatter(frozenset([3])), frozenset)
+    assert c.gather(c.scatter((1, 2))) == (1, 2)
+
+
+def test_run_passes_dask_worker_and_get_current_task(c):
+    def address(dask_worker):
+        return dask_worker.address
+
+    result = c.run(address)
+    assert sorted(result) == sorted(result.values())
+
+    def current():
+        from runtime import get_worker
+
+        return get_worker().get_current_task()
+
+    x = c.submit(current, pure=False)
+    assert x.result() == x.key
+
+
+def test_scheduler_info_started(c):
+    assert c.scheduler_info()["started"] <= time.time()
+
+
+def test_workers_takes_a_set_and_allow_other_workers_needs_workers(c):
+    workers = set(c.nthreads())
+    assert c.submit(inc, 5, workers=workers).result() == 6
+    with pytest.raises(ValueError, match="allow_other_workers"):
+        c.submit(inc, 1, allow_other_workers=True)
+
+
+# -- graphs and collections ------------------------------------------------------------------
+
+
+def test_get_sync_false_returns_futures_and_retries(c):
+    dsk = {"x": 1, "y": (inc, "x")}
+    fut = c.get(dsk, "y", sync=False)
+    assert fut.result() == 2
+    assert c.get(dsk, ["y"], retries=2) == [2]
+
+
+def test_compute_passes_non_collections_through(c):
+    da = pytest.importorskip("dask.array")
+    arr = da.ones(4, chunks=2)
+    total, plain = c.compute([arr.sum(), 5], sync=True)
+    assert total == 4 and plain == 5
+
+
+def test_scatter_a_collection_backed_by_futures(c):
+    da = pytest.importorskip("dask.array")
+    x = c.submit(inc, 1)
+    arr = da.from_delayed(x, shape=(), dtype=int)
+    stored = c.scatter(arr)
+    assert stored.result().compute(scheduler=c.get) == 2

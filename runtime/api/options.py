@@ -46,7 +46,7 @@ TASK_OPTIONS: dict[str, Option] = {
         'a dict of resource name to a positive amount, e.g. {"GPU": 1}',
     ),
     "workers": Option(
-        (list, tuple, str),
+        (list, tuple, set, frozenset, str),
         None,
         lambda w: isinstance(w, str) or all(isinstance(x, str) for x in w),
         "a worker address or host name, or a list of them",

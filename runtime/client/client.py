@@ -58,6 +58,8 @@ class ClusterClient:
         self._node_info: dict[str, dict] | None = None
         #: the futures made here; their callbacks run on a thread of their own, off the loop thread
         self.futures = FutureTable(self, callback_thread=True)
+        #: a weak reference to the runtime.Client over this connection, if any (Future.client)
+        self.user_client: Callable[[], Any] | None = None
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()
         self._requests: dict[int, asyncio.Future] = {}

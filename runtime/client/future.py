@@ -12,6 +12,7 @@ import asyncio
 import copy
 import pickle
 import time
+import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +122,7 @@ class Future:
     It behaves the same whoever made it: every method goes to its owner (``_owner``).
     """
 
-    __slots__ = ("key", "_owner", "_state", "_stdlib_waiters", "__weakref__")
+    __slots__ = ("key", "_owner", "_state", "_stdlib_waiters", "_released", "__weakref__")
 
     def __init__(self, key: str, owner: FutureOwner, state: FutureState):
         self.key = key
@@ -129,6 +130,8 @@ class Future:
         self._state = state
         #: waiters of concurrent.futures.wait/as_completed on this object (created on first use)
         self._stdlib_waiters: list | None = None
+        #: release() let go of the key already
+        self._released = False
         state.refcount += 1
 
     # concurrent.futures.wait and as_completed work on a Future through these two names:
@@ -157,10 +160,30 @@ class Future:
         fs = self._state
         return fs.error(self.key) if fs.status in (ERRED, CANCELLED) else None
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        """The traceback text of the task's exception, or None if it succeeded."""
+    def traceback(self, timeout: float | str | None = None) -> types.TracebackType | None:
+        """The traceback of the task's exception, as a traceback object (Dask's; the
+        ``traceback`` module formats it), or None if it succeeded."""
         self._wait(timeout)
-        return (self._state.traceback or None) if self._state.status == ERRED else None
+        fs = self._state
+        if fs.status != ERRED:
+            return None
+        if isinstance(fs.exception, BaseException) and fs.exception.__traceback__ is not None:
+            return fs.exception.__traceback__  # raised in this process (a local scheduler)
+        return remote_traceback(fs.traceback)
+
+    @property
+    def client(self) -> Any:
+        """What this future belongs to: the ``runtime.Client`` it was made through, else its
+        owner (the cluster client or a local scheduler)."""
+        ref = getattr(self._owner, "user_client", None)
+        return (ref() if ref is not None else None) or self._owner
+
+    def release(self) -> None:
+        """Let go of this future's key now rather than when it is garbage collected (Dask's);
+        the future is unusable afterwards."""
+        if not self._released:
+            self._released = True
+            self._owner.release(self.key, self._state)
 
     def _wait(self, timeout: float | str | None) -> None:
         timeout = parse_timeout(timeout)
@@ -219,7 +242,8 @@ class Future:
 
     def __del__(self) -> None:
         try:
-            self._owner.release(self.key, self._state)
+            if not self._released:
+                self._owner.release(self.key, self._state)
         except Exception:  # interpreter shutdown: the owner may be half gone
             pass
 
@@ -263,3 +287,16 @@ def collect_futures(x: Any, out: list[Future]) -> None:
     elif isinstance(x, dict):
         for item in x.values():
             collect_futures(item, out)
+
+
+def remote_traceback(text: str) -> types.TracebackType | None:
+    """A traceback object standing for the remote traceback ``text`` (its frames point at the
+    remote files and lines), so code that walks or prints tracebacks works on it."""
+    if not text:
+        return None
+    import tblib  # only here: a traceback object from text is rarely asked for
+
+    try:
+        return tblib.Traceback.from_string(text, strict=False).as_traceback()
+    except Exception:  # not a traceback tblib can read: none rather than a wrong one
+        return None

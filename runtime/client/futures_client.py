@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import inspect
 import logging
 import sys
 import time
@@ -89,6 +90,7 @@ class Client(concurrent.futures.Executor):
             if self.cluster is not None:
                 self.cluster.close()
             raise
+        self.core.user_client = weakref.ref(self)  # Future.client gives this Client
         #: functions pickled once per client (by identity, while they live)
         self._pickled: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._closed = False
@@ -241,7 +243,9 @@ class Client(concurrent.futures.Executor):
             if bad is not None:
                 raise TypeError(f"scatter() of a dict uses its keys as keys: they must be strings, not {bad!r}")
             return {k: self._scatter_one(v, k, broadcast) for k, v in data.items()}
-        if isinstance(data, (list, tuple, set, frozenset, Iterator)):
+        if isinstance(data, (list, tuple, set, frozenset)):  # the same container type, as Dask's
+            return type(data)(self._scatter_one(v, None if hash else "", broadcast) for v in data)
+        if isinstance(data, Iterator):
             return [self._scatter_one(v, None if hash else "", broadcast) for v in data]
         return self._scatter_one(data, None if hash else "", broadcast)
 
@@ -368,6 +372,8 @@ class Client(concurrent.futures.Executor):
         if workers is not None:
             workers = waiting.check_workers(workers, "run()")
         timeout = parse_timeout(timeout, "run() timeout")
+        if "dask_worker" in _parameters(fn):  # Dask passes the worker to a function asking for it
+            fn = functools.partial(_with_worker, fn)
         function = serialize.dumps_function(functools.partial(fn, *args, **kwargs))
         answers = self.core.request("run", timeout=timeout, function=function, workers=workers)
         if "error" in answers and isinstance(answers["error"], str):
@@ -426,31 +432,50 @@ class Client(concurrent.futures.Executor):
                 raise TimeoutError(f"restart(): {len(fresh)} of {len(old)} workers came back within {timeout:g}s")
             time.sleep(0.05)
 
-    def get(self, dsk: dict, keys: Any, **kwargs: Any) -> Any:
-        """Compute a Dask graph: ``dask.compute(x, scheduler=client.get)`` runs on this cluster."""
-        self._check_open()
-        return graph.compute(self, dsk, keys)
+    def get(self, dsk: dict, keys: Any, *, sync: bool = True, retries: int = 0, **kwargs: Any) -> Any:
+        """Compute a Dask graph: ``dask.compute(x, scheduler=client.get)`` runs on this cluster.
 
-    def compute(self, collections: Any, sync: bool = False) -> Any:
-        """Start computing Dask collections; a future for each (their values with ``sync``).
-
-        ``collections`` is one collection or a list of them.  The graph is sent as it is,
-        without Dask's optimizations; each result is its collection's finalized value (an
-        array, a DataFrame, a list for a bag), as ``dask.compute`` gives.
+        With ``sync=False`` the futures of ``keys``, in their shape, instead of their values.
+        Each task is retried up to ``retries`` times.  Dask's other options (``optimize_graph``,
+        ``resources``...) are accepted and have no effect.
         """
         self._check_open()
+        check_options({"retries": retries})
+        if sync:
+            return graph.compute(self, dsk, keys, retries)
+        return graph.submit(self, dsk, keys, retries)
+
+    def compute(self, collections: Any, sync: bool = False, *, retries: int = 0, **kwargs: Any) -> Any:
+        """Start computing Dask collections; a future for each (their values with ``sync``).
+
+        ``collections`` is one collection or a list of them; items that are not collections
+        are passed through as they are (as Dask's).  The graph is sent as it is, without
+        Dask's optimizations; each result is its collection's finalized value (an array, a
+        DataFrame, a list for a bag), as ``dask.compute`` gives.  Each task is retried up to
+        ``retries`` times.
+        """
+        self._check_open()
+        check_options({"retries": retries})
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
-        futures = []
+        out: list[Any] = []
         for c in items:
             if not hasattr(c, "__dask_graph__") or not hasattr(c, "__dask_postcompute__"):
-                raise TypeError(f"compute() takes Dask collections, not a {type(c).__name__}")
-            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__())
+                out.append(c)  # not a collection: passed through
+                continue
+            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__(), retries)
             func, extra = c.__dask_postcompute__()
-            futures.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
+            out.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
         if sync:
-            futures = self.gather(futures)
-        return futures[0] if single else futures
+            out = self.gather(out)
+        return out[0] if single else out
+
+    @property
+    def futures(self) -> dict[str, Future]:
+        """This client's futures by key (those it holds now), as Dask's ``Client.futures``."""
+        table = self.core.futures
+        with table.lock:
+            return {key: table.future(key) for key, fs in table.states.items() if fs.refcount > 0}
 
     # -- Executor ------------------------------------------------------------------------
 
@@ -566,6 +591,20 @@ class ClientExecutor(concurrent.futures.Executor):
             waiting.wait_done(pending)
 
 
+def _parameters(fn: Callable) -> Iterable[str]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ()
+
+
+def _with_worker(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """On a worker, for ``Client.run``: ``fn`` given this worker as ``dask_worker``."""
+    from runtime.worker.actors import get_worker
+
+    return fn(*args, dask_worker=get_worker(), **kwargs)
+
+
 def _install_plugin(pickled: bytes, name: str) -> Any:
     from runtime.worker.actors import get_worker
 
@@ -583,6 +622,8 @@ def _settle(remote: Future, local: concurrent.futures.Future) -> None:
 
 
 def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_other_workers: Any) -> dict[str, Any]:
+    if allow_other_workers and not workers:
+        raise ValueError("allow_other_workers=True needs workers= (the workers to prefer), as in Dask")
     given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)

@@ -22,6 +22,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,8 @@ class Scheduler:
         #: what each node agent told us about itself (store prefix, host, pid)
         self.node_info: dict[str, dict] = {}
         self.address = ""
+        #: when it started (time.time()), as Dask's scheduler_info()["started"]
+        self.started = time.time()
         self._server: asyncio.AbstractServer | None = None
         #: why workers died and what they ran, as their agents reported, before their connection closed
         self._death_reports: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -440,6 +443,7 @@ def _identity(s: Scheduler, msg: dict, peer: str) -> dict:
     memory = sampler.snapshot(s.state)
     return {
         "address": s.address,
+        "started": s.started,
         "nodes": {n: {**info, "store": memory.get(n, [0, 0, 0])[1:]} for n, info in s.node_info.items()},
         "workers": {
             a: {
