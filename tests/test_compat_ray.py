@@ -237,3 +237,13 @@ def test_put_of_refs_and_refs_from_an_actor(cluster):
     m = Maker.remote()
     [ref] = ray.get(m.make.remote())
     assert ray.get(ref) == 8
+
+
+def test_kill_with_no_restart_false_restarts_an_actor_with_restarts_left(cluster):
+    c = Counter.options(max_restarts=1).remote(0)
+    assert ray.get(c.add.remote()) == 1
+    ray.kill(c, no_restart=False)
+    assert ray.get(c.add.remote(), timeout=60) == 1  # a fresh instance
+    ray.kill(c, no_restart=False)  # no restarts left: it dies
+    with pytest.raises(ray.ActorDiedError):
+        ray.get(c.add.remote(), timeout=60)
