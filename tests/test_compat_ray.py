@@ -10,7 +10,7 @@ import sys
 
 import cloudpickle
 import pytest
-from conftest import validated, wait_until
+from conftest import wait_until
 
 import runtime as ray
 
@@ -18,14 +18,7 @@ import runtime as ray
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    rt = ray.init(num_workers=2)
-    try:
-        with validated(rt.client):
-            yield rt
-    finally:
-        ray.shutdown()
+# ``cluster`` (conftest): a two-worker cluster for the module, validated after each test.
 
 
 @ray.remote

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.api.context import current_runtime
-from runtime.api.options import ACTOR_OPTIONS, check_call, check_options, restrictions, signature_of
+from runtime.api.options import ACTOR_OPTIONS, CallCheck, check_options, restrictions
 from runtime.client.future import Future
 from runtime.comm import serialize
 from runtime.worker.actors import create_actor
@@ -55,18 +55,13 @@ def _method_options(cls: type) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _method_signature(cls: type, name: str) -> inspect.Signature | None:
-    """The signature a call of method ``name`` is checked against (without ``self``)."""
+def _method_check(cls: type, name: str) -> CallCheck:
+    """What a call of method ``name`` is checked against (its signature without ``self``)."""
     raw = inspect.getattr_static(cls, name, None)
+    what = f"{cls.__name__}.{name}.remote()"
     if isinstance(raw, (staticmethod, classmethod)):
-        return signature_of(getattr(cls, name))
-    sig = signature_of(raw)
-    if sig is None or not sig.parameters:
-        return sig
-    first = next(iter(sig.parameters.values()))
-    if first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD):
-        return sig.replace(parameters=list(sig.parameters.values())[1:])
-    return sig
+        return CallCheck(getattr(cls, name), what)
+    return CallCheck(raw, what, drop_first=True)
 
 
 class ActorClass:
@@ -79,8 +74,8 @@ class ActorClass:
         #: num_returns of methods marked with runtime.method
         self._method_options = _method_options(cls)
         #: what calls are checked against at .remote(): the constructor's, each method's
-        self._signature = signature_of(cls)
-        self._signatures = {name: _method_signature(cls, name) for name in self._methods}
+        self._check_call = CallCheck(cls, f"{cls.__name__}.remote()")
+        self._method_checks = {name: _method_check(cls, name) for name in self._methods}
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -99,7 +94,7 @@ class ActorClass:
             _create_actor_pickled = serialize.dumps_function(create_actor)
         opts = self._options
         name = self._cls.__name__
-        check_call(self._signature, f"{name}.remote()", args, kwargs)
+        self._check_call(args, kwargs)
         actor_id = f"actor-{name}-{os.urandom(6).hex()}"
         args_bytes, deps = serialize.dumps_args(
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
@@ -115,7 +110,7 @@ class ActorClass:
         if "error" in reply:
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
-        return ActorHandle(actor_id, name, self._methods, self._method_options, self._signatures)
+        return ActorHandle(actor_id, name, self._methods, self._method_options, self._method_checks)
 
     def __repr__(self) -> str:
         return f"<ActorClass {self._cls.__name__} {self._options or ''}>"
@@ -127,15 +122,15 @@ class ActorHandle:
     def __init__(
         self, actor_id: str, class_name: str, methods: list[str],
         method_options: dict[str, dict[str, Any]] | None = None,
-        signatures: dict[str, inspect.Signature | None] | None = None,
+        checks: dict[str, CallCheck] | None = None,
     ):  # fmt: skip
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         #: options runtime.method gave methods (num_returns), by name
         self._method_options = method_options or {}
-        #: the methods' signatures (in the process that made the actor; not pickled)
-        self._signatures = signatures or {}
+        #: what each method's calls are checked against (in the process that made the actor; not pickled)
+        self._checks = checks or {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") or name not in self._methods:
@@ -168,7 +163,9 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
         handle = self._handle
-        check_call(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}.remote()", args, kwargs)
+        check = handle._checks.get(self._name)
+        if check is not None:
+            check(args, kwargs)
         futures = current_runtime().client.actor_calls.call(
             handle._actor_id, self._name, args, kwargs, self._num_returns
         )

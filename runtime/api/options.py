@@ -64,23 +64,41 @@ ACTOR_OPTIONS: dict[str, Option] = {
 }
 
 
-def signature_of(func: Any) -> inspect.Signature | None:
-    """``func``'s signature, to check calls against at ``.remote()``; None when it has none
-    that can be read (some builtins)."""
-    try:
-        return inspect.signature(func)
-    except (TypeError, ValueError):
-        return None
+class CallCheck:
+    """A function's signature, to check calls against at ``.remote()``: the ``TypeError``
+    Python would raise calling it, raised there, not later on a worker (Ray checks the same
+    way).  Positional calls of plain signatures are checked by counting (a ``bind`` costs
+    several microseconds, a fair part of a submit)."""
 
+    __slots__ = ("signature", "what", "positional")
 
-def check_call(sig: inspect.Signature | None, what: str, args: tuple, kwargs: dict) -> None:
-    """The ``TypeError`` Python would raise calling ``what`` with these arguments, raised
-    here, at ``.remote()``, not later on a worker (Ray checks the same way)."""
-    if sig is not None:
+    def __init__(self, func: Any, what: str, drop_first: bool = False):
         try:
-            sig.bind(*args, **kwargs)
+            sig: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have none that can be read
+            sig = None
+        if sig is not None and drop_first and sig.parameters:  # a method's self
+            params = list(sig.parameters.values())
+            if params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+                sig = sig.replace(parameters=params[1:])
+        #: the signature (None: calls are not checked)
+        self.signature = sig
+        self.what = what
+        #: (required, most) positional arguments when every parameter is a plain one
+        self.positional: tuple[int, int] | None = None
+        if sig is not None and all(p.kind == p.POSITIONAL_OR_KEYWORD for p in sig.parameters.values()):
+            required = sum(p.default is p.empty for p in sig.parameters.values())
+            self.positional = (required, len(sig.parameters))
+
+    def __call__(self, args: tuple, kwargs: dict) -> None:
+        if self.signature is None:
+            return
+        if not kwargs and self.positional is not None and self.positional[0] <= len(args) <= self.positional[1]:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
         except TypeError as e:
-            raise TypeError(f"{what}: {e}") from None
+            raise TypeError(f"{self.what}: {e}") from None
 
 
 def restrictions(options: dict[str, Any]) -> dict[str, Any] | None:
