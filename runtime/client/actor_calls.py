@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
+from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import ActorDiedError
@@ -41,13 +42,45 @@ logger = logging.getLogger("runtime.client.actors")
 REACH_TIMEOUT = 60.0
 
 
+class _Call:
+    """A call made and not sent yet: it leaves once its future arguments are done."""
+
+    __slots__ = ("key", "actor_id", "method", "args", "deps", "returns")
+
+    def __init__(
+        self, key: str, actor_id: str, method: str, args: bytes, deps: dict[str, Future], returns: tuple[str, ...]
+    ):
+        self.key = key
+        self.actor_id = actor_id
+        self.method = method
+        #: the pickled (args, kwargs)
+        self.args = args
+        #: the futures among the arguments: they ride along, keeping their values alive
+        self.deps = deps
+        #: with ``num_returns``: one key per item of the result (``ActorCall.returns``)
+        self.returns = returns
+
+    def result_keys(self) -> tuple[str, ...]:
+        """The keys its results come back under."""
+        return self.returns or (self.key,)
+
+
+class _Relocate:
+    """The actor moved: calls made after this ask the scheduler where it is."""
+
+    __slots__ = ("actor_id",)
+
+    def __init__(self, actor_id: str):
+        self.actor_id = actor_id
+
+
 class _Route:
     __slots__ = ("actor_id", "queue", "comm", "error", "locating")
 
     def __init__(self, actor_id: str):
         self.actor_id = actor_id
         #: calls not sent yet, in the order they were made
-        self.queue: deque[dict] = deque()
+        self.queue: deque[_Call] = deque()
         #: the connection to the actor's worker, once located
         self.comm: Comm | None = None
         #: why the actor cannot be reached (it is dead)
@@ -68,7 +101,7 @@ class ActorCalls:
         loop: asyncio.AbstractEventLoop,
         new_key: Callable[[str], str],
         ask: Callable[..., Awaitable[Any]],
-        to_scheduler: Callable[[list[dict]], None],
+        to_scheduler: Callable[[list[m.Message]], None],
     ):
         self.futures = futures
         self._new_key = new_key
@@ -92,34 +125,33 @@ class ActorCalls:
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
         check_open_deps(deps)
         key = self._new_key(method)
-        keys = [key] if num_returns == 1 else [f"{key}-{i}" for i in range(num_returns)]
+        keys = (key,) if num_returns == 1 else tuple(f"{key}-{i}" for i in range(num_returns))
         futures = [self.futures.future(k) for k in keys]
         for f in futures:
             f._state.local = True
-        msg = {"op": "actor-call", "key": key, "actor": actor_id, "method": method, "args": args_bytes}
-        if num_returns != 1:
-            msg["returns"] = keys
+        returns = keys if num_returns != 1 else ()
         # The futures themselves ride along until the call leaves: they keep their values alive.
-        self._outbox.put({"msg": msg, "deps": deps})
+        self._outbox.put(_Call(key, actor_id, method, args_bytes, deps, returns))  # type: ignore[arg-type]
         return futures
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
         it is (or why it is dead) instead of going to its old worker."""
-        self._outbox.put({"relocate": actor_id})
+        self._outbox.put(_Relocate(actor_id))  # type: ignore[arg-type]
 
     # -- the client's loop thread ------------------------------------------------------------
 
-    def _dispatch(self, batch: list[dict]) -> None:
+    def _dispatch(self, batch: list[_Call | _Relocate]) -> None:
         for call in batch:
-            if "relocate" in call:  # in order with the calls: those made before still go
-                route = self._routes.get(call["relocate"])
+            if type(call) is _Relocate:  # in order with the calls: those made before still go
+                route = self._routes.get(call.actor_id)
                 if route is not None and route.comm is not None:
                     route.comm = None
                 continue
-            route = self._routes.get(call["msg"]["actor"])
+            assert type(call) is _Call
+            route = self._routes.get(call.actor_id)
             if route is None:
-                route = self._routes[call["msg"]["actor"]] = _Route(call["msg"]["actor"])
+                route = self._routes[call.actor_id] = _Route(call.actor_id)
             route.queue.append(call)
             self._pump(route)
 
@@ -134,7 +166,7 @@ class ActorCalls:
         """Send what can go of ``route``'s calls, in order."""
         if route.error is not None:
             while route.queue:
-                for key in _result_keys(route.queue.popleft()["msg"]):
+                for key in route.queue.popleft().result_keys():
                     self._fail(key, route.error)
             return
         if route.comm is None:
@@ -144,31 +176,28 @@ class ActorCalls:
             return
         while route.queue:
             call = route.queue[0]
-            deps: dict[str, Future] = call["deps"]
-            states = [f._state for f in deps.values()]
-            if any(fs.status == PENDING for fs in states):
+            deps = call.deps
+            if any(f._state.status == PENDING for f in deps.values()):
                 self._blocked.add(route)
                 return
             route.queue.popleft()
-            msg = call["msg"]
             bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
             if bad is not None:  # an argument failed: so does the call, blaming it
                 with self.futures.changing():
-                    for key in _result_keys(msg):
+                    for key in call.result_keys():
                         fs = self.futures.states.get(key)
                         if fs is not None:
                             self.futures.fail_like(fs, bad)
                 continue
-            msg["deps"] = {k: f._state.value for k, f in deps.items()}
-            sources = self._sources(msg["deps"].values())
-            if sources:
-                msg["sources"] = sources
-            for key in _result_keys(msg):
+            values = {k: f._state.value for k, f in deps.items()}
+            sources = self._sources(values.values())
+            msg = m.ActorCall(call.key, call.actor_id, call.method, call.args, values, sources, call.returns)
+            for key in call.result_keys():
                 self._inflight[route.comm][key] = route.actor_id
             route.comm.send(msg)
 
     def _sources(self, located: Any) -> dict[str, str]:
-        nodes = {v[0] for v in located if isinstance(v, list)}
+        nodes = {v.node for v in located if type(v) is m.StoreRef}
         if not nodes or self._agents is None:
             return {}
         return {n: self._agents[n] for n in nodes if n in self._agents}
@@ -202,7 +231,7 @@ class ActorCalls:
     async def _connect(self, address: str) -> Comm:
         comm = self._comms.get(address)
         if comm is None or comm.closed:
-            comm = self._comms[address] = await connect(address, timeout=1.0)
+            comm = self._comms[address] = await connect(address, m.FROM_ACTOR_SERVER, timeout=1.0)
             self._inflight[comm] = {}
             asyncio.ensure_future(self._read(comm, address))
         return comm
@@ -214,7 +243,7 @@ class ActorCalls:
                 inflight = self._inflight[comm]
                 with self.futures.changing():
                     for msg in msgs:
-                        inflight.pop(msg["key"], None)
+                        inflight.pop(msg.key, None)
                         self._resolve(msg)
                 self.futures_changed()
         except (ConnectionError, OSError) as e:
@@ -230,14 +259,14 @@ class ActorCalls:
                     route.comm = None
                     self._pump(route)
 
-    def _resolve(self, msg: dict) -> None:
+    def _resolve(self, msg: m.ActorResult | m.ActorError) -> None:
         """A call's result or error.  Call with the futures' lock held."""
-        key = msg["key"]
-        stored = msg["op"] == "actor-result" and isinstance(msg["value"], list)
+        key = msg.key
+        stored = type(msg) is m.ActorResult and type(msg.value) is m.StoreRef
         if stored:  # the scheduler owns stored values' lifetime, as for put()
-            self._to_scheduler([{"op": "update-data", "key": key, "value": msg["value"], "nbytes": msg["nbytes"]}])
+            self._to_scheduler([m.UpdateData(key, msg.value, msg.nbytes)])  # type: ignore[union-attr]
             if key not in self.futures.states:  # nobody holds the future any more: free it at once
-                self._to_scheduler([{"op": "release-keys", "keys": [key]}])
+                self._to_scheduler([m.ReleaseKeys((key,))])
         fs = self.futures.settle(msg)
         if fs is not None:
             fs.local = not stored
@@ -252,8 +281,3 @@ class ActorCalls:
     def close(self) -> None:
         for comm in self._comms.values():
             comm.close()
-
-
-def _result_keys(msg: dict) -> list[str]:
-    """The keys an actor call's results come back under: one per item with ``num_returns``."""
-    return msg.get("returns") or [msg["key"]]
