@@ -15,7 +15,7 @@ _EXPORTS = {
     "init": "runtime.api.context", "shutdown": "runtime.api.context", "is_initialized": "runtime.api.context",
     "get": "runtime.api.context", "put": "runtime.api.context", "cancel": "runtime.api.context",
     "remote": "runtime.api.remote",
-    "get_actor": "runtime.api.actor", "kill": "runtime.api.actor",
+    "get_actor": "runtime.api.actor", "kill": "runtime.api.actor", "method": "runtime.api.actor",
     "ActorClass": "runtime.api.actor", "ActorHandle": "runtime.api.actor",
     "Future": "runtime.client.future", "ObjectRef": "runtime.client.future",
     "Client": "runtime.client.futures_client", "ClientExecutor": "runtime.client.futures_client",
@@ -37,7 +37,8 @@ _EXPORTS = {
     "TaskCancelledError": "runtime.errors", "TaskError": "runtime.errors",
 }  # fmt: skip
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
+    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "get_actor", "kill",
+    "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
     "secede", "rejoin",
@@ -67,7 +68,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime import config
-    from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
+    from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill, method
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
     from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote

@@ -53,9 +53,21 @@ class LocalCluster:
         memory_pause_fraction: float | bool | None = None,
         memory_terminate_fraction: float | bool | None = None,
         amm_interval: float | None = None,
+        threads_per_worker: int = 1,
+        processes: bool = True,
     ):
+        """``n_workers`` worker processes (default: one per CPU) of ``threads_per_worker``
+        executor threads each.  ``processes=False`` (Dask's threads-in-one-process cluster)
+        is accepted, but workers are processes all the same: they need the shared store."""
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
+        if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be a whole number >= 1, not {threads_per_worker!r}")
+        if not isinstance(processes, bool):
+            raise ValueError(f"processes must be True or False, not {processes!r}")
+        if not processes:
+            logger.info("LocalCluster(processes=False): workers still run as processes (they map the shared store)")
+        self.threads_per_worker = threads_per_worker
         if not isinstance(n_nodes, int) or n_nodes < 1:
             raise ValueError(f"n_nodes must be a whole number >= 1, not {n_nodes!r}")
         if n_workers is None:
@@ -103,6 +115,7 @@ class LocalCluster:
                 "--log-dir", log_dir, "--watch-parent", "--resources", json.dumps(resources or {}),
                 *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
                 "--memory-limit", str(self.memory_limit), *self.thresholds.to_args(),
+                "--threads-per-worker", str(threads_per_worker),
             ]  # fmt: skip
             self.agent_procs.append(self._spawn(cmd, f"agent-{i}.log" if n_nodes > 1 else "agent.log"))
 

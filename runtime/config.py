@@ -28,6 +28,7 @@ or a bad value is an error that names it, with the closest known key suggested.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import math
@@ -93,17 +94,19 @@ def parse_bytes(x: Any) -> int:
     return int(x)
 
 
-_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0}
-_TIME_UNITS |= {"min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+_TIME_UNITS = {"": 1, "s": 1, "sec": 1, "second": 1, "seconds": 1, "ms": 1e-3, "millisecond": 1e-3,
+               "milliseconds": 1e-3, "us": 1e-6, "m": 60, "min": 60, "minute": 60, "minutes": 60,
+               "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}  # fmt: skip
 
 
-def parse_timedelta(x: Any) -> float | None:
-    """Seconds from a number, a ``datetime.timedelta`` or a string such as ``"200ms"``,
-    ``"1s"``, ``"2 minutes"`` (``"inf"``: forever); None stays None (no limit).  The one
-    duration parser of the package (timeouts of calls and settings)."""
+def parse_timeout(x: Any, what: str = "timeout") -> float | None:
+    """A duration in seconds from None (no limit), a number, a ``timedelta`` or a string such as
+    ``"1s"``, ``"500ms"``, ``"2 minutes"`` or ``"inf"`` (as Dask's ``parse_timedelta``).  The one
+    duration parser of the package, for the timeouts of calls and requests: a ValueError naming
+    ``what`` for a string it cannot read or a negative duration, a TypeError for anything else."""
     if x is None:
         return None
-    if hasattr(x, "total_seconds"):  # datetime.timedelta, without importing datetime
+    if isinstance(x, datetime.timedelta):
         x = x.total_seconds()
     elif isinstance(x, str):
         text = x.strip().lower().replace(" ", "")
@@ -112,11 +115,11 @@ def parse_timedelta(x: Any) -> float | None:
         try:
             x = float(number) * _TIME_UNITS[unit]
         except (KeyError, ValueError):
-            raise ValueError(f"expected a duration such as 1.5, '200ms', '1s' or '2 minutes', not {x!r}") from None
+            raise ValueError(f"{what} must be a number of seconds or a duration such as '1s', not {x!r}") from None
     if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
-        raise TypeError(f"expected a duration in seconds (a number, a string such as '1s' or a timedelta), not {x!r}")
+        raise TypeError(f"{what} must be a number of seconds, a duration such as '1s', or None, not {x!r}")
     if x < 0:
-        raise ValueError(f"expected a duration >= 0, not {x!r}")
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {x!r}")
     return float(x)
 
 
@@ -251,10 +254,10 @@ SETTINGS: dict[str, Setting] = {
     "scheduler.validate": Setting(False, _bool,
         "check every invariant of the scheduler's state after every transition (slow; tests)",
         env="RUNTIME_VALIDATE"),
-    "scheduler.locks.lease-timeout": Setting(30.0, parse_timedelta,
+    "scheduler.locks.lease-timeout": Setting(30.0, parse_timeout,
         "seconds after which the lease of a Semaphore or Lock holder that stopped refreshing it is released "
         "(a holder whose process ends releases at once; 'inf': never)"),
-    "scheduler.locks.lease-validation-interval": Setting(1.0, parse_timedelta,
+    "scheduler.locks.lease-validation-interval": Setting(1.0, parse_timeout,
         "seconds between the scheduler's checks for leases past their lease-timeout"),
     "store.memory": Setting(None, _optional(parse_bytes),
         "bytes of shared memory for each node's object store (None: 30% of memory)",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import weakref
+from typing import Any
 
 
 class GetTimeoutError(TimeoutError):
@@ -41,8 +43,60 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class TaskError(RuntimeError):
-    """Stands in for a task's exception when that exception itself cannot be unpickled here."""
+class TaskError(Exception):
+    """A task failed.  Every exception a task raised is re-raised as an instance of both its
+    own class and this one (as Ray's ``RayTaskError``), so ``except ValueError`` and
+    ``except TaskError`` both catch it; it also stands in for an exception that cannot be
+    unpickled here, or for a task that called ``sys.exit()``."""
+
+
+#: exception class -> its class that also derives from TaskError, made once each
+_task_error_classes: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+
+
+def as_task_error(exc: BaseException) -> BaseException:
+    """``exc`` as an instance of a class deriving from both its own class and ``TaskError``.
+
+    The new class keeps the name, module and behaviour of the original, so it prints and
+    reads as the original; it pickles as the original.  ``exc`` itself is returned when it is
+    a ``TaskError`` or an ``ActorDiedError`` already, or when its class cannot be derived from
+    (a final class, a layout conflict) or built without calling its ``__init__``.
+    """
+    cls = type(exc)
+    if isinstance(exc, (TaskError, ActorDiedError)) or not isinstance(exc, Exception):
+        return exc
+    derived = _task_error_classes.get(cls)
+    if derived is None:
+        try:
+            derived = type(
+                cls.__name__,
+                (cls, TaskError),
+                {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__reduce__": _reduce_as_original},
+            )
+        except TypeError:
+            return exc
+        _task_error_classes[cls] = derived
+    try:
+        err = derived.__new__(derived, *exc.args)
+        err.__dict__.update(exc.__dict__)
+        err.args = exc.args
+    except Exception:
+        return exc
+    err.__traceback__, err.__cause__, err.__context__ = exc.__traceback__, exc.__cause__, exc.__context__
+    err.__suppress_context__ = exc.__suppress_context__
+    return err
+
+
+def _reduce_as_original(self: BaseException) -> tuple[Any, ...]:
+    """A derived task error pickles as the task's own exception (the receiver derives again)."""
+    original = type(self).__mro__[1]
+    return (original, self.args, self.__dict__ or None)
+
+
+def task_exit_error(e: BaseException) -> TaskError:
+    """What a task that raised ``SystemExit`` (``sys.exit()``) fails with: an error, not an exit
+    of whoever reads its result."""
+    return TaskError(f"the task called sys.exit({e.args[0] if e.args else ''}): a task cannot exit its worker")
 
 
 class SchedulerError(RuntimeError):

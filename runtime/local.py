@@ -29,9 +29,11 @@ The local scheduler owns the futures it makes, as the cluster client owns its ow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import heapq
+import inspect
 import itertools
 import math
 import os
@@ -54,7 +56,7 @@ from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import serialize
 from runtime.comm.messages import CancelCompute, CancelledKeys, ComputeTask, KeyErred, KeyInMemory
 from runtime.comm.serialize import SerializationError
-from runtime.errors import GetTimeoutError
+from runtime.errors import GetTimeoutError, task_exit_error
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
 
@@ -400,9 +402,13 @@ class LocalScheduler:
                 if kwargs:
                     kwargs = _fill(kwargs, boxes)
             result = func(*args, **kwargs)
+            if inspect.iscoroutine(result):  # an async def function: run it on an event loop
+                result = asyncio.run(result)
         except BaseException as e:  # noqa: BLE001 - it goes to whoever gets the future
             if isinstance(e, KeyboardInterrupt):
                 raise
+            if isinstance(e, SystemExit):  # raised again by get, it would end the program
+                e = task_exit_error(e)
             # The exception itself, not pickled: re-raised, it keeps its own traceback.
             tb = "".join(traceback.format_exception(e))
             return st.TaskErred(sid, msg.key, _WORKER, e, tb, f"{type(e).__name__}: {e}")  # type: ignore[arg-type]

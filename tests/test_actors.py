@@ -212,7 +212,7 @@ def test_bad_use_gets_clear_errors(cluster):
         Counter.options(max_concurency=2)
     with pytest.raises(ValueError, match="max_restarts"):
         Counter.options(max_restarts=-5)
-    with pytest.raises(TypeError, match="actor handle"):
+    with pytest.raises(ValueError, match="actor handle"):
         rt.kill("not a handle")
 
 

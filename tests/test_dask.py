@@ -88,8 +88,7 @@ def test_client_compute_returns_futures_of_finalized_values(client):
     frame = client.compute(ddf[ddf.a > 50], sync=True)
     pd.testing.assert_frame_equal(frame, pdf[pdf.a > 50])
     assert client.compute(db.from_sequence([1, 2, 3]).map(str), sync=True) == ["1", "2", "3"]
-    with pytest.raises(TypeError, match="Dask collections"):
-        client.compute([1, 2])
+    assert client.compute([1, 2]) == [1, 2]  # not collections: passed through, as Dask's
 
 
 def test_a_client_becomes_dasks_default_scheduler_until_closed(client):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from runtime.api.context import current_runtime
-from runtime.api.options import ACTOR_OPTIONS, check_options, restrictions
+from runtime.api.options import ACTOR_OPTIONS, CallCheck, check_options, restrictions
 from runtime.client.client import task_spec
 from runtime.client.future import Future
 from runtime.comm import serialize
@@ -27,6 +28,43 @@ def _methods(cls: type) -> list[str]:
     return sorted(name for name, _ in inspect.getmembers(cls, callable) if not name.startswith("__"))
 
 
+#: the attribute ``runtime.method`` sets on an actor method: its options
+_METHOD_OPTIONS = "__runtime_method_options__"
+
+
+def method(*, num_returns: int = 1) -> Callable[[Callable], Callable]:
+    """``@runtime.method(num_returns=2)`` on an actor method: each call returns that many
+    futures, one per item of what it returns (as Ray's ``ray.method``)."""
+    check_options({"num_returns": num_returns})
+
+    def mark(func: Callable) -> Callable:
+        setattr(func, _METHOD_OPTIONS, {"num_returns": num_returns})
+        return func
+
+    return mark
+
+
+def _method_options(cls: type) -> dict[str, dict[str, Any]]:
+    """The options ``runtime.method`` gave the methods of ``cls``, by method name."""
+    out = {}
+    for name in _methods(cls):
+        options = getattr(inspect.getattr_static(cls, name), _METHOD_OPTIONS, None)
+        if options is None:
+            options = getattr(getattr(cls, name), _METHOD_OPTIONS, None)
+        if options:
+            out[name] = options
+    return out
+
+
+def _method_check(cls: type, name: str) -> CallCheck:
+    """What a call of method ``name`` is checked against (its signature without ``self``)."""
+    raw = inspect.getattr_static(cls, name, None)
+    what = f"{cls.__name__}.{name}.remote()"
+    if isinstance(raw, (staticmethod, classmethod)):
+        return CallCheck(getattr(cls, name), what)
+    return CallCheck(raw, what, drop_first=True)
+
+
 class ActorClass:
     """A class whose instances live on the cluster: ``Cls.remote(*args)`` starts one."""
 
@@ -34,6 +72,11 @@ class ActorClass:
         self._cls = cls
         self._options = check_options(options, ACTOR_OPTIONS)
         self._methods = _methods(cls)
+        #: num_returns of methods marked with runtime.method
+        self._method_options = _method_options(cls)
+        #: what calls are checked against at .remote(): the constructor's, each method's
+        self._check_call = CallCheck(cls, f"{cls.__name__}.remote()")
+        self._method_checks = {name: _method_check(cls, name) for name in self._methods}
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -52,6 +95,7 @@ class ActorClass:
             _create_actor_pickled = serialize.dumps_function(create_actor)
         opts = self._options
         name = self._cls.__name__
+        self._check_call(args, kwargs)
         actor_id = f"actor-{name}-{os.urandom(6).hex()}"
         args_bytes, deps = serialize.dumps_args(
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
@@ -64,7 +108,7 @@ class ActorClass:
         if "error" in reply:
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
-        return ActorHandle(actor_id, name, self._methods)
+        return ActorHandle(actor_id, name, self._methods, self._method_options, self._method_checks)
 
     def __repr__(self) -> str:
         return f"<ActorClass {self._cls.__name__} {self._options or ''}>"
@@ -73,18 +117,26 @@ class ActorClass:
 class ActorHandle:
     """A reference to a running actor; ``handle.method.remote(...)`` calls it."""
 
-    def __init__(self, actor_id: str, class_name: str, methods: list[str]):
+    def __init__(
+        self, actor_id: str, class_name: str, methods: list[str],
+        method_options: dict[str, dict[str, Any]] | None = None,
+        checks: dict[str, CallCheck] | None = None,
+    ):  # fmt: skip
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        #: options runtime.method gave methods (num_returns), by name
+        self._method_options = method_options or {}
+        #: what each method's calls are checked against (in the process that made the actor; not pickled)
+        self._checks = checks or {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") or name not in self._methods:
             raise AttributeError(f"actor {self._class_name!r} has no method {name!r}")
-        return ActorMethod(self, name)
+        return ActorMethod(self, name, self._method_options.get(name, {}).get("num_returns", 1))
 
     def __reduce__(self) -> tuple:
-        return ActorHandle, (self._actor_id, self._class_name, self._methods)
+        return ActorHandle, (self._actor_id, self._class_name, self._methods, self._method_options)
 
     def __repr__(self) -> str:
         return f"<ActorHandle {self._class_name} {self._actor_id}>"
@@ -97,12 +149,25 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str):
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int = 1):
         self._handle = handle
         self._name = name
+        self._num_returns = num_returns
 
-    def remote(self, *args: Any, **kwargs: Any) -> Future:
-        return current_runtime().client.actor_calls.call(self._handle._actor_id, self._name, args, kwargs)
+    def options(self, *, num_returns: int) -> ActorMethod:
+        """This method with calls returning ``num_returns`` futures (Ray's ``.options``)."""
+        check_options({"num_returns": num_returns})
+        return ActorMethod(self._handle, self._name, num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
+        handle = self._handle
+        check = handle._checks.get(self._name)
+        if check is not None:
+            check(args, kwargs)
+        futures = current_runtime().client.actor_calls.call(
+            handle._actor_id, self._name, args, kwargs, self._num_returns
+        )
+        return futures[0] if self._num_returns == 1 else futures
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -113,8 +178,8 @@ class ActorMethod:
 
 def get_actor(name: str) -> ActorHandle:
     """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
+    if not isinstance(name, str) or not name:  # a ValueError, as Ray's
+        raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
     reply = current_runtime().client.request("get-actor", name=name)
     if "error" in reply:
         raise ValueError(reply["error"])
@@ -126,8 +191,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     With ``no_restart=False`` an actor that has restarts left is started afresh instead.
     """
-    if not isinstance(actor, ActorHandle):
-        raise TypeError(f"kill() takes an actor handle, not a {type(actor).__name__}")
+    if not isinstance(actor, ActorHandle):  # a ValueError, as Ray's
+        raise ValueError(
+            f"kill() takes an actor handle, not a {type(actor).__name__}; to stop a task, use runtime.cancel()"
+        )
     client = current_runtime().client
     reply = client.request("kill-actor", actor=actor._actor_id, no_restart=no_restart)
     if "error" in reply:

@@ -141,12 +141,13 @@ def current_runtime(timeout: float | None = None) -> Runtime:
     return rt
 
 
-def get(refs: Future | Sequence[Future], *, timeout: float | None = None, scheduler: str | None = None) -> Any:
+def get(refs: Future | Sequence[Future], *, timeout: float | str | None = None, scheduler: str | None = None) -> Any:
     """The value of one future, or a list of values for a list of futures.
 
     ``scheduler`` ("sync", "threads" or "processes") picks the local scheduler that runs
     the tasks of local futures for this call, over the ``scheduler`` setting.
     """
+    timeout = config.parse_timeout(timeout, "get() timeout")
     if isinstance(refs, Future):
         return get([refs], timeout=timeout, scheduler=scheduler)[0]
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, Future) for r in refs):

@@ -9,7 +9,7 @@ from typing import Any
 from runtime import config
 from runtime.api.actor import ActorClass
 from runtime.api.context import current_runtime
-from runtime.api.options import ACTOR_OPTIONS, TASK_OPTIONS, check_options, restrictions
+from runtime.api.options import ACTOR_OPTIONS, TASK_OPTIONS, CallCheck, check_options, restrictions
 from runtime.client.future import Future
 from runtime.comm import serialize
 from runtime.local import local_scheduler
@@ -29,6 +29,8 @@ class RemoteFunction:
         self._retries: int = self._options.get("retries", 0) or self._options.get("max_retries", 0)
         self._priority: int = self._options.get("priority", 0)
         self._num_returns: int = self._options.get("num_returns", 1)
+        #: checks every call at .remote()
+        self._check_call = CallCheck(func, f"{self._name}.remote()")
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -41,6 +43,7 @@ class RemoteFunction:
         """Run the function as a task; its future (or ``num_returns`` futures, one per item)."""
         global _pick_pickled
         retries, priority, n = self._retries, self._priority, self._num_returns
+        self._check_call(args, kwargs)
         kind = config.get("scheduler")
         if kind != "distributed":  # a local scheduler: the task runs in this process
             local = local_scheduler()

@@ -45,9 +45,11 @@ REACH_TIMEOUT = 60.0
 class _Call:
     """A call made and not sent yet: it leaves once its future arguments are done."""
 
-    __slots__ = ("key", "actor_id", "method", "args", "deps")
+    __slots__ = ("key", "actor_id", "method", "args", "deps", "returns")
 
-    def __init__(self, key: str, actor_id: str, method: str, args: bytes, deps: dict[str, Future]):
+    def __init__(
+        self, key: str, actor_id: str, method: str, args: bytes, deps: dict[str, Future], returns: tuple[str, ...]
+    ):
         self.key = key
         self.actor_id = actor_id
         self.method = method
@@ -55,6 +57,12 @@ class _Call:
         self.args = args
         #: the futures among the arguments: they ride along, keeping their values alive
         self.deps = deps
+        #: with ``num_returns``: one key per item of the result (``ActorCall.returns``)
+        self.returns = returns
+
+    def result_keys(self) -> tuple[str, ...]:
+        """The keys its results come back under."""
+        return self.returns or (self.key,)
 
 
 class _Relocate:
@@ -118,13 +126,19 @@ class ActorCalls:
 
     # -- user threads ------------------------------------------------------------------
 
-    def call(self, actor_id: str, method: str, args: tuple, kwargs: dict) -> Future:
+    def call(self, actor_id: str, method: str, args: tuple, kwargs: dict, num_returns: int = 1) -> list[Future]:
+        """Call ``method``; its ``num_returns`` futures (the items of what it returns, when more than one)."""
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
         check_open_deps(deps)
-        future = self.futures.future(self._new_key(method))
-        future._state.local = True
-        self._outbox.put(_Call(future.key, actor_id, method, args_bytes, deps))  # type: ignore[arg-type]
-        return future
+        key = self._new_key(method)
+        keys = (key,) if num_returns == 1 else tuple(f"{key}-{i}" for i in range(num_returns))
+        futures = [self.futures.future(k) for k in keys]
+        for f in futures:
+            f._state.local = True
+        returns = keys if num_returns != 1 else ()
+        # The futures themselves ride along until the call leaves: they keep their values alive.
+        self._outbox.put(_Call(key, actor_id, method, args_bytes, deps, returns))  # type: ignore[arg-type]
+        return futures
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
@@ -159,7 +173,8 @@ class ActorCalls:
         """Send what can go of ``route``'s calls, in order."""
         if route.error is not None:
             while route.queue:
-                self._fail(route.queue.popleft().key, route.error)
+                for key in route.queue.popleft().result_keys():
+                    self._fail(key, route.error)
             return
         if route.comm is None:
             if not route.locating and route.queue:
@@ -176,13 +191,16 @@ class ActorCalls:
             bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
             if bad is not None:  # an argument failed: so does the call, blaming it
                 with self.futures.changing():
-                    fs = self.futures.states.get(call.key)
-                    if fs is not None:
-                        self.futures.fail_like(fs, bad)
+                    for key in call.result_keys():
+                        fs = self.futures.states.get(key)
+                        if fs is not None:
+                            self.futures.fail_like(fs, bad)
                 continue
             values = {k: f._state.value for k, f in deps.items()}
-            msg = m.ActorCall(call.key, call.actor_id, call.method, call.args, values, self._sources(values.values()))
-            self._inflight[route.comm][call.key] = route.actor_id
+            sources = self._sources(values.values())
+            msg = m.ActorCall(call.key, call.actor_id, call.method, call.args, values, sources, call.returns)
+            for key in call.result_keys():
+                self._inflight[route.comm][key] = route.actor_id
             route.comm.send(msg)
 
     def _sources(self, located: Any) -> dict[str, str]:

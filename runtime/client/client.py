@@ -63,6 +63,8 @@ class ClusterClient:
         self._node_info: dict[str, dict] | None = None
         #: the futures made here; their callbacks run on a thread of their own, off the loop thread
         self.futures = FutureTable(self, callback_thread=True)
+        #: a weak reference to the runtime.Client over this connection, if any (Future.client)
+        self.user_client: Callable[[], Any] | None = None
         self._counter = itertools.count()
         self._tag = os.urandom(3).hex()
         self._requests: dict[int, asyncio.Future] = {}
@@ -307,6 +309,34 @@ class ClusterClient:
             return
         self._held.arrived(dep.key, None if ok else dep)
 
+    def hold_refs(self, holder: str, keys: list[str]) -> None:
+        """The value stored as ``holder`` refers to futures of ``keys`` (ours): the scheduler
+        keeps them while it lives.  A round trip: once the value is out (a task's result
+        reaches its reader through another connection), the scheduler knows the keys."""
+        self.request("hold-refs", holder=holder, keys=keys)
+
+    def borrow(self, key: str) -> Future:
+        """A future of ``key`` read from inside a value: ours from now on (the scheduler is
+        told we want it; if it was forgotten meanwhile the future fails saying so)."""
+        with self.futures.lock:
+            known = key in self.futures.states
+            future = self.futures.future(key)
+        if not known:
+            asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
+        return future
+
+    async def _borrow(self, key: str) -> None:
+        try:
+            reply = await self._ask("borrow-refs", keys=[key])
+        except (ConnectionError, OSError):
+            return  # every pending future fails with the connection already
+        if reply.get("missing"):
+            with self.futures.changing():
+                fs = self.futures.states.get(key)
+                if fs is not None and fs.status == PENDING:
+                    error = ObjectLostError(f"the value of future {key!r} was released before it was read")
+                    self.futures.fail(fs, error)
+
     def failed_future(self, key: str, cause: Future) -> Future:
         """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
         future = self.futures.future(key)
@@ -338,6 +368,8 @@ class ClusterClient:
         keys = tuple(f.key for f in futures)
         if self._held:  # held tasks are cancelled here: the scheduler never saw them
             self._held.cancel(keys)
+        with self.futures.changing():  # cancelled from the caller's view at once (Dask's)
+            self.futures.cancel_keys(keys)
         self._send(m.Cancel(keys, force))
 
     def cancel_all(self, why: str) -> None:
@@ -514,6 +546,10 @@ class ClusterClient:
         """A value from its wire form.  A stored one is read from this node's store, after its
         agent copied it here if it is on another node; with no store here, straight from the
         node that holds it."""
+        with serialize.reading_refs(self):  # futures inside it become this client's
+            return self._decode(key, located)
+
+    def _decode(self, key: str, located: m.Value) -> Any:
         if type(located) is not m.StoreRef:
             return values.decode(located, key=key, node="")
         if not self._attach():

@@ -49,7 +49,7 @@ def cluster_client(client: Any = None) -> ClusterClient:
 
 def _timeout(timeout: Any) -> float | None:
     """Seconds from a number, a string such as ``"1s"`` or a timedelta (None: no limit)."""
-    return config.parse_timedelta(timeout)
+    return config.parse_timeout(timeout)
 
 
 def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any:

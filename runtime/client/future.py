@@ -8,19 +8,23 @@ key (the cluster client tells the scheduler), so its value can be freed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import pickle
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import serialize
-from runtime.errors import RemoteTraceback, TaskError
+from runtime.config import parse_timeout
+from runtime.errors import RemoteTraceback, TaskError, as_task_error
 
 if TYPE_CHECKING:
     from runtime.client.owner import FutureOwner
 
-PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
+#: a future's ``status`` (Dask's names: a failed future's is "error")
+PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "error", "cancelled"
 #: the standard library's states of a done future (concurrent.futures._base)
 _STDLIB_DONE = ("FINISHED", "CANCELLED_AND_NOTIFIED")
 
@@ -31,7 +35,7 @@ class FutureState:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        #: pending, finished, erred or cancelled
+        #: pending, finished, error or cancelled
         self.status = PENDING
         #: the value once finished: its wire form (inline pickle or a StoreRef) from
         #: the cluster, the object itself (boxed) from a local scheduler
@@ -79,6 +83,8 @@ class FutureState:
                 err.__cause__ = RemoteTraceback(self.traceback)
         if self.status != CANCELLED:
             err.add_note(failure_note(key, self.blame, self.worker))
+            if self.traceback:  # raised by a task (not made here, as a lost connection's error)
+                err = as_task_error(err)
         return err
 
 
@@ -116,7 +122,7 @@ class Future:
     It behaves the same whoever made it: every method goes to its owner (``_owner``).
     """
 
-    __slots__ = ("key", "_owner", "_state", "_stdlib_waiters", "__weakref__")
+    __slots__ = ("key", "_owner", "_state", "_stdlib_waiters", "_released", "__weakref__")
 
     def __init__(self, key: str, owner: FutureOwner, state: FutureState):
         self.key = key
@@ -124,6 +130,8 @@ class Future:
         self._state = state
         #: waiters of concurrent.futures.wait/as_completed on this object (created on first use)
         self._stdlib_waiters: list | None = None
+        #: release() let go of the key already
+        self._released = False
         state.refcount += 1
 
     # concurrent.futures.wait and as_completed work on a Future through these two names:
@@ -141,25 +149,68 @@ class Future:
                 self._owner.futures.add_done_callback(self, _notify_stdlib_waiters)
         return self._stdlib_waiters
 
-    def result(self, timeout: float | None = None) -> Any:
-        """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s."""
-        return self._owner.get([self], timeout=timeout)[0]
+    def result(self, timeout: float | str | None = None) -> Any:
+        """The value; re-raises the task's exception; ``GetTimeoutError`` after ``timeout`` s
+        (a number, or a duration string such as ``"1s"``)."""
+        return self._owner.get([self], timeout=parse_timeout(timeout, "result() timeout"))[0]
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: float | str | None = None) -> BaseException | None:
         """The exception the task raised, or None if it succeeded; waits up to ``timeout`` s."""
         self._wait(timeout)
         fs = self._state
         return fs.error(self.key) if fs.status in (ERRED, CANCELLED) else None
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        """The traceback text of the task's exception, or None if it succeeded."""
+    def traceback(self, timeout: float | str | None = None) -> types.TracebackType | None:
+        """The traceback of the task's exception, as a traceback object (Dask's; the
+        ``traceback`` module formats it), or None if it succeeded."""
         self._wait(timeout)
-        return (self._state.traceback or None) if self._state.status == ERRED else None
+        fs = self._state
+        if fs.status != ERRED:
+            return None
+        if isinstance(fs.exception, BaseException) and fs.exception.__traceback__ is not None:
+            return fs.exception.__traceback__  # raised in this process (a local scheduler)
+        return remote_traceback(fs.traceback)
 
-    def _wait(self, timeout: float | None) -> None:
+    @property
+    def client(self) -> Any:
+        """What this future belongs to: the ``runtime.Client`` it was made through, else its
+        owner (the cluster client or a local scheduler)."""
+        ref = getattr(self._owner, "user_client", None)
+        return (ref() if ref is not None else None) or self._owner
+
+    def release(self) -> None:
+        """Let go of this future's key now rather than when it is garbage collected (Dask's);
+        the future is unusable afterwards."""
+        if not self._released:
+            self._released = True
+            self._owner.release(self.key, self._state)
+
+    def _wait(self, timeout: float | str | None) -> None:
+        timeout = parse_timeout(timeout)
         if self._state.status == PENDING:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._owner.wait_for(self.done, [self], deadline)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in asyncio code (an ``async def`` actor method, or the driver's own
+        loop): the value, or the task's exception raised, as Ray's ``await ref``."""
+        return self._value_async().__await__()
+
+    async def _value_async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self._owner.futures.settles_itself:  # a local scheduler runs its tasks for a waiter
+            return await loop.run_in_executor(None, self.result)
+        if self._state.status == PENDING:
+            done = loop.create_future()
+
+            def wake(_: Future) -> None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+            self._owner.futures.add_done_callback(self, wake)
+            await done
+        if self._state.status == FINISHED and isinstance(self._state.value, bytes):
+            return self.result()  # inline: decoding it does not block
+        return await loop.run_in_executor(None, self.result)  # may read from another node
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` once the task is done (finished, erred or cancelled).
@@ -191,7 +242,8 @@ class Future:
 
     def __del__(self) -> None:
         try:
-            self._owner.release(self.key, self._state)
+            if not self._released:
+                self._owner.release(self.key, self._state)
         except Exception:  # interpreter shutdown: the owner may be half gone
             pass
 
@@ -235,3 +287,16 @@ def collect_futures(x: Any, out: list[Future]) -> None:
     elif isinstance(x, dict):
         for item in x.values():
             collect_futures(item, out)
+
+
+def remote_traceback(text: str) -> types.TracebackType | None:
+    """A traceback object standing for the remote traceback ``text`` (its frames point at the
+    remote files and lines), so code that walks or prints tracebacks works on it."""
+    if not text:
+        return None
+    import tblib  # only here: a traceback object from text is rarely asked for
+
+    try:
+        return tblib.Traceback.from_string(text, strict=False).as_traceback()
+    except Exception:  # not a traceback tblib can read: none rather than a wrong one
+        return None

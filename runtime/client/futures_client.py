@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import inspect
 import logging
 import sys
 import time
@@ -41,6 +42,7 @@ from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
 from runtime.comm.messages import StoreRef, TaskSpec
+from runtime.config import parse_timeout
 from runtime.errors import RemoteTraceback
 from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.worker.plugins import plugin_name
@@ -69,12 +71,13 @@ class Client(concurrent.futures.Executor):
         self,
         address: str | LocalCluster | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float | str = 30.0,
         n_workers: int | None = None,
         set_as_default: bool = True,
         **cluster_kwargs: Any,
     ):
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        timeout = parse_timeout(timeout, "Client timeout")
+        if not timeout:
             raise ValueError(f"Client timeout must be a number of seconds > 0, not {timeout!r}")
         #: the cluster this client started and closes; None when it connected to one
         self.cluster: LocalCluster | None = None
@@ -115,6 +118,7 @@ class Client(concurrent.futures.Executor):
         return self
 
     def _start(self, set_as_default: bool) -> None:
+        self.core.user_client = weakref.ref(self)  # Future.client gives this Client
         #: functions pickled once per client (by identity, while they live)
         self._pickled: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._closed = False
@@ -268,14 +272,17 @@ class Client(concurrent.futures.Executor):
             if bad is not None:
                 raise TypeError(f"scatter() of a dict uses its keys as keys: they must be strings, not {bad!r}")
             return {k: self._scatter_one(v, k, broadcast) for k, v in data.items()}
-        if isinstance(data, (list, tuple, set, frozenset, Iterator)):
+        if isinstance(data, (list, tuple, set, frozenset)):  # the same container type, as Dask's
+            return type(data)(self._scatter_one(v, None if hash else "", broadcast) for v in data)
+        if isinstance(data, Iterator):
             return [self._scatter_one(v, None if hash else "", broadcast) for v in data]
         return self._scatter_one(data, None if hash else "", broadcast)
 
     def _scatter_one(self, value: Any, key: str | None, broadcast: bool) -> Future:
         """``key`` None: a hash of the value; "": a fresh key."""
         if key is None:
-            pickled, buffers = serialize.dumps_value(value)
+            with serialize.collecting_refs():  # futures inside it (a collection of futures) hash by key
+                pickled, buffers = serialize.dumps_value(value)
             h = hashlib.blake2b(pickled, digest_size=16)
             for b in buffers:
                 h.update(b.raw())
@@ -300,14 +307,16 @@ class Client(concurrent.futures.Executor):
 
     # -- results -------------------------------------------------------------------------
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | str | None = None) -> Any:
         """The values of ``futures``: a future, or lists, tuples, sets and dicts of them, nested.
 
         ``errors="raise"`` re-raises the first failed task's exception; ``errors="skip"``
-        puts None in the place of each failed or cancelled one.
+        leaves each failed or cancelled one out of a list, and puts None in its place
+        elsewhere (as Dask's).  ``timeout``: seconds or a duration string such as ``"1s"``.
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
+        timeout = parse_timeout(timeout, "gather() timeout")
         if isinstance(futures, Iterator):  # as Dask: an iterator of futures gives an iterator of values
             return (self.gather(f, errors=errors, timeout=timeout) for f in futures)
         found: list[Future] = []
@@ -315,6 +324,7 @@ class Client(concurrent.futures.Executor):
         if found:
             waiting.wait_done(found, timeout)
         results: dict[str, Any] = {}
+        failed: set[str] = set()
         for f in found:
             if f.key in results:
                 continue
@@ -322,17 +332,20 @@ class Client(concurrent.futures.Executor):
                 if errors == "raise":
                     raise f._state.error(f.key)
                 results[f.key] = None
+                failed.add(f.key)
             else:
                 results[f.key] = f._owner.get([f])[0]
-        return _pack(futures, results)
+        return _pack(futures, results, failed)
 
     def cancel(self, futures: Any, force: bool = False) -> None:
-        """Stop computing ``futures`` (a future or a list) and what depends on them.
+        """Stop computing ``futures`` (a future, a list, or Dask collections holding futures,
+        which are not computed) and what depends on them.
 
-        Their ``result()`` raises ``CancelledError``.  A task already running finishes
-        unless ``force``; with ``force`` its worker interrupts it (and, failing that, restarts).
+        They are cancelled when this returns: ``cancelled()`` is true and ``result()`` raises
+        ``CancelledError``.  A task already running finishes unless ``force``; with
+        ``force`` its worker interrupts it (and, failing that, restarts).
         """
-        for owner, theirs in by_owner(waiting.check_futures(futures, "cancel()")).items():
+        for owner, theirs in by_owner(waiting.check_futures(futures_of(futures), "cancel()")).items():
             owner.cancel(theirs, force=force)
 
     # -- the cluster ---------------------------------------------------------------------
@@ -392,6 +405,9 @@ class Client(concurrent.futures.Executor):
             raise ValueError(f'run() on_error must be "raise" or "return", not {on_error!r}')
         if workers is not None:
             workers = waiting.check_workers(workers, "run()")
+        timeout = parse_timeout(timeout, "run() timeout")
+        if "dask_worker" in _parameters(fn):  # Dask passes the worker to a function asking for it
+            fn = functools.partial(_with_worker, fn)
         function = serialize.dumps_function(functools.partial(fn, *args, **kwargs))
         answers = self.core.request("run", timeout=timeout, function=function, workers=workers)
         if "error" in answers and isinstance(answers["error"], str):
@@ -489,31 +505,50 @@ class Client(concurrent.futures.Executor):
                 raise TimeoutError(f"restart(): {len(fresh)} of {len(old)} workers came back within {timeout:g}s")
             time.sleep(0.05)
 
-    def get(self, dsk: dict, keys: Any, **kwargs: Any) -> Any:
-        """Compute a Dask graph: ``dask.compute(x, scheduler=client.get)`` runs on this cluster."""
-        self._check_open()
-        return graph.compute(self, dsk, keys)
+    def get(self, dsk: dict, keys: Any, *, sync: bool = True, retries: int = 0, **kwargs: Any) -> Any:
+        """Compute a Dask graph: ``dask.compute(x, scheduler=client.get)`` runs on this cluster.
 
-    def compute(self, collections: Any, sync: bool = False) -> Any:
-        """Start computing Dask collections; a future for each (their values with ``sync``).
-
-        ``collections`` is one collection or a list of them.  The graph is sent as it is,
-        without Dask's optimizations; each result is its collection's finalized value (an
-        array, a DataFrame, a list for a bag), as ``dask.compute`` gives.
+        With ``sync=False`` the futures of ``keys``, in their shape, instead of their values.
+        Each task is retried up to ``retries`` times.  Dask's other options (``optimize_graph``,
+        ``resources``...) are accepted and have no effect.
         """
         self._check_open()
+        check_options({"retries": retries})
+        if sync:
+            return graph.compute(self, dsk, keys, retries)
+        return graph.submit(self, dsk, keys, retries)
+
+    def compute(self, collections: Any, sync: bool = False, *, retries: int = 0, **kwargs: Any) -> Any:
+        """Start computing Dask collections; a future for each (their values with ``sync``).
+
+        ``collections`` is one collection or a list of them; items that are not collections
+        are passed through as they are (as Dask's).  The graph is sent as it is, without
+        Dask's optimizations; each result is its collection's finalized value (an array, a
+        DataFrame, a list for a bag), as ``dask.compute`` gives.  Each task is retried up to
+        ``retries`` times.
+        """
+        self._check_open()
+        check_options({"retries": retries})
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
-        futures = []
+        out: list[Any] = []
         for c in items:
             if not hasattr(c, "__dask_graph__") or not hasattr(c, "__dask_postcompute__"):
-                raise TypeError(f"compute() takes Dask collections, not a {type(c).__name__}")
-            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__())
+                out.append(c)  # not a collection: passed through
+                continue
+            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__(), retries)
             func, extra = c.__dask_postcompute__()
-            futures.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
+            out.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
         if sync:
-            futures = self.gather(futures)
-        return futures[0] if single else futures
+            out = self.gather(out)
+        return out[0] if single else out
+
+    @property
+    def futures(self) -> dict[str, Future]:
+        """This client's futures by key (those it holds now), as Dask's ``Client.futures``."""
+        table = self.core.futures
+        with table.lock:
+            return {key: table.future(key) for key, fs in table.states.items() if fs.refcount > 0}
 
     # -- Executor ------------------------------------------------------------------------
 
@@ -630,6 +665,20 @@ class ClientExecutor(concurrent.futures.Executor):
             waiting.wait_done(pending)
 
 
+def _parameters(fn: Callable) -> Iterable[str]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ()
+
+
+def _with_worker(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """On a worker, for ``Client.run``: ``fn`` given this worker as ``dask_worker``."""
+    from runtime.worker.actors import get_worker
+
+    return fn(*args, dask_worker=get_worker(), **kwargs)
+
+
 def _install_plugin(pickled: bytes, name: str) -> Any:
     from runtime.worker.actors import get_worker
 
@@ -647,6 +696,8 @@ def _settle(remote: Future, local: concurrent.futures.Future) -> None:
 
 
 def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_other_workers: Any) -> dict[str, Any]:
+    if allow_other_workers and not workers:
+        raise ValueError("allow_other_workers=True needs workers= (the workers to prefer), as in Dask")
     given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)
@@ -668,11 +719,26 @@ def _funcname(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def _pack(x: Any, results: dict[str, Any]) -> Any:
+def _pack(x: Any, results: dict[str, Any], skip: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """``x`` with each future replaced by its result; futures whose keys are in ``skip``
+    are left out of lists (Dask's ``errors="skip"``)."""
     if isinstance(x, Future):
         return results[x.key]
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return type(x)(_pack(item, results) for item in x)
+    if isinstance(x, list):
+        return [_pack(item, results, skip) for item in x if not (isinstance(item, Future) and item.key in skip)]
+    if isinstance(x, (tuple, set, frozenset)):
+        return type(x)(_pack(item, results, skip) for item in x)
     if isinstance(x, dict):
-        return {k: _pack(v, results) for k, v in x.items()}
+        return {k: _pack(v, results, skip) for k, v in x.items()}
     return x
+
+
+def futures_of(x: Any) -> Any:
+    """``x``, or, for Dask collections (alone or in a list), the futures in their graphs."""
+    items = x if isinstance(x, (list, tuple)) else [x]
+    if not any(hasattr(c, "__dask_graph__") for c in items):
+        return x
+    graphs = [dict(c.__dask_graph__()) if hasattr(c, "__dask_graph__") else c for c in items]
+    # Pickling finds futures at any depth, inside task-spec nodes too, as for task arguments.
+    _, found = serialize.dumps_args("futures_of", tuple(graphs), {})
+    return [f for f in found.values() if isinstance(f, Future)]

@@ -120,8 +120,9 @@ def _pack(keys: Any, results: dict) -> Any:
     return results[keys]
 
 
-def submit(client: Client, dsk: Any, keys: Any) -> Any:
-    """Send graph ``dsk``; futures for ``keys`` (a key or nested lists of keys), in their shape."""
+def submit(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
+    """Send graph ``dsk``; futures for ``keys`` (a key or nested lists of keys), in their shape.
+    Each task is retried up to ``retries`` times."""
     if not isinstance(dsk, Mapping) and hasattr(dsk, "__dask_graph__"):
         dsk = dsk.__dask_graph__()
     if not isinstance(dsk, Mapping):
@@ -144,15 +145,15 @@ def submit(client: Client, dsk: Any, keys: Any) -> Any:
             raise KeyError(f"get(): task {key!r} depends on {missing!r}, which is not in the graph")
         refs = {d: _Ref(runtime_key(d)) for d in deps}
         args_bytes, dep_refs = serialize.dumps_args_plain(_prefix(key), (node, refs), {})
-        tasks.append(task_spec(runtime_key(key), func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
+        tasks.append(task_spec(runtime_key(key), func_bytes, args_bytes, dep_refs, retries, _prefix(key)))
     unique = list(dict.fromkeys(runtime_key(k) for k in wanted))
     futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True))
     return _pack(keys, {k: futures[runtime_key(k)] for k in wanted})
 
 
-def compute(client: Client, dsk: Any, keys: Any) -> Any:
+def compute(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
     """Run graph ``dsk`` and return the values of ``keys`` (a key or nested lists of keys)."""
-    return client.gather(submit(client, dsk, keys))
+    return client.gather(submit(client, dsk, keys, retries))
 
 
 def finalize(func: Callable, results: Any, extra: tuple) -> Any:

@@ -99,6 +99,9 @@ class FutureTable:
         #: callbacks of futures that became done, not run yet
         self.due: list[tuple[Callable[[Future], Any], Future]] = []
         self._callback_thread = callback_thread
+        #: futures settle without a waiter driving them (the cluster's); a local scheduler's
+        #: run their tasks only while someone waits
+        self.settles_itself = callback_thread
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def future(self, key: str) -> Future:
@@ -115,7 +118,7 @@ class FutureTable:
         """A task's or actor call's result or error arrived (``KeyInMemory``/``ActorResult``
         or ``KeyErred``/``ActorError``): its future is done.  None if nobody holds it."""
         fs = self.states.get(msg.key)
-        if fs is None:
+        if fs is None or fs.status == CANCELLED:  # a result that crossed the cancel: too late
             return None
         if type(msg) in _VALUES:
             fs.status, fs.value, fs.nbytes = FINISHED, msg.value, msg.nbytes

@@ -14,10 +14,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures._base import DoneAndNotDoneFutures
 from typing import Any, NamedTuple
 
-from runtime.client.future import ERRED, PENDING, Future
+from runtime.client.future import CANCELLED, ERRED, PENDING, Future
 from runtime.client.owner import FutureOwner, by_owner, scheduler_choice
+from runtime.config import parse_timeout
 from runtime.errors import GetTimeoutError
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -27,7 +29,8 @@ RETURN_WHEN = (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED)
 
 
 class DoneAndNotDone(NamedTuple):
-    """What ``wait`` returns; unpacks as ``done, not_done`` (Ray's ``ready, not_ready``)."""
+    """What Ray's ``wait`` (with ``num_returns``) returns: ``ready, not_ready`` lists.
+    (Dask's returns the standard library's ``DoneAndNotDoneFutures`` of sets.)"""
 
     done: list[Future]
     not_done: list[Future]
@@ -56,27 +59,30 @@ def check_workers(workers: Any, what: str) -> list[str]:
 
 
 def wait(
-    fs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED, *, num_returns: int | None = None,
+    fs: Any, timeout: float | str | None = None, return_when: str = ALL_COMPLETED, *, num_returns: int | None = None,
     scheduler: str | None = None,
-) -> DoneAndNotDone:  # fmt: skip
+) -> DoneAndNotDoneFutures | DoneAndNotDone:  # fmt: skip
     """Wait for futures, as Dask's ``wait`` (``return_when``) or Ray's (``num_returns``).
 
-    ``return_when`` is ``ALL_COMPLETED`` (the default), ``FIRST_COMPLETED`` or
-    ``FIRST_EXCEPTION``; ``num_returns=k`` instead returns once ``k`` are done, with at most
-    ``k`` in ``done`` (Ray's contract).  Dask's ``wait`` raises ``TimeoutError`` when
-    ``timeout`` passes first; with ``num_returns`` it returns what is done (as Ray's).
-    Both parts are lists, in the order given.  Futures of a local scheduler run their tasks
-    here (``scheduler`` picks which, as for ``get``).
+    Dask's call (no ``num_returns``): ``return_when`` is ``ALL_COMPLETED`` (the default),
+    ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``; it returns ``DoneAndNotDoneFutures`` of two
+    sets (the same future may be given twice) and raises ``TimeoutError`` when ``timeout``
+    passes first.  Ray's call (``num_returns=k``) returns once ``k`` are done, or at the
+    timeout with what is done then: two lists in the order given, at most ``k`` in the first.
+    ``timeout`` is seconds or a duration string (``"1s"``).  Futures of a local scheduler run
+    their tasks here (``scheduler`` picks which, as for ``get``).
     """
     futures = check_futures(fs, "wait()")
-    if len(set(futures)) != len(futures):
-        raise ValueError("wait() got the same future twice")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"wait() timeout must be a number of seconds >= 0 or None, not {timeout!r}")
-    if num_returns is not None and not 0 <= num_returns <= len(futures):
-        raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
+    timeout = parse_timeout(timeout, "wait() timeout")
+    if num_returns is not None:
+        if len(set(futures)) != len(futures):
+            raise ValueError("wait() got the same future twice")
+        if not 0 <= num_returns <= len(futures):
+            raise ValueError(f"num_returns={num_returns} must be between 0 and len(futures)={len(futures)}")
+    else:
+        futures = list(dict.fromkeys(futures))  # Dask's wait takes a future twice; sets hold it once
     if not futures:
-        return DoneAndNotDone([], [])
+        return DoneAndNotDone([], []) if num_returns is not None else DoneAndNotDoneFutures(set(), set())
     if return_when not in RETURN_WHEN:
         raise ValueError(f"wait() return_when must be one of {', '.join(RETURN_WHEN)}, not {return_when!r}")
     kind = scheduler_choice(scheduler)
@@ -113,11 +119,12 @@ def wait(
         raise GetTimeoutError(
             f"wait() timed out after {timeout:g}s with {pending_count} of {len(futures)} not done"
         ) from e
-    return DoneAndNotDone([f for f in futures if f.done()], [f for f in futures if not f.done()])
+    return DoneAndNotDoneFutures({f for f in futures if f.done()}, {f for f in futures if not f.done()})
 
 
-def wait_done(futures: Sequence[Future], timeout: float | None = None) -> None:
+def wait_done(futures: Sequence[Future], timeout: float | str | None = None) -> None:
     """Block until every one of ``futures`` is done; GetTimeoutError after ``timeout`` s."""
+    timeout = parse_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     wait_until(all_done(futures), by_owner(futures), deadline)
 
@@ -191,7 +198,8 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
     """Iterate over futures in the order they finish; more can be ``add``-ed while iterating.
 
     ``with_results=True`` yields ``(future, result)`` pairs (raising a task's exception
-    unless ``raise_errors=False``, which yields the exception as the result); ``batches()``
+    unless ``raise_errors=False``, which yields the exception as the result) and skips
+    cancelled futures, as Dask's does; ``batches()``
     yields lists of whatever has finished since the last one.  ``timeout`` bounds each wait
     for the next future.
     """
@@ -201,11 +209,11 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
         futures: Iterable[Future] | None = None,
         with_results: bool = False,
         raise_errors: bool = True,
-        timeout: float | None = None,
+        timeout: float | str | None = None,
     ):
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self.timeout = timeout
+        self.timeout = parse_timeout(timeout, "as_completed() timeout")
         self._cond = threading.Condition()
         #: finished futures not yet handed out
         self._queue: deque[Future] = deque()
@@ -232,7 +240,10 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
 
     def _on_done(self, future: Future) -> None:
         with self._cond:
-            self._queue.append(future)
+            if self.with_results and future._state.status == CANCELLED:
+                self._pending -= 1  # no result to yield: skipped (Dask)
+            else:
+                self._queue.append(future)
             left = self._owners.get(future._owner, 0) - 1
             if left > 0:
                 self._owners[future._owner] = left
@@ -260,16 +271,18 @@ class as_completed:  # noqa: N801 - named as in Dask and concurrent.futures
         if owners:  # not under our lock: the callbacks that fill the queue take it
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
             try:
-                wait_until(lambda: bool(self._queue), owners, deadline)
+                wait_until(lambda: bool(self._queue) or not self._pending, owners, deadline)
             except GetTimeoutError:
                 raise GetTimeoutError(
                     f"as_completed: none of {self._pending} futures finished in {self.timeout:g}s"
                 ) from None
         with self._cond:
-            if not self._pending:  # cleared meanwhile
+            if not self._pending:  # cleared meanwhile, or what was left was skipped
                 raise StopIteration
-            if not self._cond.wait_for(lambda: self._queue, self.timeout):
+            if not self._cond.wait_for(lambda: self._queue or not self._pending, self.timeout):
                 raise GetTimeoutError(f"as_completed: none of {self._pending} futures finished in {self.timeout:g}s")
+            if not self._queue:  # the last ones were cancelled, and skipped
+                raise StopIteration
             taken = list(self._queue) if whole else [self._queue[0]]
             for _ in taken:
                 self._queue.popleft()

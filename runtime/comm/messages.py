@@ -372,6 +372,13 @@ class ActorCall(Message, tag="actor-call"):
     deps: dict[str, Value] = {}
     #: where to fetch arguments stored on other nodes only: node -> its agent's address
     sources: dict[str, str] = {}
+    #: with ``num_returns``: the keys of its results, one per item of what the method
+    #: returns (each answered by its own ``ActorResult``/``ActorError``); empty: just ``key``
+    returns: tuple[str, ...] = ()
+
+    def result_keys(self) -> tuple[str, ...]:
+        """The keys this call's results come back under."""
+        return self.returns or (self.key,)
 
 
 class ActorResult(Message, tag="actor-result"):

@@ -11,16 +11,18 @@ Everything is pickle protocol 5 (cloudpickle for functions and closures).  Two s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 
-from runtime.errors import TaskError
+from runtime.errors import TaskError, task_exit_error
 
 _local = threading.local()
 
@@ -91,20 +93,72 @@ def _name_bad_argument(func_name: str, args: tuple, kwargs: dict, error: Excepti
 
 
 def reduce_future(future: Any) -> tuple:
-    """``Future.__reduce__``: record the key as a dependency while pickling task arguments."""
+    """``Future.__reduce__``: in task arguments, record the key as a dependency (the task
+    gets its value); inside a value (``collecting_refs``), record it as a reference (the
+    reader gets a future)."""
     key = future.key
     deps = getattr(_local, "collecting", None)
-    if deps is None:
-        raise SerializationError(
-            f"future {key!r} can be passed as a task argument (at any depth), "
-            "but not stored inside put() values or task results"
-        )
-    deps[key] = future
-    return _resolve_future, (key,)
+    if deps is not None:
+        deps[key] = future
+        return _resolve_future, (key,)
+    refs = getattr(_local, "refs", None)
+    if refs is None:
+        raise SerializationError(f"future {key!r} cannot be pickled here: pass it to tasks, or return or put() it")
+    refs.append(future)
+    return _borrow_future, (key,)
 
 
 def _resolve_future(key: str) -> Any:
     return _local.values[key]
+
+
+@contextlib.contextmanager
+def collecting_refs() -> Iterator[list[Any]]:
+    """While a value is pickled: the futures inside it (see ``hold_refs``)."""
+    outer = getattr(_local, "refs", None)
+    _local.refs = refs = []
+    try:
+        yield refs
+    finally:
+        _local.refs = outer
+
+
+def hold_refs(holder: str, refs: list[Any]) -> None:
+    """The value stored as ``holder`` refers to the futures ``refs``: their owners have the
+    scheduler keep them while it lives (``runtime/scheduler/borrowed.py``)."""
+    by_owner: dict[Any, list[str]] = {}
+    for f in refs:
+        by_owner.setdefault(f._owner, []).append(f.key)
+    for owner, keys in by_owner.items():
+        hold = getattr(owner, "hold_refs", None)
+        if hold is None:
+            raise SerializationError(
+                f"futures of a local scheduler ({keys[0]!r}) cannot be stored in a value; "
+                "return or put() futures of the cluster"
+            )
+        hold(holder, list(dict.fromkeys(keys)))
+
+
+@contextlib.contextmanager
+def reading_refs(owner: Any) -> Iterator[None]:
+    """While a value is unpickled: futures inside it become futures of ``owner``."""
+    outer = getattr(_local, "reader", None)
+    _local.reader = owner
+    try:
+        yield
+    finally:
+        _local.reader = outer
+
+
+def _borrow_future(key: str) -> Any:
+    """A future inside a value being read: one of this process's client (``reading_refs``),
+    which tells the scheduler it wants the key too."""
+    owner = getattr(_local, "reader", None)
+    if owner is None:
+        from runtime.api.context import current_runtime  # a worker reading a task's argument
+
+        owner = current_runtime().client
+    return owner.borrow(key)
 
 
 def loads_args(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
@@ -156,7 +210,10 @@ def buffers_nbytes(buffers: list[pickle.PickleBuffer]) -> int:
 
 def pickled_error(e: BaseException) -> tuple[bytes, str, str]:
     """A task's exception as it travels: pickled (or a TaskError standing in when it cannot be
-    rebuilt), its traceback's text, and ``Type: message`` for status pages."""
+    rebuilt), its traceback's text, and ``Type: message`` for status pages.  A ``SystemExit``
+    becomes a TaskError: re-raised by the caller, it would end the caller's program."""
+    if isinstance(e, SystemExit):
+        e = task_exit_error(e)
     tb = "".join(traceback.format_exception(e))
     try:
         exc_bytes = dumps(e)

@@ -26,8 +26,19 @@ def encode(
 
     Values smaller than ``threshold`` (default: the ``inline-threshold`` setting) travel inline;
     larger ones go into the store with ``prefix``, or, with no store here (``prefix`` empty),
-    through ``upload`` into another node's.
+    through ``upload`` into another node's.  Futures inside ``obj`` are kept alive while the
+    value lives (``serialize.hold_refs``).
     """
+    with serialize.collecting_refs() as refs:
+        located, nbytes = _encode(obj, key, prefix, node, threshold, upload)
+    if refs:  # futures inside the value: it keeps them alive
+        serialize.hold_refs(key, refs)
+    return located, nbytes
+
+
+def _encode(
+    obj: Any, key: str, prefix: str, node: str, threshold: int | None, upload: Upload | None
+) -> tuple[Value, int]:
     if threshold is None:
         threshold = config.get("inline-threshold")
     if arrow_ipc.is_arrow(obj) and obj.nbytes >= threshold and prefix:

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,8 @@ class Scheduler:
         #: what each node agent told us about itself (its RegisterNode's fields: store prefix, host, pid)
         self.node_info: dict[str, dict] = {}
         self.address = ""
+        #: when it started (time.time()), as Dask's scheduler_info()["started"]
+        self.started = time.time()
         self._server: asyncio.AbstractServer | None = None
         #: why workers died and what they ran, as their agents reported, before their connection closed
         self._death_reports: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -477,6 +480,7 @@ def _identity(s: Scheduler, msg: dict, peer: str) -> dict:
     memory = sampler.snapshot(s.state)
     return {
         "address": s.address,
+        "started": s.started,
         "nodes": {n: {**info, "store": memory.get(n, [0, 0, 0])[1:]} for n, info in s.node_info.items()},
         "workers": {
             a: {
@@ -560,3 +564,6 @@ def _outcome(f: asyncio.Future) -> Any:
         logger.error("a request failed: %s: %s", type(f.exception()).__name__, f.exception())
         return {"error": f"{type(f.exception()).__name__}: {f.exception()}"}
     return f.result()
+
+
+from runtime.scheduler import borrowed  # noqa: E402, F401 - registers its requests

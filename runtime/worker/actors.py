@@ -126,16 +126,17 @@ class Actor:
 
     def _run(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         if self.dead:
-            reply(self.host.died_message(msg.key, self.actor_id, self.dead))
+            for key in msg.result_keys():
+                reply(self.host.died_message(key, self.actor_id, self.dead))
             return
         start = time.time()
         try:
             method, args, kwargs = self._prepare(msg)
             result = method(*args, **kwargs)
             del args, kwargs
-            reply(self._result(msg.key, result))
+            self._reply_results(msg, result, reply)
         except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
-            reply(self.host.erred_message(msg.key, e, start))
+            self._reply_error(msg, e, start, reply)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -154,9 +155,9 @@ class Actor:
                 if inspect.isawaitable(result):
                     result = await result
                 del args, kwargs
-                reply(self._result(msg.key, result))
+                self._reply_results(msg, result, reply)
             except BaseException as e:  # noqa: BLE001
-                reply(self.host.erred_message(msg.key, e, start))
+                self._reply_error(msg, e, start, reply)
 
     def _prepare(self, msg: m.ActorCall) -> tuple[Callable, tuple, dict]:
         name = msg.method
@@ -166,6 +167,28 @@ class Actor:
         deps = self.host.worker.load_deps(msg.key, msg.deps, msg.sources)
         args, kwargs = serialize.loads_args(msg.args, deps)
         return method, args, kwargs
+
+    def _reply_results(self, msg: m.ActorCall, result: Any, reply: Callable[[m.Message], None]) -> None:
+        """Send a call's result; with ``num_returns`` (its ``returns`` keys), one per item."""
+        keys = msg.returns
+        if not keys:
+            reply(self._result(msg.key, result))
+            return
+        try:
+            n = len(result)
+        except TypeError:
+            n = None
+        if n != len(keys):
+            got = f"a {type(result).__name__}" + (f" of {n}" if n is not None else "")
+            raise ValueError(f"the method was declared with num_returns={len(keys)} but returned {got}")
+        for key, item in zip(keys, result, strict=True):
+            reply(self._result(key, item))
+
+    def _reply_error(
+        self, msg: m.ActorCall, e: BaseException, start: float, reply: Callable[[m.Message], None]
+    ) -> None:
+        for key in msg.result_keys():
+            reply(self.host.erred_message(key, e, start))
 
     def _result(self, key: str, result: Any) -> m.ActorResult:
         worker = self.host.worker
@@ -236,7 +259,8 @@ class ActorHost:
                     actor = self.actors.get(msg.actor)
                     if actor is None:
                         why = self.gone.get(msg.actor, "it is not on this worker")
-                        reply(self.died_message(msg.key, msg.actor, why))
+                        for key in msg.result_keys():
+                            reply(self.died_message(key, msg.actor, why))
                     else:
                         actor.submit(msg, reply)
 

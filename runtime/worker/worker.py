@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+import inspect
 import itertools
 import logging
 import os
@@ -49,6 +50,10 @@ logger = logging.getLogger("runtime.worker")
 #: the worker's exit code when it ends itself because its node agent is gone: a task that
 #: was fetching an input then is run again elsewhere, not failed with the connection's error
 EXIT_AGENT_LOST = 77
+
+
+#: the key of the task running in this executor thread (Worker.get_current_task)
+_current_task = threading.local()
 
 
 class Worker:
@@ -383,7 +388,13 @@ class Worker:
                 return m.MissingData(key, e.key, e.located)
             args, kwargs = serialize.loads_args(args_bytes, deps)
             del deps
-            result = func(*args, **kwargs)
+            _current_task.key = key
+            try:
+                result = func(*args, **kwargs)
+                if inspect.iscoroutine(result):  # an async def function: run it on an event loop
+                    result = asyncio.run(result)
+            finally:
+                _current_task.key = None
             del args, kwargs
             value, nbytes = values.encode(result, key=key, prefix=self.prefix, node=self.node)
             return m.TaskFinished(key, value, nbytes, start, time.time())
@@ -412,6 +423,10 @@ class Worker:
                 logger.warning("task %s: dependency %s is missing: %s", key, dep, e)
                 raise _MissingDependency(dep, located) from e
         return out
+
+    def get_current_task(self) -> str | None:
+        """The key of the task running in the calling thread (Dask's); None outside a task."""
+        return getattr(_current_task, "key", None)
 
     def post(self, msg: m.Message) -> None:
         """Hand a message for the scheduler to the event loop thread."""

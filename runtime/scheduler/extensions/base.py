@@ -40,7 +40,7 @@ Item = dict
 
 def timeout_of(msg: dict) -> float | None:
     """A request's ``timeout`` in seconds (None: no limit); ValueError/TypeError if it is bad."""
-    return config.parse_timedelta(msg.get("timeout"))
+    return config.parse_timeout(msg.get("timeout"))
 
 
 def name_of(msg: dict) -> str:

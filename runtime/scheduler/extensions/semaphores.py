@@ -205,7 +205,7 @@ def _semaphores(s: Scheduler) -> Semaphores:
 
 @request("semaphore-register")
 def _register(s: Scheduler, msg: dict, peer: str) -> None:
-    lease_timeout = config.parse_timedelta(msg.get("lease_timeout"))
+    lease_timeout = config.parse_timeout(msg.get("lease_timeout"), "lease_timeout")
     _semaphores(s).state.register(name_of(msg), msg["max_leases"], lease_timeout)
 
 
