@@ -247,6 +247,9 @@ SETTINGS: dict[str, Setting] = {
         "transitions the scheduler keeps for story(key) (Dask's distributed.admin.low-level-log-length)"),
     "scheduler.record": Setting(None, _optional(_text),
         "a file the scheduler writes every stimulus it handles to, for `runtime replay FILE` (None: no recording)"),
+    "scheduler.record-messages": Setting(False, _bool,
+        "record the messages each stimulus made, not only their digest, so a replay that decides otherwise "
+        "shows the difference (a larger file)"),
     "scheduler.dashboard.address": Setting("127.0.0.1:8787", dashboard_address,
         "where the scheduler serves its dashboard, /metrics and /api/v1 (host:port, :port; a port taken already "
         "means a free one instead; beyond the loopback only with a shared secret; off: no dashboard)",

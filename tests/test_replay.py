@@ -52,7 +52,8 @@ def recorded(tmp_path_factory):
     """A run of a two-worker cluster, recorded to its end: what the live scheduler said, and the log."""
     tmp = tmp_path_factory.mktemp("replay")
     log = str(tmp / "stimuli.log")
-    with rt.config.set({"scheduler.record": log, "scheduler.allowed-failures": 1}):
+    settings = {"scheduler.record": log, "scheduler.allowed-failures": 1, "scheduler.record-messages": True}
+    with rt.config.set(settings):
         rt.init(num_workers=2)
     try:
         client = current_runtime().client
@@ -103,13 +104,20 @@ def test_a_log_whose_decisions_differ_or_that_is_no_log_says_so(recorded, tmp_pa
     with open(log, "rb") as f:
         header, *records = msgpack.Unpacker(f, raw=False, strict_map_key=False)
     tampered = tmp_path / "tampered.log"
-    op, values, _ = records[5]
+    op, values, original = records[5]
     records[5] = [op, values, b"\0" * 12]  # as if the scheduler had decided otherwise
     tampered.write_bytes(b"".join(msgpack.packb(r, use_bin_type=True) for r in (header, *records)))
     with pytest.raises(record.ReplayError, match=f"stimulus 6 \\({op} .* makes other decisions"):
         record.replay(str(tampered))
     result = runtime_cmd("replay", str(tampered), run_dir=str(tmp_path))
     assert result.returncode == 1 and "makes other decisions on replay" in result.stderr
+    # The fixture recorded the messages themselves: a replay that differs says how.
+    records[5] = [*records[5][:2], original]
+    n, (op, values, _) = next((i, r) for i, r in enumerate(records) if r[2] and msgpack.unpackb(r[2])[1])
+    records[n] = [op, values, msgpack.packb([{}, {}])]  # as if it had sent nothing
+    tampered.write_bytes(b"".join(msgpack.packb(r, use_bin_type=True) for r in (header, *records)))
+    with pytest.raises(record.ReplayError, match=f"stimulus {n + 1} .* to workers, .*: recorded None, replayed \\["):
+        record.replay(str(tampered))
     not_a_log = tmp_path / "notes.txt"
     not_a_log.write_text("hello")
     result = runtime_cmd("replay", str(not_a_log), run_dir=str(tmp_path))

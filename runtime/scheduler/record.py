@@ -18,7 +18,9 @@ offline, with validation on, and stopped at any stimulus for inspection.
 
 The file is a stream of msgpack records: a header (format, version, the state machine's
 settings), then ``[op, [field values], digest]`` per stimulus, the digest a hash of the
-messages the stimulus made (None if the state machine raised on it).  Fields are revived,
+messages the stimulus made (None if the state machine raised on it), or, with
+``scheduler.record-messages``, those messages themselves, so a replay that decides otherwise
+shows what differs.  Fields are revived,
 and checked, by the stimulus classes' own type hints (``msgspec.convert``), so a record
 holds no class names and loading a file runs no code from it.
 """
@@ -50,11 +52,25 @@ class ReplayError(Exception):
 
 
 _encode = msgspec.msgpack.Encoder().encode
+#: bytes of a digest; a longer record is the messages themselves
+DIGEST_SIZE = 12
 
 
-def digest(client_msgs: dict, worker_msgs: dict) -> bytes:
-    """A short hash of the messages one stimulus made: equal digests, equal decisions."""
-    return hashlib.blake2b(_encode([client_msgs, worker_msgs]), digest_size=12).digest()
+def digest(client_msgs: dict, worker_msgs: dict, full: bool = False) -> bytes:
+    """A short hash of the messages one stimulus made (equal digests, equal decisions), or with
+    ``full`` the encoded messages themselves."""
+    encoded = _encode([client_msgs, worker_msgs])
+    return encoded if full else hashlib.blake2b(encoded, digest_size=DIGEST_SIZE).digest()
+
+
+def _difference(recorded: bytes, made: bytes) -> str:
+    """The first peer whose messages differ between two full records, and both versions."""
+    then, now = msgspec.msgpack.decode(recorded), msgspec.msgpack.decode(made)
+    for side, (a, b) in zip(("to clients", "to workers"), zip(then, now, strict=True), strict=True):
+        for peer in dict.fromkeys([*a, *b]):
+            if a.get(peer) != b.get(peer):
+                return f"{side}, {peer}: recorded {a.get(peer)!r:.600}, replayed {b.get(peer)!r:.600}"
+    return "the same messages in another order"
 
 
 def _fields(stimulus: st.Stimulus) -> list:
@@ -65,16 +81,19 @@ def _fields(stimulus: st.Stimulus) -> list:
 class StimulusLog:
     """Appends the stimuli a scheduler handles to a file, for ``replay``."""
 
-    def __init__(self, path: str, settings: dict[str, Any]):
+    def __init__(self, path: str, settings: dict[str, Any], full_messages: bool = False):
         #: where the log goes
         self.path = path
+        #: whether each record holds the messages themselves, not their digest
+        self.full_messages = full_messages
         self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115 - open for the scheduler's life
         self._file.write(_encode({"format": FORMAT, "version": VERSION, "settings": settings}))
         #: stimuli written so far
         self.count = 0
 
     def write(self, stimulus: st.Stimulus, messages: bytes | None) -> None:
-        """One stimulus and the digest of what it made (None: the state machine raised)."""
+        """One stimulus and the digest of what it made (``digest(..., full=self.full_messages)``;
+        None: the state machine raised)."""
         self._file.write(_encode([stimulus.op, _fields(stimulus), messages]))
         self._file.flush()  # what led up to a crash is what the log is for
         self.count += 1
@@ -123,14 +142,16 @@ def replay(path: str, stop_at: str | None = None, validate: bool = True) -> tupl
     n = 0
     for n, (stimulus, recorded) in enumerate(records, 1):  # noqa: B007 - n is the count handled
         where = f"stimulus {n} ({stimulus.op} {stimulus.stimulus_id!r})"
+        full = recorded is not None and len(recorded) != DIGEST_SIZE
         try:
-            made: bytes | None = digest(*state.handle(stimulus))
+            made: bytes | None = digest(*state.handle(stimulus), full=full)
         except Exception as e:
             if recorded is not None:
                 raise ReplayError(f"{where} raises on replay, not when recorded: {type(e).__name__}: {e}") from e
             made = None  # it raised when recorded too: the failure is reproduced; go on, as the scheduler did
         if made != recorded:
-            raise ReplayError(f"{where} makes other decisions on replay than when recorded")
+            why = f": {_difference(recorded, made)}" if full and made is not None else ""  # type: ignore[arg-type]
+            raise ReplayError(f"{where} makes other decisions on replay than when recorded{why}")
         if stop_at is not None and stop_at in (stimulus.stimulus_id, str(n)):
             break
     return state, n

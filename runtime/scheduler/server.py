@@ -109,7 +109,9 @@ class Scheduler:
         )  # fmt: skip
         self.state = SchedulerState(validate=_setting(validate, "scheduler.validate"), **settings)
         #: every stimulus handled, written down for ``runtime replay`` (``record_to``: its file)
-        self.stimulus_log = record.StimulusLog(record_to, settings) if record_to else None
+        self.stimulus_log = (
+            record.StimulusLog(record_to, settings, config.get("scheduler.record-messages")) if record_to else None
+        )
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
         #: what each node agent told us about itself (its RegisterNode's fields: store prefix, host, pid)
@@ -221,7 +223,8 @@ class Scheduler:
             if pause_gc:
                 gc.enable()
         if self.stimulus_log is not None:
-            self.stimulus_log.write(stimulus, record.digest(client_msgs, worker_msgs))
+            log = self.stimulus_log
+            log.write(stimulus, record.digest(client_msgs, worker_msgs, log.full_messages))
         self._send(client_msgs)
         self._send(worker_msgs)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
