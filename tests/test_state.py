@@ -324,7 +324,7 @@ def test_invalid_transition_names_key_and_states(s):
     add_worker(s)
     s.handle(graph(task("x-1")))
     with pytest.raises(InvalidTransition, match=r"'x-1' from 'processing' to 'no-worker'"):
-        s._transition(s.tasks["x-1"], "no-worker", "test")
+        s.transition(s.tasks["x-1"], "no-worker", "test")
 
 
 def test_story_tells_why_a_task_moved(s):

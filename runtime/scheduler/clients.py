@@ -14,17 +14,20 @@ from typing import TYPE_CHECKING
 from runtime.comm.messages import CancelledKeys
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import ClientState, Recs, TaskState, TaskStateState
+from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
 
 
+@handles(st.AddClient)
 def add_client(self: SchedulerState, s: st.AddClient) -> Recs:
     if s.client not in self.clients:
-        self._new_client(s.client)
+        self.new_client(s.client)
     return {}
 
 
+@handles(st.RemoveClient)
 def remove_client(self: SchedulerState, s: st.RemoveClient) -> Recs:
     cs = self.clients.get(s.client)
     if cs is None:
@@ -34,6 +37,7 @@ def remove_client(self: SchedulerState, s: st.RemoveClient) -> Recs:
     return recs
 
 
+@handles(st.ClientReleasesKeys)
 def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys) -> Recs:
     """The client dropped its futures of ``s.keys``: each key is let go of and moved on,
     through all the transitions that follow, before the next, last key first.
@@ -48,7 +52,7 @@ def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys) -> Recs
     tasks, stimulus_id = self.tasks, s.stimulus_id
     for key in reversed(s.keys):
         if (ts := tasks.get(key)) is not None and (finish := _let_go(self, cs, ts)) is not None:
-            if more := self._transition_on(ts, finish, stimulus_id):
+            if more := self.transition_on(ts, finish, stimulus_id):
                 self.transitions(more, stimulus_id)
     return {}
 
@@ -72,9 +76,10 @@ def _let_go(self: SchedulerState, cs: ClientState, ts: TaskState) -> TaskStateSt
         return None
     if not ts.dependents:
         return "forgotten"
-    return "released" if self._is_unneeded(ts) else None
+    return "released" if self.is_unneeded(ts) else None
 
 
+@handles(st.Cancel)
 def cancel(self: SchedulerState, s: st.Cancel) -> Recs:
     """Stop computing ``keys`` and everything depending on them, for this client.
 
@@ -94,14 +99,6 @@ def cancel(self: SchedulerState, s: st.Cancel) -> Recs:
         stack.extend(ts.dependents)
         for client in list(ts.who_wants) if s.force else [cs]:
             if ts in client.wants_what:
-                self._to_client(client.client_key, CancelledKeys((ts.key,)))
+                self.to_client(client.client_key, CancelledKeys((ts.key,)))
                 recs.update(client_releases(self, client, [ts.key]))
     return recs
-
-
-HANDLERS = {
-    st.AddClient: add_client,
-    st.RemoveClient: remove_client,
-    st.ClientReleasesKeys: client_releases_keys,
-    st.Cancel: cancel,
-}

@@ -16,15 +16,17 @@ from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.amm import needed_on
 from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus
+from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
 
 
+@handles(st.AddWorker)
 def add_worker(self: SchedulerState, s: st.AddWorker) -> Recs:
     if s.address in self.workers:
         return {}
-    ns = self.nodes.get(s.node) or self._new_node(s.node)
+    ns = self.nodes.get(s.node) or self.new_node(s.node)
     ws = WorkerState(
         s.address, s.node, max(1, s.nthreads), host=s.host, pid=s.pid,
         resources=dict(s.resources), memory_limit=s.memory_limit, saturation=self.worker_saturation,
@@ -45,6 +47,7 @@ def _try_unrunnable(self: SchedulerState) -> Recs:
     return {ts.key: "processing" for ts in ready}
 
 
+@handles(st.WorkerHeartbeat)
 def worker_heartbeat(self: SchedulerState, s: st.WorkerHeartbeat) -> Recs:
     ws = self.workers.get(s.address)
     if ws is not None:
@@ -55,6 +58,7 @@ def worker_heartbeat(self: SchedulerState, s: st.WorkerHeartbeat) -> Recs:
 STATUSES: frozenset[str] = frozenset(("running", "paused", "closing_gracefully"))
 
 
+@handles(st.WorkerStatusChange)
 def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs:
     """Paused and retiring workers get no new tasks; one running again fills its free slots."""
     ws = self.workers.get(s.address)
@@ -75,6 +79,7 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs
     return _try_unrunnable(self)
 
 
+@handles(st.NodeHeartbeat)
 def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat) -> Recs:
     ns = self.nodes.get(s.node)
     if ns is not None:
@@ -82,6 +87,7 @@ def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat) -> Recs:
     return {}
 
 
+@handles(st.RemoveWorker)
 def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     ws = self.workers.pop(s.address, None)
     if ws is None:
@@ -109,10 +115,10 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     for ts in running:
         if ts.suspicious > self.allowed_failures:
             exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
-            recs.update(self._transition(ts, "erred", s.stimulus_id, ws.address, pickle.dumps(exc), "", str(exc)))
+            recs.update(self.transition(ts, "erred", s.stimulus_id, ws.address, pickle.dumps(exc), "", str(exc)))
     for ts in running:
         if ts.processing_on is ws:
-            recs.update(self._transition(ts, "released", s.stimulus_id))
+            recs.update(self.transition(ts, "released", s.stimulus_id))
     # Its values survive: inline ones are held here, stored ones in its node's store.
     for ts in ws.has_what:
         if ts.who_has:
@@ -125,12 +131,14 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     return recs
 
 
+@handles(st.AddNode)
 def add_node(self: SchedulerState, s: st.AddNode) -> Recs:
-    ns = self.nodes.get(s.node) or self._new_node(s.node)
+    ns = self.nodes.get(s.node) or self.new_node(s.node)
     ns.address = s.address
     return {}
 
 
+@handles(st.RemoveNode)
 def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
     ns = self.nodes.pop(s.node, None)
     if ns is None:
@@ -158,19 +166,20 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
         if ts.state == "memory":
             for cs in ts.who_wants:
                 lost_keys.setdefault(cs.client_key, []).append(ts.key)
-            recs.update(self._transition(ts, "released", s.stimulus_id))
+            recs.update(self.transition(ts, "released", s.stimulus_id))
     for client, keys in lost_keys.items():
-        self._to_client(client, LostKeys(tuple(keys)))
+        self.to_client(client, LostKeys(tuple(keys)))
     return recs
 
 
+@handles(st.AddReplica)
 def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     """A node copied a stored value into its store: dependents there read it locally."""
     ts = self.tasks.get(s.key)
     ns = self.nodes.get(s.node)
     if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == s.source.node:
         if ns is not None:  # a copy nobody will use
-            self._to_worker(s.node, FreeObjects((s.name,)))
+            self.to_worker(s.node, FreeObjects((s.name,)))
         return {}
     ts.replicas = ts.replicas or {}
     if s.node in ts.replicas:
@@ -180,6 +189,7 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     return {}
 
 
+@handles(st.DropReplicas)
 def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
     """Free copies the active memory manager found unneeded, if they still are."""
     for key, node, name in s.replicas:
@@ -189,7 +199,7 @@ def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
             continue
         del ts.replicas[node]
         ns.replicas.pop(ts, None)
-        self._to_worker(node, FreeObjects((name,)))
+        self.to_worker(node, FreeObjects((name,)))
     return {}
 
 
@@ -200,9 +210,10 @@ def promote_replica(self: SchedulerState, ts: TaskState) -> None:
     ts.data = StoreRef(node, ts.nbytes, name)
     self.nodes[node].replicas.pop(ts, None)
     self.nodes[node].stored[ts] = None
-    self._report(ts, KeyInMemory(ts.key, ts.data, ts.nbytes))  # moved
+    self.report(ts, KeyInMemory(ts.key, ts.data, ts.nbytes))  # moved
 
 
+@handles(st.MissingData)
 def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
     """A worker could not read a stored dependency: that copy is gone.
 
@@ -210,7 +221,7 @@ def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
     one exists, else recomputed.  The task that asked runs again, reading what is left.
     """
     dts = self.tasks.get(s.dependency)
-    ts = self._is_current(s.key, s.worker)
+    ts = self.is_current(s.key, s.worker)
     rerun: Recs = {ts.key: "released"} if ts is not None else {}
     if dts is None or dts.state != "memory" or type(s.value) is not StoreRef or type(dts.data) is not StoreRef:
         return rerun  # already handled
@@ -229,19 +240,4 @@ def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
         promote_replica(self, dts)
         return rerun
     dts.data = None  # nothing to free: the copy is gone
-    return self._transition(dts, "released", s.stimulus_id)
-
-
-#: stimulus type -> its handler, for the state's handler table
-HANDLERS = {
-    st.AddReplica: add_replica,
-    st.DropReplicas: drop_replicas,
-    st.AddWorker: add_worker,
-    st.RemoveWorker: remove_worker,
-    st.AddNode: add_node,
-    st.RemoveNode: remove_node,
-    st.WorkerHeartbeat: worker_heartbeat,
-    st.WorkerStatusChange: worker_status_change,
-    st.NodeHeartbeat: node_heartbeat,
-    st.MissingData: missing_data,
-}
+    return self.transition(dts, "released", s.stimulus_id)

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING
 
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import Recs
+from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
 
 
+@handles(st.LongRunning)
 def long_running(self: SchedulerState, s: st.LongRunning) -> Recs:
-    ts = self._is_current(s.key, s.worker)
+    ts = self.is_current(s.key, s.worker)
     if ts is None:  # stale: released, rescheduled, or finished already
         return {}
     ws = ts.processing_on
@@ -40,6 +42,3 @@ def long_running(self: SchedulerState, s: st.LongRunning) -> Recs:
         self.idle[ws] = None  # queued tasks come once the stimulus settles (_fill_free_slots)
     self.transition_log.append((ts.key, "processing", "processing", {}, s.stimulus_id))
     return {}
-
-
-HANDLERS = {st.LongRunning: long_running}

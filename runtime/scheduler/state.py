@@ -58,7 +58,13 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import clients, membership, placement, secession, validation
+from runtime.scheduler import (  # noqa: F401 - clients, membership and secession register their handlers
+    clients,
+    membership,
+    placement,
+    secession,
+    validation,
+)
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -75,6 +81,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     pack_priority,
 )
+from runtime.scheduler.handlers import HANDLERS, handles
 from runtime.scheduler.order import CycleError, order_specs
 from runtime.scheduler.validation import InvariantError  # noqa: F401
 
@@ -138,14 +145,9 @@ class SchedulerState:
         self._worker_list: list[WorkerState] | None = None
         #: tasks numbered so far, in the order submitted (the sequence in their priority)
         self._sequence = 0
+        #: stimulus class -> its handler, bound to this state (``handlers.HANDLERS``)
         self._handlers: dict[type, Callable[[Any], Recs]] = {
-            st.UpdateGraph: self.stimulus_update_graph,
-            st.UpdateData: self.stimulus_update_data,
-            st.TaskFinished: self.stimulus_task_finished,
-            st.TaskErred: self.stimulus_task_erred,
-            **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
-            **{kind: partial(handler, self) for kind, handler in clients.HANDLERS.items()},
-            **{kind: partial(handler, self) for kind, handler in secession.HANDLERS.items()},
+            kind: partial(handler, self) for kind, handler in HANDLERS.items()
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -173,13 +175,13 @@ class SchedulerState:
         finally:  # the next stimulus starts empty, even after one that raised
             self._client_msgs, self._worker_msgs = {}, {}
 
-    def _to_client(self, client: str, msg: Message) -> None:
+    def to_client(self, client: str, msg: Message) -> None:
         self._client_msgs.setdefault(client, []).append(msg)
 
-    def _to_worker(self, address: str, msg: Message) -> None:
+    def to_worker(self, address: str, msg: Message) -> None:
         self._worker_msgs.setdefault(address, []).append(msg)
 
-    def _report(self, ts: TaskState, msg: Message) -> None:
+    def report(self, ts: TaskState, msg: Message) -> None:
         for cs in ts.who_wants:
             self._client_msgs.setdefault(cs.client_key, []).append(msg)
 
@@ -204,38 +206,14 @@ class SchedulerState:
                 continue
             if finish == "processing":
                 to_place.append(ts)
-            elif new := self._transition_on(ts, finish, stimulus_id):
+            elif new := self.transition_on(ts, finish, stimulus_id):
                 recs.update(new)
 
-    def _transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
-        """Move ``ts`` to ``finish``, and on while its only recommendation is its own next state
-        (waiting -> processing -> no-worker): what the loop would pop next, taken now, with no
-        round trip through the recs and the task table (``processing`` waits, as in
-        ``transitions``).  Returns the other recommendations."""
-        key, log, table, validate = ts.key, self.transition_log, _TRANSITIONS, self.validate
-        while (start := ts.state) != finish and start != "forgotten":
-            func = table.get((start, finish))
-            if func is None:
-                raise InvalidTransition(key, start, finish, stimulus_id)
-            new = func(self, ts)
-            self.transition_counter += 1
-            log.append((key, start, ts.state, new, stimulus_id))
-            tg = ts.group  # counted per group for the dashboard (TaskGroup.states)
-            tg.entered[ts.state] += 1
-            tg.left[start] += 1
-            if validate:
-                validation.validate_task_state(self, ts)
-            if len(new) != 1 or key not in new:
-                return new
-            finish = new[key]
-            if finish == "processing":  # placed once the stimulus has settled
-                self._to_place.append(ts)
-                return {}
-        return {}
-
-    def _transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
-        """One transition; ``args``: what it needs from the stimulus, such as the value of a
-        finished task (positional: keywords would build and unpack a dict per task)."""
+    def transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
+        """The one way a task changes state: look the pair up in the table, apply it, log it
+        for ``story``, count it per group and validate it.  ``args``: what the transition needs
+        from the stimulus, such as the value of a finished task (positional: keywords would
+        build and unpack a dict per task).  Returns its recommendations."""
         start = ts.state
         func = _TRANSITIONS.get((start, finish))
         if func is None:
@@ -243,12 +221,28 @@ class SchedulerState:
         recs = func(self, ts, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
-        tg = ts.group
+        tg = ts.group  # counted per group for the dashboard (TaskGroup.states)
         tg.entered[ts.state] += 1
         tg.left[start] += 1
         if self.validate:
             validation.validate_task_state(self, ts)
         return recs
+
+    def transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
+        """``transition`` to ``finish``, and on while the only recommendation is the task's own
+        next state (waiting -> processing -> no-worker): what the ``transitions`` loop would pop
+        next, taken now, with no round trip through the recs and the task table
+        (``processing`` waits, as there).  Returns the other recommendations."""
+        key = ts.key
+        while (start := ts.state) != finish and start != "forgotten":
+            new = self.transition(ts, finish, stimulus_id)
+            if len(new) != 1 or key not in new:
+                return new
+            finish = new[key]
+            if finish == "processing":  # placed once the stimulus has settled
+                self._to_place.append(ts)
+                return {}
+        return {}
 
     def _transition_released_waiting(self, ts: TaskState) -> Recs:
         recs: Recs = {}
@@ -382,7 +376,7 @@ class SchedulerState:
         for ts in to_place:  # what placing leads to (nothing, today) is appended, and placed too
             # Still ready: not released, erred or forgotten since, nor placed by an earlier entry.
             if (ts.state == "waiting" or ts.state == "no-worker") and not ts.waiting:
-                if more := self._transition_on(ts, self._ready(ts), stimulus_id):
+                if more := self.transition_on(ts, self._ready(ts), stimulus_id):
                     self.transitions(more, stimulus_id)
         to_place.clear()
 
@@ -402,7 +396,7 @@ class SchedulerState:
         # Each task moved as a stimulus moves the task it names: a recommendation would
         # find it again by key, a probe of the task table for a task in hand.
         for ts in self.queued.topk(int(free)):
-            if recs := self._transition(ts, "processing", stimulus_id):
+            if recs := self.transition(ts, "processing", stimulus_id):
                 self.transitions(recs, stimulus_id)
 
     def _transition_processing_memory(
@@ -425,7 +419,7 @@ class SchedulerState:
                 ts.state = "released"
                 return self._after_release(ts, recs)
             # A client on a node may put before that node's agent has registered.
-            ns = self.nodes.get(value.node) or self._new_node(value.node)
+            ns = self.nodes.get(value.node) or self.new_node(value.node)
             ns.stored[ts] = None
         ts.state = "memory"
         ts.data = value
@@ -448,16 +442,16 @@ class SchedulerState:
             dts.waiting_data.pop(ts, None)
             if not dts.waiting_data:
                 dts.waiting_data.clear()  # a dict emptied by pop keeps its 160-byte table; clear() frees it
-            if self._is_unneeded(dts):
+            if self.is_unneeded(dts):
                 recs[dts.key] = "released"
         if ts.who_wants:
-            self._report(ts, KeyInMemory(ts.key, value, nbytes))
+            self.report(ts, KeyInMemory(ts.key, value, nbytes))
         elif not ts.waiting_data:
             recs[ts.key] = "released"
         return recs
 
     @staticmethod
-    def _is_unneeded(ts: TaskState) -> bool:
+    def is_unneeded(ts: TaskState) -> bool:
         """Nobody wants ``ts`` and no dependent waits for it: release its value, or its run."""
         return not ts.waiting_data and not ts.who_wants and ts.state not in ("released", "erred")
 
@@ -492,13 +486,13 @@ class SchedulerState:
             ns = self.nodes.get(ts.data.node)
             if ns is not None:
                 ns.stored.pop(ts, None)
-                self._to_worker(ns.node, FreeObjects((ts.data.name,)))
+                self.to_worker(ns.node, FreeObjects((ts.data.name,)))
         if ts.replicas:
             for node, name in ts.replicas.items():
                 ns = self.nodes.get(node)
                 if ns is not None:
                     ns.replicas.pop(ts, None)
-                    self._to_worker(node, FreeObjects((name,)))
+                    self.to_worker(node, FreeObjects((name,)))
         ts.replicas = None
         ts.data = None
 
@@ -537,7 +531,7 @@ class SchedulerState:
                 recs[dts.key] = "erred"
         self._release_inputs(ts, recs)
         ts.waiting = None
-        self._report(ts, self._erred_msg(ts))
+        self.report(ts, self._erred_msg(ts))
         if not ts.who_wants and not ts.dependents:  # an error nobody will ask for, as memory is released
             recs[ts.key] = "forgotten"
 
@@ -551,7 +545,7 @@ class SchedulerState:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
         for dts in ts.dependencies:
             dts.waiting_data.pop(ts, None)
-            if self._is_unneeded(dts):
+            if self.is_unneeded(dts):
                 recs[dts.key] = "released"
 
     def _transition_waiting_erred(self, ts: TaskState) -> Recs:
@@ -587,7 +581,7 @@ class SchedulerState:
         recs: Recs = {}
         ws = self._exit_processing(ts)
         if ws is not None and ws.address in self.workers:
-            self._to_worker(ws.address, CancelCompute(ts.key))
+            self.to_worker(ws.address, CancelCompute(ts.key))
         ts.state = "released"
         return self._release_or_retry(ts, recs)
 
@@ -610,7 +604,7 @@ class SchedulerState:
             dts.waiting_data.pop(ts, None)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
-            elif self._is_unneeded(dts):
+            elif self.is_unneeded(dts):
                 recs[dts.key] = "released"
         for dts in ts.dependents:  # only when cancelled together with ts
             dts.dependencies.pop(ts, None)
@@ -631,8 +625,9 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ stimuli
 
+    @handles(st.UpdateGraph)
     def stimulus_update_graph(self, s: st.UpdateGraph) -> Recs:
-        cs = self.clients.get(s.client) or self._new_client(s.client)
+        cs = self.clients.get(s.client) or self.new_client(s.client)
         recs: Recs = {}
         try:
             specs, in_order, deps, index = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
@@ -698,9 +693,9 @@ class SchedulerState:
             ts.who_wants[cs] = None
             cs.wants_what[ts] = None
             if ts.state == "memory":
-                self._to_client(cs.client_key, KeyInMemory(key, ts.data, ts.nbytes))  # type: ignore[arg-type]
+                self.to_client(cs.client_key, KeyInMemory(key, ts.data, ts.nbytes))  # type: ignore[arg-type]
             elif ts.state == "erred":
-                self._to_client(cs.client_key, self._erred_msg(ts))
+                self.to_client(cs.client_key, self._erred_msg(ts))
             elif ts.state == "released":
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
@@ -717,7 +712,7 @@ class SchedulerState:
         for i in in_order:
             ts = new[i]
             assert ts is not None
-            if ts.state == "released" and (more := self._transition_on(ts, "waiting", s.stimulus_id)):
+            if ts.state == "released" and (more := self.transition_on(ts, "waiting", s.stimulus_id)):
                 self.transitions(more, s.stimulus_id)
         return {}
 
@@ -725,7 +720,7 @@ class SchedulerState:
         """A graph that can never run: tell the client, keep nothing of it."""
         exception = pickle.dumps(ValueError(reason))
         for spec in specs:
-            self._to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
+            self.to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
         return {}
 
     def _new_task(self, key: str, run_spec: T_runspec | None, prefix: str) -> TaskState:
@@ -736,8 +731,9 @@ class SchedulerState:
         ts = self.tasks[key] = TaskState(key, run_spec, tg)
         return ts
 
+    @handles(st.UpdateData)
     def stimulus_update_data(self, s: st.UpdateData) -> Recs:
-        cs = self.clients.get(s.client) or self._new_client(s.client)
+        cs = self.clients.get(s.client) or self.new_client(s.client)
         ts = self.tasks.get(s.key)
         if ts is None:
             ts = self._new_task(s.key, None, "put")
@@ -745,43 +741,45 @@ class SchedulerState:
         cs.wants_what[ts] = None
         if ts.state != "released":
             return {}
-        return self._transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
+        return self.transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
 
-    def _is_current(self, key: str, worker: str) -> TaskState | None:
+    def is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
         ts = self.tasks.get(key)
         if ts is None or ts.state != "processing" or ts.processing_on is None or ts.processing_on.address != worker:
             return None
         return ts
 
+    @handles(st.TaskFinished)
     def stimulus_task_finished(self, s: st.TaskFinished) -> Recs:
-        ts = self._is_current(s.key, s.worker)
+        ts = self.is_current(s.key, s.worker)
         if ts is None:
             # A stale result (the task was released, or rescheduled): drop its stored copy.
             # Each attempt writes under a name of its own, so this never hits a live copy.
             live = self.tasks.get(s.key)
             value = s.value
             if type(value) is StoreRef and value.node in self.nodes and (live is None or live.data != value):
-                self._to_worker(value.node, FreeObjects((value.name,)))
+                self.to_worker(value.node, FreeObjects((value.name,)))
             return {}
-        return self._transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
+        return self.transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
 
+    @handles(st.TaskErred)
     def stimulus_task_erred(self, s: st.TaskErred) -> Recs:
-        ts = self._is_current(s.key, s.worker)
+        ts = self.is_current(s.key, s.worker)
         if ts is None:
             return {}
         if ts.retries > 0:
             ts.retries -= 1
-            recs = self._transition(ts, "released", s.stimulus_id)
+            recs = self.transition(ts, "released", s.stimulus_id)
             recs[ts.key] = "waiting"
             return recs
-        return self._transition(ts, "erred", s.stimulus_id, s.worker, s.exception, s.traceback, s.exception_text)
+        return self.transition(ts, "erred", s.stimulus_id, s.worker, s.exception, s.traceback, s.exception_text)
 
-    def _new_client(self, client: str) -> ClientState:
+    def new_client(self, client: str) -> ClientState:
         cs = self.clients[client] = ClientState(client)
         return cs
 
-    def _new_node(self, node: str) -> NodeState:
+    def new_node(self, node: str) -> NodeState:
         ns = self.nodes[node] = NodeState(node)
         return ns
 
