@@ -22,7 +22,7 @@ from runtime.comm.messages import (
 )
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.state import ALL_TASK_STATES, InvalidTransition, SchedulerState
+from runtime.scheduler.state import ALL_TASK_STATES, InvalidTransition, Outbox, SchedulerState
 
 _ids = itertools.count()
 
@@ -324,7 +324,7 @@ def test_invalid_transition_names_key_and_states(s):
     add_worker(s)
     s.handle(graph(task("x-1")))
     with pytest.raises(InvalidTransition, match=r"'x-1' from 'processing' to 'no-worker'"):
-        s.transition(s.tasks["x-1"], "no-worker", "test")
+        s.transition(s.tasks["x-1"], "no-worker", "test", Outbox())
 
 
 def test_story_tells_why_a_task_moved(s):

@@ -17,28 +17,28 @@ from runtime.scheduler.entities import ClientState, Recs, TaskState, TaskStateSt
 from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
-    from runtime.scheduler.state import SchedulerState
+    from runtime.scheduler.state import Outbox, SchedulerState
 
 
 @handles(st.AddClient)
-def add_client(self: SchedulerState, s: st.AddClient) -> Recs:
+def add_client(self: SchedulerState, s: st.AddClient, out: Outbox) -> Recs:
     if s.client not in self.clients:
         self.new_client(s.client)
     return {}
 
 
 @handles(st.RemoveClient)
-def remove_client(self: SchedulerState, s: st.RemoveClient) -> Recs:
+def remove_client(self: SchedulerState, s: st.RemoveClient, out: Outbox) -> Recs:
     cs = self.clients.get(s.client)
     if cs is None:
         return {}
-    recs = client_releases(self, cs, [ts.key for ts in cs.wants_what])
+    recs = client_releases(self, cs, [ts.key for ts in cs.wants_what], out)
     del self.clients[s.client]
     return recs
 
 
 @handles(st.ClientReleasesKeys)
-def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys) -> Recs:
+def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys, out: Outbox) -> Recs:
     """The client dropped its futures of ``s.keys``: each key is let go of and moved on,
     through all the transitions that follow, before the next, last key first.
 
@@ -52,12 +52,12 @@ def client_releases_keys(self: SchedulerState, s: st.ClientReleasesKeys) -> Recs
     tasks, stimulus_id = self.tasks, s.stimulus_id
     for key in reversed(s.keys):
         if (ts := tasks.get(key)) is not None and (finish := _let_go(self, cs, ts)) is not None:
-            if more := self.transition_on(ts, finish, stimulus_id):
-                self.transitions(more, stimulus_id)
+            if more := self.transition_on(ts, finish, stimulus_id, out):
+                self.transitions(more, stimulus_id, out)
     return {}
 
 
-def client_releases(self: SchedulerState, cs: ClientState, keys: Iterable[str]) -> Recs:
+def client_releases(self: SchedulerState, cs: ClientState, keys: Iterable[str], out: Outbox) -> Recs:
     """``cs`` no longer wants ``keys``: release or forget each that nobody else wants."""
     recs: Recs = {}
     for key in keys:
@@ -80,7 +80,7 @@ def _let_go(self: SchedulerState, cs: ClientState, ts: TaskState) -> TaskStateSt
 
 
 @handles(st.Cancel)
-def cancel(self: SchedulerState, s: st.Cancel) -> Recs:
+def cancel(self: SchedulerState, s: st.Cancel, out: Outbox) -> Recs:
     """Stop computing ``keys`` and everything depending on them, for this client.
 
     With ``force``, for every client; else a key another client still wants goes on.
@@ -99,6 +99,6 @@ def cancel(self: SchedulerState, s: st.Cancel) -> Recs:
         stack.extend(ts.dependents)
         for client in list(ts.who_wants) if s.force else [cs]:
             if ts in client.wants_what:
-                self.to_client(client.client_key, CancelledKeys((ts.key,)))
-                recs.update(client_releases(self, client, [ts.key]))
+                out.to_client(client.client_key, CancelledKeys((ts.key,)))
+                recs.update(client_releases(self, client, [ts.key], out))
     return recs

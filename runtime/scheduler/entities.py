@@ -24,7 +24,6 @@ Recs = dict[str, TaskStateState]
 #: messages to send: client id, worker address or node id -> wire-ready messages
 Msgs = dict[str, list[Message]]
 #: what a transition returns: more recommendations, client messages, worker messages
-RecsMsgs = tuple[Recs, Msgs, Msgs]
 #: how to run a task: the pickled callable and the pickled (args, kwargs)
 T_runspec = tuple[bytes, bytes]
 

@@ -19,11 +19,11 @@ from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatu
 from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
-    from runtime.scheduler.state import SchedulerState
+    from runtime.scheduler.state import Outbox, SchedulerState
 
 
 @handles(st.AddWorker)
-def add_worker(self: SchedulerState, s: st.AddWorker) -> Recs:
+def add_worker(self: SchedulerState, s: st.AddWorker, out: Outbox) -> Recs:
     if s.address in self.workers:
         return {}
     ns = self.nodes.get(s.node) or self.new_node(s.node)
@@ -48,7 +48,7 @@ def _try_unrunnable(self: SchedulerState) -> Recs:
 
 
 @handles(st.WorkerHeartbeat)
-def worker_heartbeat(self: SchedulerState, s: st.WorkerHeartbeat) -> Recs:
+def worker_heartbeat(self: SchedulerState, s: st.WorkerHeartbeat, out: Outbox) -> Recs:
     ws = self.workers.get(s.address)
     if ws is not None:
         ws.memory, ws.memory_rss = s.memory, s.rss or ws.memory_rss
@@ -59,7 +59,7 @@ STATUSES: frozenset[str] = frozenset(("running", "paused", "closing_gracefully")
 
 
 @handles(st.WorkerStatusChange)
-def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs:
+def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange, out: Outbox) -> Recs:
     """Paused and retiring workers get no new tasks; one running again fills its free slots."""
     ws = self.workers.get(s.address)
     if ws is None or s.status not in STATUSES or s.status == ws.status:
@@ -80,7 +80,7 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs
 
 
 @handles(st.NodeHeartbeat)
-def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat) -> Recs:
+def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat, out: Outbox) -> Recs:
     ns = self.nodes.get(s.node)
     if ns is not None:
         ns.store_used, ns.store_spilled, ns.store_limit = s.used, s.spilled, s.limit
@@ -88,7 +88,7 @@ def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat) -> Recs:
 
 
 @handles(st.RemoveWorker)
-def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
+def remove_worker(self: SchedulerState, s: st.RemoveWorker, out: Outbox) -> Recs:
     ws = self.workers.pop(s.address, None)
     if ws is None:
         return {}
@@ -115,10 +115,10 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
     for ts in running:
         if ts.suspicious > self.allowed_failures:
             exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
-            recs.update(self.transition(ts, "erred", s.stimulus_id, ws.address, pickle.dumps(exc), "", str(exc)))
+            recs.update(self.transition(ts, "erred", s.stimulus_id, out, ws.address, pickle.dumps(exc), "", str(exc)))
     for ts in running:
         if ts.processing_on is ws:
-            recs.update(self.transition(ts, "released", s.stimulus_id))
+            recs.update(self.transition(ts, "released", s.stimulus_id, out))
     # Its values survive: inline ones are held here, stored ones in its node's store.
     for ts in ws.has_what:
         if ts.who_has:
@@ -132,28 +132,28 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
 
 
 @handles(st.AddNode)
-def add_node(self: SchedulerState, s: st.AddNode) -> Recs:
+def add_node(self: SchedulerState, s: st.AddNode, out: Outbox) -> Recs:
     ns = self.nodes.get(s.node) or self.new_node(s.node)
     ns.address = s.address
     return {}
 
 
 @handles(st.RemoveNode)
-def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
+def remove_node(self: SchedulerState, s: st.RemoveNode, out: Outbox) -> Recs:
     ns = self.nodes.pop(s.node, None)
     if ns is None:
         return {}
     self.departed_nodes.add(s.node)
     recs: Recs = {}
     for ws in list(ns.workers):
-        recs.update(remove_worker(self, st.RemoveWorker(s.stimulus_id, ws.address, s.cause)))
+        recs.update(remove_worker(self, st.RemoveWorker(s.stimulus_id, ws.address, s.cause), out))
     for ts in ns.replicas:
         assert ts.replicas is not None
         del ts.replicas[s.node]
     lost = []
     for ts in ns.stored:
         if ts.replicas:
-            promote_replica(self, ts)  # and tells the clients, whose futures name the copy that is gone
+            promote_replica(self, ts, out)  # and tells the clients, whose futures name the copy that is gone
         else:
             lost.append(ts)
     ns.stored.clear()
@@ -166,20 +166,20 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
         if ts.state == "memory":
             for cs in ts.who_wants:
                 lost_keys.setdefault(cs.client_key, []).append(ts.key)
-            recs.update(self.transition(ts, "released", s.stimulus_id))
+            recs.update(self.transition(ts, "released", s.stimulus_id, out))
     for client, keys in lost_keys.items():
-        self.to_client(client, LostKeys(tuple(keys)))
+        out.to_client(client, LostKeys(tuple(keys)))
     return recs
 
 
 @handles(st.AddReplica)
-def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
+def add_replica(self: SchedulerState, s: st.AddReplica, out: Outbox) -> Recs:
     """A node copied a stored value into its store: dependents there read it locally."""
     ts = self.tasks.get(s.key)
     ns = self.nodes.get(s.node)
     if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == s.source.node:
         if ns is not None:  # a copy nobody will use
-            self.to_worker(s.node, FreeObjects((s.name,)))
+            out.to_worker(s.node, FreeObjects((s.name,)))
         return {}
     ts.replicas = ts.replicas or {}
     if s.node in ts.replicas:
@@ -190,7 +190,7 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
 
 
 @handles(st.DropReplicas)
-def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
+def drop_replicas(self: SchedulerState, s: st.DropReplicas, out: Outbox) -> Recs:
     """Free copies the active memory manager found unneeded, if they still are."""
     for key, node, name in s.replicas:
         ts = self.tasks.get(key)
@@ -199,22 +199,22 @@ def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
             continue
         del ts.replicas[node]
         ns.replicas.pop(ts, None)
-        self.to_worker(node, FreeObjects((name,)))
+        out.to_worker(node, FreeObjects((name,)))
     return {}
 
 
-def promote_replica(self: SchedulerState, ts: TaskState) -> None:
+def promote_replica(self: SchedulerState, ts: TaskState, out: Outbox) -> None:
     """The original of a stored value is gone but a copy lives on: the copy becomes the value."""
     assert ts.replicas
     node, name = ts.replicas.popitem()
     ts.data = StoreRef(node, ts.nbytes, name)
     self.nodes[node].replicas.pop(ts, None)
     self.nodes[node].stored[ts] = None
-    self.report(ts, KeyInMemory(ts.key, ts.data, ts.nbytes))  # moved
+    out.report(ts, KeyInMemory(ts.key, ts.data, ts.nbytes))  # moved
 
 
 @handles(st.MissingData)
-def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
+def missing_data(self: SchedulerState, s: st.MissingData, out: Outbox) -> Recs:
     """A worker could not read a stored dependency: that copy is gone.
 
     A lost copy on another node is forgotten; a lost original is replaced by a copy if
@@ -237,7 +237,7 @@ def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
     if ns is not None:
         ns.stored.pop(dts, None)
     if dts.replicas:
-        promote_replica(self, dts)
+        promote_replica(self, dts, out)
         return rerun
     dts.data = None  # nothing to free: the copy is gone
-    return self.transition(dts, "released", s.stimulus_id)
+    return self.transition(dts, "released", s.stimulus_id, out)

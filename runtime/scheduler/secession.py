@@ -22,11 +22,11 @@ from runtime.scheduler.entities import Recs
 from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
-    from runtime.scheduler.state import SchedulerState
+    from runtime.scheduler.state import Outbox, SchedulerState
 
 
 @handles(st.LongRunning)
-def long_running(self: SchedulerState, s: st.LongRunning) -> Recs:
+def long_running(self: SchedulerState, s: st.LongRunning, out: Outbox) -> Recs:
     ts = self.is_current(s.key, s.worker)
     if ts is None:  # stale: released, rescheduled, or finished already
         return {}

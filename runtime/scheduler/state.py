@@ -73,7 +73,6 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     Msgs,
     NodeState,
     Recs,
-    RecsMsgs,
     T_runspec,
     TaskGroup,
     TaskState,
@@ -99,6 +98,36 @@ class InvalidTransition(RuntimeError):
     def __init__(self, key: str, start: str, finish: str, stimulus_id: str = ""):
         self.key, self.start, self.finish = key, start, finish
         super().__init__(f"no transition for task {key!r} from {start!r} to {finish!r} (stimulus {stimulus_id!r})")
+
+
+class Outbox:
+    """The messages one stimulus makes, by recipient: what ``SchedulerState.handle`` returns.
+
+    Every function that sends takes it as an argument (``out``), so what a transition or a
+    stimulus handler sends is in its signature, and a test can call one with an outbox of its
+    own.  (Not returned as a ``(recs, client_msgs, worker_msgs)`` tuple per transition, as
+    Dask's are: that is two dicts and a tuple made and merged per transition, on the hot path.)
+    """
+
+    __slots__ = ("client_msgs", "worker_msgs")
+
+    def __init__(self) -> None:
+        #: messages to clients, by client id
+        self.client_msgs: Msgs = {}
+        #: messages to workers and node agents, by address or node id
+        self.worker_msgs: Msgs = {}
+
+    def to_client(self, client: str, msg: Message) -> None:
+        self.client_msgs.setdefault(client, []).append(msg)
+
+    def to_worker(self, address: str, msg: Message) -> None:
+        self.worker_msgs.setdefault(address, []).append(msg)
+
+    def report(self, ts: TaskState, msg: Message) -> None:
+        """``msg`` to every client that wants ``ts``."""
+        client_msgs = self.client_msgs
+        for cs in ts.who_wants:
+            client_msgs.setdefault(cs.client_key, []).append(msg)
 
 
 class SchedulerState:
@@ -149,41 +178,28 @@ class SchedulerState:
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             kind: partial(handler, self) for kind, handler in HANDLERS.items()
         }
-        # Messages produced while handling the current stimulus.
-        self._client_msgs: Msgs = {}
-        self._worker_msgs: Msgs = {}
         #: tasks the current stimulus recommended for processing, placed once it has settled
         self._to_place: list[TaskState] = []
 
     # ------------------------------------------------------------------ entry point
 
     def handle(self, stimulus: st.Stimulus) -> tuple[Msgs, Msgs]:
-        """Apply one stimulus and every transition it leads to; returns the messages to send."""
+        """Apply one stimulus and every transition it leads to; returns the messages to send,
+        to clients and to workers (and node agents) by recipient."""
+        out = Outbox()
         try:
-            if recs := self._handlers[type(stimulus)](stimulus):
-                self.transitions(recs, stimulus.stimulus_id)
+            if recs := self._handlers[type(stimulus)](stimulus, out):
+                self.transitions(recs, stimulus.stimulus_id, out)
             if self._to_place:
-                self._place_ready(stimulus.stimulus_id)
+                self._place_ready(stimulus.stimulus_id, out)
             if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
-                self._fill_free_slots(stimulus.stimulus_id)
+                self._fill_free_slots(stimulus.stimulus_id, out)
             if self.validate:
                 validation.validate_state(self)
-            return self._client_msgs, self._worker_msgs
+            return out.client_msgs, out.worker_msgs
         except BaseException:
             self._to_place.clear()  # the next stimulus places nothing of one that raised
             raise
-        finally:  # the next stimulus starts empty, even after one that raised
-            self._client_msgs, self._worker_msgs = {}, {}
-
-    def to_client(self, client: str, msg: Message) -> None:
-        self._client_msgs.setdefault(client, []).append(msg)
-
-    def to_worker(self, address: str, msg: Message) -> None:
-        self._worker_msgs.setdefault(address, []).append(msg)
-
-    def report(self, ts: TaskState, msg: Message) -> None:
-        for cs in ts.who_wants:
-            self._client_msgs.setdefault(cs.client_key, []).append(msg)
 
     def worker_list(self) -> list[WorkerState]:
         """The workers that take new tasks (not paused, not retiring)."""
@@ -193,7 +209,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ transitions
 
-    def transitions(self, recommendations: Recs, stimulus_id: str) -> None:
+    def transitions(self, recommendations: Recs, stimulus_id: str, out: Outbox) -> None:
         """Apply recommendations, and those they produce, until none is left.
 
         Those for ``processing`` wait until the stimulus has settled (``_place_ready``).
@@ -206,10 +222,10 @@ class SchedulerState:
                 continue
             if finish == "processing":
                 to_place.append(ts)
-            elif new := self.transition_on(ts, finish, stimulus_id):
+            elif new := self.transition_on(ts, finish, stimulus_id, out):
                 recs.update(new)
 
-    def transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, *args: Any) -> Recs:
+    def transition(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, out: Outbox, *args: Any) -> Recs:
         """The one way a task changes state: look the pair up in the table, apply it, log it
         for ``story``, count it per group and validate it.  ``args``: what the transition needs
         from the stimulus, such as the value of a finished task (positional: keywords would
@@ -218,7 +234,7 @@ class SchedulerState:
         func = _TRANSITIONS.get((start, finish))
         if func is None:
             raise InvalidTransition(ts.key, start, finish, stimulus_id)
-        recs = func(self, ts, *args)
+        recs = func(self, ts, out, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
         tg = ts.group  # counted per group for the dashboard (TaskGroup.states)
@@ -228,14 +244,14 @@ class SchedulerState:
             validation.validate_task_state(self, ts)
         return recs
 
-    def transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str) -> Recs:
+    def transition_on(self, ts: TaskState, finish: TaskStateState, stimulus_id: str, out: Outbox) -> Recs:
         """``transition`` to ``finish``, and on while the only recommendation is the task's own
         next state (waiting -> processing -> no-worker): what the ``transitions`` loop would pop
         next, taken now, with no round trip through the recs and the task table
         (``processing`` waits, as there).  Returns the other recommendations."""
         key = ts.key
         while (start := ts.state) != finish and start != "forgotten":
-            new = self.transition(ts, finish, stimulus_id)
+            new = self.transition(ts, finish, stimulus_id, out)
             if len(new) != 1 or key not in new:
                 return new
             finish = new[key]
@@ -244,7 +260,7 @@ class SchedulerState:
                 return {}
         return {}
 
-    def _transition_released_waiting(self, ts: TaskState) -> Recs:
+    def _transition_released_waiting(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         if not (ts.who_wants or ts.waiting_data):
             # A recommendation made stale by a later one in the same stimulus (its last
@@ -254,7 +270,7 @@ class SchedulerState:
             return self._after_release(ts, recs)
         if ts.run_spec is None:
             error = f"the value of {ts.key!r} was put by a client and released; it cannot be recomputed"
-            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, recs)
+            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, recs, out)
         for dts in ts.dependencies:
             if dts.exception_blame is not None:
                 ts.exception_blame = dts.exception_blame
@@ -290,14 +306,14 @@ class SchedulerState:
             return placement.decide_rootish(self) or "queued"
         return placement.decide_worker(self, ts) or "no-worker"
 
-    def _transition_waiting_processing(self, ts: TaskState) -> Recs:
+    def _transition_waiting_processing(self, ts: TaskState, out: Outbox) -> Recs:
         where = self._place(ts)
         if isinstance(where, str):
             return {ts.key: where}
-        self._send_to_worker(ts, where)
+        self._send_to_worker(ts, where, out)
         return {}
 
-    def _transition_waiting_queued(self, ts: TaskState) -> Recs:
+    def _transition_waiting_queued(self, ts: TaskState, out: Outbox) -> Recs:
         self.unrunnable.pop(ts, None)
         ts.state = "queued"
         self.queued.add(ts)
@@ -305,30 +321,30 @@ class SchedulerState:
 
     _transition_no_worker_queued = _transition_waiting_queued
 
-    def _transition_waiting_no_worker(self, ts: TaskState) -> Recs:
+    def _transition_waiting_no_worker(self, ts: TaskState, out: Outbox) -> Recs:
         ts.state = "no-worker"
         self.unrunnable[ts] = None
         return {}
 
-    def _transition_queued_processing(self, ts: TaskState) -> Recs:
+    def _transition_queued_processing(self, ts: TaskState, out: Outbox) -> Recs:
         ws = placement.decide_rootish(self)
         if ws is None:
             return {}  # every worker is saturated again: stay queued
         self.queued.discard(ts)
-        self._send_to_worker(ts, ws)
+        self._send_to_worker(ts, ws, out)
         return {}
 
-    def _transition_no_worker_processing(self, ts: TaskState) -> Recs:
+    def _transition_no_worker_processing(self, ts: TaskState, out: Outbox) -> Recs:
         where = self._place(ts)
         if where == "no-worker":
             return {}  # still nobody to run it
         if isinstance(where, str):
             return {ts.key: where}
         self.unrunnable.pop(ts, None)
-        self._send_to_worker(ts, where)
+        self._send_to_worker(ts, where, out)
         return {}
 
-    def _send_to_worker(self, ts: TaskState, ws: WorkerState) -> None:
+    def _send_to_worker(self, ts: TaskState, ws: WorkerState, out: Outbox) -> None:
         duration = self.task_durations.get(ts.prefix, UNKNOWN_TASK_DURATION)
         ts.state = "processing"
         ts.processing_on = ws
@@ -346,8 +362,9 @@ class SchedulerState:
             loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data  # type: ignore[assignment]
             if type(loc) is StoreRef and loc.node != node and loc.node in nodes:
                 sources[loc.node] = nodes[loc.node].address  # stored on another node only: where to fetch it
-        msg = ComputeTask(ts.key, ts.run_spec, ts.priority, deps, sources, ts.resource_restrictions)
-        self._worker_msgs.setdefault(ws.address, []).append(msg)
+        out.to_worker(
+            ws.address, ComputeTask(ts.key, ts.run_spec, ts.priority, deps, sources, ts.resource_restrictions)
+        )
 
     def _exit_processing(self, ts: TaskState) -> WorkerState | None:
         """Take ``ts`` off its worker, freeing a slot."""
@@ -364,7 +381,7 @@ class SchedulerState:
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
 
-    def _place_ready(self, stimulus_id: str) -> None:
+    def _place_ready(self, stimulus_id: str, out: Outbox) -> None:
         """Once a stimulus has settled, send the tasks it made ready to workers (or queue them).
 
         Not done inside a transition: a task sent at once could be released again by the
@@ -376,11 +393,11 @@ class SchedulerState:
         for ts in to_place:  # what placing leads to (nothing, today) is appended, and placed too
             # Still ready: not released, erred or forgotten since, nor placed by an earlier entry.
             if (ts.state == "waiting" or ts.state == "no-worker") and not ts.waiting:
-                if more := self.transition_on(ts, self._ready(ts), stimulus_id):
-                    self.transitions(more, stimulus_id)
+                if more := self.transition_on(ts, self._ready(ts), stimulus_id, out):
+                    self.transitions(more, stimulus_id, out)
         to_place.clear()
 
-    def _fill_free_slots(self, stimulus_id: str) -> None:
+    def _fill_free_slots(self, stimulus_id: str, out: Outbox) -> None:
         """Once a stimulus has settled, send queued tasks to every free worker slot.
 
         Not done inside a transition: a task freeing a slot cannot know whether the queued
@@ -396,11 +413,11 @@ class SchedulerState:
         # Each task moved as a stimulus moves the task it names: a recommendation would
         # find it again by key, a probe of the task table for a task in hand.
         for ts in self.queued.topk(int(free)):
-            if recs := self.transition(ts, "processing", stimulus_id):
-                self.transitions(recs, stimulus_id)
+            if recs := self.transition(ts, "processing", stimulus_id, out):
+                self.transitions(recs, stimulus_id, out)
 
     def _transition_processing_memory(
-        self, ts: TaskState, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
+        self, ts: TaskState, out: Outbox, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
     ) -> Recs:
         recs: Recs = {}
         ws = self._exit_processing(ts)
@@ -408,12 +425,14 @@ class SchedulerState:
             ts.group.compute_seconds += stop - start
             old = self.task_durations.get(ts.prefix)
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
-        return self._add_to_memory(ts, ws, value, nbytes, recs)
+        return self._add_to_memory(ts, ws, value, nbytes, recs, out)
 
-    def _transition_released_memory(self, ts: TaskState, value: Any, nbytes: int) -> Recs:
-        return self._add_to_memory(ts, None, value, nbytes, {})
+    def _transition_released_memory(self, ts: TaskState, out: Outbox, value: Any, nbytes: int) -> Recs:
+        return self._add_to_memory(ts, None, value, nbytes, {}, out)
 
-    def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Value, nbytes: int, recs: Recs) -> Recs:
+    def _add_to_memory(
+        self, ts: TaskState, ws: WorkerState | None, value: Value, nbytes: int, recs: Recs, out: Outbox
+    ) -> Recs:
         if type(value) is StoreRef:
             if value.node in self.departed_nodes:  # its node left while the message was in flight
                 ts.state = "released"
@@ -445,7 +464,7 @@ class SchedulerState:
             if self.is_unneeded(dts):
                 recs[dts.key] = "released"
         if ts.who_wants:
-            self.report(ts, KeyInMemory(ts.key, value, nbytes))
+            out.report(ts, KeyInMemory(ts.key, value, nbytes))
         elif not ts.waiting_data:
             recs[ts.key] = "released"
         return recs
@@ -455,9 +474,9 @@ class SchedulerState:
         """Nobody wants ``ts`` and no dependent waits for it: release its value, or its run."""
         return not ts.waiting_data and not ts.who_wants and ts.state not in ("released", "erred")
 
-    def _transition_memory_released(self, ts: TaskState) -> Recs:
+    def _transition_memory_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
-        self._free_value(ts)
+        self._free_value(ts, out)
         ts.state = "released"
         for dts in ts.dependents:
             if dts.state in ("processing", "no-worker", "queued"):
@@ -468,13 +487,13 @@ class SchedulerState:
                 dts.waiting[ts] = None
         return self._after_release(ts, recs)
 
-    def _transition_memory_forgotten(self, ts: TaskState) -> Recs:
+    def _transition_memory_forgotten(self, ts: TaskState, out: Outbox) -> Recs:
         # What memory -> released -> forgotten does, without the released leg's work on
         # dependents, which forgetting undoes: how every finished graph's tasks end.
-        self._free_value(ts)
-        return self._transition_released_forgotten(ts)
+        self._free_value(ts, out)
+        return self._transition_released_forgotten(ts, out)
 
-    def _free_value(self, ts: TaskState) -> None:
+    def _free_value(self, ts: TaskState, out: Outbox) -> None:
         """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
         ts.group.nbytes -= ts.nbytes
         if ts.who_has:
@@ -486,13 +505,13 @@ class SchedulerState:
             ns = self.nodes.get(ts.data.node)
             if ns is not None:
                 ns.stored.pop(ts, None)
-                self.to_worker(ns.node, FreeObjects((ts.data.name,)))
+                out.to_worker(ns.node, FreeObjects((ts.data.name,)))
         if ts.replicas:
             for node, name in ts.replicas.items():
                 ns = self.nodes.get(node)
                 if ns is not None:
                     ns.replicas.pop(ts, None)
-                    self.to_worker(node, FreeObjects((name,)))
+                    out.to_worker(node, FreeObjects((name,)))
         ts.replicas = None
         ts.data = None
 
@@ -504,24 +523,24 @@ class SchedulerState:
             recs[ts.key] = "forgotten"
         return recs
 
-    def _fail(self, ts: TaskState, exception: bytes, traceback: str, text: str, recs: Recs) -> Recs:
+    def _fail(self, ts: TaskState, exception: bytes, traceback: str, text: str, recs: Recs, out: Outbox) -> Recs:
         """``ts`` raised (or cannot run): it errs, blaming itself."""
         ts.state = "erred"
         ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
         ts.exception_blame = ts
-        self._erred_common(ts, recs)
+        self._erred_common(ts, recs, out)
         return recs
 
     def _transition_processing_erred(
-        self, ts: TaskState, worker: str, exception: bytes, traceback: str, exception_text: str
+        self, ts: TaskState, out: Outbox, worker: str, exception: bytes, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
         self._exit_processing(ts)
         ts.erred_on = ts.erred_on or set()
         ts.erred_on.add(worker)
-        return self._fail(ts, exception, traceback, exception_text, recs)
+        return self._fail(ts, exception, traceback, exception_text, recs, out)
 
-    def _erred_common(self, ts: TaskState, recs: Recs) -> None:
+    def _erred_common(self, ts: TaskState, recs: Recs, out: Outbox) -> None:
         """What every move into ``erred`` does: blame dependents, let go of inputs, tell clients."""
         blame = ts.exception_blame
         assert blame is not None
@@ -531,7 +550,7 @@ class SchedulerState:
                 recs[dts.key] = "erred"
         self._release_inputs(ts, recs)
         ts.waiting = None
-        self.report(ts, self._erred_msg(ts))
+        out.report(ts, self._erred_msg(ts))
         if not ts.who_wants and not ts.dependents:  # an error nobody will ask for, as memory is released
             recs[ts.key] = "forgotten"
 
@@ -548,19 +567,19 @@ class SchedulerState:
             if self.is_unneeded(dts):
                 recs[dts.key] = "released"
 
-    def _transition_waiting_erred(self, ts: TaskState) -> Recs:
+    def _transition_waiting_erred(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
         ts.state = "erred"
-        self._erred_common(ts, recs)
+        self._erred_common(ts, recs, out)
         return recs
 
     _transition_released_erred = _transition_waiting_erred
     _transition_no_worker_erred = _transition_waiting_erred
     _transition_queued_erred = _transition_waiting_erred
 
-    def _transition_waiting_released(self, ts: TaskState) -> Recs:
+    def _transition_waiting_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
@@ -577,15 +596,15 @@ class SchedulerState:
             self._release_inputs(ts, recs)
         return self._after_release(ts, recs)
 
-    def _transition_processing_released(self, ts: TaskState) -> Recs:
+    def _transition_processing_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         ws = self._exit_processing(ts)
         if ws is not None and ws.address in self.workers:
-            self.to_worker(ws.address, CancelCompute(ts.key))
+            out.to_worker(ws.address, CancelCompute(ts.key))
         ts.state = "released"
         return self._release_or_retry(ts, recs)
 
-    def _transition_erred_released(self, ts: TaskState) -> Recs:
+    def _transition_erred_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         ts.exception = ts.traceback = None
         ts.exception_text = ""
@@ -597,7 +616,7 @@ class SchedulerState:
                 recs[dts.key] = "waiting"
         return self._after_release(ts, recs)
 
-    def _transition_released_forgotten(self, ts: TaskState) -> Recs:
+    def _transition_released_forgotten(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         for dts in ts.dependencies:
             dts.dependents.pop(ts, None)
@@ -619,20 +638,20 @@ class SchedulerState:
         del self.tasks[ts.key]
         return recs
 
-    def _transition_erred_forgotten(self, ts: TaskState) -> Recs:
+    def _transition_erred_forgotten(self, ts: TaskState, out: Outbox) -> Recs:
         ts.state = "released"
-        return self._transition_released_forgotten(ts)
+        return self._transition_released_forgotten(ts, out)
 
     # ------------------------------------------------------------------ stimuli
 
     @handles(st.UpdateGraph)
-    def stimulus_update_graph(self, s: st.UpdateGraph) -> Recs:
+    def stimulus_update_graph(self, s: st.UpdateGraph, out: Outbox) -> Recs:
         cs = self.clients.get(s.client) or self.new_client(s.client)
         recs: Recs = {}
         try:
             specs, in_order, deps, index = order_specs([spec for spec in s.tasks if spec.key not in self.tasks])
         except CycleError as e:
-            return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e))
+            return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e), out)
         new: list[TaskState | None] = [None] * len(specs)
         # Which new tasks the client wants, by index: each is then marked as it is made, in
         # graph order, next to the rest of its state, not found again in the task table.
@@ -693,34 +712,34 @@ class SchedulerState:
             ts.who_wants[cs] = None
             cs.wants_what[ts] = None
             if ts.state == "memory":
-                self.to_client(cs.client_key, KeyInMemory(key, ts.data, ts.nbytes))  # type: ignore[arg-type]
+                out.to_client(cs.client_key, KeyInMemory(key, ts.data, ts.nbytes))  # type: ignore[arg-type]
             elif ts.state == "erred":
-                self.to_client(cs.client_key, self._erred_msg(ts))
+                out.to_client(cs.client_key, self._erred_msg(ts))
             elif ts.state == "released":
                 recs[key] = "waiting"
         for ts, dep in lookup_errors:
             text = (
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
-            self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
+            self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs, out)
             ts.group.entered["erred"] += 1  # released -> erred, outside a transition
             ts.group.left["released"] += 1
-        self.transitions(recs, s.stimulus_id)
+        self.transitions(recs, s.stimulus_id, out)
         # Then each new task to waiting, highest priority first, moved as a stimulus moves the
         # task it names: as recommendations, a million keys would go through the recs table
         # and each be looked up again in the task table.
         for i in in_order:
             ts = new[i]
             assert ts is not None
-            if ts.state == "released" and (more := self.transition_on(ts, "waiting", s.stimulus_id)):
-                self.transitions(more, s.stimulus_id)
+            if ts.state == "released" and (more := self.transition_on(ts, "waiting", s.stimulus_id, out)):
+                self.transitions(more, s.stimulus_id, out)
         return {}
 
-    def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str) -> Recs:
+    def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str, out: Outbox) -> Recs:
         """A graph that can never run: tell the client, keep nothing of it."""
         exception = pickle.dumps(ValueError(reason))
         for spec in specs:
-            self.to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
+            out.to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
         return {}
 
     def _new_task(self, key: str, run_spec: T_runspec | None, prefix: str) -> TaskState:
@@ -732,7 +751,7 @@ class SchedulerState:
         return ts
 
     @handles(st.UpdateData)
-    def stimulus_update_data(self, s: st.UpdateData) -> Recs:
+    def stimulus_update_data(self, s: st.UpdateData, out: Outbox) -> Recs:
         cs = self.clients.get(s.client) or self.new_client(s.client)
         ts = self.tasks.get(s.key)
         if ts is None:
@@ -741,7 +760,7 @@ class SchedulerState:
         cs.wants_what[ts] = None
         if ts.state != "released":
             return {}
-        return self.transition(ts, "memory", s.stimulus_id, s.value, s.nbytes)
+        return self.transition(ts, "memory", s.stimulus_id, out, s.value, s.nbytes)
 
     def is_current(self, key: str, worker: str) -> TaskState | None:
         """The task if ``worker`` is running it now; None for a stale or duplicate report."""
@@ -751,7 +770,7 @@ class SchedulerState:
         return ts
 
     @handles(st.TaskFinished)
-    def stimulus_task_finished(self, s: st.TaskFinished) -> Recs:
+    def stimulus_task_finished(self, s: st.TaskFinished, out: Outbox) -> Recs:
         ts = self.is_current(s.key, s.worker)
         if ts is None:
             # A stale result (the task was released, or rescheduled): drop its stored copy.
@@ -759,21 +778,21 @@ class SchedulerState:
             live = self.tasks.get(s.key)
             value = s.value
             if type(value) is StoreRef and value.node in self.nodes and (live is None or live.data != value):
-                self.to_worker(value.node, FreeObjects((value.name,)))
+                out.to_worker(value.node, FreeObjects((value.name,)))
             return {}
-        return self.transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
+        return self.transition(ts, "memory", s.stimulus_id, out, s.worker, s.value, s.nbytes, s.start, s.stop)
 
     @handles(st.TaskErred)
-    def stimulus_task_erred(self, s: st.TaskErred) -> Recs:
+    def stimulus_task_erred(self, s: st.TaskErred, out: Outbox) -> Recs:
         ts = self.is_current(s.key, s.worker)
         if ts is None:
             return {}
         if ts.retries > 0:
             ts.retries -= 1
-            recs = self.transition(ts, "released", s.stimulus_id)
+            recs = self.transition(ts, "released", s.stimulus_id, out)
             recs[ts.key] = "waiting"
             return recs
-        return self.transition(ts, "erred", s.stimulus_id, s.worker, s.exception, s.traceback, s.exception_text)
+        return self.transition(ts, "erred", s.stimulus_id, out, s.worker, s.exception, s.traceback, s.exception_text)
 
     def new_client(self, client: str) -> ClientState:
         cs = self.clients[client] = ClientState(client)
@@ -827,10 +846,10 @@ del S
 
 
 def _via_released(first: Callable[..., Recs], then: Callable[..., Recs]) -> Callable[..., Recs]:
-    def transition(self: SchedulerState, ts: TaskState, *args: Any) -> Recs:
-        recs = first(self, ts)
+    def transition(self: SchedulerState, ts: TaskState, out: Outbox, *args: Any) -> Recs:
+        recs = first(self, ts, out)
         recs.pop(ts.key, None)  # it goes on to the final state itself
-        recs.update(then(self, ts, *args))
+        recs.update(then(self, ts, out, *args))
         return recs
 
     return transition
