@@ -30,6 +30,7 @@ from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
 from runtime.client.owner import FutureTable, closed_error
+from runtime.client.spans import current_span
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
@@ -73,6 +74,11 @@ class ClusterClient:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        #: what handles the scheduler's messages of extensions (``event``, ``pubsub-msg``), by op;
+        #: called on the loop thread with the futures' lock held, so they only hand work on
+        self.handlers: dict[str, Callable[[dict], None]] = {}
+        #: the client side of extensions (events, pub/sub), made on first use (``extension``)
+        self.extensions: dict[str, Any] = {}
         #: actor method calls, sent straight to the actors' workers
         self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
@@ -140,6 +146,8 @@ class ClusterClient:
                     fs.status, fs.value = PENDING, None
         elif op == "scheduler-error":
             self.futures.fail_pending(SchedulerError(msg["text"]))
+        elif op in self.handlers:
+            self.handlers[op](msg)
         elif op not in ("registered", "pong"):
             logger.warning("ignoring unknown op %r", op)
 
@@ -243,8 +251,19 @@ class ClusterClient:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
-        self._send({"op": "update-graph", "tasks": tasks, "wanted": wanted, "priority": priority})
+        msg = {"op": "update-graph", "tasks": tasks, "wanted": wanted, "priority": priority}
+        if (span := current_span()) is not None:  # runtime.span(): the scheduler tags these tasks
+            msg["span"] = span
+        self._send(msg)
         return futures
+
+    def extension(self, name: str, make: Callable[[ClusterClient], Any]) -> Any:
+        """This client's side of the extension ``name``, made by ``make(self)`` on first use."""
+        with self.futures.lock:
+            ext = self.extensions.get(name)
+            if ext is None:
+                ext = self.extensions[name] = make(self)
+            return ext
 
     def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
         """Make actor-call results among a task's ``deps`` known to the scheduler; the first
@@ -365,6 +384,13 @@ class ClusterClient:
         if self._lost:
             raise ConnectionError(self._lost)
         return self._call(self._ask(what, **kwargs), timeout)
+
+    def request_checked(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
+        """``request``, raising ValueError with the scheduler's words when it answers an error."""
+        reply = self.request(what, timeout, **kwargs)
+        if isinstance(reply, dict) and len(reply) == 1 and "error" in reply:
+            raise ValueError(reply["error"])
+        return reply
 
     async def _ask(self, what: str, **kwargs: Any) -> Any:
         """On the loop thread: a request to the scheduler and its reply."""

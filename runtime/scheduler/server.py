@@ -22,8 +22,9 @@ import asyncio
 import gc
 import itertools
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from runtime import config
 from runtime.comm.codec import ProtocolError
@@ -46,7 +47,8 @@ DEATH_REPORT_GRACE = 0.5
 
 def _update_graph(m: dict, peer: str, sid: str) -> st.Stimulus:
     tasks = tuple(st.TaskSpec.from_wire(t) for t in m["tasks"])
-    return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0))
+    names, ids = m.get("span") or ((), ())
+    return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0), tuple(names), tuple(ids))
 
 
 #: op -> how to build its stimulus from (message, the sender's id, stimulus id)
@@ -79,6 +81,22 @@ def _setting(given: Any, key: str) -> Any:
 
 class PeerError(Exception):
     """A peer broke the protocol; its connection is dropped with this reason."""
+
+
+#: one transition as the state machine logs it: (key, start, finish, recommendations, stimulus id)
+Transition = tuple[str, str, str, dict, str]
+
+
+class StimulusHook(Protocol):
+    """What an extension is told of each stimulus the state machine handled (``Scheduler.stimulus_hooks``)."""
+
+    #: whether it needs the transitions of the next stimulus (gathering them holds them in memory
+    #: for the stimulus's length, so only a hook that needs them now says so)
+    wants_transitions: bool
+
+    def after_stimulus(self, stimulus: st.Stimulus, transitions: Sequence[Transition]) -> None:
+        """``stimulus`` was handled; ``transitions``: every transition it made, oldest first
+        (empty unless some hook wanted them).  Must not raise; if it does, it is logged."""
 
 
 class Scheduler:
@@ -130,6 +148,10 @@ class Scheduler:
         self.runs = WorkerRuns(self._send)
         #: the first error the state machine raised, if any (the ``validate`` request reports it)
         self.first_failure = ""
+        #: told of every stimulus handled, with its transitions (extensions append themselves)
+        self.stimulus_hooks: list[StimulusHook] = []
+        #: the extensions (events, pub/sub, spans, ...) by name, each made with this scheduler
+        self.extensions: dict[str, Any] = {name: make(self) for name, make in EXTENSIONS.items()}
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
@@ -171,6 +193,12 @@ class Scheduler:
         pause_gc = isinstance(stimulus, st.UpdateGraph) and gc.isenabled()
         if pause_gc:
             gc.disable()
+        # A hook that wants this stimulus's transitions gets them from the state's transition
+        # log, swapped for an unbounded one while the stimulus runs (the state itself is untouched).
+        watched: deque[Transition] | None = None
+        if any(hook.wants_transitions for hook in self.stimulus_hooks):
+            log, watched = self.state.transition_log, deque()
+            self.state.transition_log = watched
         try:
             client_msgs, worker_msgs = self.state.handle(stimulus)
         except Exception as e:
@@ -186,10 +214,18 @@ class Scheduler:
         finally:
             if pause_gc:
                 gc.enable()
+            if watched is not None:
+                log.extend(watched)
+                self.state.transition_log = log
         if self.stimulus_log is not None:
             self.stimulus_log.write(stimulus, record.digest(client_msgs, worker_msgs))
         self._send(client_msgs)
         self._send(worker_msgs)
+        for hook in self.stimulus_hooks:
+            try:
+                hook.after_stimulus(stimulus, watched or ())
+            except Exception:  # an extension's bug must not stop the scheduler
+                logger.exception("extension hook %r failed after %s", hook, stimulus.stimulus_id)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
@@ -354,6 +390,8 @@ class Scheduler:
                         self.handle_stimulus(stimulus)
                 elif op == "request":
                     self._reply(comm, msg["reqid"], self._ask(msg, peer))
+                elif op in MESSAGES:  # an extension's one-way message (pub/sub)
+                    MESSAGES[op](self, msg, peer)
                 elif op == "ping":  # a client making sure the scheduler is there
                     comm.send({"op": "pong"})
                 elif op == "run-result":
@@ -418,6 +456,13 @@ def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
         return handler
 
     return register
+
+
+#: an extension's one-way op -> its handler(scheduler, message, sender's id); it answers nothing
+#: and raises KeyError/TypeError/ValueError for a malformed message (the connection is dropped)
+MESSAGES: dict[str, Callable[[Scheduler, dict, str], None]] = {}
+#: extension name -> what makes it for a new Scheduler (registered when its module is imported)
+EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {}
 
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
@@ -513,3 +558,7 @@ def _outcome(f: asyncio.Future) -> Any:
         logger.error("a request failed: %s: %s", type(f.exception()).__name__, f.exception())
         return {"error": f"{type(f.exception()).__name__}: {f.exception()}"}
     return f.result()
+
+
+# The extensions register their requests, messages and makers in the tables above.
+from runtime.scheduler.extensions import events, pubsub, replay, spans  # noqa: E402, F401

@@ -1,0 +1,1 @@
+"""The scheduler's extensions: each a module of its own beside the state machine."""
