@@ -20,6 +20,8 @@ _EXPORTS = {
     "Future": "runtime.client.future", "ObjectRef": "runtime.client.future",
     "Client": "runtime.client.futures_client", "ClientExecutor": "runtime.client.futures_client",
     "progress": "runtime.client.progress",
+    "Pub": "runtime.client.pubsub", "Sub": "runtime.client.pubsub", "span": "runtime.client.spans",
+    "log_event": "runtime.client.events",
     "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
@@ -35,6 +37,7 @@ __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "progress", "WorkerPlugin", "get_worker", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "Pub", "Sub", "span", "log_event",
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
@@ -62,9 +65,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
     from runtime.api.remote import remote
+    from runtime.client.events import log_event
     from runtime.client.future import Future, ObjectRef
     from runtime.client.futures_client import Client, ClientExecutor
     from runtime.client.progress import progress
+    from runtime.client.pubsub import Pub, Sub
+    from runtime.client.spans import span
     from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
     from runtime.cluster import LocalCluster
     from runtime.diagnostics import MemorySampler

@@ -33,6 +33,7 @@ from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_entry
+from runtime.client.extensions import ClientExtensions
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
@@ -46,7 +47,7 @@ logger = logging.getLogger("runtime.client")
 MAP_BATCH_SIZE = 1000
 
 
-class Client(concurrent.futures.Executor):
+class Client(ClientExtensions, concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
 
     def __init__(
