@@ -15,7 +15,8 @@ Only tasks still known are indexed (``span_of``); a forgotten task leaves its co
 ``forgotten``.  Spans themselves are kept for the scheduler's life, as Dask keeps them.
 
 When ``opentelemetry-sdk`` is installed and the scheduler's environment configures a
-traces exporter (``OTEL_TRACES_EXPORTER``: ``console`` or ``otlp``), each tree of spans
+traces exporter (``OTEL_TRACES_EXPORTER``: ``console``, written to the scheduler's log, or
+``otlp``, configured by the ``OTEL_EXPORTER_OTLP_*`` variables), each tree of spans
 is exported once its root is done, as OpenTelemetry spans with the tasks' times and
 figures as attributes.  Without it nothing is imported or done.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -223,7 +225,8 @@ def _otel_tracer() -> Any:
     provider = TracerProvider()
     for name in exporters:
         if name == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+            # stderr: a scheduler's stdout goes nowhere, its stderr to its log
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
         elif name == "otlp":
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
