@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("runtime.scheduler.spans")
 
-#: states in which a task still has work ahead of it: a span with one is not done
-ACTIVE_STATES = frozenset({"released", "waiting", "queued", "no-worker", "processing"})
+#: states in which a task has work ahead of it: a span with one is not done (released inputs are done, as in Dask)
+ACTIVE_STATES = frozenset({"waiting", "queued", "no-worker", "processing"})
 
 
 @dataclass(slots=True)
