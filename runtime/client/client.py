@@ -548,6 +548,9 @@ class ClusterClient:
         if not self._thread.is_alive():
             self._loop.close()
         self.futures.close()
+        for ext in self.extensions.values():  # their threads, if any
+            if hasattr(ext, "close"):
+                ext.close()
 
 
 def task_entry(

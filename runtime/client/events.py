@@ -50,6 +50,11 @@ class ClientEvents:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runtime-events")
         self._pool.submit(_call_handler, handler, msg["topic"], tuple(msg["event"]))
 
+    def close(self) -> None:
+        """The client closed: stop the handlers' thread once it has run what it was given."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
 
 def _call_handler(handler: Callable[[Event], Any], topic: str, event: Event) -> None:
     try:
