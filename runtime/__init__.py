@@ -21,7 +21,7 @@ _EXPORTS = {
     "Client": "runtime.client.futures_client", "ClientExecutor": "runtime.client.futures_client",
     "progress": "runtime.client.progress",
     "Pub": "runtime.client.pubsub", "Sub": "runtime.client.pubsub", "span": "runtime.client.spans",
-    "log_event": "runtime.client.events",
+    "log_event": "runtime.client.event_log",
     "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
     from runtime.api.remote import remote
-    from runtime.client.events import log_event
+    from runtime.client.event_log import log_event
     from runtime.client.future import Future, ObjectRef
     from runtime.client.futures_client import Client, ClientExecutor
     from runtime.client.progress import progress

@@ -39,6 +39,7 @@ import psutil
 
 from runtime import config, procutil
 from runtime.comm import auth, codec
+from runtime.comm import messages as m
 from runtime.comm.core import parse_address, read_frame
 from runtime.worker.memory import format_bytes
 
@@ -132,7 +133,7 @@ def default_run_dir() -> str:
 # -- talking to the scheduler ------------------------------------------------------------
 
 
-def ask(address: str, msg: dict, timeout: float) -> Any:
+def ask(address: str, msg: m.Message, timeout: float) -> Any:
     """Send one message as a short-lived client; for a ``request``, return its reply's result.
 
     Every step is bounded by ``timeout``; failures raise ``CliError`` naming the address.
@@ -141,13 +142,13 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
     try:
         with auth.open_sync(scheme, host, port, timeout) as sock:
             client = f"client-cli-{os.urandom(4).hex()}"
-            sock.sendall(codec.encode([{"op": "register-client", "client": client}, msg]))
-            if msg["op"] != "request":
+            sock.sendall(codec.encode([m.RegisterClient(client), msg]))
+            if type(msg) is not m.Request:
                 return None
             while True:
-                for reply in read_frame(sock, address):
-                    if reply["op"] == "reply" and reply.get("reqid") == msg["reqid"]:
-                        return reply["result"]
+                for reply in read_frame(sock, address, m.TO_CLIENT):
+                    if type(reply) is m.Reply and reply.reqid == msg.reqid:
+                        return reply.result
     except TimeoutError:
         raise CliError(f"the scheduler at {address} did not answer within {timeout:g}s") from None
     except codec.SecretRequiredError:
@@ -160,7 +161,7 @@ def ask(address: str, msg: dict, timeout: float) -> Any:
 
 
 def query(address: str, what: str, timeout: float) -> Any:
-    return ask(address, {"op": "request", "reqid": 0, "what": what}, timeout)
+    return ask(address, m.Request(0, what), timeout)
 
 
 # -- the run directory --------------------------------------------------------------------
@@ -417,7 +418,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         address = _read_address(run_dir)
         if address is not None:
             try:  # every node agent closes (and empties its store), then the scheduler goes
-                ask(address, {"op": "close-cluster"}, args.timeout)
+                ask(address, m.CloseCluster(), args.timeout)
                 deadline = time.monotonic() + args.timeout
                 while query(address, "identity", args.timeout)["nodes"] and time.monotonic() < deadline:
                     time.sleep(0.1)

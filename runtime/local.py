@@ -52,6 +52,7 @@ from runtime import config
 from runtime.client.future import CANCELLED, FINISHED, PENDING, Future, FutureState
 from runtime.client.owner import FutureTable, closed_error
 from runtime.comm import serialize
+from runtime.comm.messages import CancelCompute, CancelledKeys, ComputeTask, KeyErred, KeyInMemory
 from runtime.comm.serialize import SerializationError
 from runtime.errors import GetTimeoutError
 from runtime.scheduler import stimuli as st
@@ -153,8 +154,7 @@ def _run_batch(batch: list[tuple[bytes, bytes]]) -> list[tuple[bool, bytes, str,
 
 def _erred(e: BaseException) -> tuple[bool, bytes, str, str]:
     """A failed task's entry of ``_run_batch``: pickled as a worker pickles it for the cluster."""
-    msg = serialize.erred_message("", e, 0.0)
-    return False, msg["exception"], msg["traceback"], msg["text"]
+    return (False, *serialize.pickled_error(e))
 
 
 class LocalScheduler:
@@ -339,39 +339,38 @@ class LocalScheduler:
     def _handle(self, stimulus: st.Stimulus) -> None:
         client_msgs, worker_msgs = self.state.handle(stimulus)
         for msg in worker_msgs.get(_WORKER, ()):
-            op = msg["op"]
-            if op == "compute-task":
-                self._live[msg["key"]] = msg
-                n = _order(msg["priority"], next(self._arrivals))
+            if type(msg) is ComputeTask:
+                self._live[msg.key] = msg
+                n = _order(msg.priority, next(self._arrivals))
                 self._queue[n] = msg
                 lane = self._lane
                 if not lane or n > lane[-1]:
                     lane.append(n)
                 else:
                     heapq.heappush(self._ready, n)
-            elif op == "cancel-compute":
-                self._live.pop(msg["key"], None)
+            elif type(msg) is CancelCompute:
+                self._live.pop(msg.key, None)
         msgs = client_msgs.get(_CLIENT)
         if msgs:
             table, watched, wake = self.futures, self._watched, False
             for msg in msgs:
-                op = msg["op"]
-                if op == "key-in-memory" or op == "task-erred":
+                kind = type(msg)
+                if kind is KeyInMemory or kind is KeyErred:
                     fs = table.settle(msg)
                     if fs is None:
                         continue
-                    if op == "task-erred":
+                    if kind is KeyErred:
                         fs.worker = ""  # the "worker" is this process: an error's note names none
                     wake = wake or fs in watched
-                elif op == "cancelled-keys":
-                    for fs in table.cancel_keys(msg["keys"]):
+                elif kind is CancelledKeys:
+                    for fs in table.cancel_keys(msg.keys):
                         wake = wake or fs in watched
             if wake:  # only a caller waiting for one of these: no wake-up per finished task
                 self._changed.notify_all()
         if self._queue and self._driving["threads"]:
             self._work.notify(len(self._queue))
 
-    def _next_task(self) -> dict | None:
+    def _next_task(self) -> ComputeTask | None:
         """Pop the ready task of highest priority still live.  Call with the lock held."""
         ready, lane, queue, live = self._ready, self._lane, self._queue, self._live
         while queue:
@@ -379,15 +378,15 @@ class LocalScheduler:
                 msg = queue.pop(heapq.heappop(ready))
             else:
                 msg = queue.pop(lane.popleft())
-            if live.get(msg["key"]) is msg:
-                del live[msg["key"]]
+            if live.get(msg.key) is msg:
+                del live[msg.key]
                 return msg
         return None
 
-    def _execute(self, msg: dict) -> st.Stimulus:
+    def _execute(self, msg: ComputeTask) -> st.Stimulus:
         """Run one task here (sync, threads); returns the stimulus reporting how it went."""
-        func, (args, kwargs) = msg["run_spec"]
-        boxes = msg["deps"]
+        func, (args, kwargs) = msg.run_spec
+        boxes = msg.deps
         sid = f"task-{next(self._ids)}"
         try:
             if boxes:
@@ -406,8 +405,8 @@ class LocalScheduler:
                 raise
             # The exception itself, not pickled: re-raised, it keeps its own traceback.
             tb = "".join(traceback.format_exception(e))
-            return st.TaskErred(sid, msg["key"], _WORKER, e, tb, f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
-        return st.TaskFinished(sid, msg["key"], _WORKER, Box(result), 0)
+            return st.TaskErred(sid, msg.key, _WORKER, e, tb, f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
+        return st.TaskFinished(sid, msg.key, _WORKER, Box(result), 0)
 
     # -- driving: get / wait -------------------------------------------------------------
 
@@ -473,10 +472,10 @@ class LocalScheduler:
             if table.due:  # before ready() is asked again: it may read what they do
                 table.fire_callbacks()
 
-    def _requeue(self, msg: dict) -> None:
+    def _requeue(self, msg: ComputeTask) -> None:
         """Put a task taken from the ready queue but not run back in its place."""
-        self._live[msg["key"]] = msg
-        n = _order(msg["priority"], next(self._arrivals))
+        self._live[msg.key] = msg
+        n = _order(msg.priority, next(self._arrivals))
         self._queue[n] = msg
         heapq.heappush(self._ready, n)  # the heap takes any number; the lane only a larger one
 
@@ -528,7 +527,7 @@ class LocalScheduler:
                 try:
                     wire.append(self._pickle_task(msg))
                 except SerializationError as e:  # this task fails; the others go on
-                    self._handle(st.TaskErred(f"task-{next(self._ids)}", msg["key"], _WORKER, e, "", str(e)))  # type: ignore[arg-type]
+                    self._handle(st.TaskErred(f"task-{next(self._ids)}", msg.key, _WORKER, e, "", str(e)))  # type: ignore[arg-type]
                     continue
                 msgs.append(msg)
             if not msgs:
@@ -540,24 +539,24 @@ class LocalScheduler:
                     self._requeue(msg)
                 self._pool = None
                 continue
-            keys = [m["key"] for m in msgs]
+            keys = [msg.key for msg in msgs]
             self._in_pool.update(keys)
             # Called at once, here, if the batch is already done (a process that died at once).
             fut.add_done_callback(lambda f, keys=keys, pool=self._pool: self._batch_done(pool, keys, f))
 
-    def _pickle_task(self, msg: dict) -> tuple[bytes, bytes]:
+    def _pickle_task(self, msg: ComputeTask) -> tuple[bytes, bytes]:
         """The task's function and arguments (dependencies filled in) as the process pool takes them."""
-        func, (args, kwargs) = msg["run_spec"]
+        func, (args, kwargs) = msg.run_spec
         fb = self._func_bytes.get(func)
         if fb is None:
             fb = self._func_bytes[func] = serialize.dumps_function(func)
-        deps = msg["deps"]
+        deps = msg.deps
         if deps:
             args, kwargs = _fill(args, deps), _fill(kwargs, deps)
-        data, hidden = serialize.dumps_args(msg["key"].rsplit("-", 1)[0], args, kwargs)
+        data, hidden = serialize.dumps_args(msg.key.rsplit("-", 1)[0], args, kwargs)
         if hidden:
             raise SerializationError(
-                f"task {msg['key']!r} has futures inside objects other than lists, tuples, sets and dicts "
+                f"task {msg.key!r} has futures inside objects other than lists, tuples, sets and dicts "
                 f"({', '.join(hidden)}), which the processes scheduler cannot resolve; pass them directly"
             )
         return fb, data

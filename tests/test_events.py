@@ -14,15 +14,19 @@ import sys
 import threading
 
 import cloudpickle
+import msgspec
 import pytest
 from conftest import validated, wait_until
 
 import runtime as rt
 from runtime import Client
 from runtime.client.pubsub import parse_timeout
+from runtime.comm import messages as m
+from runtime.comm.messages import MalformedMessage
 from runtime.comm.serialize import SerializationError
-from runtime.scheduler.extensions.events import EventLog
+from runtime.scheduler.extensions.event_log import EventLog
 from runtime.scheduler.extensions.pubsub import PubSub
+from runtime.scheduler.server import Scheduler
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
 
@@ -36,8 +40,8 @@ def test_event_log_keeps_the_last_events_of_each_topic_and_addresses_subscribers
     log.subscribe("b", "c2")
     out = log.log(["a", "b"], {"x": 2}, now=2.0)
     assert out == {
-        "c1": [{"op": "event", "topic": "a", "event": [2.0, {"x": 2}]}],
-        "c2": [{"op": "event", "topic": "b", "event": [2.0, {"x": 2}]}],
+        "c1": [m.LoggedEvent("a", 2.0, {"x": 2})],
+        "c2": [m.LoggedEvent("b", 2.0, {"x": 2})],
     }
     log.log("a", 3, now=3.0)
     assert log.get("a") == [[2.0, {"x": 2}], [3.0, 3]]  # the oldest went
@@ -59,16 +63,37 @@ def test_pubsub_counts_subs_per_client_and_routes_to_each_subscribed_client_once
     ps.subscribe("t", "c1")
     ps.subscribe("t", "c1")
     ps.subscribe("t", "c2")
-    assert ps.route("t", b"m") == {c: [{"op": "pubsub-msg", "topic": "t", "msg": b"m"}] for c in ("c1", "c2")}
+    msg = m.PubsubMsg("t", b"m")
+    assert ps.route(msg) == {c: [msg] for c in ("c1", "c2")}
     ps.unsubscribe("t", "c1")
     assert ps.subscribers["t"] == {"c1": 1, "c2": 1}
     ps.client_gone("c2")
     ps.unsubscribe("t", "c1")
-    assert ps.subscribers == {} and ps.route("t", b"m") == {}
-    with pytest.raises(TypeError, match="bytes"):
-        ps.route("t", "not pickled")
+    assert ps.subscribers == {} and ps.route(msg) == {}
     with pytest.raises(TypeError, match="topic"):
         ps.subscribe(7, "c1")
+
+
+@pytest.mark.parametrize(
+    "wire, error",
+    [
+        (["pubsub-msg", "t", "not pickled"], "field 'msg'"),
+        (["pubsub-msg", "", b"m"], "field 'topic'"),
+        (["pubsub-msg", "t"], "pubsub-msg"),
+        (["update-graph", [], [], 0, [["a", "b"], ["only-one"]]], "one id per tag"),
+        (["update-graph", [], [], 0, [[], []]], "one id per tag"),
+        (["update-graph", [], [], 0, [[""], ["id"]]], "field 'span'"),
+    ],
+)
+def test_the_extensions_messages_are_checked_as_they_decode(wire, error):
+    with pytest.raises(MalformedMessage, match=error):
+        m.TO_SCHEDULER.decode(msgspec.msgpack.encode([wire]))
+
+
+def test_only_clients_publish_and_the_scheduler_dispatches_it_through_its_tables():
+    tables = Scheduler()._handler_tables()
+    assert m.PubsubMsg in tables["client"] and all(m.PubsubMsg not in tables[k] for k in ("worker", "node"))
+    assert {m.PubsubMsg, m.LoggedEvent} <= set(m.TO_CLIENT.kinds)
 
 
 def test_timeouts_are_numbers_strings_or_timedeltas_and_never_negative():

@@ -20,6 +20,7 @@ from conftest import runtime_cmd, validated
 
 from runtime.client.client import ClusterClient
 from runtime.comm import codec, serialize
+from runtime.comm import messages as m
 from runtime.comm.core import parse_address, read_frame
 from runtime.comm.serialize import dumps_function
 from runtime.objstore import store
@@ -62,6 +63,7 @@ def served(tmp_path_factory):
 
 
 def _frame(*msgs) -> bytes:
+    """A frame of hand-made messages, each ``[op, field, ...]`` as the wire has them."""
     payload = msgpack.packb(list(msgs), use_bin_type=True)
     return struct.pack("<I", len(payload)) + payload
 
@@ -92,31 +94,32 @@ MALFORMED = [
     ("garbage bytes", b"\x93\x00\xff" + os.urandom(64), None),
     ("oversized frame", struct.pack("<I", codec.MAX_FRAME_BYTES + 1), "over the"),
     ("truncated frame", struct.pack("<I", 1000) + b"\x91" * 10, "truncated frame"),
-    ("not a list of messages", struct.pack("<I", 1) + b"\x05", "not a list of messages"),
+    ("not a list of messages", struct.pack("<I", 1) + b"\x05", "a frame is a list of messages"),
     ("empty batch", _frame(), "held no message"),
-    ("first message not a registration", _frame({"op": "update-graph", "tasks": []}), "not a registration"),
-    ("registration missing its id", _frame({"op": "register-worker", "node": "n"}), "malformed 'register-worker'"),
-    ("registration of the wrong type", _frame({"op": "register-client", "client": [1]}), "field 'client'"),
-    ("unknown op", _frame({"op": "register-client", "client": "c-x"}, {"op": "explode"}), "unknown op 'explode'"),
+    ("a message that is a map", _frame({"op": "register-client", "client": "c"}), "a message is an array"),
+    ("first message not a registration", _frame(["update-graph", [], []]), "not a registration"),
+    ("registration missing its id", _frame(["register-worker", "n"]), "malformed 'register-worker' message"),
+    ("registration of the wrong type", _frame(["register-client", [1]]), "field 'client': Expected `str`"),
+    ("unknown op", _frame(["register-client", "c-x"], ["explode"]), "unknown op 'explode'"),
     (
         "message missing a field",
-        _frame({"op": "register-client", "client": "c-y"}, {"op": "update-graph", "wanted": []}),
-        "malformed 'update-graph' message (KeyError",
+        _frame(["register-client", "c-y"], ["update-graph", []]),
+        "malformed 'update-graph' message: Expected `array` of at least length 3",
     ),
     (
         "field of the wrong type",
-        _frame({"op": "register-worker", "address": "w-z", "node": "n"}, {"op": "task-finished", "key": ["k"]}),
-        "malformed 'task-finished'",
+        _frame(["register-worker", "w-z", "n"], ["task-finished", ["k"], b"", 1]),
+        "malformed 'task-finished' message: field 'key'",
     ),
     (
         "a task of the wrong shape",
-        _frame({"op": "register-client", "client": "c-w"}, {"op": "update-graph", "tasks": [["k", 1]], "wanted": []}),
-        "malformed 'update-graph'",
+        _frame(["register-client", "c-w"], ["update-graph", [["k", 1]], []]),
+        "malformed 'update-graph' message: field 'tasks'",
     ),
     (
         "a heartbeat from a client",
-        _frame({"op": "register-client", "client": "c-h"}, {"op": "heartbeat", "used": 0, "spilled": 0, "limit": 0}),
-        "not a node agent",
+        _frame(["register-client", "c-h"], ["heartbeat", "n", 0, 0, 0]),
+        "a client may not send 'heartbeat'",
     ),
 ]
 
@@ -158,18 +161,18 @@ def test_the_node_agents_object_server_drops_bad_peers_and_keeps_serving(served)
         _send_raw(agent, data)
     elsewhere = f"rt-1-abcdef-{'0' * 28}"  # another store's object
     bad_requests = [
-        {"op": "get-object"},  # no name
-        {"op": "get-object", "name": "../../../etc/passwd"},  # a path, not an object
-        {"op": "get-object", "name": elsewhere},
-        {"op": "fetch", "name": elsewhere},  # no source
-        {"op": "delete-everything", "name": elsewhere},
+        ["get-object"],  # no name
+        ["get-object", "../../../etc/passwd"],  # a path, not an object
+        ["get-object", elsewhere],
+        ["fetch", elsewhere],  # no location
+        ["delete-everything", elsewhere],
     ]
     for request in bad_requests:
         assert _exchange(agent, _frame(request)) == b""  # dropped: not a byte of any file
     _still_serving(client)
     log = cluster.log("agent.log")
-    assert "names no store object: '../../../etc/passwd'" in log
-    assert "unknown or malformed 'delete-everything' request" in log
+    assert "malformed 'get-object' message: field 'name': Expected `str` matching regex" in log
+    assert "unknown op 'delete-everything'" in log
     assert client.request("identity")["nodes"]  # the agent is still there
 
 
@@ -190,26 +193,26 @@ def test_peers_that_stop_midway_through_an_object_leave_nothing_behind_and_one_l
     agent, prefix = node["address"], node["prefix"]
     _, host, port = parse_address(agent)
     ref = client.put(np.ones(10_000_000))  # 80 MB: more than the socket buffers hold
-    name = ref._state.value[2]
+    name = ref._state.value.name
 
     # A reader that takes a little of an object and goes away (a reset, as a killed process's).
     with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(_frame({"op": "get-object", "name": name}))
-        assert read_frame(sock, agent)[0]["op"] == "object"
+        sock.sendall(_frame(["get-object", name]))
+        assert type(read_frame(sock, agent, m.FROM_OBJECT_SERVER)[0]) is m.Object
         sock.recv(65536)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     # A client with no store that starts a put and goes away.
     with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(_frame({"op": "put-object", "key": "half-put", "size": 10_000_000}))
-        assert read_frame(sock, agent)[0]["op"] == "ready"
+        sock.sendall(_frame(["put-object", "half-put", 10_000_000]))
+        assert type(read_frame(sock, agent, m.FROM_OBJECT_SERVER)[0]) is m.Ready
         sock.sendall(bytes(1_000_000))
     # Puts that cannot be: refused with a reason, and the connection goes on serving.
     with socket.create_connection((host, port), timeout=30) as sock:
         for size, says in ((-1, "no object"), (2**60, "larger than the node store's limit")):
-            sock.sendall(_frame({"op": "put-object", "key": "bad-put", "size": size}))
-            reply = read_frame(sock, agent)[0]
-            assert reply["op"] == "put-failed" and says in reply["error"], reply
-    for request in ({"op": "put-object", "key": "k", "size": "lots"}, {"op": "fetch", "located": ["n", 1, "/x"]}):
+            sock.sendall(_frame(["put-object", "bad-put", size]))
+            reply = read_frame(sock, agent, m.FROM_OBJECT_SERVER)[0]
+            assert type(reply) is m.PutFailed and says in reply.error, reply
+    for request in (["put-object", "k", "lots"], ["fetch", "k", ["n", 1, "/x"], "tcp://x:1"]):
         assert _exchange(agent, _frame(request)) == b""
 
     deadline = time.monotonic() + 10
@@ -265,18 +268,15 @@ def test_a_name_that_is_not_an_object_of_the_store_never_reaches_a_file(served, 
         for name in bad_names + others:
             key = f"victim-{os.urandom(4).hex()}"
             located = [node["node"], 1000, name]
-            update = {"op": "update-data", "key": key, "value": located, "nbytes": 1000}
-            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": _client_id()}, update))
-            client_id = _client_id()
-            release = {"op": "release-keys", "keys": [key]}
-            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": client_id}, release))
-            replica = {"op": "add-replica", "key": key, "node": node["node"], "name": name, "source": located}
-            _send_raw(cluster.scheduler_address, _frame({"op": "register-client", "client": _client_id()}, replica))
+            update = ["update-data", key, located, 1000]
+            _send_raw(cluster.scheduler_address, _frame(["register-client", _client_id()], update))
+            release = ["release-keys", [key]]
+            _send_raw(cluster.scheduler_address, _frame(["register-client", _client_id()], release))
+            replica = ["add-replica", key, node["node"], name, located]
+            _send_raw(cluster.scheduler_address, _frame(["register-node", f"n-{key}", "rt-1-abcdef-"], replica))
         # The scheduler refuses each bad name at the wire, the agent an object of another store.
-        _wait_for_log(
-            cluster, "scheduler.log", "is not bytes or [node, nbytes, object name of a store]", len(bad_names)
-        )
-        _wait_for_log(cluster, "scheduler.log", "'name' of AddReplica is not an object name of a store", len(bad_names))
+        _wait_for_log(cluster, "scheduler.log", "malformed 'update-data' message: field 'value'", len(bad_names))
+        _wait_for_log(cluster, "scheduler.log", "malformed 'add-replica' message: field 'name'", len(bad_names))
         for name in others:
             _wait_for_log(cluster, "agent.log", f"refusing to free {name!r}")
         assert all(v.read_text() == "precious" for v in victims)

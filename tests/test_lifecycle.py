@@ -140,11 +140,12 @@ def test_malformed_message_drops_only_that_client_and_its_futures_fail_clearly()
         bad = ClusterClient(cluster.scheduler_address)
         good = ClusterClient(cluster.scheduler_address)
         try:
+            from runtime.comm import messages as m
             from runtime.comm import serialize
 
             func = serialize.dumps_function(lambda: 1)
             pending = bad.submit(serialize.dumps_function(time.sleep), "sleep", (30,), {})
-            bad._send({"op": "update-graph", "tasks": 5, "wanted": []})  # not a list of tasks
+            bad._send(m.UpdateGraph(5, ()))  # type: ignore[arg-type]  # not a list of tasks
             with pytest.raises(ConnectionError, match="lost the connection to the scheduler"):
                 pending.result(timeout=30)
             assert good.submit(func, "one", (), {}).result(timeout=30) == 1

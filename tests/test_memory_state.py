@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.comm.messages import FreeObjects, StoreRef
 from runtime.scheduler import amm, placement, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
@@ -85,11 +86,11 @@ def test_a_sampling_interval_below_the_floor_or_not_a_number_is_refused(interval
         sampler.check_interval(interval)
 
 
-def two_nodes_with_a_copy(s: SchedulerState) -> list:
+def two_nodes_with_a_copy(s: SchedulerState) -> StoreRef:
     s.handle(st.AddNode(sid(), "n1", "tcp://a"))
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))
     s.handle(st.AddWorker(sid(), "w2", "n2", 1))
-    big = ["n1", 10**6, "obj-a"]
+    big = StoreRef("n1", 10**6, "obj-a")
     s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10**6))
     s.handle(graph(task("f-1", "big-1")))
     s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
@@ -104,7 +105,7 @@ def test_reduce_replicas_drops_a_copy_once_no_task_reads_it(s):
     assert drops == [("big-1", "n2", "obj-b")]
     assert amm.reduce_replicas(s, keep=frozenset({"n1"})) == []  # n1 is retiring: keep its copies
     _, wmsgs = s.handle(st.DropReplicas(sid(), tuple(drops)))
-    assert wmsgs == {"n2": [{"op": "free-objects", "names": ["obj-b"]}]}
+    assert wmsgs == {"n2": [FreeObjects(("obj-b",))]}
     assert not s.tasks["big-1"].replicas and not s.nodes["n2"].replicas
     _, wmsgs = s.handle(st.DropReplicas(sid(), tuple(drops)))  # stale: nothing happens
     assert not wmsgs
@@ -126,12 +127,12 @@ def test_retire_moves_copy_what_only_leaving_nodes_hold(s):
     s.handle(st.NodeHeartbeat(sid(), "n2", 0, 0, 100))
     s.handle(st.NodeHeartbeat(sid(), "n3", 0, 0, 100))
     for i, size in enumerate((60, 30, 20)):
-        s.handle(st.UpdateData(sid(), "c1", f"put-{i}", ["n1", size, f"obj-{i}"], size))
+        s.handle(st.UpdateData(sid(), "c1", f"put-{i}", StoreRef("n1", size, f"obj-{i}"), size))
     s.handle(st.UpdateData(sid(), "c1", "small-1", b"inline", 6))  # held by the scheduler: stays
     moves = amm.retire_moves(s, {"n1"})
     # The biggest first, each into the node with the most room left.
     assert [(ts.key, node) for ts, node in moves] == [("put-0", "n2"), ("put-1", "n3"), ("put-2", "n3")]
-    s.handle(st.AddReplica(sid(), "put-0", "n3", "copy-0", ["n1", 60, "obj-0"]))
+    s.handle(st.AddReplica(sid(), "put-0", "n3", "copy-0", StoreRef("n1", 60, "obj-0")))
     assert [ts.key for ts, _ in amm.retire_moves(s, {"n1"})] == ["put-1", "put-2"]
     # A copy on another leaving node does not count.
     assert [ts.key for ts, _ in amm.retire_moves(s, {"n1", "n3"})] == ["put-0", "put-1", "put-2"]

@@ -90,7 +90,7 @@ def test_a_copy_made_for_a_process_that_then_died_is_recorded_and_freed_with_the
     here, there = (nodes[n]["address"] for n in cluster.nodes)
     # What a worker on node 1 does before it reads the value; then it is killed, saying nothing.
     fetch_sync(there, cluster.nodes[1], ref.key, ref._state.value, here)
-    copy = store.local_name(cluster.prefixes[1], ref._state.value[2])
+    copy = store.local_name(cluster.prefixes[1], ref._state.value.name)
     assert copy in _objects(cluster.prefixes[1])
     del ref  # the agent told the scheduler of its copy: it goes with the value
     client.request("identity")
@@ -113,7 +113,7 @@ def test_scatter_broadcast_places_a_copy_in_every_store(two_nodes):
     with rt.Client(cluster) as client:
         value = np.arange(2_000_000, dtype=np.float64)  # 16 MB: stored, not inline
         ref = client.scatter(value, broadcast=True)
-        assert store.local_name(cluster.prefixes[1], ref._state.value[2]) in _objects(cluster.prefixes[1])
+        assert store.local_name(cluster.prefixes[1], ref._state.value.name) in _objects(cluster.prefixes[1])
         far = _workers_on(client.core, cluster.nodes[1])
         before = len(_fetch_lines(cluster, 1))
         assert client.submit(np.sum, ref, workers=far).result(60) == value.sum()

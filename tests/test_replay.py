@@ -12,6 +12,7 @@ from conftest import runtime_cmd
 
 import runtime as rt
 from runtime.api.context import current_runtime
+from runtime.comm.messages import StoreRef
 from runtime.scheduler import record
 from runtime.scheduler import stimuli as st
 
@@ -118,6 +119,7 @@ def test_a_log_whose_decisions_differ_or_that_is_no_log_says_so(recorded, tmp_pa
 
 
 def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
+    X, Y = "rt-1-abcdef-" + "0" * 28, "rt-2-abcdef-" + "1" * 28  # object names of two stores
     spec = st.TaskSpec("a", (b"f", b"args"), ("b",), 2, "a", ("n1/w",), {"GPU": 1.0}, True)
     examples = [
         st.UpdateGraph(
@@ -130,12 +132,12 @@ def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
             ("a",),
             3,
         ),
-        st.UpdateData("s2", "c", "p", ["n1", 10, "rt-1-abcdef-" + "0" * 28], 10),
+        st.UpdateData("s2", "c", "p", StoreRef("n1", 10, X), 10),
         st.TaskFinished("s3", "a", "n1/w", b"inline", 6, 1.5, 2.5),
         st.TaskErred("s4", "a", "n1/w", b"pickled", "Traceback...", "boom", 1.0, 2.0),
-        st.MissingData("s5", "a", "n1/w", "b", ["n1", 10, "x"]),
-        st.AddReplica("s6", "a", "n2", "y", ["n1", 10, "x"]),
-        st.DropReplicas("s7", (("a", "n2", "y"),)),
+        st.MissingData("s5", "a", "n1/w", "b", StoreRef("n1", 10, X)),
+        st.AddReplica("s6", "a", "n2", Y, StoreRef("n1", 10, X)),
+        st.DropReplicas("s7", (("a", "n2", Y),)),
         st.AddWorker("s8", "n1/w", "n1", 2, 42, "host", {"GPU": 1.0}, 2**30),
         st.RemoveWorker("s9", "n1/w", "killed by signal 9", ("a",)),
         st.RemoveWorker("s10", "n1/w"),

@@ -112,7 +112,7 @@ def test_nested_spans_tag_tasks_and_the_client_reads_their_figures(client):
     assert current_span() is None
     with rt.span("etl") as etl:
         with rt.span("load") as load:
-            assert current_span()[1] == (etl, load)
+            assert current_span().ids == (etl, load)
             parts = client.map(slow_inc, range(8))
         total = client.submit(sum, parts)
         assert total.result() == 36
@@ -137,10 +137,10 @@ def test_nested_spans_tag_tasks_and_the_client_reads_their_figures(client):
 
 def test_spans_are_per_context_and_bad_input_is_a_clear_error(client):
     with rt.span("a", "b") as b:
-        (names, ids) = current_span()
-        assert names == ("a", "b") and ids[-1] == b
+        path = current_span()
+        assert path.names == ("a", "b") and path.ids[-1] == b
         with rt.span("a") as again:
-            assert current_span()[0] == ("a", "b", "a") and again != ids[0]
+            assert current_span().names == ("a", "b", "a") and again != path.ids[0]
     with pytest.raises(ValueError, match="at least one tag"):
         with rt.span():
             pass

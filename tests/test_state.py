@@ -11,6 +11,15 @@ import pickle
 
 import pytest
 
+from runtime.comm.messages import (
+    CancelCompute,
+    CancelledKeys,
+    ComputeTask,
+    FreeObjects,
+    KeyErred,
+    KeyInMemory,
+    StoreRef,
+)
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import ALL_TASK_STATES, InvalidTransition, SchedulerState
@@ -53,7 +62,7 @@ def s() -> SchedulerState:
 
 
 def compute_keys(worker_msgs: dict, worker: str) -> list[str]:
-    return [m["key"] for m in worker_msgs.get(worker, []) if m["op"] == "compute-task"]
+    return [m.key for m in worker_msgs.get(worker, []) if type(m) is ComputeTask]
 
 
 def test_names_from_the_specification():
@@ -75,7 +84,7 @@ def test_task_runs_and_result_reaches_the_client(s):
     assert compute_keys(wmsgs, "w1") == ["inc-1"]
     assert s.tasks["inc-1"].state == "processing"
     cmsgs, _ = s.handle(finished("inc-1", "w1", b"2"))
-    assert cmsgs["c1"] == [{"op": "key-in-memory", "key": "inc-1", "value": b"2", "nbytes": 1}]
+    assert cmsgs["c1"] == [KeyInMemory("inc-1", b"2", 1)]
     ts = s.tasks["inc-1"]
     assert ts.state == "memory" and {w.address for w in ts.who_has or ()} == {"w1"}
     assert s.workers["w1"].processing == {}
@@ -87,7 +96,7 @@ def test_dependency_value_travels_with_the_dependent(s):
     assert s.tasks["b-1"].state == "waiting"
     _, wmsgs = s.handle(finished("a-1", "w1", b"A"))
     (msg,) = wmsgs["w1"]
-    assert msg["key"] == "b-1" and msg["deps"] == {"a-1": b"A"}
+    assert type(msg) is ComputeTask and msg.key == "b-1" and msg.deps == {"a-1": b"A"}
     s.handle(finished("b-1", "w1"))
     # Nobody needs a-1's value any more: released, but remembered while b-1 may need
     # recomputing; forgotten together with b-1.
@@ -107,11 +116,11 @@ def test_no_worker_until_a_worker_joins(s):
 def test_release_forgets_results_and_frees_stored_copies(s):
     add_worker(s)
     s.handle(graph(task("x-1")))
-    s.handle(finished("x-1", "w1", ["n1", 500_000, "rt-obj"], 500_000))
+    s.handle(finished("x-1", "w1", StoreRef("n1", 500_000, "rt-obj"), 500_000))
     assert s.workers["w1"].nbytes == 500_000
     _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("x-1",)))
     assert "x-1" not in s.tasks
-    assert wmsgs["n1"] == [{"op": "free-objects", "names": ["rt-obj"]}]
+    assert wmsgs["n1"] == [FreeObjects(("rt-obj",))]
     assert s.workers["w1"].nbytes == 0 and not s.nodes["n1"].stored
 
 
@@ -139,19 +148,19 @@ def test_release_of_a_pending_task_cancels_it(s):
     add_worker(s)
     s.handle(graph(task("x-1")))
     _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("x-1",)))
-    assert wmsgs["w1"] == [{"op": "cancel-compute", "key": "x-1"}]
+    assert wmsgs["w1"] == [CancelCompute("x-1")]
     assert "x-1" not in s.tasks
     # Its late result is ignored, and a stored copy of it freed.
-    _, wmsgs = s.handle(finished("x-1", "w1", ["n1", 10, "rt-late"], 10))
-    assert wmsgs == {"n1": [{"op": "free-objects", "names": ["rt-late"]}]}
+    _, wmsgs = s.handle(finished("x-1", "w1", StoreRef("n1", 10, "rt-late"), 10))
+    assert wmsgs == {"n1": [FreeObjects(("rt-late",))]}
 
 
 def test_error_reaches_client_and_dependents_with_blame(s):
     add_worker(s)
     s.handle(graph(task("a-1"), task("b-1", "a-1"), task("c-1", "b-1"), wanted=("a-1", "c-1")))
     cmsgs, _ = s.handle(erred("a-1", "w1"))
-    ops = {(m["op"], m["key"], m["blame"]) for m in cmsgs["c1"]}
-    assert ops == {("task-erred", "a-1", "a-1"), ("task-erred", "c-1", "a-1")}
+    ops = {(type(m), m.key, m.blame) for m in cmsgs["c1"]}
+    assert ops == {(KeyErred, "a-1", "a-1"), (KeyErred, "c-1", "a-1")}
     assert s.tasks["c-1"].state == "erred" and s.tasks["c-1"].exception_blame is s.tasks["a-1"]
     assert "ValueError" in s.tasks["a-1"].exception_text
 
@@ -163,7 +172,7 @@ def test_retries_rerun_a_task_that_raised(s):
     assert compute_keys(wmsgs, "w1") == ["x-1"]
     assert s.tasks["x-1"].retries == 0
     cmsgs, _ = s.handle(erred("x-1", "w1"))
-    assert cmsgs["c1"][0]["op"] == "task-erred"
+    assert type(cmsgs["c1"][0]) is KeyErred
 
 
 def test_worker_death_reschedules_and_marks_suspicious(s):
@@ -185,7 +194,9 @@ def test_killed_worker_after_allowed_failures(s):
     s.handle(st.RemoveWorker(sid(), s.tasks["bad-1"].processing_on.address, "exit code 1"))
     cmsgs, _ = s.handle(st.RemoveWorker(sid(), s.tasks["bad-1"].processing_on.address, "exit code 1"))
     assert s.tasks["bad-1"].state == "erred"
-    exc = pickle.loads(cmsgs["c1"][0]["exception"])
+    (msg,) = cmsgs["c1"]
+    assert type(msg) is KeyErred and msg.key == "bad-1"
+    exc = pickle.loads(msg.exception)
     assert isinstance(exc, KilledWorker) and "bad-1" in str(exc) and "exit code 1" in str(exc)
 
 
@@ -194,7 +205,7 @@ def test_results_survive_their_workers_death(s):
     add_worker(s, "w2")
     s.handle(graph(task("x-1"), task("y-1")))
     for key in ("x-1", "y-1"):
-        s.handle(finished(key, s.tasks[key].processing_on.address, ["n1", 10, f"obj-{key}"], 10))
+        s.handle(finished(key, s.tasks[key].processing_on.address, StoreRef("n1", 10, f"obj-{key}"), 10))
     s.handle(st.RemoveWorker(sid(), "w1"))
     assert all(s.tasks[k].state == "memory" for k in ("x-1", "y-1"))
 
@@ -204,7 +215,7 @@ def test_losing_a_node_recomputes_what_only_its_store_held(s):
     add_worker(s, "w2", "n2")
     s.handle(graph(task("x-1")))
     ws = s.tasks["x-1"].processing_on
-    s.handle(finished("x-1", ws.address, [ws.node, 10, "obj"], 10))
+    s.handle(finished("x-1", ws.address, StoreRef(ws.node, 10, "obj"), 10))
     _, wmsgs = s.handle(st.RemoveNode(sid(), ws.node))
     survivor = "w2" if ws.address == "w1" else "w1"
     assert compute_keys(wmsgs, survivor) == ["x-1"]
@@ -214,7 +225,9 @@ def test_unknown_dependency_errs_with_a_clear_message(s):
     add_worker(s)
     cmsgs, _ = s.handle(graph(task("b-1", "never-submitted")))
     assert s.tasks["b-1"].state == "erred"
-    exc = pickle.loads(cmsgs["c1"][0]["exception"])
+    (msg,) = cmsgs["c1"]
+    assert type(msg) is KeyErred and msg.key == "b-1"
+    exc = pickle.loads(msg.exception)
     assert isinstance(exc, LookupError) and "never-submitted" in str(exc)
 
 
@@ -223,7 +236,7 @@ def test_an_unknown_dependency_of_a_task_nobody_wants_leaves_nothing_behind(s):
     add_worker(s)
     cmsgs, _ = s.handle(graph(task("a-1", "never-submitted"), task("b-1"), wanted=("b-1",)))
     assert "a-1" not in s.tasks and s.tasks["b-1"].state == "processing"
-    assert not [m for m in cmsgs.get("c1", []) if m.get("key") == "a-1"]  # nobody asked for it
+    assert not [m for m in cmsgs.get("c1", []) if getattr(m, "key", None) == "a-1"]  # nobody asked for it
 
 
 def test_client_leaving_releases_what_only_it_wanted(s):
@@ -240,22 +253,22 @@ def test_second_client_wanting_a_finished_key_gets_it(s):
     s.handle(graph(task("x-1")))
     s.handle(finished("x-1", "w1", b"X"))
     cmsgs, _ = s.handle(graph(task("x-1"), client="c2"))
-    assert cmsgs["c2"][0]["value"] == b"X"
+    assert cmsgs["c2"] == [KeyInMemory("x-1", b"X", 1)]
 
 
 def test_put_data_is_in_memory_at_once(s):
     s.handle(st.AddNode(sid(), "n1"))
-    s.handle(st.UpdateData(sid(), "c1", "put-1", ["n1", 10, "obj"], 10))
+    s.handle(st.UpdateData(sid(), "c1", "put-1", StoreRef("n1", 10, "obj"), 10))
     assert s.tasks["put-1"].state == "memory"
     add_worker(s)
     _, wmsgs = s.handle(graph(task("f-1", "put-1")))
-    assert wmsgs["w1"][0]["deps"] == {"put-1": ["n1", 10, "obj"]}
+    assert wmsgs["w1"][0].deps == {"put-1": StoreRef("n1", 10, "obj")}
 
 
 def test_placement_prefers_the_node_holding_large_dependencies(s):
     add_worker(s, "w1", "n1")
     add_worker(s, "w2", "n2")
-    s.handle(st.UpdateData(sid(), "c1", "big-1", ["n2", 10**9, "obj"], 10**9))
+    s.handle(st.UpdateData(sid(), "c1", "big-1", StoreRef("n2", 10**9, "obj"), 10**9))
     _, wmsgs = s.handle(graph(task("f-1", "big-1")))
     assert compute_keys(wmsgs, "w2") == ["f-1"]
 
@@ -301,10 +314,10 @@ def test_user_priority_orders_compute_messages(s):
     add_worker(s)
     _, low = s.handle(graph(task("low-1"), priority=0))
     _, high = s.handle(graph(task("high-1"), priority=10))
-    assert high["w1"][0]["priority"] < low["w1"][0]["priority"]
+    assert high["w1"][0].priority < low["w1"][0].priority
     # A hand-made message's priority out of range is clamped: still first, still a 64-bit int.
     _, highest = s.handle(graph(task("highest-1"), priority=10**30))
-    assert -(2**63) <= highest["w1"][0]["priority"] < high["w1"][0]["priority"]
+    assert -(2**63) <= highest["w1"][0].priority < high["w1"][0].priority
 
 
 def test_invalid_transition_names_key_and_states(s):
@@ -334,7 +347,7 @@ def test_duplicate_worker_messages_are_ignored(s):
 def test_locality_gives_way_when_moving_the_data_is_cheaper(s):
     add_worker(s, "near", "n1")
     add_worker(s, "far", "n2")
-    s.handle(st.UpdateData(sid(), "c1", "big-1", ["n1", 10**8, "obj"], 10**8))  # 1 s to move at 100 MB/s
+    s.handle(st.UpdateData(sid(), "c1", "big-1", StoreRef("n1", 10**8, "obj"), 10**8))  # 1 s to move at 100 MB/s
     _, wmsgs = s.handle(graph(task("f-1", "big-1")))
     assert compute_keys(wmsgs, "near") == ["f-1"]
     s.task_durations["slow"] = 5.0  # five seconds of work queued there: moving is cheaper
@@ -359,7 +372,7 @@ def test_resource_restrictions_wait_in_no_worker_until_a_worker_offers_them(s):
     assert s.tasks["gpu-1"].state == "no-worker"
     _, wmsgs = s.handle(st.AddWorker(sid(), "gpu", "n1", 1, resources={"GPU": 2}))
     assert compute_keys(wmsgs, "gpu") == ["gpu-1"]
-    assert wmsgs["gpu"][0]["resources"] == {"GPU": 1}
+    assert wmsgs["gpu"][0].resources == {"GPU": 1}
 
 
 def test_loose_restrictions_run_elsewhere(s):
@@ -371,13 +384,13 @@ def test_loose_restrictions_run_elsewhere(s):
 def test_missing_data_recomputes_the_lost_dependency(s):
     add_worker(s, "w1")
     s.handle(graph(task("a-1"), task("b-1", "a-1"), wanted=("b-1",)))
-    s.handle(finished("a-1", "w1", ["n1", 10**6, "obj-a"], 10**6))
+    s.handle(finished("a-1", "w1", StoreRef("n1", 10**6, "obj-a"), 10**6))
     assert s.tasks["b-1"].state == "processing"
-    _, wmsgs = s.handle(st.MissingData(sid(), "b-1", "w1", "a-1", ["n1", 10**6, "obj-a"]))
+    _, wmsgs = s.handle(st.MissingData(sid(), "b-1", "w1", "a-1", StoreRef("n1", 10**6, "obj-a")))
     # a-1 runs again; b-1 waits for it
     assert compute_keys(wmsgs, "w1") == ["a-1"]
     assert s.tasks["b-1"].state == "waiting"
-    _, wmsgs = s.handle(finished("a-1", "w1", ["n1", 10**6, "obj-a2"], 10**6))
+    _, wmsgs = s.handle(finished("a-1", "w1", StoreRef("n1", 10**6, "obj-a2"), 10**6))
     assert compute_keys(wmsgs, "w1") == ["b-1"]
 
 
@@ -386,8 +399,9 @@ def test_cancel_stops_a_key_and_its_dependents(s):
     s.handle(graph(task("a-1"), task("b-1", "a-1"), task("c-1", "b-1")))
     cmsgs, wmsgs = s.handle(st.Cancel(sid(), "c1", ("a-1",)))
     assert s.tasks == {}
-    assert {k for m in cmsgs["c1"] for k in m["keys"]} == {"a-1", "b-1", "c-1"}
-    assert wmsgs["w1"] == [{"op": "cancel-compute", "key": "a-1"}]
+    assert all(type(m) is CancelledKeys for m in cmsgs["c1"])
+    assert {k for m in cmsgs["c1"] for k in m.keys} == {"a-1", "b-1", "c-1"}
+    assert wmsgs["w1"] == [CancelCompute("a-1")]
 
 
 def test_cancel_leaves_what_another_client_wants_unless_forced(s):
@@ -406,7 +420,7 @@ def test_workers_to_close_keeps_enough_memory_for_the_data(s):
         s.handle(st.AddWorker(sid(), f"w{i}", "n1", 1, memory_limit=100))
     s.handle(graph(task("x-1")))
     busy = s.tasks["x-1"].processing_on.address
-    s.handle(finished("x-1", busy, ["n1", 90, "obj"], 90))
+    s.handle(finished("x-1", busy, StoreRef("n1", 90, "obj"), 90))
     # 90 bytes held, memory_factor 2: 180 bytes of limit must remain, so two of four may go;
     # the emptiest idle ones first, never the one holding data before the empty ones.
     closable = s.workers_to_close(memory_factor=2)
@@ -446,13 +460,14 @@ def test_a_graph_with_a_cycle_is_refused_with_a_clear_error(s):
     add_worker(s)
     cmsgs, wmsgs = s.handle(graph(task("a-1", "b-1"), task("b-1", "a-1"), task("c-1")))
     assert not wmsgs and s.tasks == {}
-    errors = {m["key"]: pickle.loads(m["exception"]) for m in cmsgs["c1"]}
+    assert all(type(m) is KeyErred for m in cmsgs["c1"])
+    errors = {m.key: pickle.loads(m.exception) for m in cmsgs["c1"]}
     assert set(errors) == {"a-1", "b-1", "c-1"}
     assert "cycle" in str(errors["a-1"])
 
 
 def test_a_put_may_arrive_before_its_nodes_agent_registers(s):
-    s.handle(st.UpdateData(sid(), "c1", "put-1", ["n9", 10, "obj"], 10))
+    s.handle(st.UpdateData(sid(), "c1", "put-1", StoreRef("n9", 10, "obj"), 10))
     assert s.tasks["put-1"].state == "memory" and s.tasks["put-1"] in s.nodes["n9"].stored
     s.handle(st.AddNode(sid(), "n9"))  # the agent's registration comes later: nothing changes
     assert s.tasks["put-1"] in s.nodes["n9"].stored
@@ -467,7 +482,7 @@ def test_a_result_from_a_departed_node_is_lost_and_recomputed(s):
     other = s.tasks["x-1"].processing_on
     assert other is not ws
     # The old worker's result arrives after its node left: ignored; the rerun counts.
-    s.handle(finished("x-1", ws.address, [ws.node, 10, "obj"], 10))
+    s.handle(finished("x-1", ws.address, StoreRef(ws.node, 10, "obj"), 10))
     assert s.tasks["x-1"].state == "processing"
 
 
@@ -475,37 +490,37 @@ def test_a_copy_fetched_to_another_node_is_used_there_and_freed_with_the_value(s
     s.handle(st.AddNode(sid(), "n1", "tcp://a"))
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))
     s.handle(st.AddWorker(sid(), "w2", "n2", 1))
-    big = ["n1", 10**6, "obj-a"]
+    big = StoreRef("n1", 10**6, "obj-a")
     s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10**6))
     _, wmsgs = s.handle(graph(task("f-1", "big-1")))
     (msg,) = wmsgs["w2"]
-    assert msg["deps"] == {"big-1": big} and msg["sources"] == {"n1": "tcp://a"}
+    assert type(msg) is ComputeTask and msg.deps == {"big-1": big} and msg.sources == {"n1": "tcp://a"}
     s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
     _, wmsgs = s.handle(graph(task("g-1", "big-1")))
     (msg,) = wmsgs["w2"]
-    assert msg["deps"] == {"big-1": ["n2", 10**6, "obj-b"]} and "sources" not in msg
+    assert type(msg) is ComputeTask and msg.deps == {"big-1": StoreRef("n2", 10**6, "obj-b")} and msg.sources == {}
     _, wmsgs = s.handle(st.ClientReleasesKeys(sid(), "c1", ("big-1", "f-1", "g-1")))
-    assert wmsgs["n1"] == [{"op": "free-objects", "names": ["obj-a"]}]
-    assert wmsgs["n2"] == [{"op": "free-objects", "names": ["obj-b"]}]
+    assert wmsgs["n1"] == [FreeObjects(("obj-a",))]
+    assert wmsgs["n2"] == [FreeObjects(("obj-b",))]
 
 
 def test_when_a_node_leaves_a_copy_elsewhere_becomes_the_value(s):
     s.handle(st.AddNode(sid(), "n1", "tcp://a"))
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))
-    big = ["n1", 10, "obj-a"]
+    big = StoreRef("n1", 10, "obj-a")
     s.handle(st.UpdateData(sid(), "c1", "big-1", big, 10))
     s.handle(st.AddReplica(sid(), "big-1", "n2", "obj-b", big))
     cmsgs, _ = s.handle(st.RemoveNode(sid(), "n1"))
     ts = s.tasks["big-1"]
-    assert ts.state == "memory" and ts.data == ["n2", 10, "obj-b"] and not ts.replicas
+    assert ts.state == "memory" and ts.data == StoreRef("n2", 10, "obj-b") and not ts.replicas
     # The client's future now names the copy, told once.
-    assert cmsgs == {"c1": [{"op": "key-in-memory", "key": "big-1", "value": ["n2", 10, "obj-b"], "nbytes": 10}]}
+    assert cmsgs == {"c1": [KeyInMemory("big-1", StoreRef("n2", 10, "obj-b"), 10)]}
 
 
 def test_a_stale_copy_is_freed(s):
     s.handle(st.AddNode(sid(), "n2", "tcp://b"))
-    _, wmsgs = s.handle(st.AddReplica(sid(), "gone-1", "n2", "obj-b", ["n1", 10, "obj-a"]))
-    assert wmsgs == {"n2": [{"op": "free-objects", "names": ["obj-b"]}]}
+    _, wmsgs = s.handle(st.AddReplica(sid(), "gone-1", "n2", "obj-b", StoreRef("n1", 10, "obj-a")))
+    assert wmsgs == {"n2": [FreeObjects(("obj-b",))]}
 
 
 def test_a_joining_worker_takes_unrunnable_tasks_by_priority(s):
@@ -546,9 +561,9 @@ def test_the_validate_request_names_a_failure_of_the_state_machine_or_an_invalid
     sched = Scheduler(validate=False)
     sched.handle_stimulus(st.AddNode(sid(), "n1"))
     sched.handle_stimulus(st.AddWorker(sid(), "w1", "n1"))
-    assert sched._query({"what": "validate"}, "c1") is None
+    assert sched._ask("validate", {}, "c1") is None
     sched.state.idle.clear()  # w1 has free slots but is no longer listed as idle
-    assert "w1" in sched._query({"what": "validate"}, "c1")["error"]
+    assert "w1" in sched._ask("validate", {}, "c1")["error"]
     sched.state.idle[sched.state.workers["w1"]] = None
 
     def broken(stimulus):
@@ -557,6 +572,4 @@ def test_the_validate_request_names_a_failure_of_the_state_machine_or_an_invalid
     monkeypatch.setattr(sched.state, "handle", broken)
     sched.handle_stimulus(st.AddClient("add-c2", "c2"))  # logged and told to clients, as it always was
     monkeypatch.undo()
-    assert sched._query({"what": "validate"}, "c1") == {
-        "error": "the scheduler failed while handling add-c2: KeyError: 'oops'"
-    }
+    assert sched._ask("validate", {}, "c1") == {"error": "the scheduler failed while handling add-c2: KeyError: 'oops'"}

@@ -47,6 +47,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hst
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from runtime.comm.messages import (
+    CancelCompute,
+    CancelledKeys,
+    ComputeTask,
+    FreeObjects,
+    KeyErred,
+    KeyInMemory,
+    LostKeys,
+    StoreRef,
+)
 from runtime.scheduler import amm
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import pack_priority
@@ -90,8 +100,8 @@ def node_of(worker: str) -> str:
 
 
 def is_stored(value: object) -> bool:
-    """A stored value's wire form is [node, nbytes, name]; an inline one is bytes."""
-    return isinstance(value, list)
+    """A stored value's wire form is a StoreRef(node, nbytes, name); an inline one is bytes."""
+    return type(value) is StoreRef
 
 
 def keys_of(tasks: Iterable[TaskState]) -> set[str]:
@@ -103,8 +113,8 @@ def sent_and_cancelled(worker_msgs: Msgs) -> list[str]:
     keys = []
     for msgs in worker_msgs.values():
         for i, msg in enumerate(msgs):
-            if msg["op"] == "compute-task" and {"op": "cancel-compute", "key": msg["key"]} in msgs[i:]:
-                keys.append(msg["key"])
+            if type(msg) is ComputeTask and CancelCompute(msg.key) in msgs[i:]:
+                keys.append(msg.key)
     return keys
 
 
@@ -127,7 +137,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.all_workers: list[str] = []
         self.all_nodes: list[str] = []
         #: the inputs of each task's latest compute-task, as its worker got them
-        self.sent_deps: dict[str, dict[str, object]] = {}
+        self.sent_deps: dict[str, dict[str, bytes | StoreRef]] = {}
         #: stored objects known to exist: (node, name); each must be referenced or freed
         self.objects: set[tuple[str, str]] = set()
         #: what each client was last told of each key it wants: "memory" or "erred"
@@ -160,15 +170,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def track_objects(self, stimulus: st.Stimulus, worker_msgs: Msgs) -> None:
         """Note the stored objects a stimulus reports made (or lost), and those freed."""
         if isinstance(stimulus, (st.TaskFinished, st.UpdateData)) and is_stored(stimulus.value):
-            self.objects.add((stimulus.value[0], stimulus.value[2]))
+            self.objects.add((stimulus.value.node, stimulus.value.name))
         elif isinstance(stimulus, st.AddReplica):
             self.objects.add((stimulus.node, stimulus.name))
         elif isinstance(stimulus, st.MissingData) and is_stored(stimulus.value):
-            self.objects.discard((stimulus.value[0], stimulus.value[2]))
+            self.objects.discard((stimulus.value.node, stimulus.value.name))
         for node, msgs in worker_msgs.items():
             for msg in msgs:
-                if msg["op"] == "free-objects":
-                    self.objects -= {(node, name) for name in msg["names"]}
+                if type(msg) is FreeObjects:
+                    self.objects -= {(node, name) for name in msg.names}
         self.objects = {(node, name) for node, name in self.objects if node in self.state.nodes}
 
     def check_client_msgs(self, client_msgs: Msgs) -> None:
@@ -178,19 +188,19 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert cs is not None, f"message to unknown client {client!r}: {msgs}"
             told = self.told.setdefault(client, {})
             for msg in msgs:
-                if msg["op"] == "key-in-memory":
-                    assert msg["value"] is not None, msg
-                    told[msg["key"]] = "memory"
-                elif msg["op"] == "task-erred":
-                    assert isinstance(msg["exception"], bytes), msg
-                    told[msg["key"]] = "erred"
-                elif msg["op"] == "lost-keys":  # their node left: being recomputed (or erring)
-                    for key in msg["keys"]:
+                if type(msg) is KeyInMemory:
+                    assert isinstance(msg.value, bytes) or is_stored(msg.value), msg
+                    told[msg.key] = "memory"
+                elif type(msg) is KeyErred:
+                    assert isinstance(msg.exception, bytes), msg
+                    told[msg.key] = "erred"
+                elif type(msg) is LostKeys:  # their node left: being recomputed (or erring)
+                    for key in msg.keys:
                         assert key in keys_of(cs.wants_what), f"{client} told {key!r} is lost, does not want it"
                         told.pop(key, None)
                 else:
-                    assert msg["op"] == "cancelled-keys", msg
-                    for key in msg["keys"]:
+                    assert type(msg) is CancelledKeys, msg
+                    for key in msg.keys:
                         assert key not in keys_of(cs.wants_what), f"{client} told {key!r} is cancelled, still wants it"
                         told.pop(key, None)
 
@@ -202,28 +212,28 @@ class SchedulerMachine(RuleBasedStateMachine):
         for dest, msgs in worker_msgs.items():
             assert dest in s.workers or dest in s.nodes, f"message to dead worker or node {dest!r}: {msgs}"
             for msg in msgs:
-                if msg["op"] == "compute-task":
+                if type(msg) is ComputeTask:
                     self.check_compute_task(dest, msg)
-                elif msg["op"] == "free-objects":
+                elif type(msg) is FreeObjects:
                     assert dest in s.nodes, f"free-objects to {dest!r}, not a node"
                 else:
-                    assert msg["op"] == "cancel-compute" and dest in s.workers, (dest, msg)
+                    assert type(msg) is CancelCompute and dest in s.workers, (dest, msg)
 
-    def check_compute_task(self, dest: str, msg: dict) -> None:
+    def check_compute_task(self, dest: str, msg: ComputeTask) -> None:
         s = self.state
         ws = s.workers.get(dest)
         assert ws is not None, f"compute-task to {dest!r}, not a live worker"
         assert ws.status == "running", f"compute-task to {dest!r}, which is {ws.status}"
-        spec = self.specs[msg["key"]]
-        assert msg["run_spec"] == RUN_SPEC, msg
-        assert set(msg["deps"]) == set(spec.dependencies), f"{spec.key}: deps {set(msg['deps'])} != submitted"
-        sources = msg.get("sources", {})
-        for dep, value in msg["deps"].items():
-            assert isinstance(value, bytes) or (is_stored(value) and len(value) == 3), (spec.key, dep, value)
-            if is_stored(value) and value[0] != ws.node:  # to fetch from the node holding it
-                assert value[0] in s.nodes and sources.get(value[0]) == s.nodes[value[0]].address, msg
-        self.sent_deps[spec.key] = msg["deps"]
-        assert msg.get("resources") == spec.resources, msg
+        spec = self.specs[msg.key]
+        assert msg.run_spec == RUN_SPEC, msg
+        assert set(msg.deps) == set(spec.dependencies), f"{spec.key}: deps {set(msg.deps)} != submitted"
+        sources = msg.sources
+        for dep, value in msg.deps.items():
+            assert isinstance(value, bytes) or is_stored(value), (spec.key, dep, value)
+            if is_stored(value) and value.node != ws.node:  # to fetch from the node holding it
+                assert value.node in s.nodes and sources.get(value.node) == s.nodes[value.node].address, msg
+        self.sent_deps[spec.key] = msg.deps
+        assert msg.resources == spec.resources, msg
         assert may_run(spec, ws) or (spec.allow_other_workers and not self.valid_workers(spec)), (
             f"{spec.key} sent to {dest}, which its restrictions exclude"
         )
@@ -233,7 +243,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ts, data in in_memory.items():
             if ts.state not in PENDING or self.state.tasks.get(ts.key) is not ts:
                 continue
-            node_left = isinstance(stimulus, st.RemoveNode) and is_stored(data) and data[0] == stimulus.node
+            node_left = isinstance(stimulus, st.RemoveNode) and is_stored(data) and data.node == stimulus.node
             unreadable = isinstance(stimulus, st.MissingData) and stimulus.dependency == ts.key
             assert node_left or unreadable, f"{ts.key} was in memory and is {ts.state} again after {stimulus}"
 
@@ -287,19 +297,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         return [
             (key, dep)
             for key, dep in self.stored_inputs()
-            if self.sent_deps[key][dep][0] != self.state.tasks[key].processing_on.node  # type: ignore[union-attr]
+            if self.sent_deps[key][dep].node != self.state.tasks[key].processing_on.node  # type: ignore[union-attr]
         ]
 
-    def finish(self, key: str, value: bytes | list, nbytes: int, start: float = 0.0, stop: float = 0.0) -> None:
+    def finish(self, key: str, value: bytes | StoreRef, nbytes: int, start: float = 0.0, stop: float = 0.0) -> None:
         ws = self.state.tasks[key].processing_on
         assert ws is not None
         self.handle(st.TaskFinished(self.sid(), key, ws.address, value, nbytes, start, stop))
 
-    def result_value(self, key: str, stored: bool, nbytes: int) -> bytes | list:
+    def result_value(self, key: str, stored: bool, nbytes: int) -> bytes | StoreRef:
         """What the worker running ``key`` would report: inline bytes or a ref into its node's store."""
         ws = self.state.tasks[key].processing_on
         assert ws is not None
-        return [ws.node, nbytes, self.fresh("obj")] if stored else b"x"
+        return StoreRef(ws.node, nbytes, self.fresh("obj")) if stored else b"x"
 
     def draw_client_keys(self, data: hst.DataObject) -> tuple[str, list[str]]:
         """A client that wants keys, and some of them."""
@@ -456,7 +466,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         specs = tuple(st.TaskSpec(k, RUN_SPEC, (keys[(i + 1) % size],), 0, "f") for i, k in enumerate(keys))
         client_msgs, worker_msgs = self.handle(st.UpdateGraph(self.sid(), client, specs, (keys[0],)))
         assert not set(keys) & set(self.state.tasks) and not worker_msgs
-        assert {m["key"] for m in client_msgs.get(client, []) if m["op"] == "task-erred"} == set(keys)
+        assert {m.key for m in client_msgs.get(client, []) if type(m) is KeyErred} == set(keys)
 
     @rule(client=hst.sampled_from(CLIENTS), stored=hst.booleans(), nbytes=hst.integers(1, 1000), data=hst.data())
     def update_data(self, client: str, stored: bool, nbytes: int, data: hst.DataObject) -> None:
@@ -473,7 +483,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         # under fresh keys, so only inline values go to existing keys here.
         if stored and s.nodes and key not in s.tasks and not KNOWN_BUG_STALE_WAITING:
             node = data.draw(hst.sampled_from(sorted(s.nodes)), label="node")
-            value: bytes | list = [node, nbytes, self.fresh("obj")]
+            value: bytes | StoreRef = StoreRef(node, nbytes, self.fresh("obj"))
         else:
             value = b"x"
         self.handle(st.UpdateData(self.sid(), client, key, value, nbytes))
@@ -546,7 +556,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if KNOWN_BUG_LOST_REPLICA:
             value = dts.data
         if stale:
-            value = [value[0], value[1], self.fresh("obj")]
+            value = StoreRef(value.node, value.nbytes, self.fresh("obj"))
         self.handle(st.MissingData(self.sid(), key, ws.address, dep, value))
         if not stale:
             ts = s.tasks.get(dep)
@@ -561,11 +571,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         ws = s.tasks[key].processing_on
         assert ws is not None
         source = self.sent_deps[key][dep]
-        name = f"{source[2]}@{ws.node}"  # named after the original: the same name if fetched again
+        name = f"{source.name}@{ws.node}"  # named after the original: the same name if fetched again
         self.handle(st.AddReplica(self.sid(), dep, ws.node, name, source))
         dts = s.tasks[dep]
         if dts.state == "memory" and dts.data == source:
-            assert dts.located_on(ws.node) == [ws.node, source[1], name], dts.replicas
+            assert dts.located_on(ws.node) == StoreRef(ws.node, source.nbytes, name), dts.replicas
 
     @rule(data=hst.data(), erred=hst.booleans(), stored=hst.booleans())
     def stale_report(self, data: hst.DataObject, erred: bool, stored: bool) -> None:
@@ -581,13 +591,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         if erred:
             stimulus: st.Stimulus = st.TaskErred(self.sid(), key, worker, ERROR, "tb", "ValueError: x")
         else:
-            value = [node, 7, self.fresh("obj")] if stored else b"x"
+            value = StoreRef(node, 7, self.fresh("obj")) if stored else b"x"
             stimulus = st.TaskFinished(self.sid(), key, worker, value, 7)
         client_msgs, worker_msgs = self.handle(stimulus)
         assert s.transition_counter == counter, "a stale report moved a task"
         assert not client_msgs
         if not erred and stored and node in s.nodes:  # only the stale stored copy is freed
-            assert worker_msgs == {node: [{"op": "free-objects", "names": [value[2]]}]}
+            assert worker_msgs == {node: [FreeObjects((value.name,))]}
         else:
             assert not worker_msgs
 
@@ -662,16 +672,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         for node, ns in s.nodes.items():
             assert all(s.workers.get(ws.address) is ws for ws in ns.workers), node
             in_store = {
-                ts for ts in s.tasks.values() if ts.state == "memory" and is_stored(ts.data) and ts.data[0] == node
+                ts for ts in s.tasks.values() if ts.state == "memory" and is_stored(ts.data) and ts.data.node == node
             }
             assert ns.stored.keys() == in_store, f"{node}: stored {keys_of(ns.stored)} != {keys_of(in_store)}"
         for ts in s.tasks.values():
             if ts.state == "memory" and is_stored(ts.data):
-                assert ts.data[0] in s.nodes, f"{ts.key} in memory in the store of dead node {ts.data[0]}"
+                assert ts.data.node in s.nodes, f"{ts.key} in memory in the store of dead node {ts.data.node}"
             for node, name in (ts.replicas or {}).items():
-                assert ts.state == "memory" and node != ts.data[0] and ts in s.nodes[node].replicas, ts
+                assert ts.state == "memory" and node != ts.data.node and ts in s.nodes[node].replicas, ts
                 # Copies are named "<original>@<node>": a copy of this value, not of an older one.
-                assert name.split("@")[0] == ts.data[2].split("@")[0], f"{ts.key}: {name} copies another value"
+                assert name.split("@")[0] == ts.data.name.split("@")[0], f"{ts.key}: {name} copies another value"
         for node, ns in s.nodes.items():
             assert all(ts.replicas and node in ts.replicas for ts in ns.replicas), node
 
@@ -681,7 +691,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         referenced = set()
         for ts in self.state.tasks.values():
             if ts.state == "memory" and is_stored(ts.data):
-                referenced.add((ts.data[0], ts.data[2]))
+                referenced.add((ts.data.node, ts.data.name))
                 referenced.update((ts.replicas or {}).items())
         leaked = self.objects - referenced
         assert not leaked, f"stored objects nobody will free: {sorted(leaked)}"
@@ -764,10 +774,10 @@ def states(s: SchedulerState) -> dict[str, str]:
 
 
 def compute_keys(worker_msgs: Msgs) -> list[str]:
-    return [m["key"] for msgs in worker_msgs.values() for m in msgs if m["op"] == "compute-task"]
+    return [m.key for msgs in worker_msgs.values() for m in msgs if type(m) is ComputeTask]
 
 
-def finish(s: SchedulerState, key: str, value: bytes | list = b"v") -> tuple[Msgs, Msgs]:
+def finish(s: SchedulerState, key: str, value: bytes | StoreRef = b"v") -> tuple[Msgs, Msgs]:
     ts = s.tasks[key]
     assert ts.processing_on is not None
     return s.handle(st.TaskFinished(f"done-{key}", key, ts.processing_on.address, value, 10))
@@ -791,7 +801,7 @@ def test_regression_wanting_a_released_key_again_computes_it() -> None:
 
 def test_regression_stale_result_of_a_dead_node_sends_nothing() -> None:
     s = scheduler()
-    _, worker_msgs = s.handle(st.TaskFinished("late", "x", "w1", ["n1", 10, "obj"], 10))
+    _, worker_msgs = s.handle(st.TaskFinished("late", "x", "w1", StoreRef("n1", 10, "obj"), 10))
     assert worker_msgs == {}  # was: free-objects to n1, which is unknown
 
 
@@ -799,15 +809,16 @@ def test_regression_a_released_put_needed_again_errs_clearly() -> None:
     s = scheduler(("w1", "n1"), ("w2", "n2"))
     s.handle(st.UpdateData("put", "c", "x", b"X", 1))
     s.handle(st.UpdateGraph("g", "c", (task("f", "x"),), ("f",)))
-    finish(s, "f", [s.tasks["f"].processing_on.node, 10, "obj-f"])
+    finish(s, "f", StoreRef(s.tasks["f"].processing_on.node, 10, "obj-f"))
     s.handle(st.ClientReleasesKeys("rel", "c", ("x",)))  # x's value is dropped: released, kept for f
     # f's node leaves: f must be recomputed, but x cannot be.  Was: AssertionError in
     # _send_to_worker (x has no run_spec), x left "processing" on a worker.
-    client_msgs, _ = s.handle(st.RemoveNode("gone", s.tasks["f"].data[0]))
+    client_msgs, _ = s.handle(st.RemoveNode("gone", s.tasks["f"].data.node))
     assert states(s) == {"x": "erred", "f": "erred"}
     lost, msg = client_msgs["c"]
-    assert lost == {"op": "lost-keys", "keys": ["f"]}
-    assert msg["key"] == "f" and msg["blame"] == "x" and isinstance(pickle.loads(msg["exception"]), LookupError)
+    assert lost == LostKeys(("f",))
+    assert type(msg) is KeyErred and msg.key == "f" and msg.blame == "x"
+    assert isinstance(pickle.loads(msg.exception), LookupError)
 
 
 def test_regression_unneeded_dependency_is_cancelled() -> None:
@@ -815,7 +826,7 @@ def test_regression_unneeded_dependency_is_cancelled() -> None:
     s.handle(st.UpdateGraph("g", "c", (task("x"), task("e"), task("y", "x", "e")), ("y",)))
     _, worker_msgs = err(s, "e")  # y errs, so nothing needs x any more
     assert states(s) == {"x": "released", "e": "erred", "y": "erred"}  # was: x still processing
-    assert worker_msgs == {"w1": [{"op": "cancel-compute", "key": "x"}]}
+    assert worker_msgs == {"w1": [CancelCompute("x")]}
 
 
 def test_regression_worker_death_keeps_dependencies_in_memory() -> None:
@@ -871,13 +882,13 @@ def test_regression_requeued_tasks_fill_every_free_slot() -> None:
     s = scheduler(("w1", "n1"))  # 1 thread: 2 slots
     roots = tuple(st.TaskSpec(f"r-{i}", RUN_SPEC, ("d",), 0, "root") for i in range(5))  # root-ish: queued
     s.handle(st.UpdateGraph("g", "c", (st.TaskSpec("d", RUN_SPEC, (), 0, "d"), *roots), tuple(t.key for t in roots)))
-    finish(s, "d", ["n1", 10, "obj-d"])
+    finish(s, "d", StoreRef("n1", 10, "obj-d"))
     assert states(s) == {"d": "memory", "r-0": "processing", "r-1": "processing"} | {
         f"r-{i}": "queued" for i in (2, 3, 4)
     }
     # w1 cannot read d: d runs again, and its dependents are released, then queued again.
-    s.handle(st.MissingData("lost", "r-0", "w1", "d", ["n1", 10, "obj-d"]))
-    finish(s, "d", ["n1", 10, "obj-d2"])
+    s.handle(st.MissingData("lost", "r-0", "w1", "d", StoreRef("n1", 10, "obj-d")))
+    finish(s, "d", StoreRef("n1", 10, "obj-d2"))
     # A new worker has 2 free slots.  Was: only r-2 went out (topk returned it twice), and
     # validate_state raised "2 tasks queued while 1 workers have free slots".
     _, worker_msgs = s.handle(st.AddWorker("add-w2", "w2", "n1"))
@@ -948,12 +959,12 @@ def test_regression_a_lost_copy_of_an_input_is_not_sent_again() -> None:
     a = st.TaskSpec("a", RUN_SPEC, (), 0, "a", ("n1/w",))
     b = st.TaskSpec("b", RUN_SPEC, ("a",), 0, "b", ("n2/w",))
     s.handle(st.UpdateGraph("g", "c", (a, b), ("b",)))
-    s.handle(st.TaskFinished("done-a", "a", "n1/w", ["n1", 10, "obj-a"], 10))
-    s.handle(st.AddReplica("copied", "a", "n2", "obj-a@n2", ["n1", 10, "obj-a"]))  # n2/w fetched a
+    s.handle(st.TaskFinished("done-a", "a", "n1/w", StoreRef("n1", 10, "obj-a"), 10))
+    s.handle(st.AddReplica("copied", "a", "n2", "obj-a@n2", StoreRef("n1", 10, "obj-a")))  # n2/w fetched a
     # n2/w cannot read n2's copy.  Today: taken for a stale report, b reruns with the same copy.
-    _, worker_msgs = s.handle(st.MissingData("lost", "b", "n2/w", "a", ["n2", 10, "obj-a@n2"]))
-    sent = [m["deps"]["a"] for m in worker_msgs.get("n2/w", []) if m["op"] == "compute-task"]
-    assert ["n2", 10, "obj-a@n2"] not in sent
+    _, worker_msgs = s.handle(st.MissingData("lost", "b", "n2/w", "a", StoreRef("n2", 10, "obj-a@n2")))
+    sent = [m.deps["a"] for m in worker_msgs.get("n2/w", []) if type(m) is ComputeTask]
+    assert StoreRef("n2", 10, "obj-a@n2") not in sent
     assert not s.tasks["a"].replicas
 
 
@@ -964,8 +975,8 @@ def test_regression_node_leaving_sends_no_compute_reading_its_store() -> None:
     a = st.TaskSpec("a", RUN_SPEC, (), 0, "a", ("n1/w",))
     b = st.TaskSpec("b", RUN_SPEC, ("a",), 0, "b", ("n1/w",), None, True)
     s.handle(st.UpdateGraph("g", "c", (a, b), ("a", "b")))
-    s.handle(st.TaskFinished("done-a", "a", "n1/w", ["n1", 10, "obj-a"], 10))
-    s.handle(st.TaskFinished("done-b", "b", "n1/w", ["n1", 10, "obj-b"], 10))
+    s.handle(st.TaskFinished("done-a", "a", "n1/w", StoreRef("n1", 10, "obj-a"), 10))
+    s.handle(st.TaskFinished("done-b", "b", "n1/w", StoreRef("n1", 10, "obj-b"), 10))
     # n1 leaves with a and b.  Before the fix b was recomputed at once on n2/w, reading a from
     # n1's store (gone), then cancelled in the same batch when a was released too.
     _, worker_msgs = s.handle(st.RemoveNode("gone", "n1"))
@@ -977,13 +988,13 @@ def test_regression_recomputed_value_is_not_read_from_a_copy_of_the_old_one() ->
     a = st.TaskSpec("a", RUN_SPEC, (), 0, "a", ("n1/w",))
     b = st.TaskSpec("b", RUN_SPEC, ("a",), 0, "b", ("n2/w",))
     s.handle(st.UpdateGraph("g", "c", (a, b), ("b",)))
-    s.handle(st.TaskFinished("done-a", "a", "n1/w", ["n1", 10, "obj-a"], 10))
-    s.handle(st.AddReplica("copied", "a", "n2", "obj-a@n2", ["n1", 10, "obj-a"]))
-    s.handle(st.MissingData("lost", "b", "n2/w", "a", ["n1", 10, "obj-a"]))  # n1's copy is gone: a reruns
-    _, worker_msgs = s.handle(st.TaskFinished("done-a2", "a", "n1/w", ["n1", 20, "obj-a2"], 20))
-    # Today: b is sent ["n2", 20, "obj-a@n2"], the copy of the old value (never freed either).
-    sent = [m["deps"]["a"] for m in worker_msgs.get("n2/w", []) if m["op"] == "compute-task"]
-    assert ["n2", 20, "obj-a@n2"] not in sent
+    s.handle(st.TaskFinished("done-a", "a", "n1/w", StoreRef("n1", 10, "obj-a"), 10))
+    s.handle(st.AddReplica("copied", "a", "n2", "obj-a@n2", StoreRef("n1", 10, "obj-a")))
+    s.handle(st.MissingData("lost", "b", "n2/w", "a", StoreRef("n1", 10, "obj-a")))  # n1's copy is gone: a reruns
+    _, worker_msgs = s.handle(st.TaskFinished("done-a2", "a", "n1/w", StoreRef("n1", 20, "obj-a2"), 20))
+    # Today: b is sent StoreRef("n2", 20, "obj-a@n2"), the copy of the old value (never freed either).
+    sent = [m.deps["a"] for m in worker_msgs.get("n2/w", []) if type(m) is ComputeTask]
+    assert StoreRef("n2", 20, "obj-a@n2") not in sent
 
 
 def test_heapset_orders_like_a_sorted_list_whatever_the_order_of_adds() -> None:

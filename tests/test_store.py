@@ -57,7 +57,7 @@ def test_arrow_values_are_stored_as_ipc_and_read_without_a_copy(prefix):
     for value in (table, table.to_batches()[0], table.column("x"), table.column("x").chunk(0), table.slice(0, 0)):
         located, _ = values.encode(value, key="t", prefix=prefix, node="n", threshold=0)
         # The object is a plain Arrow IPC stream after our header: any Arrow reader can open it.
-        with open(store.object_path(located[2]), "rb") as f:
+        with open(store.object_path(located.name), "rb") as f:
             raw = f.read()
         assert pa.ipc.open_stream(pa.py_buffer(raw[64:])).read_all().num_rows == len(value)  # 64: our header
         before = pa.total_allocated_bytes()
@@ -250,7 +250,7 @@ def test_a_put_that_fits_once_others_spill_waits_for_them_not_for_the_high_water
         try:
             first = rt.put(np.full(2_500_000, 1.0))  # 20 MB
             second = rt.put(np.full(6_250_000, 2.0))  # 50 MB
-            assert os.path.exists(store.spill_path(first._state.value[2]))
+            assert os.path.exists(store.spill_path(first._state.value.name))
             assert (rt.get(first) == 1.0).all() and rt.get(first).shape == (2_500_000,)
             assert (rt.get(second) == 2.0).all() and rt.get(second).shape == (6_250_000,)
             assert rt.get(total.remote(first)) == 2_500_000.0  # a worker reads the spilled one too

@@ -15,6 +15,7 @@ from typing import Any
 
 from runtime.api.context import current_runtime
 from runtime.api.options import ACTOR_OPTIONS, check_options, restrictions
+from runtime.client.client import task_spec
 from runtime.client.future import Future
 from runtime.comm import serialize
 from runtime.worker.actors import create_actor
@@ -55,10 +56,7 @@ class ActorClass:
         args_bytes, deps = serialize.dumps_args(
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
         )
-        task: list[Any] = [actor_id, _create_actor_pickled, args_bytes, list(deps), 0, f"actor-{name}"]
-        where = restrictions(opts)
-        if where:
-            task.append(where)
+        task = task_spec(actor_id, _create_actor_pickled, args_bytes, deps, 0, f"actor-{name}", restrictions(opts))
         reply = current_runtime().client.request(
             "register-actor", actor=actor_id, name=opts.get("name") or "", class_name=name, methods=self._methods,
             max_restarts=opts.get("max_restarts", 0), detached=opts.get("lifetime") == "detached", task=task,

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
+from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.errors import ActorDiedError
@@ -41,13 +42,37 @@ logger = logging.getLogger("runtime.client.actors")
 REACH_TIMEOUT = 60.0
 
 
+class _Call:
+    """A call made and not sent yet: it leaves once its future arguments are done."""
+
+    __slots__ = ("key", "actor_id", "method", "args", "deps")
+
+    def __init__(self, key: str, actor_id: str, method: str, args: bytes, deps: dict[str, Future]):
+        self.key = key
+        self.actor_id = actor_id
+        self.method = method
+        #: the pickled (args, kwargs)
+        self.args = args
+        #: the futures among the arguments: they ride along, keeping their values alive
+        self.deps = deps
+
+
+class _Relocate:
+    """The actor moved: calls made after this ask the scheduler where it is."""
+
+    __slots__ = ("actor_id",)
+
+    def __init__(self, actor_id: str):
+        self.actor_id = actor_id
+
+
 class _Route:
     __slots__ = ("actor_id", "queue", "comm", "error", "locating")
 
     def __init__(self, actor_id: str):
         self.actor_id = actor_id
         #: calls not sent yet, in the order they were made
-        self.queue: deque[dict] = deque()
+        self.queue: deque[_Call] = deque()
         #: the connection to the actor's worker, once located
         self.comm: Comm | None = None
         #: why the actor cannot be reached (it is dead)
@@ -68,7 +93,7 @@ class ActorCalls:
         loop: asyncio.AbstractEventLoop,
         new_key: Callable[[str], str],
         ask: Callable[..., Awaitable[Any]],
-        to_scheduler: Callable[[list[dict]], None],
+        to_scheduler: Callable[[list[m.Message]], None],
     ):
         self.futures = futures
         self._new_key = new_key
@@ -92,28 +117,27 @@ class ActorCalls:
         check_open_deps(deps)
         future = self.futures.future(self._new_key(method))
         future._state.local = True
-        msg = {"op": "actor-call", "key": future.key, "actor": actor_id, "method": method, "args": args_bytes}
-        # The futures themselves ride along until the call leaves: they keep their values alive.
-        self._outbox.put({"msg": msg, "deps": deps})
+        self._outbox.put(_Call(future.key, actor_id, method, args_bytes, deps))  # type: ignore[arg-type]
         return future
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
         it is (or why it is dead) instead of going to its old worker."""
-        self._outbox.put({"relocate": actor_id})
+        self._outbox.put(_Relocate(actor_id))  # type: ignore[arg-type]
 
     # -- the client's loop thread ------------------------------------------------------------
 
-    def _dispatch(self, batch: list[dict]) -> None:
+    def _dispatch(self, batch: list[_Call | _Relocate]) -> None:
         for call in batch:
-            if "relocate" in call:  # in order with the calls: those made before still go
-                route = self._routes.get(call["relocate"])
+            if type(call) is _Relocate:  # in order with the calls: those made before still go
+                route = self._routes.get(call.actor_id)
                 if route is not None and route.comm is not None:
                     route.comm = None
                 continue
-            route = self._routes.get(call["msg"]["actor"])
+            assert type(call) is _Call
+            route = self._routes.get(call.actor_id)
             if route is None:
-                route = self._routes[call["msg"]["actor"]] = _Route(call["msg"]["actor"])
+                route = self._routes[call.actor_id] = _Route(call.actor_id)
             route.queue.append(call)
             self._pump(route)
 
@@ -128,7 +152,7 @@ class ActorCalls:
         """Send what can go of ``route``'s calls, in order."""
         if route.error is not None:
             while route.queue:
-                self._fail(route.queue.popleft()["msg"]["key"], route.error)
+                self._fail(route.queue.popleft().key, route.error)
             return
         if route.comm is None:
             if not route.locating and route.queue:
@@ -137,29 +161,25 @@ class ActorCalls:
             return
         while route.queue:
             call = route.queue[0]
-            deps: dict[str, Future] = call["deps"]
-            states = [f._state for f in deps.values()]
-            if any(fs.status == PENDING for fs in states):
+            deps = call.deps
+            if any(f._state.status == PENDING for f in deps.values()):
                 self._blocked.add(route)
                 return
             route.queue.popleft()
-            msg = call["msg"]
             bad = next((f for f in deps.values() if f._state.status != FINISHED), None)
             if bad is not None:  # an argument failed: so does the call, blaming it
                 with self.futures.changing():
-                    fs = self.futures.states.get(msg["key"])
+                    fs = self.futures.states.get(call.key)
                     if fs is not None:
                         self.futures.fail_like(fs, bad)
                 continue
-            msg["deps"] = {k: f._state.value for k, f in deps.items()}
-            sources = self._sources(msg["deps"].values())
-            if sources:
-                msg["sources"] = sources
-            self._inflight[route.comm][msg["key"]] = route.actor_id
+            values = {k: f._state.value for k, f in deps.items()}
+            msg = m.ActorCall(call.key, call.actor_id, call.method, call.args, values, self._sources(values.values()))
+            self._inflight[route.comm][call.key] = route.actor_id
             route.comm.send(msg)
 
     def _sources(self, located: Any) -> dict[str, str]:
-        nodes = {v[0] for v in located if isinstance(v, list)}
+        nodes = {v.node for v in located if type(v) is m.StoreRef}
         if not nodes or self._agents is None:
             return {}
         return {n: self._agents[n] for n in nodes if n in self._agents}
@@ -193,7 +213,7 @@ class ActorCalls:
     async def _connect(self, address: str) -> Comm:
         comm = self._comms.get(address)
         if comm is None or comm.closed:
-            comm = self._comms[address] = await connect(address, timeout=1.0)
+            comm = self._comms[address] = await connect(address, m.FROM_ACTOR_SERVER, timeout=1.0)
             self._inflight[comm] = {}
             asyncio.ensure_future(self._read(comm, address))
         return comm
@@ -205,7 +225,7 @@ class ActorCalls:
                 inflight = self._inflight[comm]
                 with self.futures.changing():
                     for msg in msgs:
-                        inflight.pop(msg["key"], None)
+                        inflight.pop(msg.key, None)
                         self._resolve(msg)
                 self.futures_changed()
         except (ConnectionError, OSError) as e:
@@ -221,14 +241,14 @@ class ActorCalls:
                     route.comm = None
                     self._pump(route)
 
-    def _resolve(self, msg: dict) -> None:
+    def _resolve(self, msg: m.ActorResult | m.ActorError) -> None:
         """A call's result or error.  Call with the futures' lock held."""
-        key = msg["key"]
-        stored = msg["op"] == "actor-result" and isinstance(msg["value"], list)
+        key = msg.key
+        stored = type(msg) is m.ActorResult and type(msg.value) is m.StoreRef
         if stored:  # the scheduler owns stored values' lifetime, as for put()
-            self._to_scheduler([{"op": "update-data", "key": key, "value": msg["value"], "nbytes": msg["nbytes"]}])
+            self._to_scheduler([m.UpdateData(key, msg.value, msg.nbytes)])  # type: ignore[union-attr]
             if key not in self.futures.states:  # nobody holds the future any more: free it at once
-                self._to_scheduler([{"op": "release-keys", "keys": [key]}])
+                self._to_scheduler([m.ReleaseKeys((key,))])
         fs = self.futures.settle(msg)
         if fs is not None:
             fs.local = not stored

@@ -31,6 +31,7 @@ from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
 from runtime.client.owner import FutureTable, closed_error
 from runtime.client.spans import current_span
+from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
 from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
@@ -74,13 +75,13 @@ class ClusterClient:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
-        #: what handles the scheduler's messages of extensions (``event``, ``pubsub-msg``), by op;
-        #: called on the loop thread with the futures' lock held, so they only hand work on
-        self.handlers: dict[str, Callable[[dict], None]] = {}
-        #: the client side of extensions (events, pub/sub), made on first use (``extension``)
+        #: the client side of extensions (event log, pub/sub), made on first use (``extension``);
+        #: the messages the scheduler pushes for them go to their ``on_message`` (``_handler_table``)
         self.extensions: dict[str, Any] = {}
         #: actor method calls, sent straight to the actors' workers
         self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
+        #: what to do with each message from the scheduler
+        self._handlers = self._handler_table()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
         self._thread.start()
         self._call(self._connect(timeout), timeout + 5)
@@ -88,8 +89,8 @@ class ClusterClient:
     # -- the loop thread ---------------------------------------------------------------
 
     async def _connect(self, timeout: float) -> None:
-        self.comm = await connect(self.address, timeout=timeout)
-        self.comm.send({"op": "register-client", "client": self.id})
+        self.comm = await connect(self.address, m.TO_CLIENT, timeout=timeout)
+        self.comm.send(m.RegisterClient(self.id))
         # Wait for "registered": a cluster that requires a secret we lack, or a peer that is no
         # scheduler, fails the connect with a clear error instead of the first get.
         try:
@@ -128,28 +129,43 @@ class ClusterClient:
             if not self._closed:
                 self._connection_lost(f"lost the connection to the scheduler at {self.address}: {e}")
 
-    def _handle(self, msg: dict) -> None:
+    def _handle(self, msg: m.Message) -> None:
         """One message from the scheduler.  Call with the futures' lock held."""
-        op = msg["op"]
-        if op == "key-in-memory" or op == "task-erred":
-            self.futures.settle(msg)
-        elif op == "reply":
-            fut = self._requests.pop(msg["reqid"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg["result"])
-        elif op == "cancelled-keys":
-            self.futures.cancel_keys(msg["keys"])
-        elif op == "lost-keys":  # their only copies were on a node that left: they are being recomputed
-            for key in msg["keys"]:
-                fs = self.futures.states.get(key)
-                if fs is not None and fs.status == FINISHED:
-                    fs.status, fs.value = PENDING, None
-        elif op == "scheduler-error":
-            self.futures.fail_pending(SchedulerError(msg["text"]))
-        elif op in self.handlers:
-            self.handlers[op](msg)
-        elif op not in ("registered", "pong"):
-            logger.warning("ignoring unknown op %r", op)
+        self._handlers[type(msg)](msg)
+
+    def _handler_table(self) -> dict[type, Callable[[Any], Any]]:
+        """What to do with each message from the scheduler (every type of ``m.TO_CLIENT``)."""
+        return {
+            m.KeyInMemory: self.futures.settle,
+            m.KeyErred: self.futures.settle,
+            m.Reply: self._on_reply,
+            m.CancelledKeys: lambda msg: self.futures.cancel_keys(msg.keys),
+            m.LostKeys: self._on_lost_keys,
+            m.SchedulerError: lambda msg: self.futures.fail_pending(SchedulerError(msg.text)),
+            m.Registered: lambda msg: None,
+            m.Pong: lambda msg: None,
+            # pushed for the client side of an extension, once made (before, nothing listens)
+            m.LoggedEvent: lambda msg: self._to_extension("event_log", msg),
+            m.PubsubMsg: lambda msg: self._to_extension("pubsub", msg),
+        }
+
+    def _to_extension(self, name: str, msg: m.Message) -> None:
+        """On the loop thread, with the futures' lock held: so ``on_message`` only hands work on."""
+        ext = self.extensions.get(name)
+        if ext is not None:
+            ext.on_message(msg)
+
+    def _on_reply(self, msg: m.Reply) -> None:
+        fut = self._requests.pop(msg.reqid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.result)
+
+    def _on_lost_keys(self, msg: m.LostKeys) -> None:
+        """Their only copies were on a node that left: they are being recomputed."""
+        for key in msg.keys:
+            fs = self.futures.states.get(key)
+            if fs is not None and fs.status == FINISHED:
+                fs.status, fs.value = PENDING, None
 
     async def _watch_scheduler(self) -> None:
         """Ping the scheduler every heartbeat interval; a scheduler silent for the client
@@ -168,7 +184,7 @@ class ClusterClient:
                 )
                 self.comm.close()
                 return
-            self.comm.send({"op": "ping"})
+            self.comm.send(m.Ping())
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
@@ -178,13 +194,13 @@ class ClusterClient:
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
 
-    def _to_scheduler(self, batch: list[dict]) -> None:
+    def _to_scheduler(self, batch: list[m.Message]) -> None:
         if self.comm is not None:
             self.comm.send_many(batch)
 
     # -- user threads ------------------------------------------------------------------
 
-    def _send(self, msg: dict, lazy: bool = False) -> None:
+    def _send(self, msg: m.Message, lazy: bool = False) -> None:
         """To the scheduler, in order; ``lazy``: nothing waits on it, it may leave a moment later."""
         if self._lost:
             raise ConnectionError(self._lost)
@@ -197,10 +213,10 @@ class ClusterClient:
             if fs.refcount > 0 or self.futures.states.get(key) is not fs:
                 return
             del self.futures.states[key]
-        if isinstance(fs.value, list):  # this process need not keep its mapping either
-            store.forget_mapping(fs.value[2])
+        if type(fs.value) is m.StoreRef:  # this process need not keep its mapping either
+            store.forget_mapping(fs.value.name)
         if not self._closed and not self._lost and not fs.local:
-            self._send({"op": "release-keys", "keys": [key]}, lazy=True)
+            self._send(m.ReleaseKeys((key,)), lazy=True)
 
     def check_open(self, futures: Iterable[Future]) -> None:
         """ClientClosedError if this client is closed: its futures' values and work are gone,
@@ -237,11 +253,11 @@ class ClusterClient:
         bad = self.failed_dependency(deps)
         if bad is not None:
             return self.failed_future(key, bad)
-        task = task_entry(key, func_bytes, args_bytes, deps, retries, prefix, restrictions)
+        task = task_spec(key, func_bytes, args_bytes, deps, retries, prefix, restrictions)
         return self.update_graph([task], [key], priority)[0]
 
-    def update_graph(self, tasks: list[list], wanted: list[str], priority: int = 0) -> list[Future]:
-        """Send tasks (``task_entry`` lists, in any order) in one message; futures for ``wanted``.
+    def update_graph(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int = 0) -> list[Future]:
+        """Send tasks (``task_spec``s, in any order) in one message; futures for ``wanted``.
 
         A task may depend on keys of the same message.  Keys the scheduler already has are
         not run again: the new futures share their value.
@@ -251,10 +267,8 @@ class ClusterClient:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
-        msg = {"op": "update-graph", "tasks": tasks, "wanted": wanted, "priority": priority}
-        if (span := current_span()) is not None:  # runtime.span(): the scheduler tags these tasks
-            msg["span"] = span
-        self._send(msg)
+        # runtime.span(): the scheduler tags these tasks with the span they were submitted in
+        self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, current_span()))
         return futures
 
     def extension(self, name: str, make: Callable[[ClusterClient], Any]) -> Any:
@@ -301,7 +315,7 @@ class ClusterClient:
             if fs.status != FINISHED:
                 return False
             fs.local = False
-        self._send({"op": "update-data", "key": future.key, "value": fs.value, "nbytes": fs.nbytes})
+        self._send(m.UpdateData(future.key, fs.value, fs.nbytes))
         return True
 
     def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
@@ -310,7 +324,7 @@ class ClusterClient:
         A key another client also wants keeps running unless ``force``.
         """
         self.check_open(futures)
-        self._send({"op": "cancel", "keys": [f.key for f in futures], "force": force})
+        self._send(m.Cancel(tuple(f.key for f in futures), force))
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""
@@ -320,7 +334,7 @@ class ClusterClient:
             for fs in self.futures.states.values():
                 self.futures.fail(fs, error, CANCELLED)
         if keys:
-            self._send({"op": "cancel", "keys": keys, "force": True})
+            self._send(m.Cancel(tuple(keys), True))
 
     def put(self, value: Any, key: str | None = None) -> Future:
         """Store ``value`` in the cluster (in a node's store when large); returns its future."""
@@ -340,7 +354,7 @@ class ClusterClient:
         with self.futures.lock:
             fs = future._state
             fs.status, fs.value, fs.nbytes = FINISHED, located, nbytes
-        self._send({"op": "update-data", "key": key, "value": located, "nbytes": nbytes}, lazy=True)
+        self._send(m.UpdateData(key, located, nbytes), lazy=True)
         return future
 
     def _attach(self) -> bool:
@@ -371,7 +385,7 @@ class ClusterClient:
             raise ObjectLostError(f"object {key!r} is on node {node!r}, which is no longer in the cluster")
         return info["address"]
 
-    def _upload(self, key: str, data: bytes, buffers: list) -> list:
+    def _upload(self, key: str, data: bytes, buffers: list) -> m.StoreRef:
         """Put a large value into the store of the node with the most room (no store here)."""
         nodes = self._nodes(refresh=True)
         if not nodes:
@@ -400,7 +414,7 @@ class ClusterClient:
         fut = self._requests[reqid] = self._loop.create_future()
         assert self.comm is not None
         self._outbox.drain()  # what the caller sent before goes first (lazy messages may still wait)
-        self.comm.send({"op": "request", "reqid": reqid, "what": what, **kwargs})
+        self.comm.send(m.Request(reqid, what, kwargs))
         return await fut
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
@@ -468,7 +482,7 @@ class ClusterClient:
                         raise
         return out
 
-    def _heard_of_loss(self, future: Future, located: bytes | list, deadline: float | None) -> bool:
+    def _heard_of_loss(self, future: Future, located: m.Value, deadline: float | None) -> bool:
         """A stored value could not be read: its node may have just left.  Wait, at most the
         heartbeat timeout, for the scheduler to say so (the future then waits for a copy or a
         recomputation); False if it says nothing."""
@@ -482,16 +496,16 @@ class ClusterClient:
             return False
         return True
 
-    def _load(self, key: str, located: bytes | list) -> Any:
+    def _load(self, key: str, located: m.Value) -> Any:
         """A value from its wire form.  A stored one is read from this node's store, after its
         agent copied it here if it is on another node; with no store here, straight from the
         node that holds it."""
-        if isinstance(located, bytes):
+        if type(located) is not m.StoreRef:
             return values.decode(located, key=key, node="")
         if not self._attach():
-            return read_remote(self._agent(located[0], key), key, located)
-        if located[0] != self.node:
-            source = self._agent(located[0], key)
+            return read_remote(self._agent(located.node, key), key, located)
+        if located.node != self.node:
+            source = self._agent(located.node, key)
             located = fetch_sync(self._agent(self.node, key), self.node, key, located, source)
         return values.decode(located, key=key, node=self.node)
 
@@ -553,15 +567,17 @@ class ClusterClient:
                 ext.close()
 
 
-def task_entry(
+def task_spec(
     key: str, func_bytes: bytes, args_bytes: bytes, deps: Iterable[str], retries: int, prefix: str,
     restrictions: dict[str, Any] | None = None,
-) -> list:  # fmt: skip
-    """One task of an ``update-graph`` message, as the scheduler reads it."""
-    task = [key, func_bytes, args_bytes, list(deps), retries, prefix]
-    if restrictions:
-        task.append(restrictions)
-    return task
+) -> m.TaskSpec:  # fmt: skip
+    """The one way to describe a task for the scheduler: its callable and arguments pickled,
+    the keys it needs, and ``restrictions`` (``workers``, ``resources``, ``allow_other_workers``)."""
+    where = restrictions or {}
+    return m.TaskSpec(
+        key, (func_bytes, args_bytes), tuple(deps), retries, prefix, tuple(where.get("workers", ())),
+        where.get("resources"), bool(where.get("allow_other_workers", False)),
+    )  # fmt: skip
 
 
 def _check_scheduler(scheduler: str | None) -> None:

@@ -1,6 +1,6 @@
 """The methods ``runtime.Client`` gets from the scheduler's extensions: events, replay, spans.
 
-Each is a thin call into the module that implements it (``events.py``, ``replay.py``,
+Each is a thin call into the module that implements it (``event_log.py``, ``replay.py``,
 ``spans.py`` beside this one) with this client's core; the same functions serve the
 module-level API (``runtime.log_event`` inside tasks, ``runtime.span``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runtime.client import events, replay, spans
+from runtime.client import event_log, replay, spans
 
 if TYPE_CHECKING:
     from runtime.client.client import ClusterClient
@@ -24,19 +24,19 @@ class ClientExtensions:
 
     def log_event(self, topic: str | list[str], msg: Any) -> None:
         """Log ``msg`` (msgpack serializable) under ``topic`` or each of a list of topics."""
-        events.log_event(topic, msg, client=self.core)
+        event_log.log_event(topic, msg, client=self.core)
 
     def get_events(self, topic: str | None = None) -> Any:
         """``topic``'s events as ``(time, msg)`` tuples, oldest first; every topic's by name if None."""
-        return events.get_events(topic, client=self.core)
+        return event_log.get_events(topic, client=self.core)
 
     def subscribe_topic(self, topic: str, handler: Callable[[tuple[float, Any]], Any]) -> None:
         """Call ``handler((time, msg))`` on a thread of this client's for each event logged under ``topic``."""
-        events.subscribe_topic(topic, handler, client=self.core)
+        event_log.subscribe_topic(topic, handler, client=self.core)
 
     def unsubscribe_topic(self, topic: str) -> None:
         """Remove ``topic``'s handler; ValueError if there is none."""
-        events.unsubscribe_topic(topic, client=self.core)
+        event_log.unsubscribe_topic(topic, client=self.core)
 
     def recreate_error_locally(self, future: Future | Sequence[Future]) -> Any:
         """Run the failed task behind ``future`` here with its real inputs, so it raises here (and pdb lands in it)."""

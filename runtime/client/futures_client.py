@@ -29,15 +29,18 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import msgspec
+
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
 from runtime.client import graph, waiting
-from runtime.client.client import ClusterClient, task_entry
+from runtime.client.client import ClusterClient, task_spec
 from runtime.client.extensions import ClientExtensions
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
+from runtime.comm.messages import StoreRef, TaskSpec
 from runtime.errors import RemoteTraceback
 from runtime.worker.plugins import plugin_name
 
@@ -121,8 +124,8 @@ class Client(ClientExtensions, concurrent.futures.Executor):
 
     def _task(
         self, fn: Callable, func_bytes: bytes, args: tuple, kwargs: dict, key: str | None, pure: bool, options: dict
-    ) -> tuple[list, Future | None]:
-        """The task's wire form, and the actor-call result among its arguments that failed, if any."""
+    ) -> tuple[TaskSpec, Future | None]:
+        """The task's description, and the actor-call result among its arguments that failed, if any."""
         name = _funcname(fn)
         args_bytes, deps = serialize.dumps_args_plain(name, args, kwargs)
         if key is None:
@@ -131,7 +134,7 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             else:
                 key = self.core.new_key(name)
         retries = options.get("retries") or 0
-        task = task_entry(key, func_bytes, args_bytes, deps, retries, name, restrictions(options))
+        task = task_spec(key, func_bytes, args_bytes, deps, retries, name, restrictions(options))
         return task, self.core.failed_dependency(deps)
 
     def submit(
@@ -164,8 +167,8 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         options = _options(workers, resources, priority, retries, allow_other_workers)
         task, failed = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
         if failed is not None:
-            return self.core.failed_future(task[0], failed)
-        return self.core.update_graph([task], [task[0]], priority)[0]
+            return self.core.failed_future(task.key, failed)
+        return self.core.update_graph([task], [task.key], priority)[0]
 
     def map(  # type: ignore[override]  # Dask's map: futures at once (see get_executor for the stdlib's)
         self,
@@ -214,14 +217,13 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             for i in range(start, min(start + batch_size, len(items))):
                 task, failed = self._task(fn, func_bytes, items[i], kwargs, keys[i], pure, options)
                 if isinstance(key, str):  # a prefix: keep the hash (or counter) after it
-                    task[0] = f"{key}-{task[0].rsplit('-', 1)[-1]}"
-                    task[5] = key
+                    task = msgspec.structs.replace(task, key=f"{key}-{task.key.rsplit('-', 1)[-1]}", prefix=key)
                 if failed is not None:
-                    futures[i] = self.core.failed_future(task[0], failed)
+                    futures[i] = self.core.failed_future(task.key, failed)
                 else:
                     tasks.append(task)
                     sent.append(i)
-            for i, future in zip(sent, self.core.update_graph(tasks, [t[0] for t in tasks], priority), strict=True):
+            for i, future in zip(sent, self.core.update_graph(tasks, [t.key for t in tasks], priority), strict=True):
                 futures[i] = future
         return futures  # type: ignore[return-value]  # every slot is filled
 
@@ -262,12 +264,12 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         from runtime.objstore.transfer import fetch_sync
 
         located = future._state.value
-        if not isinstance(located, list):
+        if type(located) is not StoreRef:
             return
         nodes = self.core.request("identity")["nodes"]
-        source = nodes.get(located[0], {}).get("address")
+        source = nodes.get(located.node, {}).get("address")
         for node, info in nodes.items():
-            if node != located[0]:  # each agent tells the scheduler of its copy
+            if node != located.node:  # each agent tells the scheduler of its copy
                 fetch_sync(info["address"], node, future.key, located, source)
 
     # -- results -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from runtime.client.client import task_entry
+from runtime.client.client import task_spec
 from runtime.comm import serialize
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def submit(client: Client, dsk: Any, keys: Any) -> Any:
             raise KeyError(f"get(): task {key!r} depends on {missing!r}, which is not in the graph")
         refs = {d: _Ref(runtime_key(d)) for d in deps}
         args_bytes, dep_refs = serialize.dumps_args_plain(_prefix(key), (node, refs), {})
-        tasks.append(task_entry(runtime_key(key), func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
+        tasks.append(task_spec(runtime_key(key), func_bytes, args_bytes, dep_refs, 0, _prefix(key)))
     unique = list(dict.fromkeys(runtime_key(k) for k in wanted))
     futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True))
     return _pack(keys, {k: futures[runtime_key(k)] for k in wanted})

@@ -29,12 +29,13 @@ from typing import Any, Protocol
 
 from runtime import config
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState
+from runtime.comm import messages as m
 from runtime.errors import ClientClosedError, TaskCancelledError
 
 logger = logging.getLogger("runtime.client")
 
-#: result messages that carry a value; the others (task-erred, actor-error) carry an error
-_VALUE_OPS = ("key-in-memory", "actor-result")
+#: result messages that carry a value; the others (key-erred, actor-error) carry an error
+_VALUES = (m.KeyInMemory, m.ActorResult)
 
 
 class FutureOwner(Protocol):
@@ -110,17 +111,17 @@ class FutureTable:
 
     # -- settling (call with the lock held) --------------------------------------------------
 
-    def settle(self, msg: dict) -> FutureState | None:
-        """A task's or actor call's result or error arrived (``key-in-memory``/``actor-result``
-        or ``task-erred``/``actor-error``): its future is done.  None if nobody holds it."""
-        fs = self.states.get(msg["key"])
+    def settle(self, msg: Any) -> FutureState | None:
+        """A task's or actor call's result or error arrived (``KeyInMemory``/``ActorResult``
+        or ``KeyErred``/``ActorError``): its future is done.  None if nobody holds it."""
+        fs = self.states.get(msg.key)
         if fs is None:
             return None
-        if msg["op"] in _VALUE_OPS:
-            fs.status, fs.value, fs.nbytes = FINISHED, msg["value"], msg["nbytes"]
+        if type(msg) in _VALUES:
+            fs.status, fs.value, fs.nbytes = FINISHED, msg.value, msg.nbytes
         else:
-            fs.status, fs.exception, fs.traceback = ERRED, msg["exception"], msg["traceback"] or ""
-            fs.blame, fs.worker = msg.get("blame", ""), msg.get("worker", "")
+            fs.status, fs.exception, fs.traceback = ERRED, msg.exception, msg.traceback or ""
+            fs.blame, fs.worker = getattr(msg, "blame", ""), getattr(msg, "worker", "")
         if fs.callbacks:
             self._take_callbacks(fs)
         return fs

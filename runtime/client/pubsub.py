@@ -23,7 +23,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from runtime.client.events import client_of
+from runtime.client.event_log import client_of
+from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.errors import ClientClosedError
 
@@ -66,13 +67,12 @@ class _Subscriptions:
 
     def __init__(self, client: ClusterClient):
         self.subs: dict[str, weakref.WeakSet[Sub]] = {}
-        client.handlers["pubsub-msg"] = self._on_msg
 
-    def _on_msg(self, msg: dict) -> None:
+    def on_message(self, msg: m.PubsubMsg) -> None:
         # On the loop thread, under the futures' lock: the read loop notifies their
         # condition afterwards, which is what Sub.get waits on.
-        for sub in list(self.subs.get(msg["topic"], ())):
-            sub._buffer.append(msg["msg"])
+        for sub in list(self.subs.get(msg.topic, ())):
+            sub._buffer.append(msg.msg)
 
 
 class Pub:
@@ -88,7 +88,7 @@ class Pub:
             data = serialize.dumps(msg)
         except Exception as e:
             raise serialize.SerializationError(f"cannot pickle a message for topic {self.name!r}: {e}") from e
-        self.client._send({"op": "pubsub-msg", "topic": self.name, "msg": data})
+        self.client._send(m.PubsubMsg(self.name, data))
 
     def __repr__(self) -> str:
         return f"<Pub: {self.name}>"

@@ -2,9 +2,9 @@
 
 ::
 
-    with runtime.span("load") as span_id:        contextvar: (("load",), (span_id,))
-        with runtime.span("parse"):              contextvar: (("load", "parse"), (span_id, id2))
-            client.submit(...)                   update-graph carries the contextvar's value
+    with runtime.span("load") as span_id:        contextvar: SpanPath(("load",), (span_id,))
+        with runtime.span("parse"):              contextvar: SpanPath(("load", "parse"), (span_id, id2))
+            client.submit(...)                   update-graph carries the contextvar's value (its span field)
     client.get_spans(span_id)                    the scheduler's figures for the tree under span_id
 
 The current span lives in a ``contextvars.ContextVar``: it follows ``with`` blocks, threads
@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.comm.messages import SpanPath
+
 #: the tags of the current span, outermost first, and the id of each level (None: no span)
-_current: contextvars.ContextVar[tuple[tuple[str, ...], tuple[str, ...]] | None] = contextvars.ContextVar(
-    "runtime_span", default=None
-)
+_current: contextvars.ContextVar[SpanPath | None] = contextvars.ContextVar("runtime_span", default=None)
 
 
 @contextmanager
@@ -40,16 +40,17 @@ def span(*tags: str) -> Iterator[str]:
     for tag in tags:
         if not isinstance(tag, str) or not tag:
             raise TypeError(f"a span's tags are non-empty strings, not {tag!r:.80}")
-    names, ids = _current.get() or ((), ())
+    outer = _current.get()
+    names, ids = (outer.names, outer.ids) if outer is not None else ((), ())
     new_ids = tuple(str(uuid.uuid4()) for _ in tags)
-    token = _current.set((names + tags, ids + new_ids))
+    token = _current.set(SpanPath(names + tags, ids + new_ids))
     try:
         yield new_ids[-1]
     finally:
         _current.reset(token)
 
 
-def current_span() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def current_span() -> SpanPath | None:
     """The tags and ids of the span this code runs in, or None."""
     return _current.get()
 
@@ -86,7 +87,7 @@ class SpanInfo:
 
 def get_spans(span_id: str | None = None, client: Any = None) -> dict[str, SpanInfo]:
     """Every span by id, or ``span_id``'s and those inside it; ValueError for an unknown id."""
-    from runtime.client.events import client_of
+    from runtime.client.event_log import client_of
 
     client = client_of(client)
     if span_id is not None and not isinstance(span_id, str):

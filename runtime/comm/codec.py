@@ -1,17 +1,21 @@
 """Framing for every connection: a 4-byte little-endian length, then one msgpack payload.
 
-A payload is a list of messages (dicts with an ``"op"`` key), so one frame carries a whole
-batch and many small messages cost one system call.  Binary values (pickles, inline
-results) travel as msgpack ``bin`` without base64 or re-encoding.
+A payload is a list of messages (the typed records of ``messages.py``), so one frame
+carries a whole batch and many small messages cost one system call.  Binary values
+(pickles, inline results) travel as msgpack ``bin`` without base64 or re-encoding.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Any
 
-import msgpack
+import msgspec
 
 from runtime.comm.auth import MAGIC, AuthenticationError
+
+if TYPE_CHECKING:
+    from runtime.comm.messages import Decoder
 
 HEADER = struct.Struct("<I")
 #: A frame larger than this is refused: a corrupt or hostile length field must not make a
@@ -35,12 +39,11 @@ class SecretRequiredError(ProtocolError, AuthenticationError):
         )
 
 
-_packer_options = {"use_bin_type": True}
-_unpacker_options = {"raw": False, "strict_map_key": False}
+_encode = msgspec.msgpack.Encoder().encode
 
 
-def encode(msgs: list[dict]) -> bytes:
-    payload = msgpack.packb(msgs, **_packer_options)
+def encode(msgs: list[Any]) -> bytes:
+    payload = _encode(msgs)
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
     return HEADER.pack(len(payload)) + payload
@@ -56,11 +59,6 @@ def frame_length(header: bytes, peer: str = "the peer") -> int:
     return n
 
 
-def decode(payload: bytes) -> list[dict]:
-    try:
-        msgs = msgpack.unpackb(payload, **_unpacker_options)
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"undecodable frame ({type(e).__name__}: {e})") from None
-    if not isinstance(msgs, list) or not all(isinstance(m, dict) and "op" in m for m in msgs):
-        raise ProtocolError("frame is not a list of messages with an 'op'")
-    return msgs
+def decode(payload: bytes, decoder: Decoder) -> list[Any]:
+    """The messages of one frame, each checked against the types ``decoder`` accepts."""
+    return decoder.decode(payload)

@@ -13,8 +13,10 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from runtime.comm import auth, codec
+from runtime.comm.messages import Decoder, Message
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +37,21 @@ def parse_address(address: str) -> tuple[str, str, int]:
 class Comm:
     """One open connection.  Not thread-safe: use it from its event loop only."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, decoder: Decoder):
         self.reader = reader
         self.writer = writer
         #: who is on the other side, for log lines and errors
         self.peer = peer
-        self._outbox: list[dict] = []
+        #: the messages this side accepts on this connection
+        self.decoder = decoder
+        self._outbox: list[Message] = []
         self._flush_scheduled = False
         self.closed = False
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def read(self) -> list[dict]:
+    async def read(self) -> list[Any]:
         """The next batch of messages.  Raises ``ConnectionError`` when the peer is gone."""
         header = b""
         try:
@@ -58,13 +62,13 @@ class Comm:
             if header or e.partial:  # it went away in the middle of a frame
                 raise codec.ProtocolError(f"truncated frame: the connection closed {len(e.partial)} bytes in") from None
             raise ConnectionResetError(f"connection to {self.peer} closed") from None
-        return codec.decode(payload)
+        return codec.decode(payload, self.decoder)
 
-    def send(self, msg: dict) -> None:
+    def send(self, msg: Message) -> None:
         """Queue one message; it leaves with the others queued in this loop turn."""
         self.send_many([msg])
 
-    def send_many(self, msgs: list[dict]) -> None:
+    def send_many(self, msgs: list[Message]) -> None:
         if msgs and not self.closed:
             self._outbox.extend(msgs)
             if not self._flush_scheduled:
@@ -93,8 +97,9 @@ class Comm:
         self.writer.close()
 
 
-async def connect(address: str, timeout: float = 10.0) -> Comm:
-    """Open a connection, retrying until ``timeout`` while the peer is still starting."""
+async def connect(address: str, decoder: Decoder, timeout: float = 10.0) -> Comm:
+    """Open a connection, retrying until ``timeout`` while the peer is still starting; what the
+    peer sends is decoded by ``decoder``."""
     scheme, host, port = parse_address(address)
     security = auth.default_security()
     loop = asyncio.get_running_loop()
@@ -114,7 +119,7 @@ async def connect(address: str, timeout: float = 10.0) -> Comm:
                 except auth.AuthenticationError as e:
                     writer.close()
                     raise auth.AuthenticationError(f"{address}: {e}") from None
-            return Comm(reader, writer, address)
+            return Comm(reader, writer, address, decoder)
         except TimeoutError:
             raise ConnectionRefusedError(f"nothing answers at {address} within {timeout:g}s") from None
         except (ConnectionRefusedError, FileNotFoundError) as e:
@@ -127,8 +132,9 @@ async def connect(address: str, timeout: float = 10.0) -> Comm:
 Handler = Callable[[Comm], Awaitable[None]]
 
 
-async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer, str]:
-    """Serve ``handler`` for each new connection; returns the server and the bound address.
+async def listen(address: str, handler: Handler, decoder: Decoder) -> tuple[asyncio.AbstractServer, str]:
+    """Serve ``handler`` for each new connection, whose messages ``decoder`` decodes; returns
+    the server and the bound address.
 
     ``tcp://127.0.0.1:0`` picks a free port; the returned address names it.
     """
@@ -138,7 +144,7 @@ async def listen(address: str, handler: Handler) -> tuple[asyncio.AbstractServer
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix-peer"
-        comm = Comm(reader, writer, str(peer))
+        comm = Comm(reader, writer, str(peer), decoder)
         try:
             if security.secret is not None:  # before any byte of theirs is read as a message
                 try:
@@ -176,14 +182,14 @@ class ThreadOutbox:
 
     LAZY_DELAY = 0.002
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[dict]], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Message]], None]):
         self._loop = loop
         self._deliver = deliver
-        self._queue: deque[dict] = deque()
+        self._queue: deque[Message] = deque()
         self._wakeup_pending = False
         self._timer_pending = False
 
-    def put(self, msg: dict, lazy: bool = False) -> None:
+    def put(self, msg: Message, lazy: bool = False) -> None:
         self._queue.append(msg)
         if self._wakeup_pending or (lazy and self._timer_pending):
             return
@@ -225,7 +231,7 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
+def request_sync(address: str, msg: Message, decoder: Decoder, timeout: float = 60.0) -> Any:
     """One request and its reply over a fresh blocking connection, for threads with no event loop.
 
     Used by executor threads and user threads to ask their node agent for an object.
@@ -233,10 +239,10 @@ def request_sync(address: str, msg: dict, timeout: float = 60.0) -> dict:
     scheme, host, port = parse_address(address)
     with auth.open_sync(scheme, host, port, timeout) as sock:
         sock.sendall(codec.encode([msg]))
-        return read_frame(sock, address)[0]
+        return read_frame(sock, address, decoder)[0]
 
 
-def read_frame(sock: socket.socket, peer: str) -> list[dict]:
+def read_frame(sock: socket.socket, peer: str, decoder: Decoder) -> list[Any]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
     header = auth.recv_exactly(sock, codec.HEADER.size, peer)
-    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header, peer), peer))
+    return codec.decode(auth.recv_exactly(sock, codec.frame_length(header, peer), peer), decoder)

@@ -15,7 +15,6 @@ import io
 import pickle
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -155,21 +154,13 @@ def buffers_nbytes(buffers: list[pickle.PickleBuffer]) -> int:
     return sum(memoryview(b).nbytes for b in buffers)
 
 
-def erred_message(key: str, e: BaseException, start: float) -> dict:
-    """The task-erred message for exception ``e`` of task ``key``: the exception pickled (or a
-    TaskError standing in when it cannot be rebuilt) and its traceback text."""
+def pickled_error(e: BaseException) -> tuple[bytes, str, str]:
+    """A task's exception as it travels: pickled (or a TaskError standing in when it cannot be
+    rebuilt), its traceback's text, and ``Type: message`` for status pages."""
     tb = "".join(traceback.format_exception(e))
     try:
         exc_bytes = dumps(e)
         loads(exc_bytes)  # an exception that pickles but cannot be rebuilt is no use
     except Exception:
         exc_bytes = pickle.dumps(TaskError(f"{type(e).__qualname__}: {e}"))
-    return {
-        "op": "task-erred",
-        "key": key,
-        "exception": exc_bytes,
-        "traceback": tb,
-        "text": f"{type(e).__name__}: {e}",
-        "start": start,
-        "stop": time.time(),
-    }
+    return exc_bytes, tb, f"{type(e).__name__}: {e}"

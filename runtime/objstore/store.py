@@ -61,7 +61,6 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import config
@@ -104,18 +103,6 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class StoreRef:
-    """Where a stored value lives: the node whose store holds it, its size, its object name."""
-
-    node: str
-    nbytes: int
-    name: str
-
-    def to_wire(self) -> list:
-        return [self.node, self.nbytes, self.name]
-
-
 def make_prefix() -> str:
     """A store prefix that names its owner, so a later agent can sweep a dead one's leftovers."""
     return f"rt-{os.getpid()}-{os.urandom(3).hex()}-"
@@ -129,14 +116,6 @@ def new_name(prefix: str, key: str) -> str:
 def is_object_name(name: Any, prefix: str = "") -> bool:
     """Whether ``name`` (from a message, say) names an object, of the store with ``prefix`` if given."""
     return isinstance(name, str) and OBJECT_NAME.fullmatch(name) is not None and name.startswith(prefix)
-
-
-def is_stored_ref(x: Any) -> bool:
-    """Whether ``x`` (from a message, say) is a stored value's wire form: ``[node, nbytes, name]``
-    with ``name`` an object's name."""
-    return (
-        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], int) and is_object_name(x[2])
-    )
 
 
 def prefix_of(name: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from runtime import config
 from runtime.comm import auth, codec
+from runtime.comm import messages as m
 from runtime.comm.core import Comm, connect, parse_address, read_frame, request_sync
 from runtime.objstore import store
 
@@ -39,8 +40,8 @@ logger = logging.getLogger("runtime.transfer")
 
 CHUNK = 4 * 2**20
 
-#: ``(key, local name, the original's [node, nbytes, name])``: a copy was made in this store
-CopyMade = Callable[[str, str, list], None]
+#: ``(key, local name, where the original is)``: a copy was made in this store
+CopyMade = Callable[[str, str, m.StoreRef], None]
 
 
 class ObjectServer:
@@ -59,48 +60,47 @@ class ObjectServer:
         with no store to ``get-object``, clients with no store to ``put-object``.
 
         A request that is not one of these, or names something that is not an object of a
-        store (a path, say), drops the connection with a logged reason.
+        store (a path, say: ``messages.ObjectName`` checks it as it decodes), drops the
+        connection with a logged reason.
         """
         while True:
-            for msg in await comm.read():
-                op = msg.get("op")
-                if op == "get-object":
-                    name = msg.get("name")
-                    if not store.is_object_name(name):
+            try:
+                msgs = await comm.read()
+            except codec.ProtocolError as e:
+                logger.warning("dropping connection from %s: %s", comm.peer, e)
+                return
+            for msg in msgs:
+                if type(msg) is m.GetObject:
+                    if not msg.name.startswith(self.prefix):
                         logger.warning(
-                            "dropping connection from %s: %r names no store object: %.80r", comm.peer, op, name
+                            "dropping connection from %s: %s is not of node %s", comm.peer, msg.name, self.node
                         )
                         return
-                    if not name.startswith(self.prefix):
-                        logger.warning("dropping connection from %s: %s is not of node %s", comm.peer, name, self.node)
+                    if not await self._send_object(comm, msg.name):
                         return
-                    if not await self._send_object(comm, name):
-                        return
-                elif op == "fetch" and store.is_stored_ref(msg.get("located")) and isinstance(msg.get("source"), str):
+                elif type(msg) is m.Fetch:
+                    if msg.source is None:
+                        comm.send(m.FetchFailed(f"no source agent given for {msg.key!r}"))
+                        continue
                     try:
-                        local = await self.fetch(str(msg.get("key", "")), msg["located"], msg["source"])
-                        comm.send({"op": "fetched", "name": local})
+                        comm.send(m.Fetched(await self.fetch(msg.key, msg.located, msg.source)))
                     except Exception as e:
-                        comm.send({"op": "fetch-failed", "error": f"{type(e).__name__}: {e}"})
-                elif op == "put-object" and isinstance(msg.get("key"), str) and isinstance(msg.get("size"), int):
-                    if not await self._take_object(comm, msg["key"], msg["size"]):
-                        return
-                else:
-                    logger.warning("dropping connection from %s: unknown or malformed %r request", comm.peer, op)
+                        comm.send(m.FetchFailed(f"{type(e).__name__}: {e}"))
+                elif not await self._take_object(comm, msg.key, msg.size):  # PutObject
                     return
 
     async def _send_object(self, comm: Comm, name: str) -> bool:
         """Stream one object of this store to the peer; False if the peer went away meanwhile."""
         path = store.find(name)
         if path is None:
-            comm.send({"op": "object-missing", "error": f"{name} is not in node {self.node}'s store"})
+            comm.send(m.ObjectMissing(f"{name} is not in node {self.node}'s store"))
             return True
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             # Not closed here: the transport may still hold a slice of it when the peer is gone,
             # and closing a mapping with views raises; it goes with its last view.
             view = memoryview(mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ))
-        comm.send({"op": "object", "size": size})
+        comm.send(m.Object(size))
         sent = 0
         try:
             await comm.drain()
@@ -118,28 +118,28 @@ class ObjectServer:
         the bytes; the reply names the object.  False (connection dropped) if it stops midway."""
         loop = asyncio.get_running_loop()
         if size < 1:
-            comm.send({"op": "put-failed", "error": f"an object of {size} bytes is no object"})
+            comm.send(m.PutFailed(f"an object of {size} bytes is no object"))
             return True
         try:
             pooled = await loop.run_in_executor(None, store.reserve, self.prefix, size, key)
         except store.ObjectStoreFullError as e:
-            comm.send({"op": "put-failed", "error": str(e)})
+            comm.send(m.PutFailed(str(e)))
             return True
-        comm.send({"op": "ready"})
+        comm.send(m.Ready())
         name = store.new_name(self.prefix, key)
         try:
             await self._receive(comm, name, size, pooled)
         except store.ObjectLostError as e:
             logger.info("put of %r from %s failed: %s", key, comm.peer, e)
             return False
-        comm.send({"op": "stored", "name": name})
+        comm.send(m.Stored(name))
         return True
 
-    async def fetch(self, key: str, located: list, source: str) -> str:
+    async def fetch(self, key: str, located: m.StoreRef, source: str) -> str:
         """A copy of another node's object in this node's store; returns its local name.
 
-        ``located`` is its ``[node, nbytes, name]`` there and ``source`` that node's agent."""
-        local = store.local_name(self.prefix, located[2])
+        ``located`` says where it is and ``source`` is that node's agent."""
+        local = store.local_name(self.prefix, located.name)
         if store.find(local) is not None:
             return local
         pending = self._inflight.get(local)
@@ -156,18 +156,18 @@ class ObjectServer:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
-    async def _transfer(self, key: str, located: list, source: str, local: str) -> str:
-        name = located[2]
-        comm = await connect(source, timeout=10)
+    async def _transfer(self, key: str, located: m.StoreRef, source: str, local: str) -> str:
+        name = located.name
+        comm = await connect(source, m.FROM_OBJECT_SERVER, timeout=10)
         try:
-            comm.send({"op": "get-object", "name": name})
+            comm.send(m.GetObject(name))
             try:
                 reply = (await asyncio.wait_for(comm.read(), self.stall_timeout))[0]
             except TimeoutError:
                 raise store.ObjectLostError(f"{source} sent nothing for {self.stall_timeout:g}s") from None
-            if reply.get("op") != "object" or not isinstance(reply.get("size"), int):
-                raise store.ObjectLostError(reply.get("error", f"{source} answered {reply.get('op')!r}"))
-            size = reply["size"]
+            if type(reply) is not m.Object:
+                raise store.ObjectLostError(getattr(reply, "error", f"{source} answered {m.op_of(type(reply))!r}"))
+            size = reply.size
             loop = asyncio.get_running_loop()
             pooled = await loop.run_in_executor(None, store.reserve, self.prefix, size, name)
             await self._receive(comm, local, size, pooled)
@@ -208,46 +208,46 @@ class ObjectServer:
 # -- from threads: workers, drivers --------------------------------------------------------
 
 
-def fetch_sync(agent: str, node: str, key: str, located: list, source: str | None) -> list:
-    """Have this node's agent copy a value stored on another node; its local wire form.
-
-    ``located`` is the value's ``[node, nbytes, name]`` there and ``source`` that node's agent.
-    """
+def fetch_sync(agent: str, node: str, key: str, located: m.StoreRef, source: str | None) -> m.StoreRef:
+    """Have this node's agent copy a value stored on another node (``located``, whose agent is
+    ``source``); where the copy is."""
     if not agent or not source:
         raise store.ObjectStoreUnavailableError(
-            f"object {key!r} is on node {located[0]!r} and this process on node {node!r} "
+            f"object {key!r} is on node {located.node!r} and this process on node {node!r} "
             "knows no node agent to fetch it through"
         )
-    reply = request_sync(agent, {"op": "fetch", "key": key, "located": located, "source": source})
-    if reply["op"] != "fetched":
-        raise store.ObjectLostError(f"cannot fetch {key!r} from node {located[0]!r}: {reply.get('error')}")
-    return [node, located[1], reply["name"]]
+    reply = request_sync(agent, m.Fetch(key, located, source), m.FROM_OBJECT_SERVER)
+    if type(reply) is not m.Fetched:
+        raise store.ObjectLostError(
+            f"cannot fetch {key!r} from node {located.node!r}: {getattr(reply, 'error', reply)}"
+        )
+    return m.StoreRef(node, located.nbytes, reply.name)
 
 
-def read_remote(source: str, key: str, located: list) -> Any:
+def read_remote(source: str, key: str, located: m.StoreRef) -> Any:
     """A stored value read straight from its holder's agent at ``source`` into this process's
     memory (a client with no store on its host).  ObjectLostError names the key and node when
     the holder does not have it, goes away or stalls."""
-    where = f"node {located[0]!r} at {source}"
+    where = f"node {located.node!r} at {source}"
     stall = config.get("heartbeat.timeout")
     scheme, host, port = parse_address(source)
     try:
         with auth.open_sync(scheme, host, port, stall) as sock:
-            sock.sendall(codec.encode([{"op": "get-object", "name": located[2]}]))
-            reply = read_frame(sock, source)[0]
-            if reply.get("op") != "object":
-                raise store.ObjectLostError(f"object {key!r} is not on {where}: {reply.get('error')}")
+            sock.sendall(codec.encode([m.GetObject(located.name)]))
+            reply = read_frame(sock, source, m.FROM_OBJECT_SERVER)[0]
+            if type(reply) is not m.Object:
+                raise store.ObjectLostError(f"object {key!r} is not on {where}: {getattr(reply, 'error', reply)}")
             # Page-aligned anonymous memory, filled straight from the socket: numpy and Arrow
             # buffers come back aligned, as from the store.
-            buf = mmap.mmap(-1, max(reply["size"], 1))
-            view = memoryview(buf)[: reply["size"]]
+            buf = mmap.mmap(-1, max(reply.size, 1))
+            view = memoryview(buf)[: reply.size]
             auth.recv_into_all(sock, view, source)
     except OSError as e:  # refused, reset, timed out: the holder is gone or frozen
         raise store.ObjectLostError(f"cannot read {key!r} from {where}: {type(e).__name__}: {e}") from None
     return store.loads_object(view.toreadonly(), key, where)
 
 
-def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> list:
+def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> m.StoreRef:
     """Put a value into the store of ``node`` through its agent at ``agent``: the pickle and its
     buffers are sent as they are, in the store's format.  Returns the value's wire form."""
     parts, size = store.layout(data, buffers)
@@ -255,11 +255,13 @@ def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pic
     stall = config.get("heartbeat.timeout")
     try:
         with auth.open_sync(scheme, host, port, stall) as sock:
-            sock.sendall(codec.encode([{"op": "put-object", "key": key, "size": size}]))
+            sock.sendall(codec.encode([m.PutObject(key, size)]))
             sock.settimeout(config.get("store.write-timeout") + stall)  # the node may spill to make room
-            reply = read_frame(sock, agent)[0]
-            if reply.get("op") != "ready":
-                raise store.ObjectStoreFullError(f"node {node!r} cannot store {key!r}: {reply.get('error')}")
+            reply = read_frame(sock, agent, m.FROM_OBJECT_SERVER)[0]
+            if type(reply) is not m.Ready:
+                raise store.ObjectStoreFullError(
+                    f"node {node!r} cannot store {key!r}: {getattr(reply, 'error', reply)}"
+                )
             sock.settimeout(stall)
             sent = 0
             for offset, part in parts:
@@ -269,11 +271,11 @@ def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pic
                 sent = offset + memoryview(part).nbytes
             if size > sent:
                 sock.sendall(bytes(size - sent))
-            reply = read_frame(sock, agent)[0]
+            reply = read_frame(sock, agent, m.FROM_OBJECT_SERVER)[0]
     except OSError as e:
         raise store.ObjectStoreUnavailableError(
             f"cannot put {key!r} into the store of node {node!r} at {agent}: {type(e).__name__}: {e}"
         ) from None
-    if reply.get("op") != "stored":
+    if type(reply) is not m.Stored:
         raise store.ObjectStoreUnavailableError(f"node {node!r} did not store {key!r}: {reply}")
-    return [node, size, reply["name"]]
+    return m.StoreRef(node, size, reply.name)

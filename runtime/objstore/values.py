@@ -1,7 +1,7 @@
 """Where a value travels: inline in messages when small, through the node's store when large.
 
-On the wire a located value is either ``bytes`` (an in-band pickle, small) or
-``[node, nbytes, name]`` (a ``StoreRef``: the object sits in that node's shared-memory store).
+On the wire a value (``messages.Value``) is either ``bytes`` (an in-band pickle, small) or a
+``StoreRef`` (node, nbytes, name: the object sits in that node's shared-memory store).
 Users cannot tell the two apart: ``decode`` gives the value back either way.
 """
 
@@ -12,19 +12,16 @@ from typing import Any
 
 from runtime import config
 from runtime.comm import serialize
+from runtime.comm.messages import StoreRef, Value
 from runtime.objstore import arrow_ipc, store
-from runtime.objstore.store import StoreRef
-
-Located = bytes | list
-
 
 #: ``(key, pickle, buffers) -> wire form``: puts a value into a node's store from a process with none
-Upload = Callable[[str, bytes, list], list]
+Upload = Callable[[str, bytes, list], StoreRef]
 
 
 def encode(
     obj: Any, *, key: str, prefix: str, node: str, threshold: int | None = None, upload: Upload | None = None
-) -> tuple[Located, int]:
+) -> tuple[Value, int]:
     """Serialize ``obj``; returns its wire form and its size in bytes.
 
     Values smaller than ``threshold`` (default: the ``inline-threshold`` setting) travel inline;
@@ -36,7 +33,7 @@ def encode(
     if arrow_ipc.is_arrow(obj) and obj.nbytes >= threshold and prefix:
         name = store.new_name(prefix, key)
         nbytes = store.write_arrow(name, obj, key)
-        return StoreRef(node, nbytes, name).to_wire(), nbytes
+        return StoreRef(node, nbytes, name), nbytes
     data, buffers = serialize.dumps_value(obj)
     nbytes = len(data) + serialize.buffers_nbytes(buffers)
     if nbytes < threshold:
@@ -45,7 +42,7 @@ def encode(
         return data, len(data)
     if not prefix and upload is not None:
         located = upload(key, data, buffers)
-        return located, located[1]
+        return located, located.nbytes
     if not prefix:
         raise store.ObjectStoreUnavailableError(
             f"value for {key!r} is {nbytes} bytes, over the {threshold}-byte inline limit, "
@@ -53,16 +50,16 @@ def encode(
         )
     name = store.new_name(prefix, key)
     nbytes = store.write(name, data, buffers, key)
-    return StoreRef(node, nbytes, name).to_wire(), nbytes
+    return StoreRef(node, nbytes, name), nbytes
 
 
-def decode(located: Located, *, key: str, node: str) -> Any:
+def decode(located: Value, *, key: str, node: str) -> Any:
     if isinstance(located, bytes):
         return serialize.loads(located)
-    where = located[0]
+    where = located.node
     if where != node:
         raise store.ObjectStoreUnavailableError(
             f"object {key!r} is in the store of node {where!r}; this process is on node {node!r} "
             "and reads only its own node's store (transfer.fetch_sync copies it here first)"
         )
-    return store.read(located[2], key)
+    return store.read(located.name, key)

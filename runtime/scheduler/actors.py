@@ -24,6 +24,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
+from runtime.comm.messages import ActorStarted, KeyErred, KillActor, Message, TaskSpec
 from runtime.scheduler import stimuli as st
 
 logger = logging.getLogger("runtime.scheduler.actors")
@@ -46,8 +49,8 @@ class ActorInfo:
     detached: bool
     #: how many more times it is rebuilt when its worker dies (-1: always)
     restarts_left: int
-    #: the creation task, as an update-graph task list (see stimuli.TaskSpec.from_wire)
-    task: list
+    #: the creation task (each restart runs it again under a key of its own)
+    task: TaskSpec
     #: pending, alive, restarting or dead
     state: str = "pending"
     #: the creation task in flight
@@ -68,7 +71,7 @@ class ActorInfo:
 
 
 class ActorRegistry:
-    def __init__(self, handle_stimulus: Callable[[st.Stimulus], None], send: Callable[[str, dict], None]):
+    def __init__(self, handle_stimulus: Callable[[st.Stimulus], None], send: Callable[[str, Message], None]):
         self._handle = handle_stimulus
         self._send = send
         #: every actor by id, dead ones included (so late callers learn why)
@@ -86,7 +89,7 @@ class ActorRegistry:
             return {"error": f"an actor named {name!r} already exists; use runtime.get_actor({name!r}) to reach it"}
         info = ActorInfo(
             msg["actor"], name, msg["class_name"], list(msg["methods"]), client, bool(msg.get("detached")),
-            int(msg.get("max_restarts", 0)), msg["task"],
+            int(msg.get("max_restarts", 0)), msgspec.convert(msg["task"], TaskSpec),
         )  # fmt: skip
         self.actors[info.actor_id] = info
         if name:
@@ -123,35 +126,34 @@ class ActorRegistry:
             else:
                 self._die(info, "it was killed with runtime.kill()")
             if worker:
-                self._send(worker, {"op": "kill-actor", "actor": actor_id, "reason": "it was killed"})
+                self._send(worker, KillActor(actor_id, "it was killed"))
         return {"ok": True}
 
     # -- events ------------------------------------------------------------------------
 
-    def started(self, msg: dict) -> None:
-        info = self.actors.get(msg["actor"])
+    def started(self, msg: ActorStarted) -> None:
+        info = self.actors.get(msg.actor)
         if info is None:
             return
         if info.state == "dead":  # killed while it was starting
-            self._send(msg["worker"], {"op": "kill-actor", "actor": info.actor_id, "reason": info.cause})
+            self._send(msg.worker, KillActor(info.actor_id, info.cause))
             return
-        info.state, info.worker, info.address = "alive", msg["worker"], msg["address"]
+        info.state, info.worker, info.address = "alive", msg.worker, msg.address
         self._wake(info)
 
-    def on_client_messages(self, batch: list[dict]) -> None:
+    def on_client_messages(self, batch: list[Message]) -> None:
         """What the state machine tells ``ACTORS_CLIENT`` about creation tasks."""
         for msg in batch:
-            actor_id = self._creating.pop(msg.get("key", ""), None)
+            key = getattr(msg, "key", "")
+            actor_id = self._creating.pop(key, None)
             if actor_id is None:
                 continue
             info = self.actors[actor_id]
-            if msg["op"] == "task-erred" and info.state != "dead":
-                self._die(info, f"its constructor failed: {msg.get('text') or 'see the exception'}")
+            if type(msg) is KeyErred and info.state != "dead":
+                self._die(info, f"its constructor failed: {msg.text or 'see the exception'}")
             # Done with the creation task either way: the actor lives on in its worker.
             loop = asyncio.get_running_loop()
-            loop.call_soon(
-                self._handle, st.ClientReleasesKeys(f"actor-created-{msg['key']}", ACTORS_CLIENT, (msg["key"],))
-            )
+            loop.call_soon(self._handle, st.ClientReleasesKeys(f"actor-created-{key}", ACTORS_CLIENT, (key,)))
 
     def workers_gone(self, live: set[str] | dict, cause: str) -> None:
         """Actors on workers that are no longer in ``live``: rebuild them or declare them dead."""
@@ -169,17 +171,15 @@ class ActorRegistry:
                 worker = info.worker
                 self._die(info, f"its owner {client} disconnected (use lifetime='detached' to outlive it)")
                 if worker:
-                    self._send(worker, {"op": "kill-actor", "actor": info.actor_id, "reason": info.cause})
+                    self._send(worker, KillActor(info.actor_id, info.cause))
 
     # -- internals -----------------------------------------------------------------------
 
     def _create(self, info: ActorInfo) -> None:
-        task = list(info.task)
-        task[0] = info.creation_key = f"{task[0]}-{info.generation}" if info.generation else task[0]
-        self._creating[info.creation_key] = info.actor_id
-        graph = st.UpdateGraph(
-            f"create-{info.creation_key}", ACTORS_CLIENT, (st.TaskSpec.from_wire(task),), (task[0],), 0
-        )
+        key = info.creation_key = f"{info.task.key}-{info.generation}" if info.generation else info.task.key
+        self._creating[key] = info.actor_id
+        task = msgspec.structs.replace(info.task, key=key)
+        graph = st.UpdateGraph(f"create-{key}", ACTORS_CLIENT, (task,), (key,), 0)
         asyncio.get_running_loop().call_soon(self._handle, graph)
 
     def _restart(self, info: ActorInfo, why: str) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtime.scheduler.entities import NodeState, TaskState, is_stored
+from runtime.comm.messages import StoreRef
+from runtime.scheduler.entities import NodeState, TaskState
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -39,8 +40,8 @@ def reduce_replicas(s: SchedulerState, keep: frozenset[str] = frozenset()) -> li
     drops = []
     for node, ns in s.nodes.items():
         for ts in ns.replicas:
-            assert ts.replicas is not None and is_stored(ts.data)
-            if ts.data[0] in keep or needed_on(ts, node):  # type: ignore[index]
+            assert ts.replicas is not None and type(ts.data) is StoreRef
+            if ts.data.node in keep or needed_on(ts, node):
                 continue
             drops.append((ts.key, node, ts.replicas[node]))
     return drops

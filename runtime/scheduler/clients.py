@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from runtime.comm.messages import CancelledKeys
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import ClientState, Recs, TaskState, TaskStateState
 
@@ -93,7 +94,7 @@ def cancel(self: SchedulerState, s: st.Cancel) -> Recs:
         stack.extend(ts.dependents)
         for client in list(ts.who_wants) if s.force else [cs]:
             if ts in client.wants_what:
-                self._to_client(client.client_key, {"op": "cancelled-keys", "keys": [ts.key]})
+                self._to_client(client.client_key, CancelledKeys((ts.key,)))
                 recs.update(client_releases(self, client, [ts.key]))
     return recs
 

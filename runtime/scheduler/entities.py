@@ -12,13 +12,15 @@ import math
 from collections.abc import Iterator
 from typing import Literal, get_args
 
+from runtime.comm.messages import Message, StoreRef, Value
+
 TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
 ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
 WorkerStatus = Literal["running", "paused", "closing_gracefully"]
 #: recommendations: key -> the state it should move to next
 Recs = dict[str, TaskStateState]
 #: messages to send: client id, worker address or node id -> wire-ready messages
-Msgs = dict[str, list[dict]]
+Msgs = dict[str, list[Message]]
 #: what a transition returns: more recommendations, client messages, worker messages
 RecsMsgs = tuple[Recs, Msgs, Msgs]
 #: how to run a task: the pickled callable and the pickled (args, kwargs)
@@ -43,11 +45,6 @@ def pack_priority(user: int, sequence: int) -> int:
     """
     user = min(max(user, -USER_PRIORITY_LIMIT), USER_PRIORITY_LIMIT - 1)
     return (-user << SEQUENCE_BITS) + sequence
-
-
-def is_stored(data: bytes | list | None) -> bool:
-    """A value's wire form is inline bytes, or ``[node, nbytes, name]`` for a stored one."""
-    return isinstance(data, list)
 
 
 class TaskGroup:
@@ -102,8 +99,8 @@ class TaskState:
         self.who_has: dict[WorkerState, None] | None = None
         #: the worker running it, while processing (``rprocessing``)
         self.processing_on: WorkerState | None = None
-        #: the value's wire form while in memory: inline pickle or [node, nbytes, name]
-        self.data: bytes | list | None = None
+        #: the value's wire form while in memory: inline pickle or where it is stored
+        self.data: Value | None = None
         #: size of the value in bytes
         self.nbytes = 0
         #: pickled exception, remote traceback text and str(exception), when erred
@@ -129,11 +126,11 @@ class TaskState:
         #: copies of a stored value on other nodes: node -> object name (created on first use)
         self.replicas: dict[str, str] | None = None
 
-    def located_on(self, node: str) -> bytes | list | None:
+    def located_on(self, node: str) -> Value | None:
         """The value's wire form as a process on ``node`` should read it: its local copy if any."""
         data = self.data
-        if self.replicas and isinstance(data, list) and node in self.replicas:
-            return [node, data[1], self.replicas[node]]
+        if self.replicas and type(data) is StoreRef and node in self.replicas:
+            return StoreRef(node, data.nbytes, self.replicas[node])
         return data
 
     def has_restrictions(self) -> bool:

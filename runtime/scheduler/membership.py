@@ -11,10 +11,11 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING
 
+from runtime.comm.messages import FreeObjects, KeyInMemory, LostKeys, StoreRef
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.amm import needed_on
-from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus, is_stored
+from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -158,7 +159,7 @@ def remove_node(self: SchedulerState, s: st.RemoveNode) -> Recs:
                 lost_keys.setdefault(cs.client_key, []).append(ts.key)
             recs.update(self._transition(ts, "released", s.stimulus_id))
     for client, keys in lost_keys.items():
-        self._to_client(client, {"op": "lost-keys", "keys": keys})
+        self._to_client(client, LostKeys(tuple(keys)))
     return recs
 
 
@@ -166,9 +167,9 @@ def add_replica(self: SchedulerState, s: st.AddReplica) -> Recs:
     """A node copied a stored value into its store: dependents there read it locally."""
     ts = self.tasks.get(s.key)
     ns = self.nodes.get(s.node)
-    if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == ts.data[0]:  # type: ignore[index]
+    if ts is None or ts.state != "memory" or ts.data != s.source or ns is None or s.node == s.source.node:
         if ns is not None:  # a copy nobody will use
-            self._to_worker(s.node, {"op": "free-objects", "names": [s.name]})
+            self._to_worker(s.node, FreeObjects((s.name,)))
         return {}
     ts.replicas = ts.replicas or {}
     if s.node in ts.replicas:
@@ -187,7 +188,7 @@ def drop_replicas(self: SchedulerState, s: st.DropReplicas) -> Recs:
             continue
         del ts.replicas[node]
         ns.replicas.pop(ts, None)
-        self._to_worker(node, {"op": "free-objects", "names": [name]})
+        self._to_worker(node, FreeObjects((name,)))
     return {}
 
 
@@ -195,10 +196,10 @@ def promote_replica(self: SchedulerState, ts: TaskState) -> None:
     """The original of a stored value is gone but a copy lives on: the copy becomes the value."""
     assert ts.replicas
     node, name = ts.replicas.popitem()
-    ts.data = [node, ts.nbytes, name]
+    ts.data = StoreRef(node, ts.nbytes, name)
     self.nodes[node].replicas.pop(ts, None)
     self.nodes[node].stored[ts] = None
-    self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": ts.data, "nbytes": ts.nbytes})  # moved
+    self._report(ts, KeyInMemory(ts.key, ts.data, ts.nbytes))  # moved
 
 
 def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
@@ -210,9 +211,9 @@ def missing_data(self: SchedulerState, s: st.MissingData) -> Recs:
     dts = self.tasks.get(s.dependency)
     ts = self._is_current(s.key, s.worker)
     rerun: Recs = {ts.key: "released"} if ts is not None else {}
-    if dts is None or dts.state != "memory" or not is_stored(s.value) or not is_stored(dts.data):
+    if dts is None or dts.state != "memory" or type(s.value) is not StoreRef or type(dts.data) is not StoreRef:
         return rerun  # already handled
-    node, _, name = s.value
+    node, name = s.value.node, s.value.name
     if dts.replicas and dts.replicas.get(node) == name:  # a copy on another node
         del dts.replicas[node]
         if node in self.nodes:

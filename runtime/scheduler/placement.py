@@ -21,7 +21,8 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from runtime.scheduler.entities import TaskState, WorkerState, is_stored
+from runtime.comm.messages import StoreRef
+from runtime.scheduler.entities import TaskState, WorkerState
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -54,7 +55,8 @@ def worker_objective(ts: TaskState, ws: WorkerState) -> tuple[float, int]:
     """Expected start time of ``ts`` on ``ws``, then bytes held (to break ties)."""
     fetch = 0
     for dts in ts.dependencies:
-        if is_stored(dts.data) and dts.data[0] != ws.node and not (dts.replicas and ws.node in dts.replicas):  # type: ignore[index]
+        data = dts.data
+        if type(data) is StoreRef and data.node != ws.node and not (dts.replicas and ws.node in dts.replicas):
             fetch += dts.nbytes
     return fetch / BANDWIDTH + ws.occupancy / ws.nthreads, ws.nbytes
 
@@ -67,8 +69,8 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
     # Locality only matters for stored values: inline ones travel with the task anyway.
     holders: dict[WorkerState, None] = {}  # an ordered set: ties go the same way in every run
     for dts in ts.dependencies:
-        if type(dts.data) is list:  # is_stored, inlined (per input of every task placed)
-            for node in (dts.data[0], *(dts.replicas or ())):  # type: ignore[index]
+        if type(dts.data) is StoreRef:
+            for node in (dts.data.node, *(dts.replicas or ())):
                 ns = s.nodes.get(node)
                 if ns is not None:
                     holders.update({ws: None for ws in ns.workers if ws.status == "running"})

@@ -18,21 +18,20 @@ offline, with validation on, and stopped at any stimulus for inspection.
 
 The file is a stream of msgpack records: a header (format, version, the state machine's
 settings), then ``[op, [field values], digest]`` per stimulus, the digest a hash of the
-messages the stimulus made (None if the state machine raised on it).  Fields are revived
-from the stimulus classes' own type hints, so a record holds no class names and loading a
-file runs no code from it.
+messages the stimulus made (None if the state machine raised on it).  Fields are revived,
+and checked, by the stimulus classes' own type hints (``msgspec.convert``), so a record
+holds no class names and loading a file runs no code from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import types
-import typing
 from collections.abc import Iterator
 from typing import IO, Any
 
 import msgpack
+import msgspec
 
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
@@ -50,17 +49,17 @@ class ReplayError(Exception):
     """A log that cannot be read, or a replay whose decisions differ from the recorded ones."""
 
 
+_encode = msgspec.msgpack.Encoder().encode
+
+
 def digest(client_msgs: dict, worker_msgs: dict) -> bytes:
     """A short hash of the messages one stimulus made: equal digests, equal decisions."""
-    packed = msgpack.packb([client_msgs, worker_msgs], use_bin_type=True, default=_fields)
-    return hashlib.blake2b(packed, digest_size=12).digest()
+    return hashlib.blake2b(_encode([client_msgs, worker_msgs]), digest_size=12).digest()
 
 
-def _fields(obj: Any) -> list:
-    """A dataclass (a stimulus, a TaskSpec) as the list of its field values, for msgpack."""
-    if dataclasses.is_dataclass(obj):
-        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    raise TypeError(f"cannot record a {type(obj).__name__}")
+def _fields(stimulus: st.Stimulus) -> list:
+    """A stimulus as the list of its field values (wire types, such as a TaskSpec, encode as on the wire)."""
+    return [getattr(stimulus, f.name) for f in dataclasses.fields(stimulus)]
 
 
 class StimulusLog:
@@ -70,14 +69,13 @@ class StimulusLog:
         #: where the log goes
         self.path = path
         self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115 - open for the scheduler's life
-        self._packer = msgpack.Packer(use_bin_type=True, default=_fields)
-        self._file.write(self._packer.pack({"format": FORMAT, "version": VERSION, "settings": settings}))
+        self._file.write(_encode({"format": FORMAT, "version": VERSION, "settings": settings}))
         #: stimuli written so far
         self.count = 0
 
     def write(self, stimulus: st.Stimulus, messages: bytes | None) -> None:
         """One stimulus and the digest of what it made (None: the state machine raised)."""
-        self._file.write(self._packer.pack([stimulus.op, _fields(stimulus), messages]))
+        self._file.write(_encode([stimulus.op, _fields(stimulus), messages]))
         self._file.flush()  # what led up to a crash is what the log is for
         self.count += 1
 
@@ -107,7 +105,7 @@ def read(path: str) -> tuple[dict[str, Any], Iterator[tuple[st.Stimulus, bytes |
                 try:
                     op, values, messages = record
                     yield revive(STIMULI[op], values), messages
-                except (KeyError, TypeError, ValueError) as e:
+                except (KeyError, TypeError, ValueError, msgspec.ValidationError) as e:
                     raise ReplayError(f"{path}: record {n} is not a stimulus ({type(e).__name__}: {e})") from None
 
     return header["settings"], records()
@@ -138,38 +136,9 @@ def replay(path: str, stop_at: str | None = None, validate: bool = True) -> tupl
     return state, n
 
 
-def revive(cls: type, values: list) -> Any:
-    """A stimulus (or TaskSpec) of class ``cls`` from its recorded field values."""
-    hints = _hints(cls)
+def revive(cls: type[st.Stimulus], values: list) -> st.Stimulus:
+    """A stimulus of class ``cls`` from its recorded field values, each checked against its type."""
     names = [f.name for f in dataclasses.fields(cls)]
     if len(values) != len(names):
         raise ValueError(f"{cls.__name__} has {len(names)} fields, the record {len(values)}")
-    return cls(*(_revive(hints[name], v) for name, v in zip(names, values, strict=True)))
-
-
-def _revive(hint: Any, v: Any) -> Any:
-    """``v`` as msgpack gave it (lists for tuples) in the type ``hint`` says."""
-    if v is None or hint is Any:
-        return v
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return revive(hint, v)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_revive(args[0], x) for x in v)
-        return tuple(_revive(a, x) for a, x in zip(args, v, strict=True))
-    if origin in (typing.Union, types.UnionType):
-        (arg,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _revive(arg, v)
-    return v  # str, int, float, bool, bytes, dict
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(st))
-    return hints
+    return msgspec.convert(dict(zip(names, values, strict=True)), cls)

@@ -20,6 +20,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from runtime.comm.messages import AcquireReplicas, Close, StopWorkers
 from runtime.scheduler import amm
 from runtime.scheduler import stimuli as st
 
@@ -74,9 +75,9 @@ async def retire(sched: Scheduler, workers: list[str], nodes: list[str], timeout
             sched.retired.add(a)
     for node, group in by_node.items():
         if node not in leaving:
-            sched.send_to(node, {"op": "stop-workers", "addresses": group})
+            sched.send_to(node, StopWorkers(tuple(group)))
     for node in leaving:
-        sched.send_to(node, {"op": "close"})
+        sched.send_to(node, Close())
     return {"workers": sorted(addresses), "nodes": sorted(leaving), "copied": len(asked)}
 
 
@@ -87,10 +88,10 @@ def _ask_for_copies(sched: Scheduler, moves: list, asked: dict[tuple[str, str], 
         if now - asked.get((ts.key, target), -RETRY) < RETRY:
             continue
         asked[ts.key, target] = now
-        source = sched.state.nodes[ts.data[0]].address
-        batches.setdefault(target, []).append([ts.key, ts.data, source])
+        source = sched.state.nodes[ts.data.node].address
+        batches.setdefault(target, []).append((ts.key, ts.data, source))
     for target, objects in batches.items():
-        sched.send_to(target, {"op": "acquire-replicas", "objects": objects})
+        sched.send_to(target, AcquireReplicas(tuple(objects)))
 
 
 def _undo(sched: Scheduler, addresses: set[str], leaving: set[str], error: str) -> dict:

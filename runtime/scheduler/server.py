@@ -12,8 +12,9 @@ silent for longer than its timeout is removed with its workers (``liveness.py``)
 
 Whatever a peer sends is checked before it is acted on: a frame that does not decode, a
 first message that is not a registration, an unknown op, a message missing a field or
-holding the wrong type of value (``wirecheck.py``) drops that one connection with a
-logged reason.  Everyone else is served as before.
+holding the wrong type of value (``comm/messages.py`` checks each as it decodes), or one
+that kind of peer does not send (``_SENT_BY``) drops that one connection with a logged
+reason.  Everyone else is served as before.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from runtime import config
+from runtime.comm import messages as m
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
-from runtime.scheduler import amm, placement, record, retire, sampler, wirecheck
+from runtime.scheduler import amm, placement, record, retire, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -45,34 +49,43 @@ REGISTRATION_TIMEOUT = 10.0
 DEATH_REPORT_GRACE = 0.5
 
 
-def _update_graph(m: dict, peer: str, sid: str) -> st.Stimulus:
-    tasks = tuple(st.TaskSpec.from_wire(t) for t in m["tasks"])
-    names, ids = m.get("span") or ((), ())
-    return st.UpdateGraph(sid, peer, tasks, tuple(m["wanted"]), m.get("priority", 0), tuple(names), tuple(ids))
+def _update_graph(msg: m.UpdateGraph, peer: str, sid: str) -> st.UpdateGraph:
+    names, ids = (msg.span.names, msg.span.ids) if msg.span is not None else ((), ())
+    return st.UpdateGraph(sid, peer, msg.tasks, msg.wanted, msg.priority, names, ids)
 
 
-#: op -> how to build its stimulus from (message, the sender's id, stimulus id)
-_STIMULI: dict[str, Callable[[dict, str, str], st.Stimulus]] = {
-    "update-graph": _update_graph,
-    "update-data": lambda m, peer, sid: st.UpdateData(sid, peer, m["key"], m["value"], m["nbytes"]),
-    "release-keys": lambda m, peer, sid: st.ClientReleasesKeys(sid, peer, tuple(m["keys"])),
-    "task-finished": lambda m, peer, sid: st.TaskFinished(
-        sid, m["key"], peer, m["value"], m["nbytes"], m.get("start", 0.0), m.get("stop", 0.0)
+#: message type -> how to build its stimulus from (message, the sender's id, stimulus id)
+_STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
+    m.UpdateGraph: _update_graph,
+    m.UpdateData: lambda msg, peer, sid: st.UpdateData(sid, peer, msg.key, msg.value, msg.nbytes),
+    m.ReleaseKeys: lambda msg, peer, sid: st.ClientReleasesKeys(sid, peer, msg.keys),
+    m.Cancel: lambda msg, peer, sid: st.Cancel(sid, peer, msg.keys, msg.force),
+    m.TaskFinished: lambda msg, peer, sid: st.TaskFinished(
+        sid, msg.key, peer, msg.value, msg.nbytes, msg.start, msg.stop
     ),
-    "task-erred": lambda m, peer, sid: st.TaskErred(
-        sid, m["key"], peer, m["exception"], m["traceback"], m["text"], m.get("start", 0.0), m.get("stop", 0.0)
+    m.TaskErred: lambda msg, peer, sid: st.TaskErred(
+        sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
     ),
-    "missing-data": lambda m, peer, sid: st.MissingData(sid, m["key"], peer, m["dependency"], m["value"]),
-    "add-replica": lambda m, peer, sid: st.AddReplica(sid, m["key"], m["node"], m["name"], m["source"]),
-    "cancel": lambda m, peer, sid: st.Cancel(sid, peer, tuple(m["keys"]), bool(m.get("force", False))),
-    "worker-heartbeat": lambda m, peer, sid: st.WorkerHeartbeat(sid, peer, m["memory"], m.get("rss", 0)),
-    "worker-status": lambda m, peer, sid: st.WorkerStatusChange(sid, peer, m["status"], m.get("memory", 0)),
-    # a node agent's: it is alive (liveness, answered below) and how full its store is
-    "heartbeat": lambda m, peer, sid: st.NodeHeartbeat(sid, peer, m["used"], m["spilled"], m["limit"]),
+    m.MissingData: lambda msg, peer, sid: st.MissingData(sid, msg.key, peer, msg.dependency, msg.value),
+    m.WorkerHeartbeat: lambda msg, peer, sid: st.WorkerHeartbeat(sid, peer, msg.memory, msg.rss),
+    m.WorkerStatus: lambda msg, peer, sid: st.WorkerStatusChange(sid, peer, msg.status, msg.memory),
+    m.AddReplica: lambda msg, peer, sid: st.AddReplica(sid, msg.key, msg.node, msg.name, msg.source),
+    # a node agent's: it is alive (liveness, see _on_heartbeat) and how full its store is
+    m.Heartbeat: lambda msg, peer, sid: st.NodeHeartbeat(sid, peer, msg.used, msg.spilled, msg.limit),
 }
 
-#: what a malformed message raises while its stimulus is built or checked
-_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+#: which messages each kind of peer may send after its registration
+_SENT_BY = {
+    "client": (
+        m.UpdateGraph, m.UpdateData, m.ReleaseKeys, m.Cancel, m.Request, m.Ping, m.CloseCluster,
+        m.PubsubMsg,  # handled by an extension (MESSAGES)
+    ),
+    "worker": (
+        m.TaskFinished, m.TaskErred, m.MissingData, m.WorkerHeartbeat, m.WorkerStatus, m.ActorStarted,
+        m.RunResult, m.Request,
+    ),
+    "node": (m.Heartbeat, m.WorkerDied, m.AddReplica, m.Request),
+}  # fmt: skip
 
 
 def _setting(given: Any, key: str) -> Any:
@@ -118,7 +131,7 @@ class Scheduler:
         self.stimulus_log = record.StimulusLog(record_to, settings) if record_to else None
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
-        #: what each node agent told us about itself (store prefix, host, pid)
+        #: what each node agent told us about itself (its RegisterNode's fields: store prefix, host, pid)
         self.node_info: dict[str, dict] = {}
         self.address = ""
         self._server: asyncio.AbstractServer | None = None
@@ -152,10 +165,12 @@ class Scheduler:
         self.stimulus_hooks: list[StimulusHook] = []
         #: the extensions (events, pub/sub, spans, ...) by name, each made with this scheduler
         self.extensions: dict[str, Any] = {name: make(self) for name, make in EXTENSIONS.items()}
+        #: per kind of peer (client, worker, node): message type -> handler
+        self._handlers = self._handler_tables()
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
-        self._server, self.address = await listen(address, self._handle_comm)
+        self._server, self.address = await listen(address, self._handle_comm, m.TO_SCHEDULER)
         self._background.append(asyncio.ensure_future(self._remove_silent_nodes()))
         logger.info("scheduler listening at %s", self.address)
         if self.amm_interval > 0:
@@ -172,7 +187,7 @@ class Scheduler:
                 logger.info("active memory manager: dropping %d copies nobody needs", len(drops))
                 self.handle_stimulus(st.DropReplicas(f"amm-{next(self._ids)}", tuple(drops)))
 
-    def send_to(self, peer: str, msg: dict) -> None:
+    def send_to(self, peer: str, msg: m.Message) -> None:
         self._send({peer: [msg]})
 
     async def close(self) -> None:
@@ -209,7 +224,7 @@ class Scheduler:
             logger.exception("scheduler state machine failed on %r", stimulus)
             text = f"the scheduler failed while handling {stimulus.stimulus_id}: {type(e).__name__}: {e}"
             self.first_failure = self.first_failure or text
-            self._send({c: [{"op": "scheduler-error", "text": text}] for c in self.state.clients})
+            self._send({c: [m.SchedulerError(text)] for c in self.state.clients})
             return
         finally:
             if pause_gc:
@@ -272,28 +287,25 @@ class Scheduler:
             raise PeerError(f"it did not register within {REGISTRATION_TIMEOUT:g}s") from None
         if not msgs:
             raise PeerError("its first frame held no message")
-        op = msgs[0]["op"]
-        try:
-            peer, added, removed = self._registration(msgs[0])
-            wirecheck.check(added)
-        except _MALFORMED as e:
-            raise PeerError(f"malformed {op!r} message ({type(e).__name__}: {e})") from None
+        first = msgs[0]
+        kind, peer, added, removed = self._registration(first)
         if peer in self.comms:
-            raise PeerError(f"{op} as {peer!r}, which is already connected")
+            raise PeerError(f"{m.op_of(type(first))} as {peer!r}, which is already connected")
         if isinstance(added, st.AddWorker) and added.node in self.state.departed_nodes:
             raise PeerError(f"worker {peer!r} belongs to node {added.node!r}, which was removed from the cluster")
         self.comms[peer] = comm
         if isinstance(added, st.AddNode):
-            self.node_info[peer] = msgs[0]
+            self.node_info[peer] = msgspec.structs.asdict(first)
             self.liveness.seen(peer, asyncio.get_running_loop().time())
-        comm.send({"op": "registered", "scheduler": self.address})
-        if op == "register-worker":
-            comm.send_many([{"op": "plugin-add", "name": n, "plugin": p} for n, p in self.worker_plugins.items()])
+        comm.send(m.Registered(self.address))
+        if kind == "worker":
+            comm.send_many([m.PluginAdd(n, p) for n, p in self.worker_plugins.items()])
         self.handle_stimulus(added)
+        handlers = self._handlers[kind]
         try:
-            self._handle_msgs(comm, peer, msgs[1:])
+            self._handle_msgs(comm, peer, kind, handlers, msgs[1:])
             while True:
-                self._handle_msgs(comm, peer, await comm.read())
+                self._handle_msgs(comm, peer, kind, handlers, await comm.read())
         finally:
             if self.comms.get(peer) is comm:
                 del self.comms[peer]
@@ -306,28 +318,26 @@ class Scheduler:
             else:
                 self.handle_stimulus(removed())
 
-    def _registration(self, first: dict) -> tuple[str, st.Stimulus, Callable[[], st.Stimulus] | None]:
-        """Who a peer says it is: its id, the stimulus of its arrival and (but for workers) of its leaving."""
-        op = first["op"]
-        if op == "register-client":
-            peer = first["client"]
-            return (
-                peer,
-                st.AddClient(f"add-client-{peer}", peer),
-                lambda: st.RemoveClient(f"remove-client-{peer}", peer),
-            )
-        if op == "register-worker":
-            peer = first["address"]
+    def _registration(self, first: m.Message) -> tuple[str, str, st.Stimulus, Callable[[], st.Stimulus] | None]:
+        """Who a peer says it is: its kind, its id, the stimulus of its arrival and (but for
+        workers) of its leaving."""
+        if type(first) is m.RegisterClient:
+            peer = first.client
+            added: st.Stimulus = st.AddClient(f"add-client-{peer}", peer)
+            return "client", peer, added, lambda: st.RemoveClient(f"remove-client-{peer}", peer)
+        if type(first) is m.RegisterWorker:
+            peer = first.address
             added = st.AddWorker(
-                f"add-worker-{peer}", peer, first["node"], first.get("nthreads", 1), first.get("pid", 0),
-                first.get("host", ""), first.get("resources") or {}, first.get("memory_limit", 0),
+                f"add-worker-{peer}", peer, first.node, first.nthreads, first.pid, first.host, first.resources,
+                first.memory_limit,
             )  # fmt: skip
-            return peer, added, None  # see _worker_gone: it waits briefly for the node agent to say why
-        if op == "register-node":
-            peer = first["node"]
-            added = st.AddNode(f"add-node-{peer}", peer, first.get("address", ""))
-            return peer, added, lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")
-        raise PeerError(f"its first message was {op!r}, not a registration")
+            return "worker", peer, added, None  # see _worker_gone: it waits briefly for the node agent to say why
+        if type(first) is m.RegisterNode:
+            peer = first.node
+            added = st.AddNode(f"add-node-{peer}", peer, first.address)
+            removed = lambda: st.RemoveNode(f"remove-node-{peer}", peer, "its node agent's connection closed")  # noqa: E731
+            return "node", peer, added, removed
+        raise PeerError(f"its first message was {m.op_of(type(first))!r}, not a registration")
 
     def _worker_gone(self, address: str) -> None:
         """A worker's connection closed.  Remove it with what its node agent reports (cause:
@@ -364,49 +374,56 @@ class Scheduler:
         # Only tasks sent to workers can be running: a few per thread, not the whole graph.
         running = [(ts, ws) for ws in self.state.workers.values() for ts in ws.processing]
         self.handle_stimulus(stimulus)
-        msgs: dict[str, list[dict]] = {}
+        msgs: dict[str, list[m.Message]] = {}
         for ts, ws in running:
             if ts.processing_on is not ws:
-                msgs.setdefault(ws.address, []).append({"op": "interrupt", "key": ts.key})
+                msgs.setdefault(ws.address, []).append(m.Interrupt(ts.key))
         self._send(msgs)
 
-    def _handle_msgs(self, comm: Comm, peer: str, msgs: list[dict]) -> None:
-        ids = self._ids
+    def _handle_msgs(self, comm: Comm, peer: str, kind: str, handlers: dict[type, Callable], msgs: list) -> None:
         for msg in msgs:
-            op = msg["op"]
-            try:
-                if op == "heartbeat":
-                    if peer not in self.node_info:  # liveness would otherwise watch it as a node
-                        raise PeerError("a heartbeat from a peer that is not a node agent")
-                    self.liveness.seen(peer, asyncio.get_running_loop().time())
-                    comm.send({"op": "heartbeat-ack"})
-                make = _STIMULI.get(op)
-                if make is not None:
-                    stimulus = make(msg, peer, f"{op}-{next(ids)}")
-                    wirecheck.check(stimulus)
-                    if isinstance(stimulus, st.Cancel) and stimulus.force:
-                        self._force_cancel(stimulus)
-                    else:
-                        self.handle_stimulus(stimulus)
-                elif op == "request":
-                    self._reply(comm, msg["reqid"], self._ask(msg, peer))
-                elif op in MESSAGES:  # an extension's one-way message (pub/sub)
-                    MESSAGES[op](self, msg, peer)
-                elif op == "ping":  # a client making sure the scheduler is there
-                    comm.send({"op": "pong"})
-                elif op == "run-result":
-                    self.runs.answered(peer, msg["run_id"], msg["answer"])
-                elif op == "actor-started":
-                    self.actors.started(msg)
-                elif op == "worker-died":
-                    self._worker_died(str(msg["address"]), str(msg["cause"]), tuple(map(str, msg.get("executing", ()))))
-                elif op == "close-cluster":
-                    logger.info("%s asked to close the cluster: telling %d node agents", peer, len(self.node_info))
-                    self._send({p: [{"op": "close"}] for p in self.node_info})
-                else:
-                    raise PeerError(f"unknown op {op!r}")
-            except _MALFORMED as e:
-                raise PeerError(f"malformed {op!r} message ({type(e).__name__}: {e})") from None
+            handler = handlers.get(type(msg))
+            if handler is None:
+                raise PeerError(f"a {kind} may not send {m.op_of(type(msg))!r}")
+            handler(comm, peer, msg)
+
+    def _handler_tables(self) -> dict[str, dict[type, Callable[[Comm, str, Any], None]]]:
+        """Per kind of peer: message type -> its handler(comm, sender's id, message)."""
+        ids = self._ids
+
+        def stimulus(make: Callable[[Any, str, str], st.Stimulus]) -> Callable[[Comm, str, Any], None]:
+            return lambda comm, peer, msg: self.handle_stimulus(make(msg, peer, f"{m.op_of(type(msg))}-{next(ids)}"))
+
+        table: dict[type, Callable[[Comm, str, Any], None]] = {kind: stimulus(make) for kind, make in _STIMULI.items()}
+        table.update({
+            m.Cancel: self._on_cancel,
+            m.Heartbeat: self._on_heartbeat,
+            m.Request: lambda comm, peer, msg: self._reply(comm, msg.reqid, self._ask(msg.what, msg.args, peer)),
+            m.Ping: lambda comm, peer, msg: comm.send(m.Pong()),  # a client making sure we are there
+            m.RunResult: lambda comm, peer, msg: self.runs.answered(peer, msg.run_id, msg.answer),
+            m.ActorStarted: lambda comm, peer, msg: self.actors.started(msg),
+            m.WorkerDied: lambda comm, peer, msg: self._worker_died(msg.address, msg.cause, msg.executing),
+            m.CloseCluster: self._on_close_cluster,
+        })  # fmt: skip
+        for kind, handle in MESSAGES.items():  # the extensions' one-way messages
+            table[kind] = lambda comm, peer, msg, handle=handle: handle(self, msg, peer)
+        return {kind: {t: table[t] for t in sent} for kind, sent in _SENT_BY.items()}
+
+    def _on_cancel(self, comm: Comm, peer: str, msg: m.Cancel) -> None:
+        stimulus = _STIMULI[m.Cancel](msg, peer, f"cancel-{next(self._ids)}")
+        if msg.force:
+            self._force_cancel(stimulus)
+        else:
+            self.handle_stimulus(stimulus)
+
+    def _on_heartbeat(self, comm: Comm, peer: str, msg: m.Heartbeat) -> None:
+        self.liveness.seen(peer, asyncio.get_running_loop().time())
+        comm.send(m.HeartbeatAck())
+        self.handle_stimulus(_STIMULI[m.Heartbeat](msg, peer, f"heartbeat-{next(self._ids)}"))
+
+    def _on_close_cluster(self, comm: Comm, peer: str, msg: m.CloseCluster) -> None:
+        logger.info("%s asked to close the cluster: telling %d node agents", peer, len(self.node_info))
+        self._send({p: [m.Close()] for p in self.node_info})
 
     @staticmethod
     def _reply(comm: Comm, reqid: int, result: Any) -> None:
@@ -414,9 +431,9 @@ class Scheduler:
         if asyncio.iscoroutine(result):
             result = asyncio.ensure_future(result)
         if isinstance(result, asyncio.Future):
-            result.add_done_callback(lambda f: comm.send({"op": "reply", "reqid": reqid, "result": _outcome(f)}))
+            result.add_done_callback(lambda f: comm.send(m.Reply(reqid, _outcome(f))))
         else:
-            comm.send({"op": "reply", "reqid": reqid, "result": result})
+            comm.send(m.Reply(reqid, result))
 
     def _validate(self) -> dict | None:
         """None if the state machine never failed and its state is valid now; else what is
@@ -429,18 +446,17 @@ class Scheduler:
             return {"error": f"invalid scheduler state: {type(e).__name__}: {e}"}
         return None
 
-    def _ask(self, msg: dict, peer: str) -> Any:
-        what = msg["what"]
+    def _ask(self, what: str, args: dict, peer: str) -> Any:
         handler = REQUESTS.get(what)
         if handler is None:
             return {"error": f"unknown request {what!r}"}
         try:
-            return handler(self, msg, peer)
+            return handler(self, args, peer)
         except (KeyError, TypeError, ValueError) as e:
             return {"error": f"bad request {what!r}: {type(e).__name__}: {e}"}
 
 
-#: what a request asks -> its handler(scheduler, request message, asker's id); a handler
+#: what a request asks -> its handler(scheduler, request's arguments, asker's id); a handler
 #: answers with a value, an ``{"error": ...}``, or a coroutine or future to wait for
 RequestHandler = Callable[[Scheduler, dict, str], Any]
 REQUESTS: dict[str, RequestHandler] = {}
@@ -458,9 +474,10 @@ def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
     return register
 
 
-#: an extension's one-way op -> its handler(scheduler, message, sender's id); it answers nothing
-#: and raises KeyError/TypeError/ValueError for a malformed message (the connection is dropped)
-MESSAGES: dict[str, Callable[[Scheduler, dict, str], None]] = {}
+#: an extension's one-way message type -> its handler(scheduler, message, sender's id); it
+#: answers nothing.  The type is declared in ``comm/messages.py`` (decoded and checked there)
+#: and listed in ``_SENT_BY`` under the kinds of peer that may send it.
+MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
 #: extension name -> what makes it for a new Scheduler (registered when its module is imported)
 EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {}
 
@@ -505,7 +522,7 @@ def _retire_workers(s: Scheduler, msg: dict, peer: str) -> Any:
 def _start_workers(s: Scheduler, msg: dict, peer: str) -> dict:
     if msg["node"] not in s.node_info:
         return {"error": f"no such node: {msg['node']}"}
-    s.send_to(msg["node"], {"op": "start-workers", "n": int(msg["n"])})
+    s.send_to(msg["node"], m.StartWorkers(int(msg["n"])))
     return {}
 
 
@@ -546,7 +563,7 @@ def _register_worker_plugin(s: Scheduler, msg: dict, peer: str) -> None:
 @request("restart-workers")
 def _restart_workers(s: Scheduler, msg: dict, peer: str) -> dict:
     workers = {a: w.pid for a, w in s.state.workers.items()}
-    s._send({a: [{"op": "restart", "client": msg.get("client", "")}] for a in workers})
+    s._send({a: [m.Restart(msg.get("client", ""))] for a in workers})
     return workers
 
 
@@ -561,4 +578,4 @@ def _outcome(f: asyncio.Future) -> Any:
 
 
 # The extensions register their requests, messages and makers in the tables above.
-from runtime.scheduler.extensions import events, pubsub, replay, spans  # noqa: E402, F401
+from runtime.scheduler.extensions import event_log, pubsub, replay, spans  # noqa: E402, F401

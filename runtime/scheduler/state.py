@@ -48,6 +48,16 @@ from functools import partial
 from typing import Any
 
 from runtime import config
+from runtime.comm.messages import (
+    CancelCompute,
+    ComputeTask,
+    FreeObjects,
+    KeyErred,
+    KeyInMemory,
+    Message,
+    StoreRef,
+    Value,
+)
 from runtime.scheduler import clients, membership, placement, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
@@ -63,7 +73,6 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     TaskState,
     TaskStateState,
     WorkerState,
-    is_stored,
     pack_priority,
 )
 from runtime.scheduler.order import CycleError, order_specs
@@ -163,13 +172,13 @@ class SchedulerState:
         finally:  # the next stimulus starts empty, even after one that raised
             self._client_msgs, self._worker_msgs = {}, {}
 
-    def _to_client(self, client: str, msg: dict) -> None:
+    def _to_client(self, client: str, msg: Message) -> None:
         self._client_msgs.setdefault(client, []).append(msg)
 
-    def _to_worker(self, address: str, msg: dict) -> None:
+    def _to_worker(self, address: str, msg: Message) -> None:
         self._worker_msgs.setdefault(address, []).append(msg)
 
-    def _report(self, ts: TaskState, msg: dict) -> None:
+    def _report(self, ts: TaskState, msg: Message) -> None:
         for cs in ts.who_wants:
             self._client_msgs.setdefault(cs.client_key, []).append(msg)
 
@@ -328,17 +337,15 @@ class SchedulerState:
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
         node, nodes = ws.node, self.nodes
-        deps: dict[str, bytes | list | None] = {}
-        msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec, "priority": ts.priority, "deps": deps}
+        deps: dict[str, Value] = {}
+        sources: dict[str, str] = {}
         # A loop, not comprehensions (each is a call of its own), and no calls for the common
         # input: an inline value, or a stored one with no copies elsewhere.
         for dts in ts.dependencies:
-            loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data
-            if type(loc) is list and loc[0] != node and loc[0] in nodes:  # is_stored, inlined (per input)
-                # Stored on another node only: where to fetch it.
-                msg.setdefault("sources", {})[loc[0]] = nodes[loc[0]].address  # type: ignore[index]
-        if ts.resource_restrictions:
-            msg["resources"] = ts.resource_restrictions
+            loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data  # type: ignore[assignment]
+            if type(loc) is StoreRef and loc.node != node and loc.node in nodes:
+                sources[loc.node] = nodes[loc.node].address  # stored on another node only: where to fetch it
+        msg = ComputeTask(ts.key, ts.run_spec, ts.priority, deps, sources, ts.resource_restrictions)
         self._worker_msgs.setdefault(ws.address, []).append(msg)
 
     def _exit_processing(self, ts: TaskState) -> WorkerState | None:
@@ -402,13 +409,13 @@ class SchedulerState:
     def _transition_released_memory(self, ts: TaskState, value: Any, nbytes: int) -> Recs:
         return self._add_to_memory(ts, None, value, nbytes, {})
 
-    def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Any, nbytes: int, recs: Recs) -> Recs:
-        if type(value) is list:  # is_stored, inlined (once per task)
-            if value[0] in self.departed_nodes:  # its node left while the message was in flight
+    def _add_to_memory(self, ts: TaskState, ws: WorkerState | None, value: Value, nbytes: int, recs: Recs) -> Recs:
+        if type(value) is StoreRef:
+            if value.node in self.departed_nodes:  # its node left while the message was in flight
                 ts.state = "released"
                 return self._after_release(ts, recs)
             # A client on a node may put before that node's agent has registered.
-            ns = self.nodes.get(value[0]) or self._new_node(value[0])
+            ns = self.nodes.get(value.node) or self._new_node(value.node)
             ns.stored[ts] = None
         ts.state = "memory"
         ts.data = value
@@ -433,7 +440,7 @@ class SchedulerState:
             if self._is_unneeded(dts):
                 recs[dts.key] = "released"
         if ts.who_wants:
-            self._report(ts, {"op": "key-in-memory", "key": ts.key, "value": value, "nbytes": nbytes})
+            self._report(ts, KeyInMemory(ts.key, value, nbytes))
         elif not ts.waiting_data:
             recs[ts.key] = "released"
         return recs
@@ -469,18 +476,17 @@ class SchedulerState:
                 del ws.has_what[ts]
                 ws.nbytes -= ts.nbytes
         ts.who_has = None
-        if is_stored(ts.data):
-            node = ts.data[0]  # type: ignore[index]
-            ns = self.nodes.get(node)
+        if type(ts.data) is StoreRef:
+            ns = self.nodes.get(ts.data.node)
             if ns is not None:
                 ns.stored.pop(ts, None)
-                self._to_worker(node, {"op": "free-objects", "names": [ts.data[2]]})  # type: ignore[index]
+                self._to_worker(ns.node, FreeObjects((ts.data.name,)))
         if ts.replicas:
             for node, name in ts.replicas.items():
                 ns = self.nodes.get(node)
                 if ns is not None:
                     ns.replicas.pop(ts, None)
-                    self._to_worker(node, {"op": "free-objects", "names": [name]})
+                    self._to_worker(node, FreeObjects((name,)))
         ts.replicas = None
         ts.data = None
 
@@ -524,17 +530,10 @@ class SchedulerState:
             recs[ts.key] = "forgotten"
 
     @staticmethod
-    def _erred_msg(ts: TaskState) -> dict:
+    def _erred_msg(ts: TaskState) -> KeyErred:
         blame = ts.exception_blame or ts
-        return {
-            "op": "task-erred",
-            "key": ts.key,
-            "exception": blame.exception,
-            "traceback": blame.traceback,
-            "text": blame.exception_text,
-            "blame": blame.key,
-            "worker": ",".join(sorted(blame.erred_on or ())),
-        }
+        worker = ",".join(sorted(blame.erred_on or ()))
+        return KeyErred(ts.key, blame.exception or b"", blame.traceback or "", blame.exception_text, blame.key, worker)
 
     def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
@@ -576,7 +575,7 @@ class SchedulerState:
         recs: Recs = {}
         ws = self._exit_processing(ts)
         if ws is not None and ws.address in self.workers:
-            self._to_worker(ws.address, {"op": "cancel-compute", "key": ts.key})
+            self._to_worker(ws.address, CancelCompute(ts.key))
         ts.state = "released"
         return self._release_or_retry(ts, recs)
 
@@ -687,9 +686,7 @@ class SchedulerState:
             ts.who_wants[cs] = None
             cs.wants_what[ts] = None
             if ts.state == "memory":
-                self._to_client(
-                    cs.client_key, {"op": "key-in-memory", "key": key, "value": ts.data, "nbytes": ts.nbytes}
-                )
+                self._to_client(cs.client_key, KeyInMemory(key, ts.data, ts.nbytes))  # type: ignore[arg-type]
             elif ts.state == "erred":
                 self._to_client(cs.client_key, self._erred_msg(ts))
             elif ts.state == "released":
@@ -714,8 +711,7 @@ class SchedulerState:
         """A graph that can never run: tell the client, keep nothing of it."""
         exception = pickle.dumps(ValueError(reason))
         for spec in specs:
-            msg = {"op": "task-erred", "key": spec.key, "exception": exception, "traceback": "", "blame": spec.key}
-            self._to_client(cs.client_key, msg)
+            self._to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
         return {}
 
     def _new_task(self, key: str, run_spec: T_runspec | None, prefix: str) -> TaskState:
@@ -750,8 +746,9 @@ class SchedulerState:
             # A stale result (the task was released, or rescheduled): drop its stored copy.
             # Each attempt writes under a name of its own, so this never hits a live copy.
             live = self.tasks.get(s.key)
-            if is_stored(s.value) and s.value[0] in self.nodes and (live is None or live.data != s.value):
-                self._to_worker(s.value[0], {"op": "free-objects", "names": [s.value[2]]})
+            value = s.value
+            if type(value) is StoreRef and value.node in self.nodes and (live is None or live.data != value):
+                self._to_worker(value.node, FreeObjects((value.name,)))
             return {}
         return self._transition(ts, "memory", s.stimulus_id, s.worker, s.value, s.nbytes, s.start, s.stop)
 

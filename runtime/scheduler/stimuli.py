@@ -10,43 +10,17 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
+from runtime.comm.messages import StoreRef, TaskSpec, Value
+
+__all__ = ["TaskSpec"]  # a task's description is the wire's own type
+
 _C = TypeVar("_C", bound=type)
-#: the name of an object in a node's store (checked at the wire: ``store.is_object_name``)
-ObjectName = str
 
 
 @dataclass(frozen=True, slots=True)
 class Stimulus:
     op: ClassVar[str] = ""
     stimulus_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """One task of an ``update-graph``: how to run it and what it needs."""
-
-    key: str
-    #: serialized (callable, (args, kwargs)); the scheduler never unpickles it
-    run_spec: tuple[bytes, bytes]
-    dependencies: tuple[str, ...] = ()
-    retries: int = 0
-    #: the name shared by tasks of one function, for duration estimates and display
-    prefix: str = ""
-    #: worker addresses or host names that may run it
-    workers: tuple[str, ...] = ()
-    #: abstract resources it needs, e.g. {"GPU": 1}
-    resources: dict[str, float] | None = None
-    #: run elsewhere when no worker meets the restrictions
-    allow_other_workers: bool = False
-
-    @classmethod
-    def from_wire(cls, t: list) -> TaskSpec:
-        """``[key, func, args, deps, retries, prefix]`` plus an optional dict of restrictions."""
-        extra = t[6] if len(t) > 6 else {}
-        return cls(
-            t[0], (t[1], t[2]), tuple(t[3]), t[4], t[5],
-            tuple(extra.get("workers", ())), extra.get("resources"), bool(extra.get("allow_other_workers", False)),
-        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +45,7 @@ class UpdateData(Stimulus):
     op: ClassVar[str] = "update-data"
     client: str
     key: str
-    value: Any  # wire form of a located value (inline bytes or [node, nbytes, name])
+    value: Value
     nbytes: int
 
 
@@ -80,7 +54,7 @@ class TaskFinished(Stimulus):
     op: ClassVar[str] = "task-finished"
     key: str
     worker: str
-    value: Any
+    value: Value
     nbytes: int
     start: float = 0.0
     stop: float = 0.0
@@ -106,7 +80,7 @@ class MissingData(Stimulus):
     key: str
     worker: str
     dependency: str
-    value: Any
+    value: Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +90,9 @@ class AddReplica(Stimulus):
     op: ClassVar[str] = "add-replica"
     key: str
     node: str
-    name: ObjectName
-    #: the copy it was made from, [node, nbytes, name]
-    source: Any
+    name: str
+    #: the copy it was made from
+    source: StoreRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +238,6 @@ def _quick_init(cls: _C) -> _C:
 
 
 for _cls in list(globals().values()):  # the module's classes (with slots=True, not their pre-slots drafts)
-    if isinstance(_cls, type) and issubclass(_cls, (Stimulus, TaskSpec)):
+    if isinstance(_cls, type) and issubclass(_cls, Stimulus):
         _quick_init(_cls)
 del _cls

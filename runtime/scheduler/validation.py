@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from runtime.scheduler.entities import TaskState, is_stored
+from runtime.comm.messages import StoreRef
+from runtime.scheduler.entities import TaskState
 
 if TYPE_CHECKING:
     from runtime.scheduler.state import SchedulerState
@@ -72,8 +73,8 @@ def _validate_memory(s: SchedulerState, ts: TaskState) -> None:
     _check(ts, ts.processing_on is None and not ts.waiting, "in memory but processing or waiting")
     for ws in ts.who_has or ():
         _check(ts, ts in ws.has_what, f"who_has {ws.address} but not in its has_what")
-    if is_stored(ts.data):
-        ns = s.nodes.get(ts.data[0])  # type: ignore[index]
+    if type(ts.data) is StoreRef:
+        ns = s.nodes.get(ts.data.node)
         _check(ts, ns is not None and ts in ns.stored, "stored on a node that does not list it")
     for node in ts.replicas or ():
         ns = s.nodes.get(node)

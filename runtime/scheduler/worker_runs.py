@@ -17,12 +17,14 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
-#: an answer: ["ok", pickled value] or ["error", pickled exception, traceback text]
-Answer = list
+from runtime.comm.messages import Message, Run
+
+#: an answer: ("ok", pickled value) or ("error", pickled exception, traceback text)
+Answer = tuple
 
 
 class WorkerRuns:
-    def __init__(self, send: Callable[[dict[str, list[dict]]], None]):
+    def __init__(self, send: Callable[[dict[str, list[Message]]], None]):
         #: sends messages to peers by id (the scheduler's ``_send``)
         self._send = send
         #: runs awaiting answers: run id -> (reply future, answers so far, workers yet to answer)
@@ -37,14 +39,14 @@ class WorkerRuns:
             return reply
         run_id = next(self._ids)
         self.pending[run_id] = (reply, {}, set(workers))
-        self._send({w: [{"op": "run", "run_id": run_id, "function": function}] for w in workers})
+        self._send({w: [Run(run_id, function)] for w in workers})
         return reply
 
     def answered(self, worker: str, run_id: int, answer: Answer) -> None:
         self._record(run_id, worker, answer)
 
     def worker_gone(self, worker: str, cause: str) -> None:
-        gone = ["error", None, f"worker {worker} left before it answered: {cause}"]
+        gone = ("error", None, f"worker {worker} left before it answered: {cause}")
         for run_id, (_, _, waiting) in list(self.pending.items()):
             if worker in waiting:
                 self._record(run_id, worker, gone)

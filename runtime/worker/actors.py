@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.comm import auth, codec, serialize
+from runtime.comm import messages as m
 from runtime.comm.core import read_frame
 from runtime.errors import ActorDiedError
 from runtime.objstore import values
@@ -102,7 +103,7 @@ class Actor:
     def _start_thread(self, target: Callable[[], None], i: int) -> None:
         threading.Thread(target=target, name=f"actor-{self.actor_id}-{i}", daemon=True).start()
 
-    def submit(self, msg: dict, reply: Callable[[dict], None]) -> None:
+    def submit(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         """Run one call; from the thread serving the caller's connection."""
         if self.is_async:
             self._loop.call_soon_threadsafe(self._start_async, msg, reply)
@@ -123,28 +124,28 @@ class Actor:
         while (item := self._queue.get()) is not _STOP:
             self._run(*item)
 
-    def _run(self, msg: dict, reply: Callable[[dict], None]) -> None:
+    def _run(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         if self.dead:
-            reply(self.host.died_message(msg["key"], self.actor_id, self.dead))
+            reply(self.host.died_message(msg.key, self.actor_id, self.dead))
             return
         start = time.time()
         try:
             method, args, kwargs = self._prepare(msg)
             result = method(*args, **kwargs)
             del args, kwargs
-            reply(self._result(msg["key"], result))
+            reply(self._result(msg.key, result))
         except BaseException as e:  # noqa: BLE001 - the caller gets it; the actor lives on
-            reply(self.host.erred_message(msg["key"], e, start))
+            reply(self.host.erred_message(msg.key, e, start))
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
-    def _start_async(self, msg: dict, reply: Callable[[dict], None]) -> None:
+    def _start_async(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         """On the actor's loop, in arrival order: start the call as a task."""
         self._loop.create_task(self._call_async(msg, reply))
 
-    async def _call_async(self, msg: dict, reply: Callable[[dict], None]) -> None:
+    async def _call_async(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         async with self._slots:
             start = time.time()
             try:
@@ -153,23 +154,23 @@ class Actor:
                 if inspect.isawaitable(result):
                     result = await result
                 del args, kwargs
-                reply(self._result(msg["key"], result))
+                reply(self._result(msg.key, result))
             except BaseException as e:  # noqa: BLE001
-                reply(self.host.erred_message(msg["key"], e, start))
+                reply(self.host.erred_message(msg.key, e, start))
 
-    def _prepare(self, msg: dict) -> tuple[Callable, tuple, dict]:
-        name = msg["method"]
+    def _prepare(self, msg: m.ActorCall) -> tuple[Callable, tuple, dict]:
+        name = msg.method
         method = getattr(self.instance, name, None)
         if method is None or name.startswith("__") or not callable(method):
             raise AttributeError(f"actor {type(self.instance).__name__} has no method {name!r}")
-        deps = self.host.worker.load_deps(msg["key"], msg.get("deps") or {}, msg.get("sources") or {})
-        args, kwargs = serialize.loads_args(msg["args"], deps)
+        deps = self.host.worker.load_deps(msg.key, msg.deps, msg.sources)
+        args, kwargs = serialize.loads_args(msg.args, deps)
         return method, args, kwargs
 
-    def _result(self, key: str, result: Any) -> dict:
+    def _result(self, key: str, result: Any) -> m.ActorResult:
         worker = self.host.worker
         value, nbytes = values.encode(result, key=key, prefix=worker.prefix, node=worker.node)
-        return {"op": "actor-result", "key": key, "value": value, "nbytes": nbytes}
+        return m.ActorResult(key, value, nbytes)
 
 
 class ActorHost:
@@ -196,9 +197,7 @@ class ActorHost:
                 threading.Thread(target=self._accept, args=(self._listener,), name="actor-server", daemon=True).start()
                 self.address = f"tcp://{self._interface}:{self._listener.getsockname()[1]}"
             self.actors[actor_id] = Actor(self, actor_id, instance, max_concurrency)
-        self.worker.post(
-            {"op": "actor-started", "actor": actor_id, "worker": self.worker.address, "address": self.address}
-        )
+        self.worker.post(m.ActorStarted(actor_id, self.worker.address, self.address))
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -217,7 +216,7 @@ class ActorHost:
         conn = secured
         send_lock = threading.Lock()
 
-        def reply(msg: dict) -> None:
+        def reply(msg: m.Message) -> None:
             data = codec.encode([msg])
             try:
                 with send_lock:
@@ -228,19 +227,16 @@ class ActorHost:
         with conn:
             while True:
                 try:
-                    msgs = read_frame(conn, peer)
+                    msgs = read_frame(conn, peer, m.TO_ACTOR_SERVER)
                 except (ConnectionError, OSError) as e:
                     if not isinstance(e, ConnectionResetError):
                         logger.warning("actor server: dropping the connection from %s: %s", peer, e)
                     return
                 for msg in msgs:
-                    if msg.get("op") != "actor-call":
-                        logger.warning("actor server: dropping the connection from %s: it sent %r", peer, msg["op"])
-                        return
-                    actor = self.actors.get(msg["actor"])
+                    actor = self.actors.get(msg.actor)
                     if actor is None:
-                        why = self.gone.get(msg["actor"], "it is not on this worker")
-                        reply(self.died_message(msg["key"], msg["actor"], why))
+                        why = self.gone.get(msg.actor, "it is not on this worker")
+                        reply(self.died_message(msg.key, msg.actor, why))
                     else:
                         actor.submit(msg, reply)
 
@@ -256,8 +252,8 @@ class ActorHost:
         if self._listener is not None:
             self._listener.close()
 
-    def erred_message(self, key: str, e: BaseException, start: float) -> dict:
-        return {**serialize.erred_message(key, e, start), "op": "actor-error"}
+    def erred_message(self, key: str, e: BaseException, start: float) -> m.ActorError:
+        return m.ActorError(key, *serialize.pickled_error(e), start, time.time())
 
-    def died_message(self, key: str, actor_id: str, why: str) -> dict:
+    def died_message(self, key: str, actor_id: str, why: str) -> m.ActorError:
         return self.erred_message(key, ActorDiedError(f"actor {actor_id} is dead: {why}"), time.time())

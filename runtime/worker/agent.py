@@ -30,10 +30,13 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
 from runtime import config, procutil
+from runtime.comm import messages as m
 from runtime.comm.core import Comm, connect, listen
 from runtime.objstore import store
 from runtime.objstore.manager import StoreManager, read_closes, store_limit, watch_closes
@@ -125,9 +128,9 @@ class NodeAgent:
         if swept:
             logger.info("removed %d store objects left by dead clusters", swept)
         os.makedirs(self.log_dir, exist_ok=True)
-        self._server, self.address = await listen(f"tcp://{self.host}:0", self.objects.serve)
+        self._server, self.address = await listen(f"tcp://{self.host}:0", self.objects.serve, m.TO_OBJECT_SERVER)
         try:
-            self.comm = await connect(self.scheduler_address, timeout=self.heartbeat_timeout)
+            self.comm = await connect(self.scheduler_address, m.TO_AGENT, timeout=self.heartbeat_timeout)
         except (OSError, ValueError) as e:
             logger.error("cannot join the scheduler: %s; node agent %s stops", e, self.node)
             await self.stop()
@@ -137,18 +140,11 @@ class NodeAgent:
             if isinstance(local, tuple):
                 self.address = f"tcp://{local[0]}:{self.address.rpartition(':')[2]}"
         self.comm.send(
-            {
-                "op": "register-node",
-                "node": self.node,
-                "prefix": self.prefix,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "address": self.address,
-                "nworkers": self.num_workers,
-                "nthreads": self.threads_per_worker,
-                "memory_limit": self.memory_limit * self.num_workers,
-            }
-        )
+            m.RegisterNode(
+                self.node, self.prefix, socket.gethostname(), os.getpid(), self.address, self.num_workers,
+                self.threads_per_worker, self.memory_limit * self.num_workers,
+            )
+        )  # fmt: skip
         self.start_workers(self.num_workers)
         background = [
             asyncio.ensure_future(c) for c in (self._maintain_store(), self._watch_memory(), self._heartbeat())
@@ -156,6 +152,7 @@ class NodeAgent:
         closes = watch_closes(store.SHM_DIR)
         if closes is not None:
             asyncio.get_running_loop().add_reader(closes, self._closed_files, closes)
+        handlers = self._handlers()
         try:
             while True:
                 try:
@@ -168,19 +165,9 @@ class NodeAgent:
                     )  # fmt: skip
                     return
                 for msg in msgs:
-                    op = msg["op"]
-                    if op == "free-objects":
-                        self.store.free(msg["names"])
-                    elif op == "start-workers":
-                        self.start_workers(msg["n"])
-                    elif op == "stop-workers":
-                        self.stop_workers(msg["addresses"])
-                    elif op == "acquire-replicas":
-                        asyncio.ensure_future(self._acquire(msg["objects"]))
-                    elif op == "close":
+                    if type(msg) is m.Close:
                         return
-                    elif op not in ("registered", "heartbeat-ack"):
-                        logger.warning("ignoring unknown op %r", op)
+                    handlers[type(msg)](msg)
         except ConnectionError:
             logger.info("scheduler connection closed; node agent %s stops", self.node)
         finally:
@@ -200,7 +187,7 @@ class NodeAgent:
         how full its store is."""
         while not self._stopping and self.comm is not None:
             used, spilled, limit = self.store.used, self.store.spilled, self.store.limit
-            self.comm.send({"op": "heartbeat", "node": self.node, "used": used, "spilled": spilled, "limit": limit})
+            self.comm.send(m.Heartbeat(self.node, used, spilled, limit))
             await asyncio.sleep(self.heartbeat_interval)
 
     def start_workers(self, n: int) -> None:
@@ -220,19 +207,30 @@ class NodeAgent:
     def _address(self, index: int, pid: int) -> str:
         return f"{self.node}/w{index}-{pid}"
 
-    async def _acquire(self, objects: list[list]) -> None:
-        """Copy ``[key, [node, nbytes, name], source agent]`` objects here (each copy is reported)."""
+    def _handlers(self) -> dict[type, Callable[[Any], Any]]:
+        """What to do with each message from the scheduler (``Close`` ends the agent's loop)."""
+        return {
+            m.FreeObjects: lambda msg: self.store.free(msg.names),
+            m.StartWorkers: lambda msg: self.start_workers(msg.n),
+            m.StopWorkers: lambda msg: self.stop_workers(msg.addresses),
+            m.AcquireReplicas: lambda msg: asyncio.ensure_future(self._acquire(msg.objects)),
+            m.Registered: lambda msg: None,
+            m.HeartbeatAck: lambda msg: None,
+        }
+
+    async def _acquire(self, objects: tuple[tuple[str, m.StoreRef, str], ...]) -> None:
+        """Copy ``(key, where it is, its agent's address)`` objects here (each copy is reported)."""
         for key, located, source in objects:
             try:
                 await asyncio.wait_for(self.objects.fetch(key, located, source), 120)
             except Exception as e:
-                logger.error("could not copy %s from node %s: %s: %s", key, located[0], type(e).__name__, e)
+                logger.error("could not copy %s from node %s: %s: %s", key, located.node, type(e).__name__, e)
 
-    def _copied(self, key: str, name: str, located: list) -> None:
+    def _copied(self, key: str, name: str, located: m.StoreRef) -> None:
         """A copy of another node's object was made here: the scheduler records it (and frees it
         with the value), whether or not whoever asked for it is still there to say so."""
         if self.comm is not None:
-            self.comm.send({"op": "add-replica", "key": key, "node": self.node, "name": name, "source": located})
+            self.comm.send(m.AddReplica(key, self.node, name, located))
 
     async def _watch_memory(self) -> None:
         """The nanny's watch: spill the store when a worker passes the spill threshold, and kill
@@ -310,7 +308,7 @@ class NodeAgent:
             if self.comm is not None:  # the scheduler names the cause, and blames only what was running
                 address = self._address(index, proc.pid)
                 executing = read_running(running_file)
-                self.comm.send({"op": "worker-died", "address": address, "cause": cause, "executing": executing})
+                self.comm.send(m.WorkerDied(address, cause, tuple(executing)))
             lived = asyncio.get_running_loop().time() - started
             failures = 0 if lived > 10 else failures + 1
             await asyncio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])

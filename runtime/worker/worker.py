@@ -23,17 +23,18 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
 from runtime import config
+from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
-from runtime.scheduler.entities import is_stored
 from runtime.worker import interrupt, memory
 from runtime.worker.actors import ActorHost, set_worker
 from runtime.worker.plugins import Plugins
@@ -78,15 +79,15 @@ class Worker:
         self.running_board = RunningBoard(running_file, nthreads) if running_file else None
         self.comm: Comm | None = None
         #: tasks received and not started: (priority, arrival, message)
-        self._ready: list[tuple[Any, int, dict]] = []
+        self._ready: list[tuple[Any, int, m.ComputeTask]] = []
         self._ready_cv = threading.Condition()
         self._arrivals = itertools.count()
         #: the compute-task message each queued key will run with; a cancel removes it
-        self._live: dict[str, dict] = {}
+        self._live: dict[str, m.ComputeTask] = {}
         #: key -> (executor thread id, its compute-task message) while it runs, for interrupts
-        self._executing: dict[str, tuple[int, dict]] = {}
+        self._executing: dict[str, tuple[int, m.ComputeTask]] = {}
         #: ready tasks waiting for resources that running tasks hold
-        self._blocked: list[tuple[Any, int, dict]] = []
+        self._blocked: list[tuple[Any, int, m.ComputeTask]] = []
         #: messages from executor threads on their way to the scheduler
         self._outbox: ThreadOutbox | None = None
         self._functions: dict[bytes, Any] = {}
@@ -103,22 +104,22 @@ class Worker:
         self._outbox = ThreadOutbox(self.loop, self._to_scheduler)
         # Also how the runtime API, when a task or actor here uses it, finds this cluster.
         set_worker(self)
-        self.comm = await connect(self.scheduler_address)
+        self.comm = await connect(self.scheduler_address, m.TO_WORKER)
         self.comm.send(
-            {
-                "op": "register-worker", "address": self.address, "node": self.node, "nthreads": self.nthreads,
-                "pid": os.getpid(), "host": socket.gethostname(), "resources": self.resources,
-                "memory_limit": self.memory_limit,
-            }
+            m.RegisterWorker(
+                self.address, self.node, self.nthreads, os.getpid(), socket.gethostname(), self.resources,
+                self.memory_limit,
+            )
         )  # fmt: skip
         for i in range(self.nthreads):
             threading.Thread(target=self._executor, args=(i,), name=f"executor-{i}", daemon=True).start()
         asyncio.ensure_future(store.prune_mappings_forever())
         asyncio.ensure_future(self._monitor_memory())
         try:
+            handlers = self._handlers()
             while True:
                 for msg in await self.comm.read():
-                    self._handle(msg)
+                    handlers[type(msg)](msg)
         except ConnectionError:
             logger.info("scheduler connection closed; worker %s exits", self.address)
         finally:
@@ -133,34 +134,41 @@ class Worker:
             self._ready_cv.notify_all()
         self.closed.set()
 
-    def _handle(self, msg: dict) -> None:
-        op = msg["op"]
-        if op == "compute-task":
-            with self._ready_cv:
-                self._live[msg["key"]] = msg
-                heapq.heappush(self._ready, (msg["priority"], next(self._arrivals), msg))
-                self._ready_cv.notify()
-        elif op == "cancel-compute":
-            with self._ready_cv:
-                self._live.pop(msg["key"], None)
-        elif op == "kill-actor":
-            self.actor_host.kill(msg["actor"], msg["reason"])
-        elif op == "interrupt":
-            self._interrupt(msg["key"])
-        elif op == "plugin-add":
-            try:
-                self.plugins.add(serialize.loads(msg["plugin"]), msg["name"])
-            except Exception:
-                logger.exception("cannot install worker plugin %r", msg["name"])
-        elif op == "run":  # Client.run: out of band, on a thread of its own
-            threading.Thread(target=self._run_function, args=(msg,), name="client-run", daemon=True).start()
-        elif op == "restart":
-            logger.info("restarting on the request of client %s", msg.get("client", "?"))
-            self._exit(interrupt.EXIT_RESTART)
-        elif op == "registered":
-            pass
-        else:
-            logger.warning("ignoring unknown op %r", op)
+    def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        """What to do with each message from the scheduler (every type of ``m.TO_WORKER``)."""
+        return {
+            m.ComputeTask: self._compute_task,
+            m.CancelCompute: self._cancel_compute,
+            m.KillActor: lambda msg: self.actor_host.kill(msg.actor, msg.reason),
+            m.Interrupt: lambda msg: self._interrupt(msg.key),
+            m.PluginAdd: self._plugin_add,
+            # Client.run: out of band, on a thread of its own
+            m.Run: lambda msg: threading.Thread(
+                target=self._run_function, args=(msg,), name="client-run", daemon=True
+            ).start(),
+            m.Restart: self._restart,
+            m.Registered: lambda msg: None,
+        }
+
+    def _compute_task(self, msg: m.ComputeTask) -> None:
+        with self._ready_cv:
+            self._live[msg.key] = msg
+            heapq.heappush(self._ready, (msg.priority, next(self._arrivals), msg))
+            self._ready_cv.notify()
+
+    def _cancel_compute(self, msg: m.CancelCompute) -> None:
+        with self._ready_cv:
+            self._live.pop(msg.key, None)
+
+    def _plugin_add(self, msg: m.PluginAdd) -> None:
+        try:
+            self.plugins.add(serialize.loads(msg.plugin), msg.name)
+        except Exception:
+            logger.exception("cannot install worker plugin %r", msg.name)
+
+    def _restart(self, msg: m.Restart) -> None:
+        logger.info("restarting on the request of client %s", msg.client or "?")
+        self._exit(interrupt.EXIT_RESTART)
 
     async def _monitor_memory(self) -> None:
         """Sample this process's memory; drop mappings, pause and resume by the thresholds; and
@@ -184,7 +192,7 @@ class Worker:
             now = time.monotonic()
             if now - last_beat >= beat:
                 last_beat = now
-                self._to_scheduler([{"op": "worker-heartbeat", "memory": self.memory, "rss": self.memory_rss}])
+                self._to_scheduler([m.WorkerHeartbeat(self.memory, self.memory_rss)])
             await asyncio.sleep(interval)
 
     def _set_status(self, status: str) -> None:
@@ -195,15 +203,16 @@ class Worker:
         with self._ready_cv:
             self.status = status
             self._ready_cv.notify_all()
-        self._to_scheduler([{"op": "worker-status", "status": status, "memory": self.memory}])
+        self._to_scheduler([m.WorkerStatus(status, self.memory)])
 
-    def _run_function(self, msg: dict) -> None:
+    def _run_function(self, msg: m.Run) -> None:
+        answer: tuple
         try:
-            answer = ["ok", serialize.dumps(serialize.loads(msg["function"])())]
+            answer = ("ok", serialize.dumps(serialize.loads(msg.function)()))
         except BaseException as e:  # noqa: BLE001 - the caller gets every error back
-            erred = serialize.erred_message(f"run-{msg['run_id']}", e, 0.0)
-            answer = ["error", erred["exception"], erred["traceback"]]
-        self.post({"op": "run-result", "run_id": msg["run_id"], "answer": answer})
+            exception, tb, _ = serialize.pickled_error(e)
+            answer = ("error", exception, tb)
+        self.post(m.RunResult(msg.run_id, answer))
 
     def _interrupt(self, key: str) -> None:
         """Stop the task ``key`` if it is running here (see runtime.worker.interrupt)."""
@@ -216,7 +225,7 @@ class Worker:
         assert self.loop is not None
         self.loop.call_later(interrupt.FORCE_CANCEL_GRACE, self._restart_if_running, key, running[1])
 
-    def _restart_if_running(self, key: str, msg: dict) -> None:
+    def _restart_if_running(self, key: str, msg: m.ComputeTask) -> None:
         with self._ready_cv:
             still = self._executing.get(key)
         if still is None or still[1] is not msg:
@@ -256,30 +265,30 @@ class Worker:
                     return False
                 entry = heapq.heappop(self._ready)
                 msg = entry[2]
-                if self._live.get(msg["key"]) is not msg:
+                if self._live.get(msg.key) is not msg:
                     continue  # cancelled, or superseded by a later compute-task
-                needs = msg.get("resources")
+                needs = msg.resources
                 if needs and not self._acquire(needs):
                     self._blocked.append(entry)
                     continue
-                del self._live[msg["key"]]
-                self._executing[msg["key"]] = (threading.get_ident(), msg)
+                del self._live[msg.key]
+                self._executing[msg.key] = (threading.get_ident(), msg)
             board = self.running_board
             if board is not None:
-                board.mark(slot, msg["key"])
+                board.mark(slot, msg.key)
             plugins = self.plugins.installed
             try:
                 if plugins:
-                    self.plugins.transition(msg["key"], "ready", "executing")
+                    self.plugins.transition(msg.key, "ready", "executing")
                 result = self.execute(msg)
                 if plugins:
-                    finish = {"task-finished": "memory", "task-erred": "error"}.get(result["op"], "released")
-                    self.plugins.transition(msg["key"], "executing", finish)
+                    finish = {m.TaskFinished: "memory", m.TaskErred: "error"}.get(type(result), "released")
+                    self.plugins.transition(msg.key, "executing", finish)
                 self.post(result)
             finally:
                 with self._ready_cv:
-                    if self._executing.get(msg["key"], (0, None))[1] is msg:
-                        del self._executing[msg["key"]]
+                    if self._executing.get(msg.key, (0, None))[1] is msg:
+                        del self._executing[msg.key]
                 if board is not None:
                     board.clear(slot)
                 if needs:
@@ -303,46 +312,39 @@ class Worker:
             self._blocked.clear()
             self._ready_cv.notify_all()
 
-    def execute(self, msg: dict) -> dict:
-        """Run one task; returns the task-finished or task-erred message."""
-        key = msg["key"]
+    def execute(self, msg: m.ComputeTask) -> m.TaskFinished | m.TaskErred | m.MissingData:
+        """Run one task; returns the task-finished or task-erred message (or missing-data)."""
+        key = msg.key
         start = time.time()
         try:
-            func_bytes, args_bytes = msg["run_spec"]
+            func_bytes, args_bytes = msg.run_spec
             func = self._functions.get(func_bytes)
             if func is None:
                 func = self._functions[func_bytes] = serialize.loads(func_bytes)
             try:
-                deps = self.load_deps(key, msg["deps"], msg.get("sources", {}))
+                deps = self.load_deps(key, msg.deps, msg.sources)
             except _MissingDependency as e:
-                return {"op": "missing-data", "key": key, "dependency": e.key, "value": e.located}
+                return m.MissingData(key, e.key, e.located)
             args, kwargs = serialize.loads_args(args_bytes, deps)
             del deps
             result = func(*args, **kwargs)
             del args, kwargs
             value, nbytes = values.encode(result, key=key, prefix=self.prefix, node=self.node)
-            return {
-                "op": "task-finished",
-                "key": key,
-                "value": value,
-                "nbytes": nbytes,
-                "start": start,
-                "stop": time.time(),
-            }
+            return m.TaskFinished(key, value, nbytes, start, time.time())
         except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and self._stopping:
                 raise
-            return serialize.erred_message(key, e, start)
+            return m.TaskErred(key, *serialize.pickled_error(e), start, time.time())
 
-    def load_deps(self, key: str, deps: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    def load_deps(self, key: str, deps: dict[str, m.Value], sources: dict[str, str]) -> dict[str, Any]:
         """The values of a task's dependencies, from their wire forms; a value stored on another
         node is first copied into this node's store (its agent tells the scheduler of the copy)."""
         out = {}
         for dep, located in deps.items():
             try:
-                if is_stored(located) and located[0] != self.node:
+                if type(located) is m.StoreRef and located.node != self.node:
                     try:
-                        located = fetch_sync(self.agent, self.node, dep, located, sources.get(located[0]))
+                        located = fetch_sync(self.agent, self.node, dep, located, sources.get(located.node))
                     except OSError as e:  # refused, reset, silent: not the task's error but our node's end
                         logger.error(
                             "task %s: cannot reach this node's agent at %s to fetch %s (%s: %s); the node is "
@@ -355,12 +357,12 @@ class Worker:
                 raise _MissingDependency(dep, located) from e
         return out
 
-    def post(self, msg: dict) -> None:
+    def post(self, msg: m.Message) -> None:
         """Hand a message for the scheduler to the event loop thread."""
         assert self._outbox is not None
         self._outbox.put(msg)
 
-    def _to_scheduler(self, batch: list[dict]) -> None:
+    def _to_scheduler(self, batch: list[m.Message]) -> None:
         if self.comm is not None:
             self.comm.send_many(batch)
 
@@ -368,7 +370,7 @@ class Worker:
 class _MissingDependency(ObjectLostError):
     """A dependency's stored value is gone; the scheduler is told (missing-data) and recomputes it."""
 
-    def __init__(self, key: str, located: Any):
+    def __init__(self, key: str, located: m.Value):
         super().__init__(f"dependency {key!r} is missing from the object store")
         self.key = key
         self.located = located

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from runtime.comm import messages as m
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.server import EXTENSIONS, MESSAGES, Transition, request
 
@@ -59,12 +60,9 @@ class PubSub:
             if not self.subscribers[topic]:
                 del self.subscribers[topic]
 
-    def route(self, topic: str, data: bytes) -> dict[str, list[dict]]:
-        """The messages that deliver ``data`` to every subscriber of ``topic``."""
-        if not isinstance(data, bytes):
-            raise TypeError(f"a pub/sub message travels pickled, as bytes, not {type(data).__name__}")
-        msg = {"op": "pubsub-msg", "topic": topic, "msg": data}
-        return {client: [msg] for client in self.subscribers.get(check_topic(topic), ())}
+    def route(self, msg: m.PubsubMsg) -> dict[str, list[m.Message]]:
+        """The messages that deliver ``msg`` (as it came from its publisher) to every subscriber of its topic."""
+        return {client: [msg] for client in self.subscribers.get(msg.topic, ())}
 
 
 class PubSubExtension:
@@ -86,7 +84,7 @@ def _pubsub(s: Scheduler) -> PubSub:
     return s.extensions["pubsub"].pubsub
 
 
-MESSAGES["pubsub-msg"] = lambda s, msg, peer: s._send(_pubsub(s).route(msg["topic"], msg["msg"]))
+MESSAGES[m.PubsubMsg] = lambda s, msg, peer: s._send(_pubsub(s).route(msg))
 request("pubsub-subscribe")(lambda s, msg, peer: _pubsub(s).subscribe(msg["topic"], peer))
 request("pubsub-unsubscribe")(lambda s, msg, peer: _pubsub(s).unsubscribe(msg["topic"], peer))
 request("pubsub-subscribers")(lambda s, msg, peer: dict(_pubsub(s).subscribers.get(check_topic(msg["topic"]), {})))

@@ -4,12 +4,12 @@
 
     client or task ──log-event(topic, msg)──► EventLog.events[topic]  (the last N, with the time)
                                                    │
-    subscribed clients ◄──── event (topic, [time, msg]) ─┘
+    subscribed clients ◄──── event (LoggedEvent: topic, time, msg) ─┘
     get-events(topic) ──► [[time, msg], ...]
 
 A message is anything msgpack carries (the client checks); the scheduler keeps the last
 ``scheduler.events-log-length`` of each topic.  A client's subscriptions end with its
-connection.  ``EventLog`` is pure (the time is given); ``EventsExtension`` serves requests.
+connection.  ``EventLog`` is pure (the time is given); ``EventLogExtension`` forgets a client that leaves.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime import config
+from runtime.comm import messages as m
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.server import EXTENSIONS, Transition, request
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
 
 #: client id -> the messages to send it
-Msgs = dict[str, list[dict]]
+Msgs = dict[str, list[m.Message]]
 
 
 def check_topics(topic: Any) -> list[str]:
@@ -59,7 +60,7 @@ class EventLog:
                 events = self.events[t] = deque(maxlen=self.maxlen)
             events.append((now, msg))
             for client in self.subscribers.get(t, ()):
-                out.setdefault(client, []).append({"op": "event", "topic": t, "event": [now, msg]})
+                out.setdefault(client, []).append(m.LoggedEvent(t, now, msg))
         return out
 
     def get(self, topic: str | None) -> list | dict[str, list]:
@@ -85,7 +86,7 @@ class EventLog:
             self.unsubscribe(topic, client)
 
 
-class EventsExtension:
+class EventLogExtension:
     """The scheduler's event log, and its hook for clients that leave."""
 
     wants_transitions = False
@@ -100,11 +101,11 @@ class EventsExtension:
             self.log.client_gone(stimulus.client)
 
 
-EXTENSIONS["events"] = EventsExtension
+EXTENSIONS["event_log"] = EventLogExtension
 
 
 def _events(s: Scheduler) -> EventLog:
-    return s.extensions["events"].log
+    return s.extensions["event_log"].log
 
 
 @request("log-event")

@@ -6,7 +6,7 @@
     subscribe_topic(topic, handler)                     ClientEvents: handler((time, msg)) on a
                                                         thread of its own, in order, off the loop
 
-The scheduler side is ``runtime/scheduler/extensions/events.py``.  ``runtime.log_event``
+The scheduler side is ``runtime/scheduler/extensions/event_log.py``.  ``runtime.log_event``
 works in the driver and inside tasks and actors (through the worker process's client).
 """
 
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from runtime.comm import messages as m
 
 if TYPE_CHECKING:
     from runtime.client.client import ClusterClient
@@ -39,16 +41,15 @@ class ClientEvents:
         self.handlers: dict[str, Callable[[Event], Any]] = {}
         #: runs handlers one at a time, in the order events came (made on first event)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        client.handlers["event"] = self._on_event
 
-    def _on_event(self, msg: dict) -> None:
+    def on_message(self, msg: m.LoggedEvent) -> None:
         """On the client's loop thread: hand the event to the handlers' thread."""
-        handler = self.handlers.get(msg["topic"])
+        handler = self.handlers.get(msg.topic)
         if handler is None:  # unsubscribed while it was on its way
             return
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runtime-events")
-        self._pool.submit(_call_handler, handler, msg["topic"], tuple(msg["event"]))
+        self._pool.submit(_call_handler, handler, msg.topic, (msg.time, msg.msg))
 
     def close(self) -> None:
         """The client closed: stop the handlers' thread once it has run what it was given."""
@@ -127,7 +128,7 @@ def subscribe_topic(topic: str, handler: Callable[[Event], Any], client: Any = N
     if not callable(handler):
         raise TypeError(f"an event handler must be callable, not {type(handler).__name__}")
     client = client_of(client)
-    events = client.extension("events", ClientEvents)
+    events = client.extension("event_log", ClientEvents)
     if topic in events.handlers:
         logger.info("handler for event topic %r already set: replacing it", topic)
     events.handlers[topic] = handler
@@ -137,7 +138,7 @@ def subscribe_topic(topic: str, handler: Callable[[Event], Any], client: Any = N
 def unsubscribe_topic(topic: str, client: Any = None) -> None:
     """Stop calling ``topic``'s handler; ValueError if it has none."""
     client = client_of(client)
-    events = client.extension("events", ClientEvents)
+    events = client.extension("event_log", ClientEvents)
     if events.handlers.pop(topic, None) is None:
         raise ValueError(f"no event handler known for topic {topic!r}")
     client.request_checked("unsubscribe-topic", topic=topic)
