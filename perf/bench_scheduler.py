@@ -30,6 +30,7 @@ from collections import deque
 
 import psutil
 
+from runtime.comm.messages import ComputeTask
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.state import SchedulerState
 
@@ -87,7 +88,7 @@ def run_one(graph: str, n: int, validate: bool) -> dict:
         for address, batch in msgs.items():
             q = queues.get(address)
             if q is not None:
-                q.extend(m["key"] for m in batch if m["op"] == "compute-task")
+                q.extend(m.key for m in batch if type(m) is ComputeTask)
 
     enqueue(wmsgs)
     finished = 0

@@ -33,7 +33,7 @@ class FutureState:
     def __init__(self) -> None:
         #: pending, finished, erred or cancelled
         self.status = PENDING
-        #: the value once finished: its wire form (inline pickle or [node, nbytes, name]) from
+        #: the value once finished: its wire form (inline pickle or a StoreRef) from
         #: the cluster, the object itself (boxed) from a local scheduler
         self.value: Any = None
         self.nbytes = 0

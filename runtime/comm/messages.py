@@ -45,11 +45,6 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Value = Union[bytes, StoreRef]  # noqa: UP007 - msgspec reads the annotation at run time
 
 
-def is_stored(value: Any) -> bool:
-    """Whether a value's wire form names a stored object (else it is inline bytes)."""
-    return type(value) is StoreRef
-
-
 class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     """A task as a client describes it: how to run it and what it needs (one type, built by
     ``client.task_spec``, read by the scheduler as part of ``UpdateGraph``)."""

@@ -30,7 +30,7 @@ worker able to run it at all, a task waits in ``no-worker``.
 Where a value lives (a deviation the object store makes possible): ``TaskState.data`` is
 the value's wire form, either the pickle itself (small values travel inline, held here so
 a dependent's compute message or a client's result carries them with no extra round trip)
-or a ``[node, nbytes, name]`` reference into a node's shared-memory store.  ``who_has``
+or a ``StoreRef`` (node, nbytes, name) into a node's shared-memory store.  ``who_has``
 keeps the specification's meaning (the workers holding the value, used for locality), but
 a worker's death loses nothing: inline values live here and stored ones in the node's
 store.  Only a node leaving loses what its store alone held.
