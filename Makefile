@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint perf clean
+.PHONY: demo test lint perf clean browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(VENV)/.installed
 
 test: lint
 	RUNTIME_VALIDATE=1 $(PY) -m pytest
+
+# Headless Chromium for the dashboard's browser test (tests/test_dashboard.py skips without it).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		echo "warning: could not install chromium; the dashboard's browser test will be skipped"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check runtime tests perf examples

@@ -14,7 +14,12 @@ spent for the process (system time: nearly all of it page faults, as the heap gr
 scheduler's memory per task (resident memory when the whole graph is known, over the
 baseline) and the peak resident memory.  The cost per task must stay flat as N grows.
 
-Run:  python perf/bench_scheduler.py [--sizes 10000,100000,1000000] [--validate]
+``--plugins`` measures what scheduler plugins cost (``runtime/scheduler/plugins.py``): ``off``
+drives the state machine alone; ``idle`` tells a plugin host with one plugin that has no
+``transition`` hook after every stimulus (as the built-in extensions are); ``transition``
+adds a plugin told of every transition.
+
+Run:  python perf/bench_scheduler.py [--sizes 10000,100000,1000000] [--validate] [--plugins off|idle|transition]
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ import subprocess
 import sys
 import time
 from collections import deque
+from types import SimpleNamespace
+from typing import Any
 
 import psutil
 
-from runtime.comm.messages import ComputeTask
+from runtime.comm import messages as m
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.plugins import Plugins, SchedulerPlugin
 from runtime.scheduler.state import SchedulerState
 
 N_WORKERS = 100
@@ -63,13 +71,42 @@ def tree_graph(n: int) -> list[st.TaskSpec]:
 GRAPHS = {"ep": ep_graph, "tree": tree_graph}
 
 
-def run_one(graph: str, n: int, validate: bool) -> dict:
+class _ClientWatcher(SchedulerPlugin):
+    def remove_client(self, scheduler: Any, client: str, **kwargs: Any) -> None:
+        pass
+
+
+class _TransitionCounter(SchedulerPlugin):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
+        self.count += 1
+
+
+class _Shell(SchedulerState):
+    """The state machine with the shell's plugin hook after each stimulus."""
+
+    def __init__(self, plugins: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.plugins = Plugins(SimpleNamespace(state=self))  # type: ignore[arg-type]
+        self.plugins.add(_ClientWatcher(), "client-watcher")
+        if plugins == "transition":
+            self.plugins.add(_TransitionCounter(), "counter")
+
+    def handle(self, stimulus: st.Stimulus) -> Any:
+        out = super().handle(stimulus)
+        self.plugins.after(stimulus)
+        return out
+
+
+def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
     proc = psutil.Process()
     gc.collect()
     base = proc.memory_info().rss
     specs = GRAPHS[graph](n)
     keys = tuple(s.key for s in specs)
-    s = SchedulerState(validate=validate)
+    s = SchedulerState(validate=validate) if plugins == "off" else _Shell(plugins, validate=validate)
     s.handle(st.AddClient("add-client", "client"))
     s.handle(st.AddNode("add-node", "node"))
     for i in range(N_WORKERS):
@@ -88,7 +125,7 @@ def run_one(graph: str, n: int, validate: bool) -> dict:
         for address, batch in msgs.items():
             q = queues.get(address)
             if q is not None:
-                q.extend(m.key for m in batch if type(m) is ComputeTask)
+                q.extend(msg.key for msg in batch if type(msg) is m.ComputeTask)
 
     enqueue(wmsgs)
     finished = 0
@@ -131,20 +168,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--graphs", default="ep,tree")
     parser.add_argument("--validate", action="store_true", help="check every invariant (much slower)")
+    parser.add_argument("--plugins", default="off", choices=("off", "idle", "transition"))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # graph:n, run in this process
     args = parser.parse_args()
     if args.one:
         graph, n = args.one.split(":")
-        print(json.dumps(run_one(graph, int(n), args.validate)))
+        print(json.dumps(run_one(graph, int(n), args.validate, args.plugins)))
         return
-    print(f"SchedulerState on {N_WORKERS} simulated workers; python {sys.version.split()[0]}")
+    print(f"SchedulerState on {N_WORKERS} simulated workers, plugins {args.plugins}; python {sys.version.split()[0]}")
     header = f"{'graph':<6}{'tasks':>11}{'us/task':>10}{'graph':>9}{'run':>9}{'release':>9}{'sys':>7}"
     header += f"{'B/task':>9}{'peak MB':>9}"
     print(header)
     print("-" * len(header))
     for graph in args.graphs.split(","):
         for n in (int(x) for x in args.sizes.split(",")):
-            cmd = [sys.executable, __file__, "--one", f"{graph}:{n}"] + (["--validate"] if args.validate else [])
+            cmd = [sys.executable, __file__, "--one", f"{graph}:{n}", "--plugins", args.plugins]
+            cmd += ["--validate"] if args.validate else []
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             print(
                 f"{r['graph']:<6}{r['tasks']:>11,}{r['us_per_task']:>10.1f}{r['us_update_graph']:>9.1f}"

@@ -28,7 +28,12 @@ _EXPORTS = {
     "LocalCluster": "runtime.cluster",
     "MemorySampler": "runtime.diagnostics",
     "get_worker": "runtime.worker.actors",
-    "WorkerPlugin": "runtime.worker.plugins",
+    "get_client": "runtime.api.in_task", "worker_client": "runtime.api.in_task",
+    "secede": "runtime.api.in_task", "rejoin": "runtime.api.in_task",
+    "WorkerPlugin": "runtime.worker.plugins", "SchedulerPlugin": "runtime.scheduler.plugins",
+    "Lock": "runtime.client.coordination", "MultiLock": "runtime.client.coordination",
+    "Semaphore": "runtime.client.coordination", "Queue": "runtime.client.coordination",
+    "Variable": "runtime.client.coordination", "Event": "runtime.client.coordination",
     "ActorDiedError": "runtime.errors", "ClientClosedError": "runtime.errors", "GetTimeoutError": "runtime.errors",
     "KilledWorker": "runtime.errors", "RemoteTraceback": "runtime.errors", "SchedulerError": "runtime.errors",
     "TaskCancelledError": "runtime.errors", "TaskError": "runtime.errors",
@@ -36,8 +41,11 @@ _EXPORTS = {
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "get_actor", "kill", "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
-    "as_completed", "progress", "WorkerPlugin", "get_worker", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
+    "secede", "rejoin",
+    "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
     "Pub", "Sub", "span", "log_event",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
@@ -64,7 +72,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime import config
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
+    from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote
+    from runtime.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
     from runtime.client.event_log import log_event
     from runtime.client.future import Future, ObjectRef
     from runtime.client.futures_client import Client, ClientExecutor
@@ -84,5 +94,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         TaskCancelledError,
         TaskError,
     )  # fmt: skip
+    from runtime.scheduler.plugins import SchedulerPlugin
     from runtime.worker.actors import get_worker
     from runtime.worker.plugins import WorkerPlugin

@@ -126,6 +126,17 @@ def _address(text: str) -> str:
     return text
 
 
+#: a flag not given (None means "off" for --dashboard-address)
+_UNSET: Any = object()
+
+
+def _dashboard_address(text: str) -> str | None:
+    try:
+        return config.dashboard_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def default_run_dir() -> str:
     return os.environ.get("RUNTIME_RUN_DIR") or os.path.join(tempfile.gettempdir(), f"runtime-{os.getuid()}", "run")
 
@@ -258,6 +269,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         port = address.rpartition(":")[2]
         join = address if auth.is_loopback(args.host) else f"tcp://{socket.gethostname()}:{port}"
         print(f"join with: runtime start --address {join}")
+        print(f"dashboard: {query(address, 'dashboard', args.timeout) or 'off'}")
     if not args.block:
         return 0
     sys.stdout.flush()  # before blocking: whoever reads our output (a pipe, a log) sees it now
@@ -274,6 +286,8 @@ def _start_scheduler(args: argparse.Namespace, logs: str, procs: list[subprocess
         cmd.append("--watch-parent")
     if args.record:
         cmd += ["--record", os.path.abspath(args.record)]
+    if args.dashboard_address is not _UNSET:
+        cmd += ["--dashboard-address", args.dashboard_address or "off"]
     proc = _spawn(cmd, log_path, args.block)
     procs.append(proc)
 
@@ -360,7 +374,7 @@ def _use(used: int, limit: int) -> str:
 
 
 def format_status(address: str, s: dict) -> str:
-    lines = [f"scheduler {address}", f"nodes: {len(s['nodes'])}"]
+    lines = [f"scheduler {address}", f"dashboard: {s.get('dashboard') or 'off'}", f"nodes: {len(s['nodes'])}"]
     for node, info in sorted(s["nodes"].items()):
         store = info.get("store")
         where = ""
@@ -388,9 +402,19 @@ def format_status(address: str, s: dict) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     address = _scheduler_address(args)
-    s = query(address, "status", args.timeout)
-    print(json.dumps(s, indent=2) if args.json else format_status(address, s))
-    return 0
+    while True:
+        s = query(address, "status", args.timeout)
+        text = json.dumps(s, indent=2) if args.json else format_status(address, s)
+        if args.watch is None:
+            print(text)
+            return 0
+        # In place: home the cursor, print, clear what a longer screen before left below.
+        sys.stdout.write(f"\x1b[H{text.replace(chr(10), chr(27) + '[K' + chr(10))}\x1b[K\x1b[J\n")
+        sys.stdout.flush()
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -528,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--record", metavar="FILE", help="the scheduler writes every stimulus to FILE, for `runtime replay FILE`"
     )
+    start.add_argument(
+        "--dashboard-address", type=_dashboard_address, default=_UNSET, metavar="HOST:PORT",
+        help="serve the dashboard at HOST:PORT or :PORT; off for none (default: the scheduler.dashboard.address "
+        "setting, 127.0.0.1:8787; beyond the loopback only with a shared secret)",
+    )  # fmt: skip
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops everything")
     common(start)
     start.set_defaults(func=cmd_start)
@@ -535,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, workers, tasks per state, tasks no worker can run")
     status.add_argument("--address", type=_address, help="the scheduler (default: the run directory's)")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+        help="refresh in place every SECONDS (default 1) until Ctrl-C",
+    )  # fmt: skip
     common(status)
     status.set_defaults(func=cmd_status)
 

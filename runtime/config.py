@@ -93,6 +93,33 @@ def parse_bytes(x: Any) -> int:
     return int(x)
 
 
+_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0}
+_TIME_UNITS |= {"min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def parse_timedelta(x: Any) -> float | None:
+    """Seconds from a number, a ``datetime.timedelta`` or a string such as ``"200ms"``,
+    ``"1s"``, ``"2 minutes"`` (``"inf"``: forever); None stays None (no limit).  The one
+    duration parser of the package (timeouts of calls and settings)."""
+    if x is None:
+        return None
+    if hasattr(x, "total_seconds"):  # datetime.timedelta, without importing datetime
+        x = x.total_seconds()
+    elif isinstance(x, str):
+        text = x.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz") if text != "inf" else text
+        unit = text[len(number) :]
+        try:
+            x = float(number) * _TIME_UNITS[unit]
+        except (KeyError, ValueError):
+            raise ValueError(f"expected a duration such as 1.5, '200ms', '1s' or '2 minutes', not {x!r}") from None
+    if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
+        raise TypeError(f"expected a duration in seconds (a number, a string such as '1s' or a timedelta), not {x!r}")
+    if x < 0:
+        raise ValueError(f"expected a duration >= 0, not {x!r}")
+    return float(x)
+
+
 def _number(kind: type, low: float, high: float = math.inf, *, inf: bool = False) -> Callable[[Any], Any]:
     def parse(x: Any) -> Any:
         if isinstance(x, str):
@@ -148,6 +175,30 @@ def _choice(*names: str, aliases: Mapping[str, str] | None = None) -> Callable[[
     return parse
 
 
+#: what turns the dashboard off
+_OFF = ("", "off", "none", "false", "no")
+
+
+def dashboard_address(x: Any) -> str | None:
+    """Where the scheduler serves its dashboard, as ``host:port``; None (also "off") for nowhere.
+
+    Takes ``"host:port"``, ``":port"`` or a bare port (on 127.0.0.1), with or without
+    ``http://``; port 0 picks a free one.
+    """
+    if x is None or x is False or (isinstance(x, str) and x.strip().lower() in _OFF):
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | str):
+        raise ValueError("expected host:port, a port number, or off")
+    text = str(x).strip().removeprefix("http://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, a port number (0-65535; 0 picks a free one), or off, not {x!r}")
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
 def _text(x: Any) -> str:
     if not isinstance(x, str):
         raise ValueError("expected a string")
@@ -195,9 +246,18 @@ SETTINGS: dict[str, Setting] = {
         "events the scheduler keeps per topic for get_events (Dask's distributed.scheduler.events-log-length)"),
     "scheduler.record": Setting(None, _optional(_text),
         "a file the scheduler writes every stimulus it handles to, for `runtime replay FILE` (None: no recording)"),
+    "scheduler.dashboard.address": Setting("127.0.0.1:8787", dashboard_address,
+        "where the scheduler serves its dashboard, /metrics and /api/v1 (host:port, :port; a port taken already "
+        "means a free one instead; beyond the loopback only with a shared secret; off: no dashboard)",
+        env="RUNTIME_DASHBOARD_ADDRESS"),
     "scheduler.validate": Setting(False, _bool,
         "check every invariant of the scheduler's state after every transition (slow; tests)",
         env="RUNTIME_VALIDATE"),
+    "scheduler.locks.lease-timeout": Setting(30.0, parse_timedelta,
+        "seconds after which the lease of a Semaphore or Lock holder that stopped refreshing it is released "
+        "(a holder whose process ends releases at once; 'inf': never)"),
+    "scheduler.locks.lease-validation-interval": Setting(1.0, parse_timedelta,
+        "seconds between the scheduler's checks for leases past their lease-timeout"),
     "store.memory": Setting(None, _optional(parse_bytes),
         "bytes of shared memory for each node's object store (None: 30% of memory)",
         env="RUNTIME_OBJECT_STORE_MEMORY"),

@@ -150,6 +150,7 @@ def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
         st.RemoveClient("s17", "c"),
         st.ClientReleasesKeys("s18", "c", ("a", "b")),
         st.Cancel("s19", "c", ("a",), True),
+        st.LongRunning("s20", "a", "n1/w"),
     ]
     assert {type(s) for s in examples} == set(record.STIMULI.values())
     path = str(tmp_path / "all.log")

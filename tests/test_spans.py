@@ -1,4 +1,4 @@
-"""Spans: the pure bookkeeping, the shell's stimulus hook that drives it, and a cluster's
+"""Spans: the pure bookkeeping, the scheduler plugin hooks that drive it, and a cluster's
 spans read by the client (and exported to OpenTelemetry when it is configured)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import runtime as rt
 from runtime import Client
 from runtime.client.spans import current_span
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.extensions.spans import Spans
+from runtime.scheduler.extensions.spans import Spans, SpansExtension
+from runtime.scheduler.plugins import TransitionTap
 from runtime.scheduler.server import Scheduler
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
@@ -58,15 +59,18 @@ def test_spans_form_a_tree_and_count_their_own_tasks():
 # -- the shell's hook, no processes ---------------------------------------------------------
 
 
-def test_the_stimulus_hook_drives_spans_from_the_transitions_of_each_stimulus():
+def test_the_plugin_hooks_drive_spans_from_the_transitions_of_each_stimulus():
     sched = Scheduler(validate=True)
+    sched.plugins.add(SpansExtension(), "extension-spans")
     sched.handle_stimulus(st.AddNode(sid(), "n1"))
     sched.handle_stimulus(st.AddWorker(sid(), "w1", "n1"))
-    spans = sched.extensions["spans"].spans
-    assert not sched.extensions["spans"].wants_transitions  # no span, nothing gathered
+    ext = sched.plugins.plugins["extension-spans"]
+    spans = ext.spans
+    assert not ext.wants_transitions and not isinstance(sched.state.transition_log, TransitionTap)  # no cost
     tasks = (st.TaskSpec("a-1", (b"f", b"x")), st.TaskSpec("b-1", (b"f", b"x"), ("a-1",)))
     sched.handle_stimulus(st.UpdateGraph(sid(), "c1", tasks, ("b-1",), 0, ("etl",), ("E",)))
-    assert spans.spans["E"].states == {"processing": 1, "waiting": 1}
+    assert ext.wants_transitions and isinstance(sched.state.transition_log, TransitionTap)
+    assert spans.spans["E"].states == {"processing": 1, "waiting": 1}  # its own transitions not counted twice
     sched.handle_stimulus(st.TaskFinished(sid(), "a-1", "w1", b"va", 10, 1.0, 2.0))
     sched.handle_stimulus(st.TaskFinished(sid(), "a-1", "w1", b"va", 10, 1.0, 2.0))  # a duplicate: not counted
     sched.handle_stimulus(st.TaskFinished(sid(), "b-1", "w1", b"vb", 20, 2.0, 4.0))
@@ -77,21 +81,21 @@ def test_the_stimulus_hook_drives_spans_from_the_transitions_of_each_stimulus():
     assert [t[2] for t in sched.state.story("b-1")][-1] == "memory"  # the state's own log still has it all
     sched.handle_stimulus(st.ClientReleasesKeys(sid(), "c1", ("b-1",)))
     assert spans.cumulative("E")["states"] == {"forgotten": 2} and spans.span_of == {}
+    assert not ext.wants_transitions and not isinstance(sched.state.transition_log, TransitionTap)
     assert sched._validate() is None
 
 
-def test_a_hook_that_raises_is_logged_and_the_scheduler_goes_on(caplog):
+def test_a_task_known_before_its_span_counts_in_its_state_of_then():
     sched = Scheduler(validate=True)
-
-    class Broken:
-        wants_transitions = True
-
-        def after_stimulus(self, stimulus, transitions):
-            raise RuntimeError("extension bug")
-
-    sched.stimulus_hooks.append(Broken())
+    sched.plugins.add(SpansExtension(), "extension-spans")
+    spans = sched.plugins.plugins["extension-spans"].spans
+    sched.handle_stimulus(st.UpdateGraph(sid(), "c1", (st.TaskSpec("a-1", (b"f", b"x")),), ("a-1",)))
+    assert sched.state.tasks["a-1"].state == "no-worker"
+    sched.handle_stimulus(st.UpdateGraph(sid(), "c1", (st.TaskSpec("a-1", (b"f", b"x")),), ("a-1",), 0, ("s",), ("S",)))
+    assert spans.spans["S"].states == {"no-worker": 1}
     sched.handle_stimulus(st.AddNode(sid(), "n1"))
-    assert "n1" in sched.state.nodes and "extension bug" in caplog.text
+    sched.handle_stimulus(st.AddWorker(sid(), "w1", "n1"))
+    assert {k: n for k, n in spans.spans["S"].states.items() if n} == {"processing": 1}
 
 
 # -- on a cluster ---------------------------------------------------------------------------

@@ -544,6 +544,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not retried and key in self.state.tasks:
             assert self.state.tasks[key].state == "erred"
 
+    @precondition(lambda self: self.has_processing())
+    @rule(data=hst.data())
+    def long_running(self, data: hst.DataObject) -> None:
+        """A task secedes from its worker's threads: its slot takes another task."""
+        key = data.draw(hst.sampled_from(self.processing_keys()), label="key")
+        ws = self.state.tasks[key].processing_on
+        assert ws is not None
+        self.handle(st.LongRunning(self.sid(), key, ws.address))
+        assert self.state.tasks[key] in ws.long_running
+
     @precondition(lambda self: self.lost_inputs())
     @rule(data=hst.data(), stale=hst.booleans())
     def missing_data(self, data: hst.DataObject, stale: bool) -> None:

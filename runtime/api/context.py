@@ -91,7 +91,18 @@ def init(
                 cluster.close()
                 raise
             _current = Runtime(client, cluster)
+        _log_dashboard(_current.client)
         return _current
+
+
+def _log_dashboard(client: ClusterClient) -> None:
+    """Say where the dashboard is, once per init() (a scheduler too old to answer says nothing)."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # the link is a courtesy: init() has succeeded
+        return
+    if link:
+        logger.info("runtime dashboard at %s", link)
 
 
 def shutdown() -> None:
@@ -108,7 +119,9 @@ def is_initialized() -> bool:
     return _current is not None
 
 
-def current_runtime() -> Runtime:
+def current_runtime(timeout: float | None = None) -> Runtime:
+    """The current runtime; in a worker process, its cluster's (connected within ``timeout``
+    seconds on first use); elsewhere, a local cluster started now if none is."""
     global _current
     rt = _current
     if rt is None:
@@ -117,7 +130,10 @@ def current_runtime() -> Runtime:
             with _lock:
                 if _current is None:
                     _current = Runtime(
-                        ClusterClient(worker.scheduler_address, node=worker.node, prefix=worker.prefix), None
+                        ClusterClient(
+                            worker.scheduler_address, node=worker.node, prefix=worker.prefix, timeout=timeout or 30.0
+                        ),
+                        None,
                     )
                 return _current
         logger.info("runtime used before init(): starting a local cluster")

@@ -5,7 +5,7 @@
     user thread: handle.m.remote() ──► outbox ──► client loop: route per actor (FIFO)
                                                     │ location from the scheduler, once
                                                     ▼
-    FutureState ◄── actor-result / actor-error ◄── one connection per actor worker
+    FutureState ◄── actor-result / actor-error ◄── one connection per actor
 
 Each actor has one *route* in this process: a FIFO of calls, the actor's address and the
 connection to its worker.  A call leaves only when every call before it has left and its
@@ -102,9 +102,15 @@ class ActorCalls:
         self._outbox = ThreadOutbox(loop, self._dispatch)
         #: one route per actor called from this process
         self._routes: dict[str, _Route] = {}
-        #: connections by worker call address, and the calls in flight on each (key -> actor)
-        self._comms: dict[str, Comm] = {}
+        #: connections by (worker call address, actor), and the calls in flight on each (key ->
+        #: actor).  One per actor, not per worker: the worker runs each connection's calls on one
+        #: thread, so calls to two actors of one worker on one connection would wait for each
+        #: other, and an actor calling another of its worker from this process would wait
+        #: forever behind its own call
+        self._comms: dict[tuple[str, str], Comm] = {}
         self._inflight: dict[Comm, dict[str, str]] = {}
+        #: connections to actors that were killed or moved: closed once no call is in flight
+        self._retired: set[Comm] = set()
         #: routes whose head call waits for a future argument
         self._blocked: set[_Route] = set()
         #: node id -> its agent's address, for arguments stored on other nodes
@@ -132,6 +138,7 @@ class ActorCalls:
             if type(call) is _Relocate:  # in order with the calls: those made before still go
                 route = self._routes.get(call.actor_id)
                 if route is not None and route.comm is not None:
+                    self._retire(route.comm)
                     route.comm = None
                 continue
             assert type(call) is _Call
@@ -198,7 +205,7 @@ class ActorCalls:
                     route.error = where["error"]
                     break
                 try:
-                    route.comm = await self._connect(where["address"])
+                    route.comm = await self._connect(where["address"], route.actor_id)
                 except OSError as e:  # its worker just died: the scheduler will know soon
                     if loop.time() > deadline:
                         route.error = f"cannot reach actor {route.actor_id} at {where['address']}: {e}"
@@ -210,15 +217,16 @@ class ActorCalls:
             route.locating = False
         self._pump(route)
 
-    async def _connect(self, address: str) -> Comm:
-        comm = self._comms.get(address)
+    async def _connect(self, address: str, actor_id: str) -> Comm:
+        where = (address, actor_id)
+        comm = self._comms.get(where)
         if comm is None or comm.closed:
-            comm = self._comms[address] = await connect(address, m.FROM_ACTOR_SERVER, timeout=1.0)
+            comm = self._comms[where] = await connect(address, m.FROM_ACTOR_SERVER, timeout=1.0)
             self._inflight[comm] = {}
-            asyncio.ensure_future(self._read(comm, address))
+            asyncio.ensure_future(self._read(comm, where))
         return comm
 
-    async def _read(self, comm: Comm, address: str) -> None:
+    async def _read(self, comm: Comm, where: tuple[str, str]) -> None:
         try:
             while True:
                 msgs = await comm.read()
@@ -228,11 +236,14 @@ class ActorCalls:
                         inflight.pop(msg.key, None)
                         self._resolve(msg)
                 self.futures_changed()
+                if not inflight and comm in self._retired:
+                    comm.close()
         except (ConnectionError, OSError) as e:
-            logger.info("lost the connection to actor worker %s: %s", address, e)
+            logger.info("lost the connection to actor %s at %s: %s", where[1], where[0], e)
         finally:
-            if self._comms.get(address) is comm:
-                del self._comms[address]
+            if self._comms.get(where) is comm:
+                del self._comms[where]
+            self._retired.discard(comm)
             lost = self._inflight.pop(comm, {})
             for key, actor_id in lost.items():
                 self._fail(key, f"actor {actor_id} died while running this call (its worker went away)")
@@ -240,6 +251,17 @@ class ActorCalls:
                 if route.comm is comm:
                     route.comm = None
                     self._pump(route)
+
+    def _retire(self, comm: Comm) -> None:
+        """Close a connection to an actor that is no longer there, now or after its last call;
+        calls made from now on open a new one."""
+        for where, c in list(self._comms.items()):
+            if c is comm:
+                del self._comms[where]
+        if self._inflight.get(comm):
+            self._retired.add(comm)
+        else:
+            comm.close()
 
     def _resolve(self, msg: m.ActorResult | m.ActorError) -> None:
         """A call's result or error.  Call with the futures' lock held."""
@@ -261,5 +283,5 @@ class ActorCalls:
                 self.futures.fail(fs, ActorDiedError(text))
 
     def close(self) -> None:
-        for comm in self._comms.values():
+        for comm in [*self._comms.values(), *self._retired]:
             comm.close()

@@ -29,6 +29,7 @@ from typing import Any
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
+from runtime.client.held import HeldGraphs
 from runtime.client.owner import FutureTable, closed_error
 from runtime.client.spans import current_span
 from runtime.comm import messages as m
@@ -38,11 +39,14 @@ from runtime.errors import GetTimeoutError, SchedulerError, TaskCancelledError
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError, ObjectStoreUnavailableError
 from runtime.objstore.transfer import fetch_sync, read_remote, write_remote
+from runtime.worker.secession import waiting_in_task
 
 logger = logging.getLogger("runtime.client")
 
 #: puts of at least this many bytes log what they do
 LARGE_PUT = 256 * 2**20
+#: the dashboard's link before anyone asked the scheduler for it
+_UNASKED: Any = object()
 
 
 class ClusterClient:
@@ -67,6 +71,8 @@ class ClusterClient:
         #: what closed this client, for the error of its futures' get/wait/cancel afterwards
         self._closed_as = "a client that was closed"
         self._lost: str | None = None
+        #: the scheduler's dashboard URL, asked for on first use (dashboard_link)
+        self._dashboard_link: str | None = _UNASKED
         self.comm: Comm | None = None
         self._pruner: asyncio.Future | None = None
         self._keepalive: asyncio.Future | None = None
@@ -78,6 +84,8 @@ class ClusterClient:
         #: the client side of extensions (event log, pub/sub), made on first use (``extension``);
         #: the messages the scheduler pushes for them go to their ``on_message`` (``_handler_table``)
         self.extensions: dict[str, Any] = {}
+        #: graphs waiting for actor calls' results before they can leave (``held.py``)
+        self._held = HeldGraphs(self.futures, self._send)
         #: actor method calls, sent straight to the actors' workers
         self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
         #: what to do with each message from the scheduler
@@ -213,6 +221,8 @@ class ClusterClient:
             if fs.refcount > 0 or self.futures.states.get(key) is not fs:
                 return
             del self.futures.states[key]
+            if self._held and self._held.release(key):
+                return  # released once its held graph leaves
         if type(fs.value) is m.StoreRef:  # this process need not keep its mapping either
             store.forget_mapping(fs.value.name)
         if not self._closed and not self._lost and not fs.local:
@@ -267,8 +277,13 @@ class ClusterClient:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
-        # runtime.span(): the scheduler tags these tasks with the span they were submitted in
-        self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, current_span()))
+            # runtime.span(): the scheduler tags these tasks with the span they were submitted in
+            span = current_span()
+            if self._held:  # it may need an actor call's result that is not there yet
+                if not self._held.hold(tasks, wanted, priority, span):
+                    self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, span))
+                return futures
+        self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, span))
         return futures
 
     def extension(self, name: str, make: Callable[[ClusterClient], Any]) -> Any:
@@ -281,20 +296,39 @@ class ClusterClient:
 
     def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
         """Make actor-call results among a task's ``deps`` known to the scheduler; the first
-        that failed (the task then fails with its error), or None."""
+        that failed (the task then fails with its error), or None.  One still running is
+        made known when it returns: the task's graph waits for it here (``held.py``)
+        instead of the caller."""
         check_open_deps(deps)
         for dep in deps.values():
             fs = getattr(dep, "_state", None)
             if fs is None or not fs.local:
                 continue
-            # An actor call's result (only a ClusterClient makes those), perhaps of another
-            # client of this process: that client registers it.
-            owner: ClusterClient = dep._owner  # type: ignore[assignment]
-            if not owner.register_local(dep):
+            if fs.status == PENDING:
+                self._held.expect(dep.key)
+                dep._owner.futures.add_done_callback(dep, self._local_result_arrived)
+            elif not self._register_local_of(dep):
                 return dep
-            if owner is not self:  # its message goes on its own connection: wait until it has landed
-                owner.request("who-has", keys=[dep.key])
         return None
+
+    def _register_local_of(self, dep: Future) -> bool:
+        """Register a done actor call's result (perhaps of another client of this process: that
+        client does it); False if the call failed."""
+        owner: ClusterClient = dep._owner  # type: ignore[assignment]  # only a ClusterClient makes those
+        if not owner.register_local(dep):
+            return False
+        if owner is not self:  # its message goes on its own connection: wait until it has landed
+            owner.request("who-has", keys=[dep.key])
+        return True
+
+    def _local_result_arrived(self, dep: Future) -> None:
+        """A running actor call that a held graph needs returned (on a callback thread)."""
+        try:
+            ok = self._register_local_of(dep)
+        except (ConnectionError, TimeoutError) as e:  # the graphs fail with the connection
+            logger.warning("cannot register actor result %s for the tasks that need it: %s", dep.key, e)
+            return
+        self._held.arrived(dep.key, None if ok else dep)
 
     def failed_future(self, key: str, cause: Future) -> Future:
         """A future for ``key`` that fails with the error of ``cause``, an argument it needed."""
@@ -324,7 +358,10 @@ class ClusterClient:
         A key another client also wants keeps running unless ``force``.
         """
         self.check_open(futures)
-        self._send(m.Cancel(tuple(f.key for f in futures), force))
+        keys = tuple(f.key for f in futures)
+        if self._held:  # held tasks are cancelled here: the scheduler never saw them
+            self._held.cancel(keys)
+        self._send(m.Cancel(keys, force))
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""
@@ -416,6 +453,13 @@ class ClusterClient:
         self._outbox.drain()  # what the caller sent before goes first (lazy messages may still wait)
         self.comm.send(m.Request(reqid, what, kwargs))
         return await fut
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The URL of the scheduler's dashboard (its status page), or None when it has none."""
+        if self._dashboard_link is _UNASKED:
+            self._dashboard_link = self.request("dashboard")
+        return self._dashboard_link
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s.
@@ -516,10 +560,15 @@ class ClusterClient:
         """Block until ``ready()``: checked whenever the scheduler's news changes futures, or,
         with no ``futures``, whenever done callbacks have run.  GetTimeoutError past
         ``deadline``; ConnectionError, or ClientClosedError for ``futures``, when nothing will
-        change any more."""
+        change any more.  Inside a task on a worker, the task secedes while it waits."""
         _check_scheduler(scheduler)
         cond = self.futures.cond if futures else self.futures.called_back
         with cond:
+            if ready():
+                return
+        # A task waiting here gives its worker's thread back meanwhile (and takes one back
+        # after, outside the lock): tasks that wait on tasks never deadlock a worker.
+        with waiting_in_task(), cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)

@@ -33,6 +33,7 @@ import msgspec
 
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
+from runtime.client import datasets as published
 from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_spec
 from runtime.client.extensions import ClientExtensions
@@ -42,16 +43,28 @@ from runtime.cluster import LocalCluster
 from runtime.comm import serialize
 from runtime.comm.messages import StoreRef, TaskSpec
 from runtime.errors import RemoteTraceback
+from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.worker.plugins import plugin_name
 
 logger = logging.getLogger("runtime.client")
 
 #: tasks per update-graph message in ``map``
 MAP_BATCH_SIZE = 1000
+#: the last Client made with ``set_as_default`` (coordination primitives use it by default)
+_default: weakref.ref[Client] | None = None
+
+
+def default_client() -> Client | None:
+    """The default ``Client`` of this process, while it is open."""
+    client = _default() if _default is not None else None
+    return client if client is not None and not client._closed else None
 
 
 class Client(ClientExtensions, concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
+
+    #: whether close() closes the connection (not for get_client()'s, which shares another's)
+    _owns_core = True
 
     def __init__(
         self,
@@ -91,12 +104,26 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             if self.cluster is not None:
                 self.cluster.close()
             raise
+        self._start(set_as_default)
+
+    @classmethod
+    def _sharing(cls, core: ClusterClient) -> Client:
+        """A Client on the connection ``core`` of someone else (``runtime.get_client()`` in a
+        task shares its worker process's): closing it leaves that connection open."""
+        self = cls.__new__(cls)
+        self.cluster, self.core, self._owns_core = None, core, False
+        self._start(set_as_default=False)
+        return self
+
+    def _start(self, set_as_default: bool) -> None:
         #: functions pickled once per client (by identity, while they live)
         self._pickled: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self._closed = False
         #: Dask's scheduler setting before this client became the default, to restore on close
         self._previous_dask_scheduler: tuple[Any] | None = None
         if set_as_default:
+            global _default
+            _default = weakref.ref(self)
             self._become_dask_default()
 
     @property
@@ -311,6 +338,11 @@ class Client(ClientExtensions, concurrent.futures.Executor):
 
     # -- the cluster ---------------------------------------------------------------------
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The URL of the scheduler's dashboard (its status page, as Dask's), or None when it has none."""
+        return self.core.dashboard_link
+
     def scheduler_info(self) -> dict[str, Any]:
         """The scheduler's address, its workers (node, threads, pid) and nodes."""
         return self.core.request("identity")
@@ -379,14 +411,19 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             results[worker] = exc
         return results
 
-    def register_plugin(self, plugin: Any, name: str | None = None) -> dict[str, Any]:
-        """Install a worker plugin (see ``runtime.WorkerPlugin``) on every worker, now and later.
+    def register_plugin(self, plugin: Any, name: str | None = None) -> Any:
+        """Install a worker plugin (see ``runtime.WorkerPlugin``) on every worker, now and later,
+        or a ``runtime.SchedulerPlugin`` in the scheduler.
 
-        Its ``setup(worker)`` runs on each current worker (its return values come back as
-        ``{worker: result}``; an exception is re-raised here); workers that join or restart
-        later get it from the scheduler.  A plugin of the same name is replaced.
+        A worker plugin's ``setup(worker)`` runs on each current worker (its return values come
+        back as ``{worker: result}``; an exception is re-raised here); workers that join or
+        restart later get it from the scheduler.  A scheduler plugin is pickled to the
+        scheduler and started there; its name is returned.  A plugin of the same name is replaced.
         """
         self._check_open()
+        if isinstance(plugin, SchedulerPlugin):
+            pickled = serialize.dumps(plugin)
+            return self.core.request("register-scheduler-plugin", name=name or plugin.name, plugin=pickled)
         if not any(callable(getattr(plugin, hook, None)) for hook in ("setup", "teardown", "transition")):
             raise TypeError(
                 f"register_plugin() needs a worker plugin with setup, teardown or transition methods, "
@@ -396,6 +433,40 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         pickled = serialize.dumps(plugin)
         self.core.request("register-worker-plugin", name=name, plugin=pickled)
         return self.run(_install_plugin, pickled, name)
+
+    def unregister_scheduler_plugin(self, name: str) -> None:
+        """Remove the scheduler plugin ``name`` (its ``close`` runs)."""
+        self.core.request("unregister-scheduler-plugin", name=name)
+
+    # -- published datasets (Dask's) ---------------------------------------------------
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False, **kwargs: Any) -> None:
+        """Publish values by name for every client of the cluster: ``publish_dataset(x=value)``
+        or ``publish_dataset(value, name="x")``.  A published future stays alive until it is
+        unpublished.  ValueError if a name is taken, unless ``override``."""
+        self._check_open()
+        if args and name is None or len(args) > 1:
+            raise TypeError("publish_dataset() takes values by keyword, or one value with name=")
+        published.publish(self.core, {**({name: args[0]} if args else {}), **kwargs}, override)
+
+    def get_dataset(self, name: str, default: Any = published._NO_DEFAULT) -> Any:
+        """The dataset published as ``name``; KeyError (or ``default``) if there is none."""
+        self._check_open()
+        return published.get(self.core, name, default)
+
+    def list_datasets(self) -> list[str]:
+        self._check_open()
+        return published.names(self.core)
+
+    def unpublish_dataset(self, name: str) -> None:
+        """Remove the dataset ``name`` (its future may be released now); KeyError if there is none."""
+        self._check_open()
+        published.unpublish(self.core, name)
+
+    @property
+    def datasets(self) -> published.Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"]``."""
+        return published.Datasets(self.core)
 
     def restart(self, timeout: float = 60.0) -> None:
         """Restart every worker, as Dask's does: this client's futures are cancelled first.
@@ -462,7 +533,8 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         self._closed = True
         self._restore_dask_default()
         try:
-            self.core.close("a Client that was closed by Client.close()")
+            if self._owns_core:
+                self.core.close("a Client that was closed by Client.close()")
         finally:
             if self.cluster is not None:
                 self.cluster.close()

@@ -202,6 +202,13 @@ class RunResult(Message, tag="run-result"):
     answer: tuple[Any, ...]
 
 
+class LongRunning(Message, tag="long-running"):
+    """The task ``key`` seceded from its worker's threads (``runtime.secede()``, or a wait
+    inside it): it runs on without holding a thread, so its slot may take another task."""
+
+    key: str
+
+
 # -- node agent -> scheduler ---------------------------------------------------------------
 
 
@@ -527,6 +534,7 @@ class MalformedMessage(ProtocolError):
 TO_SCHEDULER = Decoder(
     RegisterClient, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
     RegisterWorker, TaskFinished, TaskErred, MissingData, WorkerHeartbeat, WorkerStatus, ActorStarted, RunResult,
+    LongRunning,
     RegisterNode, Heartbeat, WorkerDied, AddReplica,
     PubsubMsg,
 )  # fmt: skip

@@ -17,7 +17,7 @@ from runtime.scheduler.server import Scheduler
 async def _main(args: argparse.Namespace) -> None:
     scheduler = Scheduler(
         validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation,
-        amm_interval=args.amm_interval, record_to=args.record,
+        amm_interval=args.amm_interval, record_to=args.record, dashboard_address=args.dashboard_address,
     )  # fmt: skip
     address = await scheduler.start(args.address)
     print(f"ADDRESS {address}", flush=True)
@@ -27,6 +27,13 @@ async def _main(args: argparse.Namespace) -> None:
             os.unlink(address[len("unix://") :])
         except FileNotFoundError:
             pass
+
+
+def _dashboard_address(text: str) -> str | None:
+    try:
+        return config.dashboard_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--record", metavar="FILE", default=config.get("scheduler.record"),
         help="write every stimulus to FILE, for `runtime replay FILE` (default: the scheduler.record setting)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dashboard-address", type=_dashboard_address, default=config.get("scheduler.dashboard.address"),
+        help="serve the dashboard, /metrics and /api/v1 at host:port or :port (off: not at all; "
+        "default: the scheduler.dashboard.address setting)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     procutil.run_process("scheduler", _main(args))

@@ -16,6 +16,8 @@ from runtime.comm.messages import Message, StoreRef, Value
 
 TaskStateState = Literal["released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten"]
 ALL_TASK_STATES: frozenset[str] = frozenset(get_args(TaskStateState))
+#: the task states in the order a task goes through them (for counts that print in order)
+TASK_STATES_IN_ORDER: tuple[str, ...] = get_args(TaskStateState)
 WorkerStatus = Literal["running", "paused", "closing_gracefully"]
 #: recommendations: key -> the state it should move to next
 Recs = dict[str, TaskStateState]
@@ -48,9 +50,10 @@ def pack_priority(user: int, sequence: int) -> int:
 
 
 class TaskGroup:
-    """Tasks that share a prefix (one function): sized to tell root-ish tasks apart."""
+    """Tasks that share a prefix (one function): sized to tell root-ish tasks apart, and
+    counted as they move, so the dashboard reads tasks per state without walking them."""
 
-    __slots__ = ("name", "size", "dependencies")
+    __slots__ = ("name", "size", "dependencies", "entered", "left", "compute_seconds", "nbytes", "suspicious")
 
     def __init__(self, name: str):
         self.name = name
@@ -58,6 +61,27 @@ class TaskGroup:
         self.size = 0
         #: groups its tasks depend on
         self.dependencies: set[TaskGroup] = set()
+        # Two increments per transition give both what the dashboard shows: tasks in a state
+        # now (entered - left; ``released`` is the rest of ``size``) and moves into each
+        # state since the start (``entered``, Dask's prefix state totals).
+        #: transitions of its tasks into each state, ever
+        self.entered: dict[str, int] = dict.fromkeys(TASK_STATES_IN_ORDER, 0)
+        #: transitions of its tasks out of each state, ever
+        self.left: dict[str, int] = dict.fromkeys(TASK_STATES_IN_ORDER, 0)
+        #: seconds its tasks that finished ran on workers, summed
+        self.compute_seconds = 0.0
+        #: bytes of its values in memory now
+        self.nbytes = 0
+        #: times a worker died while running one of its tasks
+        self.suspicious = 0
+
+    def states(self) -> dict[str, int]:
+        """How many of its tasks are in each state now (forgotten ones are not counted)."""
+        entered, left = self.entered, self.left
+        counts = {s: entered[s] - left[s] for s in TASK_STATES_IN_ORDER if s != "forgotten"}
+        counts["released"] = 0
+        counts["released"] = self.size - sum(counts.values())
+        return counts
 
 
 class TaskState:
@@ -143,7 +167,7 @@ class TaskState:
 class WorkerState:
     __slots__ = (
         "address", "node", "host", "nthreads", "pid", "resources", "memory_limit",
-        "processing", "has_what", "occupancy", "nbytes", "slots", "status", "memory", "memory_rss",
+        "processing", "long_running", "has_what", "occupancy", "nbytes", "slots", "status", "memory", "memory_rss",
     )  # fmt: skip
 
     def __init__(
@@ -164,6 +188,8 @@ class WorkerState:
         self.memory_limit = memory_limit
         #: tasks sent to it and their expected durations
         self.processing: dict[TaskState, float] = {}
+        #: those of its processing tasks that seceded: they hold no thread, and no slot
+        self.long_running: dict[TaskState, None] = {}
         #: values it holds (an ordered set)
         self.has_what: dict[TaskState, None] = {}
         #: expected seconds of work sent to it
@@ -179,6 +205,10 @@ class WorkerState:
         self.memory = 0
         #: its resident set at its last heartbeat (includes mapped store pages), bytes
         self.memory_rss = 0
+
+    def has_free_slot(self) -> bool:
+        """Whether it holds fewer tasks than its ``slots`` (long-running ones hold none)."""
+        return len(self.processing) - len(self.long_running) < self.slots
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} node={self.node} processing={len(self.processing)}>"

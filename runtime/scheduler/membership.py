@@ -70,7 +70,7 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange) -> Recs
     if status != "running":
         self.idle.pop(ws, None)
         return {}
-    if len(ws.processing) < ws.slots:
+    if ws.has_free_slot():
         self.idle[ws] = None  # queued tasks come once the stimulus settles (_fill_free_slots)
     return _try_unrunnable(self)
 
@@ -101,6 +101,7 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker) -> Recs:
         # Only a task it was executing can have killed it; queued ones just run elsewhere.
         if s.executing is None or ts.key in s.executing:
             ts.suspicious += 1
+            ts.group.suspicious += 1
             ts.erred_on = ts.erred_on or set()
             ts.erred_on.add(ws.address)
     # Err the tasks that killed too many workers first: what only they needed is then

@@ -87,7 +87,7 @@ def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:
 
 
 def _load(ws: WorkerState) -> tuple[float, float]:
-    return len(ws.processing) / ws.nthreads, ws.occupancy / ws.nthreads
+    return (len(ws.processing) - len(ws.long_running)) / ws.nthreads, ws.occupancy / ws.nthreads
 
 
 def _least_busy(s: SchedulerState) -> WorkerState | None:

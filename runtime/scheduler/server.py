@@ -23,9 +23,8 @@ import asyncio
 import gc
 import itertools
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -33,10 +32,12 @@ from runtime import config
 from runtime.comm import messages as m
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
+from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, placement, record, retire, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
+from runtime.scheduler.plugins import Plugins
 from runtime.scheduler.state import Msgs, SchedulerState
 from runtime.scheduler.status import cluster_status
 from runtime.scheduler.worker_runs import WorkerRuns
@@ -66,6 +67,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
     m.TaskErred: lambda msg, peer, sid: st.TaskErred(
         sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
     ),
+    m.LongRunning: lambda msg, peer, sid: st.LongRunning(sid, msg.key, peer),
     m.MissingData: lambda msg, peer, sid: st.MissingData(sid, msg.key, peer, msg.dependency, msg.value),
     m.WorkerHeartbeat: lambda msg, peer, sid: st.WorkerHeartbeat(sid, peer, msg.memory, msg.rss),
     m.WorkerStatus: lambda msg, peer, sid: st.WorkerStatusChange(sid, peer, msg.status, msg.memory),
@@ -82,7 +84,7 @@ _SENT_BY = {
     ),
     "worker": (
         m.TaskFinished, m.TaskErred, m.MissingData, m.WorkerHeartbeat, m.WorkerStatus, m.ActorStarted,
-        m.RunResult, m.Request,
+        m.RunResult, m.LongRunning, m.Request,
     ),
     "node": (m.Heartbeat, m.WorkerDied, m.AddReplica, m.Request),
 }  # fmt: skip
@@ -96,22 +98,6 @@ class PeerError(Exception):
     """A peer broke the protocol; its connection is dropped with this reason."""
 
 
-#: one transition as the state machine logs it: (key, start, finish, recommendations, stimulus id)
-Transition = tuple[str, str, str, dict, str]
-
-
-class StimulusHook(Protocol):
-    """What an extension is told of each stimulus the state machine handled (``Scheduler.stimulus_hooks``)."""
-
-    #: whether it needs the transitions of the next stimulus (gathering them holds them in memory
-    #: for the stimulus's length, so only a hook that needs them now says so)
-    wants_transitions: bool
-
-    def after_stimulus(self, stimulus: st.Stimulus, transitions: Sequence[Transition]) -> None:
-        """``stimulus`` was handled; ``transitions``: every transition it made, oldest first
-        (empty unless some hook wanted them).  Must not raise; if it does, it is logged."""
-
-
 class Scheduler:
     """Holds a ``SchedulerState`` and performs what it returns."""
 
@@ -119,8 +105,10 @@ class Scheduler:
         self, *, validate: bool | None = None, allowed_failures: int | None = None,
         worker_saturation: float | None = None, amm_interval: float | None = None,
         transition_log_length: int | None = None, record_to: str | None = None,
+        dashboard_address: str | None = None,
     ):  # fmt: skip
-        """Each setting not given is the config tree's (``scheduler.*``)."""
+        """Each setting not given is the config tree's (``scheduler.*``), but the dashboard:
+        served at ``dashboard_address`` (``host:port``) only when given."""
         settings = dict(
             allowed_failures=_setting(allowed_failures, "scheduler.allowed-failures"),
             worker_saturation=_setting(worker_saturation, "scheduler.worker-saturation"),
@@ -161,20 +149,29 @@ class Scheduler:
         self.runs = WorkerRuns(self._send)
         #: the first error the state machine raised, if any (the ``validate`` request reports it)
         self.first_failure = ""
-        #: told of every stimulus handled, with its transitions (extensions append themselves)
-        self.stimulus_hooks: list[StimulusHook] = []
-        #: the extensions (events, pub/sub, spans, ...) by name, each made with this scheduler
-        self.extensions: dict[str, Any] = {name: make(self) for name, make in EXTENSIONS.items()}
+        #: scheduler plugins (the extensions among them), told of what each stimulus did
+        self.plugins = Plugins(self)
+        #: the extensions (coordination primitives, datasets) by name; extensions.install fills it
+        self.extensions: dict[str, Any] = {}
         #: per kind of peer (client, worker, node): message type -> handler
         self._handlers = self._handler_tables()
+        #: called with each stimulus before the state machine handles it (the dashboard's records)
+        self.on_stimulus: list[Callable[[st.Stimulus], None]] = []
+        #: the HTTP dashboard, /metrics and /api/v1 (runtime/dashboard), or None
+        self.dashboard = Dashboard(self, dashboard_address) if dashboard_address else None
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
     async def start(self, address: str) -> str:
         self._server, self.address = await listen(address, self._handle_comm, m.TO_SCHEDULER)
+        from runtime.scheduler import extensions  # its modules register their requests
+
+        extensions.install(self)
         self._background.append(asyncio.ensure_future(self._remove_silent_nodes()))
         logger.info("scheduler listening at %s", self.address)
         if self.amm_interval > 0:
             self._background.append(asyncio.ensure_future(self._run_amm()))
+        if self.dashboard is not None:  # in the background: clients need not wait for it
+            self._background.append(self.dashboard.begin())
         return self.address
 
     async def _run_amm(self) -> None:
@@ -193,8 +190,11 @@ class Scheduler:
     async def close(self) -> None:
         for task in (*self._background, *(s._task for s in self.samplings.values())):
             task.cancel()
+        self.plugins.close()
         if self._server is not None:
             self._server.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         for comm in list(self.comms.values()):
             comm.close()
         if self.stimulus_log is not None:
@@ -205,15 +205,11 @@ class Scheduler:
         # An update-graph makes ~10 long-lived objects per task and no garbage: the cyclic GC
         # would walk the growing heap again and again (a million-task graph: 17 us per task
         # instead of 7).  The state machine runs no user code, so the GC waits till it is done.
+        for listener in self.on_stimulus:
+            listener(stimulus)
         pause_gc = isinstance(stimulus, st.UpdateGraph) and gc.isenabled()
         if pause_gc:
             gc.disable()
-        # A hook that wants this stimulus's transitions gets them from the state's transition
-        # log, swapped for an unbounded one while the stimulus runs (the state itself is untouched).
-        watched: deque[Transition] | None = None
-        if any(hook.wants_transitions for hook in self.stimulus_hooks):
-            log, watched = self.state.transition_log, deque()
-            self.state.transition_log = watched
         try:
             client_msgs, worker_msgs = self.state.handle(stimulus)
         except Exception as e:
@@ -229,24 +225,17 @@ class Scheduler:
         finally:
             if pause_gc:
                 gc.enable()
-            if watched is not None:
-                log.extend(watched)
-                self.state.transition_log = log
         if self.stimulus_log is not None:
             self.stimulus_log.write(stimulus, record.digest(client_msgs, worker_msgs))
         self._send(client_msgs)
         self._send(worker_msgs)
-        for hook in self.stimulus_hooks:
-            try:
-                hook.after_stimulus(stimulus, watched or ())
-            except Exception:  # an extension's bug must not stop the scheduler
-                logger.exception("extension hook %r failed after %s", hook, stimulus.stimulus_id)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
             self.actors.client_gone(stimulus.client)
             for sid in [sid for sid, s in self.samplings.items() if s.client == stimulus.client]:
                 self.samplings.pop(sid).stop()
+        self.plugins.after(stimulus)
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
@@ -478,8 +467,6 @@ def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
 #: answers nothing.  The type is declared in ``comm/messages.py`` (decoded and checked there)
 #: and listed in ``_SENT_BY`` under the kinds of peer that may send it.
 MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
-#: extension name -> what makes it for a new Scheduler (registered when its module is imported)
-EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {}
 
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
@@ -487,8 +474,12 @@ request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"]))
 request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
 request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
 request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
-request("status")(lambda s, msg, peer: cluster_status(s.state, s.node_info))
+request("status")(
+    lambda s, msg, peer: {**cluster_status(s.state, s.node_info), "dashboard": s.dashboard and s.dashboard.link}
+)
 request("validate")(lambda s, msg, peer: s._validate())
+# The dashboard's URL (None: off, or it could not start), once it serves or has given up.
+request("dashboard")(lambda s, msg, peer: s.dashboard.started if s.dashboard else None)
 request("workers-to-close")(lambda s, msg, peer: s.state.workers_to_close(n=msg.get("n")))
 request("adaptive-target")(lambda s, msg, peer: placement.adaptive_target(s.state, msg.get("target_duration", 5.0)))
 request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.story(*msg["keys"])])
@@ -560,6 +551,16 @@ def _register_worker_plugin(s: Scheduler, msg: dict, peer: str) -> None:
     s.worker_plugins[msg["name"]] = msg["plugin"]  # for workers that join from now on
 
 
+@request("register-scheduler-plugin")
+def _register_scheduler_plugin(s: Scheduler, msg: dict, peer: str) -> str:
+    from runtime.comm.serialize import loads  # the scheduler unpickles nothing else
+
+    return s.plugins.add(loads(msg["plugin"]), msg.get("name") or "")
+
+
+request("unregister-scheduler-plugin")(lambda s, msg, peer: s.plugins.remove(msg["name"]))
+
+
 @request("restart-workers")
 def _restart_workers(s: Scheduler, msg: dict, peer: str) -> dict:
     workers = {a: w.pid for a, w in s.state.workers.items()}
@@ -577,5 +578,6 @@ def _outcome(f: asyncio.Future) -> Any:
     return f.result()
 
 
-# The extensions register their requests, messages and makers in the tables above.
+# These extensions register their requests and messages in the tables above at once (the
+# scheduler's handler tables take MESSAGES in); extensions.install adds them as plugins.
 from runtime.scheduler.extensions import event_log, pubsub, replay, spans  # noqa: E402, F401

@@ -58,7 +58,7 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import clients, membership, placement, validation
+from runtime.scheduler import clients, membership, placement, secession, validation
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specification's names live here
     ALL_TASK_STATES,
@@ -145,6 +145,7 @@ class SchedulerState:
             st.TaskErred: self.stimulus_task_erred,
             **{kind: partial(handler, self) for kind, handler in membership.HANDLERS.items()},
             **{kind: partial(handler, self) for kind, handler in clients.HANDLERS.items()},
+            **{kind: partial(handler, self) for kind, handler in secession.HANDLERS.items()},
         }
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
@@ -219,6 +220,9 @@ class SchedulerState:
             new = func(self, ts)
             self.transition_counter += 1
             log.append((key, start, ts.state, new, stimulus_id))
+            tg = ts.group  # counted per group for the dashboard (TaskGroup.states)
+            tg.entered[ts.state] += 1
+            tg.left[start] += 1
             if validate:
                 validation.validate_task_state(self, ts)
             if len(new) != 1 or key not in new:
@@ -239,6 +243,9 @@ class SchedulerState:
         recs = func(self, ts, *args)
         self.transition_counter += 1
         self.transition_log.append((ts.key, start, ts.state, recs, stimulus_id))
+        tg = ts.group
+        tg.entered[ts.state] += 1
+        tg.left[start] += 1
         if self.validate:
             validation.validate_task_state(self, ts)
         return recs
@@ -333,7 +340,7 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
-        if len(ws.processing) >= ws.slots:
+        if not ws.has_free_slot():
             self.idle.pop(ws, None)
         assert ts.run_spec is not None
         node, nodes = ws.node, self.nodes
@@ -355,9 +362,11 @@ class SchedulerState:
         if ws is None:
             return None
         occupancy = ws.occupancy - ws.processing.pop(ts)
+        if ws.long_running:
+            ws.long_running.pop(ts, None)
         # No float drift below zero, nor when it is idle.
         ws.occupancy = occupancy if occupancy > 0.0 and ws.processing else 0.0
-        if len(ws.processing) < ws.slots and ws.status == "running" and ws.address in self.workers:
+        if ws.has_free_slot() and ws.status == "running" and ws.address in self.workers:
             self.idle[ws] = None  # _fill_free_slots gives it a queued task once the stimulus settles
         return ws
 
@@ -385,9 +394,9 @@ class SchedulerState:
         """
         if len(self.idle) == 1:  # the common case: the worker whose task just finished
             ws = next(iter(self.idle))
-            free = ws.slots - len(ws.processing)
+            free = ws.slots - len(ws.processing) + len(ws.long_running)
         else:
-            free = sum(ws.slots - len(ws.processing) for ws in self.idle)
+            free = sum(ws.slots - len(ws.processing) + len(ws.long_running) for ws in self.idle)
         if free > 1:  # slots may be infinite: never more than are queued
             free = min(free, len(self.queued))
         # Each task moved as a stimulus moves the task it names: a recommendation would
@@ -402,6 +411,7 @@ class SchedulerState:
         recs: Recs = {}
         ws = self._exit_processing(ts)
         if stop > start:
+            ts.group.compute_seconds += stop - start
             old = self.task_durations.get(ts.prefix)
             self.task_durations[ts.prefix] = stop - start if old is None else 0.5 * old + 0.5 * (stop - start)
         return self._add_to_memory(ts, ws, value, nbytes, recs)
@@ -420,6 +430,7 @@ class SchedulerState:
         ts.state = "memory"
         ts.data = value
         ts.nbytes = nbytes
+        ts.group.nbytes += nbytes
         if ws is not None:
             if ts.who_has is None:
                 ts.who_has = {}
@@ -471,6 +482,7 @@ class SchedulerState:
 
     def _free_value(self, ts: TaskState) -> None:
         """Drop ``ts``'s value: from the workers holding it, from the node stores, and here."""
+        ts.group.nbytes -= ts.nbytes
         if ts.who_has:
             for ws in ts.who_has:
                 del ws.has_what[ts]
@@ -696,6 +708,8 @@ class SchedulerState:
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
             self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs)
+            ts.group.entered["erred"] += 1  # released -> erred, outside a transition
+            ts.group.left["released"] += 1
         self.transitions(recs, s.stimulus_id)
         # Then each new task to waiting, highest priority first, moved as a stimulus moves the
         # task it names: as recommendations, a million keys would go through the recs table

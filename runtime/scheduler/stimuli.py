@@ -73,6 +73,16 @@ class TaskErred(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class LongRunning(Stimulus):
+    """The task ``key`` seceded from its worker's threads (``runtime.secede()``, or a ``get``
+    inside it): it runs on, but no longer holds a thread, so its slot takes another task."""
+
+    op: ClassVar[str] = "long-running"
+    key: str
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
 class MissingData(Stimulus):
     """A worker could not read a stored dependency of ``key`` (the copy at ``value`` is gone)."""
 

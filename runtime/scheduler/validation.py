@@ -7,6 +7,7 @@ One ``_validate_<state>`` per task state, run on the task a transition moved, an
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -117,13 +118,17 @@ def validate_state(s: SchedulerState) -> None:
         total = sum(ws.processing.values())
         if abs(ws.occupancy - total) > 1e-6 * max(1.0, total):
             raise InvariantError(f"worker {ws.address}: occupancy {ws.occupancy} != {total}")
-        if (ws in s.idle) != (len(ws.processing) < ws.slots and ws.status == "running"):
+        for ts in ws.long_running:
+            _check(ts, ts in ws.processing, f"long-running on {ws.address} but not in its processing")
+            _check(ts, ws.processing[ts] == 0.0, f"long-running on {ws.address} but counted in its occupancy")
+        if (ws in s.idle) != (ws.has_free_slot() and ws.status == "running"):
             raise InvariantError(f"worker {ws.address}: in idle is {ws in s.idle} with {len(ws.processing)} tasks")
     if s.queued and s.idle:
         raise InvariantError(f"{len(s.queued)} tasks queued while {len(s.idle)} workers have free slots")
     for cs in s.clients.values():
         for ts in cs.wants_what:
             _check(ts, cs in ts.who_wants, f"wanted by {cs.client_key} but not in who_wants")
+    _validate_group_counts(s)
 
 
 _VALIDATORS: dict[str, Callable[[SchedulerState, TaskState], None]] = {
@@ -135,3 +140,19 @@ _VALIDATORS: dict[str, Callable[[SchedulerState, TaskState], None]] = {
     "memory": _validate_memory,
     "erred": _validate_erred,
 }
+
+
+def _validate_group_counts(s: SchedulerState) -> None:
+    """Each task group's counts (what the dashboard reads instead of walking tasks) match its tasks."""
+    states: dict[str, Counter[str]] = {name: Counter() for name in s.task_groups}
+    nbytes: Counter[str] = Counter()
+    for ts in s.tasks.values():
+        states[ts.group.name][ts.state] += 1
+        if ts.state == "memory":
+            nbytes[ts.group.name] += ts.nbytes
+    for name, tg in s.task_groups.items():
+        counted = {state: n for state, n in tg.states().items() if n}
+        if counted != dict(states[name]):
+            raise InvariantError(f"task group {name!r}: counts {counted} but holds {dict(states[name])}")
+        if tg.nbytes != nbytes[name]:
+            raise InvariantError(f"task group {name!r}: counts {tg.nbytes} bytes in memory, holds {nbytes[name]}")

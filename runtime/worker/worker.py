@@ -9,13 +9,16 @@
     scheduler ◄──task-finished / task-erred── event loop ◄── done queue
 
 The event loop thread only moves messages; tasks run on executor threads, so the worker
-keeps reading (cancellations, later heartbeats) while user code runs.  Results are not
+keeps reading (cancellations, later heartbeats) while user code runs.  A task that waits on
+other tasks secedes: another executor thread starts in its place, and it takes one back when
+it rejoins (``runtime/worker/secession.py``).  Results are not
 kept here: small ones go back inline, large ones into the node's shared-memory store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -39,6 +42,7 @@ from runtime.worker import interrupt, memory
 from runtime.worker.actors import ActorHost, set_worker
 from runtime.worker.plugins import Plugins
 from runtime.worker.running import RunningBoard
+from runtime.worker.secession import thread_state
 
 logger = logging.getLogger("runtime.worker")
 
@@ -88,6 +92,11 @@ class Worker:
         self._executing: dict[str, tuple[int, m.ComputeTask]] = {}
         #: ready tasks waiting for resources that running tasks hold
         self._blocked: list[tuple[Any, int, m.ComputeTask]] = []
+        #: seceded tasks' threads waiting to take an executor thread's place (``rejoin``)
+        self._rejoining: collections.deque[threading.Event] = collections.deque()
+        #: running-board slots of executor threads that ended, for new ones (secede starts one)
+        self._free_slots: list[int] = []
+        self._next_slot = nthreads
         #: messages from executor threads on their way to the scheduler
         self._outbox: ThreadOutbox | None = None
         self._functions: dict[bytes, Any] = {}
@@ -132,6 +141,8 @@ class Worker:
         self.actor_host.close()
         with self._ready_cv:
             self._ready_cv.notify_all()
+            for event in self._rejoining:  # a stopping worker runs nothing more: let them end
+                event.set()
         self.closed.set()
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
@@ -248,20 +259,62 @@ class Worker:
     # -- executor threads ------------------------------------------------------------
 
     def _executor(self, slot: int) -> None:
-        while True:
-            try:
-                if not self._run_next(slot):
-                    return
-            except interrupt.TaskInterrupted:  # arrived just after its task ended: nothing to stop
-                pass
+        try:
+            while True:
+                try:
+                    if not self._run_next(slot):
+                        return
+                except interrupt.TaskInterrupted:  # arrived just after its task ended: nothing to stop
+                    pass
+        finally:
+            with self._ready_cv:
+                self._free_slots.append(slot)
+
+    def _start_executor(self) -> None:
+        """One more executor thread (in place of a seceded one).  Call with ``_ready_cv`` held."""
+        if self._free_slots:
+            slot = self._free_slots.pop()
+        else:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
+        threading.Thread(target=self._executor, args=(slot,), name=f"executor-{slot}", daemon=True).start()
+
+    def secede_thread(self, key: str, duration: float) -> None:
+        """The task ``key`` on this thread leaves the executor threads (runtime.worker.secession)."""
+        with self._ready_cv:
+            if self._stopping:
+                return
+            self._start_executor()
+        logger.debug("task %s seceded after %.3fs", key, duration)
+        self.post(m.LongRunning(key))
+
+    def rejoin_thread(self) -> None:
+        """Block until an executor thread ends its task and leaves its place to this one."""
+        event = threading.Event()
+        with self._ready_cv:
+            if self._stopping:
+                return
+            self._rejoining.append(event)
+            self._ready_cv.notify_all()  # an idle thread hands over at once
+        try:
+            event.wait()
+        finally:  # interrupted (a forced cancel) before a thread handed over: still seceded
+            with self._ready_cv:
+                if event.is_set():
+                    thread_state.seceded = False
+                else:
+                    self._rejoining.remove(event)
 
     def _run_next(self, slot: int) -> bool:
-        """Take and run one task; False when the worker stops."""
+        """Take and run one task; False when the worker stops or this thread ends (it handed
+        its place to a rejoining task, or its task seceded and has a replacement)."""
         while True:
             with self._ready_cv:
-                while (not self._ready or self.status == "paused") and not self._stopping:
+                while (not self._ready or self.status == "paused") and not self._stopping and not self._rejoining:
                     self._ready_cv.wait()
                 if self._stopping:
+                    return False
+                if self._rejoining:  # a seceded task wants a thread back: this one retires for it
+                    self._rejoining.popleft().set()
                     return False
                 entry = heapq.heappop(self._ready)
                 msg = entry[2]
@@ -277,6 +330,7 @@ class Worker:
             if board is not None:
                 board.mark(slot, msg.key)
             plugins = self.plugins.installed
+            thread_state.worker, thread_state.key, thread_state.start = self, msg.key, time.time()
             try:
                 if plugins:
                     self.plugins.transition(msg.key, "ready", "executing")
@@ -286,6 +340,8 @@ class Worker:
                     self.plugins.transition(msg.key, "executing", finish)
                 self.post(result)
             finally:
+                seceded = thread_state.seceded
+                thread_state.worker, thread_state.seceded = None, False
                 with self._ready_cv:
                     if self._executing.get(msg.key, (0, None))[1] is msg:
                         del self._executing[msg.key]
@@ -293,7 +349,7 @@ class Worker:
                     board.clear(slot)
                 if needs:
                     self._release(needs)
-            return True
+            return not seceded  # a thread that seceded has a replacement already: it ends
 
     def _acquire(self, needs: dict[str, float]) -> bool:
         """Take ``needs`` from the free resources if all are there.  Call with ``_ready_cv`` held."""

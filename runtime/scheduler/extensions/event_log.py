@@ -9,20 +9,20 @@
 
 A message is anything msgpack carries (the client checks); the scheduler keeps the last
 ``scheduler.events-log-length`` of each topic.  A client's subscriptions end with its
-connection.  ``EventLog`` is pure (the time is given); ``EventLogExtension`` forgets a client that leaves.
+connection.  ``EventLog`` is pure (the time is given); ``EventLogExtension``, a scheduler
+plugin, holds it and forgets a client that leaves.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime import config
 from runtime.comm import messages as m
-from runtime.scheduler import stimuli as st
-from runtime.scheduler.server import EXTENSIONS, Transition, request
+from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.server import request
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -86,22 +86,14 @@ class EventLog:
             self.unsubscribe(topic, client)
 
 
-class EventLogExtension:
-    """The scheduler's event log, and its hook for clients that leave."""
+class EventLogExtension(SchedulerPlugin):
+    """The scheduler's event log; a client that leaves loses its subscriptions."""
 
-    wants_transitions = False
-
-    def __init__(self, scheduler: Scheduler):
-        self.scheduler = scheduler
+    def __init__(self) -> None:
         self.log = EventLog(config.get("scheduler.events-log-length"))
-        scheduler.stimulus_hooks.append(self)
 
-    def after_stimulus(self, stimulus: st.Stimulus, transitions: Sequence[Transition]) -> None:
-        if type(stimulus) is st.RemoveClient:
-            self.log.client_gone(stimulus.client)
-
-
-EXTENSIONS["event_log"] = EventLogExtension
+    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
+        self.log.client_gone(client)
 
 
 def _events(s: Scheduler) -> EventLog:

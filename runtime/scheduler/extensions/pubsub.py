@@ -17,12 +17,11 @@ nothing is kept for a topic nobody subscribes to: a message put then is dropped,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.comm import messages as m
-from runtime.scheduler import stimuli as st
-from runtime.scheduler.server import EXTENSIONS, MESSAGES, Transition, request
+from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.server import MESSAGES, request
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -65,19 +64,14 @@ class PubSub:
         return {client: [msg] for client in self.subscribers.get(msg.topic, ())}
 
 
-class PubSubExtension:
-    wants_transitions = False
+class PubSubExtension(SchedulerPlugin):
+    """The scheduler's pub/sub relay; a client that leaves loses its subscriptions."""
 
-    def __init__(self, scheduler: Scheduler):
+    def __init__(self) -> None:
         self.pubsub = PubSub()
-        scheduler.stimulus_hooks.append(self)
 
-    def after_stimulus(self, stimulus: st.Stimulus, transitions: Sequence[Transition]) -> None:
-        if type(stimulus) is st.RemoveClient:
-            self.pubsub.client_gone(stimulus.client)
-
-
-EXTENSIONS["pubsub"] = PubSubExtension
+    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
+        self.pubsub.client_gone(client)
 
 
 def _pubsub(s: Scheduler) -> PubSub:

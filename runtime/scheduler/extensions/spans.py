@@ -2,9 +2,9 @@
 
 ::
 
-    client: update-graph(tasks, span_names, span_ids) ──► state machine ──► transitions
-                                                                              │ (the shell's hook)
-    SpansExtension.after_stimulus: new tasks tagged ──► Spans.span_of[key] ◄──┘ states counted
+    client: update-graph(tasks, span) ──► state machine ──► transitions
+                                                                  │ (scheduler plugin hooks)
+    SpansExtension.update_graph: new tasks tagged ──► Spans.span_of[key] ◄──┘ .transition: states counted
     get-spans ──► each span: its tasks by state, compute seconds, bytes produced, start/stop,
                   its own and with its sub-spans'
 
@@ -27,12 +27,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler import stimuli as st
-from runtime.scheduler.server import EXTENSIONS, Transition, request
+from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.server import request
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -170,45 +169,63 @@ class Spans:
         return span
 
 
-class SpansExtension:
-    """Keeps ``Spans`` in step with the state machine through the shell's stimulus hook."""
+class SpansExtension(SchedulerPlugin):
+    """Keeps ``Spans`` in step with the state machine, as a scheduler plugin: ``update_graph``
+    tags a graph's tasks, ``transition`` counts their moves and what the workers reported."""
 
-    def __init__(self, scheduler: Scheduler):
-        self.scheduler = scheduler
+    #: transitions are wanted only while a task in a span is alive: without spans the
+    #: scheduler pays nothing for them
+    wants_transitions = False
+
+    def __init__(self) -> None:
         self.spans = Spans()
         #: an OpenTelemetry tracer when one is installed and configured, else None
         self.tracer = _otel_tracer()
-        scheduler.stimulus_hooks.append(self)
+        self._scheduler: Scheduler | None = None
+        #: the update-graph just observed and the keys it tagged: its own transitions (told
+        #: after update_graph) are in the states observed already
+        self._tagged: tuple[str, set[str]] = ("", set())
 
-    @property
-    def wants_transitions(self) -> bool:  # type: ignore[override]
-        return bool(self.spans.span_of)
+    def update_graph(
+        self, scheduler: Scheduler, *, tasks: list[str], stimulus_id: str, span_names: tuple[str, ...] = (),
+        span_ids: tuple[str, ...] = (), **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if not span_ids:
+            return
+        spans, known = self.spans, scheduler.state.tasks
+        new = {key: ts.state for key in tasks if key not in spans.span_of and (ts := known.get(key)) is not None}
+        self._tagged = (stimulus_id, set(new))
+        self._maybe_export(spans.observe(span_names, span_ids, new, time.time()))
+        self._scheduler = scheduler
+        self._want(bool(spans.span_of))
 
-    def after_stimulus(self, stimulus: st.Stimulus, transitions: Sequence[Transition]) -> None:
+    def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
         spans = self.spans
-        kind = type(stimulus)
-        ran = stimulus if kind is st.TaskFinished or kind is st.TaskErred else None
-        touched: dict[str, Span] = {}
-        for key, start, finish, _, _ in transitions:
-            span = spans.transition(key, start, finish)
-            if span is None:
-                continue
-            touched[span.id] = span
-            if ran is not None and start == "processing" and key == ran.key:  # the report was taken
-                spans.ran(span, ran.start, ran.stop, getattr(ran, "nbytes", 0))
-        if kind is st.UpdateGraph and stimulus.span_ids:
-            tasks = self.scheduler.state.tasks
-            new = {spec.key: ts.state for spec in stimulus.tasks if (ts := tasks.get(spec.key)) is not None}
-            span = spans.observe(stimulus.span_names, stimulus.span_ids, new, time.time())
-            touched[span.id] = span
+        if not spans.span_of or (stimulus_id == self._tagged[0] and key in self._tagged[1]):
+            return
+        span = spans.transition(key, start, finish)
+        if span is None:
+            return
+        if finish == "forgotten" and not spans.span_of:
+            self._want(False)
+        if start == "processing" and "startstops" in kwargs:  # a worker's report was taken
+            (ran,) = kwargs["startstops"]
+            spans.ran(span, ran["start"], ran["stop"], kwargs.get("nbytes", 0))
+        if finish not in ACTIVE_STATES:
+            self._maybe_export(span)
+
+    def _want(self, transitions: bool) -> None:
+        if transitions != self.wants_transitions and self._scheduler is not None:
+            self.wants_transitions = transitions
+            self._scheduler.plugins.rehook()
+
+    def _maybe_export(self, span: Span) -> None:
+        """Export ``span``'s tree if a tracer is configured and its root is first done."""
         if self.tracer is not None:
-            for root in {spans.root_of(s).id: spans.root_of(s) for s in touched.values()}.values():
-                if not root.exported and spans.cumulative(root.id)["done"]:
-                    root.exported = True
-                    _export(self.tracer, spans, root)
-
-
-EXTENSIONS["spans"] = SpansExtension
+            root = self.spans.root_of(span)
+            if not root.exported and self.spans.cumulative(root.id)["done"]:
+                root.exported = True
+                _export(self.tracer, self.spans, root)
 
 
 def _otel_tracer() -> Any:
