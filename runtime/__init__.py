@@ -20,6 +20,8 @@ _EXPORTS = {
     "Future": "runtime.client.future", "ObjectRef": "runtime.client.future",
     "Client": "runtime.client.futures_client", "ClientExecutor": "runtime.client.futures_client",
     "progress": "runtime.client.progress",
+    "Pub": "runtime.client.pubsub", "Sub": "runtime.client.pubsub", "span": "runtime.client.spans",
+    "log_event": "runtime.client.event_log",
     "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
@@ -43,6 +45,7 @@ __all__ = [
     "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
     "secede", "rejoin",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
+    "Pub", "Sub", "span", "log_event",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
@@ -73,9 +76,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote
     from runtime.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
+    from runtime.client.event_log import log_event
     from runtime.client.future import Future, ObjectRef
     from runtime.client.futures_client import Client, ClientExecutor
     from runtime.client.progress import progress
+    from runtime.client.pubsub import Pub, Sub
+    from runtime.client.spans import span
     from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
     from runtime.cluster import LocalCluster
     from runtime.diagnostics import MemorySampler

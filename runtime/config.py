@@ -245,6 +245,8 @@ SETTINGS: dict[str, Setting] = {
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
     "scheduler.transition-log-length": Setting(1000, _number(int, 1),
         "transitions the scheduler keeps for story(key) (Dask's distributed.admin.low-level-log-length)"),
+    "scheduler.events-log-length": Setting(100_000, _number(int, 1),
+        "events the scheduler keeps per topic for get_events (Dask's distributed.scheduler.events-log-length)"),
     "scheduler.record": Setting(None, _optional(_text),
         "a file the scheduler writes every stimulus it handles to, for `runtime replay FILE` (None: no recording)"),
     "scheduler.record-messages": Setting(False, _bool,

@@ -31,6 +31,7 @@ from runtime.client.actor_calls import ActorCalls
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
 from runtime.client.held import HeldGraphs
 from runtime.client.owner import FutureTable, closed_error
+from runtime.client.spans import current_span
 from runtime.comm import messages as m
 from runtime.comm import serialize
 from runtime.comm.core import Comm, ThreadOutbox, connect, new_event_loop
@@ -82,6 +83,9 @@ class ClusterClient:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        #: the client side of extensions (event log, pub/sub), made on first use (``extension``);
+        #: the messages the scheduler pushes for them go to their ``on_message`` (``_handler_table``)
+        self.extensions: dict[str, Any] = {}
         #: graphs waiting for actor calls' results before they can leave (``held.py``)
         self._held = HeldGraphs(self.futures, self._send)
         #: actor method calls, sent straight to the actors' workers
@@ -150,7 +154,16 @@ class ClusterClient:
             m.SchedulerError: lambda msg: self.futures.fail_pending(SchedulerError(msg.text)),
             m.Registered: lambda msg: None,
             m.Pong: lambda msg: None,
+            # pushed for the client side of an extension, once made (before, nothing listens)
+            m.LoggedEvent: lambda msg: self._to_extension("event_log", msg),
+            m.PubsubMsg: lambda msg: self._to_extension("pubsub", msg),
         }
+
+    def _to_extension(self, name: str, msg: m.Message) -> None:
+        """On the loop thread, with the futures' lock held: so ``on_message`` only hands work on."""
+        ext = self.extensions.get(name)
+        if ext is not None:
+            ext.on_message(msg)
 
     def _on_reply(self, msg: m.Reply) -> None:
         fut = self._requests.pop(msg.reqid, None)
@@ -266,12 +279,22 @@ class ClusterClient:
             for f in futures:
                 if f._state.status == CANCELLED:  # submitted again: it runs again
                     f._state.status, f._state.exception = PENDING, None
+            # runtime.span(): the scheduler tags these tasks with the span they were submitted in
+            span = current_span()
             if self._held:  # it may need an actor call's result that is not there yet
-                if not self._held.hold(tasks, wanted, priority):
-                    self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority))
+                if not self._held.hold(tasks, wanted, priority, span):
+                    self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, span))
                 return futures
-        self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority))
+        self._send(m.UpdateGraph(tuple(tasks), tuple(wanted), priority, span))
         return futures
+
+    def extension(self, name: str, make: Callable[[ClusterClient], Any]) -> Any:
+        """This client's side of the extension ``name``, made by ``make(self)`` on first use."""
+        with self.futures.lock:
+            ext = self.extensions.get(name)
+            if ext is None:
+                ext = self.extensions[name] = make(self)
+            return ext
 
     def failed_dependency(self, deps: dict[str, Any]) -> Future | None:
         """Make actor-call results among a task's ``deps`` known to the scheduler; the first
@@ -445,6 +468,13 @@ class ClusterClient:
             raise ConnectionError(self._lost)
         return self._call(self._ask(what, **kwargs), timeout)
 
+    def request_checked(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
+        """``request``, raising ValueError with the scheduler's words when it answers an error."""
+        reply = self.request(what, timeout, **kwargs)
+        if isinstance(reply, dict) and len(reply) == 1 and "error" in reply:
+            raise ValueError(reply["error"])
+        return reply
+
     async def _ask(self, what: str, **kwargs: Any) -> Any:
         """On the loop thread: a request to the scheduler and its reply."""
         if self._lost:
@@ -617,6 +647,9 @@ class ClusterClient:
         if not self._thread.is_alive():
             self._loop.close()
         self.futures.close()
+        for ext in self.extensions.values():  # their threads, if any
+            if hasattr(ext, "close"):
+                ext.close()
 
 
 def task_spec(

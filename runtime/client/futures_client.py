@@ -37,6 +37,7 @@ from runtime.api.remote import RemoteFunction
 from runtime.client import datasets as published
 from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_spec
+from runtime.client.extensions import ClientExtensions
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
@@ -61,7 +62,7 @@ def default_client() -> Client | None:
     return client if client is not None and not client._closed else None
 
 
-class Client(concurrent.futures.Executor):
+class Client(ClientExtensions, concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
 
     #: whether close() closes the connection (not for get_client()'s, which shares another's)

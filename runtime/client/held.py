@@ -38,13 +38,17 @@ if TYPE_CHECKING:
 class _Graph:
     """One held ``UpdateGraph`` message."""
 
-    __slots__ = ("tasks", "wanted", "priority", "waiting", "released")
+    __slots__ = ("tasks", "wanted", "priority", "span", "waiting", "released")
 
-    def __init__(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int, waiting: set[str]):
+    def __init__(
+        self, tasks: list[m.TaskSpec], wanted: list[str], priority: int, span: m.SpanPath | None, waiting: set[str]
+    ):
         #: its tasks (``client.task_spec``s)
         self.tasks = tasks
         self.wanted = wanted
         self.priority = priority
+        #: the ``runtime.span`` they were submitted in
+        self.span = span
         #: keys its tasks need that the scheduler does not know yet
         self.waiting = waiting
         #: wanted keys whose last future was dropped meanwhile: released after it leaves
@@ -74,14 +78,14 @@ class HeldGraphs:
         with self.futures.lock:
             self.pending.add(key)
 
-    def hold(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int) -> bool:
+    def hold(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int, span: m.SpanPath | None = None) -> bool:
         """Hold the graph if one of its tasks needs a pending or held key; False if it may go.
         Call with the futures' lock held, and send the graph under it if it may go."""
         own = {t.key for t in tasks}
         waiting = {d for t in tasks for d in t.dependencies if (d in self.pending or d in self.unsent) and d not in own}
         if not waiting:
             return False
-        graph = _Graph(list(tasks), list(wanted), priority, waiting)
+        graph = _Graph(list(tasks), list(wanted), priority, span, waiting)
         for key in own:
             self.unsent[key] = graph
         for key in waiting:
@@ -139,7 +143,7 @@ class HeldGraphs:
                     del self._releasing[key]
 
     def _leave(self, graph: _Graph) -> list[str]:
-        self._send(m.UpdateGraph(tuple(graph.tasks), tuple(graph.wanted), graph.priority))
+        self._send(m.UpdateGraph(tuple(graph.tasks), tuple(graph.wanted), graph.priority, graph.span))
         self._releasing.update(dict.fromkeys(graph.released))  # once the graphs that need them have left too
         keys = [t.key for t in graph.tasks]
         for key in keys:

@@ -38,6 +38,9 @@ class StoreRef(msgspec.Struct, array_like=True, frozen=True):
     name: ObjectName
 
 
+#: a topic, a span's tag or id: a string that must not be empty
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
 #: a value's wire form: its pickle inline, or where it is stored
 Value = Union[bytes, StoreRef]  # noqa: UP007 - msgspec reads the annotation at run time
 
@@ -76,12 +79,26 @@ class RegisterClient(Message, tag="register-client"):
     client: str
 
 
+class SpanPath(msgspec.Struct, array_like=True, frozen=True):
+    """The span tasks were submitted in (``runtime.span``): its tags, outermost first, and the
+    id of each level (the innermost span is the last)."""
+
+    names: tuple[NonEmpty, ...]
+    ids: tuple[NonEmpty, ...]
+
+    def __post_init__(self) -> None:  # a ValueError here is a decoding error naming the field
+        if not self.names or len(self.names) != len(self.ids):
+            raise ValueError(f"a span needs one id per tag: tags {self.names!r}, ids {self.ids!r}")
+
+
 class UpdateGraph(Message, tag="update-graph"):
     tasks: tuple[TaskSpec, ...]
     #: keys the client holds futures for
     wanted: tuple[str, ...]
     #: user priority: higher runs first
     priority: int = 0
+    #: the span they were submitted in, if any (the spans extension tags them; the state machine ignores it)
+    span: SpanPath | None = None
 
 
 class UpdateData(Message, tag="update-data"):
@@ -359,6 +376,27 @@ class HeartbeatAck(Message, tag="heartbeat-ack"):
     pass
 
 
+# -- the scheduler's extensions (scheduler/extensions/, client/event_log.py, client/pubsub.py) --
+
+
+class PubsubMsg(Message, tag="pubsub-msg"):
+    """One message published to ``topic`` (``Pub.put``): client -> scheduler, which relays the
+    same record to every client subscribed to the topic (scheduler -> client)."""
+
+    topic: NonEmpty
+    #: the pickled message: the scheduler only copies it
+    msg: bytes
+
+
+class LoggedEvent(Message, tag="event"):
+    """An event logged under ``topic`` (``log_event``), pushed to a client subscribed to it
+    (``subscribe_topic``): the scheduler's time and the message (anything msgpack carries)."""
+
+    topic: str
+    time: float
+    msg: Any
+
+
 # -- client <-> an actor's worker (direct calls) ------------------------------------------
 
 
@@ -505,8 +543,12 @@ TO_SCHEDULER = Decoder(
     RegisterWorker, TaskFinished, TaskErred, MissingData, WorkerHeartbeat, WorkerStatus, ActorStarted, RunResult,
     LongRunning,
     RegisterNode, Heartbeat, WorkerDied, AddReplica,
+    PubsubMsg,
 )  # fmt: skip
-TO_CLIENT = Decoder(Registered, KeyInMemory, KeyErred, CancelledKeys, LostKeys, Reply, SchedulerError, Pong)
+TO_CLIENT = Decoder(
+    Registered, KeyInMemory, KeyErred, CancelledKeys, LostKeys, Reply, SchedulerError, Pong,
+    PubsubMsg, LoggedEvent,
+)  # fmt: skip
 TO_WORKER = Decoder(Registered, ComputeTask, CancelCompute, Interrupt, KillActor, PluginAdd, Run, Restart)
 TO_AGENT = Decoder(Registered, FreeObjects, StartWorkers, StopWorkers, AcquireReplicas, Close, HeartbeatAck)
 TO_ACTOR_SERVER = Decoder(ActorCall)

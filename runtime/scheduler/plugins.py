@@ -47,6 +47,10 @@ class SchedulerPlugin:
 
     #: the plugin's name: a plugin registered under a name already taken replaces the other
     name: str = ""
+    #: whether its ``transition`` hook is to be called now: a plugin that needs transitions
+    #: only at times sets it False meanwhile and calls ``scheduler.plugins.rehook()`` when it
+    #: changes (with no plugin wanting them the state machine's log is a plain deque)
+    wants_transitions: bool = True
 
     def start(self, scheduler: Scheduler) -> Any:
         """Called once when the plugin is added (the scheduler is running)."""
@@ -57,10 +61,14 @@ class SchedulerPlugin:
     def update_graph(
         self, scheduler: Scheduler, *, client: str, keys: set[str], tasks: list[str], **kwargs: Any
     ) -> None:
-        """A client submitted ``tasks`` (keys new to the scheduler) and wants ``keys``."""
+        """A client submitted ``tasks`` (keys new to the scheduler) and wants ``keys``; called
+        after the stimulus, before its transitions.  ``span_names``/``span_ids``: the
+        ``runtime.span`` they were submitted in, outermost first (empty outside one)."""
 
     def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
-        """Task ``key`` moved from ``start`` to ``finish``."""
+        """Task ``key`` moved from ``start`` to ``finish``.  Out of ``processing`` on a worker's
+        report, also ``worker``, ``startstops`` (``({"action": "compute", "start": t, "stop": t},)``,
+        the worker's clock) and, when it finished, ``nbytes``."""
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         """A worker (its address) joined."""
@@ -136,9 +144,16 @@ class Plugins:
         for name in list(self.plugins):
             self.remove(name, "closed with the scheduler")
 
+    def rehook(self) -> None:
+        """A plugin's ``wants_transitions`` changed: call (or stop calling) its transition hook."""
+        self._rehook()
+
     def _rehook(self) -> None:
         hooks = ("update_graph", "transition", "add_worker", "remove_worker", "add_client", "remove_client")
         self._hooked = {h: [(n, p) for n, p in self.plugins.items() if _overrides(p, h)] for h in hooks}
+        self._hooked["transition"] = [
+            (n, p) for n, p in self._hooked["transition"] if getattr(p, "wants_transitions", True)
+        ]
         state = self.scheduler.state
         tapped = isinstance(state.transition_log, TransitionTap)
         if self._hooked["transition"] and not tapped:
@@ -177,15 +192,36 @@ class Plugins:
         if hook is not None:
             hook(self, stimulus)
         if self._tap is not None and self._tap.pending:
+            # A worker's report reaches the transition of the task it is about, out of
+            # processing, as keywords (as in Dask): who ran it, when, and (finished) its size.
+            report = _REPORTS.get(type(stimulus))
+            reported = report(stimulus) if report is not None else None
             for key, start, finish, _recs, stimulus_id in self._tap.drain():
                 if start == finish:  # a step that moved it nowhere (waiting on its way to no-worker)
                     continue
-                self._each("transition", key, start, finish, stimulus_id=stimulus_id)
+                if reported is not None and start == "processing" and key == stimulus.key:  # type: ignore[attr-defined]
+                    self._each("transition", key, start, finish, stimulus_id=stimulus_id, **reported)
+                else:
+                    self._each("transition", key, start, finish, stimulus_id=stimulus_id)
 
 
 def _update_graph(p: Plugins, s: st.UpdateGraph) -> None:
     tasks = [t.key for t in s.tasks]
-    p._each("update_graph", p.scheduler, client=s.client, keys=set(s.wanted), tasks=tasks, stimulus_id=s.stimulus_id)
+    p._each(
+        "update_graph", p.scheduler, client=s.client, keys=set(s.wanted), tasks=tasks, stimulus_id=s.stimulus_id,
+        span_names=s.span_names, span_ids=s.span_ids,  # runtime.span's tags and ids (empty outside one)
+    )  # fmt: skip
+
+
+def _report(s: st.TaskFinished | st.TaskErred) -> dict[str, Any]:
+    return {"worker": s.worker, "startstops": ({"action": "compute", "start": s.start, "stop": s.stop},)}
+
+
+#: a worker's report -> the keywords the transition of its task gets
+_REPORTS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    st.TaskFinished: lambda s: {**_report(s), "nbytes": s.nbytes},
+    st.TaskErred: _report,
+}
 
 
 def _add_worker(p: Plugins, s: st.AddWorker) -> None:

@@ -51,9 +51,14 @@ REGISTRATION_TIMEOUT = 10.0
 DEATH_REPORT_GRACE = 0.5
 
 
+def _update_graph(msg: m.UpdateGraph, peer: str, sid: str) -> st.UpdateGraph:
+    names, ids = (msg.span.names, msg.span.ids) if msg.span is not None else ((), ())
+    return st.UpdateGraph(sid, peer, msg.tasks, msg.wanted, msg.priority, names, ids)
+
+
 #: message type -> how to build its stimulus from (message, the sender's id, stimulus id)
 _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
-    m.UpdateGraph: lambda msg, peer, sid: st.UpdateGraph(sid, peer, msg.tasks, msg.wanted, msg.priority),
+    m.UpdateGraph: _update_graph,
     m.UpdateData: lambda msg, peer, sid: st.UpdateData(sid, peer, msg.key, msg.value, msg.nbytes),
     m.ReleaseKeys: lambda msg, peer, sid: st.ClientReleasesKeys(sid, peer, msg.keys),
     m.Cancel: lambda msg, peer, sid: st.Cancel(sid, peer, msg.keys, msg.force),
@@ -74,7 +79,10 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
 
 #: which messages each kind of peer may send after its registration
 _SENT_BY = {
-    "client": (m.UpdateGraph, m.UpdateData, m.ReleaseKeys, m.Cancel, m.Request, m.Ping, m.CloseCluster),
+    "client": (
+        m.UpdateGraph, m.UpdateData, m.ReleaseKeys, m.Cancel, m.Request, m.Ping, m.CloseCluster,
+        m.PubsubMsg,  # handled by an extension (MESSAGES)
+    ),
     "worker": (
         m.TaskFinished, m.TaskErred, m.MissingData, m.WorkerHeartbeat, m.WorkerStatus, m.ActorStarted,
         m.RunResult, m.LongRunning, m.Request,
@@ -392,6 +400,8 @@ class Scheduler:
             m.WorkerDied: lambda comm, peer, msg: self._worker_died(msg.address, msg.cause, msg.executing),
             m.CloseCluster: self._on_close_cluster,
         })  # fmt: skip
+        for kind, handle in MESSAGES.items():  # the extensions' one-way messages
+            table[kind] = lambda comm, peer, msg, handle=handle: handle(self, msg, peer)
         return {kind: {t: table[t] for t in sent} for kind, sent in _SENT_BY.items()}
 
     def _on_cancel(self, comm: Comm, peer: str, msg: m.Cancel) -> None:
@@ -457,6 +467,12 @@ def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
         return handler
 
     return register
+
+
+#: an extension's one-way message type -> its handler(scheduler, message, sender's id); it
+#: answers nothing.  The type is declared in ``comm/messages.py`` (decoded and checked there)
+#: and listed in ``_SENT_BY`` under the kinds of peer that may send it.
+MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
 
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
@@ -569,4 +585,7 @@ def _outcome(f: asyncio.Future) -> Any:
     return f.result()
 
 
-from runtime.scheduler import borrowed  # noqa: E402, F401 - registers its requests
+# These modules register their requests and messages in the tables above at once (the
+# scheduler's handler tables take MESSAGES in); extensions.install adds them as plugins.
+from runtime.scheduler import borrowed  # noqa: E402, F401
+from runtime.scheduler.extensions import event_log, pubsub, replay, spans  # noqa: E402, F401

@@ -32,6 +32,10 @@ class UpdateGraph(Stimulus):
     wanted: tuple[str, ...]
     #: user priority: higher runs first
     priority: int = 0
+    #: the span the tasks were submitted in (``runtime.span``): its tags, outermost first, and
+    #: the id of each level; empty outside any span.  The state machine ignores them.
+    span_names: tuple[str, ...] = ()
+    span_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,17 @@ class KeyRefs:
 
 def install(scheduler: Scheduler) -> None:
     """Add every extension to ``scheduler`` as a plugin (once it listens)."""
-    from runtime.scheduler.extensions import event, multi_lock, publish, queues, semaphores, variables
+    from runtime.scheduler.extensions import (
+        event,
+        event_log,
+        multi_lock,
+        publish,
+        pubsub,
+        queues,
+        semaphores,
+        spans,
+        variables,
+    )
 
     scheduler.handle_stimulus(st.AddClient("add-client-extensions", EXTENSIONS_CLIENT))
     refs = KeyRefs(scheduler)
@@ -193,6 +203,9 @@ def install(scheduler: Scheduler) -> None:
         "variables": variables.Variables(refs),
         "event": event.Events(),
         "datasets": publish.Datasets(refs),
+        "event_log": event_log.EventLogExtension(),
+        "pubsub": pubsub.PubSubExtension(),
+        "spans": spans.SpansExtension(),
     }.items():
         scheduler.extensions[name] = ext
         scheduler.plugins.add(ext, f"extension-{name}")
