@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 
 import cloudpickle
@@ -169,3 +170,20 @@ def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
     settings, records = record.read(path)
     assert settings == {"allowed_failures": 3}
     assert list(records) == [(s, b"digest") for s in examples]
+
+
+def test_an_error_the_scheduler_makes_pickles_the_same_whatever_reducers_the_process_has():
+    # Dask installs tblib's reducers for every exception class on import: a replay in such a
+    # process must still make the recorded bytes.
+    import copyreg
+
+    from runtime.errors import KilledWorker
+    from runtime.scheduler.entities import pickle_error
+
+    before = pickle_error(KilledWorker("k", ["w1", "w2"], "exit code 1"))
+    copyreg.pickle(KilledWorker, lambda e: (RuntimeError, (str(e),)))
+    try:
+        assert pickle_error(KilledWorker("k", ["w1", "w2"], "exit code 1")) == before
+    finally:
+        del copyreg.dispatch_table[KilledWorker]
+    assert isinstance(pickle.loads(before), KilledWorker)

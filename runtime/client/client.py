@@ -584,10 +584,15 @@ class ClusterClient:
             return values.decode(located, key=key, node="")
         if not self._attach():
             return read_remote(self._agent(located.node, key), key, located)
-        if located.node != self.node:
-            source = self._agent(located.node, key)
-            located = fetch_sync(self._agent(self.node, key), self.node, key, located, source)
-        return values.decode(located, key=key, node=self.node)
+        if located.node == self.node:
+            return values.decode(located, key=key, node=self.node)
+        source, agent = self._agent(located.node, key), self._agent(self.node, key)
+        try:
+            return values.decode(fetch_sync(agent, self.node, key, located, source), key=key, node=self.node)
+        except ObjectLostError:
+            # The scheduler does not know this process reads the copy: the active memory
+            # manager may have dropped it as spare just before it was mapped.  Copy it again.
+            return values.decode(fetch_sync(agent, self.node, key, located, source), key=key, node=self.node)
 
     def wait_for(
         self, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None,

@@ -8,7 +8,9 @@ specification (``who_has``, ``processing``, ``waiting_data``, ...).
 from __future__ import annotations
 
 import heapq
+import io
 import math
+import pickle
 from collections.abc import Iterator
 from typing import Literal, get_args
 
@@ -32,6 +34,18 @@ T_runspec = tuple[bytes, bytes]
 SEQUENCE_BITS = 44
 #: user priorities run from -USER_PRIORITY_LIMIT to USER_PRIORITY_LIMIT - 1
 USER_PRIORITY_LIMIT = 1 << (62 - SEQUENCE_BITS)
+
+
+def pickle_error(exc: BaseException) -> bytes:
+    """An exception the scheduler makes (KilledWorker, a missing input), pickled the same in
+    every process: by the exception's own ``__reduce_ex__``, whatever reducers the process
+    registered with ``copyreg`` (tblib's, which Dask installs on import, change how every
+    exception pickles).  So a replay in any process decides byte for byte as the run did."""
+    f = io.BytesIO()
+    pickler = pickle.Pickler(f)
+    pickler.dispatch_table = {}  # not copyreg's, which is the process's
+    pickler.dump(exc)
+    return f.getvalue()
 
 
 def pack_priority(user: int, sequence: int) -> int:

@@ -8,14 +8,13 @@ table calls them like its own ``stimulus_*`` methods.
 
 from __future__ import annotations
 
-import pickle
 from typing import TYPE_CHECKING
 
 from runtime.comm.messages import FreeObjects, KeyInMemory, LostKeys, StoreRef
 from runtime.errors import KilledWorker
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.amm import needed_on
-from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus
+from runtime.scheduler.entities import Recs, TaskState, WorkerState, WorkerStatus, pickle_error
 from runtime.scheduler.handlers import handles
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ def remove_worker(self: SchedulerState, s: st.RemoveWorker, out: Outbox) -> Recs
     for ts in running:
         if ts.suspicious > self.allowed_failures:
             exc = KilledWorker(ts.key, sorted(ts.erred_on or ()), s.cause)
-            recs.update(self.transition(ts, "erred", s.stimulus_id, out, ws.address, pickle.dumps(exc), "", str(exc)))
+            recs.update(self.transition(ts, "erred", s.stimulus_id, out, ws.address, pickle_error(exc), "", str(exc)))
     for ts in running:
         if ts.processing_on is ws:
             recs.update(self.transition(ts, "released", s.stimulus_id, out))

@@ -41,7 +41,6 @@ client id, ``worker_msgs`` a worker address or node id, to a list of messages.
 
 from __future__ import annotations
 
-import pickle
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -79,6 +78,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     TaskStateState,
     WorkerState,
     pack_priority,
+    pickle_error,
 )
 from runtime.scheduler.handlers import HANDLERS, handles
 from runtime.scheduler.order import CycleError, order_specs
@@ -270,7 +270,7 @@ class SchedulerState:
             return self._after_release(ts, recs)
         if ts.run_spec is None:
             error = f"the value of {ts.key!r} was put by a client and released; it cannot be recomputed"
-            return self._fail(ts, pickle.dumps(LookupError(error)), "", error, recs, out)
+            return self._fail(ts, pickle_error(LookupError(error)), "", error, recs, out)
         for dts in ts.dependencies:
             if dts.exception_blame is not None:
                 ts.exception_blame = dts.exception_blame
@@ -721,7 +721,7 @@ class SchedulerState:
             text = (
                 f"task {ts.key!r} depends on {dep!r}, which the scheduler does not know (released or never submitted)"
             )
-            self._fail(ts, pickle.dumps(LookupError(text)), "", text, recs, out)
+            self._fail(ts, pickle_error(LookupError(text)), "", text, recs, out)
             ts.group.entered["erred"] += 1  # released -> erred, outside a transition
             ts.group.left["released"] += 1
         self.transitions(recs, s.stimulus_id, out)
@@ -737,7 +737,7 @@ class SchedulerState:
 
     def _reject_graph(self, cs: ClientState, specs: list[st.TaskSpec], reason: str, out: Outbox) -> Recs:
         """A graph that can never run: tell the client, keep nothing of it."""
-        exception = pickle.dumps(ValueError(reason))
+        exception = pickle_error(ValueError(reason))
         for spec in specs:
             out.to_client(cs.client_key, KeyErred(spec.key, exception, "", reason, spec.key))
         return {}
