@@ -156,7 +156,9 @@ class TaskFinished(Message, tag="task-finished"):
     stop: float = 0.0
 
 
-class TaskErred(Message, tag="task-erred"):
+class Raised(Message):
+    """What a task or an actor call raised (the fields of ``task-erred`` and ``actor-error``)."""
+
     key: str
     #: the pickled exception
     exception: bytes
@@ -166,6 +168,10 @@ class TaskErred(Message, tag="task-erred"):
     text: str
     start: float = 0.0
     stop: float = 0.0
+
+
+class TaskErred(Raised, tag="task-erred"):
+    pass
 
 
 class MissingData(Message, tag="missing-data"):
@@ -425,13 +431,8 @@ class ActorResult(Message, tag="actor-result"):
     nbytes: int
 
 
-class ActorError(Message, tag="actor-error"):
-    key: str
-    exception: bytes
-    traceback: str
-    text: str
-    start: float = 0.0
-    stop: float = 0.0
+class ActorError(Raised, tag="actor-error"):
+    pass
 
 
 # -- a node agent's object server (objstore/transfer.py) -----------------------------------
