@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import config
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.plugins import SchedulerPlugin
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -209,3 +210,28 @@ def install(scheduler: Scheduler) -> None:
     }.items():
         scheduler.extensions[name] = ext
         scheduler.plugins.add(ext, f"extension-{name}")
+
+
+class WaitingExtension(SchedulerPlugin):
+    """An extension whose requests may wait (``self.waits``): closing it cancels them, and a
+    client that leaves takes its waits with it, each dropped from the extension's state
+    (``drop_waiter``) as it is cancelled."""
+
+    def __init__(self) -> None:
+        self.waits = Waits(self._timed_out)
+
+    def close(self) -> None:
+        self.waits.close()
+
+    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
+        for wid in self.waits.of_client(client):
+            self.waits.cancel(wid)
+            self.drop_waiter(wid)
+
+    def drop_waiter(self, wid: int) -> Any:
+        """Take waiter ``wid`` out of the extension's state (its wait has ended)."""
+        return self.state.drop_waiter(wid)  # type: ignore[attr-defined]
+
+    def _timed_out(self, wid: int) -> Any:
+        """Take waiter ``wid`` out as its time is up; returns its reply."""
+        raise NotImplementedError

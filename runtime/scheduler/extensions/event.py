@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler.extensions.base import NamedWaiters, Waits, name_of, timeout_of
-from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.extensions.base import NamedWaiters, WaitingExtension, name_of, timeout_of
 from runtime.scheduler.server import request
 
 if TYPE_CHECKING:
@@ -36,20 +35,12 @@ class EventState(NamedWaiters):
         return name in self.set_events
 
 
-class Events(SchedulerPlugin):
+class Events(WaitingExtension):
     """The event extension: requests ``event-set``, ``-clear``, ``-is-set``, ``-wait``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.state = EventState()
-        self.waits = Waits(self._timed_out)
-
-    def close(self) -> None:
-        self.waits.close()
-
-    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
-        for wid in self.waits.of_client(client):
-            self.waits.cancel(wid)
-            self.state.drop_waiter(wid)
 
     def _timed_out(self, wid: int) -> bool:
         self.state.drop_waiter(wid)

@@ -21,8 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler.extensions.base import Item, KeyRefs, Waits, name_of, timeout_of
-from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.extensions.base import Item, KeyRefs, WaitingExtension, name_of, timeout_of
 from runtime.scheduler.server import request
 
 if TYPE_CHECKING:
@@ -135,23 +134,15 @@ class QueueState:
         return admitted
 
 
-class Queues(SchedulerPlugin):
+class Queues(WaitingExtension):
     """The queue extension: requests ``queue-create``, ``-put``, ``-get``, ``-qsize``."""
 
     def __init__(self, refs: KeyRefs):
+        super().__init__()
         self.state = QueueState()
         self.refs = refs
-        self.waits = Waits(self._timed_out)
 
-    def close(self) -> None:
-        self.waits.close()
-
-    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
-        for wid in self.waits.of_client(client):
-            self.waits.cancel(wid)
-            self._drop(wid)
-
-    def _drop(self, wid: int) -> bool:
+    def drop_waiter(self, wid: int) -> bool:
         """Take a waiter out, with the reference of a put's item; whether it was a put."""
         q = self.state.queues.get(self.state.waiting_on.get(wid, ""))
         item = q.putters.get(wid) if q is not None else None
@@ -162,7 +153,7 @@ class Queues(SchedulerPlugin):
 
     def _timed_out(self, wid: int) -> dict:
         name = self.state.waiting_on.get(wid, "?")
-        what = "put into" if self._drop(wid) else "get from"
+        what = "put into" if self.drop_waiter(wid) else "get from"
         return {"timeout": f"{what} queue {name!r} timed out"}
 
     def _answer(self, replies: list[tuple[int, Any]]) -> None:

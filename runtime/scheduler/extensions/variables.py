@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime.scheduler.extensions.base import Item, KeyRefs, NamedWaiters, Waits, name_of, timeout_of
-from runtime.scheduler.plugins import SchedulerPlugin
+from runtime.scheduler.extensions.base import Item, KeyRefs, NamedWaiters, WaitingExtension, name_of, timeout_of
 from runtime.scheduler.server import request
 
 if TYPE_CHECKING:
@@ -35,21 +34,13 @@ class VariableState(NamedWaiters):
         return self.values.pop(name, None)
 
 
-class Variables(SchedulerPlugin):
+class Variables(WaitingExtension):
     """The variable extension: requests ``variable-set``, ``-get``, ``-delete``."""
 
     def __init__(self, refs: KeyRefs):
+        super().__init__()
         self.state = VariableState()
         self.refs = refs
-        self.waits = Waits(self._timed_out)
-
-    def close(self) -> None:
-        self.waits.close()
-
-    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
-        for wid in self.waits.of_client(client):
-            self.waits.cancel(wid)
-            self.state.drop_waiter(wid)
 
     def _timed_out(self, wid: int) -> dict:
         name = self.state.waiting_on.get(wid, "?")
