@@ -239,8 +239,14 @@ SETTINGS: dict[str, Setting] = {
         aliases={n.lower(): n for n in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}),
         "log level of the scheduler, node agent and worker processes", env="RUNTIME_LOG_LEVEL"),
     "scheduler.worker-saturation": Setting(1.1, _number(float, 0.0, inf=True),
-        "root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never)",
+        "root-ish tasks queue on the scheduler once every worker has ceil(this x threads) tasks (inf: never); "
+        "the least a worker holds: short tasks get more, to cover a round trip (scheduler.round-trip)",
         env="RUNTIME_WORKER_SATURATION"),
+    "scheduler.round-trip": Setting(0.001, _number(float, 0.0),
+        "seconds a result takes to reach the scheduler and the next task its worker: a worker holds enough "
+        "queued tasks of a kind to stay busy that long at their measured duration (0: worker-saturation only)"),
+    "scheduler.worker-saturation-cap": Setting(16.0, _number(float, 1.0),
+        "the most tasks per thread a worker holds however short they are"),
     "scheduler.allowed-failures": Setting(3, _number(int, 0),
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
     "scheduler.transition-log-length": Setting(1000, _number(int, 1),

@@ -573,3 +573,32 @@ def test_the_validate_request_names_a_failure_of_the_state_machine_or_an_invalid
     sched.handle_stimulus(st.AddClient("add-c2", "c2"))  # logged and told to clients, as it always was
     monkeypatch.undo()
     assert sched._ask("validate", {}, "c1") == {"error": "the scheduler failed while handling add-c2: KeyError: 'oops'"}
+
+
+def test_short_tasks_keep_more_queued_work_on_a_worker_and_long_ones_dasks_saturation():
+    """A worker holds enough tasks of a kind to stay busy for a round trip at their measured
+    duration (#18): 50 us tasks fill up to the cap; 100 ms tasks keep worker-saturation."""
+    s = SchedulerState(validate=True, worker_saturation=1.1, round_trip=0.001, worker_saturation_cap=16)
+    add_worker(s, "w1", nthreads=2)
+    _, wmsgs = s.handle(graph(*[task(f"noop-{i}") for i in range(200)]))
+    assert len(compute_keys(wmsgs, "w1")) == 3  # ceil(1.1 x 2): no duration measured yet, as Dask
+    first = compute_keys(wmsgs, "w1")[0]
+    _, wmsgs = s.handle(st.TaskFinished(sid(), first, "w1", b"v", 1, 0.0, 50e-6))
+    assert len(s.workers["w1"].processing) == 32 and s.per_thread == 16  # 1 + 1 ms / 50 us, capped
+    s.handle(graph(*[task(f"slow-{i}") for i in range(200)], priority=1))  # these go first now
+    for ts in list(s.workers["w1"].processing):
+        s.handle(st.TaskFinished(sid(), ts.key, "w1", b"v", 1, 0.0, 0.1 if ts.prefix == "slow" else 50e-6))
+    assert s.per_thread == 1.1 and len(s.workers["w1"].processing) <= 32  # no more sent while above 3
+    while len(s.workers["w1"].processing) > 3:
+        ts = next(iter(s.workers["w1"].processing))
+        s.handle(st.TaskFinished(sid(), ts.key, "w1", b"v", 1, 0.0, 0.1 if ts.prefix == "slow" else 50e-6))
+    assert len(s.workers["w1"].processing) == 3
+
+
+def test_a_paused_worker_gets_no_queued_task_however_short():
+    s = SchedulerState(validate=True, worker_saturation=1.1, round_trip=0.001)
+    add_worker(s, "w1")
+    _, wmsgs = s.handle(graph(*[task(f"noop-{i}") for i in range(100)]))
+    s.handle(st.WorkerStatusChange(sid(), "w1", "paused"))
+    _, wmsgs = s.handle(st.TaskFinished(sid(), compute_keys(wmsgs, "w1")[0], "w1", b"v", 1, 0.0, 50e-6))
+    assert compute_keys(wmsgs, "w1") == [] and "w1" not in {ws.address for ws in s.idle}

@@ -36,6 +36,11 @@ SEQUENCE_BITS = 44
 USER_PRIORITY_LIMIT = 1 << (62 - SEQUENCE_BITS)
 
 
+def slots_for(nthreads: int, per_thread: float) -> float:
+    """How many tasks a worker of ``nthreads`` holds at ``per_thread`` tasks a thread (inf: all)."""
+    return math.inf if per_thread == math.inf else max(1, math.ceil(per_thread * nthreads))
+
+
 def pickle_error(exc: BaseException) -> bytes:
     """An exception the scheduler makes (KilledWorker, a missing input), pickled the same in
     every process: by the exception's own ``__reduce_ex__``, whatever reducers the process
@@ -185,7 +190,7 @@ class WorkerState:
 
     def __init__(
         self, address: str, node: str, nthreads: int, *, host: str = "", pid: int = 0,
-        resources: dict[str, float] | None = None, memory_limit: int = 0, saturation: float = math.inf,
+        resources: dict[str, float] | None = None, memory_limit: int = 0, per_thread: float = math.inf,
     ):  # fmt: skip
         #: its id with the scheduler
         self.address = address
@@ -210,7 +215,7 @@ class WorkerState:
         #: bytes of the values it holds
         self.nbytes = 0
         #: how many tasks it may run or hold ready before it counts as saturated
-        self.slots = math.inf if saturation == math.inf else max(1, math.ceil(saturation * nthreads))
+        self.slots = slots_for(nthreads, per_thread)
         #: "running" takes new tasks; "paused" (short of memory) and "closing_gracefully"
         #: (being retired) do not, though they finish what they have
         self.status: WorkerStatus = "running"

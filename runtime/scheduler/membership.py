@@ -28,7 +28,7 @@ def add_worker(self: SchedulerState, s: st.AddWorker, out: Outbox) -> Recs:
     ns = self.nodes.get(s.node) or self.new_node(s.node)
     ws = WorkerState(
         s.address, s.node, max(1, s.nthreads), host=s.host, pid=s.pid,
-        resources=dict(s.resources), memory_limit=s.memory_limit, saturation=self.worker_saturation,
+        resources=dict(s.resources), memory_limit=s.memory_limit, per_thread=self.per_thread,
     )  # fmt: skip
     self.workers[s.address] = ws
     self.workers_by_host.setdefault(s.host, {})[ws] = None

@@ -113,6 +113,8 @@ class Scheduler:
         settings = dict(
             allowed_failures=_setting(allowed_failures, "scheduler.allowed-failures"),
             worker_saturation=_setting(worker_saturation, "scheduler.worker-saturation"),
+            round_trip=config.get("scheduler.round-trip"),
+            worker_saturation_cap=config.get("scheduler.worker-saturation-cap"),
             transition_log_length=_setting(transition_log_length, "scheduler.transition-log-length"),
         )  # fmt: skip
         self.state = SchedulerState(validate=_setting(validate, "scheduler.validate"), **settings)

@@ -41,6 +41,7 @@ client id, ``worker_msgs`` a worker address or node id, to a list of messages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -79,6 +80,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     WorkerState,
     pack_priority,
     pickle_error,
+    slots_for,
 )
 from runtime.scheduler.handlers import HANDLERS, handles
 from runtime.scheduler.order import CycleError, order_specs
@@ -134,6 +136,8 @@ class SchedulerState:
     def __init__(
         self, *, validate: bool = False, allowed_failures: int = _default("scheduler.allowed-failures"),
         worker_saturation: float = _default("scheduler.worker-saturation"),
+        round_trip: float = _default("scheduler.round-trip"),
+        worker_saturation_cap: float = _default("scheduler.worker-saturation-cap"),
         transition_log_length: int = _default("scheduler.transition-log-length"),
     ):  # fmt: skip
         #: every task the scheduler knows, by key
@@ -162,8 +166,14 @@ class SchedulerState:
         self.task_durations: dict[str, float] = {}
         #: a task involved in more worker deaths than this errs with KilledWorker
         self.allowed_failures = allowed_failures
-        #: slots per thread before a worker counts as saturated (inf: never queue)
+        #: slots per thread before a worker counts as saturated (inf: never queue): the least
         self.worker_saturation = worker_saturation
+        #: seconds a result takes back and the next task out: short tasks get slots to cover it
+        self.round_trip = round_trip
+        #: the most slots per thread
+        self.worker_saturation_cap = worker_saturation_cap
+        #: slots per thread now, for the prefix at the head of the queue (``_retune_slots``)
+        self.per_thread = worker_saturation
         #: check every invariant after every transition (tests run with this on)
         self.validate = validate
         #: (key, start, finish, recommendations, stimulus_id), newest last
@@ -192,8 +202,10 @@ class SchedulerState:
                 self.transitions(recs, stimulus.stimulus_id, out)
             if self._to_place:
                 self._place_ready(stimulus.stimulus_id, out)
-            if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
-                self._fill_free_slots(stimulus.stimulus_id, out)
+            if self.queued:
+                self._retune_slots()
+                if self.idle:
+                    self._fill_free_slots(stimulus.stimulus_id, out)
             if self.validate:
                 validation.validate_state(self)
             return out.client_msgs, out.worker_msgs
@@ -396,6 +408,37 @@ class SchedulerState:
                 if more := self.transition_on(ts, self._ready(ts), stimulus_id, out):
                     self.transitions(more, stimulus_id, out)
         to_place.clear()
+
+    def in_flight_per_thread(self, prefix: str) -> float:
+        """Tasks of ``prefix`` a worker thread should hold: enough to stay busy while a result
+        travels back and the next task comes (one round trip at the prefix's measured
+        duration), rounded up to a power of two so it changes seldom; never fewer than
+        worker-saturation (Dask's 1.1, which long tasks get) nor more than the cap."""
+        floor = self.worker_saturation
+        duration = self.task_durations.get(prefix)
+        if floor == math.inf or duration is None or not self.round_trip:
+            return floor
+        need = 1.0 + self.round_trip / max(duration, 1e-9)
+        if need <= floor:
+            return floor
+        per_thread = 2.0
+        while per_thread < need and per_thread < self.worker_saturation_cap:
+            per_thread *= 2
+        return min(per_thread, self.worker_saturation_cap)
+
+    def _retune_slots(self) -> None:
+        """Size every worker's slots for the task at the head of the queue (its prefix's
+        measured duration): a change of a power of two, seldom, and O(workers) when it comes."""
+        per_thread = self.in_flight_per_thread(self.queued.peek().prefix)  # type: ignore[union-attr]
+        if per_thread == self.per_thread:
+            return
+        self.per_thread = per_thread
+        for ws in self.workers.values():
+            ws.slots = slots_for(ws.nthreads, per_thread)
+            if ws.status == "running" and ws.has_free_slot():
+                self.idle[ws] = None
+            else:
+                self.idle.pop(ws, None)
 
     def _fill_free_slots(self, stimulus_id: str, out: Outbox) -> None:
         """Once a stimulus has settled, send queued tasks to every free worker slot.
