@@ -24,6 +24,7 @@ _EXPORTS = {
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
     "LocalCluster": "runtime.cluster",
+    "shuffle": "runtime.shuffling.api",
     "MemorySampler": "runtime.diagnostics",
     "get_worker": "runtime.worker.actors",
     "get_client": "runtime.api.in_task", "worker_client": "runtime.api.in_task",
@@ -41,7 +42,7 @@ __all__ = [
     "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
-    "secede", "rejoin",
+    "secede", "rejoin", "shuffle",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.client.progress import progress
     from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
     from runtime.cluster import LocalCluster
+    from runtime.shuffling.api import shuffle
     from runtime.diagnostics import MemorySampler
     from runtime.errors import (
         ActorDiedError,

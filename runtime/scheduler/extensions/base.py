@@ -182,7 +182,9 @@ class KeyRefs:
 
 def install(scheduler: Scheduler) -> None:
     """Add every extension to ``scheduler`` as a plugin (once it listens)."""
-    from runtime.scheduler.extensions import event, multi_lock, publish, queues, semaphores, variables
+    from runtime.scheduler.extensions import event, multi_lock, publish, queues, semaphores, shuffle, variables
+
+    del shuffle  # its requests are registered; it adds itself as a plugin on the first shuffle
 
     scheduler.handle_stimulus(st.AddClient("add-client-extensions", EXTENSIONS_CLIENT))
     refs = KeyRefs(scheduler)
