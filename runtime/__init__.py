@@ -79,7 +79,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.client.progress import progress
     from runtime.client.waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
     from runtime.cluster import LocalCluster
-    from runtime.shuffling.api import shuffle
     from runtime.diagnostics import MemorySampler
     from runtime.errors import (
         ActorDiedError,
@@ -92,5 +91,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         TaskError,
     )  # fmt: skip
     from runtime.scheduler.plugins import SchedulerPlugin
+    from runtime.shuffling.api import shuffle
     from runtime.worker.actors import get_worker
     from runtime.worker.plugins import WorkerPlugin

@@ -7,8 +7,8 @@ follows the shuffle's keys through its ``transition`` hook and frees those files
 node (their names follow from the shuffle's id, the input's index and the node's store
 prefix, so nothing needs to report them):
 
-- when every output is in memory (the shards were read), or an output erred or was
-  forgotten (cancelled, or released by every client): the shuffle has ended;
+- when no output needs them any more: each is in memory (its shards were read), erred,
+  or forgotten (cancelled, or released by every client): the shuffle has ended;
 - when a transfer of an ended shuffle finishes after all (it was running as the shuffle
   ended and wrote its file late), and again a few times after the end while transfers
   were running then (a cancelled task's finishing is not a transition);
@@ -108,12 +108,10 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
                     self._free(run, [i])
         elif kind == "output":
             j = int(rest[0])
-            if finish == "memory":
+            if finish in ("memory", "erred", "forgotten"):  # it needs no shard any more
                 run.pending.discard(j)
                 if not run.pending:
                     self._end(run)
-            elif finish in ("erred", "forgotten"):
-                self._end(run)
             else:
                 run.pending.add(j)
 
