@@ -456,9 +456,12 @@ class FetchFailed(Message, tag="fetch-failed"):
 
 
 class GetObject(Message, tag="get-object"):
-    """Send me the raw bytes of this object of your store."""
+    """Send me the raw bytes of this object of your store (``length`` bytes from ``offset``:
+    one shard of a shuffle's shard file; -1 to its end)."""
 
     name: ObjectName
+    offset: int = 0
+    length: int = -1
 
 
 class Object(Message, tag="object"):

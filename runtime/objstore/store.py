@@ -329,6 +329,12 @@ def write_arrow(name: str, value: Any, key: str = "") -> int:
     return _seal(name, _aligned(start + size), key, fill)
 
 
+def write_raw(name: str, size: int, fill: Callable[[int], None], key: str = "") -> int:
+    """Write and seal an object of ``size`` bytes in a format of the caller's own (``fill(fd)``
+    writes it; the shuffle's shard files): room, spilling and freeing work as for any object."""
+    return _seal(name, size, key, fill)
+
+
 def _seal(name: str, size: int, key: str, fill: Callable[[int], None]) -> int:
     """Reserve room, fill a temporary file, and rename it into place: the seal."""
     prefix = prefix_of(name)
@@ -536,6 +542,11 @@ def _map(name: str, key: str) -> tuple[mmap.mmap, str, int]:
     finally:
         os.close(fd)
     return mm, path, st.st_size
+
+
+def map_raw(name: str, key: str) -> memoryview:
+    """A read-only view of a sealed object's bytes, whatever their format (``write_raw``)."""
+    return memoryview(_map(name, key)[0])
 
 
 def read(name: str, key: str) -> Any:

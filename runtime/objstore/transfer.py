@@ -76,7 +76,7 @@ class ObjectServer:
                             "dropping connection from %s: %s is not of node %s", comm.peer, msg.name, self.node
                         )
                         return
-                    if not await self._send_object(comm, msg.name):
+                    if not await self._send_object(comm, msg.name, msg.offset, msg.length):
                         return
                 elif type(msg) is m.Fetch:
                     if msg.source is None:
@@ -89,17 +89,23 @@ class ObjectServer:
                 elif not await self._take_object(comm, msg.key, msg.size):  # PutObject
                     return
 
-    async def _send_object(self, comm: Comm, name: str) -> bool:
-        """Stream one object of this store to the peer; False if the peer went away meanwhile."""
+    async def _send_object(self, comm: Comm, name: str, offset: int = 0, length: int = -1) -> bool:
+        """Stream one object of this store, or ``length`` bytes of it from ``offset``, to the
+        peer; False if the peer went away meanwhile."""
         path = store.find(name)
         if path is None:
             comm.send(m.ObjectMissing(f"{name} is not in node {self.node}'s store"))
             return True
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            whole = os.fstat(f.fileno()).st_size
+            end = whole if length < 0 else offset + length
+            if not 0 <= offset <= end <= whole:
+                comm.send(m.ObjectMissing(f"{name} has {whole} bytes, not {offset}..{end}"))
+                return True
             # Not closed here: the transport may still hold a slice of it when the peer is gone,
             # and closing a mapping with views raises; it goes with its last view.
-            view = memoryview(mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ))
+            view = memoryview(mmap.mmap(f.fileno(), whole, prot=mmap.PROT_READ))[offset:end] if whole else b""
+        size = end - offset
         comm.send(m.Object(size))
         sent = 0
         try:
@@ -245,6 +251,30 @@ def read_remote(source: str, key: str, located: m.StoreRef) -> Any:
     except OSError as e:  # refused, reset, timed out: the holder is gone or frozen
         raise store.ObjectLostError(f"cannot read {key!r} from {where}: {type(e).__name__}: {e}") from None
     return store.loads_object(view.toreadonly(), key, where)
+
+
+def read_ranges(source: str, ranges: list[tuple[str, int, int]], what: str) -> list[memoryview]:
+    """Byte ranges ``(name, offset, length)`` of objects read straight from their holder's agent
+    at ``source``, on one connection, each into memory of this process (the shuffle's shards of
+    another node: each crosses the network once, and only the ranges asked for).
+    ObjectLostError, naming ``what``, when the holder does not have it, goes away or stalls."""
+    stall = config.get("heartbeat.timeout")
+    scheme, host, port = parse_address(source)
+    out = []
+    try:
+        with auth.open_sync(scheme, host, port, stall) as sock:
+            sock.sendall(codec.encode([m.GetObject(name, offset, length) for name, offset, length in ranges]))
+            for _ in ranges:
+                reply = read_frame(sock, source, m.FROM_OBJECT_SERVER)[0]
+                if type(reply) is not m.Object:
+                    raise store.ObjectLostError(f"{what} is not at {source}: {getattr(reply, 'error', reply)}")
+                buf = mmap.mmap(-1, max(reply.size, 1))  # page-aligned, as Arrow likes its buffers
+                view = memoryview(buf)[: reply.size]
+                auth.recv_into_all(sock, view, source)
+                out.append(view.toreadonly())
+    except OSError as e:
+        raise store.ObjectLostError(f"cannot read {what} from {source}: {type(e).__name__}: {e}") from None
+    return out
 
 
 def write_remote(agent: str, node: str, key: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> m.StoreRef:

@@ -191,9 +191,12 @@ def install(scheduler: Scheduler) -> None:
         pubsub,
         queues,
         semaphores,
+        shuffle,
         spans,
         variables,
     )
+
+    del shuffle  # its requests are registered; it adds itself as a plugin on the first shuffle
 
     scheduler.handle_stimulus(st.AddClient("add-client-extensions", EXTENSIONS_CLIENT))
     refs = KeyRefs(scheduler)
