@@ -3,7 +3,7 @@
 ::
 
     user thread: handle.m.remote() ─── sendall ──────────────────────► the actor's worker
-        (connected, nothing queued before it, arguments done)        (one thread per connection)
+        (connected, no call before it in flight, arguments done)     (one thread per connection)
     user thread: get(ref) ◄── recv: the waiting thread reads the reply ◄──┘
                              itself (or the connection's reader thread,
                              when nobody waits for it)
@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import select
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
@@ -186,6 +187,8 @@ class ActorCalls:
         self._blocked: set[_Route] = set()
         #: node id -> its agent's address, for arguments stored on other nodes
         self._agents: dict[str, str] | None = None
+        #: threads waiting for futures without reading replies themselves (``waiting``)
+        self._waiters = 0
         self._closed = False
         futures.on_watch = self.watch
 
@@ -216,7 +219,9 @@ class ActorCalls:
         with self._lock:
             route = self._routes.get(call.actor_id)
             conn = route.conn if route is not None else None
-            if conn is None or route.queue or conn.unsent or route.error is not None:  # type: ignore[union-attr]
+            # Only a call with none before it in flight goes alone: calls made in a burst
+            # leave through the loop, many to a frame, so pipelined calls cost a syscall less each.
+            if conn is None or conn.inflight or route.queue or conn.unsent or route.error is not None:  # type: ignore[union-attr]
                 return False
             self._track(conn, call)
         self._write(conn, [call])
@@ -257,6 +262,21 @@ class ActorCalls:
         finally:
             conn.read_lock.release()
 
+    @contextlib.contextmanager
+    def waiting(self, futures: Sequence[Future]) -> Iterator[None]:
+        """A thread waits for ``futures`` without reading replies itself: the reader threads
+        read the replies of these and of calls sent meanwhile at once, not LAZY_READ later."""
+        with self._lock:
+            self._waiters += 1
+            conns = {id(c): c for f in futures if (c := self._key_conn.get(f.key)) is not None}
+        for conn in conns.values():
+            conn.wake(kick=True)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiters -= 1
+
     # -- sending (any thread) -------------------------------------------------------------
 
     def _track(self, conn: _Conn, call: _Call) -> None:
@@ -265,6 +285,8 @@ class ActorCalls:
             conn.inflight[key] = call
             self._key_conn[key] = conn
         conn.sent += 1
+        if self._waiters:  # a thread waits on the condition: read the reply as it comes
+            conn.wake(kick=True)
 
     def _message(self, call: _Call) -> m.ActorCall:
         values = {k: f._state.value for k, f in call.deps.items()}

@@ -578,7 +578,8 @@ class ClusterClient:
             # Results of calls to one actor: this thread reads them off its connection itself.
             if futures and self.actor_calls.read_replies(ready, futures, deadline):
                 return
-            self._wait_on(cond, ready, futures, deadline)
+            with self.actor_calls.waiting(futures):
+                self._wait_on(cond, ready, futures, deadline)
 
     def _wait_on(
         self, cond: threading.Condition, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None
