@@ -209,3 +209,13 @@ def test_scatter_a_collection_backed_by_futures(c):
     arr = da.from_delayed(x, shape=(), dtype=int)
     stored = c.scatter(arr)
     assert stored.result().compute(scheduler=c.get) == 2
+
+
+def test_scattered_and_put_data_show_in_who_has_and_has_what(c):
+    small, big = c.scatter([1, b"x" * 2_000_000])
+    workers = set(c.nthreads())
+    has = c.who_has([small, big])
+    # a value in a node's store (or kept inline by the scheduler) is held by the workers that
+    # read it without a transfer between workers: here, every worker of the one node
+    assert set(has[small.key]) == workers and set(has[big.key]) == workers
+    assert all(small.key in keys and big.key in keys for keys in c.has_what().values())

@@ -240,3 +240,49 @@ def test_kill_with_no_restart_false_restarts_an_actor_with_restarts_left(cluster
     ray.kill(c, no_restart=False)  # no restarts left: it dies
     with pytest.raises(ray.ActorDiedError):
         ray.get(c.add.remote(), timeout=60)
+
+
+# -- handles from get_actor and max_task_retries ------------------------------------------------
+
+
+def test_get_actor_handles_check_signatures_and_know_num_returns(cluster):
+    Counter.options(name="checked-counter").remote(4)
+    c = ray.get_actor("checked-counter")
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        c.add.remote(1, 2)
+    a, b = c.pair.remote()  # @ray.method(num_returns=2), known from the class
+    assert ray.get([a, b]) == [4, -4]
+    ray.kill(c)
+
+
+@ray.remote
+class Crasher:
+    """Dies (its worker with it) the first time ``crash_once`` runs on a fresh instance."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def crash_once(self):
+        import os
+
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return "done"
+
+
+def test_max_task_retries_sends_an_interrupted_call_to_the_restarted_actor(cluster, tmp_path):
+    c = Crasher.options(max_restarts=1, max_task_retries=1).remote(str(tmp_path / "a"))
+    assert ray.get(c.crash_once.remote(), timeout=60) == "done"
+
+
+def test_without_max_task_retries_an_interrupted_call_fails(cluster, tmp_path):
+    c = Crasher.options(max_restarts=1).remote(str(tmp_path / "b"))
+    with pytest.raises(ray.ActorDiedError):
+        ray.get(c.crash_once.remote(), timeout=60)
+    assert ray.get(c.crash_once.remote(), timeout=60) == "done"  # the restarted actor
+
+
+def test_max_task_retries_is_checked():
+    with pytest.raises(ValueError, match="max_task_retries"):
+        Crasher.options(max_task_retries=-2)

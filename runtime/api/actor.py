@@ -9,6 +9,7 @@ to tasks and to other actors, which then call the same actor.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -71,12 +72,8 @@ class ActorClass:
     def __init__(self, cls: type, options: dict[str, Any]):
         self._cls = cls
         self._options = check_options(options, ACTOR_OPTIONS)
-        self._methods = _methods(cls)
-        #: num_returns of methods marked with runtime.method
-        self._method_options = _method_options(cls)
-        #: what calls are checked against at .remote(): the constructor's, each method's
         self._check_call = CallCheck(cls, f"{cls.__name__}.remote()")
-        self._method_checks = {name: _method_check(cls, name) for name in self._methods}
+        self._methods = _class_info(cls)[0]
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -101,34 +98,44 @@ class ActorClass:
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
         )
         task = task_spec(actor_id, _create_actor_pickled, args_bytes, deps, 0, f"actor-{name}", restrictions(opts))
+        handle = ActorHandle(actor_id, self._cls, opts.get("max_task_retries", 0))
         reply = current_runtime().client.request(
             "register-actor", actor=actor_id, name=opts.get("name") or "", class_name=name, methods=self._methods,
             max_restarts=opts.get("max_restarts", 0), detached=opts.get("lifetime") == "detached", task=task,
+            handle=serialize.dumps(handle),
         )  # fmt: skip
         if "error" in reply:
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
-        return ActorHandle(actor_id, name, self._methods, self._method_options, self._method_checks)
+        return handle
 
     def __repr__(self) -> str:
         return f"<ActorClass {self._cls.__name__} {self._options or ''}>"
 
 
-class ActorHandle:
-    """A reference to a running actor; ``handle.method.remote(...)`` calls it."""
+@functools.lru_cache(maxsize=256)
+def _class_info(cls: type) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, CallCheck]]:
+    """What every handle of an actor of ``cls`` knows: its method names, the options
+    ``runtime.method`` gave them (num_returns), and what each one's calls are checked against."""
+    methods = _methods(cls)
+    return methods, _method_options(cls), {name: _method_check(cls, name) for name in methods}
 
-    def __init__(
-        self, actor_id: str, class_name: str, methods: list[str],
-        method_options: dict[str, dict[str, Any]] | None = None,
-        checks: dict[str, CallCheck] | None = None,
-    ):  # fmt: skip
+
+class ActorHandle:
+    """A reference to a running actor; ``handle.method.remote(...)`` calls it.
+
+    Every handle, however it was obtained (``Cls.remote()``, passed to a task or an actor,
+    ``get_actor``), carries the actor's class, so its calls are checked against the methods'
+    signatures and know their ``num_returns``, and the actor's ``max_task_retries``.
+    """
+
+    def __init__(self, actor_id: str, cls: type, max_task_retries: int = 0):
         self._actor_id = actor_id
-        self._class_name = class_name
-        self._methods = methods
-        #: options runtime.method gave methods (num_returns), by name
-        self._method_options = method_options or {}
-        #: what each method's calls are checked against (in the process that made the actor; not pickled)
-        self._checks = checks or {}
+        self._cls = cls
+        self._class_name = cls.__name__
+        #: how many times a call is sent again if the actor's worker dies while running it (-1: always)
+        self._max_task_retries = max_task_retries
+        self._methods, self._method_options, self._checks = _class_info(cls)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") or name not in self._methods:
@@ -136,7 +143,7 @@ class ActorHandle:
         return ActorMethod(self, name, self._method_options.get(name, {}).get("num_returns", 1))
 
     def __reduce__(self) -> tuple:
-        return ActorHandle, (self._actor_id, self._class_name, self._methods, self._method_options)
+        return ActorHandle, (self._actor_id, self._cls, self._max_task_retries)
 
     def __repr__(self) -> str:
         return f"<ActorHandle {self._class_name} {self._actor_id}>"
@@ -164,8 +171,9 @@ class ActorMethod:
         check = handle._checks.get(self._name)
         if check is not None:
             check(args, kwargs)
+        retries = handle._max_task_retries
         futures = current_runtime().client.actor_calls.call(
-            handle._actor_id, self._name, args, kwargs, self._num_returns
+            handle._actor_id, self._name, args, kwargs, self._num_returns, 1 << 30 if retries < 0 else retries
         )
         return futures[0] if self._num_returns == 1 else futures
 
@@ -183,7 +191,7 @@ def get_actor(name: str) -> ActorHandle:
     reply = current_runtime().client.request("get-actor", name=name)
     if "error" in reply:
         raise ValueError(reply["error"])
-    return ActorHandle(reply["actor"], reply["class_name"], reply["methods"])
+    return serialize.loads(reply["handle"])
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -60,6 +60,7 @@ ACTOR_OPTIONS: dict[str, Option] = {
     **{k: TASK_OPTIONS[k] for k in ("num_cpus", "resources", "workers", "allow_other_workers", "name")},
     "max_concurrency": Option((int,), None, lambda x: x >= 1, "a whole number >= 1 (threads, or async calls)"),
     "max_restarts": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
+    "max_task_retries": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
     "lifetime": Option((str,), None, lambda x: x == "detached", '"detached" (outlive the process that made it)'),
 }
 

@@ -89,7 +89,7 @@ class ClusterClient:
         #: graphs waiting for actor calls' results before they can leave (``held.py``)
         self._held = HeldGraphs(self.futures, self._send)
         #: actor method calls, sent straight to the actors' workers
-        self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._to_scheduler)
+        self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._send)
         #: what to do with each message from the scheduler
         self._handlers = self._handler_table()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
@@ -609,7 +609,17 @@ class ClusterClient:
                 return
         # A task waiting here gives its worker's thread back meanwhile (and takes one back
         # after, outside the lock): tasks that wait on tasks never deadlock a worker.
-        with waiting_in_task(), cond:
+        with waiting_in_task():
+            # Results of calls to one actor: this thread reads them off its connection itself.
+            if futures and self.actor_calls.read_replies(ready, futures, deadline):
+                return
+            with self.actor_calls.waiting(futures):
+                self._wait_on(cond, ready, futures, deadline)
+
+    def _wait_on(
+        self, cond: threading.Condition, ready: Callable[[], bool], futures: Sequence[Future], deadline: float | None
+    ) -> None:
+        with cond:
             while not ready():
                 if self._lost:
                     raise ConnectionError(self._lost)

@@ -103,6 +103,9 @@ class FutureTable:
         #: run their tasks only while someone waits
         self.settles_itself = callback_thread
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: told the key of a pending future that got a done callback (the actor calls: a
+        #: reply a callback waits for is read at once, not when a thread waits for it)
+        self.on_watch: Callable[[str], None] | None = None
 
     def future(self, key: str) -> Future:
         """A new ``Future`` of ``key``, sharing the state of the key's other futures."""
@@ -177,10 +180,13 @@ class FutureTable:
         """Call ``fn(future)`` once ``future`` is done; now, in this thread, if it already is."""
         with self.lock:
             fs = future._state
-            if fs.status == PENDING:
+            pending = fs.status == PENDING
+            if pending:
                 fs.callbacks = [*(fs.callbacks or ()), (fn, future)]
-                return
-        _call_logged(fn, future)
+        if not pending:
+            _call_logged(fn, future)
+        elif fs.local and self.on_watch is not None:
+            self.on_watch(future.key)
 
     def fire_callbacks(self) -> None:
         """Run the callbacks that became due (see the class).

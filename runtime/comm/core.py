@@ -246,3 +246,41 @@ def read_frame(sock: socket.socket, peer: str, decoder: Decoder) -> list[Any]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
     header = auth.recv_exactly(sock, codec.HEADER.size, peer)
     return codec.decode(auth.recv_exactly(sock, codec.frame_length(header, peer), peer), decoder)
+
+
+class FrameReader:
+    """Frames from a blocking socket, read in large chunks: a reply that arrives with the next
+    one costs one ``recv`` for both, and a frame costs one system call instead of two."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, sock: socket.socket, peer: str, decoder: Decoder):
+        self.sock = sock
+        self.peer = peer
+        self.decoder = decoder
+        self._buf = bytearray()
+
+    def buffered(self) -> bool:
+        """True if a whole frame is read already (``read`` will not block)."""
+        buf = self._buf
+        h = codec.HEADER.size
+        return len(buf) >= h and len(buf) >= h + codec.frame_length(bytes(buf[:h]), self.peer)
+
+    def read(self) -> list[Any]:
+        """The next batch of messages; ``ConnectionError`` when the socket closes."""
+        h = codec.HEADER.size
+        buf = self._buf
+        while len(buf) < h:
+            self._fill()
+        n = codec.frame_length(bytes(buf[:h]), self.peer)
+        while len(buf) < h + n:
+            self._fill()
+        payload = bytes(buf[h : h + n])
+        del buf[: h + n]
+        return codec.decode(payload, self.decoder)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(self.CHUNK)
+        if not data:
+            raise ConnectionResetError(f"{self.peer} closed the connection")
+        self._buf += data

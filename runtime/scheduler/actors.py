@@ -53,6 +53,8 @@ class ActorInfo:
     task: TaskSpec
     #: pending, alive, restarting or dead
     state: str = "pending"
+    #: a pickled ActorHandle of it, for ``get_actor`` (it knows the class: signatures, num_returns)
+    handle: bytes = b""
     #: the creation task in flight
     creation_key: str = ""
     worker: str = ""
@@ -91,6 +93,7 @@ class ActorRegistry:
             msg["actor"], name, msg["class_name"], list(msg["methods"]), client, bool(msg.get("detached")),
             int(msg.get("max_restarts", 0)), msgspec.convert(msg["task"], TaskSpec),
         )  # fmt: skip
+        info.handle = msg.get("handle") or b""
         self.actors[info.actor_id] = info
         if name:
             self.named[name] = info.actor_id
@@ -113,7 +116,7 @@ class ActorRegistry:
             known = ", ".join(sorted(self.named)) or "none"
             return {"error": f"no live actor is named {name!r} (named actors: {known})"}
         info = self.actors[actor_id]
-        return {"actor": actor_id, "class_name": info.class_name, "methods": info.methods}
+        return {"actor": actor_id, "class_name": info.class_name, "methods": info.methods, "handle": info.handle}
 
     def kill(self, actor_id: str, no_restart: bool = True) -> dict:
         info = self.actors.get(actor_id)

@@ -34,7 +34,7 @@ from runtime.comm import messages as m
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
 from runtime.dashboard.service import Dashboard
-from runtime.scheduler import amm, placement, record, retire, sampler
+from runtime.scheduler import amm, holders, placement, record, retire, sampler
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -493,7 +493,7 @@ request("adaptive-target")(lambda s, msg, peer: placement.adaptive_target(s.stat
 request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.story(*msg["keys"])])
 request("task-states")(lambda s, msg, peer: {k: ts.state for k, ts in s.state.tasks.items()})
 request("processing")(lambda s, msg, peer: {a: [t.key for t in w.processing] for a, w in s.state.workers.items()})
-request("has-what")(lambda s, msg, peer: {a: [t.key for t in w.has_what] for a, w in s.state.workers.items()})
+request("has-what")(lambda s, msg, peer: holders.has_what(s.state))
 
 
 @request("identity")
@@ -541,9 +541,7 @@ def _memory_sampling_stop(s: Scheduler, msg: dict, peer: str) -> Any:
 
 @request("who-has")
 def _who_has(s: Scheduler, msg: dict, peer: str) -> dict:
-    tasks = s.state.tasks
-    keys = msg.get("keys")
-    return {k: sorted(w.address for w in ts.who_has or ()) for k in keys or tasks if (ts := tasks.get(k)) is not None}
+    return holders.who_has(s.state, msg.get("keys"))
 
 
 @request("run")

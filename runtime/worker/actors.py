@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.comm import auth, codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import read_frame
+from runtime.comm.core import FrameReader
 from runtime.errors import ActorDiedError
 from runtime.objstore import values
 
@@ -247,10 +247,11 @@ class ActorHost:
             except OSError:  # the caller went away; its calls die with its connection
                 pass
 
+        frames = FrameReader(conn, peer, m.TO_ACTOR_SERVER)
         with conn:
             while True:
                 try:
-                    msgs = read_frame(conn, peer, m.TO_ACTOR_SERVER)
+                    msgs = frames.read()
                 except (ConnectionError, OSError) as e:
                     if not isinstance(e, ConnectionResetError):
                         logger.warning("actor server: dropping the connection from %s: %s", peer, e)
