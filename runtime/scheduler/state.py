@@ -63,6 +63,7 @@ from runtime.scheduler import (  # noqa: F401 - clients, membership and secessio
     membership,
     placement,
     secession,
+    stealing,
     validation,
 )
 from runtime.scheduler import stimuli as st
@@ -152,6 +153,9 @@ class SchedulerState:
         # Messages produced while handling the current stimulus.
         self._client_msgs: Msgs = {}
         self._worker_msgs: Msgs = {}
+        #: steals asked of a victim and not yet confirmed, and those it declined (stealing.py);
+        #: an entry goes when its task leaves processing
+        self.steals: dict[TaskState, stealing.Steal] = {}
         #: tasks the current stimulus recommended for processing, placed once it has settled
         self._to_place: list[TaskState] = []
 
@@ -290,8 +294,9 @@ class SchedulerState:
             return placement.decide_rootish(self) or "queued"
         return placement.decide_worker(self, ts) or "no-worker"
 
-    def _transition_waiting_processing(self, ts: TaskState) -> Recs:
-        where = self._place(ts)
+    def _transition_waiting_processing(self, ts: TaskState, ws: WorkerState | None = None) -> Recs:
+        """To the worker ``ws`` when given (a steal's thief), else where ``_place`` says."""
+        where = self._place(ts) if ws is None else ws
         if isinstance(where, str):
             return {ts.key: where}
         self._send_to_worker(ts, where)
@@ -355,6 +360,8 @@ class SchedulerState:
         ts.processing_on = None
         if ws is None:
             return None
+        if self.steals:  # a steal of this run is void: the task left the victim some other way
+            self.steals.pop(ts, None)
         occupancy = ws.occupancy - ws.processing.pop(ts)
         if ws.long_running:
             ws.long_running.pop(ts, None)
