@@ -23,10 +23,11 @@ dropped.
 
 The policy (``balance``), a pure function of the state like the placement policies:
 
-* **From saturated to idle only.**  Thieves are running workers with a free thread (fewer
-  tasks than threads, counting the steals in flight); in one round each takes tasks until
-  it holds ``capacity`` (its slots, at most twice its threads: one ready behind each running
-  one, so it does not idle until the next round).  Victims hold more tasks than threads.
+* **From saturated to idle only.**  Counting the steals in flight as done, thieves are
+  running workers that are idle as Dask defines it ("unoccupied"): a free thread, or less
+  than half the cluster's average work per thread (so a thief takes its next task before
+  it runs dry, not a round later); each takes tasks until it is no longer idle.  Victims
+  hold more tasks than threads and are not idle.
 * **Never a started task.**  Candidates are a victim's tasks that are not long-running
   (seceded), not asked for already, and not an actor's creation; taken from the end of
   its queue (sent last, so started last), at most ``SCAN`` per victim and round.
@@ -103,11 +104,6 @@ def steal_level(s: SchedulerState, ts: TaskState) -> int | None:
     return level if level < LEVELS else None
 
 
-def capacity(ws: WorkerState) -> int:
-    """How many tasks a thief may hold after a round: its slots, from its threads to twice them."""
-    return int(min(max(ws.slots, ws.nthreads), 2 * ws.nthreads))
-
-
 def stealable(s: SchedulerState, ts: TaskState, victim: WorkerState) -> bool:
     """Whether ``ts``, processing on ``victim``, may be asked for at all."""
     return (
@@ -140,10 +136,16 @@ def balance(s: SchedulerState) -> list[tuple[str, str, str]]:
         if steal.thief in ntasks:  # else it left: the answer places the task anew
             ntasks[steal.thief] += 1
             occupancy[steal.thief] += steal.duration
-    thieves = [ws for ws in s.workers.values() if ws.status == "running" and ntasks[ws] < ws.nthreads]
+    # Dask's "unoccupied": a free thread, or less than half the average work per thread.
+    half_average = sum(occupancy.values()) / max(1, s.total_nthreads) / 2
+
+    def idle(ws: WorkerState) -> bool:
+        return ntasks[ws] < ws.nthreads or occupancy[ws] < ws.nthreads * half_average
+
+    thieves = [ws for ws in s.workers.values() if ws.status == "running" and idle(ws)]
     if not thieves:
         return []
-    victims = [ws for ws in s.workers.values() if ntasks[ws] > ws.nthreads]
+    victims = [ws for ws in s.workers.values() if ntasks[ws] > ws.nthreads and not idle(ws)]
     victims.sort(key=lambda ws: -occupancy[ws] / ws.nthreads)
     levels: list[list[tuple[TaskState, WorkerState]]] = [[] for _ in range(LEVELS)]
     for victim in victims:
@@ -174,7 +176,7 @@ def balance(s: SchedulerState) -> list[tuple[str, str, str]]:
             occupancy[victim] -= task_seconds
             ntasks[thief] += 1
             occupancy[thief] += task_seconds
-            if ntasks[thief] >= capacity(thief):
+            if not idle(thief):
                 thieves.remove(thief)
     return moves
 
