@@ -177,3 +177,17 @@ def test_cost_levels():
     assert stealing.steal_level(s, ts) is not None  # 110x: costly, but allowed
     s.task_durations["f"] = 0.0001
     assert stealing.steal_level(s, ts) is None  # 1100x: never
+
+
+def test_a_late_answer_to_a_voided_request_does_not_move_the_task_of_a_newer_one():
+    """r0 is voided (f-7 cancelled, submitted again, back on w1), r1 asks again: r0's late
+    "queued" is about the run w1 dropped before the new one arrived; only r1's answer counts."""
+    s = two_nodes()
+    r0, _ = request(s, [("f-7", "w1", "w2")])
+    s.handle(st.Cancel(sid(), "c1", ("f-7",)))
+    s.handle(st.UpdateGraph(sid(), "c1", (spec("f-7", "x-7"),), ("f-7",)))
+    r1, wmsgs = request(s, [("f-7", "w1", "w2")])
+    assert wmsgs == {"w1": [StealRequest("f-7", r1)]}
+    assert answer(s, "f-7", "w1", r0, "queued") == {}
+    assert s.tasks["f-7"].processing_on is s.workers["w1"]
+    assert compute_keys(answer(s, "f-7", "w1", r1, "queued"), "w2") == ["f-7"]
