@@ -139,6 +139,14 @@ def _number(kind: type, low: float, high: float = math.inf, *, inf: bool = False
     return parse
 
 
+def _interval(x: Any) -> float:
+    """A duration above zero and finite, as ``parse_timeout`` reads it (``"100ms"``, ``0.1``)."""
+    seconds = parse_timeout(x, "the interval")
+    if seconds is None or not 0 < seconds < math.inf:
+        raise ValueError(f"expected a duration above 0 and finite, not {x!r}")
+    return seconds
+
+
 def _memory_limit(x: Any) -> float | int | None:
     """``"auto"``/None: a share of the machine; a fraction in (0, 1]; else bytes (0: none)."""
     if x is None or (isinstance(x, str) and x.strip().lower() in ("auto", "")):
@@ -283,6 +291,11 @@ SETTINGS: dict[str, Setting] = {
     "scheduler.amm-interval": Setting(2.0, _number(float, 0.0),
         "seconds between runs of the active memory manager, which drops copies nobody needs (0: off)",
         env="RUNTIME_AMM_INTERVAL"),
+    "scheduler.work-stealing": Setting(True, _bool,
+        "idle workers take tasks queued on busy ones, when moving their inputs costs less than the wait "
+        "(Dask's distributed.scheduler.work-stealing)"),
+    "scheduler.work-stealing-interval": Setting(0.1, _interval,
+        "seconds between the scheduler's rounds of work stealing ('100ms', 0.1, ...)"),
     "client.attach-store": Setting(True, _bool,
         "a client that joins by address reads and writes the store of a node on its host directly, zero-copy "
         "(false: over the network, through the nodes' agents, as on a host with no node)"),

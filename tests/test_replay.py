@@ -160,6 +160,8 @@ def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
         st.ClientReleasesKeys("s18", "c", ("a", "b")),
         st.Cancel("s19", "c", ("a",), True),
         st.LongRunning("s20", "a", "n1/w"),
+        st.RequestSteals("s21", (("a", "n1/w", "n2/w"),)),
+        st.StealResponse("s22", "a", "n1/w", "s21", "queued"),
     ]
     assert {type(s) for s in examples} == set(record.STIMULI.values())
     path = str(tmp_path / "all.log")

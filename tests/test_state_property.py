@@ -24,6 +24,11 @@ After every stimulus it checks:
   ``compute-task`` goes to a worker allowed to run the task and carries exactly the task's
   submitted dependencies, each with a value, and is not cancelled later in the same batch;
   a stale report changes nothing; a value in memory is computed again only if it was lost.
+* work stealing: the policy's moves (and random ones, often stale) are requested; victims
+  answer in any order, finishing, erring or seceding the task first at random (then they
+  answer "gone" or "executing", as a real one must).  A task moves only on a "queued"
+  answer to the current request, when the victim holds no later run of it; a victim that
+  dropped a task is never left as the one running it (the task would hang).
 
 A ``drain`` rule (also run at teardown, after adding a worker if none is alive) finishes
 every processing task until none is left, then checks that every wanted key ended in
@@ -45,7 +50,14 @@ from collections.abc import Iterable
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hst
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from runtime.comm.messages import (
     CancelCompute,
@@ -55,9 +67,10 @@ from runtime.comm.messages import (
     KeyErred,
     KeyInMemory,
     LostKeys,
+    StealRequest,
     StoreRef,
 )
-from runtime.scheduler import amm
+from runtime.scheduler import amm, stealing
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.entities import pack_priority
 from runtime.scheduler.state import ALL_TASK_STATES, HeapSet, Msgs, SchedulerState, TaskGroup, TaskState, WorkerState
@@ -144,6 +157,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.told: dict[str, dict[str, str]] = {}
         #: set when ``handle`` raised: the state may be half-changed, so teardown skips the drain
         self.broken = False
+        #: steal requests not yet answered, as the victims see them: (key, victim, request) ->
+        #: {"ran": it finished, erred or seceded there since; "resent": a later compute-task
+        #: of it went to the victim (a new run, which the victim's answer does not concern)}
+        self.steal_requests: dict[tuple[str, str, str], dict[str, bool]] = {}
+        #: (worker, key): runs a victim dropped on a "queued" answer (and no later compute-task)
+        self.dropped: set[tuple[str, str]] = set()
+        #: a steal's answer is being handled: a loose task may go to a thief it does not name
+        self.answering_steal = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -161,6 +182,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         except BaseException:
             self.broken = True
             raise
+        if isinstance(stimulus, (st.TaskFinished, st.TaskErred, st.LongRunning)):  # the run started there
+            for (key, victim, _), seen in self.steal_requests.items():
+                if key == stimulus.key and victim == stimulus.worker:
+                    seen["ran"] = True
         self.track_objects(stimulus, worker_msgs)
         self.check_client_msgs(client_msgs)
         self.check_worker_msgs(worker_msgs)
@@ -216,11 +241,20 @@ class SchedulerMachine(RuleBasedStateMachine):
                     self.check_compute_task(dest, msg)
                 elif type(msg) is FreeObjects:
                     assert dest in s.nodes, f"free-objects to {dest!r}, not a node"
+                elif type(msg) is StealRequest:
+                    ts = s.tasks.get(msg.key)
+                    assert ts is not None and ts.processing_on is s.workers.get(dest), f"steal-request to {dest}: {ts}"
+                    assert ts not in ts.processing_on.long_running, f"{msg.key} is long-running: never stolen"
+                    self.steal_requests[msg.key, dest, msg.request] = {"ran": False, "resent": False}
                 else:
                     assert type(msg) is CancelCompute and dest in s.workers, (dest, msg)
 
     def check_compute_task(self, dest: str, msg: ComputeTask) -> None:
         s = self.state
+        self.dropped.discard((dest, msg.key))
+        for (key, victim, _), seen in self.steal_requests.items():
+            if key == msg.key and victim == dest:
+                seen["resent"] = True
         ws = s.workers.get(dest)
         assert ws is not None, f"compute-task to {dest!r}, not a live worker"
         assert ws.status == "running", f"compute-task to {dest!r}, which is {ws.status}"
@@ -234,9 +268,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert value.node in s.nodes and sources.get(value.node) == s.nodes[value.node].address, msg
         self.sent_deps[spec.key] = msg.deps
         assert msg.resources == spec.resources, msg
-        assert may_run(spec, ws) or (spec.allow_other_workers and not self.valid_workers(spec)), (
-            f"{spec.key} sent to {dest}, which its restrictions exclude"
-        )
+        loose = spec.allow_other_workers and (self.answering_steal or not self.valid_workers(spec))
+        assert may_run(spec, ws) or loose, f"{spec.key} sent to {dest}, which its restrictions exclude"
 
     def check_nothing_recomputed_needlessly(self, stimulus: st.Stimulus, in_memory: dict[TaskState, object]) -> None:
         """A value in memory is computed again only when it was lost (its node left, or a worker could not read it)."""
@@ -587,6 +620,57 @@ class SchedulerMachine(RuleBasedStateMachine):
         if dts.state == "memory" and dts.data == source:
             assert dts.located_on(ws.node) == StoreRef(ws.node, source.nbytes, name), dts.replicas
 
+    @precondition(lambda self: self.has_processing())
+    @rule(data=hst.data(), use_policy=hst.booleans())
+    def request_steals(self, data: hst.DataObject, use_policy: bool) -> None:
+        """Work stealing's policy runs, or a random (often stale) move is suggested."""
+        moves = stealing.balance(self.state) if use_policy else []
+        if not moves:
+            key = data.draw(hst.sampled_from(self.processing_keys()), label="key")
+            ws = self.state.tasks[key].processing_on
+            assert ws is not None
+            if data.draw(hst.booleans(), label="a valid thief"):
+                others = [w.address for w in self.running_workers() if w is not ws]
+                if not others:  # a thief joins
+                    self.start_worker(data.draw(hst.sampled_from(sorted(self.state.nodes)), label="node"))
+                    others = [w.address for w in self.running_workers() if w is not ws]
+                thief = data.draw(hst.sampled_from(others), label="thief")
+            else:
+                thief = data.draw(hst.sampled_from(self.all_workers), label="thief")  # maybe dead, paused or ws
+            moves = [(key, ws.address, thief)]
+        self.handle(st.RequestSteals(self.sid(), tuple(moves)))
+
+    @precondition(lambda self: self.steal_requests)
+    @rule(data=hst.data(), state=hst.sampled_from(["queued", "queued", "executing", "gone"]), race=hst.booleans())
+    def steal_response(self, data: hst.DataObject, state: str, race: bool) -> None:
+        """A victim answers a steal request; with ``race`` it finishes the task just before."""
+        s = self.state
+        key, victim, request = data.draw(hst.sampled_from(sorted(self.steal_requests)), label="request")
+        ts = s.tasks.get(key)
+        if race and ts is not None and ts.processing_on is not None and ts.processing_on.address == victim:
+            self.finish(key, self.result_value(key, False, 10), 10)
+        seen = self.steal_requests.pop((key, victim, request))
+        if seen["ran"] and state == "queued":  # a victim gives up only a run it has not started
+            state = "gone"
+        if state == "queued" and not seen["resent"]:
+            self.dropped.add((victim, key))
+        self.answering_steal = True
+        try:
+            _, worker_msgs = self.handle(st.StealResponse(self.sid(), key, victim, request, state))
+        finally:
+            self.answering_steal = False
+        sent = [w for w, msgs in worker_msgs.items() for m in msgs if type(m) is ComputeTask and m.key == key]
+        if state != "queued" or seen["resent"]:  # the victim runs it (or ran it): it goes nowhere else
+            assert not sent, f"{key} sent to {sent}, though {victim} answered {state!r} (resent: {seen['resent']})"
+        assert len(sent) <= 1, f"{key} sent to {sent}"
+
+    @invariant()
+    def no_task_waits_on_a_victim_that_dropped_it(self) -> None:
+        for ts in self.state.tasks.values():
+            if ts.processing_on is not None:
+                pair = (ts.processing_on.address, ts.key)
+                assert pair not in self.dropped, f"{ts.key} processes on {pair[0]}, which dropped it for a steal"
+
     @rule(data=hst.data(), erred=hst.booleans(), stored=hst.booleans())
     def stale_report(self, data: hst.DataObject, erred: bool, stored: bool) -> None:
         """A late or misdirected report: unknown key, or a worker that is not running the key."""
@@ -755,6 +839,54 @@ def test_random_stimuli_keep_the_state_consistent() -> None:
         SchedulerMachine,
         settings=settings(
             max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        ),
+    )
+
+
+class StealingMachine(SchedulerMachine):
+    """The same machine, starting with six tasks piled on one of two workers (loosely
+    restricted to it), and with steals requested and answered three times as often: among
+    its twenty-odd rules they would come up only a few times a run."""
+
+    @initialize()
+    def a_pile_on_one_worker(self) -> None:
+        self.start_worker(self.new_node())
+        self.start_worker(self.new_node())
+        self.handle(st.AddClient(self.sid(), "c0"))
+        pile = [st.TaskSpec(self.fresh("pile"), RUN_SPEC, (), 0, "pile", (self.all_workers[0],), None, True)]
+        pile += [
+            st.TaskSpec(self.fresh("pile"), RUN_SPEC, (), 0, "pile", pile[0].workers, None, True) for _ in range(5)
+        ]
+        self.specs.update((spec.key, spec) for spec in pile)
+        self.handle(st.UpdateGraph(self.sid(), "c0", tuple(pile), tuple(spec.key for spec in pile)))
+        assert len(self.state.workers[self.all_workers[0]].processing) == 6
+
+    @precondition(lambda self: self.has_processing())
+    @rule(data=hst.data(), use_policy=hst.booleans())
+    def request_steals_again(self, data: hst.DataObject, use_policy: bool) -> None:
+        self.request_steals(data, use_policy)
+
+    @precondition(lambda self: self.has_processing())
+    @rule(data=hst.data(), use_policy=hst.booleans())
+    def request_steals_once_more(self, data: hst.DataObject, use_policy: bool) -> None:
+        self.request_steals(data, use_policy)
+
+    @precondition(lambda self: self.steal_requests)
+    @rule(data=hst.data(), state=hst.sampled_from(["queued", "queued", "executing", "gone"]), race=hst.booleans())
+    def steal_response_again(self, data: hst.DataObject, state: str, race: bool) -> None:
+        self.steal_response(data, state, race)
+
+    @precondition(lambda self: self.steal_requests)
+    @rule(data=hst.data(), state=hst.sampled_from(["queued", "queued", "executing", "gone"]), race=hst.booleans())
+    def steal_response_once_more(self, data: hst.DataObject, state: str, race: bool) -> None:
+        self.steal_response(data, state, race)
+
+
+def test_random_stimuli_with_frequent_steals_keep_the_state_consistent() -> None:
+    run_state_machine_as_test(
+        StealingMachine,
+        settings=settings(
+            max_examples=200, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
         ),
     )
 

@@ -215,6 +215,17 @@ class LongRunning(Message, tag="long-running"):
     key: str
 
 
+class StealResponse(Message, tag="steal-response"):
+    """A worker's answer to ``steal-request``: what ``key`` was on it when asked.  "queued"
+    (received, not started: it dropped it, the thief may run it), "executing" (started,
+    seceded ones too: it keeps it) or "gone" (finished already; its result went before)."""
+
+    key: str
+    #: the request's id, as the scheduler sent it
+    request: str
+    state: str
+
+
 # -- node agent -> scheduler ---------------------------------------------------------------
 
 
@@ -324,6 +335,14 @@ class ComputeTask(Message, tag="compute-task"):
 
 class CancelCompute(Message, tag="cancel-compute"):
     key: str
+
+
+class StealRequest(Message, tag="steal-request"):
+    """Work stealing: give ``key`` up if it has not started (answered with ``steal-response``)."""
+
+    key: str
+    #: the id the answer names, so a late answer to an older request is told apart
+    request: str
 
 
 class Interrupt(Message, tag="interrupt"):
@@ -545,7 +564,7 @@ class MalformedMessage(ProtocolError):
 TO_SCHEDULER = Decoder(
     RegisterClient, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
     RegisterWorker, TaskFinished, TaskErred, MissingData, WorkerHeartbeat, WorkerStatus, ActorStarted, RunResult,
-    LongRunning,
+    LongRunning, StealResponse,
     RegisterNode, Heartbeat, WorkerDied, AddReplica,
     PubsubMsg,
 )  # fmt: skip
@@ -553,7 +572,7 @@ TO_CLIENT = Decoder(
     Registered, KeyInMemory, KeyErred, CancelledKeys, LostKeys, Reply, SchedulerError, Pong,
     PubsubMsg, LoggedEvent,
 )  # fmt: skip
-TO_WORKER = Decoder(Registered, ComputeTask, CancelCompute, Interrupt, KillActor, PluginAdd, Run, Restart)
+TO_WORKER = Decoder(Registered, ComputeTask, CancelCompute, StealRequest, Interrupt, KillActor, PluginAdd, Run, Restart)
 TO_AGENT = Decoder(Registered, FreeObjects, StartWorkers, StopWorkers, AcquireReplicas, Close, HeartbeatAck)
 TO_ACTOR_SERVER = Decoder(ActorCall)
 FROM_ACTOR_SERVER = Decoder(ActorResult, ActorError)

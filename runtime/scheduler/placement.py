@@ -51,14 +51,19 @@ def valid_workers(s: SchedulerState, ts: TaskState) -> dict[WorkerState, None] |
     return ok
 
 
-def worker_objective(ts: TaskState, ws: WorkerState) -> tuple[float, int]:
-    """Expected start time of ``ts`` on ``ws``, then bytes held (to break ties)."""
+def fetch_seconds(ts: TaskState, ws: WorkerState) -> float:
+    """Expected seconds to copy ``ts``'s stored inputs that ``ws``'s node has no copy of."""
     fetch = 0
     for dts in ts.dependencies:
         data = dts.data
         if type(data) is StoreRef and data.node != ws.node and not (dts.replicas and ws.node in dts.replicas):
             fetch += dts.nbytes
-    return fetch / BANDWIDTH + ws.occupancy / ws.nthreads, ws.nbytes
+    return fetch / BANDWIDTH
+
+
+def worker_objective(ts: TaskState, ws: WorkerState) -> tuple[float, int]:
+    """Expected start time of ``ts`` on ``ws``, then bytes held (to break ties)."""
+    return fetch_seconds(ts, ws) + ws.occupancy / ws.nthreads, ws.nbytes
 
 
 def decide_worker(s: SchedulerState, ts: TaskState) -> WorkerState | None:

@@ -34,7 +34,7 @@ from runtime.comm import messages as m
 from runtime.comm.codec import ProtocolError
 from runtime.comm.core import Comm, listen
 from runtime.dashboard.service import Dashboard
-from runtime.scheduler import amm, holders, placement, record, retire, sampler
+from runtime.scheduler import amm, holders, placement, record, retire, sampler, stealing
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -69,6 +69,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
         sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
     ),
     m.LongRunning: lambda msg, peer, sid: st.LongRunning(sid, msg.key, peer),
+    m.StealResponse: lambda msg, peer, sid: st.StealResponse(sid, msg.key, peer, msg.request, msg.state),
     m.MissingData: lambda msg, peer, sid: st.MissingData(sid, msg.key, peer, msg.dependency, msg.value),
     m.WorkerHeartbeat: lambda msg, peer, sid: st.WorkerHeartbeat(sid, peer, msg.memory, msg.rss),
     m.WorkerStatus: lambda msg, peer, sid: st.WorkerStatusChange(sid, peer, msg.status, msg.memory),
@@ -85,7 +86,7 @@ _SENT_BY = {
     ),
     "worker": (
         m.TaskFinished, m.TaskErred, m.MissingData, m.WorkerHeartbeat, m.WorkerStatus, m.ActorStarted,
-        m.RunResult, m.LongRunning, m.Request,
+        m.RunResult, m.LongRunning, m.StealResponse, m.Request,
     ),
     "node": (m.Heartbeat, m.WorkerDied, m.AddReplica, m.Request),
 }  # fmt: skip
@@ -106,7 +107,7 @@ class Scheduler:
         self, *, validate: bool | None = None, allowed_failures: int | None = None,
         worker_saturation: float | None = None, amm_interval: float | None = None,
         transition_log_length: int | None = None, record_to: str | None = None,
-        dashboard_address: str | None = None,
+        dashboard_address: str | None = None, work_stealing: bool | None = None,
     ):  # fmt: skip
         """Each setting not given is the config tree's (``scheduler.*``), but the dashboard:
         served at ``dashboard_address`` (``host:port``) only when given."""
@@ -140,6 +141,9 @@ class Scheduler:
         self.liveness = Liveness(heartbeat_timeout, self.heartbeat_interval)
         #: seconds between runs of the active memory manager (0: off)
         self.amm_interval = _setting(amm_interval, "scheduler.amm-interval")
+        #: whether idle workers take tasks queued on busy ones (stealing.py), and how often
+        self.work_stealing: bool = _setting(work_stealing, "scheduler.work-stealing")
+        self.work_stealing_interval: float = config.get("scheduler.work-stealing-interval")
         #: nodes being retired: the active memory manager keeps the copies of their values
         self.retiring_nodes: set[str] = set()
         #: workers stopped on purpose: their connection closing is no death
@@ -177,6 +181,8 @@ class Scheduler:
         logger.info("scheduler listening at %s", self.address)
         if self.amm_interval > 0:
             self._background.append(asyncio.ensure_future(self._run_amm()))
+        if self.work_stealing:
+            self._background.append(asyncio.ensure_future(self._run_stealing()))
         if self.dashboard is not None:  # in the background: clients need not wait for it
             self._background.append(self.dashboard.begin())
         return self.address
@@ -190,6 +196,14 @@ class Scheduler:
             if drops:
                 logger.info("active memory manager: dropping %d copies nobody needs", len(drops))
                 self.handle_stimulus(st.DropReplicas(f"amm-{next(self._ids)}", tuple(drops)))
+
+    async def _run_stealing(self) -> None:
+        """Work stealing's policy every ``work_stealing_interval`` seconds; what it suggests goes
+        to the state machine as a RequestSteals stimulus, which asks the victims."""
+        while True:
+            await asyncio.sleep(self.work_stealing_interval)
+            if moves := stealing.balance(self.state):
+                self.handle_stimulus(st.RequestSteals(f"steal-{next(self._ids)}", tuple(moves)))
 
     def send_to(self, peer: str, msg: m.Message) -> None:
         self._send({peer: [msg]})

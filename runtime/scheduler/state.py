@@ -63,6 +63,7 @@ from runtime.scheduler import (  # noqa: F401 - clients, membership and secessio
     membership,
     placement,
     secession,
+    stealing,
     validation,
 )
 from runtime.scheduler import stimuli as st
@@ -188,6 +189,9 @@ class SchedulerState:
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             kind: partial(handler, self) for kind, handler in HANDLERS.items()
         }
+        #: steals asked of a victim and not yet confirmed, and those it declined (stealing.py);
+        #: an entry goes when its task leaves processing
+        self.steals: dict[TaskState, stealing.Steal] = {}
         #: tasks the current stimulus recommended for processing, placed once it has settled
         self._to_place: list[TaskState] = []
 
@@ -318,8 +322,9 @@ class SchedulerState:
             return placement.decide_rootish(self) or "queued"
         return placement.decide_worker(self, ts) or "no-worker"
 
-    def _transition_waiting_processing(self, ts: TaskState, out: Outbox) -> Recs:
-        where = self._place(ts)
+    def _transition_waiting_processing(self, ts: TaskState, out: Outbox, on: WorkerState | None = None) -> Recs:
+        """To the worker ``on`` when given (a steal's thief), else where ``_place`` says."""
+        where = self._place(ts) if on is None else on
         if isinstance(where, str):
             return {ts.key: where}
         self._send_to_worker(ts, where, out)
@@ -384,6 +389,8 @@ class SchedulerState:
         ts.processing_on = None
         if ws is None:
             return None
+        if self.steals:  # a steal of this run is void: the task left the victim some other way
+            self.steals.pop(ts, None)
         occupancy = ws.occupancy - ws.processing.pop(ts)
         if ws.long_running:
             ws.long_running.pop(ts, None)

@@ -83,6 +83,29 @@ class LongRunning(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class RequestSteals(Stimulus):
+    """Work stealing's policy (``stealing.balance``) found tasks to move: ask each victim to
+    give its task up.  Each suggestion is checked again before it is acted on."""
+
+    op: ClassVar[str] = "request-steals"
+    #: (key, victim's address, thief's address)
+    moves: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StealResponse(Stimulus):
+    """A victim answered a steal request: ``state`` is what ``key`` was on it ("queued":
+    dropped, so the thief runs it; "executing" or "gone": it keeps it, or finished it)."""
+
+    op: ClassVar[str] = "steal-response"
+    key: str
+    worker: str
+    #: the id of the request it answers (the RequestSteals' stimulus id)
+    request: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class MissingData(Stimulus):
     """A worker could not read a stored dependency of ``key`` (the copy at ``value`` is gone)."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runtime.comm.messages import StoreRef
+from runtime.scheduler import stealing
 from runtime.scheduler.entities import TaskState
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def validate_state(s: SchedulerState) -> None:
             _check(ts, ws.processing[ts] == 0.0, f"long-running on {ws.address} but counted in its occupancy")
         if (ws in s.idle) != (ws.has_free_slot() and ws.status == "running"):
             raise InvariantError(f"worker {ws.address}: in idle is {ws in s.idle} with {len(ws.processing)} tasks")
+    stealing.validate(s)
     if s.queued and s.idle:
         raise InvariantError(f"{len(s.queued)} tasks queued while {len(s.idle)} workers have free slots")
     for cs in s.clients.values():

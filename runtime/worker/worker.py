@@ -155,6 +155,7 @@ class Worker:
         return {
             m.ComputeTask: self._compute_task,
             m.CancelCompute: self._cancel_compute,
+            m.StealRequest: self._steal_request,
             m.KillActor: lambda msg: self.actor_host.kill(msg.actor, msg.reason),
             m.Interrupt: lambda msg: self._interrupt(msg.key),
             m.PluginAdd: self._plugin_add,
@@ -175,6 +176,19 @@ class Worker:
     def _cancel_compute(self, msg: m.CancelCompute) -> None:
         with self._ready_cv:
             self._live.pop(msg.key, None)
+
+    def _steal_request(self, msg: m.StealRequest) -> None:
+        """Work stealing: give ``key`` up if it has not started, and say what it was.  Under the
+        lock an executor takes tasks with, so it is dropped or started, never both; the answer
+        leaves through the outbox, after the result of a task that finished already."""
+        with self._ready_cv:
+            if self._live.pop(msg.key, None) is not None:  # its heap entry is skipped, as a cancel's
+                state = "queued"
+            elif msg.key in self._executing:
+                state = "executing"
+            else:
+                state = "gone"
+            self.post(m.StealResponse(msg.key, msg.request, state))
 
     def _plugin_add(self, msg: m.PluginAdd) -> None:
         try:
