@@ -255,6 +255,9 @@ SETTINGS: dict[str, Setting] = {
         "queued tasks of a kind to stay busy that long at their measured duration (0: worker-saturation only)"),
     "scheduler.worker-saturation-cap": Setting(16.0, _number(float, 1.0),
         "the most tasks per thread a worker holds however short they are"),
+    "scheduler.chain-hints": Setting(True, _bool,
+        "send a task's worker, with it, each dependent waiting for it alone, to start there as soon as it "
+        "finishes (a chain goes on without a scheduler round trip per link)"),
     "scheduler.allowed-failures": Setting(3, _number(int, 0),
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
     "scheduler.transition-log-length": Setting(1000, _number(int, 1),

@@ -176,6 +176,7 @@ class LocalScheduler:
             allowed_failures=config.get("scheduler.allowed-failures"),
             transition_log_length=config.get("scheduler.transition-log-length"),
             worker_saturation=math.inf,  # every ready task goes to the ready queue, which orders them
+            chain_hints=False,  # one "worker": a ready dependent is next in its queue anyway
         )
         self.state.handle(st.AddClient("add-client-local", _CLIENT))
         self.state.handle(st.AddNode("add-node-local", _NODE))

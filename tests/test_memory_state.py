@@ -14,7 +14,7 @@ from tests.test_state import add_worker, compute_keys, finished, graph, sid, tas
 
 @pytest.fixture
 def s() -> SchedulerState:
-    state = SchedulerState(validate=True)
+    state = SchedulerState(validate=True, chain_hints=False)
     state.handle(st.AddClient(sid(), "c1"))
     return state
 

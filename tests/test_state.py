@@ -56,7 +56,7 @@ def add_worker(s: SchedulerState, address: str = "w1", node: str = "n1", nthread
 
 @pytest.fixture
 def s() -> SchedulerState:
-    state = SchedulerState(validate=True)
+    state = SchedulerState(validate=True, chain_hints=False)  # hints: test_chain_hints.py
     state.handle(st.AddClient(sid(), "c1"))
     return state
 

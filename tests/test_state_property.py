@@ -151,6 +151,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.all_nodes: list[str] = []
         #: the inputs of each task's latest compute-task, as its worker got them
         self.sent_deps: dict[str, dict[str, bytes | StoreRef]] = {}
+        #: hints sent (compute-task with ``after``): key -> (the task it waits for, its other inputs)
+        self.hints: dict[str, tuple[str, dict[str, bytes | StoreRef]]] = {}
         #: stored objects known to exist: (node, name); each must be referenced or freed
         self.objects: set[tuple[str, str]] = set()
         #: what each client was last told of each key it wants: "memory" or "erred"
@@ -260,6 +262,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert ws.status == "running", f"compute-task to {dest!r}, which is {ws.status}"
         spec = self.specs[msg.key]
         assert msg.run_spec == RUN_SPEC, msg
+        if msg.after:  # a hint: every input but the one it waits for, which runs on that worker
+            assert msg.after in spec.dependencies and not spec.workers and not spec.resources, msg
+            assert set(msg.deps) == set(spec.dependencies) - {msg.after}, f"{spec.key}: hint's deps {set(msg.deps)}"
+            after = self.state.tasks[msg.after]  # made there: processing there, or a hint there itself
+            assert after.processing_on is ws or after.hinted is ws, (msg, after.state)
+            self.hints[msg.key] = (msg.after, msg.deps)
+            return
         assert set(msg.deps) == set(spec.dependencies), f"{spec.key}: deps {set(msg.deps)} != submitted"
         sources = msg.sources
         for dep, value in msg.deps.items():
@@ -333,10 +342,21 @@ class SchedulerMachine(RuleBasedStateMachine):
             if self.sent_deps[key][dep].node != self.state.tasks[key].processing_on.node  # type: ignore[union-attr]
         ]
 
-    def finish(self, key: str, value: bytes | StoreRef, nbytes: int, start: float = 0.0, stop: float = 0.0) -> None:
-        ws = self.state.tasks[key].processing_on
+    def finish(
+        self, key: str, value: bytes | StoreRef, nbytes: int, start: float = 0.0, stop: float = 0.0,
+        take_hints: bool = False,
+    ) -> None:  # fmt: skip
+        """``key``'s worker reports it finished; with ``take_hints`` it started, with its value,
+        the dependents hinted to it that it still holds (neither revoked nor superseded)."""
+        ts = self.state.tasks[key]
+        ws = ts.processing_on
         assert ws is not None
-        self.handle(st.TaskFinished(self.sid(), key, ws.address, value, nbytes, start, stop))
+        started = tuple(d.key for d in ts.dependents if take_hints and d.hinted is ws) if take_hints else ()
+        self.handle(st.TaskFinished(self.sid(), key, ws.address, value, nbytes, start, stop, started))
+        for dep in started:  # running there now, on the hint's inputs and this value
+            dts = self.state.tasks.get(dep)
+            assert dts is not None and dts.state == "processing" and dts.processing_on is ws, (dep, dts)
+            self.sent_deps[dep] = {**self.hints[dep][1], key: value}
 
     def result_value(self, key: str, stored: bool, nbytes: int) -> bytes | StoreRef:
         """What the worker running ``key`` would report: inline bytes or a ref into its node's store."""
@@ -560,10 +580,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ worker reports
 
     @precondition(lambda self: self.has_processing())
-    @rule(data=hst.data(), stored=hst.booleans(), nbytes=hst.integers(1, 1000), timed=hst.booleans())
-    def task_finished(self, data: hst.DataObject, stored: bool, nbytes: int, timed: bool) -> None:
+    @rule(
+        data=hst.data(), stored=hst.booleans(), nbytes=hst.integers(1, 1000), timed=hst.booleans(),
+        take_hints=hst.booleans(),
+    )  # fmt: skip
+    def task_finished(self, data: hst.DataObject, stored: bool, nbytes: int, timed: bool, take_hints: bool) -> None:
         key = data.draw(hst.sampled_from(self.processing_keys()), label="key")
-        self.finish(key, self.result_value(key, stored, nbytes), nbytes, 1.0, 1.5 if timed else 0.0)
+        self.finish(key, self.result_value(key, stored, nbytes), nbytes, 1.0, 1.5 if timed else 0.0, take_hints)
         assert key not in self.state.tasks or self.state.tasks[key].state != "processing"
 
     @precondition(lambda self: self.has_processing())

@@ -16,7 +16,7 @@ def long_running(key: str, worker: str) -> st.LongRunning:
 
 def wide_graph_on_one_worker() -> SchedulerState:
     """One one-thread worker (two slots) holding t-0 and t-1; t-2.. queued."""
-    s = SchedulerState(validate=True)
+    s = SchedulerState(validate=True, chain_hints=False)
     s.handle(st.AddClient(sid(), "c1"))
     add_worker(s, "w1")
     _, wmsgs = s.handle(graph(*(task(f"t-{i}") for i in range(6))))

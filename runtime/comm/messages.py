@@ -154,6 +154,8 @@ class TaskFinished(Message, tag="task-finished"):
     nbytes: int
     start: float = 0.0
     stop: float = 0.0
+    #: the hinted dependents (``compute-task``'s ``after``) the worker started with this value
+    started: tuple[str, ...] = ()
 
 
 class Raised(Message):
@@ -331,6 +333,10 @@ class ComputeTask(Message, tag="compute-task"):
     #: where to fetch inputs stored on other nodes only: node -> its agent's address
     sources: dict[str, str] = {}
     resources: dict[str, float] | None = None
+    #: a hint: run this once the task ``after`` (its last input not in memory) finishes on
+    #: this worker, with that value, and say so in that task's ``task-finished`` (``started``);
+    #: the scheduler may revoke it (``cancel-compute``) until then
+    after: str = ""
 
 
 class CancelCompute(Message, tag="cancel-compute"):

@@ -108,7 +108,7 @@ class TaskState:
         "waiting", "waiting_data", "who_wants", "who_has", "processing_on", "data", "nbytes",
         "exception", "traceback", "exception_text", "exception_blame", "erred_on",
         "suspicious", "retries", "worker_restrictions", "host_restrictions",
-        "resource_restrictions", "loose_restrictions", "replicas",
+        "resource_restrictions", "loose_restrictions", "replicas", "hinted",
     )  # fmt: skip
 
     def __init__(self, key: str, run_spec: T_runspec | None, group: TaskGroup):
@@ -167,6 +167,10 @@ class TaskState:
         self.loose_restrictions = False
         #: copies of a stored value on other nodes: node -> object name (created on first use)
         self.replicas: dict[str, str] | None = None
+        #: while waiting: the worker it was sent to as a hint, to run there once the one input
+        #: it waits for finishes there (``chain_hints``), until that worker starts it or the
+        #: hint is revoked
+        self.hinted: WorkerState | None = None
 
     def located_on(self, node: str) -> Value | None:
         """The value's wire form as a process on ``node`` should read it: its local copy if any."""

@@ -63,7 +63,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
     m.ReleaseKeys: lambda msg, peer, sid: st.ClientReleasesKeys(sid, peer, msg.keys),
     m.Cancel: lambda msg, peer, sid: st.Cancel(sid, peer, msg.keys, msg.force),
     m.TaskFinished: lambda msg, peer, sid: st.TaskFinished(
-        sid, msg.key, peer, msg.value, msg.nbytes, msg.start, msg.stop
+        sid, msg.key, peer, msg.value, msg.nbytes, msg.start, msg.stop, msg.started
     ),
     m.TaskErred: lambda msg, peer, sid: st.TaskErred(
         sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
@@ -116,6 +116,7 @@ class Scheduler:
             worker_saturation=_setting(worker_saturation, "scheduler.worker-saturation"),
             round_trip=config.get("scheduler.round-trip"),
             worker_saturation_cap=config.get("scheduler.worker-saturation-cap"),
+            chain_hints=config.get("scheduler.chain-hints"),
             transition_log_length=_setting(transition_log_length, "scheduler.transition-log-length"),
         )  # fmt: skip
         self.state = SchedulerState(validate=_setting(validate, "scheduler.validate"), **settings)

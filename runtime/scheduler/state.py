@@ -89,6 +89,8 @@ from runtime.scheduler.validation import InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
 UNKNOWN_TASK_DURATION = 0.5
+#: links of a chain sent ahead to the worker of its first (``_hint_dependents``)
+CHAIN_HINT_DEPTH = 8
 
 
 def _default(key: str) -> Any:
@@ -139,6 +141,7 @@ class SchedulerState:
         worker_saturation: float = _default("scheduler.worker-saturation"),
         round_trip: float = _default("scheduler.round-trip"),
         worker_saturation_cap: float = _default("scheduler.worker-saturation-cap"),
+        chain_hints: bool = _default("scheduler.chain-hints"),
         transition_log_length: int = _default("scheduler.transition-log-length"),
     ):  # fmt: skip
         #: every task the scheduler knows, by key
@@ -173,6 +176,8 @@ class SchedulerState:
         self.round_trip = round_trip
         #: the most slots per thread
         self.worker_saturation_cap = worker_saturation_cap
+        #: send a task's worker, with it, the dependents that wait for it alone (``_hint_dependents``)
+        self.chain_hints = chain_hints
         #: slots per thread now, for the prefix at the head of the queue (``_retune_slots``)
         self.per_thread = worker_saturation
         #: check every invariant after every transition (tests run with this on)
@@ -322,8 +327,18 @@ class SchedulerState:
             return placement.decide_rootish(self) or "queued"
         return placement.decide_worker(self, ts) or "no-worker"
 
-    def _transition_waiting_processing(self, ts: TaskState, out: Outbox, on: WorkerState | None = None) -> Recs:
-        """To the worker ``on`` when given (a steal's thief), else where ``_place`` says."""
+    def _transition_waiting_processing(
+        self, ts: TaskState, out: Outbox, on: WorkerState | None = None, started: bool = False
+    ) -> Recs:
+        """To the worker ``on`` when given (a steal's thief, or with ``started`` the worker that
+        started it as hinted: it runs there already), else where ``_place`` says."""
+        if ts.hinted is not None:
+            if started and on is ts.hinted:  # its worker started it, as hinted: it runs there already
+                ts.hinted = None
+                self._assign(ts, on)
+                self._hint_dependents(ts, on, out)  # the chain below, on
+                return {}
+            self._revoke(ts, out)
         where = self._place(ts) if on is None else on
         if isinstance(where, str):
             return {ts.key: where}
@@ -362,6 +377,13 @@ class SchedulerState:
         return {}
 
     def _send_to_worker(self, ts: TaskState, ws: WorkerState, out: Outbox) -> None:
+        self._assign(ts, ws)
+        out.to_worker(ws.address, self._compute_msg(ts, ws.node))
+        if self.chain_hints:
+            self._hint_dependents(ts, ws, out)
+
+    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        """``ts`` is processing on ``ws`` from now on."""
         duration = self.task_durations.get(ts.prefix, UNKNOWN_TASK_DURATION)
         ts.state = "processing"
         ts.processing_on = ws
@@ -369,19 +391,65 @@ class SchedulerState:
         ws.occupancy += duration
         if not ws.has_free_slot():
             self.idle.pop(ws, None)
+
+    def _compute_msg(self, ts: TaskState, node: str, after: str = "") -> ComputeTask:
+        """The ``compute-task`` of ``ts`` for a worker on ``node``: every input's wire form (but
+        ``after``'s, which that worker will have made itself) and where to fetch it from."""
         assert ts.run_spec is not None
-        node, nodes = ws.node, self.nodes
+        nodes = self.nodes
         deps: dict[str, Value] = {}
         sources: dict[str, str] = {}
         # A loop, not comprehensions (each is a call of its own), and no calls for the common
         # input: an inline value, or a stored one with no copies elsewhere.
         for dts in ts.dependencies:
+            if dts.key == after:
+                continue
             loc = deps[dts.key] = dts.located_on(node) if dts.replicas else dts.data  # type: ignore[assignment]
             if type(loc) is StoreRef and loc.node != node and loc.node in nodes:
                 sources[loc.node] = nodes[loc.node].address  # stored on another node only: where to fetch it
-        out.to_worker(
-            ws.address, ComputeTask(ts.key, ts.run_spec, ts.priority, deps, sources, ts.resource_restrictions)
-        )
+        return ComputeTask(ts.key, ts.run_spec, ts.priority, deps, sources, ts.resource_restrictions, after)
+
+    def _hint_dependents(self, ts: TaskState, ws: WorkerState, out: Outbox) -> None:
+        """Send ``ts``'s worker, with ``ts``, the chain below it: its one dependent if that waits
+        for ``ts`` alone, that one's, and so on (``CHAIN_HINT_DEPTH`` links), each as a hint to
+        run once the link above finishes there.  A chain (or a tree's branch) then goes on
+        without waiting for this scheduler's answer to each link.  Where the rules would put it
+        anyway: nothing but the value above is missing, nothing restricts where it runs, and
+        ``decide_worker`` gives a task the worker holding its input.  Only a task's one
+        dependent: the many dependents of one task must spread over the workers.  A hint is
+        taken when the worker reports it started it (``task-finished``'s ``started``), and
+        revoked (``cancel-compute``), with the links below it, in every other case."""
+        for _ in range(CHAIN_HINT_DEPTH):
+            if len(ts.dependents) != 1:
+                return
+            (dts,) = ts.dependents
+            waiting = dts.waiting
+            if (
+                dts.state != "waiting" or waiting is None or len(waiting) != 1 or ts not in waiting
+                or dts.run_spec is None or dts.has_restrictions() or placement.is_rootish(self, dts)
+            ):  # fmt: skip
+                return
+            if dts.hinted is None:
+                dts.hinted = ws
+                out.to_worker(ws.address, self._compute_msg(dts, ws.node, after=ts.key))
+            elif dts.hinted is not ws:
+                return
+            ts = dts
+
+    def _revoke(self, ts: TaskState, out: Outbox) -> None:
+        """Take back the hint of ``ts`` (if its worker is still there), and those of the links
+        below it, which wait for it there."""
+        ws, ts.hinted = ts.hinted, None
+        assert ws is not None
+        if ws.address in self.workers:
+            out.to_worker(ws.address, CancelCompute(ts.key))
+        self._revoke_dependents_hints(ts, ws, out)
+
+    def _revoke_dependents_hints(self, ts: TaskState, ws: WorkerState, out: Outbox) -> None:
+        """``ts`` will not make its value on ``ws``: the dependents hinted there will not start."""
+        for dts in ts.dependents:
+            if dts.hinted is ws:
+                self._revoke(dts, out)
 
     def _exit_processing(self, ts: TaskState) -> WorkerState | None:
         """Take ``ts`` off its worker, freeing a slot."""
@@ -585,7 +653,8 @@ class SchedulerState:
         self, ts: TaskState, out: Outbox, worker: str, exception: bytes, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
-        self._exit_processing(ts)
+        if (ws := self._exit_processing(ts)) is not None:
+            self._revoke_dependents_hints(ts, ws, out)
         ts.erred_on = ts.erred_on or set()
         ts.erred_on.add(worker)
         return self._fail(ts, exception, traceback, exception_text, recs, out)
@@ -619,6 +688,8 @@ class SchedulerState:
 
     def _transition_waiting_erred(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
+        if ts.hinted is not None:
+            self._revoke(ts, out)
         self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
         ts.state = "erred"
@@ -631,6 +702,8 @@ class SchedulerState:
 
     def _transition_waiting_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
+        if ts.hinted is not None:
+            self._revoke(ts, out)
         self.unrunnable.pop(ts, None)
         self.queued.discard(ts)
         ts.waiting = None
@@ -649,8 +722,10 @@ class SchedulerState:
     def _transition_processing_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         ws = self._exit_processing(ts)
-        if ws is not None and ws.address in self.workers:
-            out.to_worker(ws.address, CancelCompute(ts.key))
+        if ws is not None:
+            self._revoke_dependents_hints(ts, ws, out)
+            if ws.address in self.workers:
+                out.to_worker(ws.address, CancelCompute(ts.key))
         ts.state = "released"
         return self._release_or_retry(ts, recs)
 
@@ -830,7 +905,14 @@ class SchedulerState:
             if type(value) is StoreRef and value.node in self.nodes and (live is None or live.data != value):
                 out.to_worker(value.node, FreeObjects((value.name,)))
             return {}
-        return self.transition(ts, "memory", s.stimulus_id, out, s.worker, s.value, s.nbytes, s.start, s.stop)
+        ws = ts.processing_on
+        recs = self.transition(ts, "memory", s.stimulus_id, out, s.worker, s.value, s.nbytes, s.start, s.stop)
+        for key in s.started:  # dependents its worker started with the value, as hinted
+            dts = self.tasks.get(key)
+            if dts is not None and dts.hinted is ws and dts.state == "waiting" and not dts.waiting:
+                recs.pop(key, None)
+                recs.update(self.transition(dts, "processing", s.stimulus_id, out, ws, True))
+        return recs
 
     @handles(st.TaskErred)
     def stimulus_task_erred(self, s: st.TaskErred, out: Outbox) -> Recs:

@@ -58,6 +58,8 @@ class TaskFinished(Stimulus):
     nbytes: int
     start: float = 0.0
     stop: float = 0.0
+    #: hinted dependents the worker started with this value, at once
+    started: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

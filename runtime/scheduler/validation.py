@@ -94,6 +94,13 @@ def validate_task_state(s: SchedulerState, ts: TaskState) -> None:
         return
     _check(ts, s.tasks.get(ts.key) is ts, "not in tasks")
     _VALIDATORS[ts.state](s, ts)
+    if ts.hinted is not None:  # a hint stands for a task waiting for one input, made there
+        _check(ts, ts.state == "waiting" and len(ts.waiting or ()) == 1, f"hinted but {ts.state}, {ts.waiting}")
+        (dts,) = ts.waiting or {None: None}
+        _check(
+            ts, dts is not None and (dts.processing_on is ts.hinted or dts.hinted is ts.hinted),
+            f"hinted to {ts.hinted.address}, where its input is neither processing nor hinted",
+        )  # fmt: skip
 
 
 def validate_state(s: SchedulerState) -> None:

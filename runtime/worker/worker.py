@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import psutil
 
 from runtime import config
@@ -93,6 +94,8 @@ class Worker:
         self._arrivals = itertools.count()
         #: the compute-task message each queued key will run with; a cancel removes it
         self._live: dict[str, m.ComputeTask] = {}
+        #: hints (compute-task with ``after``) by the key they wait for, which runs here
+        self._hints: dict[str, list[m.ComputeTask]] = {}
         #: key -> (executor thread id, its compute-task message) while it runs, for interrupts
         self._executing: dict[str, tuple[int, m.ComputeTask]] = {}
         #: ready tasks waiting for resources that running tasks hold
@@ -169,6 +172,11 @@ class Worker:
 
     def _compute_task(self, msg: m.ComputeTask) -> None:
         with self._ready_cv:
+            if msg.after:  # a hint: it starts once ``after``, queued or running here, finishes
+                if msg.after in self._live or msg.after in self._executing:
+                    self._live[msg.key] = msg
+                    self._hints.setdefault(msg.after, []).append(msg)
+                return  # else ``after`` is done (or gone): the scheduler places it, unhinted
             self._live[msg.key] = msg
             heapq.heappush(self._ready, (msg.priority, next(self._arrivals), msg))
             self._ready_cv.notify()
@@ -176,6 +184,33 @@ class Worker:
     def _cancel_compute(self, msg: m.CancelCompute) -> None:
         with self._ready_cv:
             self._live.pop(msg.key, None)
+            for hint in self._hints.pop(msg.key, ()):  # they wait for it in vain now
+                if self._live.get(hint.key) is hint:
+                    del self._live[hint.key]
+
+    def _take_hints(self, key: str, result: m.Message) -> tuple[m.Message, list[m.ComputeTask]]:
+        """After ``key`` ran here: the hints that waited for it, ready to run with its value, and
+        its result naming them (``started``); none if it did not finish.  Queue them only once
+        the result is posted: the scheduler must hear of ``key`` before of any of them."""
+        with self._ready_cv:
+            hints = [h for h in self._hints.pop(key, ()) if self._live.get(h.key) is h]
+            if type(result) is not m.TaskFinished:
+                for hint in hints:
+                    del self._live[hint.key]
+                return result, []
+            ready = [msgspec.structs.replace(h, deps={**h.deps, key: result.value}, after="") for h in hints]
+            for hint in ready:
+                self._live[hint.key] = hint
+        if not ready:
+            return result, []
+        return msgspec.structs.replace(result, started=tuple(h.key for h in ready)), ready
+
+    def _queue(self, msgs: list[m.ComputeTask]) -> None:
+        with self._ready_cv:
+            for msg in msgs:
+                if self._live.get(msg.key) is msg:  # not cancelled meanwhile
+                    heapq.heappush(self._ready, (msg.priority, next(self._arrivals), msg))
+            self._ready_cv.notify(len(msgs))
 
     def _steal_request(self, msg: m.StealRequest) -> None:
         """Work stealing: give ``key`` up if it has not started, and say what it was.  Under the
@@ -357,7 +392,10 @@ class Worker:
                 if plugins:
                     finish = {m.TaskFinished: "memory", m.TaskErred: "error"}.get(type(result), "released")
                     self.plugins.transition(msg.key, "executing", finish)
+                result, started = self._take_hints(msg.key, result)
                 self.post(result)
+                if started:
+                    self._queue(started)
             finally:
                 seceded = thread_state.seceded
                 thread_state.worker, thread_state.seceded = None, False
