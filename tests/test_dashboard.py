@@ -90,7 +90,7 @@ def test_metrics_are_prometheus_text_named_as_dask_s(dash):
         "runtime_scheduler_tasks_suspicious_total", 'runtime_scheduler_tasks_compute_seconds_total{task_prefix_name="',
         "runtime_scheduler_tasks_output_bytes", 'runtime_scheduler_prefix_state_totals_total{state="memory"',
         'runtime_objstore_bytes{kind="limit"', "runtime_objstore_transfers_total",
-        'runtime_worker_memory_bytes{kind="limit"',
+        'runtime_worker_memory_bytes{kind="limit"', 'runtime_scheduler_steals_total{outcome="moved"}',
     ):  # fmt: skip
         assert name.split("{")[0] in text, name
     # Tasks per state add up to the tasks the scheduler holds.

@@ -45,6 +45,13 @@ class SnapshotCollector:
             value=snap["tasks"]["forgotten_total"],
         )  # fmt: skip
         yield from _prefix_metrics(snap["prefixes"])
+        steals = CounterMetricFamily(
+            "runtime_scheduler_steals", "Work stealing: tasks asked of busy workers, moved, and declined",
+            labels=["outcome"],
+        )  # fmt: skip
+        for outcome, n in snap["stealing"].items():
+            steals.add_metric([outcome], n)
+        yield steals
         store = GaugeMetricFamily(
             "runtime_objstore_bytes", "Bytes of each node's object store: in shared memory, spilled to disk, limit",
             labels=["node", "kind"],

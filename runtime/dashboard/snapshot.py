@@ -145,6 +145,7 @@ def take_snapshot(scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
         "thresholds": memory_thresholds(),
         "deaths": list(recorder.deaths.values()),
         "stream_last": recorder.stream[-1][0] if recorder.stream else 0,
+        "stealing": dict(state.steal_counts),
     }
 
 

@@ -197,6 +197,8 @@ class SchedulerState:
         #: steals asked of a victim and not yet confirmed, and those it declined (stealing.py);
         #: an entry goes when its task leaves processing
         self.steals: dict[TaskState, stealing.Steal] = {}
+        #: steals asked of victims, moved on their answer, and declined (started or done), so far
+        self.steal_counts = {"requested": 0, "moved": 0, "declined": 0}
         #: tasks the current stimulus recommended for processing, placed once it has settled
         self._to_place: list[TaskState] = []
 

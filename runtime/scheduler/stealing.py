@@ -197,6 +197,7 @@ def request_steals(self: SchedulerState, s: st.RequestSteals, out: Outbox) -> Re
         if not stealable(self, ts, ws):
             continue
         self.steals[ts] = Steal(ws, to, s.stimulus_id, ws.processing[ts])
+        self.steal_counts["requested"] += 1
         out.to_worker(victim, StealRequest(key, s.stimulus_id))
         self.transition_log.append((key, "processing", "processing", {}, s.stimulus_id))  # for story
     return {}
@@ -214,8 +215,10 @@ def steal_response(self: SchedulerState, s: st.StealResponse, out: Outbox) -> Re
     self.transition_log.append((ts.key, "processing", "processing", {}, s.stimulus_id))
     if s.state != "queued":  # started, or finished (its result came first): it stays
         steal.declined = True
+        self.steal_counts["declined"] += 1
         return {}
     del self.steals[ts]
+    self.steal_counts["moved"] += 1
     recs = self.transition(ts, "released", s.stimulus_id, out)  # its cancel-compute to the victim is a no-op there
     if recs.pop(ts.key, None) != "waiting":
         return recs  # nobody needs it any more
