@@ -109,3 +109,20 @@ def test_the_many_dependents_of_one_task_are_not_hinted_to_its_worker(s):
     add_worker(s, "w2", node="n2")
     _, wmsgs = s.handle(graph(task("a-1"), *[task(f"b-{i}", "a-1") for i in range(4)], wanted=("b-0", "b-1")))
     assert not [m for msgs in wmsgs.values() for m in msgs if type(m) is ComputeTask and m.after]
+
+
+def test_a_hinted_task_that_loses_another_input_is_no_hint_any_more(s):
+    from runtime.comm.messages import StoreRef
+
+    add_worker(s, "w2", node="n2")
+    _, wmsgs = s.handle(graph(task("p-1")))
+    where = s.tasks["p-1"].processing_on
+    value = StoreRef(where.node, 10, "rt-1-abcdef-" + "0" * 28)
+    s.handle(st.TaskFinished(sid(), "p-1", where.address, value, 10, 0.0, 0.001))
+    _, wmsgs = s.handle(graph(task("a-1"), task("b-1", "a-1", "p-1"), wanted=("b-1",)))
+    hinted = s.tasks["b-1"].hinted
+    assert hinted is s.tasks["a-1"].processing_on  # b waits for a alone: a hint with a
+    _, wmsgs = s.handle(st.RemoveNode(sid(), where.node, "gone"))  # p's only copy goes with it
+    if hinted.address in s.workers:
+        assert ("CancelCompute", "b-1", "") in sent(wmsgs, hinted.address)
+    assert s.tasks["b-1"].hinted is None or s.tasks["b-1"].hinted is not hinted

@@ -213,7 +213,9 @@ class SchedulerState:
                 self.transitions(recs, stimulus.stimulus_id, out)
             if self._to_place:
                 self._place_ready(stimulus.stimulus_id, out)
-            if self.queued:
+            if self.idle and self.queued:  # a plain dict first: HeapSet's __bool__ is a Python call
+                # A slot freed: size the slots for what is queued now, then fill the free ones
+                # (slots grow only when a worker has finished one, so then is soon enough).
                 self._retune_slots()
                 if self.idle:
                     self._fill_free_slots(stimulus.stimulus_id, out)
@@ -381,7 +383,7 @@ class SchedulerState:
     def _send_to_worker(self, ts: TaskState, ws: WorkerState, out: Outbox) -> None:
         self._assign(ts, ws)
         out.to_worker(ws.address, self._compute_msg(ts, ws.node))
-        if self.chain_hints:
+        if self.chain_hints and len(ts.dependents) == 1:  # a chain goes on below it
             self._hint_dependents(ts, ws, out)
 
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:
@@ -605,6 +607,8 @@ class SchedulerState:
                 if dts.waiting is None:
                     dts.waiting = {}
                 dts.waiting[ts] = None
+                if dts.hinted is not None:  # it waits for two now: not the hint it was sent
+                    self._revoke(dts, out)
         return self._after_release(ts, recs)
 
     def _transition_memory_forgotten(self, ts: TaskState, out: Outbox) -> Recs:
