@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from runtime.objstore.manager import StoreManager, read_closes, store_limit, wat
 from runtime.objstore.transfer import ObjectServer
 from runtime.scheduler.liveness import heartbeat_settings
 from runtime.worker import memory
+from runtime.worker.forkserver import SpawnLauncher, WorkerProcess, make_launcher
 from runtime.worker.running import read_running
 
 logger = logging.getLogger("runtime.agent")
@@ -111,7 +111,9 @@ class NodeAgent:
         self.address = ""
         self._server: asyncio.AbstractServer | None = None
         self.comm: Comm | None = None
-        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        #: starts worker processes: forked from a pre-imported template, or spawned (``forkserver.py``)
+        self.launcher = make_launcher()
+        self.procs: dict[int, WorkerProcess] = {}
         #: the task keeping each worker slot running, by index
         self._supervisors: dict[int, asyncio.Task] = {}
         #: slots being retired: their worker is stopped, not restarted
@@ -124,6 +126,12 @@ class NodeAgent:
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
+        if not isinstance(self.launcher, SpawnLauncher):  # it imports while we join the scheduler
+            try:
+                await self.launcher.begin()
+            except OSError as e:
+                logger.warning("cannot start the worker fork server (%s); spawning workers instead", e)
+                self.launcher = SpawnLauncher()
         swept = sweep_dead_stores()
         if swept:
             logger.info("removed %d store objects left by dead clusters", swept)
@@ -280,15 +288,17 @@ class NodeAgent:
         while not self._stopping:
             log = open(os.path.join(self.log_dir, f"worker-{index}.log"), "ab")
             running_file = os.path.join(self.log_dir, f"worker-{index}.running")
+            args = [
+                "--scheduler", self.scheduler_address, "--node", self.node, "--prefix", self.prefix,
+                "--name", f"{self.node}/w{index}", "--agent", self.address, "--running-file", running_file,
+                "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
+                "--nthreads", str(self.threads_per_worker), *self.thresholds.to_args()[:4], "--watch-parent",
+            ]  # fmt: skip
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
-                    "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
-                    "--agent", self.address, "--running-file", running_file,
-                    "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
-                    "--nthreads", str(self.threads_per_worker), *self.thresholds.to_args()[:4],
-                    "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
-                )  # fmt: skip
+                proc = await self.launcher.start(args, log.fileno())
+            except RuntimeError as e:  # its fork server died meanwhile: this one is spawned
+                logger.warning("worker %d: %s; spawning it instead", index, e)
+                proc = await SpawnLauncher().start(args, log.fileno())
             finally:
                 log.close()
             self.procs[index] = proc
@@ -330,6 +340,7 @@ class NodeAgent:
                 if p.returncode is None:
                     p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        await self.launcher.close()
         await self.objects.cancel_transfers()
         if self._maintaining is not None:  # a recount in its thread could write the store's files again
             await asyncio.wait([self._maintaining], timeout=10)

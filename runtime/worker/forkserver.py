@@ -1,0 +1,418 @@
+"""How a node agent starts its workers: forked from a pre-imported template, or spawned.
+
+A worker's interpreter start and imports (the runtime, msgspec, psutil, uvloop, numpy)
+cost a few hundred milliseconds of CPU each, paid again by every worker and every restart.
+With the ``forkserver`` start method (Linux; ``worker.start-method``) the agent starts one
+*template* process when it starts, which imports all of that once, in parallel with the
+scheduler's own start, and then forks each worker on request, as ``multiprocessing``'s
+forkserver does::
+
+    node agent ──fork request (argv, env; its stdin pipe and log file as fds)──► template
+       ▲  │                                                                     │ fork()
+       │  └── worker's stdin pipe: EOF when the agent is gone ──────────────┐    ▼
+       └──── "pid" once forked, "exit" with its status once reaped ──── worker process
+
+The template starts no thread and no event loop, so a fork copies one thread in a clean
+state (OpenBLAS's own pool, if numpy started one, is stopped by its ``pthread_atfork``
+handler).  The child gets the agent's environment and config, fresh random seeds, its own
+stdin pipe and log file as fds 0-2, then runs ``python -m runtime.worker``'s ``main``.
+
+The template is the workers' parent, so it reaps them and reports each exit status to the
+agent, which supervises a ``ForkedProcess`` as it would a subprocess: the cause of a death
+(exit code, signal, last log lines) reads the same.  The template leaves when the agent's
+pipe closes, once its workers have gone (they see the same EOF); a forked worker gets
+SIGKILL if its template dies first (``PR_SET_PDEATHSIG``), and the agent counts it dead.
+Where forking is unavailable, or the template cannot start, each worker is spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any, Protocol
+
+from runtime import config, procutil
+
+logger = logging.getLogger("runtime.agent")
+
+#: the command line of a spawned worker, before its arguments
+WORKER_MODULE = [sys.executable, "-m", "runtime.worker"]
+#: what the template imports once for all its workers, besides ``worker.preload``
+RUNTIME_MODULES = ("runtime.worker.__main__", "runtime.comm.core", "uvloop")
+#: seconds the template waits for its workers to stop once its agent is gone
+LEAVE_TIMEOUT = 5.0
+_PR_SET_PDEATHSIG = 1
+_MAX_PACKET = 1 << 20
+
+
+def forkserver_available() -> bool:
+    """Whether workers can be forked here: Linux (fork, fd passing, parent-death signals)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
+
+
+class WorkerProcess(Protocol):
+    """What the agent needs of a worker process: a subprocess or a forked one."""
+
+    pid: int
+    returncode: int | None
+
+    async def wait(self) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    async def start(self, args: list[str], log: int) -> WorkerProcess: ...
+    async def close(self) -> None: ...
+
+
+class SpawnLauncher:
+    """Each worker a new interpreter (``python -m runtime.worker``)."""
+
+    name = "spawn"
+
+    async def start(self, args: list[str], log: int) -> WorkerProcess:
+        return await asyncio.create_subprocess_exec(
+            *WORKER_MODULE, *args, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+class ForkedProcess:
+    """A worker forked by the template: ``pid``, ``returncode`` and ``wait()`` as a subprocess's."""
+
+    def __init__(self, pid: int, stdin: int):
+        self.pid = pid
+        #: as ``Popen.returncode``: the exit code, or minus the signal that ended it
+        self.returncode: int | None = None
+        #: the write end of its stdin: closed when it ends, or when the agent does
+        self._stdin = stdin
+        self._done = asyncio.get_running_loop().create_future()
+
+    def exited(self, returncode: int) -> None:
+        if self.returncode is None:
+            self.returncode = returncode
+            os.close(self._stdin)
+            self._done.set_result(returncode)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is None:  # not reaped yet: the pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+class ForkServerLauncher:
+    """The agent's side of the template: start it, ask it for workers, hear of their exits."""
+
+    name = "forkserver"
+
+    def __init__(self) -> None:
+        self._template: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        #: fork requests sent and not answered yet, by id: the answer's future, the stdin's write end
+        self._pending: dict[int, tuple[asyncio.Future[ForkedProcess], int]] = {}
+        #: forked workers not reaped yet, by pid
+        self._children: dict[int, ForkedProcess] = {}
+        self._ids = 0
+        #: held while a template starts: workers restarting together share the new one
+        self._starting = asyncio.Lock()
+
+    async def begin(self) -> None:
+        """Start the template (it imports in the background; requests wait in its socket)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._template = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime.worker.forkserver", str(theirs.fileno()),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+
+    @property
+    def template_pid(self) -> int | None:
+        return self._template.pid if self._template is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._sock is not None
+
+    async def start(self, args: list[str], log: int) -> WorkerProcess:
+        async with self._starting:
+            if self._sock is None:
+                await self.begin()
+        assert self._sock is not None
+        stdin_r, stdin_w = os.pipe()
+        self._ids += 1
+        request = json.dumps({"id": self._ids, "argv": args, "env": dict(os.environ)}).encode()
+        forked: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
+        self._pending[self._ids] = (forked, stdin_w)
+        try:
+            socket.send_fds(self._sock, [request], [stdin_r, log])
+        except OSError as e:
+            self._pending.pop(self._ids)
+            os.close(stdin_w)
+            raise RuntimeError(f"the worker fork server is gone: {e}") from None
+        finally:
+            os.close(stdin_r)
+        return await forked
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                packet = self._sock.recv(_MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                packet = b""
+            if not packet:
+                self._lost()
+                return
+            self._answer(json.loads(packet))
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        if "exit" in msg:
+            pid, code = msg["exit"], msg["code"]
+            proc = self._children.pop(pid, None)
+            if proc is not None:
+                proc.exited(code)
+            return
+        forked, stdin_w = self._pending.pop(msg["id"])
+        if "error" in msg:
+            os.close(stdin_w)
+            forked.set_exception(RuntimeError(f"the worker fork server could not fork: {msg['error']}"))
+        else:  # made here, not by the caller: an exit may follow in the same read
+            proc = self._children[msg["pid"]] = ForkedProcess(msg["pid"], stdin_w)
+            forked.set_result(proc)
+
+    def _lost(self) -> None:
+        """The template is gone: its workers got SIGKILL (PR_SET_PDEATHSIG); count them dead.
+        The next ``start`` starts a new template."""
+        if self._sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+        template = self._template
+        code = template.returncode if template is not None else None
+        logger.error(
+            "the worker fork server (pid %s) is gone (%s); its workers are lost with it",
+            template.pid if template else "?", procutil.describe_exit(code) if code is not None else "ended",
+        )  # fmt: skip
+        for forked, stdin_w in self._pending.values():
+            os.close(stdin_w)
+            forked.set_exception(RuntimeError("the worker fork server ended before it forked"))
+        self._pending.clear()
+        for proc in self._children.values():
+            proc.exited(-signal.SIGKILL)
+        self._children.clear()
+
+    async def close(self) -> None:
+        """Stop the template: it leaves once its workers have (call after stopping them)."""
+        template = self._template
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if template is None:
+            return
+        if template.stdin is not None:
+            template.stdin.close()
+        try:
+            await asyncio.wait_for(template.wait(), LEAVE_TIMEOUT + 2)
+        except TimeoutError:
+            template.kill()
+            await template.wait()
+
+
+def make_launcher(method: str | None = None) -> SpawnLauncher | ForkServerLauncher:
+    """The launcher ``worker.start-method`` asks for, or spawning where forking is unavailable."""
+    method = method or config.get("worker.start-method")
+    if method == "forkserver" and forkserver_available():
+        return ForkServerLauncher()
+    return SpawnLauncher()
+
+
+# ----------------------------------------------------------------------------- the template
+
+
+def _preload() -> None:
+    """Import what every worker imports, and the ``worker.preload`` modules that are installed."""
+    for name in RUNTIME_MODULES:
+        importlib.import_module(name)
+    for name in config.get("worker.preload"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+        except Exception as e:  # a worker imports it again, and reports what fails then
+            print(f"worker fork server: importing {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if threading.active_count() > 1:  # a fork would copy only this thread, not what the others hold
+        print("worker fork server: a preloaded module started a thread; forking anyway", file=sys.stderr)
+
+
+def serve(sock: socket.socket) -> None:
+    """The template's loop: fork a worker per request, report each exit; stdin EOF ends it."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD wakes select
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the agent decides, and its workers see it
+    children: set[int] = set()
+    agent_gone = False
+    while not agent_gone:
+        readable, _, _ = select.select([sock, 0, wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        _reap(sock, children, block=False)
+        if 0 in readable and not os.read(0, 4096):
+            agent_gone = True
+        elif sock in readable:
+            msg, fds, _, _ = socket.recv_fds(sock, _MAX_PACKET, 2)
+            if not msg:
+                agent_gone = True
+            else:
+                _fork(sock, json.loads(msg), fds, children, (wake_r, wake_w))
+    _leave(sock, children)
+
+
+def _fork(
+    sock: socket.socket, request: dict[str, Any], fds: list[int], children: set[int], own: tuple[int, int]
+) -> None:
+    template = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"id": request["id"], "error": str(e)})
+        return
+    if pid == 0:
+        _child(request, fds, template, [sock.fileno(), *own])
+    for fd in fds:
+        os.close(fd)
+    children.add(pid)
+    _send(sock, {"id": request["id"], "pid": pid})
+
+
+def _child(request: dict[str, Any], fds: list[int], template: int, close: list[int]) -> None:
+    """In the forked worker: become ``python -m runtime.worker ARGS``; never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != template:  # the template died before prctl: so should we
+            os._exit(1)
+        stdin, log = fds
+        os.dup2(stdin, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        for fd in (stdin, log, *close):
+            os.close(fd)
+        env = request["env"]
+        if env != dict(os.environ):  # the agent's environment, hence its config, is the worker's
+            os.environ.clear()
+            os.environ.update(env)
+            config.refresh()
+        _reseed()
+        sys.argv = ["-m", *request["argv"]]
+        from runtime.worker.__main__ import main
+
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _reseed() -> None:
+    """Fresh random state: ``random`` reseeds itself after a fork; numpy's global one does not."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def _reap(sock: socket.socket, children: set[int], block: bool) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        if block:
+            return
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # the agent is gone: nobody to tell
+        sock.send(json.dumps(msg).encode())
+
+
+def _leave(sock: socket.socket, children: set[int]) -> None:
+    """The agent is gone: its workers stop on their own (their stdin closed too); wait for them,
+    then kill what is left."""
+
+    def timed_out(*_: object) -> None:
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, timed_out)
+    signal.setitimer(signal.ITIMER_REAL, LEAVE_TIMEOUT)
+    try:
+        while children:
+            _reap(sock, children, block=True)
+    except TimeoutError:
+        pass
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.setblocking(True)
+    _preload()
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()
