@@ -30,7 +30,7 @@ from typing import IO
 from runtime import config
 from runtime.client.client import ClusterClient
 from runtime.objstore.store import make_prefix
-from runtime.worker import memory
+from runtime.worker import forkserver, memory
 
 logger = logging.getLogger("runtime.cluster")
 
@@ -106,31 +106,49 @@ class LocalCluster:
         self._scale_lock = threading.Lock()
         self._adapt_thread: threading.Thread | None = None
         self._adapt_stop = threading.Event()
+        #: each node's worker fork server, started beside its agent (``worker/forkserver.py``)
+        self.template_procs: list[subprocess.Popen] = []
         for i, (node, prefix) in enumerate(zip(self.nodes, self.prefixes, strict=True)):
             workers = self.slots[node] = self.n_workers // n_nodes + (i < self.n_workers % n_nodes)
             log_dir = os.path.join(self.session_dir, "logs", f"node-{i}" if n_nodes > 1 else "")
+            suffix = f"-{i}" if n_nodes > 1 else ""
+            template: list[str] = []
+            if forkserver.uses_forkserver():  # it imports while the scheduler and the agent start
+                ours, theirs = forkserver.template_socket()
+                with ours, theirs:
+                    cmd = forkserver.template_command(theirs.fileno(), self.scheduler_address, node)
+                    self.template_procs.append(self._spawn(cmd, f"forkserver{suffix}.log", theirs.fileno()))
+                    agent_fd = os.dup(ours.fileno())  # closed below, once the agent has its copy
+                template = ["--forkserver-fd", str(agent_fd)]
             cmd = [
                 sys.executable, "-m", "runtime.worker.agent", "--scheduler", self.scheduler_address,
                 "--node", node, "--prefix", prefix, "--num-workers", str(workers),
                 "--log-dir", log_dir, "--watch-parent", "--resources", json.dumps(resources or {}),
                 *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
                 "--memory-limit", str(self.memory_limit), *self.thresholds.to_args(),
-                "--threads-per-worker", str(threads_per_worker),
+                "--threads-per-worker", str(threads_per_worker), *template,
             ]  # fmt: skip
-            self.agent_procs.append(self._spawn(cmd, f"agent-{i}.log" if n_nodes > 1 else "agent.log"))
+            try:
+                self.agent_procs.append(self._spawn(cmd, f"agent{suffix}.log", agent_fd if template else None))
+            finally:
+                if template:
+                    os.close(agent_fd)
 
-    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(self, cmd: list[str], log_name: str, pass_fd: int | None = None) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", log_name), "ab")
         self._logs.append(log)
         # The driver's config.set() values hold in every process of its cluster, except the
         # choice of a local scheduler: a task's own .remote() calls go to this cluster.
         inherited = {**json.loads(config.serialize()), "scheduler": "distributed"}
         env = {**os.environ, config.INHERIT_VARIABLE: json.dumps(inherited)}
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        fds = () if pass_fd is None else (pass_fd,)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env, pass_fds=fds
+        )
 
     @property
     def processes(self) -> list[subprocess.Popen]:
-        return [self.scheduler_proc, *self.agent_procs]
+        return [self.scheduler_proc, *self.agent_procs, *self.template_procs]
 
     def _client(self) -> ClusterClient:
         if self._control is None:
@@ -230,10 +248,11 @@ class LocalCluster:
             self._control.close()
             self._control = None
         # Closing the pipes is the signal: the agent stops its workers and empties the store.
-        for p in (*self.agent_procs, self.scheduler_proc):
+        # The fork servers leave once their agents and workers have.
+        for p in (*self.agent_procs, *self.template_procs, self.scheduler_proc):
             if p.stdin is not None and not p.stdin.closed:
                 p.stdin.close()
-        for p in (*self.agent_procs, self.scheduler_proc):
+        for p in (*self.agent_procs, *self.template_procs, self.scheduler_proc):
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -46,8 +46,11 @@ def die(code: int) -> None:
     os._exit(code)
 
 
-def _template(agent: psutil.Process) -> psutil.Process:
-    (template,) = [p for p in agent.children() if "runtime.worker.forkserver" in p.cmdline()]
+def _template(workers: dict[str, dict]) -> psutil.Process:
+    """The parent of these workers: their fork server."""
+    (parent,) = {w["parent"] for w in workers.values()}
+    template = psutil.Process(parent)
+    assert "runtime.worker.forkserver" in template.cmdline()
     return template
 
 
@@ -75,7 +78,8 @@ def _workers(client: rt.Client) -> dict[str, dict]:
 def test_each_worker_is_its_own_process_with_the_clusters_config_and_fresh_seeds(cluster):
     method, c, client = cluster
     agent = psutil.Process(c.agent_procs[0].pid)
-    seen = list(_workers(client).values())
+    workers = _workers(client)
+    seen = list(workers.values())
     assert len({w["pid"] for w in seen}) == 2
     expected_blas = float(sum(k * k for k in range(40_000)))
     for w in seen:
@@ -86,13 +90,13 @@ def test_each_worker_is_its_own_process_with_the_clusters_config_and_fresh_seeds
     assert len({w["stderr"] for w in seen}) == 2  # each its own log file
     assert seen[0]["random"] != seen[1]["random"] and seen[0]["np_random"] != seen[1]["np_random"]
     if method == "forkserver":
-        template = _template(agent)
-        assert {w["parent"] for w in seen} == {template.pid}
+        template = _template(workers)  # started beside the agent by the LocalCluster
+        assert [template.pid] == [p.pid for p in c.template_procs]
+        assert c.scheduler_address in template.cmdline()  # ps names its cluster
         assert template.pid not in {w["pid"] for w in seen}
-        assert template.num_threads() == 1  # forks copy one thread; OpenBLAS stopped its own
     else:
         assert {w["parent"] for w in seen} == {agent.pid}
-        assert not any("runtime.worker.forkserver" in p.cmdline() for p in agent.children())
+        assert not c.template_procs
 
 
 def test_a_sigkilled_worker_is_restarted_and_its_death_reported(cluster):
@@ -124,27 +128,35 @@ def test_a_dead_template_takes_its_workers_and_a_new_one_forks_their_successors(
     if method != "forkserver":
         pytest.skip("no template when spawning")
     agent = psutil.Process(c.agent_procs[0].pid)
-    template = _template(agent)
-    before = {w["pid"] for w in _workers(client).values()}
+    workers = _workers(client)
+    template = _template(workers)
+    before = {w["pid"] for w in workers.values()}
     template.kill()
     after = wait_until(
         lambda: (w := _workers(client)) and len(w) == 2 and not before & {x["pid"] for x in w.values()} and w,
         "both workers restarted",
     )
-    assert {x["parent"] for x in after.values()} == {_template(agent).pid} != {template.pid}
+    successor = _template(after)  # started by the agent this time
+    assert successor.pid != template.pid and successor.ppid() == agent.pid
     assert client.submit(about_me).result(timeout=60)["setting"] == 777
 
 
-def test_the_template_leaves_with_its_cluster():
+def test_the_template_leaves_with_its_cluster_and_its_agent():
     with config.set({"worker.start-method": "forkserver"}):
-        c = rt.LocalCluster(n_workers=1)
+        c = rt.LocalCluster(n_workers=2, n_nodes=2)
     try:
         with rt.Client(c) as client:
-            client.wait_for_workers(1)
-        template = _template(psutil.Process(c.agent_procs[0].pid))
+            client.wait_for_workers(2)
+            workers = _workers(client)
+        killed = psutil.Process(c.agent_procs[1].pid)
+        orphaned = c.template_procs[1]
+        orphans = [psutil.Process(w["pid"]) for w in workers.values() if w["parent"] == orphaned.pid]
+        killed.kill()  # its workers see their stdin close, and its template its socket
+        wait_until(lambda: orphaned.poll() is not None, "the killed agent's template gone")
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans)
     finally:
         c.close()
-    wait_until(lambda: not template.is_running() or template.status() == psutil.STATUS_ZOMBIE, "the template gone")
+    assert all(p.poll() is not None for p in c.template_procs)
 
 
 def test_forking_is_chosen_where_available_and_spawning_otherwise(monkeypatch):

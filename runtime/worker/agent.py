@@ -85,7 +85,7 @@ class NodeAgent:
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
         host: str = "127.0.0.1", threads_per_worker: int = 1, memory_limit: str | int | float | None = None,
-        thresholds: memory.Thresholds | None = None,
+        thresholds: memory.Thresholds | None = None, forkserver: socket.socket | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
@@ -111,8 +111,9 @@ class NodeAgent:
         self.address = ""
         self._server: asyncio.AbstractServer | None = None
         self.comm: Comm | None = None
-        #: starts worker processes: forked from a pre-imported template, or spawned (``forkserver.py``)
-        self.launcher = make_launcher()
+        #: starts worker processes: forked from a pre-imported template (``forkserver``: the socket
+        #: of one our starter made, else we start it), or spawned (``forkserver.py``)
+        self.launcher = make_launcher(None, scheduler, node, forkserver)
         self.procs: dict[int, WorkerProcess] = {}
         #: the task keeping each worker slot running, by index
         self._supervisors: dict[int, asyncio.Task] = {}
@@ -359,6 +360,7 @@ async def _main(args: argparse.Namespace) -> None:
         thresholds=memory.Thresholds.from_args(
             args.memory_spill_fraction, args.memory_pause_fraction, args.memory_terminate_fraction
         ),
+        forkserver=socket.socket(fileno=args.forkserver_fd) if args.forkserver_fd is not None else None,
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
@@ -388,6 +390,10 @@ def main() -> None:
             help=f"fraction of the memory limit at which a worker {name}s (default: the worker.memory.{name} "
             "setting; 0: never)",
         )  # fmt: skip
+    parser.add_argument(
+        "--forkserver-fd", type=int, default=None,
+        help="the socket of a worker fork server started beside the agent (LocalCluster does), to fork workers from",
+    )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     if args.prefix and not store.STORE_PREFIX.fullmatch(args.prefix):

@@ -2,10 +2,11 @@
 
 A worker's interpreter start and imports (the runtime, msgspec, psutil, uvloop, numpy)
 cost a few hundred milliseconds of CPU each, paid again by every worker and every restart.
-With the ``forkserver`` start method (Linux; ``worker.start-method``) the agent starts one
-*template* process when it starts, which imports all of that once, in parallel with the
-scheduler's own start, and then forks each worker on request, as ``multiprocessing``'s
-forkserver does::
+With the ``forkserver`` start method (Linux; ``worker.start-method``) each node has one
+*template* process, which imports the runtime once, in parallel with the scheduler's own
+start (a ``LocalCluster`` starts it beside the agent and hands the agent its socket; an
+agent started otherwise starts its own), and then forks each worker on request, as
+``multiprocessing``'s forkserver does::
 
     node agent ──fork request (argv, env; its stdin pipe and log file as fds)──► template
        ▲  │                                                                     │ fork()
@@ -13,16 +14,19 @@ forkserver does::
        └──── "pid" once forked, "exit" with its status once reaped ──── worker process
 
 The template starts no thread and no event loop, so a fork copies one thread in a clean
-state (OpenBLAS's own pool, if numpy started one, is stopped by its ``pthread_atfork``
-handler).  The child gets the agent's environment and config, fresh random seeds, its own
-stdin pipe and log file as fds 0-2, then runs ``python -m runtime.worker``'s ``main``.
+state; the ``worker.preload`` modules (numpy) it imports only once idle, so they do not
+slow the first workers' start (OpenBLAS's pool, if numpy starts one, is stopped by its own
+``pthread_atfork`` handler).  The child gets the agent's environment and config, fresh
+random seeds, its own stdin pipe and log file as fds 0-2, then runs
+``python -m runtime.worker``'s ``main``.
 
 The template is the workers' parent, so it reaps them and reports each exit status to the
 agent, which supervises a ``ForkedProcess`` as it would a subprocess: the cause of a death
-(exit code, signal, last log lines) reads the same.  The template leaves when the agent's
-pipe closes, once its workers have gone (they see the same EOF); a forked worker gets
-SIGKILL if its template dies first (``PR_SET_PDEATHSIG``), and the agent counts it dead.
-Where forking is unavailable, or the template cannot start, each worker is spawned.
+(exit code, signal, last log lines) reads the same.  The template leaves when its socket
+or its stdin pipe closes (the agent, or whoever started it, is gone), once its workers have
+gone (they see the agent's EOF); a forked worker gets SIGKILL if its template dies first
+(``PR_SET_PDEATHSIG``), and the agent counts it dead and starts a new template.  Where
+forking is unavailable, or the template cannot start, each worker is spawned.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ WORKER_MODULE = [sys.executable, "-m", "runtime.worker"]
 RUNTIME_MODULES = ("runtime.worker.__main__", "runtime.comm.core", "uvloop")
 #: seconds the template waits for its workers to stop once its agent is gone
 LEAVE_TIMEOUT = 5.0
+#: seconds without a fork request after which the template imports the ``worker.preload`` modules
+PRELOAD_AFTER = 0.5
 _PR_SET_PDEATHSIG = 1
 _MAX_PACKET = 1 << 20
 
@@ -123,13 +129,32 @@ class ForkedProcess:
                 os.kill(self.pid, sig)
 
 
+def template_command(fd: int, scheduler: str, node: str) -> list[str]:
+    """How to start a template that talks over socket ``fd`` (the scheduler and node only name
+    it in a process list, as its workers' command line)."""
+    return [sys.executable, "-m", "runtime.worker.forkserver", str(fd), "--scheduler", scheduler, "--node", node]
+
+
+def template_socket() -> tuple[socket.socket, socket.socket]:
+    """The agent's end and the template's end of a new template's socket."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 class ForkServerLauncher:
-    """The agent's side of the template: start it, ask it for workers, hear of their exits."""
+    """The agent's side of the template: start it (or adopt one its starter made), ask it for
+    workers, hear of their exits."""
 
     name = "forkserver"
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: str = "", node: str = "", adopt: socket.socket | None = None) -> None:
+        #: named in the template's command line
+        self._scheduler, self._node = scheduler, node
+        #: the template, when we started it (not one adopted from a LocalCluster)
         self._template: asyncio.subprocess.Process | None = None
+        #: its pid, once it said it is ready (or we started it)
+        self.template_pid: int | None = None
+        #: the template a LocalCluster started beside us, its socket's end given to us
+        self._adopt = adopt
         self._sock: socket.socket | None = None
         #: fork requests sent and not answered yet, by id: the answer's future, the stdin's write end
         self._pending: dict[int, tuple[asyncio.Future[ForkedProcess], int]] = {}
@@ -140,22 +165,23 @@ class ForkServerLauncher:
         self._starting = asyncio.Lock()
 
     async def begin(self) -> None:
-        """Start the template (it imports in the background; requests wait in its socket)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._template = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.worker.forkserver", str(theirs.fileno()),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-            )  # fmt: skip
-        finally:
-            theirs.close()
+        """Start the template, or adopt the one given (it imports in the background; requests
+        wait in its socket meanwhile)."""
+        if self._adopt is not None:
+            ours, self._adopt = self._adopt, None
+        else:
+            ours, theirs = template_socket()
+            try:
+                self._template = await asyncio.create_subprocess_exec(
+                    *template_command(theirs.fileno(), self._scheduler, self._node), stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                )  # fmt: skip
+            finally:
+                theirs.close()
+            self.template_pid = self._template.pid
         ours.setblocking(False)
         self._sock = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
-
-    @property
-    def template_pid(self) -> int | None:
-        return self._template.pid if self._template is not None else None
 
     @property
     def alive(self) -> bool:
@@ -196,6 +222,9 @@ class ForkServerLauncher:
             self._answer(json.loads(packet))
 
     def _answer(self, msg: dict[str, Any]) -> None:
+        if "ready" in msg:
+            self.template_pid = msg["ready"]
+            return
         if "exit" in msg:
             pid, code = msg["exit"], msg["code"]
             proc = self._children.pop(pid, None)
@@ -218,12 +247,12 @@ class ForkServerLauncher:
         asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._sock.close()
         self._sock = None
-        template = self._template
-        code = template.returncode if template is not None else None
+        code = self._template.returncode if self._template is not None else None
         logger.error(
-            "the worker fork server (pid %s) is gone (%s); its workers are lost with it",
-            template.pid if template else "?", procutil.describe_exit(code) if code is not None else "ended",
+            "the worker fork server (pid %s) is gone (%s); its workers are lost with it; the next worker "
+            "starts a new one", self.template_pid, procutil.describe_exit(code) if code is not None else "it ended",
         )  # fmt: skip
+        self._template = self.template_pid = None
         for forked, stdin_w in self._pending.values():
             os.close(stdin_w)
             forked.set_exception(RuntimeError("the worker fork server ended before it forked"))
@@ -233,7 +262,8 @@ class ForkServerLauncher:
         self._children.clear()
 
     async def close(self) -> None:
-        """Stop the template: it leaves once its workers have (call after stopping them)."""
+        """Stop the template: it leaves once its workers have (call after stopping them); one
+        adopted from a LocalCluster leaves as its socket closes, and the cluster waits for it."""
         template = self._template
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
@@ -250,21 +280,29 @@ class ForkServerLauncher:
             await template.wait()
 
 
-def make_launcher(method: str | None = None) -> SpawnLauncher | ForkServerLauncher:
-    """The launcher ``worker.start-method`` asks for, or spawning where forking is unavailable."""
-    method = method or config.get("worker.start-method")
-    if method == "forkserver" and forkserver_available():
-        return ForkServerLauncher()
+def make_launcher(
+    method: str | None = None, scheduler: str = "", node: str = "", adopt: socket.socket | None = None
+) -> SpawnLauncher | ForkServerLauncher:
+    """The launcher ``worker.start-method`` asks for, or spawning where forking is unavailable;
+    ``adopt``: the socket of a template started for us."""
+    if adopt is not None:
+        return ForkServerLauncher(scheduler, node, adopt)
+    if uses_forkserver(method):
+        return ForkServerLauncher(scheduler, node)
     return SpawnLauncher()
+
+
+def uses_forkserver(method: str | None = None) -> bool:
+    """Whether workers are forked: ``method`` (default: the ``worker.start-method`` setting)
+    asks for it and the platform allows it."""
+    return (method or config.get("worker.start-method")) == "forkserver" and forkserver_available()
 
 
 # ----------------------------------------------------------------------------- the template
 
 
 def _preload() -> None:
-    """Import what every worker imports, and the ``worker.preload`` modules that are installed."""
-    for name in RUNTIME_MODULES:
-        importlib.import_module(name)
+    """Import the ``worker.preload`` modules that are installed."""
     for name in config.get("worker.preload"):
         try:
             importlib.import_module(name)
@@ -277,7 +315,18 @@ def _preload() -> None:
 
 
 def serve(sock: socket.socket) -> None:
-    """The template's loop: fork a worker per request, report each exit; stdin EOF ends it."""
+    """The template's loop: fork a worker per request, report each exit; stdin EOF (its starter
+    is gone) or the socket's (the agent is) ends it.
+
+    The runtime's modules are imported before the first fork; the ``worker.preload`` ones
+    once no request has come for ``PRELOAD_AFTER`` seconds, so that importing them neither
+    delays nor competes with the start of a cluster's first workers (which import them when
+    a task needs them, as a spawned worker does); workers forked later have them.
+    """
+    for name in RUNTIME_MODULES:
+        importlib.import_module(name)
+    _send(sock, {"ready": os.getpid()})
+    preloaded = False
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -286,7 +335,10 @@ def serve(sock: socket.socket) -> None:
     children: set[int] = set()
     agent_gone = False
     while not agent_gone:
-        readable, _, _ = select.select([sock, 0, wake_r], [], [])
+        readable, _, _ = select.select([sock, 0, wake_r], [], [], None if preloaded else PRELOAD_AFTER)
+        if not readable and not preloaded:
+            _preload()
+            preloaded = True
         if wake_r in readable:
             os.read(wake_r, 4096)
         _reap(sock, children, block=False)
@@ -408,9 +460,8 @@ def _leave(sock: socket.socket, children: set[int]) -> None:
 
 
 def main() -> None:
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock = socket.socket(fileno=int(sys.argv[1]))  # the rest of the command line names its cluster
     sock.setblocking(True)
-    _preload()
     serve(sock)
 
 
