@@ -21,13 +21,14 @@ import logging
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 from typing import IO
 
-from runtime import config
+from runtime import config, procutil
 from runtime.client.client import ClusterClient
 from runtime.objstore.store import make_prefix
 from runtime.worker import forkserver, memory
@@ -90,12 +91,22 @@ class LocalCluster:
         if validate is None:
             validate = config.get("scheduler.validate")
         self._logs: list[IO[bytes]] = []
+        #: each process's log file, by pid
+        self._log_paths: dict[int, str] = {}
         sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
         if validate:
             sched_cmd.append("--validate")
         if amm_interval is not None:  # else the scheduler.amm-interval setting
             sched_cmd += ["--amm-interval", str(amm_interval)]
-        self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log")
+        # Bound here, and listening before the scheduler has even started: the agent and the
+        # client connect at once and their first messages wait in the socket until it is ready
+        # (no retrying, so no retry interval lost), while all of them start side by side.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with listener:
+            listener.bind(self.scheduler_address.removeprefix("unix://"))
+            listener.listen(128)
+            sched_cmd += ["--listen-fd", str(listener.fileno())]
+            self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log", listener.fileno())
         # Several nodes on one machine stand in for several hosts: each has its own agent,
         # store and workers; the workers are shared out between them.
         self.agent_procs = []
@@ -142,13 +153,29 @@ class LocalCluster:
         inherited = {**json.loads(config.serialize()), "scheduler": "distributed"}
         env = {**os.environ, config.INHERIT_VARIABLE: json.dumps(inherited)}
         fds = () if pass_fd is None else (pass_fd,)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env, pass_fds=fds
         )
+        self._log_paths[proc.pid] = log.name
+        return proc
 
     @property
     def processes(self) -> list[subprocess.Popen]:
         return [self.scheduler_proc, *self.agent_procs, *self.template_procs]
+
+    def startup_failure(self) -> str | None:
+        """Which of the cluster's processes has already exited, how, and the end of its log: why
+        a client could not join it (None: all run)."""
+        names = ["scheduler", *(f"node agent {i}" for i in range(len(self.agent_procs)))]
+        for name, proc in zip(names, (self.scheduler_proc, *self.agent_procs), strict=True):
+            try:  # its socket closing (what the client saw) may come a moment before its exit
+                code = proc.wait(0.5) if proc is self.scheduler_proc else proc.poll()
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                tail = "\n".join(f"    {line}" for line in procutil.last_lines(self._log_paths[proc.pid], 8))
+                return f"its {name} exited ({procutil.describe_exit(code)}); its log ended with:\n{tail}"
+        return None
 
     def _client(self) -> ClusterClient:
         if self._control is None:

@@ -1,6 +1,7 @@
-"""Workers forked from the node agent's pre-imported template (``worker/forkserver.py``), and
-the spawning fallback: either way the nanny restarts a dead worker and says why, and each
-worker has its own pid, random seeds, log file and the cluster's config.
+"""Start-up: workers forked from the node agent's pre-imported template
+(``worker/forkserver.py``), and the spawning fallback: either way the nanny restarts a dead
+worker and says why, and each worker has its own pid, random seeds, log file and the
+cluster's config.  And a cluster whose scheduler cannot start fails ``init()`` at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from runtime.worker import forkserver
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.skipif(not forkserver.forkserver_available(), reason="workers are forked on Linux only")
+forking = pytest.mark.skipif(not forkserver.forkserver_available(), reason="workers are forked on Linux only")
 
 
 def about_me() -> dict:
@@ -54,7 +55,7 @@ def _template(workers: dict[str, dict]) -> psutil.Process:
     return template
 
 
-@pytest.fixture(params=["forkserver", "spawn"])
+@pytest.fixture(params=[pytest.param("forkserver", marks=forking), "spawn"])
 def cluster(request, monkeypatch):
     monkeypatch.setenv("FORKSERVER_TEST_VARIABLE", "from the driver")
     with config.set({"worker.start-method": request.param, "scheduler.transition-log-length": 777}):
@@ -141,6 +142,7 @@ def test_a_dead_template_takes_its_workers_and_a_new_one_forks_their_successors(
     assert client.submit(about_me).result(timeout=60)["setting"] == 777
 
 
+@forking
 def test_the_template_leaves_with_its_cluster_and_its_agent():
     with config.set({"worker.start-method": "forkserver"}):
         c = rt.LocalCluster(n_workers=2, n_nodes=2)
@@ -168,3 +170,12 @@ def test_forking_is_chosen_where_available_and_spawning_otherwise(monkeypatch):
         config.set({"worker.start-method": "vfork"})
     with pytest.raises(config.ConfigError, match="worker.preload"):
         config.set({"worker.preload": [1]})
+
+
+def test_a_scheduler_that_cannot_start_fails_init_at_once_saying_why(monkeypatch, tmp_path):
+    # Its socket is bound by the driver, so the client connects before the scheduler runs:
+    # it must learn the scheduler died, and why, not wait for an answer.
+    monkeypatch.setenv("RUNTIME_SCHEDULER__RECORD", str(tmp_path / "no such directory" / "file"))
+    with pytest.raises(RuntimeError, match=r"(?s)its scheduler exited \(exit code 1\).*No such file or directory"):
+        rt.init(num_workers=1)
+    assert not rt.is_initialized()

@@ -87,8 +87,11 @@ def init(
             )
             try:
                 client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
-            except BaseException:
+            except BaseException as e:
+                failure = cluster.startup_failure()
                 cluster.close()
+                if failure is not None and isinstance(e, Exception):
+                    raise RuntimeError(f"the local cluster did not start: {failure}") from e
                 raise
             _current = Runtime(client, cluster)
         _log_dashboard(_current.client)

@@ -71,15 +71,6 @@ def sweep_dead_stores() -> int:
     return sum(store.sweep(prefix) for prefix in dead)
 
 
-def _last_lines(path: str, n: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            return f.read().decode(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
-
-
 class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
@@ -313,7 +304,7 @@ class NodeAgent:
                 return
             cause = self._kill_causes.pop(index, None) or procutil.describe_exit(code)
             logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, cause)
-            tail = _last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
+            tail = procutil.last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
             if tail:
                 cause += "; its log ended with:\n" + "\n".join(f"    {line}" for line in tail)
             if self.comm is not None:  # the scheduler names the cause, and blames only what was running
