@@ -142,6 +142,32 @@ def test_a_dead_template_takes_its_workers_and_a_new_one_forks_their_successors(
     assert client.submit(about_me).result(timeout=60)["setting"] == 777
 
 
+def preloaded() -> tuple[int, bool]:
+    return os.getpid(), "numpy" in sys.modules
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_workers_forked_once_the_template_is_idle_have_the_preload_modules(cluster):
+    method, c, client = cluster
+    if method != "forkserver":
+        pytest.skip("no template when spawning")
+    workers = _workers(client)
+    template = _template(workers)
+    wait_until(lambda: "numpy" in _maps(template.pid), "the template imported numpy once idle")
+    before = {w["pid"] for w in workers.values()}
+    os.kill(min(before), signal.SIGKILL)
+
+    def successor() -> list[bool]:
+        answers = client.run(preloaded, on_error="return").values()
+        return [has for a in answers if isinstance(a, tuple) for pid, has in [a] if pid not in before]
+
+    assert wait_until(successor, "the killed worker restarted") == [True]  # numpy came with the fork
+
+
 @forking
 def test_the_template_leaves_with_its_cluster_and_its_agent():
     with config.set({"worker.start-method": "forkserver"}):
