@@ -319,6 +319,7 @@ class NodeAgent:
         if self._stopping:
             return
         self._stopping = True
+        self.launcher.closing = True
         if self._server is not None:
             self._server.close()
         procs = list(self.procs.values())

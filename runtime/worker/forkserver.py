@@ -79,6 +79,9 @@ class WorkerProcess(Protocol):
 
 
 class Launcher(Protocol):
+    #: set as the agent stops: a template leaving now is no news
+    closing: bool
+
     async def start(self, args: list[str], log: int) -> WorkerProcess: ...
     async def close(self) -> None: ...
 
@@ -87,6 +90,7 @@ class SpawnLauncher:
     """Each worker a new interpreter (``python -m runtime.worker``)."""
 
     name = "spawn"
+    closing = False
 
     async def start(self, args: list[str], log: int) -> WorkerProcess:
         return await asyncio.create_subprocess_exec(
@@ -163,6 +167,8 @@ class ForkServerLauncher:
         self._ids = 0
         #: held while a template starts: workers restarting together share the new one
         self._starting = asyncio.Lock()
+        #: set as the agent stops: a template leaving now is no news
+        self.closing = False
 
     async def begin(self) -> None:
         """Start the template, or adopt the one given (it imports in the background; requests
@@ -248,10 +254,13 @@ class ForkServerLauncher:
         self._sock.close()
         self._sock = None
         code = self._template.returncode if self._template is not None else None
-        logger.error(
-            "the worker fork server (pid %s) is gone (%s); its workers are lost with it; the next worker "
-            "starts a new one", self.template_pid, procutil.describe_exit(code) if code is not None else "it ended",
-        )  # fmt: skip
+        if self.closing:
+            logger.info("the worker fork server (pid %s) has left", self.template_pid)
+        else:
+            logger.error(
+                "the worker fork server (pid %s) is gone (%s); its workers are lost with it; the next worker "
+                "starts a new one", self.template_pid, procutil.describe_exit(code) if code is not None else "it ended",
+            )  # fmt: skip
         self._template = self.template_pid = None
         for forked, stdin_w in self._pending.values():
             os.close(stdin_w)
