@@ -78,18 +78,9 @@ class WorkerProcess(Protocol):
     def kill(self) -> None: ...
 
 
-class Launcher(Protocol):
-    #: set as the agent stops: a template leaving now is no news
-    closing: bool
-
-    async def start(self, args: list[str], log: int) -> WorkerProcess: ...
-    async def close(self) -> None: ...
-
-
 class SpawnLauncher:
     """Each worker a new interpreter (``python -m runtime.worker``)."""
 
-    name = "spawn"
     closing = False
 
     async def start(self, args: list[str], log: int) -> WorkerProcess:
@@ -128,7 +119,9 @@ class ForkedProcess:
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        if self.returncode is None:  # not reaped yet: the pid is still its own
+        # Not reported reaped: the pid is still its own (but for the moment between the
+        # template's reaping and its report, as with any pid signalled from outside).
+        if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
@@ -147,8 +140,6 @@ def template_socket() -> tuple[socket.socket, socket.socket]:
 class ForkServerLauncher:
     """The agent's side of the template: start it (or adopt one its starter made), ask it for
     workers, hear of their exits."""
-
-    name = "forkserver"
 
     def __init__(self, scheduler: str = "", node: str = "", adopt: socket.socket | None = None) -> None:
         #: named in the template's command line
@@ -188,10 +179,6 @@ class ForkServerLauncher:
         ours.setblocking(False)
         self._sock = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
-
-    @property
-    def alive(self) -> bool:
-        return self._sock is not None
 
     async def start(self, args: list[str], log: int) -> WorkerProcess:
         async with self._starting:
@@ -410,7 +397,9 @@ def _child(request: dict[str, Any], fds: list[int], template: int, close: list[i
 
         main()
         code = 0
-    except SystemExit as e:
+    except SystemExit as e:  # as the interpreter would: argparse's errors end so
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
         traceback.print_exc()
