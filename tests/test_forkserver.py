@@ -143,7 +143,12 @@ def test_a_dead_template_takes_its_workers_and_a_new_one_forks_their_successors(
 
 
 def preloaded() -> tuple[int, bool]:
-    return os.getpid(), "numpy" in sys.modules
+    """This worker's pid, whether it had numpy before this task, and whether BLAS works in it."""
+    had = "numpy" in sys.modules
+    import numpy as np
+
+    a = np.arange(40_000.0).reshape(200, 200)
+    return os.getpid(), had and float((a @ a.T).trace()) == float(sum(k * k for k in range(40_000)))
 
 
 def _maps(pid: int) -> str:
@@ -165,7 +170,8 @@ def test_workers_forked_once_the_template_is_idle_have_the_preload_modules(clust
         answers = client.run(preloaded, on_error="return").values()
         return [has for a in answers if isinstance(a, tuple) for pid, has in [a] if pid not in before]
 
-    assert wait_until(successor, "the killed worker restarted") == [True]  # numpy came with the fork
+    # numpy came with the fork, and its BLAS works in a worker forked after OpenBLAS started
+    assert wait_until(successor, "the killed worker restarted") == [True]
 
 
 @forking
