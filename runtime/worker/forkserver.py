@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import ctypes
 import importlib
-import json
 import logging
 import os
 import select
@@ -44,9 +43,13 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
+
 from runtime import config, procutil
+from runtime.comm import messages as m
 
 logger = logging.getLogger("runtime.agent")
 
@@ -160,6 +163,11 @@ class ForkServerLauncher:
         self._starting = asyncio.Lock()
         #: set as the agent stops: a template leaving now is no news
         self.closing = False
+        #: what to do with each message from the template
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            m.ForkServerReady: self._ready, m.Forked: self._forked, m.ForkFailed: self._fork_failed,
+            m.WorkerExited: self._exited,
+        }  # fmt: skip
 
     async def begin(self) -> None:
         """Start the template, or adopt the one given (it imports in the background; requests
@@ -187,7 +195,7 @@ class ForkServerLauncher:
         assert self._sock is not None
         stdin_r, stdin_w = os.pipe()
         self._ids += 1
-        request = json.dumps({"id": self._ids, "argv": args, "env": dict(os.environ)}).encode()
+        request = _encode(m.ForkWorker(self._ids, tuple(args), dict(os.environ)))
         forked: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
         self._pending[self._ids] = (forked, stdin_w)
         try:
@@ -212,25 +220,26 @@ class ForkServerLauncher:
             if not packet:
                 self._lost()
                 return
-            self._answer(json.loads(packet))
+            for msg in m.FROM_FORK_SERVER.decode(packet):
+                self._handlers[type(msg)](msg)
 
-    def _answer(self, msg: dict[str, Any]) -> None:
-        if "ready" in msg:
-            self.template_pid = msg["ready"]
-            return
-        if "exit" in msg:
-            pid, code = msg["exit"], msg["code"]
-            proc = self._children.pop(pid, None)
-            if proc is not None:
-                proc.exited(code)
-            return
-        forked, stdin_w = self._pending.pop(msg["id"])
-        if "error" in msg:
-            os.close(stdin_w)
-            forked.set_exception(RuntimeError(f"the worker fork server could not fork: {msg['error']}"))
-        else:  # made here, not by the caller: an exit may follow in the same read
-            proc = self._children[msg["pid"]] = ForkedProcess(msg["pid"], stdin_w)
-            forked.set_result(proc)
+    def _ready(self, msg: m.ForkServerReady) -> None:
+        self.template_pid = msg.pid
+
+    def _exited(self, msg: m.WorkerExited) -> None:
+        proc = self._children.pop(msg.pid, None)
+        if proc is not None:
+            proc.exited(msg.code)
+
+    def _forked(self, msg: m.Forked) -> None:
+        forked, stdin_w = self._pending.pop(msg.id)  # made here, not by the caller: an exit may follow
+        proc = self._children[msg.pid] = ForkedProcess(msg.pid, stdin_w)
+        forked.set_result(proc)
+
+    def _fork_failed(self, msg: m.ForkFailed) -> None:
+        forked, stdin_w = self._pending.pop(msg.id)
+        os.close(stdin_w)
+        forked.set_exception(RuntimeError(f"the worker fork server could not fork: {msg.error}"))
 
     def _lost(self) -> None:
         """The template is gone: its workers got SIGKILL (PR_SET_PDEATHSIG); count them dead.
@@ -321,7 +330,7 @@ def serve(sock: socket.socket) -> None:
     """
     for name in RUNTIME_MODULES:
         importlib.import_module(name)
-    _send(sock, {"ready": os.getpid()})
+    _send(sock, m.ForkServerReady(os.getpid()))
     preloaded = False
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -345,30 +354,29 @@ def serve(sock: socket.socket) -> None:
             if not msg:
                 agent_gone = True
             else:
-                _fork(sock, json.loads(msg), fds, children, (wake_r, wake_w))
+                (request,) = m.TO_FORK_SERVER.decode(msg)
+                _fork(sock, request, fds, children, (wake_r, wake_w))
     _leave(sock, children)
 
 
-def _fork(
-    sock: socket.socket, request: dict[str, Any], fds: list[int], children: set[int], own: tuple[int, int]
-) -> None:
+def _fork(sock: socket.socket, request: m.ForkWorker, fds: list[int], children: set[int], own: tuple[int, int]) -> None:
     template = os.getpid()
     try:
         pid = os.fork()
     except OSError as e:
         for fd in fds:
             os.close(fd)
-        _send(sock, {"id": request["id"], "error": str(e)})
+        _send(sock, m.ForkFailed(request.id, str(e)))
         return
     if pid == 0:
         _child(request, fds, template, [sock.fileno(), *own])
     for fd in fds:
         os.close(fd)
     children.add(pid)
-    _send(sock, {"id": request["id"], "pid": pid})
+    _send(sock, m.Forked(request.id, pid))
 
 
-def _child(request: dict[str, Any], fds: list[int], template: int, close: list[int]) -> None:
+def _child(request: m.ForkWorker, fds: list[int], template: int, close: list[int]) -> None:
     """In the forked worker: become ``python -m runtime.worker ARGS``; never returns."""
     code = 1
     try:
@@ -386,13 +394,13 @@ def _child(request: dict[str, Any], fds: list[int], template: int, close: list[i
         os.dup2(log, 2)
         for fd in (stdin, log, *close):
             os.close(fd)
-        env = request["env"]
+        env = request.env
         if env != dict(os.environ):  # the agent's environment, hence its config, is the worker's
             os.environ.clear()
             os.environ.update(env)
             config.refresh()
         _reseed()
-        sys.argv = ["-m", *request["argv"]]
+        sys.argv = ["-m", *request.argv]
         from runtime.worker.__main__ import main
 
         main()
@@ -427,14 +435,19 @@ def _reap(sock: socket.socket, children: set[int], block: bool) -> None:
         if pid == 0:
             return
         children.discard(pid)
-        _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        _send(sock, m.WorkerExited(pid, os.waitstatus_to_exitcode(status)))
         if block:
             return
 
 
-def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+def _encode(msg: m.Message) -> bytes:
+    """One message as a packet: a frame's payload (a list of messages) without its header."""
+    return msgspec.msgpack.encode([msg])
+
+
+def _send(sock: socket.socket, msg: m.Message) -> None:
     with contextlib.suppress(OSError):  # the agent is gone: nobody to tell
-        sock.send(json.dumps(msg).encode())
+        sock.send(_encode(msg))
 
 
 def _leave(sock: socket.socket, children: set[int]) -> None:
