@@ -21,16 +21,17 @@ import logging
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 from typing import IO
 
-from runtime import config
+from runtime import config, procutil
 from runtime.client.client import ClusterClient
 from runtime.objstore.store import make_prefix
-from runtime.worker import memory
+from runtime.worker import forkserver, memory
 
 logger = logging.getLogger("runtime.cluster")
 
@@ -90,12 +91,22 @@ class LocalCluster:
         if validate is None:
             validate = config.get("scheduler.validate")
         self._logs: list[IO[bytes]] = []
+        #: each process's log file, by pid
+        self._log_paths: dict[int, str] = {}
         sched_cmd = [sys.executable, "-m", "runtime.scheduler", "--address", self.scheduler_address, "--watch-parent"]
         if validate:
             sched_cmd.append("--validate")
         if amm_interval is not None:  # else the scheduler.amm-interval setting
             sched_cmd += ["--amm-interval", str(amm_interval)]
-        self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log")
+        # Bound here, and listening before the scheduler has even started: the agent and the
+        # client connect at once and their first messages wait in the socket until it is ready
+        # (no retrying, so no retry interval lost), while all of them start side by side.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with listener:
+            listener.bind(self.scheduler_address.removeprefix("unix://"))
+            listener.listen(128)
+            sched_cmd += ["--listen-fd", str(listener.fileno())]
+            self.scheduler_proc = self._spawn(sched_cmd, "scheduler.log", listener.fileno())
         # Several nodes on one machine stand in for several hosts: each has its own agent,
         # store and workers; the workers are shared out between them.
         self.agent_procs = []
@@ -106,31 +117,65 @@ class LocalCluster:
         self._scale_lock = threading.Lock()
         self._adapt_thread: threading.Thread | None = None
         self._adapt_stop = threading.Event()
+        #: each node's worker fork server, started beside its agent (``worker/forkserver.py``)
+        self.template_procs: list[subprocess.Popen] = []
         for i, (node, prefix) in enumerate(zip(self.nodes, self.prefixes, strict=True)):
             workers = self.slots[node] = self.n_workers // n_nodes + (i < self.n_workers % n_nodes)
             log_dir = os.path.join(self.session_dir, "logs", f"node-{i}" if n_nodes > 1 else "")
+            suffix = f"-{i}" if n_nodes > 1 else ""
+            template: list[str] = []
+            if forkserver.uses_forkserver():  # it imports while the scheduler and the agent start
+                ours, theirs = forkserver.template_socket()
+                with ours, theirs:
+                    cmd = forkserver.template_command(theirs.fileno(), self.scheduler_address, node)
+                    self.template_procs.append(self._spawn(cmd, f"forkserver{suffix}.log", theirs.fileno()))
+                    agent_fd = os.dup(ours.fileno())  # closed below, once the agent has its copy
+                template = ["--forkserver-fd", str(agent_fd)]
             cmd = [
                 sys.executable, "-m", "runtime.worker.agent", "--scheduler", self.scheduler_address,
                 "--node", node, "--prefix", prefix, "--num-workers", str(workers),
                 "--log-dir", log_dir, "--watch-parent", "--resources", json.dumps(resources or {}),
                 *(["--object-store-memory", str(object_store_memory)] if object_store_memory else []),
                 "--memory-limit", str(self.memory_limit), *self.thresholds.to_args(),
-                "--threads-per-worker", str(threads_per_worker),
+                "--threads-per-worker", str(threads_per_worker), *template,
             ]  # fmt: skip
-            self.agent_procs.append(self._spawn(cmd, f"agent-{i}.log" if n_nodes > 1 else "agent.log"))
+            try:
+                self.agent_procs.append(self._spawn(cmd, f"agent{suffix}.log", agent_fd if template else None))
+            finally:
+                if template:
+                    os.close(agent_fd)
 
-    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(self, cmd: list[str], log_name: str, pass_fd: int | None = None) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", log_name), "ab")
         self._logs.append(log)
         # The driver's config.set() values hold in every process of its cluster, except the
         # choice of a local scheduler: a task's own .remote() calls go to this cluster.
         inherited = {**json.loads(config.serialize()), "scheduler": "distributed"}
         env = {**os.environ, config.INHERIT_VARIABLE: json.dumps(inherited)}
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        fds = () if pass_fd is None else (pass_fd,)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env, pass_fds=fds
+        )
+        self._log_paths[proc.pid] = log.name
+        return proc
 
     @property
     def processes(self) -> list[subprocess.Popen]:
-        return [self.scheduler_proc, *self.agent_procs]
+        return [self.scheduler_proc, *self.agent_procs, *self.template_procs]
+
+    def startup_failure(self) -> str | None:
+        """Which of the cluster's processes has already exited, how, and the end of its log: why
+        a client could not join it (None: all run)."""
+        names = ["scheduler", *(f"node agent {i}" for i in range(len(self.agent_procs)))]
+        for name, proc in zip(names, (self.scheduler_proc, *self.agent_procs), strict=True):
+            try:  # its socket closing (what the client saw) may come a moment before its exit
+                code = proc.wait(0.5) if proc is self.scheduler_proc else proc.poll()
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                tail = "\n".join(f"    {line}" for line in procutil.last_lines(self._log_paths[proc.pid], 8))
+                return f"its {name} exited ({procutil.describe_exit(code)}); its log ended with:\n{tail}"
+        return None
 
     def _client(self) -> ClusterClient:
         if self._control is None:
@@ -230,10 +275,11 @@ class LocalCluster:
             self._control.close()
             self._control = None
         # Closing the pipes is the signal: the agent stops its workers and empties the store.
-        for p in (*self.agent_procs, self.scheduler_proc):
+        # The fork servers leave once their agents and workers have.
+        for p in (*self.agent_procs, *self.template_procs, self.scheduler_proc):
             if p.stdin is not None and not p.stdin.closed:
                 p.stdin.close()
-        for p in (*self.agent_procs, self.scheduler_proc):
+        for p in (*self.agent_procs, *self.template_procs, self.scheduler_proc):
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:

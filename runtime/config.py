@@ -210,6 +210,15 @@ def dashboard_address(x: Any) -> str | None:
     return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
 
 
+def _names(x: Any) -> tuple[str, ...]:
+    """A list of names, or one string of them separated by commas."""
+    if isinstance(x, str):
+        x = [part.strip() for part in x.split(",") if part.strip()]
+    if not isinstance(x, list | tuple) or not all(isinstance(n, str) and n for n in x):
+        raise ValueError("expected a list of module names, or one string of them separated by commas")
+    return tuple(x)
+
+
 def _text(x: Any) -> str:
     if not isinstance(x, str):
         raise ValueError("expected a string")
@@ -311,6 +320,12 @@ SETTINGS: dict[str, Setting] = {
     "heartbeat.client-timeout": Setting(60.0, _number(float, 0.001),
         "seconds a client waits for any word from its scheduler (it pings every heartbeat.interval) before "
         "it fails its pending futures: the scheduler froze or the network is cut"),
+    "worker.start-method": Setting("forkserver", _choice("forkserver", "spawn"),
+        "how a node agent starts its workers: forked from a template process that imported the runtime once "
+        "(forkserver; Linux, elsewhere spawn), or each a new interpreter (spawn)"),
+    "worker.preload": Setting(("numpy",), _names,
+        "modules the forkserver's template imports once for all its workers, besides the runtime (those "
+        "not installed are skipped)"),
     "worker.memory.limit": Setting(None, _memory_limit,
         "each worker's memory limit: bytes ('2GB'), a fraction of the machine's memory, 0 for none "
         "(None: the machine's memory shared out between a node's workers)", env="RUNTIME_MEMORY_LIMIT"),

@@ -76,6 +76,16 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+def last_lines(path: str, n: int) -> list[str]:
+    """The last ``n`` lines of a log file (of its last 4 KB), or none if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
 def run_process(name: str, main: Coroutine[Any, Any, None]) -> None:
     """The body of every runtime process: logging, uvloop, then ``main`` to completion."""
     from runtime.comm.core import install_uvloop

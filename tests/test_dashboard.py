@@ -257,8 +257,12 @@ def test_init_logs_the_link_once_and_status_prints_it(caplog):
         runtime = rt.init(num_workers=1)
     try:
         rt.init(ignore_reinit_error=True)
-        lines = [r.getMessage() for r in caplog.records if "dashboard at" in r.getMessage()]
-        assert len(lines) == 1 and runtime.client.dashboard_link in lines[0]
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "dashboard at" in r.getMessage()]
+
+        wait_until(lines, "the dashboard link in the log")  # logged once the dashboard serves, after init()
+        assert len(lines()) == 1 and runtime.client.dashboard_link in lines()[0]
         from runtime.cli import format_status
 
         status = runtime.client.request("status")

@@ -225,13 +225,18 @@ class Cluster:
     def processes(self, agents: set[int]) -> tuple[dict[int, list[int]], list[str]]:
         """Each of these agents' live children (its workers), and every other live process that
         names the scheduler's address: an orphan worker of a dead agent, a driver left running."""
-        workers = {}
+        workers, templates = {}, set()
         for pid in agents:
             try:
-                workers[pid] = sorted(p.pid for p in psutil.Process(pid).children() if procutil.running(p.pid))
+                children = psutil.Process(pid).children()
+                # Forked workers are the children of the agent's fork server (worker/forkserver.py).
+                forkers = [p for p in children if "runtime.worker.forkserver" in p.cmdline()]
+                templates.update(p.pid for p in forkers)
+                children = [p for p in children if p not in forkers] + [w for f in forkers for w in f.children()]
+                workers[pid] = sorted(p.pid for p in children if procutil.running(p.pid))
             except psutil.NoSuchProcess:
                 workers[pid] = []
-        known = agents | {p for ps in workers.values() for p in ps} | {os.getpid()}
+        known = agents | templates | {p for ps in workers.values() for p in ps} | {os.getpid()}
         strays = []
         for p in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
             cmdline = " ".join(p.info["cmdline"] or ())

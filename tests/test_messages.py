@@ -39,6 +39,8 @@ def test_the_docs_message_tables_name_every_op_each_side_decodes():
     assert rows["scheduler → agent"] == _ops(m.TO_AGENT)
     assert rows["client → actor's worker (direct)"] == _ops(m.TO_ACTOR_SERVER)
     assert rows["actor's worker → client (direct)"] == _ops(m.FROM_ACTOR_SERVER)
+    assert rows["agent → fork server"] == _ops(m.TO_FORK_SERVER)
+    assert rows["fork server → agent"] == _ops(m.FROM_FORK_SERVER)
     # the object server's table: "`op` (its fields): from whom" | its answers
     object_rows = {found.group(1): ops for cell, ops in rows.items() if (found := re.match(r"`([a-z-]+)` \(", cell))}
     requests = set(object_rows)

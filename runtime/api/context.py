@@ -87,8 +87,11 @@ def init(
             )
             try:
                 client = ClusterClient(cluster.scheduler_address, node=cluster.node, prefix=cluster.prefix)
-            except BaseException:
+            except BaseException as e:
+                failure = cluster.startup_failure()
                 cluster.close()
+                if failure is not None and isinstance(e, Exception):
+                    raise RuntimeError(f"the local cluster did not start: {failure}") from e
                 raise
             _current = Runtime(client, cluster)
         _log_dashboard(_current.client)
@@ -96,13 +99,13 @@ def init(
 
 
 def _log_dashboard(client: ClusterClient) -> None:
-    """Say where the dashboard is, once per init() (a scheduler too old to answer says nothing)."""
-    try:
-        link = client.dashboard_link
-    except Exception:  # the link is a courtesy: init() has succeeded
-        return
-    if link:
-        logger.info("runtime dashboard at %s", link)
+    """Say where the dashboard is, once per init(), once it serves: init() does not wait for it."""
+
+    def log(link: str | None) -> None:
+        if link:
+            logger.info("runtime dashboard at %s", link)
+
+    client.on_dashboard_link(log)
 
 
 def shutdown() -> None:

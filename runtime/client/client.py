@@ -493,6 +493,25 @@ class ClusterClient:
             self._dashboard_link = self.request("dashboard")
         return self._dashboard_link
 
+    def on_dashboard_link(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback`` on the loop thread with the dashboard's link once the scheduler has
+        it (the dashboard starts in the background: ``init()`` does not wait for it)."""
+
+        def answered(fut: asyncio.Future) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self._dashboard_link = fut.result()
+                callback(self._dashboard_link)
+
+        def ask() -> None:  # a request whose reply nobody awaits: closing the client drops it
+            if self._lost or self.comm is None:
+                return
+            reqid = next(self._counter)
+            fut = self._requests[reqid] = self._loop.create_future()
+            fut.add_done_callback(answered)
+            self.comm.send(m.Request(reqid, "dashboard", {}))
+
+        self._loop.call_soon_threadsafe(ask)
+
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined; ``TimeoutError`` after ``timeout`` s.
 

@@ -518,6 +518,41 @@ class Stored(Message, tag="stored"):
     name: ObjectName
 
 
+# -- node agent <-> its worker fork server (``worker/forkserver.py``), one per packet ------
+
+
+class ForkWorker(Message, tag="fork-worker"):
+    """Fork a worker that runs ``python -m runtime.worker ARGV`` in this environment; its stdin
+    pipe and log file travel beside the message, as file descriptors."""
+
+    id: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+
+class ForkServerReady(Message, tag="fork-server-ready"):
+    """The template has imported the runtime and forks from now on."""
+
+    pid: int
+
+
+class Forked(Message, tag="forked"):
+    id: int
+    pid: int
+
+
+class ForkFailed(Message, tag="fork-failed"):
+    id: int
+    error: str
+
+
+class WorkerExited(Message, tag="worker-exited"):
+    """A forked worker was reaped: its exit code, or minus the signal that ended it."""
+
+    pid: int
+    code: int
+
+
 _PATH = re.compile(r" - at `\$\[(\d+)\](?:\[(\d+)\])?")
 
 
@@ -584,3 +619,5 @@ TO_ACTOR_SERVER = Decoder(ActorCall)
 FROM_ACTOR_SERVER = Decoder(ActorResult, ActorError)
 TO_OBJECT_SERVER = Decoder(Fetch, GetObject, PutObject)
 FROM_OBJECT_SERVER = Decoder(Fetched, FetchFailed, Object, ObjectMissing, Ready, PutFailed, Stored)
+TO_FORK_SERVER = Decoder(ForkWorker)
+FROM_FORK_SERVER = Decoder(ForkServerReady, Forked, ForkFailed, WorkerExited)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 from runtime import config, procutil
@@ -19,7 +20,8 @@ async def _main(args: argparse.Namespace) -> None:
         validate=args.validate, allowed_failures=args.allowed_failures, worker_saturation=args.worker_saturation,
         amm_interval=args.amm_interval, record_to=args.record, dashboard_address=args.dashboard_address,
     )  # fmt: skip
-    address = await scheduler.start(args.address)
+    sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    address = await scheduler.start(args.address, sock)
     print(f"ADDRESS {address}", flush=True)
     await procutil.serve_until_closed(None, scheduler.close, scheduler.closed, args.watch_parent)
     if address.startswith("unix://"):
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.scheduler")
     parser.add_argument("--address", default="tcp://127.0.0.1:8786")
     parser.add_argument("--watch-parent", action="store_true")
+    parser.add_argument(
+        "--listen-fd", type=int, default=None,
+        help="a Unix socket already bound to --address and listening (LocalCluster makes it, so that its "
+        "processes can connect before the scheduler is ready)",
+    )  # fmt: skip
     parser.add_argument("--validate", action="store_true", default=config.get("scheduler.validate"))
     parser.add_argument("--allowed-failures", type=int, default=config.get("scheduler.allowed-failures"))
     parser.add_argument(

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,8 +174,9 @@ class Scheduler:
         self.dashboard = Dashboard(self, dashboard_address) if dashboard_address else None
         self.handle_stimulus(st.AddClient("add-client-actors", ACTORS_CLIENT))
 
-    async def start(self, address: str) -> str:
-        self._server, self.address = await listen(address, self._handle_comm, m.TO_SCHEDULER)
+    async def start(self, address: str, sock: socket.socket | None = None) -> str:
+        """Listen at ``address`` (on ``sock``, if given: bound there by whoever started us)."""
+        self._server, self.address = await listen(address, self._handle_comm, m.TO_SCHEDULER, sock)
         from runtime.scheduler import extensions  # its modules register their requests
 
         extensions.install(self)

@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from runtime.objstore.manager import StoreManager, read_closes, store_limit, wat
 from runtime.objstore.transfer import ObjectServer
 from runtime.scheduler.liveness import heartbeat_settings
 from runtime.worker import memory
+from runtime.worker.forkserver import SpawnLauncher, WorkerProcess, make_launcher
 from runtime.worker.running import read_running
 
 logger = logging.getLogger("runtime.agent")
@@ -71,21 +71,12 @@ def sweep_dead_stores() -> int:
     return sum(store.sweep(prefix) for prefix in dead)
 
 
-def _last_lines(path: str, n: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            return f.read().decode(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
-
-
 class NodeAgent:
     def __init__(
         self, scheduler: str, node: str, prefix: str, num_workers: int, log_dir: str,
         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
         host: str = "127.0.0.1", threads_per_worker: int = 1, memory_limit: str | int | float | None = None,
-        thresholds: memory.Thresholds | None = None,
+        thresholds: memory.Thresholds | None = None, forkserver: socket.socket | None = None,
     ):  # fmt: skip
         self.scheduler_address = scheduler
         self.node = node
@@ -111,7 +102,10 @@ class NodeAgent:
         self.address = ""
         self._server: asyncio.AbstractServer | None = None
         self.comm: Comm | None = None
-        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        #: starts worker processes: forked from a pre-imported template (``forkserver``: the socket
+        #: of one our starter made, else we start it), or spawned (``forkserver.py``)
+        self.launcher = make_launcher(None, scheduler, node, forkserver)
+        self.procs: dict[int, WorkerProcess] = {}
         #: the task keeping each worker slot running, by index
         self._supervisors: dict[int, asyncio.Task] = {}
         #: slots being retired: their worker is stopped, not restarted
@@ -124,6 +118,12 @@ class NodeAgent:
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
+        if not isinstance(self.launcher, SpawnLauncher):  # it imports while we join the scheduler
+            try:
+                await self.launcher.begin()
+            except OSError as e:
+                logger.warning("cannot start the worker fork server (%s); spawning workers instead", e)
+                self.launcher = SpawnLauncher()
         swept = sweep_dead_stores()
         if swept:
             logger.info("removed %d store objects left by dead clusters", swept)
@@ -280,15 +280,17 @@ class NodeAgent:
         while not self._stopping:
             log = open(os.path.join(self.log_dir, f"worker-{index}.log"), "ab")
             running_file = os.path.join(self.log_dir, f"worker-{index}.running")
+            args = [
+                "--scheduler", self.scheduler_address, "--node", self.node, "--prefix", self.prefix,
+                "--name", f"{self.node}/w{index}", "--agent", self.address, "--running-file", running_file,
+                "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
+                "--nthreads", str(self.threads_per_worker), *self.thresholds.to_args()[:4], "--watch-parent",
+            ]  # fmt: skip
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "runtime.worker", "--scheduler", self.scheduler_address,
-                    "--node", self.node, "--prefix", self.prefix, "--name", f"{self.node}/w{index}",
-                    "--agent", self.address, "--running-file", running_file,
-                    "--resources", json.dumps(self.resources), "--memory-limit", str(self.memory_limit),
-                    "--nthreads", str(self.threads_per_worker), *self.thresholds.to_args()[:4],
-                    "--watch-parent", stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log,
-                )  # fmt: skip
+                proc = await self.launcher.start(args, log.fileno())
+            except RuntimeError as e:  # its fork server died meanwhile: this one is spawned
+                logger.warning("worker %d: %s; spawning it instead", index, e)
+                proc = await SpawnLauncher().start(args, log.fileno())
             finally:
                 log.close()
             self.procs[index] = proc
@@ -302,7 +304,7 @@ class NodeAgent:
                 return
             cause = self._kill_causes.pop(index, None) or procutil.describe_exit(code)
             logger.warning("worker %d (pid %d) died: %s; restarting", index, proc.pid, cause)
-            tail = _last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
+            tail = procutil.last_lines(os.path.join(self.log_dir, f"worker-{index}.log"), 5)
             if tail:
                 cause += "; its log ended with:\n" + "\n".join(f"    {line}" for line in tail)
             if self.comm is not None:  # the scheduler names the cause, and blames only what was running
@@ -317,6 +319,7 @@ class NodeAgent:
         if self._stopping:
             return
         self._stopping = True
+        self.launcher.closing = True
         if self._server is not None:
             self._server.close()
         procs = list(self.procs.values())
@@ -330,6 +333,7 @@ class NodeAgent:
                 if p.returncode is None:
                     p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        await self.launcher.close()
         await self.objects.cancel_transfers()
         if self._maintaining is not None:  # a recount in its thread could write the store's files again
             await asyncio.wait([self._maintaining], timeout=10)
@@ -348,6 +352,7 @@ async def _main(args: argparse.Namespace) -> None:
         thresholds=memory.Thresholds.from_args(
             args.memory_spill_fraction, args.memory_pause_fraction, args.memory_terminate_fraction
         ),
+        forkserver=socket.socket(fileno=args.forkserver_fd) if args.forkserver_fd is not None else None,
     )  # fmt: skip
     await procutil.serve_until_closed(agent.run(), agent.stop, agent.closed, args.watch_parent)
 
@@ -377,6 +382,10 @@ def main() -> None:
             help=f"fraction of the memory limit at which a worker {name}s (default: the worker.memory.{name} "
             "setting; 0: never)",
         )  # fmt: skip
+    parser.add_argument(
+        "--forkserver-fd", type=int, default=None,
+        help="the socket of a worker fork server started beside the agent (LocalCluster does), to fork workers from",
+    )  # fmt: skip
     parser.add_argument("--watch-parent", action="store_true")
     args = parser.parse_args()
     if args.prefix and not store.STORE_PREFIX.fullmatch(args.prefix):
