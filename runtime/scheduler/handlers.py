@@ -24,11 +24,17 @@ _H = TypeVar("_H", bound=Callable[..., Any])
 
 def handles(kind: type[Stimulus]) -> Callable[[_H], _H]:
     """Register the decorated function as the handler of stimuli of class ``kind``."""
+    return registers(HANDLERS, kind, kind.__name__)
+
+
+def registers(table: dict, key: Any, name: str) -> Callable[[_H], _H]:
+    """A decorator that puts its function into ``table`` under ``key``, once: the one way the
+    scheduler's handler tables are filled (stimuli here, requests in ``server.REQUESTS``)."""
 
     def register(handler: _H) -> _H:
-        if kind in HANDLERS:
-            raise ValueError(f"{kind.__name__} has a handler already: {HANDLERS[kind].__qualname__}")
-        HANDLERS[kind] = handler
+        if key in table:
+            raise ValueError(f"{name} has a handler already: {table[key].__qualname__}")
+        table[key] = handler
         return handler
 
     return register

@@ -38,6 +38,7 @@ from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, holders, placement, record, retire, sampler, stealing
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
+from runtime.scheduler.handlers import registers
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.plugins import Plugins
 from runtime.scheduler.state import Msgs, SchedulerState
@@ -478,14 +479,7 @@ REQUESTS: dict[str, RequestHandler] = {}
 
 def request(what: str) -> Callable[[RequestHandler], RequestHandler]:
     """Register the handler of the request ``what`` (extensions register theirs too)."""
-
-    def register(handler: RequestHandler) -> RequestHandler:
-        if what in REQUESTS:
-            raise ValueError(f"request {what!r} has a handler already: {REQUESTS[what].__qualname__}")
-        REQUESTS[what] = handler
-        return handler
-
-    return register
+    return registers(REQUESTS, what, f"request {what!r}")
 
 
 #: an extension's one-way message type -> its handler(scheduler, message, sender's id); it
