@@ -57,7 +57,7 @@ def test_the_api_serves_workers_nodes_tasks_and_one_task(dash):
     assert {"address", "node", "nthreads", "memory", "processing", "status"} <= workers[0].keys()
     assert {"own", "rss", "managed", "limit"} == workers[0]["memory"].keys()
     nodes = json.loads(_get(base + "/api/v1/nodes")[2])
-    assert len(nodes) == 1 and {"used", "spilled", "limit"} == nodes[0]["store"].keys()
+    assert len(nodes) == 1 and {"used", "spilled", "limit", "pooled"} == nodes[0]["store"].keys()
 
     def counted() -> dict | None:  # the snapshot is at most a quarter of a second old
         tasks = json.loads(_get(base + "/api/v1/tasks")[2])
@@ -91,6 +91,8 @@ def test_metrics_are_prometheus_text_named_as_dask_s(dash):
         "runtime_scheduler_tasks_output_bytes", 'runtime_scheduler_prefix_state_totals_total{state="memory"',
         'runtime_objstore_bytes{kind="limit"', "runtime_objstore_transfers_total",
         'runtime_worker_memory_bytes{kind="limit"', 'runtime_scheduler_steals_total{outcome="moved"}',
+        'runtime_scheduler_tasks_transfer_seconds_total{task_prefix_name="', 'runtime_objstore_bytes{kind="pooled"',
+        'runtime_objstore_bytes{kind="pooled"',
     ):  # fmt: skip
         assert name.split("{")[0] in text, name
     # Tasks per state add up to the tasks the scheduler holds.

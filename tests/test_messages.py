@@ -72,7 +72,7 @@ def test_a_record_goes_over_the_wire_and_back_as_itself():
     ]
     payload = codec.encode(msgs)[codec.HEADER.size :]
     assert m.TO_SCHEDULER.decode(payload) == msgs
-    assert msgpack.unpackb(payload)[1] == ["task-finished", "a", ["n1", 10, ref.name], 10, 1.0, 2.0, []]
+    assert msgpack.unpackb(payload)[1] == ["task-finished", "a", ["n1", 10, ref.name], 10, 1.0, 2.0, [], 0.0]
 
 
 @pytest.mark.parametrize(

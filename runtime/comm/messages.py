@@ -156,6 +156,8 @@ class TaskFinished(Message, tag="task-finished"):
     stop: float = 0.0
     #: the hinted dependents (``compute-task``'s ``after``) the worker started with this value
     started: tuple[str, ...] = ()
+    #: seconds it spent getting its inputs (fetched from other nodes, and read)
+    transfer: float = 0.0
 
 
 class Raised(Message):
@@ -251,6 +253,8 @@ class Heartbeat(Message, tag="heartbeat"):
     used: int
     spilled: int
     limit: int
+    #: of ``used``, the bytes of freed files kept for reuse (the store's pool)
+    pooled: int = 0
 
 
 class WorkerDied(Message, tag="worker-died"):

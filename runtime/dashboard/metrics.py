@@ -53,7 +53,8 @@ class SnapshotCollector:
             steals.add_metric([outcome], n)
         yield steals
         store = GaugeMetricFamily(
-            "runtime_objstore_bytes", "Bytes of each node's object store: in shared memory, spilled to disk, limit",
+            "runtime_objstore_bytes",
+            "Bytes of each node's object store: in shared memory, spilled to disk, limit, kept for reuse",
             labels=["node", "kind"],
         )  # fmt: skip
         copies = CounterMetricFamily(
@@ -63,7 +64,7 @@ class SnapshotCollector:
             "runtime_objstore_transfer_bytes", "Bytes fetched into each node's store from other nodes", labels=["node"]
         )
         for node in snap["nodes"]:
-            for kind in ("used", "spilled", "limit"):
+            for kind in ("used", "spilled", "limit", "pooled"):
                 store.add_metric([node["node"], kind], node["store"][kind])
             copies.add_metric([node["node"]], node["transfers"]["copies"])
             copied.add_metric([node["node"]], node["transfers"]["bytes"])
@@ -89,6 +90,10 @@ def _prefix_metrics(prefixes: list[dict[str, Any]]) -> Iterator[Metric]:
     compute = CounterMetricFamily(
         "runtime_scheduler_tasks_compute_seconds", "Total time spent computing tasks", labels=label, unit="seconds"
     )
+    transfer = CounterMetricFamily(
+        "runtime_scheduler_tasks_transfer_seconds", "Total time spent getting tasks' inputs (fetched and read)",
+        labels=label, unit="seconds",
+    )  # fmt: skip
     output = GaugeMetricFamily(
         "runtime_scheduler_tasks_output_bytes", "Current size of in memory tasks, by task prefix", labels=label
     )
@@ -100,11 +105,12 @@ def _prefix_metrics(prefixes: list[dict[str, Any]]) -> Iterator[Metric]:
         name = p["name"]
         suspicious.add_metric([name], p["suspicious"])
         compute.add_metric([name], p["compute_seconds"])
+        transfer.add_metric([name], p["transfer_seconds"])
         output.add_metric([name], p["nbytes"])
         for state, n in p["totals"].items():
             if state != "released" or n:
                 totals.add_metric([name, state], n)
-    yield from (suspicious, compute, output, totals)
+    yield from (suspicious, compute, transfer, output, totals)
 
 
 def registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:

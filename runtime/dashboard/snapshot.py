@@ -118,7 +118,9 @@ def take_snapshot(scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
         nodes.append({
             "node": node, "host": info.get("host", ""), "pid": info.get("pid", 0), "address": ns.address,
             "workers": [ws.address for ws in ns.workers],
-            "store": {"used": ns.store_used, "spilled": ns.store_spilled, "limit": ns.store_limit},
+            "store": {
+                "used": ns.store_used, "spilled": ns.store_spilled, "limit": ns.store_limit, "pooled": ns.store_pooled,
+            },
             "transfers": {"copies": copies, "bytes": copied},
         })  # fmt: skip
     counts = dict.fromkeys(LIVE_STATES, 0)
@@ -131,7 +133,8 @@ def take_snapshot(scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
         forgotten += tg.entered["forgotten"]
         prefixes.append({
             "name": name, "size": tg.size, "states": states, "totals": dict(tg.entered),
-            "compute_seconds": tg.compute_seconds, "nbytes": tg.nbytes, "suspicious": tg.suspicious,
+            "compute_seconds": tg.compute_seconds, "transfer_seconds": tg.transfer_seconds, "nbytes": tg.nbytes,
+            "suspicious": tg.suspicious,
             "duration": state.task_durations.get(name),
         })  # fmt: skip
     return {

@@ -71,7 +71,10 @@ class TaskGroup:
     """Tasks that share a prefix (one function): sized to tell root-ish tasks apart, and
     counted as they move, so the dashboard reads tasks per state without walking them."""
 
-    __slots__ = ("name", "size", "dependencies", "entered", "left", "compute_seconds", "nbytes", "suspicious")
+    __slots__ = (
+        "name", "size", "dependencies", "entered", "left", "compute_seconds", "transfer_seconds", "nbytes",
+        "suspicious",
+    )  # fmt: skip
 
     def __init__(self, name: str):
         self.name = name
@@ -88,6 +91,8 @@ class TaskGroup:
         self.left: dict[str, int] = dict.fromkeys(TASK_STATES_IN_ORDER, 0)
         #: seconds its tasks that finished ran on workers, summed
         self.compute_seconds = 0.0
+        #: seconds its tasks' workers spent getting their inputs
+        self.transfer_seconds = 0.0
         #: bytes of its values in memory now
         self.nbytes = 0
         #: times a worker died while running one of its tasks
@@ -249,7 +254,10 @@ class ClientState:
 
 
 class NodeState:
-    __slots__ = ("node", "address", "workers", "stored", "replicas", "store_used", "store_spilled", "store_limit")
+    __slots__ = (
+        "node", "address", "workers", "stored", "replicas", "store_used", "store_spilled", "store_limit",
+        "store_pooled",
+    )  # fmt: skip
 
     def __init__(self, node: str, address: str = ""):
         self.node = node
@@ -264,6 +272,8 @@ class NodeState:
         #: its store's bytes in shared memory, spilled to disk, and limit, at its last heartbeat
         self.store_used = 0
         self.store_spilled = 0
+        #: of store_used, the bytes of freed files its store keeps for reuse
+        self.store_pooled = 0
         self.store_limit = 0
 
 

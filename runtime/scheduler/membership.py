@@ -82,7 +82,7 @@ def worker_status_change(self: SchedulerState, s: st.WorkerStatusChange, out: Ou
 def node_heartbeat(self: SchedulerState, s: st.NodeHeartbeat, out: Outbox) -> Recs:
     ns = self.nodes.get(s.node)
     if ns is not None:
-        ns.store_used, ns.store_spilled, ns.store_limit = s.used, s.spilled, s.limit
+        ns.store_used, ns.store_spilled, ns.store_limit, ns.store_pooled = s.used, s.spilled, s.limit, s.pooled
     return {}
 
 

@@ -65,7 +65,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
     m.ReleaseKeys: lambda msg, peer, sid: st.ClientReleasesKeys(sid, peer, msg.keys),
     m.Cancel: lambda msg, peer, sid: st.Cancel(sid, peer, msg.keys, msg.force),
     m.TaskFinished: lambda msg, peer, sid: st.TaskFinished(
-        sid, msg.key, peer, msg.value, msg.nbytes, msg.start, msg.stop, msg.started
+        sid, msg.key, peer, msg.value, msg.nbytes, msg.start, msg.stop, msg.started, msg.transfer
     ),
     m.TaskErred: lambda msg, peer, sid: st.TaskErred(
         sid, msg.key, peer, msg.exception, msg.traceback, msg.text, msg.start, msg.stop
@@ -77,7 +77,7 @@ _STIMULI: dict[type, Callable[[Any, str, str], st.Stimulus]] = {
     m.WorkerStatus: lambda msg, peer, sid: st.WorkerStatusChange(sid, peer, msg.status, msg.memory),
     m.AddReplica: lambda msg, peer, sid: st.AddReplica(sid, msg.key, msg.node, msg.name, msg.source),
     # a node agent's: it is alive (liveness, see _on_heartbeat) and how full its store is
-    m.Heartbeat: lambda msg, peer, sid: st.NodeHeartbeat(sid, peer, msg.used, msg.spilled, msg.limit),
+    m.Heartbeat: lambda msg, peer, sid: st.NodeHeartbeat(sid, peer, msg.used, msg.spilled, msg.limit, msg.pooled),
 }
 
 #: which messages each kind of peer may send after its registration

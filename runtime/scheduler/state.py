@@ -539,10 +539,13 @@ class SchedulerState:
                 self.transitions(recs, stimulus_id, out)
 
     def _transition_processing_memory(
-        self, ts: TaskState, out: Outbox, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0
-    ) -> Recs:
+        self, ts: TaskState, out: Outbox, worker: str, value: Any, nbytes: int, start: float = 0.0, stop: float = 0.0,
+        transfer: float = 0.0,
+    ) -> Recs:  # fmt: skip
         recs: Recs = {}
         ws = self._exit_processing(ts)
+        if transfer:
+            ts.group.transfer_seconds += transfer
         if stop > start:
             ts.group.compute_seconds += stop - start
             old = self.task_durations.get(ts.prefix)
@@ -912,7 +915,9 @@ class SchedulerState:
                 out.to_worker(value.node, FreeObjects((value.name,)))
             return {}
         ws = ts.processing_on
-        recs = self.transition(ts, "memory", s.stimulus_id, out, s.worker, s.value, s.nbytes, s.start, s.stop)
+        recs = self.transition(
+            ts, "memory", s.stimulus_id, out, s.worker, s.value, s.nbytes, s.start, s.stop, s.transfer
+        )
         for key in s.started:  # dependents its worker started with the value, as hinted
             dts = self.tasks.get(key)
             if dts is not None and dts.hinted is ws and dts.state == "waiting" and not dts.waiting:

@@ -60,6 +60,8 @@ class TaskFinished(Stimulus):
     stop: float = 0.0
     #: hinted dependents the worker started with this value, at once
     started: tuple[str, ...] = ()
+    #: seconds the worker spent getting its inputs
+    transfer: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,8 @@ class NodeHeartbeat(Stimulus):
     used: int
     spilled: int
     limit: int
+    #: of ``used``, the bytes of freed files kept for reuse
+    pooled: int = 0
 
 
 @dataclass(frozen=True, slots=True)

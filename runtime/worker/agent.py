@@ -186,8 +186,8 @@ class NodeAgent:
         """Tell the scheduler every ``heartbeat_interval`` seconds that this node is alive, and
         how full its store is."""
         while not self._stopping and self.comm is not None:
-            used, spilled, limit = self.store.used, self.store.spilled, self.store.limit
-            self.comm.send(m.Heartbeat(self.node, used, spilled, limit))
+            store = self.store
+            self.comm.send(m.Heartbeat(self.node, store.used, store.spilled, store.limit, store.pool_bytes))
             await asyncio.sleep(self.heartbeat_interval)
 
     def start_workers(self, n: int) -> None:

@@ -438,6 +438,7 @@ class Worker:
                 deps = self.load_deps(key, msg.deps, msg.sources)
             except _MissingDependency as e:
                 return m.MissingData(key, e.key, e.located)
+            transfer = time.time() - start if msg.deps else 0.0
             args, kwargs = serialize.loads_args(args_bytes, deps)
             del deps
             _current_task.key = key
@@ -449,7 +450,7 @@ class Worker:
                 _current_task.key = None
             del args, kwargs
             value, nbytes = values.encode(result, key=key, prefix=self.prefix, node=self.node)
-            return m.TaskFinished(key, value, nbytes, start, time.time())
+            return m.TaskFinished(key, value, nbytes, start, time.time(), transfer=transfer)
         except BaseException as e:  # noqa: BLE001 - everything a task raises goes back to its caller
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and self._stopping:
                 raise
