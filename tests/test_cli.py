@@ -177,3 +177,30 @@ def test_block_stays_in_the_foreground_and_sigterm_stops_everything(tmp_path):
             proc.kill()
             proc.wait()
         runtime_cmd("stop", "--timeout", "5", run_dir=run_dir)
+
+
+def test_the_dashboard_flag_the_printed_link_and_status_watch(tmp_path):
+    head = str(tmp_path / "head")
+    started = runtime_cmd(
+        "start", "--head", "--port", "0", "--num-workers", "1", "--dashboard-address", "127.0.0.1:0", run_dir=head
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        link = next(line.split(": ", 1)[1] for line in started.stdout.splitlines() if line.startswith("dashboard:"))
+        assert link.startswith("http://127.0.0.1:") and not link.endswith(":8787/status")  # the port it was given
+        assert f"dashboard: {link}" in runtime_cmd("status", run_dir=head).stdout
+        # --watch redraws in place until stopped.
+        env = {**os.environ, "RUNTIME_RUN_DIR": head}
+        cmd = [sys.executable, "-m", "runtime.cli", "status", "--watch", "0.2"]
+        watch = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, _ = watch.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            watch.send_signal(signal.SIGINT)
+            out, _ = watch.communicate(timeout=30)
+        assert out.count("dashboard: ") >= 2, out  # drawn more than once
+        off = runtime_cmd("start", "--head", "--port", "0", "--dashboard-address", "off", run_dir=str(tmp_path / "b"))
+        assert off.returncode == 0 and "dashboard: off" in off.stdout, off.stdout + off.stderr
+    finally:
+        for run_dir in (head, str(tmp_path / "b")):
+            runtime_cmd("stop", "--timeout", "5", run_dir=run_dir)
