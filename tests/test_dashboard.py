@@ -81,8 +81,16 @@ def test_the_api_serves_workers_nodes_tasks_and_one_task(dash):
 def test_metrics_are_prometheus_text_named_as_dask_s(dash):
     client, base = dash
     client.gather(client.map(_slow, range(5), key="metricdash"))
-    status, kind, body = _get(base + "/metrics")
+    lock = rt.Lock("metricdash-lock")
+    lock.acquire()
+    try:
+        # The snapshot is at most a quarter of a second old.
+        wait_until(lambda: 'held",kind="semaphore"} 1.0' in _get(base + "/metrics")[2].decode(), "the lock shows")
+        status, kind, body = _get(base + "/metrics")
+    finally:
+        lock.release()
     text = body.decode()
+    assert 'runtime_scheduler_primitives{figure="held",kind="semaphore"} 1.0' in text, text[-800:]
     assert status == 200 and kind.startswith("text/plain")
     for name in (
         "runtime_scheduler_clients", 'runtime_scheduler_workers{state="running"} 2.0',

@@ -52,6 +52,15 @@ class SnapshotCollector:
         for outcome, n in snap["stealing"].items():
             steals.add_metric([outcome], n)
         yield steals
+        prims = GaugeMetricFamily(
+            "runtime_scheduler_primitives",
+            "Coordination primitives: how many (count), held (leases, items, set) and waiters, by kind",
+            labels=["kind", "figure"],
+        )  # fmt: skip
+        for kind, figures in snap["primitives"].items():
+            for figure, n in figures.items():
+                prims.add_metric([kind, figure], n)
+        yield prims
         store = GaugeMetricFamily(
             "runtime_objstore_bytes",
             "Bytes of each node's object store: in shared memory, spilled to disk, limit, kept for reuse",

@@ -98,6 +98,27 @@ def memory_thresholds() -> dict[str, float | bool]:
     return {n: config.get(f"worker.memory.{n}") for n in ("spill", "pause", "terminate")}
 
 
+def primitives(extensions: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The coordination primitives now: per kind, how many there are, held and waited for.
+    O(primitives), not O(tasks): there are few."""
+    out: dict[str, dict[str, int]] = {}
+    if (sems := extensions.get("semaphores")) is not None:
+        held = sum(len(sem.leases) for sem in sems.state.sems.values())
+        out["semaphore"] = {"count": len(sems.state.sems), "held": held, "waiting": len(sems.state.waiting_on)}
+    if (locks := extensions.get("multi_locks")) is not None:
+        names = [q for q in locks.state.queues.values() if q]  # each name's requests, its holder first
+        waiting = sum(len(q) - 1 for q in names)
+        out["multi_lock"] = {"count": len(locks.state.queues), "held": len(names), "waiting": waiting}
+    if (queues := extensions.get("queues")) is not None:
+        items = sum(len(q.items) for q in queues.state.queues.values())
+        out["queue"] = {"count": len(queues.state.queues), "held": items, "waiting": len(queues.state.waiting_on)}
+    for name, kind in (("variables", "variable"), ("event", "event")):
+        if (ext := extensions.get(name)) is not None:
+            held = len(ext.state.values) if kind == "variable" else len(ext.state.set_events)
+            out[kind] = {"count": held, "held": held, "waiting": len(ext.state.waiting_on)}
+    return out
+
+
 def take_snapshot(scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
     """The cluster now, as plain data (the JSON the pages and the API serve)."""
     state = scheduler.state
@@ -149,6 +170,7 @@ def take_snapshot(scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
         "deaths": list(recorder.deaths.values()),
         "stream_last": recorder.stream[-1][0] if recorder.stream else 0,
         "stealing": dict(state.steal_counts),
+        "primitives": primitives(scheduler.extensions),
     }
 
 
