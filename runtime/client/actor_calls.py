@@ -112,6 +112,8 @@ class _Conn:
     def __init__(self, sock: socket.socket, address: str, actor_id: str):
         self.sock = sock
         self.actor_id = actor_id
+        #: where the actor's worker serves its calls
+        self.address = address
         self.peer = f"actor {actor_id} at {address}"
         self.reader = FrameReader(sock, self.peer, m.FROM_ACTOR_SERVER)
         self.send_lock = threading.Lock()
@@ -143,7 +145,7 @@ class _Conn:
 
 
 class _Route:
-    __slots__ = ("actor_id", "queue", "conn", "error", "locating")
+    __slots__ = ("actor_id", "queue", "conn", "error", "locating", "dropped")
 
     def __init__(self, actor_id: str):
         self.actor_id = actor_id
@@ -154,6 +156,9 @@ class _Route:
         #: why the actor cannot be reached (it is dead)
         self.error: str | None = None
         self.locating = False
+        #: the address whose connection just dropped: its worker may be dying, unknown yet to
+        #: the scheduler, and still accept a connection while it does
+        self.dropped = ""
 
 
 class ActorCalls:
@@ -394,6 +399,7 @@ class ActorCalls:
                     failed.extend(call.result_keys())
             if current:
                 route.conn = None  # type: ignore[union-attr]
+                route.dropped = conn.address  # type: ignore[union-attr]
                 route.queue.extendleft(reversed(retry))  # type: ignore[union-attr]
         if not self._closed:
             logger.info("lost the connection to %s: %s", conn.peer, error)
@@ -529,7 +535,7 @@ class ActorCalls:
                 nodes = (await self._ask("identity"))["nodes"]
                 self._agents = {n: info.get("address", "") for n, info in nodes.items()}
             while route.conn is None:
-                where = await self._ask("actor-location", actor=route.actor_id)
+                where = await self._ask("actor-location", actor=route.actor_id, not_at=route.dropped)
                 if "error" in where:
                     route.error = where["error"]
                     break
@@ -543,6 +549,7 @@ class ActorCalls:
                     continue
                 with self._lock:
                     route.conn = conn
+                    route.dropped = ""
         except (ConnectionError, OSError) as e:
             route.error = f"cannot reach actor {route.actor_id}: {e}"
         finally:

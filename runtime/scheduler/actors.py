@@ -33,6 +33,9 @@ logger = logging.getLogger("runtime.scheduler.actors")
 
 #: the pseudo-client that wants every creation task
 ACTORS_CLIENT = "actors"
+#: seconds a caller that lost its connection to an actor waits for news of it before it is
+#: sent to the same address again (a worker's death reaches the scheduler well within this)
+RELOCATE_PATIENCE = 3.0
 
 
 @dataclass(slots=True)
@@ -100,15 +103,26 @@ class ActorRegistry:
         self._create(info)
         return {"ok": True}
 
-    def locate(self, actor_id: str) -> dict | asyncio.Future:
+    def locate(self, actor_id: str, not_at: str = "") -> dict | asyncio.Future:
+        """Where the actor is, once it is up.  ``not_at``: the address whose connection the
+        caller just lost: while the actor is still known there, its worker may be dying and
+        the scheduler not told yet, so the answer waits for news (a restart elsewhere, its
+        death), or ``RELOCATE_PATIENCE`` seconds if none comes (the drop was the network's)."""
         info = self.actors.get(actor_id)
         if info is None:
             return {"error": f"no actor with id {actor_id!r} is known to this cluster"}
-        if info.state in ("alive", "dead"):
+        if info.state == "dead" or (info.state == "alive" and (not not_at or info.address != not_at)):
             return info.location()
         fut = asyncio.get_running_loop().create_future()
         info.waiters.append(fut)
+        if info.state == "alive":  # at ``not_at`` still
+            asyncio.get_running_loop().call_later(RELOCATE_PATIENCE, self._answer, fut, info)
         return fut
+
+    @staticmethod
+    def _answer(fut: asyncio.Future, info: ActorInfo) -> None:
+        if not fut.done():
+            fut.set_result(info.location())
 
     def by_name(self, name: str) -> dict:
         actor_id = self.named.get(name)

@@ -489,7 +489,7 @@ MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
 
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
-request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"]))
+request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"], msg.get("not_at", "")))
 request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
 request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
 request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
