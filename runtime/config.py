@@ -119,7 +119,7 @@ def parse_timeout(x: Any, what: str = "timeout") -> float | None:
     if isinstance(x, bool) or not isinstance(x, int | float) or math.isnan(x):
         raise TypeError(f"{what} must be a number of seconds, a duration such as '1s', or None, not {x!r}")
     if x < 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0, not {x!r}")
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {x!r}: a duration is never negative")
     return float(x)
 
 

@@ -20,10 +20,10 @@ from conftest import validated, wait_until
 
 import runtime as rt
 from runtime import Client
-from runtime.client.pubsub import parse_timeout
 from runtime.comm import messages as m
 from runtime.comm.messages import MalformedMessage
 from runtime.comm.serialize import SerializationError
+from runtime.config import parse_timeout
 from runtime.scheduler.extensions.event_log import EventLog
 from runtime.scheduler.extensions.pubsub import PubSub
 from runtime.scheduler.server import Scheduler

@@ -47,11 +47,6 @@ def cluster_client(client: Any = None) -> ClusterClient:
     return current_runtime().client
 
 
-def _timeout(timeout: Any) -> float | None:
-    """Seconds from a number, a string such as ``"1s"`` or a timedelta (None: no limit)."""
-    return config.parse_timeout(timeout)
-
-
 def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any:
     """A request to the scheduler's extensions; a waiting one (``wait``) has no client-side
     limit: the scheduler answers at its timeout, and a lost connection fails it."""
@@ -150,7 +145,7 @@ class Semaphore(_Named):
     def acquire(self, timeout: Any = None) -> bool:
         """Take a lease: True, or False if none was free within ``timeout`` (seconds, "1s",
         a timedelta; None: wait as long as it takes)."""
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         cc = self.cc
         lease = uuid.uuid4().hex
         if not _ask(cc, "semaphore-acquire", wait=True, name=self.name, lease=lease, timeout=seconds):
@@ -247,7 +242,7 @@ class MultiLock(_Named):
             if timeout is not None:
                 raise ValueError("a non-blocking acquire takes no timeout")
             timeout = 0
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         if self._held:
             raise RuntimeError(f"this MultiLock holds {self.names} already; release it first")
         self._held = bool(
@@ -295,7 +290,7 @@ class Queue(_Named):
     def put(self, value: Any, timeout: Any = None) -> None:
         """Put ``value`` (a ``Future`` stays alive while queued); TimeoutError if the queue stays
         full for ``timeout``."""
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         cc = self.cc
         result = _ask(cc, "queue-put", wait=True, name=self.name, item=encode_item(cc, value), timeout=seconds)
         if isinstance(result, dict):
@@ -304,7 +299,7 @@ class Queue(_Named):
     def get(self, timeout: Any = None, batch: bool | int = False) -> Any:
         """The next item; with ``batch=n`` a list of the next ``n``, with ``batch=True`` a list of
         all there is now (perhaps none).  TimeoutError if nothing came within ``timeout``."""
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         if not isinstance(batch, bool) and (not isinstance(batch, int) or batch < 1):
             raise TypeError(f"batch must be True, False or a whole number >= 1, not {batch!r}")
         cc = self.cc
@@ -334,7 +329,7 @@ class Variable(_Named):
 
     def get(self, timeout: Any = None) -> Any:
         """The value, waiting for one to be set; TimeoutError after ``timeout``."""
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         cc = self.cc
         result = _ask(cc, "variable-get", wait=True, name=self.name, timeout=seconds)
         if "timeout" in result:
@@ -364,7 +359,7 @@ class Event(_Named):
 
     def wait(self, timeout: Any = None) -> bool:
         """True once the event is set; False if it was not set within ``timeout``."""
-        seconds = _timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         return _ask(self.cc, "event-wait", wait=True, name=self.name, timeout=seconds)
 
     def __reduce__(self) -> tuple:

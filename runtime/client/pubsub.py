@@ -16,13 +16,12 @@ use the worker process's client, so tasks, actors and drivers talk to one anothe
 from __future__ import annotations
 
 import asyncio
-import datetime
-import re
 import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from runtime import config
 from runtime.client.event_log import client_of
 from runtime.comm import messages as m
 from runtime.comm import serialize
@@ -30,30 +29,6 @@ from runtime.errors import ClientClosedError
 
 if TYPE_CHECKING:
     from runtime.client.client import ClusterClient
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_timeout(timeout: Any) -> float | None:
-    """Seconds from a number, a string such as ``"200ms"``/``"1.5s"``/``"2m"``, or a
-    ``timedelta``; None stays None.  TypeError/ValueError name a bad one."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, datetime.timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, str):
-        m = _DURATION.match(timeout)
-        if m is None:
-            raise ValueError(f"timeout {timeout!r} is not a duration such as 0.5, '200ms', '1s' or '2m'")
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise TypeError(f"timeout must be seconds, a string such as '1s', or a timedelta, not {timeout!r:.80}")
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"timeout must not be negative: {timeout!r}")
-    return seconds
 
 
 def _check_topic(name: Any) -> str:
@@ -110,7 +85,7 @@ class Sub:
 
     def get(self, timeout: Any = None) -> Any:
         """The next message; TimeoutError if none comes within ``timeout`` (seconds, "1s", a timedelta)."""
-        seconds = parse_timeout(timeout)
+        seconds = config.parse_timeout(timeout)
         deadline = None if seconds is None else time.monotonic() + seconds
         client = self.client
         with client.futures.cond:
