@@ -191,3 +191,39 @@ def test_a_holder_that_dies_during_a_fetch_gives_the_lost_data_path_not_a_hang(h
         except ProcessLookupError:
             pass
         runtime_cmd("stop", "--timeout", "5", run_dir=other)
+
+
+#: holds more than its node's store can: the driver reads values that spilled
+READS_SPILLED = """
+import sys, numpy as np, runtime as rt
+
+rt.init(address=sys.argv[1])
+
+@rt.remote
+def block(i):
+    return np.full(500_000, float(i))  # 4 MB
+
+refs = [block.remote(i) for i in range(8)]  # 32 MB in a 12 MB store
+rt.wait(refs, num_returns=len(refs), timeout=60)
+assert [float(v[0]) for v in rt.get(refs, timeout=60)] == [float(i) for i in range(8)]
+rt.shutdown()
+print("ok")
+"""
+
+
+def test_a_joined_driver_reads_what_its_node_spilled_where_that_node_spills(tmp_path, monkeypatch):
+    # The node spills where its own setting says; the driver's settings name another place
+    # (it once looked there, and a spilled value was lost to it).
+    run_dir, spill = str(tmp_path / "node"), str(tmp_path / "node-spill")
+    monkeypatch.setenv("RUNTIME_SPILL_DIR", spill)
+    started = runtime_cmd("start", "--head", "--port", "0", "--num-workers", "1", "--object-store-memory", "12MB",
+                          run_dir=run_dir)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        monkeypatch.setenv("RUNTIME_SPILL_DIR", str(tmp_path / "driver-spill"))
+        with open(os.path.join(run_dir, "address")) as f:
+            result = _driver(f.read().strip(), attach=True, script=READS_SPILLED)
+        assert result.returncode == 0 and result.stdout.endswith("ok\n"), result.stderr[-3000:]
+        assert not os.path.exists(tmp_path / "driver-spill")
+    finally:
+        runtime_cmd("stop", "--timeout", "10", run_dir=run_dir)

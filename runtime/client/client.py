@@ -437,6 +437,7 @@ class ClusterClient:
                 for info in self._nodes().values():  # the same host, and the same /dev/shm
                     if info["host"] == host and os.path.exists(store.capacity_path(info["prefix"])):
                         node, prefix = info["node"], info["prefix"]
+                        store.follow_spill_dir(prefix, info["spill_dir"])
                         break
             self.node, self.prefix = node, prefix
         return bool(self.node)

@@ -244,6 +244,8 @@ class RegisterNode(Message, tag="register-node"):
     nworkers: int = 0
     nthreads: int = 0
     memory_limit: int = 0
+    #: where its store spills (a driver that joins by address reads spilled objects there)
+    spill_dir: str = ""
 
 
 class Heartbeat(Message, tag="heartbeat"):

@@ -76,6 +76,8 @@ ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: where objects spill to, when set here (tests); else the ``store.spill-dir`` setting
 SPILL_DIR: str | None = None
+#: where the stores of other processes' settings spill, by prefix (``follow_spill_dir``)
+_spill_dirs: dict[str, str] = {}
 #: an object name is its node's prefix, then 20 + 8 hex digits
 _NAME_TAIL = 28
 #: a store's prefix (``make_prefix``), with the process id it names
@@ -154,7 +156,14 @@ def spill_dir() -> str:
 def spill_path(name: str) -> str:
     """Where object ``name`` spills to; ValueError for any other name (as ``object_path``)."""
     _check(name)
-    return os.path.join(spill_dir(), name)
+    return os.path.join(_spill_dirs.get(prefix_of(name)) or spill_dir(), name)
+
+
+def follow_spill_dir(prefix: str, directory: str) -> None:
+    """Read the spilled objects of the store with ``prefix`` from ``directory``, its agent's
+    spill directory: a driver that joined a cluster by address reads that node's store, and
+    its own settings (or environment) need not name the same directory."""
+    _spill_dirs[prefix] = directory
 
 
 def capacity_path(prefix: str) -> str:

@@ -142,7 +142,7 @@ class NodeAgent:
         self.comm.send(
             m.RegisterNode(
                 self.node, self.prefix, socket.gethostname(), os.getpid(), self.address, self.num_workers,
-                self.threads_per_worker, self.memory_limit * self.num_workers,
+                self.threads_per_worker, self.memory_limit * self.num_workers, store.spill_dir(),
             )
         )  # fmt: skip
         self.start_workers(self.num_workers)
