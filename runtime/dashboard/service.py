@@ -37,6 +37,10 @@ def link_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: seconds after the scheduler starts before the dashboard does
+START_AFTER = 0.5
+
+
 class Dashboard:
     """Serves the pages, ``/metrics`` and ``/api/v1`` of one scheduler (see ``http.py``)."""
 
@@ -63,6 +67,9 @@ class Dashboard:
     async def start(self) -> None:
         assert self.started is not None, "begin() starts the dashboard"
         try:
+            # The HTTP server's imports take a tenth of a second of CPU: not while the
+            # cluster's agents and workers start on the same cores, and the first tasks run.
+            await asyncio.sleep(START_AFTER)
             await self._start()
         except Exception as e:  # the cluster runs on without its dashboard
             logger.error("the dashboard did not start at %s:%d: %s: %s", self.host, self.port, type(e).__name__, e)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from runtime.comm.messages import FreeObjects
 from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.scheduler.server import request
-from runtime.shuffling.shards import shard_name
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -146,6 +145,8 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
 
     def _free(self, run: ShuffleRun, indices: Any) -> None:
         """Free the shard files of inputs ``indices`` on every node (a missing one is no error)."""
+        from runtime.shuffling.shards import shard_name  # not at start-up: it imports numpy
+
         indices = list(indices)
         for node, info in self.scheduler.node_info.items():
             names = tuple(shard_name(info["prefix"], run.sid, i) for i in indices)
