@@ -145,7 +145,7 @@ class _Conn:
 
 
 class _Route:
-    __slots__ = ("actor_id", "queue", "conn", "error", "locating", "dropped")
+    __slots__ = ("actor_id", "queue", "conn", "error", "locating", "dropped", "relocating")
 
     def __init__(self, actor_id: str):
         self.actor_id = actor_id
@@ -159,6 +159,8 @@ class _Route:
         #: the address whose connection just dropped: its worker may be dying, unknown yet to
         #: the scheduler, and still accept a connection while it does
         self.dropped = ""
+        #: relocations asked for and not yet made by the loop: calls queue behind them
+        self.relocating = 0
 
 
 class ActorCalls:
@@ -226,7 +228,10 @@ class ActorCalls:
             conn = route.conn if route is not None else None
             # Only a call with none before it in flight goes alone: calls made in a burst
             # leave through the loop, many to a frame, so pipelined calls cost a syscall less each.
-            if conn is None or conn.inflight or route.queue or conn.unsent or route.error is not None:  # type: ignore[union-attr]
+            if (
+                conn is None or conn.inflight or route.queue or conn.unsent  # type: ignore[union-attr]
+                or route.error is not None or route.relocating  # type: ignore[union-attr]
+            ):  # fmt: skip
                 return False
             self._track(conn, call)
         self._write(conn, [call])
@@ -234,7 +239,13 @@ class ActorCalls:
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
-        it is (or why it is dead) instead of going to its old worker."""
+        it is (or why it is dead) instead of going to its old worker.  Until the loop has
+        moved the route, calls go through the loop too, behind the move: none made after this
+        returns reaches the old worker (which may not have heard of the kill yet)."""
+        with self._lock:
+            route = self._routes.get(actor_id)
+            if route is not None:
+                route.relocating += 1
         self._outbox.put(_Relocate(actor_id))  # type: ignore[arg-type]
 
     def watch(self, key: str) -> None:
@@ -457,6 +468,8 @@ class ActorCalls:
                 with self._lock:
                     route = self._routes.get(item.actor_id)
                     conn = route.conn if route is not None else None
+                    if route is not None and route.relocating:
+                        route.relocating -= 1
                     if conn is not None:
                         route.conn = None  # type: ignore[union-attr]
                         conn.retired = True
