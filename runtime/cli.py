@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -262,6 +263,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             p.kill()
             p.wait()
         raise
+    stop = _stop_on_signals() if args.block else None  # before saying we started: a signal may follow at once
     what = "scheduler and node agent" if args.head else "node agent"
     print(f"started the {what} with {args.num_workers} worker(s), logs in {logs}")
     print(f"scheduler at {address}")
@@ -270,10 +272,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         join = address if auth.is_loopback(args.host) else f"tcp://{socket.gethostname()}:{port}"
         print(f"join with: runtime start --address {join}")
         print(f"dashboard: {query(address, 'dashboard', args.timeout) or 'off'}")
-    if not args.block:
+    if stop is None:
         return 0
     sys.stdout.flush()  # before blocking: whoever reads our output (a pipe, a log) sees it now
-    return _block(procs)
+    return _block(procs, stop)
 
 
 def _start_scheduler(args: argparse.Namespace, logs: str, procs: list[subprocess.Popen]) -> str:
@@ -335,19 +337,19 @@ def _start_agent(args: argparse.Namespace, address: str, logs: str, procs: list[
             f.write(address + "\n")
 
 
-def _block(procs: list[subprocess.Popen]) -> int:
+def _stop_on_signals() -> threading.Event:
+    """An event SIGINT and SIGTERM set (instead of ending this process)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
+
+
+def _block(procs: list[subprocess.Popen], stop: threading.Event) -> int:
     """Stay in the foreground until a child exits or we are told to stop; then stop them all."""
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop and all(p.poll() is None for p in procs):
-        time.sleep(0.2)
-    code = 0 if stop else 1
+    while not stop.wait(0.2) and all(p.poll() is None for p in procs):
+        pass
+    code = 0 if stop.is_set() else 1
     for p in reversed(procs):  # the agent first: it stops its workers and empties its store
         if p.stdin is not None:
             p.stdin.close()
