@@ -451,3 +451,24 @@ def test_actor_results_feed_client_tasks(cluster):
     with Client(cluster.cluster, set_as_default=False) as client:
         assert client.submit(inc, ref).result(30) == 2
         assert client.gather(client.map(add, [ref, ref], [10, 20])) == [11, 21]
+
+
+def test_a_burst_of_graphs_leaves_as_one_in_the_order_sent():
+    from runtime.client.client import merge_graphs
+    from runtime.comm import messages as m
+
+    def spec(key, *deps):
+        return m.TaskSpec(key, (b"f", b"a"), deps)
+
+    def graph(*specs, priority=0):
+        return m.UpdateGraph(tuple(specs), tuple(s.key for s in specs), priority)
+
+    batch = [graph(spec("a")), graph(spec("b", "a")), graph(spec("a")), graph(spec("c"), priority=1)]
+    batch += [m.ReleaseKeys(("x",)), graph(spec("d", "c"), priority=1)]
+    merged = merge_graphs(batch)
+    # one graph per run of equal priority; a key sent twice keeps its first description
+    assert [t.key for t in merged[0].tasks] == ["a", "b"] and merged[0].wanted == ("a", "b", "a")
+    assert [t.dependencies for t in merged[0].tasks] == [(), ("a",)]
+    assert merged[1] == batch[3]
+    assert merged[2:] == batch[4:]  # another message ends a run: nothing moves across it
+    assert merge_graphs(batch[:1]) == batch[:1]

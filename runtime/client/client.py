@@ -49,6 +49,45 @@ LARGE_PUT = 256 * 2**20
 _UNASKED: Any = object()
 
 
+def merge_graphs(batch: list[m.Message]) -> list[m.Message]:
+    """``batch`` with each run of update-graph messages of one priority and span sent as one:
+    a burst of ``.remote()`` calls costs the scheduler one stimulus, not one per task.
+
+    Each graph's tasks depend only on keys known before it, so the merged graph's order (a
+    post-order walked from its outputs in the order sent) runs them in the order they were
+    sent, as separate graphs would.  A key sent twice keeps its first description, as the
+    scheduler keeps the task it already has.
+    """
+    if sum(type(msg) is m.UpdateGraph for msg in batch) < 2:
+        return batch
+    out: list[m.Message] = []
+    run: list[m.UpdateGraph] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            tasks: dict[str, m.TaskSpec] = {}
+            for g in run:
+                for t in g.tasks:
+                    tasks.setdefault(t.key, t)
+            wanted = tuple(k for g in run for k in g.wanted)
+            out.append(m.UpdateGraph(tuple(tasks.values()), wanted, run[0].priority, run[0].span))
+        run.clear()
+
+    for msg in batch:
+        if type(msg) is m.UpdateGraph and (not run or (msg.priority, msg.span) == (run[0].priority, run[0].span)):
+            run.append(msg)
+            continue
+        close_run()
+        if type(msg) is m.UpdateGraph:
+            run.append(msg)
+        else:
+            out.append(msg)
+    close_run()
+    return out
+
+
 class ClusterClient:
     """The connection to a cluster's scheduler, and the owner of the futures made through it."""
 
@@ -206,7 +245,7 @@ class ClusterClient:
 
     def _to_scheduler(self, batch: list[m.Message]) -> None:
         if self.comm is not None:
-            self.comm.send_many(batch)
+            self.comm.send_many(merge_graphs(batch))
 
     # -- user threads ------------------------------------------------------------------
 
