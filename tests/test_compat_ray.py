@@ -246,8 +246,9 @@ def test_kill_with_no_restart_false_restarts_an_actor_with_restarts_left(cluster
 
 
 def test_get_actor_handles_check_signatures_and_know_num_returns(cluster):
-    Counter.options(name="checked-counter").remote(4)
+    original = Counter.options(name="checked-counter").remote(4)  # kept: a named actor ends with its last handle
     c = ray.get_actor("checked-counter")
+    assert c == original
     with pytest.raises(TypeError, match="too many positional arguments"):
         c.add.remote(1, 2)
     a, b = c.pair.remote()  # @ray.method(num_returns=2), known from the class

@@ -37,6 +37,7 @@ from runtime.comm.core import Comm, listen
 from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, holders, placement, record, retire, sampler, stealing
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.actor_lifetime import ActorLifetime
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.handlers import registers
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -165,6 +166,8 @@ class Scheduler:
         self.first_failure = ""
         #: scheduler plugins (the extensions among them), told of what each stimulus did
         self.plugins = Plugins(self)
+        self.actors.lifetime = ActorLifetime(self, self.actors)
+        self.plugins.add(self.actors.lifetime)
         #: the extensions (coordination primitives, datasets) by name; extensions.install fills it
         self.extensions: dict[str, Any] = {}
         #: per kind of peer (client, worker, node): message type -> handler
@@ -490,7 +493,7 @@ MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
 request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"], msg.get("not_at", "")))
-request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
+request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"], peer))
 request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
 request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
 request("status")(

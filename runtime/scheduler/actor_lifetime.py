@@ -1,0 +1,73 @@
+"""A non-detached actor ends when its last handle is gone, in every process (Ray's rule).
+
+The handles are counted by the state machine itself: each such actor has a *handle key*
+(``handles-<actor id>``, see runtime/client/handle_refs.py), a value in memory without a
+task, like a ``put``.  Whoever may still use a handle wants that key: the clients holding
+handles (their futures of it, released in batches when the last handle of a process is
+collected), tasks whose arguments carry a handle (a dependency), values that contain one
+(``refs-of-<key>`` holders, runtime/scheduler/borrowed.py)::
+
+    register-actor ── UpdateData(creator) ──► key in memory, wanted by the creator
+    get-actor ─────── UpdateGraph(asker) ───► wanted by the asker too
+    nobody wants it ──► released ──► forgotten ──► this plugin ends the actor (as
+                                                   kill(no_restart=True)): its name is free
+
+A caller keeps its handle's future while it has calls in flight, so an actor whose handles
+are gone ends only after the calls made through them are answered.  A detached actor has no
+handle key.  This plugin follows transitions only while some actor is counted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runtime.scheduler import stimuli as st
+from runtime.scheduler.plugins import SchedulerPlugin
+
+if TYPE_CHECKING:
+    from runtime.scheduler.actors import ActorInfo, ActorRegistry
+    from runtime.scheduler.server import Scheduler
+
+#: why an actor ended this way (its callers' ActorDiedError says it)
+LAST_HANDLE_GONE = "its last handle was dropped (non-detached actors end then; use lifetime='detached' to outlive it)"
+
+
+class ActorLifetime(SchedulerPlugin):
+    """Ends each counted actor when the state machine forgets its handle key."""
+
+    name = "actor-lifetime"
+    wants_transitions = False
+
+    def __init__(self, scheduler: Scheduler, registry: ActorRegistry):
+        self.scheduler = scheduler
+        self.registry = registry
+        #: handle key -> the actor it counts the handles of
+        self.counted: dict[str, str] = {}
+
+    def register(self, info: ActorInfo, client: str, key: str, value: bytes) -> None:
+        """``client`` made the actor ``info`` and holds its first handle."""
+        s = self.scheduler
+        self.counted[key] = info.actor_id
+        self._follow()
+        s.handle_stimulus(st.UpdateData(f"actor-handles-{info.actor_id}", client, key, value, len(value)))
+
+    def hand_out(self, key: str, peer: str) -> None:
+        """``peer`` gets a handle (``get_actor``): it holds the key before it has the answer."""
+        s = self.scheduler
+        if key in self.counted and key in s.state.tasks:
+            s.handle_stimulus(st.UpdateGraph(f"get-actor-{next(s._ids)}", peer, (), (key,)))
+
+    def transition(self, key: str, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish != "forgotten":
+            return
+        actor_id = self.counted.pop(key, None)
+        if actor_id is None:
+            return
+        self.registry.end(actor_id, LAST_HANDLE_GONE)
+        self._follow()
+
+    def _follow(self) -> None:
+        """Follow transitions only while some actor is counted."""
+        if self.wants_transitions != bool(self.counted):
+            self.wants_transitions = bool(self.counted)
+            self.scheduler.plugins.rehook()
