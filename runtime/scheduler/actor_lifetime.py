@@ -9,20 +9,19 @@ collected), tasks whose arguments carry a handle (a dependency), values that con
 
     register-actor ── UpdateData(creator) ──► key in memory, wanted by the creator
     get-actor ─────── UpdateGraph(asker) ───► wanted by the asker too
-    nobody wants it ──► released ──► forgotten ──► this plugin ends the actor (as
-                                                   kill(no_restart=True)): its name is free
+    nobody needs it ──► its value is dropped (memory -> released or forgotten) ──► the
+                        actor ends (as kill(no_restart=True) ends it): its name is free
 
 A caller keeps its handle's future while it has calls in flight, so an actor whose handles
 are gone ends only after the calls made through them are answered.  A detached actor has no
-handle key.  This plugin follows transitions only while some actor is counted.
+handle key.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runtime.scheduler import stimuli as st
-from runtime.scheduler.plugins import SchedulerPlugin
 
 if TYPE_CHECKING:
     from runtime.scheduler.actors import ActorInfo, ActorRegistry
@@ -32,23 +31,21 @@ if TYPE_CHECKING:
 LAST_HANDLE_GONE = "its last handle was dropped (non-detached actors end then; use lifetime='detached' to outlive it)"
 
 
-class ActorLifetime(SchedulerPlugin):
-    """Ends each counted actor when the state machine forgets its handle key."""
-
-    name = "actor-lifetime"
-    wants_transitions = False
+class ActorLifetime:
+    """Ends each counted actor when the state machine drops its handle key's value (the
+    state lists the dropped keys it was asked to watch: ``SchedulerState.watched``)."""
 
     def __init__(self, scheduler: Scheduler, registry: ActorRegistry):
         self.scheduler = scheduler
         self.registry = registry
-        #: handle key -> the actor it counts the handles of
+        #: handle key -> the actor whose handles it counts
         self.counted: dict[str, str] = {}
 
     def register(self, info: ActorInfo, client: str, key: str, value: bytes) -> None:
         """``client`` made the actor ``info`` and holds its first handle."""
         s = self.scheduler
         self.counted[key] = info.actor_id
-        self._follow()
+        s.state.watched.add(key)
         s.handle_stimulus(st.UpdateData(f"actor-handles-{info.actor_id}", client, key, value, len(value)))
 
     def hand_out(self, key: str, peer: str) -> None:
@@ -57,17 +54,9 @@ class ActorLifetime(SchedulerPlugin):
         if key in self.counted and key in s.state.tasks:
             s.handle_stimulus(st.UpdateGraph(f"get-actor-{next(s._ids)}", peer, (), (key,)))
 
-    def transition(self, key: str, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish != "forgotten":
-            return
-        actor_id = self.counted.pop(key, None)
-        if actor_id is None:
-            return
-        self.registry.end(actor_id, LAST_HANDLE_GONE)
-        self._follow()
-
-    def _follow(self) -> None:
-        """Follow transitions only while some actor is counted."""
-        if self.wants_transitions != bool(self.counted):
-            self.wants_transitions = bool(self.counted)
-            self.scheduler.plugins.rehook()
+    def dropped(self, keys: list[str]) -> None:
+        """No one holds these handle keys any more (the state dropped their values): their actors end."""
+        for key in keys:
+            actor_id = self.counted.pop(key, None)
+            if actor_id is not None:
+                self.registry.end(actor_id, LAST_HANDLE_GONE)

@@ -160,14 +160,13 @@ class Scheduler:
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, self.send_to)
+        self.actors.lifetime = ActorLifetime(self, self.actors)
         #: Client.run calls waiting for their workers' answers
         self.runs = WorkerRuns(self._send)
         #: the first error the state machine raised, if any (the ``validate`` request reports it)
         self.first_failure = ""
         #: scheduler plugins (the extensions among them), told of what each stimulus did
         self.plugins = Plugins(self)
-        self.actors.lifetime = ActorLifetime(self, self.actors)
-        self.plugins.add(self.actors.lifetime)
         #: the extensions (coordination primitives, datasets) by name; extensions.install fills it
         self.extensions: dict[str, Any] = {}
         #: per kind of peer (client, worker, node): message type -> handler
@@ -258,6 +257,8 @@ class Scheduler:
             log.write(stimulus, record.digest(client_msgs, worker_msgs, log.full_messages))
         self._send(client_msgs)
         self._send(worker_msgs)
+        if self.state.dropped_watched:  # actors' handle keys: their last handles are gone
+            self.actors.lifetime.dropped(self.state.take_dropped())
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
