@@ -411,3 +411,20 @@ def test_a_detached_actor_outlives_its_handles(cluster, tmp_path):
     assert ray.get(again.ping.remote()) == "pong"
     assert not (tmp_path / "a").exists()
     ray.kill(again)
+
+
+def test_a_handle_in_a_task_held_back_for_an_actor_result_keeps_the_actor_alive(cluster, tmp_path):
+    @ray.remote
+    def hand_over_after(_, keeper, handle):
+        return ray.get(keeper.keep.remote(handle))
+
+    keeper, gatekeeper = Keeper.remote(), Tracked.remote(str(tmp_path / "g"))
+    gate = tmp_path / "gate"
+    pending = gatekeeper.wait_for.remote(str(gate))
+    a = Tracked.options(name="held-back").remote(str(tmp_path / "a"))
+    kept = hand_over_after.remote(pending, keeper, a)  # held in the driver until `pending` is done
+    del a
+    assert ray.get(f.remote(1)) == 1  # the handle's release went before this task
+    gate.touch()
+    assert ray.get(kept, timeout=60) == "kept"
+    assert ray.get(keeper.call.remote()) == "pong"
