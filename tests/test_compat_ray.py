@@ -428,3 +428,17 @@ def test_a_handle_in_a_task_held_back_for_an_actor_result_keeps_the_actor_alive(
     gate.touch()
     assert ray.get(kept, timeout=60) == "kept"
     assert ray.get(keeper.call.remote()) == "pong"
+
+
+def test_a_handle_in_a_queue_keeps_the_actor_alive(cluster, tmp_path):
+    @ray.remote
+    def call_from_queue(queue):
+        return ray.get(queue.get(timeout=30).ping.remote())
+
+    queue = ray.Queue()
+    a = Tracked.options(name="queued").remote(str(tmp_path / "a"))
+    queue.put(a)
+    del a  # the queue holds the handle now
+    assert ray.get(f.remote(1)) == 1  # the driver's release went before this task
+    assert ray.get(call_from_queue.remote(queue)) == "pong"
+    wait_until(lambda: not _named("queued"), "the actor ends once the handle taken from the queue is dropped")

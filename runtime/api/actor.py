@@ -217,11 +217,14 @@ def get_actor(name: str) -> ActorHandle:
     """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
     if not isinstance(name, str) or not name:  # a ValueError, as Ray's
         raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
-    reply = current_runtime().client.request("get-actor", name=name)
+    client = current_runtime().client
+    reply = client.request("get-actor", name=name)
     if "error" in reply:
         raise ValueError(reply["error"])
-    with handle_refs.told():  # the scheduler counts this process as a holder already
-        return serialize.loads(reply["handle"])
+    given = handle_refs.adopt(client, reply["handle_key"]) if reply.get("handle_key") else None
+    handle = serialize.loads(reply["handle"])  # shares ``given``: the key the scheduler gave us
+    del given
+    return handle
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

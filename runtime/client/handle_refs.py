@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, Future
 
@@ -37,7 +37,6 @@ HANDLE_KEY_PREFIX = "handles-"
 HANDLE_VALUE = pickle.dumps(None, protocol=5)
 
 logger = logging.getLogger("runtime.client")
-_local = threading.local()
 
 
 def handle_key(actor_id: str) -> str:
@@ -45,8 +44,10 @@ def handle_key(actor_id: str) -> str:
 
 
 def adopt(client: ClusterClient, key: str) -> Future:
-    """A future of the handle key ``key``, which the scheduler already counts this process as
-    holding (it registered the actor, or answered its ``get_actor``)."""
+    """A future of the handle key ``key``, which the scheduler already counts ``client`` as
+    holding (it registered the actor, or gave it the key with ``get_actor``'s answer or a
+    queue's item): unpickling the handle then needs no round trip, and dropping the future
+    lets go of what was given."""
     with client.futures.lock:
         future = client.futures.future(key)
         fs = future._state
@@ -64,7 +65,7 @@ def borrow(client: ClusterClient, key: str) -> Future:
     with client.futures.lock:
         known = key in client.futures.states
         future = adopt(client, key)
-    if known or getattr(_local, "told", False):
+    if known:
         return future
     if threading.current_thread() is client._thread:  # the client's own loop: it cannot wait
         client._loop.create_task(client._ask("borrow-refs", keys=[key]))
@@ -76,11 +77,8 @@ def borrow(client: ClusterClient, key: str) -> Future:
     return future
 
 
-class told:
-    """While a handle the scheduler already counts is unpickled (``get_actor``'s answer)."""
+def ref_of(value: Any) -> Future | None:
+    """The handle-key future of ``value`` if it is a counted actor's handle, else None."""
+    from runtime.api.actor import ActorHandle  # the API layer sits above this one
 
-    def __enter__(self) -> None:
-        _local.told = True
-
-    def __exit__(self, *exc: object) -> None:
-        _local.told = False
+    return value._ref if isinstance(value, ActorHandle) else None

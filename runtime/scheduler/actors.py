@@ -144,7 +144,10 @@ class ActorRegistry:
         info = self.actors[actor_id]
         if info.handle_key and self.lifetime is not None:
             self.lifetime.hand_out(info.handle_key, peer)
-        return {"actor": actor_id, "class_name": info.class_name, "methods": info.methods, "handle": info.handle}
+        return {
+            "actor": actor_id, "class_name": info.class_name, "methods": info.methods, "handle": info.handle,
+            "handle_key": info.handle_key,
+        }  # fmt: skip
 
     def kill(self, actor_id: str, no_restart: bool = True, why: str = "it was killed with runtime.kill()") -> dict:
         info = self.actors.get(actor_id)
