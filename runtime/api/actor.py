@@ -196,14 +196,9 @@ class ActorMethod:
             check(args, kwargs)
         retries = handle._max_task_retries
         futures = current_runtime().client.actor_calls.call(
-            handle._actor_id,
-            self._name,
-            args,
-            kwargs,
-            self._num_returns,
-            1 << 30 if retries < 0 else retries,
+            handle._actor_id, self._name, args, kwargs, self._num_returns, 1 << 30 if retries < 0 else retries,
             keep=handle._ref,  # the actor lives until the call is answered
-        )
+        )  # fmt: skip
         return futures[0] if self._num_returns == 1 else futures
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

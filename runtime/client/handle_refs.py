@@ -13,8 +13,8 @@ machinery that frees futures' values counts the actor's handles too::
     handle unpickled ── borrow-refs ─► the reader wants the key, before the unpickling returns
     a call in flight ────────────────► keeps its handle's future (so the actor ends after it)
     the last handle of a process is collected ── release-keys (batched) ──► the key is
-    released; once no one wants it, it is forgotten and the scheduler ends the actor
-    (runtime/scheduler/actor_lifetime.py)
+    released; once nothing needs it, the state machine drops its value and the scheduler
+    ends the actor (runtime/scheduler/actor_lifetime.py)
 
 A detached actor has no handle key: it lives until killed.
 """
@@ -60,8 +60,8 @@ def borrow(client: ClusterClient, key: str) -> Future:
     """A future of the handle key ``key`` for a handle just unpickled here.  Unless this
     process holds one already, the scheduler is told before this returns, so whatever kept
     the key while the handle travelled (a task's dependency, a call in flight) may let go.
-    A handle whose actor has ended meanwhile gets a future the scheduler no longer knows;
-    its calls fail with ActorDiedError, as the actor's."""
+    A handle whose actor has ended meanwhile gets a future the scheduler no longer needs;
+    its calls fail with ActorDiedError, as they would through any handle of that actor."""
     with client.futures.lock:
         known = key in client.futures.states
         future = adopt(client, key)

@@ -41,6 +41,15 @@ class ActorLifetime:
         #: handle key -> the actor whose handles it counts
         self.counted: dict[str, str] = {}
 
+    def check(self, msg: dict) -> str | None:
+        """What is wrong with a ``register-actor`` request's handle key and value, if anything."""
+        key, value = msg.get("handle_key") or "", msg.get("handle_value", b"")
+        if not isinstance(key, str) or not isinstance(value, bytes):
+            return f"register-actor: handle_key must be a str and handle_value bytes, not {key!r} and {value!r}"
+        if key and key in self.scheduler.state.tasks:
+            return f"register-actor: handle_key {key!r} names a key the scheduler has already"
+        return None
+
     def register(self, info: ActorInfo, client: str, key: str, value: bytes) -> None:
         """``client`` made the actor ``info`` and holds its first handle."""
         s = self.scheduler

@@ -99,6 +99,9 @@ class ActorRegistry:
 
     def register(self, msg: dict, client: str) -> dict:
         name = msg.get("name") or ""
+        bad = self.lifetime.check(msg) if self.lifetime is not None else None
+        if bad:
+            return {"error": bad}
         if name and name in self.named:
             return {"error": f"an actor named {name!r} already exists; use runtime.get_actor({name!r}) to reach it"}
         info = ActorInfo(
