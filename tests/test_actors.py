@@ -232,3 +232,15 @@ def test_num_returns_gives_one_future_per_item(cluster):
     refs = two_not_three.options(num_returns=3).remote()
     with pytest.raises(ValueError, match="num_returns=3 but returned a tuple of 2"):
         rt.get(refs[0])
+
+
+def test_register_actor_refuses_a_bad_handle_key(cluster):
+    # what Cls.remote() sends, malformed: the scheduler names what is wrong and registers nothing
+    client = cluster.client
+    reply = client.request("register-actor", actor="actor-X-1", class_name="X", methods=[], handle_key=5)
+    assert "handle_key must be a str" in reply["error"]
+    taken = rt.put(1)
+    client.request("who-has", keys=[taken.key])  # the put has landed
+    reply = client.request("register-actor", actor="actor-X-1", class_name="X", methods=[], handle_key=taken.key)
+    assert f"handle_key {taken.key!r} names a key the scheduler has already" in reply["error"]
+    assert rt.get(taken) == 1

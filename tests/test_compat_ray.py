@@ -246,8 +246,9 @@ def test_kill_with_no_restart_false_restarts_an_actor_with_restarts_left(cluster
 
 
 def test_get_actor_handles_check_signatures_and_know_num_returns(cluster):
-    Counter.options(name="checked-counter").remote(4)
+    original = Counter.options(name="checked-counter").remote(4)  # kept: a named actor ends with its last handle
     c = ray.get_actor("checked-counter")
+    assert c == original
     with pytest.raises(TypeError, match="too many positional arguments"):
         c.add.remote(1, 2)
     a, b = c.pair.remote()  # @ray.method(num_returns=2), known from the class
@@ -286,3 +287,158 @@ def test_without_max_task_retries_an_interrupted_call_fails(cluster, tmp_path):
 def test_max_task_retries_is_checked():
     with pytest.raises(ValueError, match="max_task_retries"):
         Crasher.options(max_task_retries=-2)
+
+
+# -- actor lifetimes ---------------------------------------------------------------------------
+# Ray: a non-detached actor, named or not, ends once no handle to it is left in any process;
+# its name is free again.  A handle in flight (a task's argument) keeps it; calls already
+# made are answered first; a detached actor lives until killed.
+
+
+@ray.remote
+class Tracked:
+    """Writes ``marker`` when its instance is collected (after its actor ended)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def ping(self):
+        return "pong"
+
+    def wait_for(self, gate):
+        import os
+        import time
+
+        while not os.path.exists(gate):  # held until the driver opens the gate
+            time.sleep(0.01)
+        return "opened"
+
+    def __del__(self):
+        open(self.marker, "w").close()
+
+
+@ray.remote
+class Keeper:
+    def keep(self, handle):
+        self.handle = handle
+        return "kept"
+
+    def call(self):
+        return ray.get(self.handle.ping.remote())
+
+    def drop(self):
+        self.handle = None
+
+
+@ray.remote
+def hand_over(keeper, handle):
+    return ray.get(keeper.keep.remote(handle))
+
+
+def _named(name):
+    """Whether an actor is named ``name`` now (the handle ``get_actor`` gives is dropped at once)."""
+    try:
+        ray.get_actor(name)
+    except ValueError:
+        return False
+    return True
+
+
+def test_an_actor_ends_and_frees_its_name_when_its_last_handle_is_dropped(cluster, tmp_path):
+    a = Tracked.options(name="short-lived").remote(str(tmp_path / "a"))
+    assert ray.get(a.ping.remote()) == "pong"
+    again = ray.get_actor("short-lived")  # a handle from get_actor counts as well
+    del a
+    assert ray.get(again.ping.remote()) == "pong"
+    del again
+    wait_until((tmp_path / "a").exists, "the actor's instance is collected")
+    with pytest.raises(ValueError, match="no live actor is named 'short-lived'"):
+        ray.get_actor("short-lived")
+    b = Tracked.options(name="short-lived").remote(str(tmp_path / "b"))  # the name can be reused
+    assert ray.get(b.ping.remote()) == "pong"
+
+
+def test_an_unnamed_actor_ends_when_its_handle_is_dropped(cluster, tmp_path):
+    a = Tracked.remote(str(tmp_path / "a"))
+    assert ray.get(a.ping.remote()) == "pong"
+    del a
+    wait_until((tmp_path / "a").exists, "the actor's instance is collected")
+
+
+def test_a_handle_passed_to_a_task_keeps_the_actor_alive(cluster, tmp_path):
+    keeper = Keeper.remote()
+    a = Tracked.options(name="passed-on").remote(str(tmp_path / "a"))
+    kept = hand_over.remote(keeper, a)  # the task may not have unpickled the handle yet...
+    del a  # ...when the driver drops its own: the handle in flight keeps the actor
+    assert ray.get(kept) == "kept"
+    assert _named("passed-on")
+    assert ray.get(keeper.call.remote()) == "pong"
+    ray.get(keeper.drop.remote())  # the last handle, in another actor's process
+    wait_until(lambda: not _named("passed-on"), "the actor ends with its last handle")
+    wait_until((tmp_path / "a").exists, "the actor's instance is collected")
+
+
+def test_a_handle_returned_in_a_value_keeps_the_actor_alive(cluster, tmp_path):
+    @ray.remote
+    def make(marker):
+        return {"handles": [Tracked.options(name="made-in-a-task").remote(marker)]}
+
+    made = ray.get(make.remote(str(tmp_path / "a")))  # the task's own handle is gone by now
+    assert ray.get(made["handles"][0].ping.remote()) == "pong"
+    del made
+    wait_until(lambda: not _named("made-in-a-task"), "the actor ends with its last handle")
+
+
+def test_calls_made_before_the_last_handle_was_dropped_are_answered(cluster, tmp_path):
+    a = Tracked.options(name="busy").remote(str(tmp_path / "a"))
+    gate = tmp_path / "gate"
+    held = a.wait_for.remote(str(gate))
+    after = [a.ping.remote() for _ in range(3)]
+    del a
+    assert ray.get(f.remote(1)) == 1  # the release reached the scheduler (it went before this task)
+    gate.touch()
+    assert ray.get(held, timeout=60) == "opened"
+    assert ray.get(after, timeout=60) == ["pong"] * 3
+    wait_until(lambda: not _named("busy"), "the actor ends once its calls are answered")
+
+
+def test_a_detached_actor_outlives_its_handles(cluster, tmp_path):
+    a = Tracked.options(name="detached-one", lifetime="detached").remote(str(tmp_path / "a"))
+    assert ray.get(a.ping.remote()) == "pong"
+    del a
+    assert ray.get(f.remote(1)) == 1  # the handle's release, had there been one, went before this
+    again = ray.get_actor("detached-one")
+    assert ray.get(again.ping.remote()) == "pong"
+    assert not (tmp_path / "a").exists()
+    ray.kill(again)
+
+
+def test_a_handle_in_a_task_held_back_for_an_actor_result_keeps_the_actor_alive(cluster, tmp_path):
+    @ray.remote
+    def hand_over_after(_, keeper, handle):
+        return ray.get(keeper.keep.remote(handle))
+
+    keeper, gatekeeper = Keeper.remote(), Tracked.remote(str(tmp_path / "g"))
+    gate = tmp_path / "gate"
+    pending = gatekeeper.wait_for.remote(str(gate))
+    a = Tracked.options(name="held-back").remote(str(tmp_path / "a"))
+    kept = hand_over_after.remote(pending, keeper, a)  # held in the driver until `pending` is done
+    del a
+    assert ray.get(f.remote(1)) == 1  # the handle's release went before this task
+    gate.touch()
+    assert ray.get(kept, timeout=60) == "kept"
+    assert ray.get(keeper.call.remote()) == "pong"
+
+
+def test_a_handle_in_a_queue_keeps_the_actor_alive(cluster, tmp_path):
+    @ray.remote
+    def call_from_queue(queue):
+        return ray.get(queue.get(timeout=30).ping.remote())
+
+    queue = ray.Queue()
+    a = Tracked.options(name="queued").remote(str(tmp_path / "a"))
+    queue.put(a)
+    del a  # the queue holds the handle now
+    assert ray.get(f.remote(1)) == 1  # the driver's release went before this task
+    assert ray.get(call_from_queue.remote(queue)) == "pong"
+    wait_until(lambda: not _named("queued"), "the actor ends once the handle taken from the queue is dropped")

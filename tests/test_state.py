@@ -602,3 +602,22 @@ def test_a_paused_worker_gets_no_queued_task_however_short():
     s.handle(st.WorkerStatusChange(sid(), "w1", "paused"))
     _, wmsgs = s.handle(st.TaskFinished(sid(), compute_keys(wmsgs, "w1")[0], "w1", b"v", 1, 0.0, 50e-6))
     assert compute_keys(wmsgs, "w1") == [] and "w1" not in {ws.address for ws in s.idle}
+
+
+def test_a_watched_key_is_reported_once_no_client_task_or_holder_needs_it(s):
+    # An actor's handle key (runtime/scheduler/actor_lifetime.py): the creator, a client that
+    # borrowed a handle and a task whose argument carries one all keep it; the actor ends when
+    # the shell hears its value was dropped (a finished task's result does not keep it).
+    add_worker(s)
+    s.watched.add("handles-a")
+    s.handle(st.UpdateData(sid(), "c1", "handles-a", b"none", 4))
+    s.handle(st.AddClient(sid(), "c2"))
+    s.handle(st.UpdateGraph(sid(), "c2", (), ("handles-a",)))  # get_actor, or a borrowed handle
+    s.handle(graph(task("use-1", "handles-a")))  # a task given the handle
+    s.handle(st.ClientReleasesKeys(sid(), "c1", ("handles-a",)))
+    s.handle(st.RemoveClient(sid(), "c2"))
+    assert s.take_dropped() == [] and s.tasks["handles-a"].state == "memory"  # use-1 needs it
+    s.handle(finished("use-1", "w1"))
+    assert s.take_dropped() == ["handles-a"] and s.tasks["handles-a"].state == "released"
+    s.handle(st.ClientReleasesKeys(sid(), "c1", ("use-1",)))
+    assert s.take_dropped() == [] and not s.watched and "handles-a" not in s.tasks

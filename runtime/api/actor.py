@@ -4,7 +4,8 @@
 on a worker (restrictions and resources apply as for tasks) and returns an ``ActorHandle``
 at once.  ``handle.method.remote(*args)`` returns a ``Future``; calls go straight to the
 actor's worker (see runtime/client/actor_calls.py).  Handles pickle, so they can be passed
-to tasks and to other actors, which then call the same actor.
+to tasks and to other actors, which then call the same actor.  A non-detached actor ends when
+no handle to it is left in any process (runtime/client/handle_refs.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from runtime.api.context import current_runtime
+from runtime.api.context import current_runtime, is_initialized
 from runtime.api.options import ACTOR_OPTIONS, CallCheck, check_options, restrictions
+from runtime.client import handle_refs
 from runtime.client.client import task_spec
 from runtime.client.future import Future
 from runtime.comm import serialize
-from runtime.worker.actors import create_actor
+from runtime.worker.actors import create_actor, current_worker
 
 _create_actor_pickled: bytes | None = None
 
@@ -98,15 +100,20 @@ class ActorClass:
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
         )
         task = task_spec(actor_id, _create_actor_pickled, args_bytes, deps, 0, f"actor-{name}", restrictions(opts))
-        handle = ActorHandle(actor_id, self._cls, opts.get("max_task_retries", 0))
-        reply = current_runtime().client.request(
+        detached = opts.get("lifetime") == "detached"
+        ref_key = "" if detached else handle_refs.handle_key(actor_id)
+        handle = ActorHandle(actor_id, self._cls, opts.get("max_task_retries", 0), ref_key)
+        client = current_runtime().client
+        reply = client.request(
             "register-actor", actor=actor_id, name=opts.get("name") or "", class_name=name, methods=self._methods,
-            max_restarts=opts.get("max_restarts", 0), detached=opts.get("lifetime") == "detached", task=task,
-            handle=serialize.dumps(handle),
+            max_restarts=opts.get("max_restarts", 0), detached=detached, task=task, handle=serialize.dumps(handle),
+            handle_key=ref_key, handle_value=handle_refs.HANDLE_VALUE,
         )  # fmt: skip
         if "error" in reply:
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
+        if ref_key:  # the scheduler counts this process as holding a handle from now on
+            handle._ref = handle_refs.adopt(client, ref_key)
         return handle
 
     def __repr__(self) -> str:
@@ -126,11 +133,17 @@ class ActorHandle:
 
     Every handle, however it was obtained (``Cls.remote()``, passed to a task or an actor,
     ``get_actor``), carries the actor's class, so its calls are checked against the methods'
-    signatures and know their ``num_returns``, and the actor's ``max_task_retries``.
+    signatures and know their ``num_returns``, and the actor's ``max_task_retries``.  A
+    non-detached actor's handle holds a future of its handle key (``_ref``): the actor lives
+    while such futures do, in any process.
     """
 
-    def __init__(self, actor_id: str, cls: type, max_task_retries: int = 0):
+    def __init__(self, actor_id: str, cls: type, max_task_retries: int = 0, ref_key: str = ""):
         self._actor_id = actor_id
+        #: the actor's handle key ("" for a detached actor: it lives until killed)
+        self._ref_key = ref_key
+        #: this process's future of the handle key, which keeps the actor alive (None: uncounted)
+        self._ref: Future | None = None
         self._cls = cls
         self._class_name = cls.__name__
         #: how many times a call is sent again if the actor's worker dies while running it (-1: always)
@@ -143,7 +156,9 @@ class ActorHandle:
         return ActorMethod(self, name, self._method_options.get(name, {}).get("num_returns", 1))
 
     def __reduce__(self) -> tuple:
-        return ActorHandle, (self._actor_id, self._cls, self._max_task_retries)
+        if self._ref is not None:  # the key stays wanted while the pickled handle travels
+            serialize.note_ref(self._ref)
+        return _rebuild_handle, (self._actor_id, self._cls, self._max_task_retries, self._ref_key)
 
     def __repr__(self) -> str:
         return f"<ActorHandle {self._class_name} {self._actor_id}>"
@@ -153,6 +168,14 @@ class ActorHandle:
 
     def __hash__(self) -> int:
         return hash(self._actor_id)
+
+
+def _rebuild_handle(actor_id: str, cls: type, max_task_retries: int, ref_key: str) -> ActorHandle:
+    """An unpickled handle: counted as this process's, where a runtime is (a driver, a worker)."""
+    handle = ActorHandle(actor_id, cls, max_task_retries, ref_key)
+    if ref_key and (is_initialized() or current_worker() is not None):
+        handle._ref = handle_refs.borrow(current_runtime().client, ref_key)
+    return handle
 
 
 class ActorMethod:
@@ -173,8 +196,9 @@ class ActorMethod:
             check(args, kwargs)
         retries = handle._max_task_retries
         futures = current_runtime().client.actor_calls.call(
-            handle._actor_id, self._name, args, kwargs, self._num_returns, 1 << 30 if retries < 0 else retries
-        )
+            handle._actor_id, self._name, args, kwargs, self._num_returns, 1 << 30 if retries < 0 else retries,
+            keep=handle._ref,  # the actor lives until the call is answered
+        )  # fmt: skip
         return futures[0] if self._num_returns == 1 else futures
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -188,10 +212,14 @@ def get_actor(name: str) -> ActorHandle:
     """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
     if not isinstance(name, str) or not name:  # a ValueError, as Ray's
         raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
-    reply = current_runtime().client.request("get-actor", name=name)
+    client = current_runtime().client
+    reply = client.request("get-actor", name=name)
     if "error" in reply:
         raise ValueError(reply["error"])
-    return serialize.loads(reply["handle"])
+    given = handle_refs.adopt(client, reply["handle_key"]) if reply.get("handle_key") else None
+    handle = serialize.loads(reply["handle"])  # shares ``given``: the key the scheduler gave us
+    del given
+    return handle
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

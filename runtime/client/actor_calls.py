@@ -65,11 +65,11 @@ LAZY_READ = 0.02
 class _Call:
     """A call made: queued until it can leave, then in flight until answered."""
 
-    __slots__ = ("key", "actor_id", "method", "args", "deps", "returns", "retries")
+    __slots__ = ("key", "actor_id", "method", "args", "deps", "returns", "retries", "keep")
 
     def __init__(
         self, key: str, actor_id: str, method: str, args: bytes, deps: dict[str, Future], returns: tuple[str, ...],
-        retries: int = 0,
+        retries: int = 0, keep: Future | None = None,
     ):  # fmt: skip
         self.key = key
         self.actor_id = actor_id
@@ -82,6 +82,8 @@ class _Call:
         self.returns = returns
         #: how many more times it is sent again if the actor's worker dies while it runs
         self.retries = retries
+        #: the caller's future of the actor's handle key: the actor lives until this is answered
+        self.keep = keep
 
     def result_keys(self) -> tuple[str, ...]:
         """The keys its results come back under."""
@@ -202,10 +204,12 @@ class ActorCalls:
     # -- user threads ------------------------------------------------------------------
 
     def call(
-        self, actor_id: str, method: str, args: tuple, kwargs: dict, num_returns: int = 1, retries: int = 0
-    ) -> list[Future]:
+        self, actor_id: str, method: str, args: tuple, kwargs: dict, num_returns: int = 1, retries: int = 0,
+        keep: Future | None = None,
+    ) -> list[Future]:  # fmt: skip
         """Call ``method``; its ``num_returns`` futures (the items of what it returns, when more
-        than one).  ``retries``: times it is sent again if the actor's worker dies meanwhile."""
+        than one).  ``retries``: times it is sent again if the actor's worker dies meanwhile;
+        ``keep``: kept until the call is answered (the handle's key: runtime/client/handle_refs.py)."""
         args_bytes, deps = serialize.dumps_args(method, args, kwargs)
         check_open_deps(deps)
         key = self._new_key(method)
@@ -214,7 +218,7 @@ class ActorCalls:
         for f in futures:
             f._state.local = True
         returns = keys if num_returns != 1 else ()
-        call = _Call(key, actor_id, method, args_bytes, deps, returns, retries)  # type: ignore[arg-type]
+        call = _Call(key, actor_id, method, args_bytes, deps, returns, retries, keep)  # type: ignore[arg-type]
         if not self._send_now(call):
             self._outbox.put(call)  # type: ignore[arg-type]
         return futures

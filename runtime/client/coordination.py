@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime import config
+from runtime.client import handle_refs
 from runtime.client.client import ClusterClient
 from runtime.client.future import Future
 from runtime.comm import messages as m
@@ -65,7 +66,11 @@ def _tell(cc: ClusterClient, what: str, **kwargs: Any) -> None:
 
 
 def encode_item(cc: ClusterClient, value: Any) -> dict:
-    """A value as the extensions keep it: pickled, or a future's key."""
+    """A value as the extensions keep it: pickled, or a future's key; an actor's handle is
+    both, its handle key held while the item is (runtime/client/handle_refs.py)."""
+    ref = handle_refs.ref_of(value)
+    if ref is not None:
+        return {"value": serialize.dumps(value), "key": ref.key}
     if isinstance(value, Future):
         owner = value._owner
         if not isinstance(owner, ClusterClient):
@@ -79,9 +84,14 @@ def encode_item(cc: ClusterClient, value: Any) -> dict:
 
 
 def decode_item(cc: ClusterClient, item: dict) -> Any:
-    if "key" in item:
+    if "value" not in item:
         return cc.update_graph([], [item["key"]])[0]
-    return serialize.loads(item["value"])
+    if "key" not in item:
+        return serialize.loads(item["value"])
+    given = handle_refs.adopt(cc, item["key"])  # an actor's handle: the key was given to ``cc``
+    handle = serialize.loads(item["value"])
+    del given
+    return handle
 
 
 class _Named:

@@ -39,6 +39,7 @@ from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_spec
 from runtime.client.extensions import ClientExtensions
 from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
+from runtime.client.handle_refs import HANDLE_KEY_PREFIX
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
@@ -549,7 +550,11 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         """This client's futures by key (those it holds now), as Dask's ``Client.futures``."""
         table = self.core.futures
         with table.lock:
-            return {key: table.future(key) for key, fs in table.states.items() if fs.refcount > 0}
+            return {
+                key: table.future(key)
+                for key, fs in table.states.items()
+                if fs.refcount > 0 and not key.startswith(HANDLE_KEY_PREFIX)  # actor handles' keys
+            }
 
     # -- Executor ------------------------------------------------------------------------
 

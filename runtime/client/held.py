@@ -14,6 +14,7 @@ once::
     the call failed ──────────────► the held tasks that need it fail with its error
     cancel ───────────────────────► held tasks (and held tasks that need them) are dropped and
                                     cancelled here; the scheduler never sees them
+    a held task's argument dropped ► released once no held task needs it
 
 A message that names no held or pending key leaves at once, as before: a held graph delays
 only what depends on it.  Held state is guarded by the client's futures lock, and held
@@ -103,13 +104,17 @@ class HeldGraphs:
                 self._known([key])
 
     def release(self, key: str) -> bool:
-        """The last future of ``key`` was dropped: True if it is held (it is released once its
-        graph leaves).  Call with the futures' lock held."""
+        """The last future of ``key`` was dropped: True if it is held, or a held task needs it
+        (an argument: a future, an actor's handle); it is released once its graph leaves, or
+        once no held task needs it.  Call with the futures' lock held."""
         graph = self.unsent.get(key)
-        if graph is None:
-            return False
-        graph.released.append(key)
-        return True
+        if graph is not None:
+            graph.released.append(key)
+            return True
+        if any(key in t.dependencies for graph in set(self.unsent.values()) for t in graph.tasks):
+            self._releasing[key] = None
+            return True
+        return False
 
     def cancel(self, keys: Iterable[str]) -> None:
         """Cancel the held tasks among ``keys`` and every held task that needs one of ``keys``."""

@@ -108,6 +108,19 @@ def reduce_future(future: Any) -> tuple:
     return _borrow_future, (key,)
 
 
+def note_ref(future: Any) -> None:
+    """An object that lives while ``future`` does (an actor handle) is being pickled: in task
+    arguments its key becomes a dependency, which the scheduler keeps until the task is done;
+    inside a value (``collecting_refs``), a reference the value holds.  Elsewhere, nothing."""
+    deps = getattr(_local, "collecting", None)
+    if deps is not None:
+        deps[future.key] = future
+        return
+    refs = getattr(_local, "refs", None)
+    if refs is not None:
+        refs.append(future)
+
+
 def _resolve_future(key: str) -> Any:
     return _local.values[key]
 

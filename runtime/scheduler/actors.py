@@ -11,10 +11,11 @@ call the worker directly; method calls never pass through the scheduler.
 
     pending ──actor-started──► alive ──worker died, restarts left──► restarting ──► alive
        │                         │
-       └──constructor raised──►  dead ◄──kill / worker died / owner gone
+       └──constructor raised──►  dead ◄──kill / worker died / owner gone / last handle gone
 
 The registry keeps each creation task's spec, so an actor whose worker dies is built again
-(``max_restarts``) from the same constructor arguments.
+(``max_restarts``) from the same constructor arguments.  A non-detached actor ends once no
+handle to it is left (runtime/scheduler/actor_lifetime.py counts them).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from runtime.comm.messages import ActorStarted, KeyErred, KillActor, Message, TaskSpec
 from runtime.scheduler import stimuli as st
+
+if TYPE_CHECKING:
+    from runtime.scheduler.actor_lifetime import ActorLifetime
 
 logger = logging.getLogger("runtime.scheduler.actors")
 
@@ -58,6 +63,8 @@ class ActorInfo:
     state: str = "pending"
     #: a pickled ActorHandle of it, for ``get_actor`` (it knows the class: signatures, num_returns)
     handle: bytes = b""
+    #: the key whose wanters hold its handles ("" if detached: it lives until killed)
+    handle_key: str = ""
     #: the creation task in flight
     creation_key: str = ""
     worker: str = ""
@@ -85,11 +92,16 @@ class ActorRegistry:
         self.named: dict[str, str] = {}
         #: creation key -> actor id
         self._creating: dict[str, str] = {}
+        #: ends non-detached actors when their last handle is gone (set by the scheduler)
+        self.lifetime: ActorLifetime | None = None
 
     # -- requests from clients -------------------------------------------------------
 
     def register(self, msg: dict, client: str) -> dict:
         name = msg.get("name") or ""
+        bad = self.lifetime.check(msg) if self.lifetime is not None else None
+        if bad:
+            return {"error": bad}
         if name and name in self.named:
             return {"error": f"an actor named {name!r} already exists; use runtime.get_actor({name!r}) to reach it"}
         info = ActorInfo(
@@ -100,6 +112,9 @@ class ActorRegistry:
         self.actors[info.actor_id] = info
         if name:
             self.named[name] = info.actor_id
+        if msg.get("handle_key") and not info.detached and self.lifetime is not None:
+            info.handle_key = msg["handle_key"]
+            self.lifetime.register(info, client, info.handle_key, msg["handle_value"])
         self._create(info)
         return {"ok": True}
 
@@ -124,15 +139,20 @@ class ActorRegistry:
         if not fut.done():
             fut.set_result(info.location())
 
-    def by_name(self, name: str) -> dict:
+    def by_name(self, name: str, peer: str) -> dict:
         actor_id = self.named.get(name)
         if actor_id is None:
             known = ", ".join(sorted(self.named)) or "none"
             return {"error": f"no live actor is named {name!r} (named actors: {known})"}
         info = self.actors[actor_id]
-        return {"actor": actor_id, "class_name": info.class_name, "methods": info.methods, "handle": info.handle}
+        if info.handle_key and self.lifetime is not None:
+            self.lifetime.hand_out(info.handle_key, peer)
+        return {
+            "actor": actor_id, "class_name": info.class_name, "methods": info.methods, "handle": info.handle,
+            "handle_key": info.handle_key,
+        }  # fmt: skip
 
-    def kill(self, actor_id: str, no_restart: bool = True) -> dict:
+    def kill(self, actor_id: str, no_restart: bool = True, why: str = "it was killed with runtime.kill()") -> dict:
         info = self.actors.get(actor_id)
         if info is None:
             return {"error": f"no actor with id {actor_id!r} is known to this cluster"}
@@ -141,10 +161,16 @@ class ActorRegistry:
             if not no_restart and info.restarts_left != 0 and worker:
                 self._restart(info, "it was killed with no_restart=False")
             else:
-                self._die(info, "it was killed with runtime.kill()")
+                self._die(info, why)
             if worker:
-                self._send(worker, KillActor(actor_id, "it was killed"))
+                self._send(worker, KillActor(actor_id, why if info.state == "dead" else "it was killed"))
         return {"ok": True}
+
+    def end(self, actor_id: str, why: str) -> None:
+        """The actor's last handle is gone: it ends as ``kill(no_restart=True)`` ends it."""
+        info = self.actors.get(actor_id)
+        if info is not None and not info.detached:
+            self.kill(actor_id, True, why)
 
     # -- events ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from runtime.comm.core import Comm, listen
 from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, holders, placement, record, retire, sampler, stealing
 from runtime.scheduler import stimuli as st
+from runtime.scheduler.actor_lifetime import ActorLifetime
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
 from runtime.scheduler.handlers import registers
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
@@ -159,6 +160,7 @@ class Scheduler:
         self.closed = asyncio.Event()
         #: where every actor lives; it creates them through the state machine as ACTORS_CLIENT
         self.actors = ActorRegistry(self.handle_stimulus, self.send_to)
+        self.actors.lifetime = ActorLifetime(self, self.actors)
         #: Client.run calls waiting for their workers' answers
         self.runs = WorkerRuns(self._send)
         #: the first error the state machine raised, if any (the ``validate`` request reports it)
@@ -255,6 +257,8 @@ class Scheduler:
             log.write(stimulus, record.digest(client_msgs, worker_msgs, log.full_messages))
         self._send(client_msgs)
         self._send(worker_msgs)
+        if self.state.dropped_watched:  # actors' handle keys: their last handles are gone
+            self.actors.lifetime.dropped(self.state.take_dropped())
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
@@ -490,7 +494,7 @@ MESSAGES: dict[type, Callable[[Scheduler, Any, str], None]] = {}
 
 request("register-actor")(lambda s, msg, peer: s.actors.register(msg, peer))
 request("actor-location")(lambda s, msg, peer: s.actors.locate(msg["actor"], msg.get("not_at", "")))
-request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"]))
+request("get-actor")(lambda s, msg, peer: s.actors.by_name(msg["name"], peer))
 request("kill-actor")(lambda s, msg, peer: s.actors.kill(msg["actor"], msg.get("no_restart", True)))
 request("memory")(lambda s, msg, peer: sampler.snapshot(s.state))
 request("status")(

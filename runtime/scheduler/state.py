@@ -185,6 +185,11 @@ class SchedulerState:
         #: (key, start, finish, recommendations, stimulus_id), newest last
         self.transition_log: deque[tuple] = deque(maxlen=transition_log_length)
         self.transition_counter = 0
+        #: keys whose value's end the shell is to hear of (actors' handle keys: no one needs
+        #: them once their value is dropped), and those dropped since it last took them
+        #: (``take_dropped``)
+        self.watched: set[str] = set()
+        self.dropped_watched: list[str] = []
         #: turns of round-robin placement when every worker is saturated
         self.round_robin = 0
         self._worker_list: list[WorkerState] | None = None
@@ -641,6 +646,14 @@ class SchedulerState:
                     out.to_worker(node, FreeObjects((name,)))
         ts.replicas = None
         ts.data = None
+        if self.watched and ts.key in self.watched:
+            self.watched.discard(ts.key)
+            self.dropped_watched.append(ts.key)
+
+    def take_dropped(self) -> list[str]:
+        """The watched keys whose values were dropped since the last call."""
+        keys, self.dropped_watched = self.dropped_watched, []
+        return keys
 
     def _after_release(self, ts: TaskState, recs: Recs) -> Recs:
         """A task just became released: compute it again if needed, forget it if nothing links to it."""

@@ -115,6 +115,7 @@ class Actor:
 
     def stop(self, reason: str) -> None:
         self.dead = reason
+        self.instance = None  # freed now (its __del__ runs), not once its callers' connections close
         if self.is_async:
             self._loop.call_soon_threadsafe(self._loop.stop)
         for _ in range(self._threads):
@@ -160,6 +161,8 @@ class Actor:
                 self._reply_error(msg, e, start, reply)
 
     def _prepare(self, msg: m.ActorCall) -> tuple[Callable, tuple, dict]:
+        if self.dead:
+            raise ActorDiedError(f"actor {self.actor_id} is dead: {self.dead}")
         name = msg.method
         method = getattr(self.instance, name, None)
         if method is None or name.startswith("__") or not callable(method):

@@ -145,11 +145,11 @@ class KeyRefs:
 
     def check(self, item: Item) -> Item:
         """``item`` if it is a well-formed value or a future the scheduler knows; else an error."""
-        if "key" in item:
+        if "key" in item:  # a future's key, or an actor handle's (with the handle pickled as its value)
             key = item["key"]
             if not isinstance(key, str) or key not in self.scheduler.state.tasks:
                 raise ValueError(f"the future {key!r} is not known to the scheduler (released already?)")
-        elif not isinstance(item.get("value"), bytes):
+        if not isinstance(item.get("value", b""), bytes) or not ("key" in item or "value" in item):
             raise TypeError("an item must hold a pickled value or a future's key")
         return item
 
