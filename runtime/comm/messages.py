@@ -79,6 +79,13 @@ class RegisterClient(Message, tag="register-client"):
     client: str
 
 
+class RegisterChannel(Message, tag="register-channel"):
+    """Opens a direct request channel of ``client`` (connected already): one per user thread,
+    carrying only its ``Request``s, answered on it (``runtime/client/channel.py``)."""
+
+    client: str
+
+
 class SpanPath(msgspec.Struct, array_like=True, frozen=True):
     """The span tasks were submitted in (``runtime.span``): its tags, outermost first, and the
     id of each level (the innermost span is the last)."""
@@ -607,7 +614,7 @@ class MalformedMessage(ProtocolError):
 
 #: what each kind of receiver accepts
 TO_SCHEDULER = Decoder(
-    RegisterClient, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
+    RegisterClient, RegisterChannel, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
     RegisterWorker, TaskFinished, TaskErred, MissingData, WorkerHeartbeat, WorkerStatus, ActorStarted, RunResult,
     LongRunning, StealResponse,
     RegisterNode, Heartbeat, WorkerDied, AddReplica,

@@ -38,6 +38,7 @@ from runtime.dashboard.service import Dashboard
 from runtime.scheduler import amm, holders, placement, record, retire, sampler, stealing
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
+from runtime.scheduler.channels import Channels
 from runtime.scheduler.handlers import registers
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.plugins import Plugins
@@ -128,6 +129,8 @@ class Scheduler:
         )
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
+        #: clients' direct request channels (one per user thread that asks)
+        self.channels = Channels(self)
         #: what each node agent told us about itself (its RegisterNode's fields: store prefix, host, pid)
         self.node_info: dict[str, dict] = {}
         self.address = ""
@@ -255,13 +258,24 @@ class Scheduler:
             log.write(stimulus, record.digest(client_msgs, worker_msgs, log.full_messages))
         self._send(client_msgs)
         self._send(worker_msgs)
+        if self.state.events:
+            events, self.state.events = self.state.events, []
+            for topic, msg in events:
+                self.log_event(topic, msg)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
             self.actors.client_gone(stimulus.client)
+            self.channels.client_gone(stimulus.client)
             for sid in [sid for sid, s in self.samplings.items() if s.client == stimulus.client]:
                 self.samplings.pop(sid).stop()
         self.plugins.after(stimulus)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """Log ``msg`` on ``topic`` in the event log, as a client's ``log_event`` (Dask's ``Scheduler.log_event``)."""
+        ext = self.extensions.get("event_log")
+        if ext is not None:
+            self._send(ext.log.log(topic, msg, time.time()))
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
@@ -303,6 +317,8 @@ class Scheduler:
         if not msgs:
             raise PeerError("its first frame held no message")
         first = msgs[0]
+        if type(first) is m.RegisterChannel:  # a client thread's requests (channels.py)
+            return await self.channels.serve(comm, first, msgs[1:])
         kind, peer, added, removed = self._registration(first)
         if peer in self.comms:
             raise PeerError(f"{m.op_of(type(first))} as {peer!r}, which is already connected")
@@ -505,6 +521,7 @@ request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.sto
 request("task-states")(lambda s, msg, peer: {k: ts.state for k, ts in s.state.tasks.items()})
 request("processing")(lambda s, msg, peer: {a: [t.key for t in w.processing] for a, w in s.state.workers.items()})
 request("has-what")(lambda s, msg, peer: holders.has_what(s.state))
+request("channels")(lambda s, msg, peer: {client: len(open_) for client, open_ in s.channels.open.items()})
 
 
 @request("identity")
