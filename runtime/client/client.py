@@ -164,6 +164,7 @@ class ClusterClient:
             # pushed for the client side of an extension, once made (before, nothing listens)
             m.LoggedEvent: lambda msg: self._to_extension("event_log", msg),
             m.PubsubMsg: lambda msg: self._to_extension("pubsub", msg),
+            m.PubsubTargets: lambda msg: self._to_extension("pubsub", msg),
         }
 
     def _to_extension(self, name: str, msg: m.Message) -> None:

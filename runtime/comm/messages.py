@@ -423,11 +423,23 @@ class HeartbeatAck(Message, tag="heartbeat-ack"):
 
 class PubsubMsg(Message, tag="pubsub-msg"):
     """One message published to ``topic`` (``Pub.put``): client -> scheduler, which relays the
-    same record to every client subscribed to the topic (scheduler -> client)."""
+    same record to every client subscribed to the topic (scheduler -> client); or, from a
+    publisher in a worker process, straight to a subscriber's worker process (its actor server)."""
 
     topic: NonEmpty
     #: the pickled message: the scheduler only copies it
     msg: bytes
+
+
+class PubsubTargets(Message, tag="pubsub-targets"):
+    """Scheduler -> a client publishing ``topic`` from a worker process: where its subscribers
+    are now.  ``addresses``: the worker processes to send to directly; ``relay``: some are
+    reachable only through the scheduler (drivers).  ``version`` orders the updates."""
+
+    topic: NonEmpty
+    addresses: tuple[str, ...]
+    relay: bool
+    version: int
 
 
 class LoggedEvent(Message, tag="event"):
@@ -622,11 +634,11 @@ TO_SCHEDULER = Decoder(
 )  # fmt: skip
 TO_CLIENT = Decoder(
     Registered, KeyInMemory, KeyErred, CancelledKeys, LostKeys, Reply, SchedulerError, Pong,
-    PubsubMsg, LoggedEvent,
+    PubsubMsg, PubsubTargets, LoggedEvent,
 )  # fmt: skip
 TO_WORKER = Decoder(Registered, ComputeTask, CancelCompute, StealRequest, Interrupt, KillActor, PluginAdd, Run, Restart)
 TO_AGENT = Decoder(Registered, FreeObjects, StartWorkers, StopWorkers, AcquireReplicas, Close, HeartbeatAck)
-TO_ACTOR_SERVER = Decoder(ActorCall)
+TO_ACTOR_SERVER = Decoder(ActorCall, PubsubMsg)
 FROM_ACTOR_SERVER = Decoder(ActorResult, ActorError)
 TO_OBJECT_SERVER = Decoder(Fetch, GetObject, PutObject)
 FROM_OBJECT_SERVER = Decoder(Fetched, FetchFailed, Object, ObjectMissing, Ready, PutFailed, Stored)
