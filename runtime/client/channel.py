@@ -16,8 +16,8 @@ with the first request).  The scheduler answers its requests as the client's own
 wait (a lock, a queue get) ends when the client leaves, like one asked on the client's
 connection, and it closes the client's channels then: a thread blocked reading gets a
 ``ConnectionError``.  So does the client when it closes or loses the scheduler
-(``close``).  A reply nobody waits for any more (a ``tell``, a request that timed out on
-this side) is skipped by the next read: replies carry their request's id.
+(``close``).  A ``tell`` gets no reply; one nobody waits for any more (a request that
+timed out on this side) is skipped by the next read: replies carry their request's id.
 
 Order: a channel is another connection than the client's, so a request could overtake
 messages the client queued before it (a ``put`` or a submitted task the request names).
@@ -93,17 +93,17 @@ class Channels:
                 for msg in channel.reader.read():
                     if type(msg) is m.Reply and msg.reqid == reqid:
                         return msg.result
-                    # else: the reply to a tell, or to a request that timed out here: nobody waits
+                    # else: the reply to a request that timed out here: nobody waits for it
         except TimeoutError:  # an OSError too, but the channel is fine
             raise
         except (ConnectionError, OSError) as e:
             raise self._drop(channel, e) from None
 
     def tell(self, what: str, args: dict[str, Any]) -> None:
-        """A request whose answer nobody waits for: one write, its reply skipped later."""
+        """A request whose answer nobody waits for: one write, and the scheduler sends none."""
         channel = self._channel()
         try:
-            self._write(channel, m.Request(next(self._counter), what, args))
+            self._write(channel, m.Request(next(self._counter), what, args, answer=False))
         except OSError as e:
             raise self._drop(channel, e) from None
 

@@ -505,7 +505,7 @@ class ClusterClient:
         if self._confirmed == self._queued:
             self._channels.tell(what, kwargs)
         else:
-            self._send(m.Request(next(self._counter), what, kwargs))
+            self._send(m.Request(next(self._counter), what, kwargs, answer=False))
 
     def request_checked(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
         """``request``, raising ValueError with the scheduler's words when it answers an error."""

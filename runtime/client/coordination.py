@@ -162,8 +162,8 @@ class Semaphore(_Named):
         if not self._leases:
             raise RuntimeError(f"{type(self).__name__} {self.name!r} released too often: this object holds no lease")
         lease = self._leases.popleft()
-        if not self._leases and self._refresher is not None:
-            self._refresher.cancel()  # nothing left to renew
+        # The refresher ends by itself at its next turn if nothing is left to renew: cancelling
+        # it here would make every acquire start one, a hand-off to the loop thread each time.
         self.cc.tell("semaphore-release", name=self.name, lease=lease)  # checked above: it holds the lease
         return True
 

@@ -131,6 +131,8 @@ class Request(Message, tag="request"):
     reqid: int
     what: str
     args: dict[str, Any] = {}
+    #: False: nobody waits for the answer (``ClusterClient.tell``), so none is sent
+    answer: bool = True
 
 
 class Ping(Message, tag="ping"):

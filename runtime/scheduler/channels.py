@@ -43,7 +43,7 @@ class Channels:
                 for msg in msgs:
                     if type(msg) is not m.Request:
                         raise PeerError(f"a request channel may not send {m.op_of(type(msg))!r}")
-                    s._reply(comm, msg.reqid, s._ask(msg.what, msg.args, client))
+                    s._answer(comm, client, msg)
                 msgs = await comm.read()
         finally:
             channels = self.open.get(client)

@@ -429,7 +429,7 @@ class Scheduler:
         table.update({
             m.Cancel: self._on_cancel,
             m.Heartbeat: self._on_heartbeat,
-            m.Request: lambda comm, peer, msg: self._reply(comm, msg.reqid, self._ask(msg.what, msg.args, peer)),
+            m.Request: lambda comm, peer, msg: self._answer(comm, peer, msg),
             m.Ping: lambda comm, peer, msg: comm.send(m.Pong()),  # a client making sure we are there
             m.RunResult: lambda comm, peer, msg: self.runs.answered(peer, msg.run_id, msg.answer),
             m.ActorStarted: lambda comm, peer, msg: self.actors.started(msg),
@@ -455,6 +455,12 @@ class Scheduler:
     def _on_close_cluster(self, comm: Comm, peer: str, msg: m.CloseCluster) -> None:
         logger.info("%s asked to close the cluster: telling %d node agents", peer, len(self.node_info))
         self._send({p: [m.Close()] for p in self.node_info})
+
+    def _answer(self, comm: Comm, peer: str, msg: m.Request) -> None:
+        """Do what ``msg`` asks as ``peer``; answer it on ``comm`` unless nobody waits for it."""
+        result = self._ask(msg.what, msg.args, peer)
+        if msg.answer:
+            self._reply(comm, msg.reqid, result)
 
     @staticmethod
     def _reply(comm: Comm, reqid: int, result: Any) -> None:
