@@ -110,7 +110,7 @@ class Channels:
     def close(self, why: str) -> None:
         """No more requests; threads blocked on a reply get ConnectionError(``why``)."""
         with self._lock:
-            self._closed = why
+            self._closed = self._closed or why  # the first reason is the cause; later ones follow from it
             channels = list(self._open)
         for channel in channels:
             channel.close()

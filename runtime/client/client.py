@@ -356,7 +356,9 @@ class ClusterClient:
             known = key in self.futures.states
             future = self.futures.future(key)
         if not known:
-            asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
+            with self._queued_lock:  # a message on the connection: later requests go behind it
+                self._queued += 1
+                asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
         return future
 
     async def _borrow(self, key: str) -> None:
@@ -700,9 +702,11 @@ class ClusterClient:
         self._channels.close(f"{self._described()} can make no more requests")
 
         async def shut() -> None:
-            for task in (self._pruner, self._keepalive):
-                if task is not None:
+            # every task of the loop: the pruner, the watch, and semaphores' lease refreshers
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
                     task.cancel()
+            await asyncio.sleep(0)  # they end now, not when the loop is collected
             self.actor_calls.close()
             if self.comm is not None:
                 self._outbox.drain()
