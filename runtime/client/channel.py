@@ -35,9 +35,9 @@ import time
 import weakref
 from typing import Any
 
-from runtime.comm import auth, codec
+from runtime.comm import codec
 from runtime.comm import messages as m
-from runtime.comm.core import FrameReader, parse_address
+from runtime.comm.core import FrameReader, close_blocking, open_blocking
 
 #: seconds to open a channel (the scheduler is up: its client connection is)
 CONNECT_TIMEOUT = 10.0
@@ -55,11 +55,7 @@ class _Channel:
 
     def close(self) -> None:
         self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked reading it
-        except OSError:
-            pass
-        self.sock.close()
+        close_blocking(self.sock)  # wakes the thread blocked reading it
 
 
 class Channels:
@@ -121,12 +117,7 @@ class Channels:
             return channel
         if self._closed:
             raise ConnectionError(self._closed)
-        scheme, host, port = parse_address(self.address)
-        sock = auth.open_sync(scheme, host, port, CONNECT_TIMEOUT)
-        sock.settimeout(None)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        channel = _Channel(sock, self.address)
+        channel = _Channel(open_blocking(self.address, CONNECT_TIMEOUT), self.address)
         channel.hello = m.RegisterChannel(self.client_id)
         with self._lock:
             if self._closed:

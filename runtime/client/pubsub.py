@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import config
 from runtime.client.event_log import client_of
-from runtime.comm import auth, codec, serialize
+from runtime.comm import codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import parse_address
+from runtime.comm.core import open_blocking
 from runtime.errors import ClientClosedError
 
 if TYPE_CHECKING:
@@ -143,9 +143,8 @@ class _PubSub:
             conn = self._conns.get(address)
         try:
             if conn is None:
-                scheme, host, port = parse_address(address)
-                sock = auth.open_sync(scheme, host, port, CONNECT_TIMEOUT)
-                sock.settimeout(CONNECT_TIMEOUT)  # a subscriber that stops reading does not block us forever
+                # bounded sends: a subscriber that stops reading does not block us forever
+                sock = open_blocking(address, CONNECT_TIMEOUT, CONNECT_TIMEOUT)
                 with self._lock:
                     conn = self._conns.setdefault(address, (sock, threading.Lock()))
                 if conn[0] is not sock:
