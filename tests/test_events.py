@@ -64,14 +64,36 @@ def test_pubsub_counts_subs_per_client_and_routes_to_each_subscribed_client_once
     ps.subscribe("t", "c1")
     ps.subscribe("t", "c2")
     msg = m.PubsubMsg("t", b"m")
-    assert ps.route(msg) == {c: [msg] for c in ("c1", "c2")}
+    assert ps.route(msg, "c3") == {c: [msg] for c in ("c1", "c2")}
     ps.unsubscribe("t", "c1")
     assert ps.subscribers["t"] == {"c1": 1, "c2": 1}
     ps.client_gone("c2")
     ps.unsubscribe("t", "c1")
-    assert ps.subscribers == {} and ps.route(msg) == {}
+    assert ps.subscribers == {} and ps.route(msg, "c3") == {}
     with pytest.raises(TypeError, match="topic"):
         ps.subscribe(7, "c1")
+    assert ps.relayed == {"t": 2}
+
+
+def test_pubsub_tells_direct_publishers_where_subscribers_are_and_relays_only_what_they_cannot_reach():
+    ps = PubSub()
+    assert ps.publish("t", "w-pub") == {"addresses": [], "relay": False, "version": 0}
+    (update,) = ps.subscribe("t", "w-sub", "tcp://10.0.0.2:7000")["w-pub"]
+    assert (update.addresses, update.relay) == (("tcp://10.0.0.2:7000",), False)
+    msg = m.PubsubMsg("t", b"m")
+    assert ps.route(msg, "w-pub") == {}  # it reached the worker directly: the scheduler relays nothing
+    (update,) = ps.subscribe("t", "driver")["w-pub"]
+    assert (update.addresses, update.relay) == (("tcp://10.0.0.2:7000",), True)
+    assert ps.route(msg, "w-pub") == {"driver": [msg]}  # the driver only
+    assert ps.route(msg, "driver-pub") == {"w-sub": [msg], "driver": [msg]}  # a driver's goes through
+    (gone,) = ps.client_gone("w-sub")["w-pub"]  # a subscriber that dies: its publishers are told
+    assert (gone.addresses, gone.relay) == ((), True) and gone.version > update.version
+    assert ps.unsubscribe("t", "driver")["w-pub"][0].relay is False
+    assert ps.state("t") == {"subscribers": {}, "publishers": {"w-pub": 1}, "addresses": {}, "relayed": 3}
+    ps.unpublish("t", "w-pub")
+    assert ps.subscribe("t", "w-sub", "tcp://10.0.0.2:7000") == {}  # no publisher left to tell
+    with pytest.raises(TypeError, match="address"):
+        ps.subscribe("t", "c", 5)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -130,11 +131,24 @@ def test_a_frozen_scheduler_makes_its_agents_stop_and_its_clients_fail_within_th
         try:
             client.wait_for_workers(1)  # the agent has joined
             pending = client.submit(dumps_function(time.sleep), "sleep", (60,), {})
+            assert rt.Lock("frozen", client=client).acquire()
+            waited: list[BaseException] = []  # a thread waiting on its own request channel
+
+            def wait_for_lock() -> None:
+                try:
+                    rt.Lock("frozen", client=client).acquire()
+                except BaseException as e:
+                    waited.append(e)
+
+            waiter = threading.Thread(target=wait_for_lock)
+            waiter.start()
             os.kill(cluster.scheduler_proc.pid, signal.SIGSTOP)
             try:
                 # No timeout given: the client's own watch on its scheduler ends the wait.
                 with pytest.raises(ConnectionError, match="has not answered for .*frozen, overloaded or unreachable"):
                     pending.result()
+                waiter.join(30)
+                assert len(waited) == 1 and "has not answered" in str(waited[0]), waited
                 assert cluster.agent_procs[0].wait(timeout=30) == 0
             finally:
                 os.kill(cluster.scheduler_proc.pid, signal.SIGCONT)

@@ -56,8 +56,9 @@ def test_each_kind_of_peer_sends_what_its_row_says():
         ("worker", "worker → scheduler"),
         ("node", "agent → scheduler"),
     ):
-        registration = {"client": "register-client", "worker": "register-worker", "node": "register-node"}[kind]
-        sent = {m.op_of(t) for t in _SENT_BY[kind]} | {registration}
+        registration = {"client": {"register-client", "register-channel"}, "worker": {"register-worker"},
+                        "node": {"register-node"}}[kind]  # fmt: skip
+        sent = {m.op_of(t) for t in _SENT_BY[kind]} | registration
         assert rows[row] <= sent, kind
     assert rows["`runtime` command → scheduler"] <= {m.op_of(t) for t in _SENT_BY["client"]}
 

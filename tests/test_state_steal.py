@@ -124,6 +124,7 @@ def test_a_thief_gone_before_the_answer_leaves_the_task_to_placement():
     wmsgs = answer(s, "f-7", "w1", req, "queued")
     assert compute_keys(wmsgs, "w1") == ["f-7"] and wmsgs["w1"][0] == CancelCompute("f-7")
     assert s.tasks["f-7"].processing_on is s.workers["w1"]
+    assert s.events[-1] == ("stealing", ("reschedule", "f-7", "queued", "w1", "w2", req))
 
 
 def test_a_thief_paused_before_the_answer_is_passed_over():
@@ -191,3 +192,22 @@ def test_a_late_answer_to_a_voided_request_does_not_move_the_task_of_a_newer_one
     assert answer(s, "f-7", "w1", r0, "queued") == {}
     assert s.tasks["f-7"].processing_on is s.workers["w1"]
     assert compute_keys(answer(s, "f-7", "w1", r1, "queued"), "w2") == ["f-7"]
+
+
+def test_what_stealing_does_is_left_for_the_event_log_as_dask_logs_it():
+    s = two_nodes()
+    req, _ = request(s, [("f-7", "w1", "w2"), ("f-6", "w1", "w2"), ("f-5", "w1", "w2")])
+    assert s.events == [("stealing", ("request", [["f-7", "w1", "w2"], ["f-6", "w1", "w2"], ["f-5", "w1", "w2"]]))]
+    s.events.clear()
+    answer(s, "f-7", "w1", req, "queued")
+    answer(s, "f-6", "w1", req, "executing")
+    answer(s, "f-6", "w1", req, "executing")  # declined already: nothing more to say of it
+    answer(s, "f-5", "w1", "an-older-request", "queued")
+    answer(s, "nope", "w1", req, "queued")
+    assert s.events == [
+        ("stealing", ("confirm", "f-7", "queued", "w1", "w2", req)),
+        ("stealing", ("already-computing", "f-6", "executing", "w1", "w2", req)),
+        ("stealing", ("already-aborted", "f-6", "executing", "w1", req)),
+        ("stealing", ("stale-response", "f-5", "queued", "w1", "an-older-request")),
+        ("stealing", ("already-aborted", "nope", "queued", "w1", req)),
+    ]

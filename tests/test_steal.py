@@ -27,8 +27,9 @@ def work(x: np.ndarray, runs: str) -> tuple[float, str]:
     return float(x.sum()), rt.get_worker().node
 
 
-def run_on_node_a(stealing: bool, runs: str) -> tuple[list[str], str]:
-    """The nodes the tasks ran on, each checked to have run once with the right result; node A."""
+def run_on_node_a(stealing: bool, runs: str) -> tuple[list[str], str, tuple]:
+    """The nodes the tasks ran on, each checked to have run once with the right result; node A;
+    the events of topic "stealing"."""
     with config.set({"scheduler.work-stealing": stealing, "scheduler.work-stealing-interval": "50ms"}):
         cluster = LocalCluster(2, n_nodes=2)
     with cluster, Client(cluster) as client:
@@ -38,11 +39,21 @@ def run_on_node_a(stealing: bool, runs: str) -> tuple[list[str], str]:
         futures = [client.submit(work, x, runs, workers=node_a, allow_other_workers=True) for x in inputs]
         results = client.gather(futures)
         assert client.core.request("validate") is None  # the scheduler's state, checked
+        events = client.get_events("stealing")
+        keys = {f.key: i for i, f in enumerate(futures)}
+        node_of = {w: info["node"] for w, info in client.scheduler_info()["workers"].items()}
     assert [r[0] for r in results] == [100_000.0 * i for i in range(TASKS)]
     counts = sorted(int(name.split("-")[0]) for name in os.listdir(runs))
     assert counts == list(range(TASKS)), "a task ran twice, or not at all"
     assert {node for _, node in results} <= set(cluster.nodes)
-    return [node for _, node in results], cluster.node
+    nodes = [node for _, node in results]
+    # Each task moved by a confirmed steal ran on its thief's node (Dask's event shapes).
+    for _, (action, *fields) in events:
+        if action == "confirm":
+            key, state, victim, thief, _request = fields
+            assert state == "queued" and node_of[victim] == cluster.node
+            assert nodes[keys[key]] == node_of[thief] != cluster.node
+    return nodes, cluster.node, events
 
 
 @pytest.mark.timeout(120)
@@ -50,11 +61,14 @@ def test_idle_workers_on_another_node_take_a_share_only_with_stealing(tmp_path):
     on, off = tmp_path / "on", tmp_path / "off"
     on.mkdir()
     off.mkdir()
-    ran, node_a = run_on_node_a(True, str(on))
+    ran, node_a, events = run_on_node_a(True, str(on))
     on_b = sum(node != node_a for node in ran)
     assert on_b >= TASKS // 4, f"node B ran {on_b} of {TASKS} tasks with work stealing on"
-    ran, node_a = run_on_node_a(False, str(off))
+    actions = [msg[0] for _, msg in events]
+    assert "request" in actions and "confirm" in actions, actions
+    ran, node_a, events = run_on_node_a(False, str(off))
     assert set(ran) == {node_a}, "tasks left node A with work stealing off"
+    assert events == ()
 
 
 def test_bad_work_stealing_settings_are_refused_by_name():

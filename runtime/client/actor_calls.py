@@ -46,9 +46,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
-from runtime.comm import auth, codec, serialize
+from runtime.comm import codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import FrameReader, ThreadOutbox, parse_address
+from runtime.comm.core import FrameReader, ThreadOutbox, close_blocking, open_blocking
 from runtime.errors import ActorDiedError
 
 if TYPE_CHECKING:
@@ -427,11 +427,7 @@ class ActorCalls:
 
     def _close(self, conn: _Conn) -> None:
         conn.closed = True
-        try:
-            conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
-        except OSError:
-            pass
-        conn.sock.close()
+        close_blocking(conn.sock)  # wakes a thread blocked reading it
         with conn.cond:
             conn.cond.notify_all()
         conn.sender.shutdown(wait=False)
@@ -574,12 +570,7 @@ class ActorCalls:
         self._pump(route)
 
     def _connect(self, address: str, actor_id: str) -> _Conn:
-        scheme, host, port = parse_address(address)
-        sock = auth.open_sync(scheme, host, port, 1.0)
-        sock.settimeout(None)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock, address, actor_id)
+        conn = _Conn(open_blocking(address, 1.0), address, actor_id)
         threading.Thread(
             target=self._reader_thread, args=(conn,), name=f"runtime-actor-{actor_id}", daemon=True
         ).start()

@@ -28,6 +28,7 @@ from typing import Any
 
 from runtime import config
 from runtime.client.actor_calls import ActorCalls
+from runtime.client.channel import Channels
 from runtime.client.future import CANCELLED, ERRED, FINISHED, PENDING, Future, FutureState, check_open_deps
 from runtime.client.held import HeldGraphs
 from runtime.client.owner import FutureTable, closed_error
@@ -127,6 +128,12 @@ class ClusterClient:
         self._loop = new_event_loop()
         #: messages from user threads on their way to the scheduler
         self._outbox = ThreadOutbox(self._loop, self._to_scheduler)
+        #: messages queued on the connection so far, and how many of them a reply has followed:
+        #: while they differ, a request goes behind them on the connection (``request_args``)
+        self._queued = self._confirmed = 0
+        self._queued_lock = threading.Lock()
+        #: user threads' requests, each thread on a connection of its own (``channel.py``)
+        self._channels = Channels(address, self.id, self._counter)
         #: the client side of extensions (event log, pub/sub), made on first use (``extension``);
         #: the messages the scheduler pushes for them go to their ``on_message`` (``_handler_table``)
         self.extensions: dict[str, Any] = {}
@@ -201,6 +208,7 @@ class ClusterClient:
             # pushed for the client side of an extension, once made (before, nothing listens)
             m.LoggedEvent: lambda msg: self._to_extension("event_log", msg),
             m.PubsubMsg: lambda msg: self._to_extension("pubsub", msg),
+            m.PubsubTargets: lambda msg: self._to_extension("pubsub", msg),
         }
 
     def _to_extension(self, name: str, msg: m.Message) -> None:
@@ -242,6 +250,7 @@ class ClusterClient:
 
     def _connection_lost(self, reason: str) -> None:
         self._lost = reason
+        self._channels.close(reason)
         with self.futures.changing():
             self.futures.fail_pending(ConnectionError(reason))
         for fut in self._requests.values():
@@ -258,7 +267,9 @@ class ClusterClient:
         """To the scheduler, in order; ``lazy``: nothing waits on it, it may leave a moment later."""
         if self._lost:
             raise ConnectionError(self._lost)
-        self._outbox.put(msg, lazy)
+        with self._queued_lock:
+            self._queued += 1
+            self._outbox.put(msg, lazy)
 
     def release(self, key: str, fs: FutureState) -> None:
         """A ``Future`` of ``key`` was collected: the last one lets go of the key."""
@@ -389,7 +400,9 @@ class ClusterClient:
             known = key in self.futures.states
             future = self.futures.future(key)
         if not known:
-            asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
+            with self._queued_lock:  # a message on the connection: later requests go behind it
+                self._queued += 1
+                asyncio.run_coroutine_threadsafe(self._borrow(key), self._loop)
         return future
 
     async def _borrow(self, key: str) -> None:
@@ -507,11 +520,39 @@ class ClusterClient:
         info = min(nodes.values(), key=lambda n: n["store"][0])
         return write_remote(info["address"], info["node"], key, data, buffers)
 
-    def request(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
+    def request(self, what: str, timeout: float | None = 30.0, **kwargs: Any) -> Any:
         """Ask the scheduler a question (``identity``, ``story``, ``task-states``, actor queries)."""
+        return self.request_args(what, kwargs, timeout)
+
+    def request_args(self, what: str, args: dict[str, Any], timeout: float | None = 30.0) -> Any:
+        """``request`` with its arguments as a dict (they may be named ``timeout``); None: no limit.
+
+        From a user thread it goes on that thread's own channel (one hop each way, no event
+        loop in between), unless messages this client queued may not have reached the
+        scheduler yet: then it goes on the client's connection behind them, and once it is
+        answered the channels are safe again.
+        """
         if self._lost:
             raise ConnectionError(self._lost)
-        return self._call(self._ask(what, **kwargs), timeout)
+        if self._closed:
+            raise ConnectionError(f"{self._described()} can make no more requests")
+        if self._confirmed == self._queued:
+            return self._channels.request(what, args, timeout)
+        with self._queued_lock:
+            mark = self._queued
+        result = self._call(self._ask(what, **args), timeout)
+        self._confirmed = max(self._confirmed, mark)
+        return result
+
+    def tell(self, what: str, **kwargs: Any) -> None:
+        """A request whose answer nobody waits for (a release): one message, no round trip.
+        Requests this thread makes later come after it."""
+        if self._lost:
+            raise ConnectionError(self._lost)
+        if self._confirmed == self._queued:
+            self._channels.tell(what, kwargs)
+        else:
+            self._send(m.Request(next(self._counter), what, kwargs, answer=False))
 
     def request_checked(self, what: str, timeout: float = 30.0, **kwargs: Any) -> Any:
         """``request``, raising ValueError with the scheduler's words when it answers an error."""
@@ -703,11 +744,14 @@ class ClusterClient:
             self._closed = True
             self._closed_as = closed_as or self._closed_as
             self.futures.fail_pending(closed_error(self._described()), CANCELLED)
+        self._channels.close(f"{self._described()} can make no more requests")
 
         async def shut() -> None:
-            for task in (self._pruner, self._keepalive):
-                if task is not None:
+            # every task of the loop: the pruner, the watch, and semaphores' lease refreshers
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
                     task.cancel()
+            await asyncio.sleep(0)  # they end now, not when the loop is collected
             self.actor_calls.close()
             if self.comm is not None:
                 self._outbox.drain()

@@ -24,7 +24,6 @@ from runtime import config
 from runtime.client import handle_refs
 from runtime.client.client import ClusterClient
 from runtime.client.future import Future
-from runtime.comm import messages as m
 from runtime.comm import serialize
 
 __all__ = ["Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event", "cluster_client"]
@@ -51,18 +50,10 @@ def cluster_client(client: Any = None) -> ClusterClient:
 def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any:
     """A request to the scheduler's extensions; a waiting one (``wait``) has no client-side
     limit: the scheduler answers at its timeout, and a lost connection fails it."""
-    if cc._lost:
-        raise ConnectionError(cc._lost)
-    result = cc._call(cc._ask(what, **kwargs), None if wait else 30.0)
+    result = cc.request_args(what, kwargs, None if wait else 30.0)
     if isinstance(result, dict) and "error" in result:
         raise RuntimeError(result["error"])
     return result
-
-
-def _tell(cc: ClusterClient, what: str, **kwargs: Any) -> None:
-    """A request whose answer nobody waits for (its reply finds no waiter and is dropped):
-    one message instead of a round trip.  Later requests of this client come after it."""
-    cc._send(m.Request(next(cc._counter), what, kwargs))
 
 
 def encode_item(cc: ClusterClient, value: Any) -> dict:
@@ -181,9 +172,9 @@ class Semaphore(_Named):
         if not self._leases:
             raise RuntimeError(f"{type(self).__name__} {self.name!r} released too often: this object holds no lease")
         lease = self._leases.popleft()
-        if not self._leases and self._refresher is not None:
-            self._refresher.cancel()  # nothing left to renew
-        _tell(self.cc, "semaphore-release", name=self.name, lease=lease)  # checked above: it holds the lease
+        # The refresher ends by itself at its next turn if nothing is left to renew: cancelling
+        # it here would make every acquire start one, a hand-off to the loop thread each time.
+        self.cc.tell("semaphore-release", name=self.name, lease=lease)  # checked above: it holds the lease
         return True
 
     def get_value(self) -> int:

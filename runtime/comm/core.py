@@ -249,6 +249,26 @@ def request_sync(address: str, msg: Message, decoder: Decoder, timeout: float = 
         return read_frame(sock, address, decoder)[0]
 
 
+def open_blocking(address: str, timeout: float, io_timeout: float | None = None) -> socket.socket:
+    """A blocking connection for a thread that writes (and reads) its own frames: this process's
+    TLS and secret, no Nagle delay; ``io_timeout`` bounds each send and receive (None: none)."""
+    scheme, host, port = parse_address(address)
+    sock = auth.open_sync(scheme, host, port, timeout)
+    sock.settimeout(io_timeout)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def close_blocking(sock: socket.socket) -> None:
+    """Close a blocking connection, waking a thread blocked reading it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def read_frame(sock: socket.socket, peer: str, decoder: Decoder) -> list[Any]:
     """The next batch of messages from a blocking socket; ``ConnectionError`` when it closes."""
     header = auth.recv_exactly(sock, codec.HEADER.size, peer)

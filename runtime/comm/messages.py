@@ -79,6 +79,13 @@ class RegisterClient(Message, tag="register-client"):
     client: str
 
 
+class RegisterChannel(Message, tag="register-channel"):
+    """Opens a direct request channel of ``client`` (connected already): one per user thread,
+    carrying only its ``Request``s, answered on it (``runtime/client/channel.py``)."""
+
+    client: str
+
+
 class SpanPath(msgspec.Struct, array_like=True, frozen=True):
     """The span tasks were submitted in (``runtime.span``): its tags, outermost first, and the
     id of each level (the innermost span is the last)."""
@@ -124,6 +131,8 @@ class Request(Message, tag="request"):
     reqid: int
     what: str
     args: dict[str, Any] = {}
+    #: False: nobody waits for the answer (``ClusterClient.tell``), so none is sent
+    answer: bool = True
 
 
 class Ping(Message, tag="ping"):
@@ -418,11 +427,23 @@ class HeartbeatAck(Message, tag="heartbeat-ack"):
 
 class PubsubMsg(Message, tag="pubsub-msg"):
     """One message published to ``topic`` (``Pub.put``): client -> scheduler, which relays the
-    same record to every client subscribed to the topic (scheduler -> client)."""
+    same record to every client subscribed to the topic (scheduler -> client); or, from a
+    publisher in a worker process, straight to a subscriber's worker process (its actor server)."""
 
     topic: NonEmpty
     #: the pickled message: the scheduler only copies it
     msg: bytes
+
+
+class PubsubTargets(Message, tag="pubsub-targets"):
+    """Scheduler -> a client publishing ``topic`` from a worker process: where its subscribers
+    are now.  ``addresses``: the worker processes to send to directly; ``relay``: some are
+    reachable only through the scheduler (drivers).  ``version`` orders the updates."""
+
+    topic: NonEmpty
+    addresses: tuple[str, ...]
+    relay: bool
+    version: int
 
 
 class LoggedEvent(Message, tag="event"):
@@ -609,7 +630,7 @@ class MalformedMessage(ProtocolError):
 
 #: what each kind of receiver accepts
 TO_SCHEDULER = Decoder(
-    RegisterClient, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
+    RegisterClient, RegisterChannel, UpdateGraph, UpdateData, ReleaseKeys, Cancel, Request, Ping, CloseCluster,
     RegisterWorker, TaskFinished, TaskErred, MissingData, WorkerHeartbeat, WorkerStatus, ActorStarted, RunResult,
     LongRunning, StealResponse,
     RegisterNode, Heartbeat, WorkerDied, AddReplica,
@@ -617,11 +638,11 @@ TO_SCHEDULER = Decoder(
 )  # fmt: skip
 TO_CLIENT = Decoder(
     Registered, KeyInMemory, KeyErred, CancelledKeys, LostKeys, Reply, SchedulerError, Pong,
-    PubsubMsg, LoggedEvent,
+    PubsubMsg, PubsubTargets, LoggedEvent,
 )  # fmt: skip
 TO_WORKER = Decoder(Registered, ComputeTask, CancelCompute, StealRequest, Interrupt, KillActor, PluginAdd, Run, Restart)
 TO_AGENT = Decoder(Registered, FreeObjects, StartWorkers, StopWorkers, AcquireReplicas, Close, HeartbeatAck)
-TO_ACTOR_SERVER = Decoder(ActorCall)
+TO_ACTOR_SERVER = Decoder(ActorCall, PubsubMsg)
 FROM_ACTOR_SERVER = Decoder(ActorResult, ActorError)
 TO_OBJECT_SERVER = Decoder(Fetch, GetObject, PutObject)
 FROM_OBJECT_SERVER = Decoder(Fetched, FetchFailed, Object, ObjectMissing, Ready, PutFailed, Stored)

@@ -39,6 +39,7 @@ from runtime.scheduler import amm, holders, placement, record, retire, sampler, 
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.actor_lifetime import ActorLifetime
 from runtime.scheduler.actors import ACTORS_CLIENT, ActorRegistry
+from runtime.scheduler.channels import Channels
 from runtime.scheduler.handlers import registers
 from runtime.scheduler.liveness import Liveness, heartbeat_settings
 from runtime.scheduler.plugins import Plugins
@@ -129,6 +130,8 @@ class Scheduler:
         )
         #: open connections by client id, worker address or node id
         self.comms: dict[str, Comm] = {}
+        #: clients' direct request channels (one per user thread that asks)
+        self.channels = Channels(self)
         #: what each node agent told us about itself (its RegisterNode's fields: store prefix, host, pid)
         self.node_info: dict[str, dict] = {}
         self.address = ""
@@ -259,13 +262,24 @@ class Scheduler:
         self._send(worker_msgs)
         if self.state.dropped_watched:  # actors' handle keys: their last handles are gone
             self.actors.lifetime.dropped(self.state.take_dropped())
+        if self.state.events:
+            events, self.state.events = self.state.events, []
+            for topic, msg in events:
+                self.log_event(topic, msg)
         if isinstance(stimulus, (st.RemoveWorker, st.RemoveNode)):
             self.actors.workers_gone(self.state.workers, stimulus.cause)
         elif isinstance(stimulus, st.RemoveClient):
             self.actors.client_gone(stimulus.client)
+            self.channels.client_gone(stimulus.client)
             for sid in [sid for sid, s in self.samplings.items() if s.client == stimulus.client]:
                 self.samplings.pop(sid).stop()
         self.plugins.after(stimulus)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """Log ``msg`` on ``topic`` in the event log, as a client's ``log_event`` (Dask's ``Scheduler.log_event``)."""
+        ext = self.extensions.get("event_log")
+        if ext is not None:
+            self._send(ext.log.log(topic, msg, time.time()))
 
     def _send(self, msgs: Msgs) -> None:
         for peer, batch in msgs.items():
@@ -307,6 +321,8 @@ class Scheduler:
         if not msgs:
             raise PeerError("its first frame held no message")
         first = msgs[0]
+        if type(first) is m.RegisterChannel:  # a client thread's requests (channels.py)
+            return await self.channels.serve(comm, first, msgs[1:])
         kind, peer, added, removed = self._registration(first)
         if peer in self.comms:
             raise PeerError(f"{m.op_of(type(first))} as {peer!r}, which is already connected")
@@ -417,7 +433,7 @@ class Scheduler:
         table.update({
             m.Cancel: self._on_cancel,
             m.Heartbeat: self._on_heartbeat,
-            m.Request: lambda comm, peer, msg: self._reply(comm, msg.reqid, self._ask(msg.what, msg.args, peer)),
+            m.Request: lambda comm, peer, msg: self._answer(comm, peer, msg),
             m.Ping: lambda comm, peer, msg: comm.send(m.Pong()),  # a client making sure we are there
             m.RunResult: lambda comm, peer, msg: self.runs.answered(peer, msg.run_id, msg.answer),
             m.ActorStarted: lambda comm, peer, msg: self.actors.started(msg),
@@ -443,6 +459,12 @@ class Scheduler:
     def _on_close_cluster(self, comm: Comm, peer: str, msg: m.CloseCluster) -> None:
         logger.info("%s asked to close the cluster: telling %d node agents", peer, len(self.node_info))
         self._send({p: [m.Close()] for p in self.node_info})
+
+    def _answer(self, comm: Comm, peer: str, msg: m.Request) -> None:
+        """Do what ``msg`` asks as ``peer``; answer it on ``comm`` unless nobody waits for it."""
+        result = self._ask(msg.what, msg.args, peer)
+        if msg.answer:
+            self._reply(comm, msg.reqid, result)
 
     @staticmethod
     def _reply(comm: Comm, reqid: int, result: Any) -> None:
@@ -509,6 +531,7 @@ request("story")(lambda s, msg, peer: [list(t[:3]) + [t[4]] for t in s.state.sto
 request("task-states")(lambda s, msg, peer: {k: ts.state for k, ts in s.state.tasks.items()})
 request("processing")(lambda s, msg, peer: {a: [t.key for t in w.processing] for a, w in s.state.workers.items()})
 request("has-what")(lambda s, msg, peer: holders.has_what(s.state))
+request("channels")(lambda s, msg, peer: {client: len(open_) for client, open_ in s.channels.open.items()})
 
 
 @request("identity")

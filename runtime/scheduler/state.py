@@ -204,6 +204,9 @@ class SchedulerState:
         self.steals: dict[TaskState, stealing.Steal] = {}
         #: steals asked of victims, moved on their answer, and declined (started or done), so far
         self.steal_counts = {"requested": 0, "moved": 0, "declined": 0}
+        #: events for the event log, (topic, message), taken by the shell after each stimulus
+        #: (work stealing's, on topic "stealing", as Dask's)
+        self.events: list[tuple[str, Any]] = []
         #: tasks the current stimulus recommended for processing, placed once it has settled
         self._to_place: list[TaskState] = []
 

@@ -13,6 +13,13 @@
                    -> released -> waiting -> processing on the thief (compute-task to it)
                otherwise: the task stays where it is, and is not asked for again
 
+Each round of requests and each answer is logged on the event log's topic "stealing", as
+Dask logs them (``client.get_events("stealing")``): ``("request", [[key, victim, thief],
+...])``, and per answer ``("confirm" | "already-computing" | "reschedule", key, state,
+victim, thief, request)`` ("reschedule": given up, but not moved to the thief: it is gone,
+paused, or the task is no longer wanted) or ``("stale-response" | "already-aborted", key, state, worker,
+request)``.  The state machine leaves them in ``SchedulerState.events``; the shell logs them.
+
 A steal counts only once the victim confirms it gave the task up: a task that started
 (``executing``, seceded ones too) or finished (``gone``: its result was sent before the
 answer) stays with the victim, so no task runs twice.  A steal whose task leaves the victim
@@ -67,6 +74,8 @@ LATENCY = 0.1
 LEVELS = 15
 #: candidates looked at per victim and round, from the end of its queue
 SCAN = 100
+#: the event log's topic for what work stealing does (Dask's)
+TOPIC = "stealing"
 
 
 @dataclass(slots=True)
@@ -188,6 +197,7 @@ def balance(s: SchedulerState) -> list[tuple[str, str, str]]:
 def request_steals(self: SchedulerState, s: st.RequestSteals, out: Outbox) -> Recs:
     """Ask each victim for its task, if the move still holds: the task processes, not yet
     started as far as we know, on the victim, and the thief is a running worker."""
+    requested = []
     for key, victim, thief in s.moves:
         ts = self.tasks.get(key)
         ws = ts.processing_on if ts is not None else None
@@ -200,6 +210,9 @@ def request_steals(self: SchedulerState, s: st.RequestSteals, out: Outbox) -> Re
         self.steal_counts["requested"] += 1
         out.to_worker(victim, StealRequest(key, s.stimulus_id))
         self.transition_log.append((key, "processing", "processing", {}, s.stimulus_id))  # for story
+        requested.append([key, victim, thief])
+    if requested:
+        self.events.append((TOPIC, ("request", requested)))
     return {}
 
 
@@ -210,20 +223,28 @@ def steal_response(self: SchedulerState, s: st.StealResponse, out: Outbox) -> Re
     wherever placement says, should the thief be gone or paused since)."""
     ts = self.tasks.get(s.key)
     steal = self.steals.get(ts) if ts is not None else None
-    if ts is None or steal is None or steal.declined or steal.request != s.request or steal.victim.address != s.worker:
-        return {}  # stale: the task left the victim since (its steal went with it), or another request's answer
+    if ts is None or steal is None or steal.declined:  # the task left the victim since: its steal went with it
+        self.events.append((TOPIC, ("already-aborted", s.key, s.state, s.worker, s.request)))
+        return {}
+    if steal.request != s.request or steal.victim.address != s.worker:  # another request's answer
+        self.events.append((TOPIC, ("stale-response", s.key, s.state, s.worker, s.request)))
+        return {}
     self.transition_log.append((ts.key, "processing", "processing", {}, s.stimulus_id))
+    logged = (ts.key, s.state, steal.victim.address, steal.thief.address, s.request)
     if s.state != "queued":  # started, or finished (its result came first): it stays
         steal.declined = True
         self.steal_counts["declined"] += 1
+        self.events.append((TOPIC, ("already-computing", *logged)))
         return {}
     del self.steals[ts]
     self.steal_counts["moved"] += 1
     recs = self.transition(ts, "released", s.stimulus_id, out)  # its cancel-compute to the victim is a no-op there
     if recs.pop(ts.key, None) != "waiting":
+        self.events.append((TOPIC, ("reschedule", *logged)))
         return recs  # nobody needs it any more
     recs.update(self.transition(ts, "waiting", s.stimulus_id, out))
     if recs.pop(ts.key, None) != "processing":
+        self.events.append((TOPIC, ("reschedule", *logged)))
         return recs
     thief = steal.thief
     if (
@@ -232,8 +253,10 @@ def steal_response(self: SchedulerState, s: st.StealResponse, out: Outbox) -> Re
         and thief in _thieves_for(self, ts, [thief])
     ):
         recs.update(self.transition(ts, "processing", s.stimulus_id, out, thief))
+        self.events.append((TOPIC, ("confirm", *logged)))
     else:
         recs[ts.key] = "processing"  # placed as any ready task, once the stimulus has settled
+        self.events.append((TOPIC, ("reschedule", *logged)))
     return recs
 
 

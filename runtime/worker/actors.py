@@ -16,6 +16,10 @@ exactly the order each caller made them and a call costs no hand-off between thr
 round trip is what sequential callers wait on).  With ``max_concurrency=N`` calls go to a
 FIFO served by N threads; an actor with ``async def`` methods runs them on an event loop of
 its own.  The instance never leaves this process, so calls never serialise its state.
+
+The same server takes the ``pubsub-msg``s that publishers on other workers send to this
+process's subscribers directly (``runtime/client/pubsub.py``); it opens for the first
+actor or the first such subscriber.
 """
 
 from __future__ import annotations
@@ -213,17 +217,30 @@ class ActorHost:
         self.address = ""
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
+        #: takes the pub/sub messages publishers send here directly (client/pubsub.py), once set
+        self.on_pubsub: Callable[[m.PubsubMsg], None] | None = None
 
     def create(self, cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
         """On an executor thread: build the instance, open the call server, tell the scheduler."""
         instance = cls(*args, **kwargs)
         with self._lock:
-            if not self.address:
-                self._listener = socket.create_server((self._interface, 0))
-                threading.Thread(target=self._accept, args=(self._listener,), name="actor-server", daemon=True).start()
-                self.address = f"tcp://{self._interface}:{self._listener.getsockname()[1]}"
+            self._listen()
             self.actors[actor_id] = Actor(self, actor_id, instance, max_concurrency)
         self.worker.post(m.ActorStarted(actor_id, self.worker.address, self.address))
+
+    def pubsub_address(self, on_pubsub: Callable[[m.PubsubMsg], None]) -> str:
+        """Where publishers send this process's pub/sub messages directly (``on_pubsub`` takes them)."""
+        with self._lock:
+            self.on_pubsub = on_pubsub
+            self._listen()
+        return self.address
+
+    def _listen(self) -> None:
+        """Open the server, once.  Call with ``_lock`` held."""
+        if not self.address:
+            self._listener = socket.create_server((self._interface, 0))
+            threading.Thread(target=self._accept, args=(self._listener,), name="actor-server", daemon=True).start()
+            self.address = f"tcp://{self._interface}:{self._listener.getsockname()[1]}"
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -260,6 +277,10 @@ class ActorHost:
                         logger.warning("actor server: dropping the connection from %s: %s", peer, e)
                     return
                 for msg in msgs:
+                    if type(msg) is m.PubsubMsg:  # from a publisher on another worker (client/pubsub.py)
+                        if self.on_pubsub is not None:
+                            self.on_pubsub(msg)
+                        continue
                     actor = self.actors.get(msg.actor)
                     if actor is None:
                         why = self.gone.get(msg.actor, "it is not on this worker")

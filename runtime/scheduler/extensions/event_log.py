@@ -15,7 +15,6 @@ plugin, holds it and forgets a client that leaves.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -100,9 +99,7 @@ def _events(s: Scheduler) -> EventLog:
     return s.extensions["event_log"].log
 
 
-@request("log-event")
-def _log_event(s: Scheduler, msg: dict, peer: str) -> None:
-    s._send(_events(s).log(msg["topic"], msg["msg"], time.time()))
+request("log-event")(lambda s, msg, peer: s.log_event(msg["topic"], msg["msg"]))
 
 
 request("get-events")(lambda s, msg, peer: _events(s).get(msg.get("topic")))
