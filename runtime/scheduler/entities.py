@@ -351,22 +351,23 @@ class HeapSet:
         if k == 1:  # the common case: one slot freed
             front = self._front()
             return [front[-1]] if front is not None else []
-        heap, members = self._heap, self._members
+        heap, lane, members = self._heap, self._lane, self._members
         self._front()
         taken: list[tuple] = []  # popped off the heap, pushed back after
         top: list[TaskState] = []
-        entries = self._lane
-        lane = (e for i in range(self._start, len(entries)) if members.get((e := entries[i])[-1]) == e[-2])
-        next_lane = next(lane, None)
+        i = self._start  # the next lane entry to look at (the lane is left as it is)
         while len(top) < k:
             while heap and members.get(heap[0][-1]) != heap[0][-2]:
                 heapq.heappop(heap)
+            while i < len(lane) and members.get(lane[i][-1]) != lane[i][-2]:
+                i += 1
+            next_lane = lane[i] if i < len(lane) else None
             if heap and (next_lane is None or heap[0] < next_lane):
                 taken.append(heapq.heappop(heap))
                 top.append(taken[-1][-1])
             elif next_lane is not None:
                 top.append(next_lane[-1])
-                next_lane = next(lane, None)
+                i += 1
             else:
                 break
         for entry in taken:
