@@ -1,6 +1,7 @@
 """Build: the scheduler's state machine compiled by mypyc where it can be; plain Python elsewhere.
 
-Everything else about the package is declared in ``pyproject.toml``.  The modules named in
+Everything else about the package is declared in ``pyproject.toml`` (how mypy sees the
+code for mypyc too: ``[tool.mypy]``).  The modules named in
 ``runtime/scheduler/compiled.py`` (``MODULES``) are compiled from their sources as they are,
 when mypy (a build requirement) and a C compiler are there.  Where either is missing, or
 the compiler fails, the install goes on with the plain Python sources and says so once.
@@ -29,9 +30,6 @@ compiled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compiled)
 
 SOURCES = [f"runtime/scheduler/{name}.py" for name in compiled.MODULES]
-#: mypy's view of the rest: the build environment has none of the dependencies, and only
-#: the compiled modules' own type errors matter here
-MYPY_FLAGS = ["--ignore-missing-imports", "--follow-imports=silent"]
 
 
 def _warn(why: str) -> None:
@@ -47,7 +45,7 @@ def ext_modules() -> list[Any]:
         _warn(f"no mypyc: {e}")
         return []
     try:
-        return mypycify([*SOURCES, *MYPY_FLAGS], group_name="runtime.scheduler._core", opt_level="3")
+        return mypycify(SOURCES, group_name="runtime.scheduler._core", opt_level="3")
     except (Exception, SystemExit) as e:  # mypy found a type error, which it reports above
         _warn(f"mypyc failed: {e!r}")
         return []

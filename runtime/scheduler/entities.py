@@ -12,7 +12,7 @@ import io
 import math
 import pickle
 from collections.abc import Iterator
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from runtime.comm.messages import Message, StoreRef, Value
 
@@ -26,8 +26,13 @@ Recs = dict[str, TaskStateState]
 #: messages to send: client id, worker address or node id -> wire-ready messages
 Msgs = dict[str, list[Message]]
 #: what a transition returns: more recommendations, client messages, worker messages
-#: how to run a task: the pickled callable and the pickled (args, kwargs)
-T_runspec = tuple[bytes, bytes]
+# The local schedulers (``runtime/local.py``) drive this same state machine in the client's
+# process, with the objects themselves where workers send pickles: the function and its
+# arguments, the value (in a ``local.Box``), the exception.  The state never looks inside them.
+#: how to run a task: the pickled callable and the pickled (args, kwargs), or those themselves
+T_runspec = tuple[Any, Any]
+#: the exception a task raised: pickled, or itself
+T_exception = bytes | BaseException
 
 
 #: bits of a priority that number tasks in the order they were submitted
@@ -151,7 +156,7 @@ class TaskState:
         #: size of the value in bytes
         self.nbytes = 0
         #: pickled exception, remote traceback text and str(exception), when erred
-        self.exception: bytes | None = None
+        self.exception: T_exception | None = None
         self.traceback: str | None = None
         self.exception_text = ""
         #: the erred task this one failed because of (itself if it raised)

@@ -74,6 +74,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     Msgs,
     NodeState,
     Recs,
+    T_exception,
     T_runspec,
     TaskGroup,
     TaskState,
@@ -642,7 +643,7 @@ class SchedulerState:
             recs[ts.key] = "forgotten"
         return recs
 
-    def _fail(self, ts: TaskState, exception: bytes, traceback: str, text: str, recs: Recs, out: Outbox) -> Recs:
+    def _fail(self, ts: TaskState, exception: T_exception, traceback: str, text: str, recs: Recs, out: Outbox) -> Recs:
         """``ts`` raised (or cannot run): it errs, blaming itself."""
         ts.state = "erred"
         ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
@@ -651,7 +652,7 @@ class SchedulerState:
         return recs
 
     def _transition_processing_erred(
-        self, ts: TaskState, out: Outbox, worker: str, exception: bytes, traceback: str, exception_text: str
+        self, ts: TaskState, out: Outbox, worker: str, exception: T_exception, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
         if (ws := self._exit_processing(ts)) is not None:
@@ -678,7 +679,8 @@ class SchedulerState:
     def _erred_msg(ts: TaskState) -> KeyErred:
         blame = ts.exception_blame or ts
         worker = ",".join(sorted(blame.erred_on or ()))
-        return KeyErred(ts.key, blame.exception or b"", blame.traceback or "", blame.exception_text, blame.key, worker)
+        exception = blame.exception or b""  # the exception itself under the local schedulers (T_exception)
+        return KeyErred(ts.key, exception, blame.traceback or "", blame.exception_text, blame.key, worker)  # type: ignore[arg-type]
 
     def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
