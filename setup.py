@@ -61,7 +61,7 @@ class BuildExt(build_ext):
         except Exception as e:  # no C compiler (CCompilerError, DistutilsExecError, ...), or it failed
             for ext in self.extensions:
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
-            _warn(f"compiling failed: {e}")
+            _warn(f"compiling failed: {type(e).__name__}, the compiler's output is above")
             return
         if self.extensions:
             stamp = Path(self.get_ext_fullpath(f"runtime.scheduler.{compiled.MODULES[0]}")).parent / compiled.STAMP
