@@ -5,17 +5,27 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint perf clean browser
 
-$(VENV)/.installed: pyproject.toml
+# The state machine's modules compiled by mypyc (runtime/scheduler/compiled.py's MODULES):
+# an edit to one of them rebuilds, so the tests run what the sources say (compiled).
+COMPILED := $(foreach m,entities state placement order clients,runtime/scheduler/$(m).py)
+STATE_TESTS := $(wildcard tests/test_state*.py) tests/test_extensions_state.py tests/test_memory_state.py \
+	tests/test_compiled.py
+
+$(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@$(PY) -c "from runtime.scheduler import compiled as c; print('runtime: the state machine runs', c.running(), '-', c.BUILD)"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
+# The whole suite on the compiled state machine, then the state machine's own tests on its
+# plain Python sources (what runs where no C compiler is).
 test: lint
 	RUNTIME_VALIDATE=1 $(PY) -m pytest
+	RUNTIME_VALIDATE=1 RUNTIME_PURE_PYTHON=1 $(PY) -m pytest -q $(STATE_TESTS)
 
 # Headless Chromium for the dashboard's browser test (tests/test_dashboard.py skips without it).
 browser:
@@ -24,8 +34,8 @@ browser:
 		echo "warning: could not install chromium; the dashboard's browser test will be skipped"
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check runtime tests perf examples
-	$(PY) -m ruff format --check runtime tests perf examples
+	$(PY) -m ruff check runtime tests perf examples setup.py
+	$(PY) -m ruff format --check runtime tests perf examples setup.py
 
 # Benchmarks against Dask and Ray (installed into .venv only for this target).
 $(VENV)/.perf-installed: $(VENV)/.installed
@@ -42,3 +52,4 @@ perf: $(VENV)/.perf-installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -f runtime/scheduler/*.so runtime/scheduler/_compiled.json

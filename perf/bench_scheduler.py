@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -84,20 +85,19 @@ class _TransitionCounter(SchedulerPlugin):
         self.count += 1
 
 
-class _Shell(SchedulerState):
-    """The state machine with the shell's plugin hook after each stimulus."""
+def _shell_handle(s: SchedulerState, plugins: str) -> Callable[[st.Stimulus], tuple[dict, dict]]:
+    """``s.handle`` with the shell's plugin hook after each stimulus (as ``server.py`` calls them)."""
+    host = Plugins(SimpleNamespace(state=s))  # type: ignore[arg-type]
+    host.add(_ClientWatcher(), "client-watcher")
+    if plugins == "transition":
+        host.add(_TransitionCounter(), "counter")
 
-    def __init__(self, plugins: str, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.plugins = Plugins(SimpleNamespace(state=self))  # type: ignore[arg-type]
-        self.plugins.add(_ClientWatcher(), "client-watcher")
-        if plugins == "transition":
-            self.plugins.add(_TransitionCounter(), "counter")
-
-    def handle(self, stimulus: st.Stimulus) -> Any:
-        out = super().handle(stimulus)
-        self.plugins.after(stimulus)
+    def handle(stimulus: st.Stimulus) -> tuple[dict, dict]:
+        out = s.handle(stimulus)
+        host.after(stimulus)
         return out
+
+    return handle
 
 
 def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
@@ -106,15 +106,16 @@ def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
     base = proc.memory_info().rss
     specs = GRAPHS[graph](n)
     keys = tuple(s.key for s in specs)
-    s = SchedulerState(validate=validate) if plugins == "off" else _Shell(plugins, validate=validate)
-    s.handle(st.AddClient("add-client", "client"))
-    s.handle(st.AddNode("add-node", "node"))
+    s = SchedulerState(validate=validate)
+    handle = s.handle if plugins == "off" else _shell_handle(s, plugins)
+    handle(st.AddClient("add-client", "client"))
+    handle(st.AddNode("add-node", "node"))
     for i in range(N_WORKERS):
-        s.handle(st.AddWorker(f"add-worker-{i}", f"w{i}", "node", 1))
+        handle(st.AddWorker(f"add-worker-{i}", f"w{i}", "node", 1))
     gc.disable()  # as in a long-running scheduler, where cyclic GC passes are rare
     sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     t0 = time.perf_counter()
-    _, wmsgs = s.handle(st.UpdateGraph("update-graph", "client", tuple(specs), keys, 0))
+    _, wmsgs = handle(st.UpdateGraph("update-graph", "client", tuple(specs), keys, 0))
     t_graph = time.perf_counter() - t0
     del specs
     rss_graph = proc.memory_info().rss - base
@@ -142,7 +143,7 @@ def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
         for w in busy:
             key = queues[w].popleft()
             started = tuple(hints.pop(key, ()))
-            _, wmsgs = s.handle(st.TaskFinished("task-finished", key, w, b"value", 5, 0.0, 0.001, started))
+            _, wmsgs = handle(st.TaskFinished("task-finished", key, w, b"value", 5, 0.0, 0.001, started))
             queues[w].extendleft(reversed(started))  # they run next, there
             finished += 1
             if wmsgs:
@@ -153,7 +154,7 @@ def run_one(graph: str, n: int, validate: bool, plugins: str = "off") -> dict:
     assert finished == n if graph == "ep" else finished == len(keys), (finished, n)
     assert all(ts.state == "memory" for ts in s.tasks.values() if ts.who_wants)
     t2 = time.perf_counter()
-    s.handle(st.ClientReleasesKeys("release-keys", "client", keys))
+    handle(st.ClientReleasesKeys("release-keys", "client", keys))
     t_release = time.perf_counter() - t2
     t_sys = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
     gc.enable()

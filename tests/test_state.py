@@ -566,10 +566,11 @@ def test_the_validate_request_names_a_failure_of_the_state_machine_or_an_invalid
     assert "w1" in sched._ask("validate", {}, "c1")["error"]
     sched.state.idle[sched.state.workers["w1"]] = None
 
-    def broken(stimulus):
+    def broken(stimulus, out):
         raise KeyError("oops")
 
-    monkeypatch.setattr(sched.state, "handle", broken)
+    # Its handler table, not its handle(): a compiled state's methods cannot be patched.
+    monkeypatch.setitem(sched.state._handlers, st.AddClient, broken)
     sched.handle_stimulus(st.AddClient("add-c2", "c2"))  # logged and told to clients, as it always was
     monkeypatch.undo()
     assert sched._ask("validate", {}, "c1") == {"error": "the scheduler failed while handling add-c2: KeyError: 'oops'"}

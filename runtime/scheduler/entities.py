@@ -12,7 +12,7 @@ import io
 import math
 import pickle
 from collections.abc import Iterator
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from runtime.comm.messages import Message, StoreRef, Value
 
@@ -26,8 +26,13 @@ Recs = dict[str, TaskStateState]
 #: messages to send: client id, worker address or node id -> wire-ready messages
 Msgs = dict[str, list[Message]]
 #: what a transition returns: more recommendations, client messages, worker messages
-#: how to run a task: the pickled callable and the pickled (args, kwargs)
-T_runspec = tuple[bytes, bytes]
+# The local schedulers (``runtime/local.py``) drive this same state machine in the client's
+# process, with the objects themselves where workers send pickles: the function and its
+# arguments, the value (in a ``local.Box``), the exception.  The state never looks inside them.
+#: how to run a task: the pickled callable and the pickled (args, kwargs), or those themselves
+T_runspec = tuple[Any, Any]
+#: the exception a task raised: pickled, or itself
+T_exception = bytes | BaseException
 
 
 #: bits of a priority that number tasks in the order they were submitted
@@ -151,7 +156,7 @@ class TaskState:
         #: size of the value in bytes
         self.nbytes = 0
         #: pickled exception, remote traceback text and str(exception), when erred
-        self.exception: bytes | None = None
+        self.exception: T_exception | None = None
         self.traceback: str | None = None
         self.exception_text = ""
         #: the erred task this one failed because of (itself if it raised)
@@ -351,22 +356,23 @@ class HeapSet:
         if k == 1:  # the common case: one slot freed
             front = self._front()
             return [front[-1]] if front is not None else []
-        heap, members = self._heap, self._members
+        heap, lane, members = self._heap, self._lane, self._members
         self._front()
         taken: list[tuple] = []  # popped off the heap, pushed back after
         top: list[TaskState] = []
-        entries = self._lane
-        lane = (e for i in range(self._start, len(entries)) if members.get((e := entries[i])[-1]) == e[-2])
-        next_lane = next(lane, None)
+        i = self._start  # the next lane entry to look at (the lane is left as it is)
         while len(top) < k:
             while heap and members.get(heap[0][-1]) != heap[0][-2]:
                 heapq.heappop(heap)
+            while i < len(lane) and members.get(lane[i][-1]) != lane[i][-2]:
+                i += 1
+            next_lane = lane[i] if i < len(lane) else None
             if heap and (next_lane is None or heap[0] < next_lane):
                 taken.append(heapq.heappop(heap))
                 top.append(taken[-1][-1])
             elif next_lane is not None:
                 top.append(next_lane[-1])
-                next_lane = next(lane, None)
+                i += 1
             else:
                 break
         for entry in taken:

@@ -31,8 +31,8 @@ def order_indices(dependencies: Sequence[Sequence[int | None]], names: Sequence[
     """
     n = len(dependencies)
     needed = bytearray(n)
-    for deps in dependencies:
-        for d in deps:
+    for task_deps in dependencies:
+        for d in task_deps:
             if d is not None:
                 needed[d] = 1
     mark = bytearray(n)

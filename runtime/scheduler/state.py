@@ -74,6 +74,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
     Msgs,
     NodeState,
     Recs,
+    T_exception,
     T_runspec,
     TaskGroup,
     TaskState,
@@ -85,7 +86,7 @@ from runtime.scheduler.entities import (  # noqa: F401 - re-exported: the specif
 )
 from runtime.scheduler.handlers import HANDLERS, handles
 from runtime.scheduler.order import CycleError, order_specs
-from runtime.scheduler.validation import InvariantError  # noqa: F401
+from runtime.scheduler.validation import InvalidTransition, InvariantError  # noqa: F401
 
 #: expected duration of a task whose kind has never run (Dask's default too)
 UNKNOWN_TASK_DURATION = 0.5
@@ -97,12 +98,6 @@ def _default(key: str) -> Any:
     """A setting's default, from the config tree (the one place defaults live).  The state
     machine takes its settings as arguments; these are only what it takes when given none."""
     return config.SETTINGS[key].default
-
-
-class InvalidTransition(RuntimeError):
-    def __init__(self, key: str, start: str, finish: str, stimulus_id: str = ""):
-        self.key, self.start, self.finish = key, start, finish
-        super().__init__(f"no transition for task {key!r} from {start!r} to {finish!r} (stimulus {stimulus_id!r})")
 
 
 class Outbox:
@@ -196,7 +191,7 @@ class SchedulerState:
         #: tasks numbered so far, in the order submitted (the sequence in their priority)
         self._sequence = 0
         #: stimulus class -> its handler, bound to this state (``handlers.HANDLERS``)
-        self._handlers: dict[type, Callable[[Any], Recs]] = {
+        self._handlers: dict[type, Callable[[Any, Outbox], Recs]] = {
             kind: partial(handler, self) for kind, handler in HANDLERS.items()
         }
         #: steals asked of a victim and not yet confirmed, and those it declined (stealing.py);
@@ -362,8 +357,6 @@ class SchedulerState:
         ts.state = "queued"
         self.queued.add(ts)
         return {}
-
-    _transition_no_worker_queued = _transition_waiting_queued
 
     def _transition_waiting_no_worker(self, ts: TaskState, out: Outbox) -> Recs:
         ts.state = "no-worker"
@@ -666,7 +659,7 @@ class SchedulerState:
             recs[ts.key] = "forgotten"
         return recs
 
-    def _fail(self, ts: TaskState, exception: bytes, traceback: str, text: str, recs: Recs, out: Outbox) -> Recs:
+    def _fail(self, ts: TaskState, exception: T_exception, traceback: str, text: str, recs: Recs, out: Outbox) -> Recs:
         """``ts`` raised (or cannot run): it errs, blaming itself."""
         ts.state = "erred"
         ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
@@ -675,7 +668,7 @@ class SchedulerState:
         return recs
 
     def _transition_processing_erred(
-        self, ts: TaskState, out: Outbox, worker: str, exception: bytes, traceback: str, exception_text: str
+        self, ts: TaskState, out: Outbox, worker: str, exception: T_exception, traceback: str, exception_text: str
     ) -> Recs:
         recs: Recs = {}
         if (ws := self._exit_processing(ts)) is not None:
@@ -702,7 +695,8 @@ class SchedulerState:
     def _erred_msg(ts: TaskState) -> KeyErred:
         blame = ts.exception_blame or ts
         worker = ",".join(sorted(blame.erred_on or ()))
-        return KeyErred(ts.key, blame.exception or b"", blame.traceback or "", blame.exception_text, blame.key, worker)
+        exception = blame.exception or b""  # the exception itself under the local schedulers (T_exception)
+        return KeyErred(ts.key, exception, blame.traceback or "", blame.exception_text, blame.key, worker)  # type: ignore[arg-type]
 
     def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
         """``ts`` will not run now: its dependencies need not keep their values for it."""
@@ -721,10 +715,6 @@ class SchedulerState:
         self._erred_common(ts, recs, out)
         return recs
 
-    _transition_released_erred = _transition_waiting_erred
-    _transition_no_worker_erred = _transition_waiting_erred
-    _transition_queued_erred = _transition_waiting_erred
-
     def _transition_waiting_released(self, ts: TaskState, out: Outbox) -> Recs:
         recs: Recs = {}
         if ts.hinted is not None:
@@ -734,9 +724,6 @@ class SchedulerState:
         ts.waiting = None
         ts.state = "released"
         return self._release_or_retry(ts, recs)
-
-    _transition_no_worker_released = _transition_waiting_released
-    _transition_queued_released = _transition_waiting_released
 
     def _release_or_retry(self, ts: TaskState, recs: Recs) -> Recs:
         # Going back to waiting keeps its inputs: they would only be recomputed.
@@ -803,6 +790,7 @@ class SchedulerState:
         except CycleError as e:
             return self._reject_graph(cs, [spec for spec in s.tasks if spec.key not in self.tasks], str(e), out)
         new: list[TaskState | None] = [None] * len(specs)
+        ts: TaskState | None
         # Which new tasks the client wants, by index: each is then marked as it is made, in
         # graph order, next to the rest of its state, not found again in the task table.
         wanted, wanted_before = bytearray(len(specs)), []
@@ -976,10 +964,12 @@ class SchedulerState:
 
 
 S = SchedulerState
+# Pairs that make the same move share one function, named by the first of them (not an alias
+# per pair: a class attribute bound to another method is no method once compiled).
 _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("released", "waiting"): S._transition_released_waiting,
     ("released", "memory"): S._transition_released_memory,
-    ("released", "erred"): S._transition_released_erred,
+    ("released", "erred"): S._transition_waiting_erred,
     ("released", "forgotten"): S._transition_released_forgotten,
     ("waiting", "processing"): S._transition_waiting_processing,
     ("waiting", "queued"): S._transition_waiting_queued,
@@ -987,12 +977,12 @@ _TRANSITIONS: dict[tuple[str, str], Callable[..., Recs]] = {
     ("waiting", "released"): S._transition_waiting_released,
     ("waiting", "erred"): S._transition_waiting_erred,
     ("queued", "processing"): S._transition_queued_processing,
-    ("queued", "released"): S._transition_queued_released,
-    ("queued", "erred"): S._transition_queued_erred,
+    ("queued", "released"): S._transition_waiting_released,
+    ("queued", "erred"): S._transition_waiting_erred,
     ("no-worker", "processing"): S._transition_no_worker_processing,
-    ("no-worker", "queued"): S._transition_no_worker_queued,
-    ("no-worker", "released"): S._transition_no_worker_released,
-    ("no-worker", "erred"): S._transition_no_worker_erred,
+    ("no-worker", "queued"): S._transition_waiting_queued,
+    ("no-worker", "released"): S._transition_waiting_released,
+    ("no-worker", "erred"): S._transition_waiting_erred,
     ("processing", "memory"): S._transition_processing_memory,
     ("processing", "erred"): S._transition_processing_erred,
     ("processing", "released"): S._transition_processing_released,

@@ -2,7 +2,8 @@
 
 One ``_validate_<state>`` per task state, run on the task a transition moved, and
 ``validate_state`` over everything, run after every stimulus.  A broken rule raises
-``InvariantError`` naming the key (or worker, or client) and the rule.
+``InvariantError`` naming the key (or worker, or client) and the rule; a transition the
+table has none for raises ``InvalidTransition``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ PENDING = ("waiting", "no-worker", "queued", "processing")
 
 class InvariantError(AssertionError):
     """validate=True found the state inconsistent; the message names the key and the rule."""
+
+
+class InvalidTransition(RuntimeError):
+    """A transition the table has no function for (``state._TRANSITIONS``).  Declared here,
+    not in the compiled ``state.py``: mypyc compiles no subclass of RuntimeError."""
+
+    def __init__(self, key: str, start: str, finish: str, stimulus_id: str = ""):
+        self.key, self.start, self.finish = key, start, finish
+        super().__init__(f"no transition for task {key!r} from {start!r} to {finish!r} (stimulus {stimulus_id!r})")
 
 
 def _check(ts: TaskState, ok: bool, what: str) -> None:
