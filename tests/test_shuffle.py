@@ -17,7 +17,7 @@ from conftest import validated, wait_until
 import runtime as rt
 from runtime.objstore import store
 from runtime.shuffling import hashing
-from runtime.shuffling.shards import shard_name
+from runtime.shuffling.shards import GROUPS, shard_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers do not import tests/
 
@@ -40,7 +40,7 @@ def check(outs: list, inputs: list[pa.Table], on: list[str]) -> None:
 def shard_files_left(client, outs: list) -> list[str]:
     sid = outs[0].key.split("-")[2]
     nodes = client.request("identity")["nodes"]
-    names = [shard_name(info["prefix"], sid, i) for info in nodes.values() for i in range(64)]
+    names = [shard_name(info["prefix"], sid, i, g) for info in nodes.values() for i in range(64) for g in range(GROUPS)]
     return [n for n in names if store.find(n) is not None]
 
 
