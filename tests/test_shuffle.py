@@ -18,6 +18,7 @@ import runtime as rt
 from runtime.objstore import store
 from runtime.shuffling import hashing
 from runtime.shuffling.shards import GROUPS, shard_name
+from runtime.shuffling.tasks import ShuffleError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers do not import tests/
 
@@ -166,17 +167,98 @@ def test_a_worker_killed_mid_shuffle_changes_no_result_and_frees_every_shard(clu
     cluster.client.wait_for_workers(2, timeout=30)
 
 
-def test_cancelling_the_outputs_frees_every_shard(cluster, tmp_path):
+def store_files(prefixes: list[str], sid: str, ninputs: int) -> list[str]:
+    """The shuffle's shard files as listed in /dev/shm and in the spill directory."""
+    names = {shard_name(p, sid, i, g) for p in prefixes for i in range(ninputs) for g in range(GROUPS)}
+    spilled = os.listdir(store.spill_dir()) if os.path.isdir(store.spill_dir()) else []
+    return sorted(set(os.listdir(store.SHM_DIR) + spilled) & names)
+
+
+def test_cancelling_the_outputs_frees_every_shard_in_memory_and_spilled(tmp_path):
     marker, go = str(tmp_path / "pid"), str(tmp_path / "go")
-    parts = [rt.put(table(0)), rt.put(table(1)), rt.remote(gated).remote(2, marker, go)]
-    outs = rt.shuffle(parts, on="k", npartitions=3)
+    limit = 16 * 2**20
+    with (
+        rt.config.set({"store.spill-dir": str(tmp_path / "spill")}),
+        rt.LocalCluster(n_workers=2, object_store_memory=limit) as lc,
+        rt.Client(lc) as client,
+        validated(client.core),
+    ):
+        assert store.spill_dir() == str(tmp_path / "spill")
+        make = lambda i: table(i, rows=200_000, keys=10_000)  # noqa: E731  3.2 MB each
+        parts = [client.submit(make, i) for i in range(10)]
+        parts.append(client.submit(gated, 10, marker, go))  # the barrier waits for it
+        outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
+        sid = outs[0].key.split("-")[2]
+        states = lambda: client.core.request("task-states")  # noqa: E731
+        wait_until(
+            lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in range(10)),
+            "the ungated inputs' shards are written",
+        )
+        wait_until(lambda: os.listdir(tmp_path / "spill"), "some shards spilled")  # 10 * 3.2 MB > the store
+        assert store_files([lc.prefix], sid, 11)
+        client.cancel(outs)
+        open(go, "w").close()
+        wait_until(lambda: not store_files([lc.prefix], sid, 11), "every shard file is gone, in memory and on disk")
+        wait_until(lambda: client.core.request("shuffle-runs")[sid][2], "the shuffle has ended")
+
+
+def killable(i: int, go: str) -> pa.Table:
+    """An input that waits for ``go`` (bounded) off its worker's threads."""
+    rt.secede()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rt.rejoin()
+    return table(i)
+
+
+def _node_loss(lc: rt.LocalCluster, client: rt.Client, tmp_path) -> tuple[list, list[pa.Table]]:
+    """A shuffle whose transfers wrote shards on both nodes, then node 1 killed (agent and
+    workers) before the barrier: returns the outputs and the inputs."""
+    go = str(tmp_path / "go")
+    workers = client.core.request("identity")["workers"]
+    on = {node: sorted(w for w, info in workers.items() if info["node"] == node) for node in lc.nodes}
+    inputs = [table(i) for i in range(7)]
+    parts = [client.submit(table, i, workers=on[lc.nodes[i % 2]], allow_other_workers=True) for i in range(6)]
+    parts.append(client.submit(killable, 6, go, workers=on[lc.nodes[0]]))  # holds the barrier back
+    outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
     sid = outs[0].key.split("-")[2]
-    wait_until(lambda: cluster.client.request("task-states").get(f"shuffle-transfer-{sid}-0") == "memory", "a shard")
-    assert shard_files_left(cluster.client, outs)
-    rt.cancel(outs)
+    states = lambda: client.core.request("task-states")  # noqa: E731
+    wait_until(
+        lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in range(6)),
+        "the ungated inputs' shards are written",
+    )
+    assert store_files([lc.prefixes[1]], sid, 7), "no transfer ran on node 1"
+    lc.agent_procs[1].kill()
+    wait_until(lambda: list(client.core.request("identity")["nodes"]) == [lc.nodes[0]], "node 1 is gone")
     open(go, "w").close()
-    wait_until(lambda: not shard_files_left(cluster.client, outs), "the shard files are freed")
-    wait_until(lambda: cluster.client.request("shuffle-runs")[sid][2], "the shuffle has ended")
+    return outs, inputs
+
+
+def test_a_node_lost_mid_shuffle_restarts_it_with_every_row(tmp_path):
+    with rt.LocalCluster(n_workers=2, n_nodes=2) as lc, rt.Client(lc) as client, validated(client.core):
+        try:
+            outs, inputs = _node_loss(lc, client, tmp_path)
+            check(client.gather(outs, timeout=120), inputs, ["k"])  # its shards were written again
+            sid = outs[0].key.split("-")[2]
+            assert client.core.request("shuffle-runs")[sid][3] == 1  # restarted once
+            wait_until(lambda: not store_files([lc.prefixes[0]], sid, 7), "the shard files are freed")
+        finally:
+            store.sweep(lc.prefixes[1])  # what the killed agent left
+
+
+def test_a_shuffle_that_loses_shards_too_often_fails_with_a_clear_error(tmp_path):
+    with (
+        rt.config.set({"scheduler.allowed-failures": 0}),
+        rt.LocalCluster(n_workers=2, n_nodes=2) as lc,
+        rt.Client(lc) as client,
+    ):
+        try:
+            outs, _ = _node_loss(lc, client, tmp_path)
+            with pytest.raises(ShuffleError, match=r"lost shards 1 times, more than allowed-failures \(0\)"):
+                client.gather(outs, timeout=120)
+        finally:
+            store.sweep(lc.prefixes[1])
 
 
 def test_a_shuffle_three_times_the_store_spills_and_completes():
@@ -202,3 +284,28 @@ def test_two_nodes_read_each_others_shards():
 
 def _workers(client) -> list[str]:
     return sorted(client.core.request("identity")["workers"])
+
+
+def test_a_groups_files_are_freed_once_its_outputs_are_built():
+    """The extension frees each group's files as soon as its last output is in memory."""
+    from runtime.scheduler.extensions.shuffle import ShuffleSchedulerPlugin, output_key
+
+    sent = []
+
+    class Scheduler:  # what the plugin uses of one
+        node_info = {"n1": {"prefix": "rt-1-abcdef-"}}
+        extensions: dict = {}
+
+        def send_to(self, node, msg):
+            sent.append(set(msg.names))
+
+    plugin = ShuffleSchedulerPlugin(Scheduler())
+    plugin.register({"sid": "s1", "ninputs": 2, "noutputs": 16})  # 8 groups of 2 outputs
+    files = lambda g: {shard_name("rt-1-abcdef-", "s1", i, g) for i in range(2)}  # noqa: E731
+    plugin.transition(output_key("s1", 0), "processing", "memory", stimulus_id="x")
+    assert sent == []  # output 1, of the same group, still reads them
+    plugin.transition(output_key("s1", 1), "processing", "erred", stimulus_id="x")
+    assert sent == [files(0)]
+    plugin.transition(output_key("s1", 5), "processing", "forgotten", stimulus_id="x")
+    plugin.transition(output_key("s1", 4), "processing", "memory", stimulus_id="x")
+    assert sent == [files(0), files(2)]
