@@ -87,9 +87,7 @@ def as_table(value: Any, what: str) -> tuple[Any, bool]:
 
 
 def transfer(value: Any, plan: Plan, index: int) -> ShardFile:
-    """Input task ``index``: split the partition by output partition into one shard file."""
-    from runtime.worker.actors import get_worker
-
+    """Input task ``index``: split the partition by output partition into its shard files."""
     table, was_pandas = as_table(value, f"input partition {index}")
     n = plan.npartitions
     if plan.on is None:
@@ -102,7 +100,15 @@ def transfer(value: Any, plan: Plan, index: int) -> ShardFile:
                 f"its columns are {table.column_names}"
             )
         parts = hashing.partition_of(table, list(plan.on), n)
+    return write(table, parts, plan, index, was_pandas)
+
+
+def write(table: Any, parts: np.ndarray, plan: Plan, index: int, was_pandas: bool) -> ShardFile:
+    """Write input ``index`` (``table``, each row to output ``parts[row]``) as its shard files."""
+    from runtime.worker.actors import get_worker
+
     worker = get_worker()
+    n = plan.npartitions
     names = tuple(shards.shard_name(worker.prefix, plan.sid, index, g) for g in range(shards.ngroups(n)))
     spans = shards.write_shards(list(names), table, parts, n)
     schema = table.schema.serialize().to_pybytes()

@@ -74,6 +74,8 @@ class ShuffleRun:
     #: its numbers of inputs and outputs
     ninputs: int
     noutputs: int
+    #: each output's key (``output_key``, or a Dask graph's keys)
+    outputs: list[str] = field(default_factory=list)
     #: output indices not yet in memory
     pending: set[int] = field(default_factory=set)
     #: transfer indices running now
@@ -99,6 +101,8 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         #: shuffles by id, open and ended (an ended one is kept to catch late writers)
         self.runs: dict[str, ShuffleRun] = {}
+        #: output key -> its shuffle and index, for the shuffles followed
+        self.output_of: dict[str, tuple[ShuffleRun, int]] = {}
         #: timers of late frees
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -108,45 +112,51 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
             raise ValueError(f"a shuffle id is letters and digits, not {sid!r}")
         if not all(isinstance(n, int) and n >= 0 for n in (ninputs, noutputs)):
             raise ValueError(f"numbers of inputs and outputs must be whole numbers, not {ninputs!r}, {noutputs!r}")
+        outputs = msg.get("outputs") or [output_key(sid, j) for j in range(noutputs)]
+        if len(outputs) != noutputs or not all(isinstance(k, str) for k in outputs):
+            raise ValueError(f"outputs must be {noutputs} keys, not {outputs!r:.200}")
         if sid not in self.runs:
-            self.runs[sid] = ShuffleRun(sid, ninputs, noutputs, set(range(noutputs)))
+            run = self.runs[sid] = ShuffleRun(sid, ninputs, noutputs, list(outputs), set(range(noutputs)))
+            for j, key in enumerate(outputs):
+                self.output_of[key] = (run, j)
 
     def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
-        if not key.startswith("shuffle-"):
-            return
-        _, kind, sid, *rest = key.split("-")
-        run = self.runs.get(sid)
-        if run is None:
-            return
-        if kind == "transfer":
-            i = int(rest[0])
-            if finish == "processing":
-                run.running.add(i)
-                if run.ended:  # run again: an output is recomputed
-                    self._reopen(run)
-            else:
-                run.running.discard(i)
-                if run.ended:  # a late writer
-                    self._free(run, [i])
-                elif finish == "memory":  # rewritten after a restart: groups done need none of it
-                    self._free(run, [i], [g for g in range(ngroups(run.noutputs)) if run.group_done(g)])
-        elif kind == "output":
-            j = int(rest[0])
-            if finish in ("memory", "erred", "forgotten"):  # it needs no shard any more
-                run.pending.discard(j)
-                if not run.pending:
-                    self._end(run)
-                elif run.group_done(g := group_of(j, run.noutputs)):
-                    self._free(run, range(run.ninputs), [g])
-            else:
-                run.pending.add(j)
+        if key.startswith("shuffle-transfer-"):
+            sid, i = key[len("shuffle-transfer-") :].split("-")
+            run = self.runs.get(sid)
+            if run is not None:
+                self._transfer(run, int(i), finish)
+        elif (hit := self.output_of.get(key)) is not None:
+            self._output(*hit, finish)
+
+    def _transfer(self, run: ShuffleRun, i: int, finish: str) -> None:
+        if finish == "processing":
+            run.running.add(i)
+            if run.ended:  # run again: an output is recomputed
+                self._reopen(run)
+        else:
+            run.running.discard(i)
+            if run.ended:  # a late writer
+                self._free(run, [i])
+            elif finish == "memory":  # rewritten after a restart: groups done need none of it
+                self._free(run, [i], [g for g in range(ngroups(run.noutputs)) if run.group_done(g)])
+
+    def _output(self, run: ShuffleRun, j: int, finish: str) -> None:
+        if finish in ("memory", "erred", "forgotten"):  # it needs no shard any more
+            run.pending.discard(j)
+            if not run.pending:
+                self._end(run)
+            elif run.group_done(g := group_of(j, run.noutputs)):
+                self._free(run, range(run.ninputs), [g])
+        else:
+            run.pending.add(j)
 
     def _reopen(self, run: ShuffleRun) -> None:
         tasks = self.scheduler.state.tasks
         run.ended = False
         run.pending = set()
-        for j in range(run.noutputs):
-            ts = tasks.get(output_key(run.sid, j))
+        for j, key in enumerate(run.outputs):
+            ts = tasks.get(key)
             if ts is not None and ts.state != "memory":
                 run.pending.add(j)
 
@@ -157,7 +167,8 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
         self._free(run, range(run.ninputs))
         ended = [sid for sid, r in self.runs.items() if r.ended]
         for sid in ended[: max(0, len(ended) - KEEP_ENDED)]:
-            del self.runs[sid]
+            for key in self.runs.pop(sid).outputs:
+                self.output_of.pop(key, None)
         if run.running:
             loop = asyncio.get_running_loop()
             late = sorted(run.running)
@@ -189,7 +200,7 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
         if run.failed:
             return run.failed
         state = self.scheduler.state
-        if state.is_current(output_key(sid, output), worker) is None:
+        if not 0 <= output < run.noutputs or state.is_current(run.outputs[output], worker) is None:
             return "stale"
         run.restarts += 1
         if run.restarts > state.allowed_failures:
