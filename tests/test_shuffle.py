@@ -218,8 +218,10 @@ def _node_loss(lc: rt.LocalCluster, client: rt.Client, tmp_path) -> tuple[list, 
     go = str(tmp_path / "go")
     workers = client.core.request("identity")["workers"]
     on = {node: sorted(w for w, info in workers.items() if info["node"] == node) for node in lc.nodes}
-    inputs = [table(i) for i in range(7)]
-    parts = [client.submit(table, i, workers=on[lc.nodes[i % 2]], allow_other_workers=True) for i in range(6)]
+    inputs = [table(i, rows=20_000) for i in range(6)] + [table(6)]
+    # Stored (over the inline threshold) in the store of the node that made them: their
+    # transfers run there.
+    parts = [client.submit(table, i, 20_000, workers=on[lc.nodes[i % 2]], allow_other_workers=True) for i in range(6)]
     parts.append(client.submit(killable, 6, go, workers=on[lc.nodes[0]]))  # holds the barrier back
     outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
     sid = outs[0].key.split("-")[2]
