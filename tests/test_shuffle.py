@@ -135,11 +135,13 @@ FIXED_K = [0, 789, 67, 535]
 FIXED_SK = [967, 362, 379, 714]
 
 
-def gated(i: int, marker: str, go: str) -> pa.Table:
-    """An input that records its worker's pid and waits for ``go`` (bounded), off its
-    worker's threads (so the other inputs' tasks run meanwhile, wherever they were put)."""
-    with open(f"{marker}.{i}", "w") as f:
-        f.write(str(os.getpid()))
+def gated(i: int, marker: str | None, go: str) -> pa.Table:
+    """An input that records its worker's pid (with a ``marker``) and waits for ``go``
+    (bounded), off its worker's threads (so the other inputs' tasks run meanwhile, wherever
+    they were put)."""
+    if marker is not None:
+        with open(f"{marker}.{i}", "w") as f:
+            f.write(str(os.getpid()))
     rt.secede()
     deadline = time.monotonic() + 60
     while not os.path.exists(go) and time.monotonic() < deadline:
@@ -148,17 +150,22 @@ def gated(i: int, marker: str, go: str) -> pa.Table:
     return table(i)
 
 
+def wait_for_transfers(core, outs: list, indices: range) -> str:
+    """Wait until the transfers ``indices`` of the shuffle of ``outs`` are done; its id."""
+    sid = outs[0].key.split("-")[2]
+    wait_until(
+        lambda: all(core.request("task-states").get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in indices),
+        "the ungated inputs' shards are written",
+    )
+    return sid
+
+
 def test_a_worker_killed_mid_shuffle_changes_no_result_and_frees_every_shard(cluster, tmp_path):
     marker, go = str(tmp_path / "pid"), str(tmp_path / "go")
     make = rt.remote(gated)
     parts = [rt.put(table(0)), rt.put(table(1)), make.remote(2, marker, go), rt.put(table(3))]
     outs = rt.shuffle(parts, on="k", npartitions=4)
-    sid = outs[0].key.split("-")[2]
-    states = lambda: cluster.client.request("task-states")  # noqa: E731
-    wait_until(
-        lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in (0, 1)),
-        "the ungated inputs' shards are written",
-    )
+    wait_for_transfers(cluster.client, outs, range(2))
     pid = int(wait_until(lambda: os.path.exists(f"{marker}.2") and open(f"{marker}.2").read(), "input 2 runs"))
     os.kill(pid, signal.SIGKILL)
     open(go, "w").close()
@@ -188,28 +195,13 @@ def test_cancelling_the_outputs_frees_every_shard_in_memory_and_spilled(tmp_path
         parts = [client.submit(make, i) for i in range(10)]
         parts.append(client.submit(gated, 10, marker, go))  # the barrier waits for it
         outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
-        sid = outs[0].key.split("-")[2]
-        states = lambda: client.core.request("task-states")  # noqa: E731
-        wait_until(
-            lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in range(10)),
-            "the ungated inputs' shards are written",
-        )
+        sid = wait_for_transfers(client.core, outs, range(10))
         wait_until(lambda: os.listdir(tmp_path / "spill"), "some shards spilled")  # 10 * 3.2 MB > the store
         assert store_files([lc.prefix], sid, 11)
         client.cancel(outs)
         open(go, "w").close()
         wait_until(lambda: not store_files([lc.prefix], sid, 11), "every shard file is gone, in memory and on disk")
         wait_until(lambda: client.core.request("shuffle-runs")[sid][2], "the shuffle has ended")
-
-
-def killable(i: int, go: str) -> pa.Table:
-    """An input that waits for ``go`` (bounded) off its worker's threads."""
-    rt.secede()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    rt.rejoin()
-    return table(i)
 
 
 def _node_loss(lc: rt.LocalCluster, client: rt.Client, tmp_path) -> tuple[list, list[pa.Table]]:
@@ -222,14 +214,9 @@ def _node_loss(lc: rt.LocalCluster, client: rt.Client, tmp_path) -> tuple[list, 
     # Stored (over the inline threshold) in the store of the node that made them: their
     # transfers run there.
     parts = [client.submit(table, i, 20_000, workers=on[lc.nodes[i % 2]], allow_other_workers=True) for i in range(6)]
-    parts.append(client.submit(killable, 6, go, workers=on[lc.nodes[0]]))  # holds the barrier back
+    parts.append(client.submit(gated, 6, None, go, workers=on[lc.nodes[0]]))  # holds the barrier back
     outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
-    sid = outs[0].key.split("-")[2]
-    states = lambda: client.core.request("task-states")  # noqa: E731
-    wait_until(
-        lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in range(6)),
-        "the ungated inputs' shards are written",
-    )
+    sid = wait_for_transfers(client.core, outs, range(6))
     assert store_files([lc.prefixes[1]], sid, 7), "no transfer ran on node 1"
     lc.agent_procs[1].kill()
     wait_until(lambda: list(client.core.request("identity")["nodes"]) == [lc.nodes[0]], "node 1 is gone")
@@ -302,7 +289,7 @@ def test_a_groups_files_are_freed_once_its_outputs_are_built():
             sent.append(set(msg.names))
 
     plugin = ShuffleSchedulerPlugin(Scheduler())
-    plugin.register({"sid": "s1", "ninputs": 2, "noutputs": 16})  # 8 groups of 2 outputs
+    plugin.register({"sid": "s1", "ninputs": 2, "noutputs": 2 * GROUPS})  # groups of 2 outputs
     files = lambda g: {shard_name("rt-1-abcdef-", "s1", i, g) for i in range(2)}  # noqa: E731
     plugin.transition(output_key("s1", 0), "processing", "memory", stimulus_id="x")
     assert sent == []  # output 1, of the same group, still reads them

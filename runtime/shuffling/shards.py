@@ -13,8 +13,9 @@ its group:
 
 Groups bound memory: the scheduler's shuffle extension frees a group's files as soon as
 every output of the group is built, so while outputs accumulate the shards shrink (outputs
-run about in order), and the shuffle holds about ``1 + 1 / GROUPS`` times its data at its
-peak rather than twice it.
+run about in order), and the shuffle holds about ``1 + 1 / GROUPS`` times its data (and what
+the outputs being built hold) at its peak rather than twice it.  More groups, more files:
+16 is 1600 files of 0.6 MB for 1 GB in 100 partitions.
 
 File names are derived from the shuffle's id, the input's index and the group
 (``shard_name``), so a run of an input task again (its worker died, or the shuffle
@@ -33,7 +34,7 @@ import numpy as np
 from runtime.objstore import store
 
 #: the most shard files an input writes (the outputs' groups; see the module's docstring)
-GROUPS = 8
+GROUPS = 16
 
 
 def group_size(npartitions: int) -> int:

@@ -122,9 +122,9 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
 
     def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
         if key.startswith("shuffle-transfer-"):
-            sid, i = key[len("shuffle-transfer-") :].split("-")
+            sid, _, i = key[len("shuffle-transfer-") :].partition("-")
             run = self.runs.get(sid)
-            if run is not None:
+            if run is not None and i.isdigit():  # not a user's task of a name like ours
                 self._transfer(run, int(i), finish)
         elif (hit := self.output_of.get(key)) is not None:
             self._output(*hit, finish)
