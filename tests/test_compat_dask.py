@@ -257,6 +257,9 @@ def test_dataframe_shuffle_merge_and_set_index_use_runtime_shuffle(c):
         if name == "shuffle":  # each key in the one partition Dask's own shuffle gives it
             for mine, dasks in zip(c.compute(frame.to_delayed(), sync=True), frame.to_delayed(), strict=True):
                 assert set(mine["k"]) == set(dasks.compute(scheduler="sync")["k"])
+    expected = df.shuffle("k").compute(scheduler="sync").sort_values("v")
+    for method in ("tasks", "p2p"):  # whatever method Dask was told (p2p without distributed's workers)
+        assert c.compute(df.shuffle("k", shuffle_method=method), sync=True).sort_values("v").equals(expected)
     (ours,) = dask.compute(df.shuffle("k"), scheduler=c.get)  # the expression dask.compute hands over
     assert len(ours) == 2000 and ours.index.name == "ix"
     wait_until(lambda: all(run[2] for run in c.core.request("shuffle-runs").values()), "every shuffle ended")

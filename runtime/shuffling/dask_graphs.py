@@ -45,21 +45,32 @@ if TYPE_CHECKING:
 
 def graph(client: Client, obj: Any) -> Mapping:
     """The task graph of ``obj`` (anything with ``__dask_graph__``), each DataFrame shuffle in it
-    a runtime shuffle (registered with the scheduler's shuffle extension)."""
+    a runtime shuffle (registered with the scheduler's shuffle extension).
+
+    Built as ``Expr.__dask_graph__`` builds it, each expression's ``_layer()`` merged, but a
+    shuffle's layer ours: a Dask shuffle's own is never made (``P2PShuffle``'s would import
+    ``distributed``)."""
     expr = _lowered(obj)
     if expr is None:
         return obj.__dask_graph__()
     from dask.dataframe.dask_expr._shuffle import SimpleShuffle
 
-    dsk = dict(expr.__dask_graph__())
+    dsk: dict = {}
     agents = None
-    for node in expr.find_operations(SimpleShuffle):
-        schema = _schema(node)
-        if schema is None:
+    stack, seen = [expr], set()
+    while stack:
+        node = stack.pop()
+        if node._name in seen:
             continue
-        if agents is None:
-            agents = {n: info["address"] for n, info in client.core.request("identity")["nodes"].items()}
-        _replace(client, dsk, node, schema, agents)
+        seen.add(node._name)
+        schema = _schema(node) if isinstance(node, SimpleShuffle) else None
+        if schema is None:
+            dsk.update(node._layer())
+        else:
+            if agents is None:
+                agents = {n: info["address"] for n, info in client.core.request("identity")["nodes"].items()}
+            dsk.update(_layer(client, node, schema, agents))
+        stack.extend(node.dependencies())
     return dsk
 
 
@@ -91,12 +102,11 @@ def _schema(node: Any) -> Any:
     return None if any(pa.types.is_null(f.type) for f in schema) else schema
 
 
-def _replace(client: Client, dsk: dict, node: Any, schema: Any, agents: dict[str, str]) -> None:
-    """Swap the tasks of Dask shuffle ``node`` in ``dsk`` for a runtime shuffle's."""
+def _layer(client: Client, node: Any, schema: Any, agents: dict[str, str]) -> dict:
+    """A runtime shuffle's tasks in place of Dask shuffle ``node``'s, under its output keys."""
     from runtime.client.graph import runtime_key
 
-    for key in node._layer():
-        dsk.pop(key, None)
+    dsk: dict = {}
     sid = hashlib.blake2b(node._name.encode(), digest_size=8).hexdigest()  # pure, as Dask's keys
     n, npartitions = node.frame.npartitions, node.npartitions_out
     plan = tasks.Plan(sid, None, npartitions, 0, agents)
@@ -111,6 +121,7 @@ def _replace(client: Client, dsk: dict, node: Any, schema: Any, agents: dict[str
     client.core.request(
         "shuffle-register", sid=sid, ninputs=n, noutputs=npartitions, outputs=[runtime_key(k) for k in outputs]
     )
+    return dsk
 
 
 def transfer(df: Any, plan: tasks.Plan, index: int, raw_schema: bytes) -> tasks.ShardFile:
