@@ -18,7 +18,6 @@ import runtime as rt
 from runtime.objstore import store
 from runtime.shuffling import hashing
 from runtime.shuffling.shards import GROUPS, shard_name
-from runtime.shuffling.tasks import ShuffleError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers do not import tests/
 
@@ -244,7 +243,7 @@ def test_a_shuffle_that_loses_shards_too_often_fails_with_a_clear_error(tmp_path
     ):
         try:
             outs, _ = _node_loss(lc, client, tmp_path)
-            with pytest.raises(ShuffleError, match=r"lost shards 1 times, more than allowed-failures \(0\)"):
+            with pytest.raises(rt.ShuffleError, match=r"lost shards 1 times, more than allowed-failures \(0\)"):
                 client.gather(outs, timeout=120)
         finally:
             store.sweep(lc.prefixes[1])
