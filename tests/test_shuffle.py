@@ -17,7 +17,7 @@ from conftest import validated, wait_until
 import runtime as rt
 from runtime.objstore import store
 from runtime.shuffling import hashing
-from runtime.shuffling.shards import GROUPS, shard_name
+from runtime.shuffling.shards import GROUPS, WHOLE, shard_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers do not import tests/
 
@@ -40,7 +40,12 @@ def check(outs: list, inputs: list[pa.Table], on: list[str]) -> None:
 def shard_files_left(client, outs: list) -> list[str]:
     sid = outs[0].key.split("-")[2]
     nodes = client.request("identity")["nodes"]
-    names = [shard_name(info["prefix"], sid, i, g) for info in nodes.values() for i in range(64) for g in range(GROUPS)]
+    names = [
+        shard_name(info["prefix"], sid, i, g)
+        for info in nodes.values()
+        for i in range(64)
+        for g in (*range(GROUPS), WHOLE)
+    ]
     return [n for n in names if store.find(n) is not None]
 
 
@@ -175,7 +180,7 @@ def test_a_worker_killed_mid_shuffle_changes_no_result_and_frees_every_shard(clu
 
 def store_files(prefixes: list[str], sid: str, ninputs: int) -> list[str]:
     """The shuffle's shard files as listed in /dev/shm and in the spill directory."""
-    names = {shard_name(p, sid, i, g) for p in prefixes for i in range(ninputs) for g in range(GROUPS)}
+    names = {shard_name(p, sid, i, g) for p in prefixes for i in range(ninputs) for g in (*range(GROUPS), WHOLE)}
     spilled = os.listdir(store.spill_dir()) if os.path.isdir(store.spill_dir()) else []
     return sorted(set(os.listdir(store.SHM_DIR) + spilled) & names)
 

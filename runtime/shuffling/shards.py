@@ -17,6 +17,10 @@ run about in order), and the shuffle holds about ``1 + 1 / GROUPS`` times its da
 the outputs being built hold) at its peak rather than twice it.  More groups, more files:
 16 is 1600 files of 0.6 MB for 1 GB in 100 partitions.
 
+A small input (under ``SMALL`` bytes) writes one file for all outputs instead, under a
+group of its own (``WHOLE``), freed when the shuffle ends: up to 16 files of a few
+kilobytes each cost more to write and read than they save.
+
 File names are derived from the shuffle's id, the input's index and the group
 (``shard_name``), so a run of an input task again (its worker died, or the shuffle
 restarted) replaces its files rather than leaving orphans, and the extension frees every
@@ -35,6 +39,22 @@ from runtime.objstore import store
 
 #: the most shard files an input writes (the outputs' groups; see the module's docstring)
 GROUPS = 16
+
+
+#: an input smaller than this (bytes) writes one file for all outputs
+SMALL = 1 << 20
+#: the group of such a file
+WHOLE = -1
+
+
+def groups_of(nbytes: int, npartitions: int) -> list[int]:
+    """The groups of the files an input of ``nbytes`` writes."""
+    return [WHOLE] if nbytes < SMALL else list(range(ngroups(npartitions)))
+
+
+def file_of(groups: int, j: int, npartitions: int) -> int:
+    """Which of an input's ``groups`` files holds output ``j``."""
+    return group_of(j, npartitions) if groups > 1 else 0
 
 
 def group_size(npartitions: int) -> int:
@@ -64,8 +84,8 @@ def shard_name(prefix: str, sid: str, index: int, group: int) -> str:
 
 def write_shards(names: list[str], table: Any, parts: np.ndarray, npartitions: int) -> np.ndarray:
     """Write ``table``'s rows grouped by output partition (``parts``, one per row) as shard
-    files ``names`` (one per group); returns each output's ``(start, end)`` byte span in its
-    group's file."""
+    files ``names`` (one per group, or one for all outputs); returns each output's
+    ``(start, end)`` byte span in its file (``file_of``)."""
     import pyarrow as pa
 
     counts = np.bincount(parts, minlength=npartitions)
@@ -77,7 +97,7 @@ def write_shards(names: list[str], table: Any, parts: np.ndarray, npartitions: i
     starts = np.concatenate(([0], np.cumsum(counts)))
     spans = np.empty((npartitions, 2), dtype=np.int64)
     for g, name in enumerate(names):
-        outputs = group_outputs(g, npartitions)
+        outputs = group_outputs(g, npartitions) if len(names) > 1 else range(npartitions)
         batches = [
             batch.slice(int(starts[j]), int(counts[j])) if batch is not None else _empty(table.schema) for j in outputs
         ]

@@ -61,7 +61,7 @@ class ShardFile:
 
     index: int
     node: str
-    #: the name of its file of each group of outputs (``shards.group_of``)
+    #: the name of its file of each group of outputs (``shards.group_of``), or of its one file
     names: tuple[str, ...]
     #: the ``(start, end)`` byte span of each output partition's batch in its group's file
     spans: np.ndarray
@@ -71,6 +71,10 @@ class ShardFile:
     pandas: bool
     #: where this node's agent listens (for nodes that joined after the plan)
     agent: str
+
+    def name(self, j: int, plan: Plan) -> str:
+        """The file that holds output ``j``'s batch."""
+        return self.names[shards.file_of(len(self.names), j, plan.npartitions)]
 
 
 def as_table(value: Any, what: str) -> tuple[Any, bool]:
@@ -109,7 +113,8 @@ def write(table: Any, parts: np.ndarray, plan: Plan, index: int, was_pandas: boo
 
     worker = get_worker()
     n = plan.npartitions
-    names = tuple(shards.shard_name(worker.prefix, plan.sid, index, g) for g in range(shards.ngroups(n)))
+    groups = shards.groups_of(table.nbytes, n)
+    names = tuple(shards.shard_name(worker.prefix, plan.sid, index, g) for g in groups)
     spans = shards.write_shards(list(names), table, parts, n)
     schema = table.schema.serialize().to_pybytes()
     return ShardFile(index, worker.node, names, spans, schema, was_pandas, worker.agent)
@@ -159,7 +164,6 @@ def output(files: list[ShardFile], plan: Plan, j: int) -> Any:
 
 
 def _read(files: list[ShardFile], plan: Plan, j: int, worker: Any, schema: Any) -> list[Any]:
-    g = shards.group_of(j, plan.npartitions)
     batches: list[Any] = []
     by_node: dict[str, list[ShardFile]] = {}
     for f in files:
@@ -168,9 +172,9 @@ def _read(files: list[ShardFile], plan: Plan, j: int, worker: Any, schema: Any) 
         what = f"shard {j} of shuffle {plan.sid} on node {node}"
         if node == worker.node:
             for f in group:
-                batches += shards.read_local(f.names[g], schema, [(int(f.spans[j, 0]), int(f.spans[j, 1]))], what)
+                batches += shards.read_local(f.name(j, plan), schema, [(int(f.spans[j, 0]), int(f.spans[j, 1]))], what)
         else:
-            ranges = [(f.names[g], int(f.spans[j, 0]), int(f.spans[j, 1])) for f in group]
+            ranges = [(f.name(j, plan), int(f.spans[j, 0]), int(f.spans[j, 1])) for f in group]
             batches += shards.read_remote(plan.agents.get(node, group[0].agent), schema, ranges, what)
     return batches
 

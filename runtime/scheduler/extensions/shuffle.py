@@ -40,7 +40,7 @@ from runtime.comm.messages import FreeObjects
 from runtime.scheduler import stimuli as st
 from runtime.scheduler.plugins import SchedulerPlugin
 from runtime.scheduler.server import request
-from runtime.shuffling.shards import group_of, group_outputs, ngroups, shard_name
+from runtime.shuffling.shards import WHOLE, group_of, group_outputs, ngroups, shard_name
 
 if TYPE_CHECKING:
     from runtime.scheduler.server import Scheduler
@@ -184,7 +184,9 @@ class ShuffleSchedulerPlugin(SchedulerPlugin):
     def _free(self, run: ShuffleRun, indices: Any, groups: Any = None) -> None:
         """Free the shard files of inputs ``indices`` (of ``groups``, default all) on every node
         (a missing one is no error)."""
-        pairs = [(i, g) for i in indices for g in (range(ngroups(run.noutputs)) if groups is None else groups)]
+        if groups is None:  # small inputs' files too (one file for all outputs)
+            groups = [*range(ngroups(run.noutputs)), WHOLE]
+        pairs = [(i, g) for i in indices for g in groups]
         for node, info in self.scheduler.node_info.items():
             names = tuple(shard_name(info["prefix"], run.sid, i, g) for i, g in pairs)
             if names:
