@@ -26,7 +26,7 @@ _EXPORTS = {
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
     "LocalCluster": "runtime.cluster",
-    "shuffle": "runtime.shuffling.api",
+    "shuffle": "runtime.shuffling.api", "ShuffleError": "runtime.shuffling.tasks",
     "MemorySampler": "runtime.diagnostics",
     "get_worker": "runtime.worker.actors",
     "get_client": "runtime.api.in_task", "worker_client": "runtime.api.in_task",
@@ -44,7 +44,7 @@ __all__ = [
     "config",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
-    "secede", "rejoin", "shuffle",
+    "secede", "rejoin", "shuffle", "ShuffleError",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
     "Pub", "Sub", "span", "log_event",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
@@ -98,5 +98,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )  # fmt: skip
     from runtime.scheduler.plugins import SchedulerPlugin
     from runtime.shuffling.api import shuffle
+    from runtime.shuffling.tasks import ShuffleError
     from runtime.worker.actors import get_worker
     from runtime.worker.plugins import WorkerPlugin

@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError
 
 import cloudpickle
 import pytest
-from conftest import validated
+from conftest import validated, wait_until
 
 from runtime import Client, LocalCluster, as_completed, wait
 
@@ -219,3 +219,47 @@ def test_scattered_and_put_data_show_in_who_has_and_has_what(c):
     # read it without a transfer between workers: here, every worker of the one node
     assert set(has[small.key]) == workers and set(has[big.key]) == workers
     assert all(small.key in keys and big.key in keys for keys in c.has_what().values())
+
+
+# -- dask.dataframe shuffles run as runtime.shuffle -------------------------------------
+
+
+def _shuffles(c) -> set[str]:
+    return set(c.core.request("shuffle-runs"))
+
+
+def test_dataframe_shuffle_merge_and_set_index_use_runtime_shuffle(c):
+    dask = pytest.importorskip("dask")
+    dd = pytest.importorskip("dask.dataframe")
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    pdf = pd.DataFrame(
+        {"k": rng.integers(0, 50, 2000), "v": np.arange(2000.0), "s": [f"s{i % 3}" for i in range(2000)]},
+        index=pd.Index(np.arange(2000) * 3, name="ix"),
+    )
+    df = dd.from_pandas(pdf, npartitions=4)
+    right = dd.from_pandas(pd.DataFrame({"k": np.arange(50), "w": np.arange(50) * 2.0}), npartitions=3)
+    cases = [
+        ("shuffle", df.shuffle("k", npartitions=5), 1),
+        ("merge", df.merge(right, on="k"), 2),  # both sides shuffled by the key
+        ("set_index", df.set_index("k"), 1),  # by divisions: the _partitions column
+    ]
+    for name, frame, nshuffles in cases:
+        before = _shuffles(c)
+        ours = c.compute(frame, sync=True)
+        assert len(_shuffles(c) - before) == nshuffles, name
+        theirs = frame.compute(scheduler="sync")
+        ours, theirs = ours.sort_values("v"), theirs.sort_values("v")
+        if name == "merge":  # its index is each partition's row number: the order rows came in
+            ours, theirs = ours.reset_index(drop=True), theirs.reset_index(drop=True)
+        assert ours.equals(theirs), name  # index and dtypes too
+        if name == "shuffle":  # each key in the one partition Dask's own shuffle gives it
+            for mine, dasks in zip(c.compute(frame.to_delayed(), sync=True), frame.to_delayed(), strict=True):
+                assert set(mine["k"]) == set(dasks.compute(scheduler="sync")["k"])
+    expected = df.shuffle("k").compute(scheduler="sync").sort_values("v")
+    for method in ("tasks", "p2p"):  # whatever method Dask was told (p2p without distributed's workers)
+        assert c.compute(df.shuffle("k", shuffle_method=method), sync=True).sort_values("v").equals(expected)
+    (ours,) = dask.compute(df.shuffle("k"), scheduler=c.get)  # the expression dask.compute hands over
+    assert len(ours) == 2000 and ours.index.name == "ix"
+    wait_until(lambda: all(run[2] for run in c.core.request("shuffle-runs").values()), "every shuffle ended")

@@ -17,7 +17,7 @@ from conftest import validated, wait_until
 import runtime as rt
 from runtime.objstore import store
 from runtime.shuffling import hashing
-from runtime.shuffling.shards import shard_name
+from runtime.shuffling.layout import GROUPS, WHOLE, shard_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers do not import tests/
 
@@ -40,7 +40,12 @@ def check(outs: list, inputs: list[pa.Table], on: list[str]) -> None:
 def shard_files_left(client, outs: list) -> list[str]:
     sid = outs[0].key.split("-")[2]
     nodes = client.request("identity")["nodes"]
-    names = [shard_name(info["prefix"], sid, i) for info in nodes.values() for i in range(64)]
+    names = [
+        shard_name(info["prefix"], sid, i, g)
+        for info in nodes.values()
+        for i in range(64)
+        for g in (*range(GROUPS), WHOLE)
+    ]
     return [n for n in names if store.find(n) is not None]
 
 
@@ -134,11 +139,13 @@ FIXED_K = [0, 789, 67, 535]
 FIXED_SK = [967, 362, 379, 714]
 
 
-def gated(i: int, marker: str, go: str) -> pa.Table:
-    """An input that records its worker's pid and waits for ``go`` (bounded), off its
-    worker's threads (so the other inputs' tasks run meanwhile, wherever they were put)."""
-    with open(f"{marker}.{i}", "w") as f:
-        f.write(str(os.getpid()))
+def gated(i: int, marker: str | None, go: str) -> pa.Table:
+    """An input that records its worker's pid (with a ``marker``) and waits for ``go``
+    (bounded), off its worker's threads (so the other inputs' tasks run meanwhile, wherever
+    they were put)."""
+    if marker is not None:
+        with open(f"{marker}.{i}", "w") as f:
+            f.write(str(os.getpid()))
     rt.secede()
     deadline = time.monotonic() + 60
     while not os.path.exists(go) and time.monotonic() < deadline:
@@ -147,17 +154,22 @@ def gated(i: int, marker: str, go: str) -> pa.Table:
     return table(i)
 
 
+def wait_for_transfers(core, outs: list, indices: range) -> str:
+    """Wait until the transfers ``indices`` of the shuffle of ``outs`` are done; its id."""
+    sid = outs[0].key.split("-")[2]
+    wait_until(
+        lambda: all(core.request("task-states").get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in indices),
+        "the ungated inputs' shards are written",
+    )
+    return sid
+
+
 def test_a_worker_killed_mid_shuffle_changes_no_result_and_frees_every_shard(cluster, tmp_path):
     marker, go = str(tmp_path / "pid"), str(tmp_path / "go")
     make = rt.remote(gated)
     parts = [rt.put(table(0)), rt.put(table(1)), make.remote(2, marker, go), rt.put(table(3))]
     outs = rt.shuffle(parts, on="k", npartitions=4)
-    sid = outs[0].key.split("-")[2]
-    states = lambda: cluster.client.request("task-states")  # noqa: E731
-    wait_until(
-        lambda: all(states().get(f"shuffle-transfer-{sid}-{i}") == "memory" for i in (0, 1)),
-        "the ungated inputs' shards are written",
-    )
+    wait_for_transfers(cluster.client, outs, range(2))
     pid = int(wait_until(lambda: os.path.exists(f"{marker}.2") and open(f"{marker}.2").read(), "input 2 runs"))
     os.kill(pid, signal.SIGKILL)
     open(go, "w").close()
@@ -166,17 +178,80 @@ def test_a_worker_killed_mid_shuffle_changes_no_result_and_frees_every_shard(clu
     cluster.client.wait_for_workers(2, timeout=30)
 
 
-def test_cancelling_the_outputs_frees_every_shard(cluster, tmp_path):
+def store_files(prefixes: list[str], sid: str, ninputs: int) -> list[str]:
+    """The shuffle's shard files as listed in /dev/shm and in the spill directory."""
+    names = {shard_name(p, sid, i, g) for p in prefixes for i in range(ninputs) for g in (*range(GROUPS), WHOLE)}
+    spilled = os.listdir(store.spill_dir()) if os.path.isdir(store.spill_dir()) else []
+    return sorted(set(os.listdir(store.SHM_DIR) + spilled) & names)
+
+
+def test_cancelling_the_outputs_frees_every_shard_in_memory_and_spilled(tmp_path):
     marker, go = str(tmp_path / "pid"), str(tmp_path / "go")
-    parts = [rt.put(table(0)), rt.put(table(1)), rt.remote(gated).remote(2, marker, go)]
-    outs = rt.shuffle(parts, on="k", npartitions=3)
-    sid = outs[0].key.split("-")[2]
-    wait_until(lambda: cluster.client.request("task-states").get(f"shuffle-transfer-{sid}-0") == "memory", "a shard")
-    assert shard_files_left(cluster.client, outs)
-    rt.cancel(outs)
+    limit = 16 * 2**20
+    with (
+        rt.config.set({"store.spill-dir": str(tmp_path / "spill")}),
+        rt.LocalCluster(n_workers=2, object_store_memory=limit) as lc,
+        rt.Client(lc) as client,
+        validated(client.core),
+    ):
+        assert store.spill_dir() == str(tmp_path / "spill")
+        make = lambda i: table(i, rows=200_000, keys=10_000)  # noqa: E731  3.2 MB each
+        parts = [client.submit(make, i) for i in range(10)]
+        parts.append(client.submit(gated, 10, marker, go))  # the barrier waits for it
+        outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
+        sid = wait_for_transfers(client.core, outs, range(10))
+        wait_until(lambda: os.listdir(tmp_path / "spill"), "some shards spilled")  # 10 * 3.2 MB > the store
+        assert store_files([lc.prefix], sid, 11)
+        client.cancel(outs)
+        open(go, "w").close()
+        wait_until(lambda: not store_files([lc.prefix], sid, 11), "every shard file is gone, in memory and on disk")
+        wait_until(lambda: client.core.request("shuffle-runs")[sid][2], "the shuffle has ended")
+
+
+def _node_loss(lc: rt.LocalCluster, client: rt.Client, tmp_path) -> tuple[list, list[pa.Table]]:
+    """A shuffle whose transfers wrote shards on both nodes, then node 1 killed (agent and
+    workers) before the barrier: returns the outputs and the inputs."""
+    go = str(tmp_path / "go")
+    workers = client.core.request("identity")["workers"]
+    on = {node: sorted(w for w, info in workers.items() if info["node"] == node) for node in lc.nodes}
+    inputs = [table(i, rows=20_000) for i in range(6)] + [table(6)]
+    # Stored (over the inline threshold) in the store of the node that made them: their
+    # transfers run there.
+    parts = [client.submit(table, i, 20_000, workers=on[lc.nodes[i % 2]], allow_other_workers=True) for i in range(6)]
+    parts.append(client.submit(gated, 6, None, go, workers=on[lc.nodes[0]]))  # holds the barrier back
+    outs = rt.shuffle(parts, on="k", npartitions=4, client=client)
+    sid = wait_for_transfers(client.core, outs, range(6))
+    assert store_files([lc.prefixes[1]], sid, 7), "no transfer ran on node 1"
+    lc.agent_procs[1].kill()
+    wait_until(lambda: list(client.core.request("identity")["nodes"]) == [lc.nodes[0]], "node 1 is gone")
     open(go, "w").close()
-    wait_until(lambda: not shard_files_left(cluster.client, outs), "the shard files are freed")
-    wait_until(lambda: cluster.client.request("shuffle-runs")[sid][2], "the shuffle has ended")
+    return outs, inputs
+
+
+def test_a_node_lost_mid_shuffle_restarts_it_with_every_row(tmp_path):
+    with rt.LocalCluster(n_workers=2, n_nodes=2) as lc, rt.Client(lc) as client, validated(client.core):
+        try:
+            outs, inputs = _node_loss(lc, client, tmp_path)
+            check(client.gather(outs, timeout=120), inputs, ["k"])  # its shards were written again
+            sid = outs[0].key.split("-")[2]
+            assert client.core.request("shuffle-runs")[sid][3] == 1  # restarted once
+            wait_until(lambda: not store_files([lc.prefixes[0]], sid, 7), "the shard files are freed")
+        finally:
+            store.sweep(lc.prefixes[1])  # what the killed agent left
+
+
+def test_a_shuffle_that_loses_shards_too_often_fails_with_a_clear_error(tmp_path):
+    with (
+        rt.config.set({"scheduler.allowed-failures": 0}),
+        rt.LocalCluster(n_workers=2, n_nodes=2) as lc,
+        rt.Client(lc) as client,
+    ):
+        try:
+            outs, _ = _node_loss(lc, client, tmp_path)
+            with pytest.raises(rt.ShuffleError, match=r"lost shards 1 times, more than allowed-failures \(0\)"):
+                client.gather(outs, timeout=120)
+        finally:
+            store.sweep(lc.prefixes[1])
 
 
 def test_a_shuffle_three_times_the_store_spills_and_completes():
@@ -202,3 +277,28 @@ def test_two_nodes_read_each_others_shards():
 
 def _workers(client) -> list[str]:
     return sorted(client.core.request("identity")["workers"])
+
+
+def test_a_groups_files_are_freed_once_its_outputs_are_built():
+    """The extension frees each group's files as soon as its last output is in memory."""
+    from runtime.scheduler.extensions.shuffle import ShuffleSchedulerPlugin, output_key
+
+    sent = []
+
+    class Scheduler:  # what the plugin uses of one
+        node_info = {"n1": {"prefix": "rt-1-abcdef-"}}
+        extensions: dict = {}
+
+        def send_to(self, node, msg):
+            sent.append(set(msg.names))
+
+    plugin = ShuffleSchedulerPlugin(Scheduler())
+    plugin.register({"sid": "s1", "ninputs": 2, "noutputs": 2 * GROUPS})  # groups of 2 outputs
+    files = lambda g: {shard_name("rt-1-abcdef-", "s1", i, g) for i in range(2)}  # noqa: E731
+    plugin.transition(output_key("s1", 0), "processing", "memory", stimulus_id="x")
+    assert sent == []  # output 1, of the same group, still reads them
+    plugin.transition(output_key("s1", 1), "processing", "erred", stimulus_id="x")
+    assert sent == [files(0)]
+    plugin.transition(output_key("s1", 5), "processing", "forgotten", stimulus_id="x")
+    plugin.transition(output_key("s1", 4), "processing", "memory", stimulus_id="x")
+    assert sent == [files(0), files(2)]

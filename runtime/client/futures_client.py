@@ -538,7 +538,7 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             if not hasattr(c, "__dask_graph__") or not hasattr(c, "__dask_postcompute__"):
                 out.append(c)  # not a collection: passed through
                 continue
-            parts = graph.submit(self, c.__dask_graph__(), c.__dask_keys__(), retries)
+            parts = graph.submit(self, c, c.__dask_keys__(), retries)  # the collection: its shuffles are ours
             func, extra = c.__dask_postcompute__()
             out.append(self.submit(graph.finalize, func, parts, extra, key=f"finalize-{_token(parts)}"))
         if sync:

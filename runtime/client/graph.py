@@ -124,7 +124,9 @@ def submit(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
     """Send graph ``dsk``; futures for ``keys`` (a key or nested lists of keys), in their shape.
     Each task is retried up to ``retries`` times."""
     if not isinstance(dsk, Mapping) and hasattr(dsk, "__dask_graph__"):
-        dsk = dsk.__dask_graph__()
+        from runtime.shuffling import dask_graphs
+
+        dsk = dask_graphs.graph(client, dsk)  # DataFrame shuffles run as runtime.shuffle
     if not isinstance(dsk, Mapping):
         raise TypeError(f"get() takes a Dask graph (a dict of key to task), not a {type(dsk).__name__}")
     wanted: list = []

@@ -249,6 +249,16 @@ class Cancel(Stimulus):
     force: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RerunTasks(Stimulus):
+    """Compute ``keys`` again: each in memory or processing is released, and runs again when
+    something needs it, as a lost value does (an extension's restart: a shuffle's whose
+    shards were lost, ``rerun.py``)."""
+
+    op: ClassVar[str] = "rerun-tasks"
+    keys: tuple[str, ...] = field(default=())
+
+
 def _quick_init(cls: _C) -> _C:
     """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
 
