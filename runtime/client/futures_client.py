@@ -34,11 +34,12 @@ import msgspec
 
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
+from runtime.client import dask_actors, graph, waiting
 from runtime.client import datasets as published
-from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_spec
+from runtime.client.dask_extras import DaskExtras
 from runtime.client.extensions import ClientExtensions
-from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
+from runtime.client.future import CANCELLED, ERRED, Future, collect_futures, settle
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
 from runtime.comm import serialize
@@ -62,7 +63,7 @@ def default_client() -> Client | None:
     return client if client is not None and not client._closed else None
 
 
-class Client(ClientExtensions, concurrent.futures.Executor):
+class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
 
     #: whether close() closes the connection (not for get_client()'s, which shares another's)
@@ -178,8 +179,11 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         workers: str | list[str] | None = None,
         resources: dict[str, float] | None = None,
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = 0,
         allow_other_workers: bool = False,
+        fifo_timeout: Any = "100ms",
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> Future:
         """Run ``fn(*args, **kwargs)`` as a task; returns its future.
@@ -187,7 +191,9 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         With ``pure`` (the default) the key is a hash of ``fn`` and its arguments, so the
         same call submitted twice runs once (pass ``pure=False`` for functions with side
         effects or random results).  Futures among the arguments, at any depth, are
-        replaced by their values on the worker.
+        replaced by their values on the worker.  With ``actor=True`` (or ``actors=True``)
+        ``fn`` is a class: its future's result is an actor on a worker (Dask's actors).
+        ``fifo_timeout`` (Dask's) is accepted: priorities are kept as given.
         """
         self._check_open()
         fn = _plain(fn)
@@ -195,7 +201,10 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             raise TypeError(f"submit() needs a callable as its first argument, not a {type(fn).__name__}")
         if key is not None and (not isinstance(key, str) or not key):
             raise TypeError(f"submit() key must be a non-empty string, not {key!r}")
+        parse_timeout(fifo_timeout, "submit() fifo_timeout")
         options = _options(workers, resources, priority, retries, allow_other_workers)
+        if actor or actors:
+            return dask_actors.submit_actor(self, fn, args, kwargs, key, options)
         task, failed = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
         if failed is not None:
             return self.core.failed_future(task.key, failed)
@@ -210,16 +219,24 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         workers: str | list[str] | None = None,
         resources: dict[str, float] | None = None,
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = 0,
         allow_other_workers: bool = False,
         batch_size: int = MAP_BATCH_SIZE,
+        fifo_timeout: Any = "100ms",
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> list[Future]:
         """``fn`` over the items of ``iterables`` (zipped, as the built-in ``map``); one future each.
 
         ``key`` is a prefix for the keys, or a list with one key per item.  Tasks leave in
-        messages of ``batch_size``; ``kwargs`` go to every call.
+        messages of ``batch_size``; ``kwargs`` go to every call.  ``actor=True``: one actor
+        of class ``fn`` per item; ``fifo_timeout`` is accepted, as by ``submit``.
         """
+        if actor or actors:
+            opts = {"workers": workers, "resources": resources, "allow_other_workers": allow_other_workers}
+            return [self.submit(fn, *items, actor=True, pure=pure, **opts, **kwargs) for items in zip(*iterables)]  # noqa: B905
+        parse_timeout(fifo_timeout, "map() fifo_timeout")
         self._check_open()
         fn = _plain(fn)
         if not callable(fn):
@@ -293,8 +310,9 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             self._broadcast(future)
         return future
 
-    def _broadcast(self, future: Future) -> None:
-        """Copy a stored value into every node's store (an inline one travels with each task)."""
+    def _broadcast(self, future: Future, only: list[str] | None = None) -> None:
+        """Copy a stored value into every node's store, or those in ``only`` (an inline value
+        travels with each task)."""
         from runtime.objstore.transfer import fetch_sync
 
         located = future._state.value
@@ -303,7 +321,7 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         nodes = self.core.request("identity")["nodes"]
         source = nodes.get(located.node, {}).get("address")
         for node, info in nodes.items():
-            if node != located.node:  # each agent tells the scheduler of its copy
+            if node != located.node and (only is None or node in only):  # each agent tells the scheduler of its copy
                 fetch_sync(info["address"], node, future.key, located, source)
 
     # -- results -------------------------------------------------------------------------
@@ -639,7 +657,7 @@ class ClientExecutor(concurrent.futures.Executor):
         self._futures.add(remote)
         local: concurrent.futures.Future = concurrent.futures.Future()
         local.set_running_or_notify_cancel()
-        remote.add_done_callback(lambda f: _settle(f, local))
+        remote.add_done_callback(lambda f: settle(f, local))
         return local
 
     def map(
@@ -686,20 +704,10 @@ def _install_plugin(pickled: bytes, name: str) -> Any:
     return get_worker().plugins.add(serialize.loads(pickled), name)
 
 
-def _settle(remote: Future, local: concurrent.futures.Future) -> None:
-    if remote._state.status == "finished":
-        try:
-            local.set_result(remote.result())
-        except BaseException as e:  # decoding failed: the caller sees why
-            local.set_exception(e)
-    else:
-        local.set_exception(remote.exception())
-
-
 def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_other_workers: Any) -> dict[str, Any]:
     if allow_other_workers and not workers:
         raise ValueError("allow_other_workers=True needs workers= (the workers to prefer), as in Dask")
-    given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
+    given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries or 0}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)
 

@@ -21,6 +21,8 @@ its own.  The instance never leaves this process, so calls never serialise its s
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import queue
@@ -48,6 +50,11 @@ _worker: Worker | None = None
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
 _STOP = object()
+
+#: the id of the actor whose constructor or method runs in this thread (or asyncio task)
+current_actor_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_actor_id", default=None)
+#: the method name a Dask actor proxy calls to read an attribute (``counter.n``)
+GETATTR = "__runtime_getattr__"
 
 
 def set_worker(worker: Worker) -> None:
@@ -130,6 +137,7 @@ class Actor:
                 reply(self.host.died_message(key, self.actor_id, self.dead))
             return
         start = time.time()
+        current_actor_id.set(self.actor_id)
         try:
             method, args, kwargs = self._prepare(msg)
             result = method(*args, **kwargs)
@@ -149,6 +157,7 @@ class Actor:
     async def _call_async(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         async with self._slots:
             start = time.time()
+            current_actor_id.set(self.actor_id)  # this asyncio task's own context
             try:
                 method, args, kwargs = self._prepare(msg)
                 result = method(*args, **kwargs)
@@ -161,8 +170,8 @@ class Actor:
 
     def _prepare(self, msg: m.ActorCall) -> tuple[Callable, tuple, dict]:
         name = msg.method
-        method = getattr(self.instance, name, None)
-        if method is None or name.startswith("__") or not callable(method):
+        method = getattr(self.instance, name, None) if name != GETATTR else functools.partial(getattr, self.instance)
+        if method is None or (name.startswith("__") and name != GETATTR) or not callable(method):
             raise AttributeError(f"actor {type(self.instance).__name__} has no method {name!r}")
         deps = self.host.worker.load_deps(msg.key, msg.deps, msg.sources)
         args, kwargs = serialize.loads_args(msg.args, deps)
@@ -213,7 +222,11 @@ class ActorHost:
 
     def create(self, cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
         """On an executor thread: build the instance, open the call server, tell the scheduler."""
-        instance = cls(*args, **kwargs)
+        token = current_actor_id.set(actor_id)
+        try:
+            instance = cls(*args, **kwargs)
+        finally:
+            current_actor_id.reset(token)
         with self._lock:
             if not self.address:
                 self._listener = socket.create_server((self._interface, 0))
