@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError
 
 import cloudpickle
 import pytest
-from conftest import validated
+from conftest import validated, wait_until
 
 from runtime import Client, LocalCluster, as_completed, wait
 
@@ -219,3 +219,135 @@ def test_scattered_and_put_data_show_in_who_has_and_has_what(c):
     # read it without a transfer between workers: here, every worker of the one node
     assert set(has[small.key]) == workers and set(has[big.key]) == workers
     assert all(small.key in keys and big.key in keys for keys in c.has_what().values())
+
+
+def test_who_has_and_has_what_agree_on_a_finished_small_result(c):
+    x = c.submit(inc, 41, pure=False)
+    assert x.result() == 42
+    holders = c.who_has([x])[x.key]
+    assert holders  # the worker that computed it holds it
+    by_worker = c.has_what()
+    assert sorted(w for w, keys in by_worker.items() if x.key in keys) == holders
+    assert c.who_has()[x.key] == holders
+
+
+# -- submit's own keywords never reach the function -----------------------------------------
+
+
+def takes_kwargs(**kwargs):
+    return sorted(kwargs)
+
+
+def test_dasks_submit_keywords_are_not_passed_to_the_function(c):
+    assert c.submit(takes_kwargs, fifo_timeout="1s", retries=None, pure=False, other=1).result() == ["other"]
+
+    def one(i, **kwargs):
+        return sorted(kwargs)
+
+    assert c.gather(c.map(one, [1], fifo_timeout=0, x=2)) == [["x"]]
+
+
+class Counter:
+    n = 0
+
+    def __init__(self, start=0):
+        self.n = start
+
+    def increment(self, by=1):
+        self.n += by
+        return self.n
+
+
+def test_submit_actor_true_gives_an_actor(c):
+    counter = c.submit(Counter, 10, actor=True).result()
+    assert counter.increment().result() == 11
+    assert counter.increment(by=2).result() == 13
+    assert counter.n == 13  # attributes are read from the worker
+
+    def use(actor):  # the proxy passes to tasks, which call the same actor
+        return actor.increment().result()
+
+    assert c.submit(use, counter, pure=False).result() == 14
+    with pytest.raises(TypeError, match="needs a class"):
+        c.submit(inc, 1, actor=True)
+
+
+# -- the rest of the Client API ---------------------------------------------------------------
+
+
+def test_fire_and_forget_runs_tasks_nobody_holds(c, tmp_path):
+    from runtime import fire_and_forget
+
+    def mark(path):
+        time.sleep(0.2)  # still running when its future is gone
+        open(path, "w").close()
+
+    marker = tmp_path / "done"
+    future = c.submit(mark, str(marker), pure=False)
+    key = future.key
+    fire_and_forget(future)
+    del future  # nobody holds it now
+    wait_until(marker.exists, "the forgotten task ran")
+    wait_until(lambda: key not in c.who_has(), "the scheduler forgot it once done")
+
+
+def test_futures_of_and_persist(c):
+    import runtime
+
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    x = c.persist(dask.delayed(inc)(1))
+    [f] = runtime.futures_of(x)
+    assert f.result() == 2 and x.compute() == 2
+    arr = c.persist(da.ones((4, 4), chunks=2))
+    assert len(runtime.futures_of(arr)) == 4
+    assert arr.sum().compute() == 16
+    a, b = c.persist([dask.delayed(inc)(5), 7])
+    assert a.compute() == 6 and b == 7
+
+
+def test_replicate_rebalance_metadata_and_versions(c):
+    x = c.scatter(b"x" * 200_000)
+    c.replicate([x])
+    c.rebalance([x])
+    assert x.result() == b"x" * 200_000
+    c.set_metadata("a", 1)
+    c.set_metadata(["b", "c"], {"d": 2})
+    assert c.get_metadata("a") == 1 and c.get_metadata(["b", "c", "d"]) == 2 and c.get_metadata("b") == {"c": {"d": 2}}
+    with pytest.raises(KeyError):
+        c.get_metadata("missing")
+    assert c.get_metadata("missing", None) is None
+    v = c.get_versions(check=True)
+    assert set(v) == {"client", "scheduler", "workers"} and len(v["workers"]) == 2
+    assert v["scheduler"]["packages"]["python"] == v["client"]["packages"]["python"]
+
+
+def test_run_on_scheduler(c):
+    def workers(dask_scheduler=None):
+        return len(dask_scheduler.state.workers)
+
+    assert c.run_on_scheduler(workers) == 2
+    assert c.run_on_scheduler(lambda x, y=0: x + y, 1, y=2) == 3
+
+    async def coroutine():
+        return "awaited"
+
+    assert c.run_on_scheduler(coroutine) == "awaited"
+    with pytest.raises(ZeroDivisionError):
+        c.run_on_scheduler(div, 1, 0)
+
+
+def test_upload_file(c, tmp_path):
+    module = tmp_path / "uploaded_mod_abc.py"
+    module.write_text("VALUE = 42\n")
+    c.upload_file(str(module))
+
+    def read():
+        import uploaded_mod_abc
+
+        return uploaded_mod_abc.VALUE
+
+    assert c.submit(read, pure=False).result() == 42
+    assert set(c.run(read).values()) == {42}
+    with pytest.raises(FileNotFoundError):
+        c.upload_file(str(tmp_path / "nope.py"))

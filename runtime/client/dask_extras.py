@@ -64,6 +64,10 @@ class DaskExtras:
         have no effect (see docs/coming-from-dask.md).
         """
         self._check_open()
+        dask_config = getattr(sys.modules.get("dask"), "config", None)
+        if dask_config is not None and dask_config.config.get("scheduler") is None:
+            # Dask was imported after this Client was made: what it persists computes here.
+            self._become_dask_default()
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
         out = []
