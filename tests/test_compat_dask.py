@@ -351,3 +351,31 @@ def test_upload_file(c, tmp_path):
     assert set(c.run(read).values()) == {42}
     with pytest.raises(FileNotFoundError):
         c.upload_file(str(tmp_path / "nope.py"))
+
+
+def test_retry_runs_failed_tasks_again_from_their_root(c, tmp_path):
+    flag = tmp_path / "ok"
+
+    def flaky(path):
+        import os
+
+        if not os.path.exists(path):
+            raise ValueError("not yet")
+        return 1
+
+    x = c.submit(flaky, str(flag), pure=False)
+    y = c.submit(inc, x, pure=False)
+    with pytest.raises(ValueError):
+        y.result()
+    assert x.status == y.status == "error"
+    flag.touch()
+    c.retry([y])  # its root, x, runs again, then y
+    assert y.result(timeout=30) == 2
+    assert x.result() == 1
+    c.retry([x, y])  # nothing failed: nothing happens
+    z = c.submit(div, 1, 0)
+    with pytest.raises(ZeroDivisionError):
+        z.result()
+    z.retry()
+    with pytest.raises(ZeroDivisionError):
+        z.result(timeout=30)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient
+from runtime.client.future import ERRED, PENDING
 from runtime.comm import serialize
 from runtime.errors import RemoteTraceback
 from runtime.scheduler.extensions.compat import versions
@@ -84,6 +85,22 @@ class DaskExtras:
             rebuild, args = c.__dask_postpersist__()
             out.append(rebuild(dict(zip(flat_keys, flat_futures, strict=True)), *args))
         return out[0] if single else type(collections)(out)
+
+    def retry(self: Client, futures: Any) -> None:  # type: ignore[misc]
+        """Run the failed tasks of ``futures`` again, from the tasks they failed because of
+        (Dask's ``retry``); futures that did not fail are left as they are."""
+        self._check_open()
+        found = waiting.check_futures(futures, "retry()")
+        erred = [f for f in found if f.status == ERRED]
+        if not erred:
+            return
+        if any(f._owner is not self.core for f in erred):
+            raise ValueError("retry(): the futures must belong to this Client")
+        with self.core.futures.changing():  # pending again until the scheduler's news of them
+            for f in erred:
+                fs = f._state
+                fs.status, fs.exception, fs.traceback, fs.blame, fs.worker = PENDING, None, "", "", ""
+        self.core.request("retry", keys=list(dict.fromkeys(f.key for f in erred)))
 
     def replicate(self: Client, futures: Any, n: int | None = None, workers: Any = None, **kwargs: Any) -> None:  # type: ignore[misc]
         """Copy the values of ``futures`` to ``n`` nodes (all if None), or to the nodes of

@@ -228,6 +228,10 @@ class Future:
         """Stop computing this task (and what depends on it)."""
         self._owner.cancel([self], force=force)
 
+    def retry(self) -> None:
+        """Run this failed task again (Dask's ``Future.retry``; see ``Client.retry``)."""
+        self.client.retry([self])
+
     def cancelled(self) -> bool:
         return self._state.status == CANCELLED
 

@@ -58,10 +58,11 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import (  # noqa: F401 - clients, membership and secession register their handlers
+from runtime.scheduler import (  # noqa: F401 - clients, membership, retrying and secession register handlers
     clients,
     membership,
     placement,
+    retrying,
     secession,
     stealing,
     validation,
