@@ -349,6 +349,8 @@ def test_upload_file(c, tmp_path):
 
     assert c.submit(read, pure=False).result() == 42
     assert set(c.run(read).values()) == {42}
+    c.restart()  # fresh worker processes get it too, as workers that join later
+    assert set(c.run(read).values()) == {42}
     with pytest.raises(FileNotFoundError):
         c.upload_file(str(tmp_path / "nope.py"))
 

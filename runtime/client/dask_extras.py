@@ -134,6 +134,10 @@ class DaskExtras:
         if workers is not None:
             waiting.check_workers(workers, "rebalance()")
 
+    def ncores(self: Client) -> dict[str, int]:  # type: ignore[misc]
+        """Dask's old name for ``nthreads()``."""
+        return self.nthreads()
+
     def set_metadata(self, key: str | list[str], value: Any) -> None:
         """Store ``value`` (msgpack serializable) in the scheduler under ``key``, or under a
         path of keys in nested dicts (``["a", "b"]``), as Dask's."""
