@@ -45,7 +45,8 @@ _EXPORTS = {
 }  # fmt: skip
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "get_actor", "kill",
-    "config", "util", "available_resources", "cluster_resources", "nodes", "get_gpu_ids", "get_runtime_context",
+    "config", "util", "exceptions",
+    "available_resources", "cluster_resources", "nodes", "get_gpu_ids", "get_runtime_context",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
     "as_completed", "fire_and_forget", "futures_of",
     "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
@@ -56,12 +57,12 @@ __all__ = [
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
-assert set(__all__) == {"config", "util", *_EXPORTS}
+assert set(__all__) == {"config", "util", "exceptions", *_EXPORTS}
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("config", "util"):  # modules of their own: runtime.config.set(...), runtime.util.ActorPool
+    if name in ("config", "util", "exceptions"):  # modules of their own: runtime.config.set(...), runtime.util...
         return importlib.import_module(f"runtime.{name}")
     module = _EXPORTS.get(name)
     if module is None:
@@ -76,7 +77,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from runtime import config, util
+    from runtime import config, exceptions, util
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill, method
     from runtime.api.cluster_info import (
         available_resources,

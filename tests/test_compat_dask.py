@@ -113,8 +113,16 @@ def test_cancel_a_collection_does_not_compute_it(c):
 
 
 def test_local_cluster_takes_dasks_arguments():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", silence_logs=False
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         assert list(client.nthreads().values()) == [2]
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    with pytest.raises(ValueError, match="host:port"):
+        LocalCluster(n_workers=1, dashboard_address="nowhere:x")
     with pytest.raises(ValueError, match="threads_per_worker"):
         LocalCluster(n_workers=1, threads_per_worker=0)
 
@@ -381,3 +389,11 @@ def test_retry_runs_failed_tasks_again_from_their_root(c, tmp_path):
     z.retry()
     with pytest.raises(ZeroDivisionError):
         z.result(timeout=30)
+
+
+def test_scatter_and_gather_take_dasks_keywords(c):
+    worker = next(iter(c.nthreads()))
+    [x] = c.scatter([5], workers=[worker], direct=True, timeout="5s")
+    y = c.scatter(6, worker, False, True)  # Dask's positional order: workers, broadcast, direct
+    assert c.gather([x, y], direct=True) == [5, 6]
+    assert worker in c.who_has([x])[x.key]

@@ -435,3 +435,20 @@ def test_util_queue(cluster):
     assert q.get_nowait_batch(2) == [5, 6]
     with pytest.raises(Empty):
         q.get_nowait_batch(1)
+
+
+def test_rays_init_arguments_and_exceptions_module():
+    # a cluster of its own: init() is called once per process (the module's cluster is not up here
+    # when this runs alone; with it, ignore_reinit_error keeps it)
+    assert ray.exceptions.RayTaskError is ray.TaskError
+    assert issubclass(ray.exceptions.GetTimeoutError, TimeoutError)
+    with pytest.raises(ValueError, match="num_gpus"):
+        ray.init(num_gpus=1)
+    with pytest.raises(ValueError, match="num_cpus"):
+        ray.init(num_cpus=0)
+
+
+def test_get_actor_takes_a_namespace(cluster):
+    h = Holder.options(name="spaced").remote(4)
+    assert ray.get(ray.get_actor("spaced", namespace="default").get.remote()) == 4
+    ray.kill(h)

@@ -193,8 +193,9 @@ class ActorMethod:
         )
 
 
-def get_actor(name: str) -> ActorHandle:
-    """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The live actor started with ``options(name=name)``; ``ValueError`` if there is none.
+    ``namespace`` (Ray's) is accepted: names are cluster-wide here."""
     if not isinstance(name, str) or not name:  # a ValueError, as Ray's
         raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
     reply = current_runtime().client.request("get-actor", name=name)

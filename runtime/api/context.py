@@ -58,6 +58,12 @@ def init(
     object_store_memory: int | None = None,
     memory_limit: str | int | float | None = None,
     ignore_reinit_error: bool = False,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    namespace: str | None = None,
+    include_dashboard: bool | None = None,
+    log_to_driver: bool = True,
+    logging_level: int | str | None = None,
 ) -> Runtime:
     """Start a local cluster or join the one at ``address``.
 
@@ -67,8 +73,24 @@ def init(
     that spills to disk beyond that.  Each worker may use ``memory_limit`` of its own memory
     (bytes, ``"2GB"``, a fraction of the machine's, 0 for none; default: the machine's memory
     shared out): at 60% it spills, at 80% it pauses, at 95% its node agent restarts it.
+
+    Ray's arguments: ``num_cpus`` is the number of workers (one thread each) unless
+    ``num_workers`` is given; ``num_gpus=0`` is accepted (GPUs are offered per worker with
+    ``resources``); ``namespace`` (there is one), ``include_dashboard``, ``log_to_driver``
+    and ``logging_level`` are accepted.
     """
     global _current
+    if num_cpus is not None:
+        if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
+            raise ValueError(f"init() num_cpus must be a whole number >= 1, not {num_cpus!r}")
+        num_workers = num_workers if num_workers is not None else num_cpus
+    if num_gpus:
+        raise ValueError(
+            f"init(num_gpus={num_gpus!r}): GPUs are offered per worker here: init(resources={{'GPU': 1}}) gives "
+            "each worker one (see docs/coming-from-ray.md)"
+        )
+    if logging_level is not None:
+        logger.setLevel(logging_level)
     with _lock:
         if _current is not None:
             if ignore_reinit_error:

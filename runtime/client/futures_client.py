@@ -275,14 +275,26 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
                 futures[i] = future
         return futures  # type: ignore[return-value]  # every slot is filled
 
-    def scatter(self, data: Any, *, broadcast: bool = False, hash: bool = True) -> Any:  # noqa: A002 - Dask's name
+    def scatter(
+        self, data: Any, workers: Any = None, broadcast: bool = False, direct: bool | None = None,
+        hash: bool = True, timeout: Any = None,  # noqa: A002 - Dask's name
+    ) -> Any:  # fmt: skip
         """Store data in the cluster: a list gives a list of futures, a dict a dict, else one.
 
         Large values go into this node's shared-memory store; with ``broadcast`` a copy is
         also placed in every other node's store, so no task waits on a transfer.  With
         ``hash`` the key is a hash of the value (scattering it again gives the same key).
+        ``workers``: a copy is also placed on those workers' nodes.  ``direct`` and ``timeout``
+        (Dask's) are accepted: data goes to the store, never through the scheduler's memory
+        when large.
         """
         self._check_open()
+        if workers is not None:
+            scattered = self.scatter(data, broadcast=broadcast, hash=hash)
+            found: list[Future] = []
+            collect_futures(scattered, found)
+            self.replicate(found, workers=workers)
+            return scattered
         if isinstance(data, Future):
             raise TypeError("scatter() got a Future: it is in the cluster already; pass it to tasks as it is")
         if isinstance(data, dict):
@@ -326,12 +338,15 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
 
     # -- results -------------------------------------------------------------------------
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | str | None = None) -> Any:
+    def gather(
+        self, futures: Any, errors: str = "raise", direct: bool | None = None, timeout: float | str | None = None
+    ) -> Any:
         """The values of ``futures``: a future, or lists, tuples, sets and dicts of them, nested.
 
         ``errors="raise"`` re-raises the first failed task's exception; ``errors="skip"``
         leaves each failed or cancelled one out of a list, and puts None in its place
         elsewhere (as Dask's).  ``timeout``: seconds or a duration string such as ``"1s"``.
+        ``direct`` (Dask's) is accepted: values are read from the stores directly anyway.
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
@@ -579,8 +594,9 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
         """The Executor's ``close``: disconnect (and stop a cluster this client started)."""
         self.close()
 
-    def close(self) -> None:
-        """Disconnect, and stop the local cluster if this client started it.  Safe to call twice."""
+    def close(self, timeout: Any = None) -> None:
+        """Disconnect, and stop the local cluster if this client started it.  Safe to call twice.
+        ``timeout`` (Dask's) is accepted."""
         if self._closed:
             return
         self._closed = True
