@@ -33,25 +33,20 @@ class ActorPool:
 
     def map(self, fn: Call, values: Iterable[Any]) -> Iterator[Any]:
         """Results of ``fn(actor, v)`` for each value, in order (earlier unread results are dropped)."""
-        self._drop_unread()
-        for v in values:
-            self.submit(fn, v)
-
-        def results() -> Iterator[Any]:
-            while self.has_next():
-                yield self.get_next()
-
-        return results()
+        return self._map(fn, values, self.get_next)
 
     def map_unordered(self, fn: Call, values: Iterable[Any]) -> Iterator[Any]:
         """As ``map``, results as they finish."""
+        return self._map(fn, values, self.get_next_unordered)
+
+    def _map(self, fn: Call, values: Iterable[Any], next_result: Callable[[], Any]) -> Iterator[Any]:
         self._drop_unread()
         for v in values:
             self.submit(fn, v)
 
         def results() -> Iterator[Any]:
             while self.has_next():
-                yield self.get_next_unordered()
+                yield next_result()
 
         return results()
 
