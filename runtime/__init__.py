@@ -25,7 +25,8 @@ _EXPORTS = {
     "progress": "runtime.client.progress",
     "Pub": "runtime.client.pubsub", "Sub": "runtime.client.pubsub", "span": "runtime.client.spans",
     "log_event": "runtime.client.event_log",
-    "fire_and_forget": "runtime.client.dask_extras", "futures_of": "runtime.client.futures_client",
+    "fire_and_forget": "runtime.client.dask_extras", "get_task_stream": "runtime.client.dask_extras",
+    "performance_report": "runtime.client.dask_extras", "futures_of": "runtime.client.futures_client",
     "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
@@ -48,7 +49,7 @@ __all__ = [
     "config", "util", "exceptions",
     "available_resources", "cluster_resources", "nodes", "get_gpu_ids", "get_runtime_context",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
-    "as_completed", "fire_and_forget", "futures_of",
+    "as_completed", "fire_and_forget", "futures_of", "get_task_stream", "performance_report",
     "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
     "secede", "rejoin", "shuffle",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
@@ -90,7 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote
     from runtime.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
-    from runtime.client.dask_extras import fire_and_forget
+    from runtime.client.dask_extras import fire_and_forget, get_task_stream, performance_report
     from runtime.client.event_log import log_event
     from runtime.client.future import Future, ObjectRef
     from runtime.client.futures_client import Client, ClientExecutor, futures_of

@@ -397,3 +397,20 @@ def test_scatter_and_gather_take_dasks_keywords(c):
     y = c.scatter(6, worker, False, True)  # Dask's positional order: workers, broadcast, direct
     assert c.gather([x, y], direct=True) == [5, 6]
     assert worker in c.who_has([x])[x.key]
+
+
+def test_get_task_stream_and_performance_report(c, tmp_path):
+    from runtime import get_task_stream, performance_report
+
+    with get_task_stream() as ts:
+        c.gather(c.map(slowinc, range(3), delay=0.01, pure=False))
+    assert len(ts.data) == 3
+    record = ts.data[0]
+    assert record["status"] == "OK" and record["worker"] in c.nthreads() and record["key"].startswith("slowinc")
+    (ran,) = record["startstops"]
+    assert ran["action"] == "compute" and ran["stop"] >= ran["start"]
+    assert len(c.get_task_stream(count=2)) == 2
+    report = tmp_path / "report.html"
+    with performance_report(filename=str(report)):
+        c.submit(inc, 100, pure=False).result()
+    assert "1 tasks" in report.read_text() and "inc" in report.read_text()

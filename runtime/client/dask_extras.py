@@ -1,5 +1,6 @@
-"""The rest of Dask's ``Client`` API: ``persist``, ``replicate``, ``rebalance``, metadata,
-``get_versions``, ``upload_file``, ``run_on_scheduler``, and ``fire_and_forget``.
+"""The rest of Dask's ``Client`` API: ``persist``, ``retry``, ``replicate``, ``rebalance``,
+metadata, ``get_versions``, ``upload_file``, ``run_on_scheduler``, the task stream, and the
+module-level ``fire_and_forget``, ``get_task_stream`` and ``performance_report``.
 
 Mixed into ``runtime.Client`` (``DaskExtras``); each is a thin call into the scheduler's
 ``compat`` extension (``runtime/scheduler/extensions/compat.py``) or into what the client
@@ -8,10 +9,12 @@ does already.
 
 from __future__ import annotations
 
+import html
 import importlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +186,19 @@ class DaskExtras:
             data = f.read()
         return self.register_plugin(UploadFile(name, data, load), name=f"upload-file-{name}")
 
+    def get_task_stream(
+        self, start: Any = None, stop: Any = None, count: int | None = None, plot: bool = False, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """The tasks the scheduler recorded (Dask's shape: see ``runtime.get_task_stream``),
+        started after ``start`` and before ``stop`` (seconds since the epoch), the last ``count``.
+        It records only while a ``get_task_stream()`` or ``performance_report()`` is open."""
+        records = self.core.request("task-stream-get", since=0)
+        if start is not None:
+            records = [r for r in records if r["startstops"][0]["start"] >= start]
+        if stop is not None:
+            records = [r for r in records if r["startstops"][0]["start"] < stop]
+        return records[-count:] if count else records
+
     def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` in the scheduler's process, on its event loop, and
         return its result (a coroutine function is awaited; ``dask_scheduler=`` is given the
@@ -243,3 +259,83 @@ class UploadFile:
             else:
                 importlib.import_module(module)
         return path
+
+
+def _client(client: Any) -> Any:
+    if client is not None:
+        return client
+    from runtime.client.futures_client import default_client
+
+    found = default_client()
+    if found is None:
+        raise ValueError("no Client: make one (runtime.Client(...)) or pass client=")
+    return found
+
+
+class get_task_stream:  # noqa: N801 - named as Dask's
+    """Dask's task stream as a context manager: ``with get_task_stream() as ts: ...`` then
+    ``ts.data``, one dict per task a worker ran inside it: ``key``, ``worker``, ``status``
+    (``"OK"`` or ``"error"``), ``nbytes`` and ``startstops`` (``({"action": "compute",
+    "start": t, "stop": t},)``, the worker's clock).  ``plot`` is accepted (no figure is made)."""
+
+    def __init__(self, client: Any = None, plot: bool = False, filename: str = "task-stream.html"):
+        self.client = _client(client)
+        #: the tasks run while it was open, once it is closed
+        self.data: list[dict[str, Any]] = []
+        self._cursor: int | None = None
+
+    def __enter__(self) -> get_task_stream:
+        self._cursor = self.client.core.request("task-stream-start")
+        self.data = []
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        core = self.client.core
+        try:
+            self.data.extend(core.request("task-stream-get", since=self._cursor))
+        finally:
+            core.request("task-stream-stop")
+
+
+class performance_report:  # noqa: N801 - named as Dask's
+    """Dask's ``performance_report``: on leaving, ``filename`` gets an HTML page of what ran
+    inside (tasks by name and by worker, their compute time, the wall time).  Dask's page holds
+    Bokeh plots and profiles; this one is a plain summary."""
+
+    def __init__(self, filename: str = "dask-report.html", stacklevel: int = 1, mode: str | None = None):
+        self.filename = filename
+        self._stream: get_task_stream | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> performance_report:
+        self._stream = get_task_stream().__enter__()
+        self._started = time.time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stream is not None
+        self._stream.__exit__(*exc)
+        wall = time.time() - self._started
+        with open(self.filename, "w") as f:
+            f.write(_report_html(self._stream.data, wall))
+
+
+def _report_html(records: list[dict[str, Any]], wall: float) -> str:
+    by_name: dict[str, list[float]] = {}
+    by_worker: dict[str, int] = {}
+    for r in records:
+        seconds = sum(s["stop"] - s["start"] for s in r["startstops"])
+        name = r["key"].rsplit("-", 1)[0] if "-" in r["key"] else r["key"]
+        by_name.setdefault(name, []).append(seconds)
+        by_worker[r["worker"]] = by_worker.get(r["worker"], 0) + 1
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{len(t)}</td><td>{sum(t):.3f}</td></tr>" for n, t in sorted(by_name.items())
+    )
+    workers = "".join(f"<tr><td>{html.escape(w)}</td><td>{n}</td></tr>" for w, n in sorted(by_worker.items()))
+    total = sum(sum(t) for t in by_name.values())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>runtime performance report</title></head><body>"
+        f"<h1>Performance report</h1><p>{len(records)} tasks, {total:.3f} s of compute in {wall:.3f} s</p>"
+        f"<h2>Tasks by name</h2><table><tr><th>name</th><th>tasks</th><th>compute s</th></tr>{rows}</table>"
+        f"<h2>Tasks by worker</h2><table><tr><th>worker</th><th>tasks</th></tr>{workers}</table></body></html>"
+    )

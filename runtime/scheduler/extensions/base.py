@@ -213,6 +213,7 @@ def install(scheduler: Scheduler) -> None:
         "spans": spans.SpansExtension(),
         "fire_and_forget": compat.FireAndForget(),
         "metadata": compat.Metadata(),
+        "task_stream": compat.TaskStream(),
     }.items():
         scheduler.extensions[name] = ext
         scheduler.plugins.add(ext, f"extension-{name}")

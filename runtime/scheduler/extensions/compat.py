@@ -1,7 +1,7 @@
 """What Ray's and Dask's APIs ask of the scheduler beyond the core: the cluster's resources
 and nodes (``ray.cluster_resources``/``available_resources``/``nodes``), named actors
-(``ray.util.list_named_actors``), ``fire_and_forget``, metadata and versions, and
-``run_on_scheduler`` (Dask's).
+(``ray.util.list_named_actors``), ``fire_and_forget``, metadata and versions, the task
+stream and ``run_on_scheduler`` (Dask's).
 
 ``fire_and_forget`` is a pseudo-client, ``FIRE_AND_FORGET_CLIENT``, that wants the keys it
 is given until each is done (in memory, erred or forgotten): their tasks run even after
@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import platform
 import sys
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from runtime.scheduler import stimuli as st
@@ -85,6 +86,75 @@ request("fire-and-forget")(lambda s, msg, peer: _ext(s).hold(list(msg["keys"])))
 def _retry(s: Scheduler, msg: dict, peer: str) -> None:
     """Dask's ``Client.retry``: the erred keys run again (``scheduler/retrying.py``)."""
     s.handle_stimulus(st.Retry(f"retry-{next(s._ids)}", peer, tuple(msg["keys"])))
+
+
+# -- the task stream (Dask's get_task_stream) ----------------------------------------------
+
+#: tasks the task stream keeps, newest last (Dask's TaskStreamPlugin keeps as many)
+TASK_STREAM_LENGTH = 100_000
+
+
+class TaskStream(SchedulerPlugin):
+    """Dask's task stream: for each task a worker ran, its key, worker, status, size and
+    start/stop times.  It records only while some client has one open (``task-stream-start``
+    ... ``-stop``), so the scheduler pays no transition hook otherwise."""
+
+    wants_transitions = False
+
+    def __init__(self) -> None:
+        #: records, newest last
+        self.records: deque[dict[str, Any]] = deque(maxlen=TASK_STREAM_LENGTH)
+        #: how many records were ever added (a client's cursor counts these)
+        self.count = 0
+        #: client -> how many task streams it has open
+        self.open: dict[str, int] = {}
+        self._scheduler: Scheduler | None = None
+
+    def start(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def begin(self, client: str) -> int:
+        self.open[client] = self.open.get(client, 0) + 1
+        self._switch()
+        return self.count
+
+    def end(self, client: str) -> None:
+        n = self.open.get(client, 0) - 1
+        if n > 0:
+            self.open[client] = n
+        else:
+            self.open.pop(client, None)
+        self._switch()
+
+    def since(self, cursor: int) -> list[dict[str, Any]]:
+        """The records added after ``cursor`` (as many as are still kept)."""
+        return list(self.records)[max(0, len(self.records) - (self.count - cursor)) :]
+
+    def transition(self, key: str, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any) -> None:
+        if start == "processing" and "startstops" in kwargs:  # a worker's report of a task it ran
+            status = "OK" if finish == "memory" else "error"
+            self.records.append({"key": key, "worker": kwargs.get("worker", ""), "status": status,
+                                 "nbytes": kwargs.get("nbytes", 0), "startstops": kwargs["startstops"]})  # fmt: skip
+            self.count += 1
+
+    def remove_client(self, scheduler: Scheduler, client: str, **kwargs: Any) -> None:
+        if self.open.pop(client, None):
+            self._switch()
+
+    def _switch(self) -> None:
+        on = bool(self.open)
+        if self.wants_transitions != on and self._scheduler is not None:
+            self.wants_transitions = on
+            self._scheduler.plugins.rehook()
+
+
+def _stream(s: Scheduler) -> TaskStream:
+    return s.extensions["task_stream"]
+
+
+request("task-stream-start")(lambda s, msg, peer: _stream(s).begin(peer))
+request("task-stream-stop")(lambda s, msg, peer: _stream(s).end(peer))
+request("task-stream-get")(lambda s, msg, peer: _stream(s).since(int(msg["since"])))
 
 
 # -- resources and nodes (Ray's) -----------------------------------------------------------
