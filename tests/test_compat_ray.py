@@ -452,3 +452,45 @@ def test_get_actor_takes_a_namespace(cluster):
     h = Holder.options(name="spaced").remote(4)
     assert ray.get(ray.get_actor("spaced", namespace="default").get.remote()) == 4
     ray.kill(h)
+
+
+def square(x):
+    return x * x
+
+
+def test_util_multiprocessing_pool(cluster):
+    import multiprocessing
+
+    from runtime.util.multiprocessing import Pool
+
+    def init(v):  # runs in each pool actor's worker process (functions travel by value: no globals)
+        import os
+
+        os.environ["POOL_INIT"] = str(v)
+
+    def read_init(_):
+        import os
+
+        return os.environ.get("POOL_INIT")
+
+    with Pool(processes=2, initializer=init, initargs=(7,)) as pool:
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert list(pool.imap(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.apply(pow, (2, 5)) == 32
+        assert pool.apply_async(int, ("11",), {"base": 2}).get(timeout=30) == 3
+        result = pool.map_async(square, [3])
+        assert result.get(timeout=30) == [9] and result.ready() and result.successful()
+        assert set(pool.map(read_init, range(4))) == {"7"}  # each pool actor ran the initializer
+        failing = pool.apply_async(square, ("x",))
+        with pytest.raises(TypeError):
+            failing.get(timeout=30)
+        assert not failing.successful()
+        slow = pool.apply_async(__import__("time").sleep, (0.5,))
+        with pytest.raises(multiprocessing.TimeoutError):
+            slow.get(timeout=0.01)
+        pool.close()
+        with pytest.raises(ValueError, match="not running"):
+            pool.map(square, [1])
+        pool.join()

@@ -1,5 +1,6 @@
-"""Ray's ``ray.util`` as Ray's users know it: ``ActorPool``, ``queue.Queue`` and
-``list_named_actors`` (``import runtime as ray`` then ``ray.util.ActorPool``)."""
+"""Ray's ``ray.util`` as Ray's users know it: ``ActorPool``, ``queue.Queue``,
+``multiprocessing.Pool`` and ``list_named_actors`` (``import runtime as ray`` then
+``ray.util.ActorPool``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from runtime.util.actor_pool import ActorPool
 
-__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors", "queue"]
+__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors", "multiprocessing", "queue"]
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
@@ -31,8 +32,8 @@ def get_node_ip_address() -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "queue":  # ray.util.queue, importable as an attribute too
+    if name in ("queue", "multiprocessing"):  # ray.util.queue..., importable as attributes too
         import importlib
 
-        return importlib.import_module("runtime.util.queue")
+        return importlib.import_module(f"runtime.util.{name}")
     raise AttributeError(f"module 'runtime.util' has no attribute {name!r}")
