@@ -494,3 +494,31 @@ def test_util_multiprocessing_pool(cluster):
         with pytest.raises(ValueError, match="not running"):
             pool.map(square, [1])
         pool.join()
+
+
+def test_put_of_a_ref_stores_the_ref(cluster):
+    ref = f.remote(3)
+    outer = ray.put(ref)
+    assert ray.get(ray.get(outer)) == 3
+
+    @ray.remote
+    def read(inner):  # a top-level ref is its value: here, the stored ref
+        return ray.get(inner) + 1
+
+    assert ray.get(read.remote(outer)) == 4
+
+
+def test_cancel_recursive_and_max_calls_are_accepted(cluster):
+    ray.cancel(f.remote(1), recursive=False)
+    assert ray.get(f.options(max_calls=1).remote(2)) == 2
+
+
+def test_init_address_auto_without_a_cluster_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNTIME_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("RUNTIME_ADDRESS", raising=False)
+    from runtime.api.context import _local_address
+
+    with pytest.raises(ConnectionError, match="runtime start --head"):
+        _local_address()
+    (tmp_path / "address").write_text("tcp://127.0.0.1:8786\n")
+    assert _local_address() == "tcp://127.0.0.1:8786"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ def init(
     and ``logging_level`` are accepted.
     """
     global _current
+    if address == "auto":  # Ray's: the cluster `runtime start --head` started on this machine
+        address = _local_address()
     if num_cpus is not None:
         if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
             raise ValueError(f"init() num_cpus must be a whole number >= 1, not {num_cpus!r}")
@@ -118,6 +121,26 @@ def init(
             _current = Runtime(client, cluster)
         _log_dashboard(_current.client)
         return _current
+
+
+def _local_address() -> str:
+    """The address of the cluster started on this machine (``RUNTIME_ADDRESS``, else the one
+    ``runtime start --head`` recorded in its run directory); ConnectionError if there is none."""
+    from runtime.cli import default_run_dir
+
+    address = os.environ.get("RUNTIME_ADDRESS")
+    if not address:
+        try:
+            with open(os.path.join(default_run_dir(), "address")) as f:
+                address = f.read().strip()
+        except OSError:
+            pass
+    if not address:
+        raise ConnectionError(
+            f'init(address="auto") found no running cluster (none recorded in {default_run_dir()}); '
+            "start one with `runtime start --head`, or set RUNTIME_ADDRESS"
+        )
+    return address
 
 
 def _log_dashboard(client: ClusterClient) -> None:
@@ -193,15 +216,15 @@ def get(refs: Future | Sequence[Future], *, timeout: float | str | None = None, 
 
 def put(value: Any) -> Future:
     """Store ``value`` once in the cluster (or, under a local scheduler, in this process)."""
-    if isinstance(value, Future):
-        raise TypeError("put() of a Future is not allowed; pass the future itself to tasks")
     if config.get("scheduler") != "distributed":
         return local_scheduler().put(value)
     return current_runtime().client.put(value)
 
 
-def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
-    """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError."""
+def cancel(refs: Future | Sequence[Future], *, force: bool = False, recursive: bool = True) -> None:
+    """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError.
+    ``recursive`` (Ray's: also the tasks they submitted) is accepted: tasks a cancelled task
+    submitted run on."""
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")

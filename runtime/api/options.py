@@ -61,6 +61,8 @@ TASK_OPTIONS: dict[str, Option] = {
     "scheduling_strategy": Option((str,), "DEFAULT", lambda x: x in ("DEFAULT", "SPREAD"), '"DEFAULT" or "SPREAD"'),
     # Ray's: here a task with retries is retried on any exception it raises
     "retry_exceptions": Option((bool,), False, lambda x: True, "True or False"),
+    # Ray's: a worker ends after that many calls (to free what a library leaked); accepted, not applied
+    "max_calls": Option((int,), 0, _non_negative, "a whole number >= 0"),
 }
 
 #: where an actor may live is chosen as for a task; the rest is about its life
