@@ -278,6 +278,16 @@ def test_submit_actor_true_gives_an_actor(c):
     assert c.submit(use, counter, pure=False).result() == 14
     with pytest.raises(TypeError, match="needs a class"):
         c.submit(inc, 1, actor=True)
+    with pytest.raises(TypeError):
+        counter.increment(by="y").result()  # a method's error; the actor lives on
+    assert counter.increment().result() == 15
+
+    class Failing:
+        def __init__(self):
+            raise ValueError("no actor for you")
+
+    with pytest.raises(ValueError, match="no actor for you"):  # the future waits for the constructor
+        c.submit(Failing, actor=True).result(timeout=30)
 
 
 # -- the rest of the Client API ---------------------------------------------------------------

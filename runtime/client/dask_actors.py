@@ -23,6 +23,7 @@ from runtime.api.actor import ActorHandle, _class_info
 from runtime.api.options import restrictions
 from runtime.client.client import ClusterClient, task_spec
 from runtime.client.future import Future
+from runtime.client.graph import _Ref
 from runtime.comm import serialize
 from runtime.worker.actors import GETATTR, create_actor
 
@@ -54,7 +55,17 @@ def submit_actor(client: Client, cls: Any, args: tuple, kwargs: dict, key: str |
         raise ValueError(reply["error"])
     del deps  # the scheduler holds the creation task's arguments now
     _made_here[actor_id] = core
-    return core.put(Actor(cls, actor_id), key=key or f"{name}-{actor_id.rsplit('-', 1)[-1]}")
+    # The future is a task that depends on the creation task: done once the actor is built,
+    # erred with the constructor's exception if that raised (as Dask's actor future).
+    args_bytes, deps = serialize.dumps_args_plain(name, (_Ref(actor_id), cls, actor_id), {})
+    key = key or f"{name}-{actor_id.rsplit('-', 1)[-1]}"
+    proxy_task = task_spec(key, serialize.dumps_function(_proxy), args_bytes, deps, 0, name, None)
+    return core.update_graph([proxy_task], [key])[0]
+
+
+def _proxy(created: None, cls: type, actor_id: str) -> Actor:
+    """On a worker, once the actor's creation task has run: the actor's proxy."""
+    return Actor(cls, actor_id)
 
 
 class Actor:
