@@ -53,14 +53,16 @@ logger = logging.getLogger("runtime.client")
 
 #: tasks per update-graph message in ``map``
 MAP_BATCH_SIZE = 1000
-#: the last Client made with ``set_as_default`` (coordination primitives use it by default)
-_default: weakref.ref[Client] | None = None
+#: the Clients made with ``set_as_default``, oldest first (coordination primitives use the
+#: newest that is still open, as Dask's default client)
+_defaults: list[weakref.ref[Client]] = []
 
 
 def default_client() -> Client | None:
-    """The default ``Client`` of this process, while it is open."""
-    client = _default() if _default is not None else None
-    return client if client is not None and not client._closed else None
+    """The default ``Client`` of this process: the newest made with ``set_as_default`` that is
+    still open (when it closes, the one before it is the default again, as in Dask)."""
+    _defaults[:] = [ref for ref in _defaults if (c := ref()) is not None and not c._closed]
+    return _defaults[-1]() if _defaults else None
 
 
 class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
@@ -127,8 +129,7 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
         #: Dask's scheduler setting before this client became the default, to restore on close
         self._previous_dask_scheduler: tuple[Any] | None = None
         if set_as_default:
-            global _default
-            _default = weakref.ref(self)
+            _defaults.append(weakref.ref(self))
             self._become_dask_default()
 
     @property
