@@ -15,6 +15,9 @@ _EXPORTS = {
     "init": "runtime.api.context", "shutdown": "runtime.api.context", "is_initialized": "runtime.api.context",
     "get": "runtime.api.context", "put": "runtime.api.context", "cancel": "runtime.api.context",
     "remote": "runtime.api.remote",
+    "available_resources": "runtime.api.cluster_info", "cluster_resources": "runtime.api.cluster_info",
+    "nodes": "runtime.api.cluster_info", "get_gpu_ids": "runtime.api.cluster_info",
+    "get_runtime_context": "runtime.api.cluster_info",
     "get_actor": "runtime.api.actor", "kill": "runtime.api.actor", "method": "runtime.api.actor",
     "ActorClass": "runtime.api.actor", "ActorHandle": "runtime.api.actor",
     "Future": "runtime.client.future", "ObjectRef": "runtime.client.future",
@@ -22,6 +25,8 @@ _EXPORTS = {
     "progress": "runtime.client.progress",
     "Pub": "runtime.client.pubsub", "Sub": "runtime.client.pubsub", "span": "runtime.client.spans",
     "log_event": "runtime.client.event_log",
+    "fire_and_forget": "runtime.client.dask_extras", "get_task_stream": "runtime.client.dask_extras",
+    "performance_report": "runtime.client.dask_extras", "futures_of": "runtime.client.futures_client",
     "wait": "runtime.client.waiting", "as_completed": "runtime.client.waiting",
     "ALL_COMPLETED": "runtime.client.waiting", "FIRST_COMPLETED": "runtime.client.waiting",
     "FIRST_EXCEPTION": "runtime.client.waiting",
@@ -41,9 +46,11 @@ _EXPORTS = {
 }  # fmt: skip
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "get_actor", "kill",
-    "config",
+    "config", "util", "exceptions",
+    "available_resources", "cluster_resources", "nodes", "get_gpu_ids", "get_runtime_context",
     "Client", "ClientExecutor", "LocalCluster", "Future", "ObjectRef", "ActorClass", "ActorHandle", "MemorySampler",
-    "as_completed", "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
+    "as_completed", "fire_and_forget", "futures_of", "get_task_stream", "performance_report",
+    "progress", "WorkerPlugin", "SchedulerPlugin", "get_worker", "get_client", "worker_client",
     "secede", "rejoin", "shuffle", "ShuffleError",
     "Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event",
     "Pub", "Sub", "span", "log_event",
@@ -51,13 +58,13 @@ __all__ = [
     "ActorDiedError", "ClientClosedError", "GetTimeoutError", "KilledWorker",
     "RemoteTraceback", "SchedulerError", "TaskCancelledError", "TaskError",
 ]  # fmt: skip
-assert set(__all__) == {"config", *_EXPORTS}
+assert set(__all__) == {"config", "util", "exceptions", *_EXPORTS}
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "config":  # a module of its own: runtime.config.set(...)
-        return importlib.import_module("runtime.config")
+    if name in ("config", "util", "exceptions"):  # modules of their own: runtime.config.set(...), runtime.util...
+        return importlib.import_module(f"runtime.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'runtime' has no attribute {name!r}")
@@ -71,15 +78,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from runtime import config
+    from runtime import config, exceptions, util
     from runtime.api.actor import ActorClass, ActorHandle, get_actor, kill, method
+    from runtime.api.cluster_info import (
+        available_resources,
+        cluster_resources,
+        get_gpu_ids,
+        get_runtime_context,
+        nodes,
+    )  # fmt: skip
     from runtime.api.context import cancel, get, init, is_initialized, put, shutdown
     from runtime.api.in_task import get_client, rejoin, secede, worker_client
     from runtime.api.remote import remote
     from runtime.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
+    from runtime.client.dask_extras import fire_and_forget, get_task_stream, performance_report
     from runtime.client.event_log import log_event
     from runtime.client.future import Future, ObjectRef
-    from runtime.client.futures_client import Client, ClientExecutor
+    from runtime.client.futures_client import Client, ClientExecutor, futures_of
     from runtime.client.progress import progress
     from runtime.client.pubsub import Pub, Sub
     from runtime.client.spans import span

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import IO
+from typing import IO, Any
 
 from runtime import config, procutil
 from runtime.client.client import ClusterClient
@@ -56,10 +56,17 @@ class LocalCluster:
         amm_interval: float | None = None,
         threads_per_worker: int = 1,
         processes: bool = True,
+        dashboard_address: str | None = "",
+        silence_logs: Any = None,
     ):
         """``n_workers`` worker processes (default: one per CPU) of ``threads_per_worker``
         executor threads each.  ``processes=False`` (Dask's threads-in-one-process cluster)
-        is accepted, but workers are processes all the same: they need the shared store."""
+        is accepted, but workers are processes all the same: they need the shared store.
+        ``dashboard_address`` (Dask's): where the scheduler serves its dashboard (``":0"``: any
+        free port; None: none; default: the ``scheduler.dashboard.address`` setting).
+        ``silence_logs`` (Dask's) is accepted: the cluster's processes log to its session's files."""
+        if dashboard_address:
+            config.dashboard_address(dashboard_address)  # a ValueError naming it if it is bad
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
         if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
@@ -98,6 +105,8 @@ class LocalCluster:
             sched_cmd.append("--validate")
         if amm_interval is not None:  # else the scheduler.amm-interval setting
             sched_cmd += ["--amm-interval", str(amm_interval)]
+        if dashboard_address != "":  # else the scheduler.dashboard.address setting
+            sched_cmd += ["--dashboard-address", dashboard_address or "off"]
         # Bound here, and listening before the scheduler has even started: the agent and the
         # client connect at once and their first messages wait in the socket until it is ready
         # (no retrying, so no retry interval lost), while all of them start side by side.

@@ -113,8 +113,16 @@ def test_cancel_a_collection_does_not_compute_it(c):
 
 
 def test_local_cluster_takes_dasks_arguments():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", silence_logs=False
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         assert list(client.nthreads().values()) == [2]
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    with pytest.raises(ValueError, match="host:port"):
+        LocalCluster(n_workers=1, dashboard_address="nowhere:x")
     with pytest.raises(ValueError, match="threads_per_worker"):
         LocalCluster(n_workers=1, threads_per_worker=0)
 
@@ -263,3 +271,200 @@ def test_dataframe_shuffle_merge_and_set_index_use_runtime_shuffle(c):
     (ours,) = dask.compute(df.shuffle("k"), scheduler=c.get)  # the expression dask.compute hands over
     assert len(ours) == 2000 and ours.index.name == "ix"
     wait_until(lambda: all(run[2] for run in c.core.request("shuffle-runs").values()), "every shuffle ended")
+
+
+def test_who_has_and_has_what_agree_on_a_finished_small_result(c):
+    x = c.submit(inc, 41, pure=False)
+    assert x.result() == 42
+    holders = c.who_has([x])[x.key]
+    assert holders  # the worker that computed it holds it
+    by_worker = c.has_what()
+    assert sorted(w for w, keys in by_worker.items() if x.key in keys) == holders
+    assert c.who_has()[x.key] == holders
+
+
+# -- submit's own keywords never reach the function -----------------------------------------
+
+
+def takes_kwargs(**kwargs):
+    return sorted(kwargs)
+
+
+def test_dasks_submit_keywords_are_not_passed_to_the_function(c):
+    assert c.submit(takes_kwargs, fifo_timeout="1s", retries=None, pure=False, other=1).result() == ["other"]
+
+    def one(i, **kwargs):
+        return sorted(kwargs)
+
+    assert c.gather(c.map(one, [1], fifo_timeout=0, x=2)) == [["x"]]
+
+
+class Counter:
+    n = 0
+
+    def __init__(self, start=0):
+        self.n = start
+
+    def increment(self, by=1):
+        self.n += by
+        return self.n
+
+
+def test_submit_actor_true_gives_an_actor(c):
+    counter = c.submit(Counter, 10, actor=True).result()
+    assert counter.increment().result() == 11
+    assert counter.increment(by=2).result() == 13
+    assert counter.n == 13  # attributes are read from the worker
+
+    def use(actor):  # the proxy passes to tasks, which call the same actor
+        return actor.increment().result()
+
+    assert c.submit(use, counter, pure=False).result() == 14
+    with pytest.raises(TypeError, match="needs a class"):
+        c.submit(inc, 1, actor=True)
+    with pytest.raises(TypeError):
+        counter.increment(by="y").result()  # a method's error; the actor lives on
+    assert counter.increment().result() == 15
+
+    class Failing:
+        def __init__(self):
+            raise ValueError("no actor for you")
+
+    with pytest.raises(ValueError, match="no actor for you"):  # the future waits for the constructor
+        c.submit(Failing, actor=True).result(timeout=30)
+
+
+# -- the rest of the Client API ---------------------------------------------------------------
+
+
+def test_fire_and_forget_runs_tasks_nobody_holds(c, tmp_path):
+    from runtime import fire_and_forget
+
+    def mark(path):
+        time.sleep(0.2)  # still running when its future is gone
+        open(path, "w").close()
+
+    marker = tmp_path / "done"
+    future = c.submit(mark, str(marker), pure=False)
+    key = future.key
+    fire_and_forget(future)
+    del future  # nobody holds it now
+    wait_until(marker.exists, "the forgotten task ran")
+    wait_until(lambda: key not in c.who_has(), "the scheduler forgot it once done")
+
+
+def test_futures_of_and_persist(c):
+    import runtime
+
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    x = c.persist(dask.delayed(inc)(1))
+    [f] = runtime.futures_of(x)
+    assert f.result() == 2 and x.compute() == 2
+    arr = c.persist(da.ones((4, 4), chunks=2))
+    assert len(runtime.futures_of(arr)) == 4
+    assert arr.sum().compute() == 16
+    a, b = c.persist([dask.delayed(inc)(5), 7])
+    assert a.compute() == 6 and b == 7
+
+
+def test_replicate_rebalance_metadata_and_versions(c):
+    x = c.scatter(b"x" * 200_000)
+    c.replicate([x])
+    c.rebalance([x])
+    assert x.result() == b"x" * 200_000
+    c.set_metadata("a", 1)
+    c.set_metadata(["b", "c"], {"d": 2})
+    assert c.get_metadata("a") == 1 and c.get_metadata(["b", "c", "d"]) == 2 and c.get_metadata("b") == {"c": {"d": 2}}
+    with pytest.raises(KeyError):
+        c.get_metadata("missing")
+    assert c.get_metadata("missing", None) is None
+    v = c.get_versions(check=True)
+    assert set(v) == {"client", "scheduler", "workers"} and len(v["workers"]) == 2
+    assert v["scheduler"]["packages"]["python"] == v["client"]["packages"]["python"]
+
+
+def test_run_on_scheduler(c):
+    def workers(dask_scheduler=None):
+        return len(dask_scheduler.state.workers)
+
+    assert c.run_on_scheduler(workers) == 2
+    assert c.run_on_scheduler(lambda x, y=0: x + y, 1, y=2) == 3
+
+    async def coroutine():
+        return "awaited"
+
+    assert c.run_on_scheduler(coroutine) == "awaited"
+    with pytest.raises(ZeroDivisionError):
+        c.run_on_scheduler(div, 1, 0)
+
+
+def test_upload_file(c, tmp_path):
+    module = tmp_path / "uploaded_mod_abc.py"
+    module.write_text("VALUE = 42\n")
+    c.upload_file(str(module))
+
+    def read():
+        import uploaded_mod_abc
+
+        return uploaded_mod_abc.VALUE
+
+    assert c.submit(read, pure=False).result() == 42
+    assert set(c.run(read).values()) == {42}
+    c.restart()  # fresh worker processes get it too, as workers that join later
+    assert set(c.run(read).values()) == {42}
+    with pytest.raises(FileNotFoundError):
+        c.upload_file(str(tmp_path / "nope.py"))
+
+
+def test_retry_runs_failed_tasks_again_from_their_root(c, tmp_path):
+    flag = tmp_path / "ok"
+
+    def flaky(path):
+        import os
+
+        if not os.path.exists(path):
+            raise ValueError("not yet")
+        return 1
+
+    x = c.submit(flaky, str(flag), pure=False)
+    y = c.submit(inc, x, pure=False)
+    with pytest.raises(ValueError):
+        y.result()
+    assert x.status == y.status == "error"
+    flag.touch()
+    c.retry([y])  # its root, x, runs again, then y
+    assert y.result(timeout=30) == 2
+    assert x.result() == 1
+    c.retry([x, y])  # nothing failed: nothing happens
+    z = c.submit(div, 1, 0)
+    with pytest.raises(ZeroDivisionError):
+        z.result()
+    z.retry()
+    with pytest.raises(ZeroDivisionError):
+        z.result(timeout=30)
+
+
+def test_scatter_and_gather_take_dasks_keywords(c):
+    worker = next(iter(c.nthreads()))
+    [x] = c.scatter([5], workers=[worker], direct=True, timeout="5s")
+    y = c.scatter(6, worker, False, True)  # Dask's positional order: workers, broadcast, direct
+    assert c.gather([x, y], direct=True) == [5, 6]
+    assert worker in c.who_has([x])[x.key]
+
+
+def test_get_task_stream_and_performance_report(c, tmp_path):
+    from runtime import get_task_stream, performance_report
+
+    with get_task_stream() as ts:
+        c.gather(c.map(slowinc, range(3), delay=0.01, pure=False))
+    assert len(ts.data) == 3
+    record = ts.data[0]
+    assert record["status"] == "OK" and record["worker"] in c.nthreads() and record["key"].startswith("slowinc")
+    (ran,) = record["startstops"]
+    assert ran["action"] == "compute" and ran["stop"] >= ran["start"]
+    assert len(c.get_task_stream(count=2)) == 2
+    report = tmp_path / "report.html"
+    with performance_report(filename=str(report)):
+        c.submit(inc, 100, pure=False).result()
+    assert "1 tasks" in report.read_text() and "inc" in report.read_text()

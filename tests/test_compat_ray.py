@@ -442,3 +442,239 @@ def test_a_handle_in_a_queue_keeps_the_actor_alive(cluster, tmp_path):
     assert ray.get(f.remote(1)) == 1  # the driver's release went before this task
     assert ray.get(call_from_queue.remote(queue)) == "pong"
     wait_until(lambda: not _named("queued"), "the actor ends once the handle taken from the queue is dropped")
+
+
+# -- the cluster: resources, nodes, runtime context ------------------------------------------
+
+
+def test_cluster_resources_available_resources_and_nodes(cluster):
+    total = ray.cluster_resources()
+    assert total["CPU"] == 2 and total["memory"] > 0 and total["object_store_memory"] > 0
+    assert set(ray.available_resources()) <= set(total)
+    [node] = ray.nodes()
+    assert node["Alive"] and node["NodeID"] == cluster.client.node
+    assert node["Resources"]["CPU"] == 2 and node["NodeManagerAddress"]
+
+    @ray.remote
+    def busy_cpus(marker):
+        return ray.available_resources().get("CPU", 0)
+
+    assert ray.get(busy_cpus.remote(0)) <= 1  # this task holds one of the two
+
+
+def test_runtime_context_and_gpu_ids(cluster):
+    ctx = ray.get_runtime_context()
+    assert ctx.get_job_id() and ctx.get_task_id() is None and ctx.get_actor_id() is None
+    assert ray.get_gpu_ids() == []
+
+    @ray.remote
+    def inside():
+        c = ray.get_runtime_context()
+        return c.get_task_id(), c.get_node_id(), c.get_assigned_resources(), ray.get_gpu_ids()
+
+    ref = inside.options(num_gpus=0).remote()
+    task_id, node_id, assigned, gpus = ray.get(ref)
+    assert task_id == ref.key and node_id == cluster.client.node
+    assert assigned == {"CPU": 1.0} and gpus == []
+
+    @ray.remote
+    class Who:
+        def __init__(self):
+            self.made_as = ray.get_runtime_context().get_actor_id()
+
+        def ids(self):
+            return self.made_as, ray.get_runtime_context().get_actor_id()
+
+    made_as, called_as = ray.get(Who.remote().ids.remote())
+    assert made_as == called_as and made_as.startswith("actor-Who")
+
+
+def test_rays_task_options_are_accepted(cluster):
+    opts = {"num_gpus": 0, "memory": 10**6, "scheduling_strategy": "SPREAD", "retry_exceptions": False}
+    assert ray.get([f.options(**opts).remote(i) for i in range(4)]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="scheduling_strategy"):
+        f.options(scheduling_strategy="PACK")
+    with pytest.raises(ValueError, match="num_gpus"):
+        f.options(num_gpus=-1)
+
+
+def test_object_ref_hex_and_future(cluster):
+    ref = f.remote(5)
+    assert isinstance(ref.hex(), str) and ref.hex() != f.remote(6).hex()
+    assert ref.future().result(timeout=30) == 5
+    with pytest.raises(ValueError, match="bad input"):
+        raises_value_error.remote().future().result(timeout=30)
+
+
+def test_wait_accepts_fetch_local(cluster):
+    ready, _ = ray.wait([f.remote(1)], num_returns=1, timeout=30, fetch_local=True)
+    assert ray.get(ready) == [1]
+
+
+# -- actors: get_if_exists, method options, ActorPool, list_named_actors ----------------------
+
+
+@ray.remote
+class Holder:
+    def __init__(self, v=0):
+        self.v = v
+
+    def get(self):
+        return self.v
+
+    def double(self, x):
+        return 2 * x
+
+
+def test_get_if_exists_returns_the_live_actor(cluster):
+    a = Holder.options(name="holder", get_if_exists=True).remote(1)
+    b = Holder.options(name="holder", get_if_exists=True).remote(2)
+    assert a == b and ray.get(b.get.remote()) == 1
+    assert "holder" in ray.util.list_named_actors()
+    assert {"name": "holder", "namespace": "default"} in ray.util.list_named_actors(all_namespaces=True)
+    with pytest.raises(ValueError, match="needs a name"):
+        Holder.options(get_if_exists=True).remote()
+    ray.kill(a)
+    wait_until(lambda: "holder" not in ray.util.list_named_actors(), "the name is free")
+
+
+def test_actor_method_options_name(cluster):
+    h = Holder.remote(3)
+    assert ray.get(h.get.options(name="reader").remote()) == 3
+
+
+def test_actor_pool(cluster):
+    from runtime.util import ActorPool
+
+    pool = ActorPool([Holder.remote(), Holder.remote()])
+    assert list(pool.map(lambda a, v: a.double.remote(v), [1, 2, 3, 4])) == [2, 4, 6, 8]
+    assert sorted(pool.map_unordered(lambda a, v: a.double.remote(v), [1, 2, 3])) == [2, 4, 6]
+    pool.submit(lambda a, v: a.double.remote(v), 10)
+    pool.submit(lambda a, v: a.double.remote(v), 20)
+    pool.submit(lambda a, v: a.double.remote(v), 30)  # waits for an idle actor
+    assert pool.has_next() and not pool.has_free()
+    assert [pool.get_next(), pool.get_next(), pool.get_next()] == [20, 40, 60]
+    assert not pool.has_next()
+    with pytest.raises(StopIteration):
+        pool.get_next()
+    idle = pool.pop_idle()
+    assert idle is not None
+    with pytest.raises(ValueError, match="already belongs"):
+        pool.push(pool._idle[0])
+    pool.push(idle)
+
+
+def test_util_queue(cluster):
+    from runtime.util.queue import Empty, Full, Queue
+
+    q = Queue(maxsize=2)
+    assert q.empty() and q.size() == 0
+    q.put(1)
+    q.put_nowait(2)
+    assert q.full() and len(q) == 2
+    with pytest.raises(Full):
+        q.put_nowait(3)
+    with pytest.raises(Full):
+        q.put(3, timeout=0.01)
+
+    @ray.remote
+    def consume(queue):
+        return queue.get(timeout=30)
+
+    assert ray.get(consume.remote(q)) == 1  # the queue passes to tasks
+    assert q.get() == 2
+    with pytest.raises(Empty):
+        q.get_nowait()
+    with pytest.raises(Empty):
+        q.get(block=True, timeout=0.01)
+    q.put_nowait_batch([5, 6])
+    assert q.get_nowait_batch(2) == [5, 6]
+    with pytest.raises(Empty):
+        q.get_nowait_batch(1)
+
+
+def test_rays_init_arguments_and_exceptions_module():
+    # a cluster of its own: init() is called once per process (the module's cluster is not up here
+    # when this runs alone; with it, ignore_reinit_error keeps it)
+    assert ray.exceptions.RayTaskError is ray.TaskError
+    assert issubclass(ray.exceptions.GetTimeoutError, TimeoutError)
+    with pytest.raises(ValueError, match="num_gpus"):
+        ray.init(num_gpus=1)
+    with pytest.raises(ValueError, match="num_cpus"):
+        ray.init(num_cpus=0)
+
+
+def test_get_actor_takes_a_namespace(cluster):
+    h = Holder.options(name="spaced").remote(4)
+    assert ray.get(ray.get_actor("spaced", namespace="default").get.remote()) == 4
+    ray.kill(h)
+
+
+def square(x):
+    return x * x
+
+
+def test_util_multiprocessing_pool(cluster):
+    import multiprocessing
+
+    from runtime.util.multiprocessing import Pool
+
+    def init(v):  # runs in each pool actor's worker process (functions travel by value: no globals)
+        import os
+
+        os.environ["POOL_INIT"] = str(v)
+
+    def read_init(_):
+        import os
+
+        return os.environ.get("POOL_INIT")
+
+    with Pool(processes=2, initializer=init, initargs=(7,)) as pool:
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert list(pool.imap(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.apply(pow, (2, 5)) == 32
+        assert pool.apply_async(int, ("11",), {"base": 2}).get(timeout=30) == 3
+        result = pool.map_async(square, [3])
+        assert result.get(timeout=30) == [9] and result.ready() and result.successful()
+        assert set(pool.map(read_init, range(4))) == {"7"}  # each pool actor ran the initializer
+        failing = pool.apply_async(square, ("x",))
+        with pytest.raises(TypeError):
+            failing.get(timeout=30)
+        assert not failing.successful()
+        slow = pool.apply_async(__import__("time").sleep, (0.5,))
+        with pytest.raises(multiprocessing.TimeoutError):
+            slow.get(timeout=0.01)
+        pool.close()
+        with pytest.raises(ValueError, match="not running"):
+            pool.map(square, [1])
+        pool.join()
+
+
+def test_put_of_a_ref_stores_the_ref(cluster):
+    ref = f.remote(3)
+    outer = ray.put(ref)
+    assert ray.get(ray.get(outer)) == 3
+
+    @ray.remote
+    def read(inner):  # a top-level ref is its value: here, the stored ref
+        return ray.get(inner) + 1
+
+    assert ray.get(read.remote(outer)) == 4
+
+
+def test_cancel_recursive_and_max_calls_are_accepted(cluster):
+    ray.cancel(f.remote(1), recursive=False)
+    assert ray.get(f.options(max_calls=1).remote(2)) == 2
+
+
+def test_init_address_auto_without_a_cluster_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNTIME_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("RUNTIME_ADDRESS", raising=False)
+    from runtime.api.context import _local_address
+
+    with pytest.raises(ConnectionError, match="runtime start --head"):
+        _local_address()
+    (tmp_path / "address").write_text("tcp://127.0.0.1:8786\n")
+    assert _local_address() == "tcp://127.0.0.1:8786"

@@ -163,6 +163,7 @@ def test_every_kind_of_stimulus_comes_back_from_the_log_as_it_went_in(tmp_path):
         st.RequestSteals("s21", (("a", "n1/w", "n2/w"),)),
         st.StealResponse("s22", "a", "n1/w", "s21", "queued"),
         st.RerunTasks("s23", ("a", "b")),
+        st.Retry("s23", "c", ("a",)),
     ]
     assert {type(s) for s in examples} == set(record.STIMULI.values())
     path = str(tmp_path / "all.log")

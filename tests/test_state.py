@@ -175,6 +175,22 @@ def test_retries_rerun_a_task_that_raised(s):
     assert type(cmsgs["c1"][0]) is KeyErred
 
 
+def test_retry_reruns_the_erred_root_then_its_erred_dependents(s):
+    add_worker(s)
+    s.handle(graph(task("a-1"), task("b-1", "a-1"), task("c-1", "b-1"), wanted=("c-1",)))
+    s.handle(erred("a-1", "w1"))
+    assert {k: s.tasks[k].state for k in ("a-1", "b-1", "c-1")} == dict.fromkeys(("a-1", "b-1", "c-1"), "erred")
+    _, wmsgs = s.handle(st.Retry(sid(), "c1", ("c-1", "unknown")))
+    assert compute_keys(wmsgs, "w1") == ["a-1"]  # the root runs again, not what failed because of it
+    assert s.tasks["a-1"].exception is None and s.tasks["c-1"].state == "waiting"
+    _, wmsgs = s.handle(finished("a-1", "w1"))
+    assert compute_keys(wmsgs, "w1") == ["b-1"]
+    s.handle(finished("b-1", "w1"))
+    cmsgs, _ = s.handle(finished("c-1", "w1"))
+    assert type(cmsgs["c1"][0]) is KeyInMemory
+    assert s.handle(st.Retry(sid(), "c1", ("c-1",))) == ({}, {})  # nothing erred: nothing to do
+
+
 def test_worker_death_reschedules_and_marks_suspicious(s):
     add_worker(s, "w1")
     add_worker(s, "w2")

@@ -95,6 +95,12 @@ class ActorClass:
         opts = self._options
         name = self._cls.__name__
         self._check_call(args, kwargs)
+        if opts.get("get_if_exists"):  # Ray's: the live actor of that name, if there is one
+            if not opts.get("name"):
+                raise ValueError("get_if_exists=True needs a name: .options(name=..., get_if_exists=True)")
+            existing = _named_actor(opts["name"])
+            if existing is not None:
+                return existing
         actor_id = f"actor-{name}-{os.urandom(6).hex()}"
         args_bytes, deps = serialize.dumps_args(
             name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
@@ -110,6 +116,8 @@ class ActorClass:
             handle_key=ref_key, handle_value=handle_refs.HANDLE_VALUE,
         )  # fmt: skip
         if "error" in reply:
+            if opts.get("get_if_exists") and (existing := _named_actor(opts["name"])) is not None:
+                return existing  # another process made it between our look and our register
             raise ValueError(reply["error"])
         del deps  # the scheduler holds the creation task's arguments now
         if ref_key:  # the scheduler counts this process as holding a handle from now on
@@ -184,10 +192,11 @@ class ActorMethod:
         self._name = name
         self._num_returns = num_returns
 
-    def options(self, *, num_returns: int) -> ActorMethod:
-        """This method with calls returning ``num_returns`` futures (Ray's ``.options``)."""
-        check_options({"num_returns": num_returns})
-        return ActorMethod(self._handle, self._name, num_returns)
+    def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
+        """This method with calls returning ``num_returns`` futures (Ray's ``.options``);
+        ``name`` (Ray's name of the call for its dashboard) is accepted and not used."""
+        check_options({k: v for k, v in {"num_returns": num_returns, "name": name}.items() if v is not None})
+        return ActorMethod(self._handle, self._name, self._num_returns if num_returns is None else num_returns)
 
     def remote(self, *args: Any, **kwargs: Any) -> Future | list[Future]:
         handle = self._handle
@@ -208,8 +217,9 @@ class ActorMethod:
         )
 
 
-def get_actor(name: str) -> ActorHandle:
-    """The live actor started with ``options(name=name)``; ``ValueError`` if there is none."""
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The live actor started with ``options(name=name)``; ``ValueError`` if there is none.
+    ``namespace`` (Ray's) is accepted: names are cluster-wide here."""
     if not isinstance(name, str) or not name:  # a ValueError, as Ray's
         raise ValueError(f"get_actor() takes an actor name (a non-empty str), not {name!r}")
     client = current_runtime().client
@@ -220,6 +230,12 @@ def get_actor(name: str) -> ActorHandle:
     handle = serialize.loads(reply["handle"])  # shares ``given``: the key the scheduler gave us
     del given
     return handle
+
+
+def _named_actor(name: str) -> ActorHandle | None:
+    """The live actor named ``name``, or None."""
+    reply = current_runtime().client.request("get-actor", name=name)
+    return None if "error" in reply else serialize.loads(reply["handle"])
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

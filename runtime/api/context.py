@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -58,6 +59,12 @@ def init(
     object_store_memory: int | None = None,
     memory_limit: str | int | float | None = None,
     ignore_reinit_error: bool = False,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    namespace: str | None = None,
+    include_dashboard: bool | None = None,
+    log_to_driver: bool = True,
+    logging_level: int | str | None = None,
 ) -> Runtime:
     """Start a local cluster or join the one at ``address``.
 
@@ -67,8 +74,26 @@ def init(
     that spills to disk beyond that.  Each worker may use ``memory_limit`` of its own memory
     (bytes, ``"2GB"``, a fraction of the machine's, 0 for none; default: the machine's memory
     shared out): at 60% it spills, at 80% it pauses, at 95% its node agent restarts it.
+
+    Ray's arguments: ``num_cpus`` is the number of workers (one thread each) unless
+    ``num_workers`` is given; ``num_gpus=0`` is accepted (GPUs are offered per worker with
+    ``resources``); ``namespace`` (there is one), ``include_dashboard``, ``log_to_driver``
+    and ``logging_level`` are accepted.
     """
     global _current
+    if address == "auto":  # Ray's: the cluster `runtime start --head` started on this machine
+        address = _local_address()
+    if num_cpus is not None:
+        if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
+            raise ValueError(f"init() num_cpus must be a whole number >= 1, not {num_cpus!r}")
+        num_workers = num_workers if num_workers is not None else num_cpus
+    if num_gpus:
+        raise ValueError(
+            f"init(num_gpus={num_gpus!r}): GPUs are offered per worker here: init(resources={{'GPU': 1}}) gives "
+            "each worker one (see docs/coming-from-ray.md)"
+        )
+    if logging_level is not None:
+        logger.setLevel(logging_level)
     with _lock:
         if _current is not None:
             if ignore_reinit_error:
@@ -96,6 +121,26 @@ def init(
             _current = Runtime(client, cluster)
         _log_dashboard(_current.client)
         return _current
+
+
+def _local_address() -> str:
+    """The address of the cluster started on this machine (``RUNTIME_ADDRESS``, else the one
+    ``runtime start --head`` recorded in its run directory); ConnectionError if there is none."""
+    from runtime.cli import default_run_dir
+
+    address = os.environ.get("RUNTIME_ADDRESS")
+    if not address:
+        try:
+            with open(os.path.join(default_run_dir(), "address")) as f:
+                address = f.read().strip()
+        except OSError:
+            pass
+    if not address:
+        raise ConnectionError(
+            f'init(address="auto") found no running cluster (none recorded in {default_run_dir()}); '
+            "start one with `runtime start --head`, or set RUNTIME_ADDRESS"
+        )
+    return address
 
 
 def _log_dashboard(client: ClusterClient) -> None:
@@ -171,15 +216,15 @@ def get(refs: Future | Sequence[Future], *, timeout: float | str | None = None, 
 
 def put(value: Any) -> Future:
     """Store ``value`` once in the cluster (or, under a local scheduler, in this process)."""
-    if isinstance(value, Future):
-        raise TypeError("put() of a Future is not allowed; pass the future itself to tasks")
     if config.get("scheduler") != "distributed":
         return local_scheduler().put(value)
     return current_runtime().client.put(value)
 
 
-def cancel(refs: Future | Sequence[Future], *, force: bool = False) -> None:
-    """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError."""
+def cancel(refs: Future | Sequence[Future], *, force: bool = False, recursive: bool = True) -> None:
+    """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError.
+    ``recursive`` (Ray's: also the tasks they submitted) is accepted: tasks a cancelled task
+    submitted run on."""
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")

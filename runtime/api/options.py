@@ -53,15 +53,39 @@ TASK_OPTIONS: dict[str, Option] = {
     ),
     "allow_other_workers": Option((bool,), False, lambda x: True, "True or False"),
     "num_returns": Option((int,), 1, lambda x: x >= 1, "a whole number >= 1"),
+    # Ray's: GPUs are the resource "GPU" (workers offer it with init(resources={"GPU": n}))
+    "num_gpus": Option((int, float), 0, _non_negative, "a number >= 0 (the resource 'GPU')"),
+    # Ray's: accepted, not reserved (a worker's memory limit is what guards it here)
+    "memory": Option((int, float), None, _non_negative, "a number of bytes >= 0"),
+    # Ray's: placement follows locality and load (ties go to the least loaded worker), which spreads
+    "scheduling_strategy": Option((str,), "DEFAULT", lambda x: x in ("DEFAULT", "SPREAD"), '"DEFAULT" or "SPREAD"'),
+    # Ray's: here a task with retries is retried on any exception it raises
+    "retry_exceptions": Option((bool,), False, lambda x: True, "True or False"),
+    # Ray's: a worker ends after that many calls (to free what a library leaked); accepted, not applied
+    "max_calls": Option((int,), 0, _non_negative, "a whole number >= 0"),
 }
 
 #: where an actor may live is chosen as for a task; the rest is about its life
 ACTOR_OPTIONS: dict[str, Option] = {
-    **{k: TASK_OPTIONS[k] for k in ("num_cpus", "resources", "workers", "allow_other_workers", "name")},
+    **{
+        k: TASK_OPTIONS[k]
+        for k in (
+            "num_cpus",
+            "num_gpus",
+            "memory",
+            "scheduling_strategy",
+            "resources",
+            "workers",
+            "allow_other_workers",
+            "name",
+        )
+    },  # fmt: skip
     "max_concurrency": Option((int,), None, lambda x: x >= 1, "a whole number >= 1 (threads, or async calls)"),
     "max_restarts": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
     "max_task_retries": Option((int,), 0, lambda x: x >= -1, "a whole number >= 0, or -1 for no limit"),
     "lifetime": Option((str,), None, lambda x: x == "detached", '"detached" (outlive the process that made it)'),
+    # Ray's: with a name, the live actor of that name if there is one, else a new one
+    "get_if_exists": Option((bool,), False, lambda x: True, "True or False"),
 }
 
 
@@ -108,6 +132,8 @@ def restrictions(options: dict[str, Any]) -> dict[str, Any] | None:
     resources = dict(options.get("resources") or {})
     if options.get("num_cpus", 1) > 1:  # every task takes one thread; more must be asked for
         resources["CPU"] = options["num_cpus"]
+    if options.get("num_gpus"):
+        resources["GPU"] = options["num_gpus"]
     where = {
         "workers": [workers] if isinstance(workers, str) else list(workers or ()),
         "resources": resources,

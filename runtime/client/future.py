@@ -9,6 +9,7 @@ key (the cluster client tells the scheduler), so its value can be freed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import pickle
 import time
@@ -227,6 +228,10 @@ class Future:
         """Stop computing this task (and what depends on it)."""
         self._owner.cancel([self], force=force)
 
+    def retry(self) -> None:
+        """Run this failed task again (Dask's ``Future.retry``; see ``Client.retry``)."""
+        self.client.retry([self])
+
     def cancelled(self) -> bool:
         return self._state.status == CANCELLED
 
@@ -236,6 +241,17 @@ class Future:
     @property
     def status(self) -> str:
         return self._state.status
+
+    def hex(self) -> str:
+        """A hex string naming this future's key, unique in the cluster (Ray's ``ObjectRef.hex()``)."""
+        return self.key.encode().hex()
+
+    def future(self) -> concurrent.futures.Future:
+        """A standard ``concurrent.futures.Future`` that settles with this one (Ray's ``ObjectRef.future()``)."""
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        out.set_running_or_notify_cancel()
+        self.add_done_callback(lambda f: settle(f, out))
+        return out
 
     def __reduce__(self) -> tuple:
         return serialize.reduce_future(self)
@@ -269,6 +285,17 @@ def _notify_stdlib_waiters(future: Future) -> None:
                 waiter.add_exception(future)
             else:
                 waiter.add_result(future)
+
+
+def settle(future: Future, out: concurrent.futures.Future) -> None:
+    """Give ``out`` the outcome of ``future``, which is done."""
+    if future._state.status == FINISHED:
+        try:
+            out.set_result(future.result())
+        except BaseException as e:  # decoding failed: the caller sees why
+            out.set_exception(e)
+    else:
+        out.set_exception(future.exception())
 
 
 def check_open_deps(deps: dict[str, Future]) -> None:

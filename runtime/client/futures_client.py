@@ -34,11 +34,12 @@ import msgspec
 
 from runtime.api.options import check_options, restrictions
 from runtime.api.remote import RemoteFunction
+from runtime.client import dask_actors, graph, waiting
 from runtime.client import datasets as published
-from runtime.client import graph, waiting
 from runtime.client.client import ClusterClient, task_spec
+from runtime.client.dask_extras import DaskExtras
 from runtime.client.extensions import ClientExtensions
-from runtime.client.future import CANCELLED, ERRED, Future, collect_futures
+from runtime.client.future import CANCELLED, ERRED, Future, collect_futures, settle
 from runtime.client.handle_refs import HANDLE_KEY_PREFIX
 from runtime.client.owner import by_owner
 from runtime.cluster import LocalCluster
@@ -53,17 +54,19 @@ logger = logging.getLogger("runtime.client")
 
 #: tasks per update-graph message in ``map``
 MAP_BATCH_SIZE = 1000
-#: the last Client made with ``set_as_default`` (coordination primitives use it by default)
-_default: weakref.ref[Client] | None = None
+#: the Clients made with ``set_as_default``, oldest first (coordination primitives use the
+#: newest that is still open, as Dask's default client)
+_defaults: list[weakref.ref[Client]] = []
 
 
 def default_client() -> Client | None:
-    """The default ``Client`` of this process, while it is open."""
-    client = _default() if _default is not None else None
-    return client if client is not None and not client._closed else None
+    """The default ``Client`` of this process: the newest made with ``set_as_default`` that is
+    still open (when it closes, the one before it is the default again, as in Dask)."""
+    _defaults[:] = [ref for ref in _defaults if (c := ref()) is not None and not c._closed]
+    return _defaults[-1]() if _defaults else None
 
 
-class Client(ClientExtensions, concurrent.futures.Executor):
+class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
     """Connect to a cluster (or start a local one) and run tasks on it with futures."""
 
     #: whether close() closes the connection (not for get_client()'s, which shares another's)
@@ -127,8 +130,7 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         #: Dask's scheduler setting before this client became the default, to restore on close
         self._previous_dask_scheduler: tuple[Any] | None = None
         if set_as_default:
-            global _default
-            _default = weakref.ref(self)
+            _defaults.append(weakref.ref(self))
             self._become_dask_default()
 
     @property
@@ -179,8 +181,11 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         workers: str | list[str] | None = None,
         resources: dict[str, float] | None = None,
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = 0,
         allow_other_workers: bool = False,
+        fifo_timeout: Any = "100ms",
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> Future:
         """Run ``fn(*args, **kwargs)`` as a task; returns its future.
@@ -188,7 +193,9 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         With ``pure`` (the default) the key is a hash of ``fn`` and its arguments, so the
         same call submitted twice runs once (pass ``pure=False`` for functions with side
         effects or random results).  Futures among the arguments, at any depth, are
-        replaced by their values on the worker.
+        replaced by their values on the worker.  With ``actor=True`` (or ``actors=True``)
+        ``fn`` is a class: its future's result is an actor on a worker (Dask's actors).
+        ``fifo_timeout`` (Dask's) is accepted: priorities are kept as given.
         """
         self._check_open()
         fn = _plain(fn)
@@ -196,7 +203,10 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             raise TypeError(f"submit() needs a callable as its first argument, not a {type(fn).__name__}")
         if key is not None and (not isinstance(key, str) or not key):
             raise TypeError(f"submit() key must be a non-empty string, not {key!r}")
+        parse_timeout(fifo_timeout, "submit() fifo_timeout")
         options = _options(workers, resources, priority, retries, allow_other_workers)
+        if actor or actors:
+            return dask_actors.submit_actor(self, fn, args, kwargs, key, options)
         task, failed = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
         if failed is not None:
             return self.core.failed_future(task.key, failed)
@@ -211,16 +221,24 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         workers: str | list[str] | None = None,
         resources: dict[str, float] | None = None,
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = 0,
         allow_other_workers: bool = False,
         batch_size: int = MAP_BATCH_SIZE,
+        fifo_timeout: Any = "100ms",
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> list[Future]:
         """``fn`` over the items of ``iterables`` (zipped, as the built-in ``map``); one future each.
 
         ``key`` is a prefix for the keys, or a list with one key per item.  Tasks leave in
-        messages of ``batch_size``; ``kwargs`` go to every call.
+        messages of ``batch_size``; ``kwargs`` go to every call.  ``actor=True``: one actor
+        of class ``fn`` per item; ``fifo_timeout`` is accepted, as by ``submit``.
         """
+        if actor or actors:
+            opts = {"workers": workers, "resources": resources, "allow_other_workers": allow_other_workers}
+            return [self.submit(fn, *items, actor=True, pure=pure, **opts, **kwargs) for items in zip(*iterables)]  # noqa: B905
+        parse_timeout(fifo_timeout, "map() fifo_timeout")
         self._check_open()
         fn = _plain(fn)
         if not callable(fn):
@@ -259,14 +277,26 @@ class Client(ClientExtensions, concurrent.futures.Executor):
                 futures[i] = future
         return futures  # type: ignore[return-value]  # every slot is filled
 
-    def scatter(self, data: Any, *, broadcast: bool = False, hash: bool = True) -> Any:  # noqa: A002 - Dask's name
+    def scatter(
+        self, data: Any, workers: Any = None, broadcast: bool = False, direct: bool | None = None,
+        hash: bool = True, timeout: Any = None,  # noqa: A002 - Dask's name
+    ) -> Any:  # fmt: skip
         """Store data in the cluster: a list gives a list of futures, a dict a dict, else one.
 
         Large values go into this node's shared-memory store; with ``broadcast`` a copy is
         also placed in every other node's store, so no task waits on a transfer.  With
         ``hash`` the key is a hash of the value (scattering it again gives the same key).
+        ``workers``: a copy is also placed on those workers' nodes.  ``direct`` and ``timeout``
+        (Dask's) are accepted: data goes to the store, never through the scheduler's memory
+        when large.
         """
         self._check_open()
+        if workers is not None:
+            scattered = self.scatter(data, broadcast=broadcast, hash=hash)
+            found: list[Future] = []
+            collect_futures(scattered, found)
+            self.replicate(found, workers=workers)
+            return scattered
         if isinstance(data, Future):
             raise TypeError("scatter() got a Future: it is in the cluster already; pass it to tasks as it is")
         if isinstance(data, dict):
@@ -294,8 +324,9 @@ class Client(ClientExtensions, concurrent.futures.Executor):
             self._broadcast(future)
         return future
 
-    def _broadcast(self, future: Future) -> None:
-        """Copy a stored value into every node's store (an inline one travels with each task)."""
+    def _broadcast(self, future: Future, only: list[str] | None = None) -> None:
+        """Copy a stored value into every node's store, or those in ``only`` (an inline value
+        travels with each task)."""
         from runtime.objstore.transfer import fetch_sync
 
         located = future._state.value
@@ -304,17 +335,20 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         nodes = self.core.request("identity")["nodes"]
         source = nodes.get(located.node, {}).get("address")
         for node, info in nodes.items():
-            if node != located.node:  # each agent tells the scheduler of its copy
+            if node != located.node and (only is None or node in only):  # each agent tells the scheduler of its copy
                 fetch_sync(info["address"], node, future.key, located, source)
 
     # -- results -------------------------------------------------------------------------
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | str | None = None) -> Any:
+    def gather(
+        self, futures: Any, errors: str = "raise", direct: bool | None = None, timeout: float | str | None = None
+    ) -> Any:
         """The values of ``futures``: a future, or lists, tuples, sets and dicts of them, nested.
 
         ``errors="raise"`` re-raises the first failed task's exception; ``errors="skip"``
         leaves each failed or cancelled one out of a list, and puts None in its place
         elsewhere (as Dask's).  ``timeout``: seconds or a duration string such as ``"1s"``.
+        ``direct`` (Dask's) is accepted: values are read from the stores directly anyway.
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f'gather() errors must be "raise" or "skip", not {errors!r}')
@@ -566,8 +600,9 @@ class Client(ClientExtensions, concurrent.futures.Executor):
         """The Executor's ``close``: disconnect (and stop a cluster this client started)."""
         self.close()
 
-    def close(self) -> None:
-        """Disconnect, and stop the local cluster if this client started it.  Safe to call twice."""
+    def close(self, timeout: Any = None) -> None:
+        """Disconnect, and stop the local cluster if this client started it.  Safe to call twice.
+        ``timeout`` (Dask's) is accepted."""
         if self._closed:
             return
         self._closed = True
@@ -644,7 +679,7 @@ class ClientExecutor(concurrent.futures.Executor):
         self._futures.add(remote)
         local: concurrent.futures.Future = concurrent.futures.Future()
         local.set_running_or_notify_cancel()
-        remote.add_done_callback(lambda f: _settle(f, local))
+        remote.add_done_callback(lambda f: settle(f, local))
         return local
 
     def map(
@@ -691,20 +726,10 @@ def _install_plugin(pickled: bytes, name: str) -> Any:
     return get_worker().plugins.add(serialize.loads(pickled), name)
 
 
-def _settle(remote: Future, local: concurrent.futures.Future) -> None:
-    if remote._state.status == "finished":
-        try:
-            local.set_result(remote.result())
-        except BaseException as e:  # decoding failed: the caller sees why
-            local.set_exception(e)
-    else:
-        local.set_exception(remote.exception())
-
-
 def _options(workers: Any, resources: Any, priority: Any, retries: Any, allow_other_workers: Any) -> dict[str, Any]:
     if allow_other_workers and not workers:
         raise ValueError("allow_other_workers=True needs workers= (the workers to prefer), as in Dask")
-    given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries}
+    given = {"workers": workers, "resources": resources, "priority": priority, "retries": retries or 0}
     given["allow_other_workers"] = allow_other_workers
     return check_options(given)
 

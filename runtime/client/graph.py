@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.client import task_spec
+from runtime.client.future import Future
 from runtime.comm import serialize
 
 if TYPE_CHECKING:
@@ -140,7 +141,12 @@ def submit(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
             raise KeyError(f"get(): key {key!r} is not in the graph of {len(dsk)} tasks")
     func_bytes = client._pickle_function(run_node)
     tasks = []
+    #: keys whose node is their own future (a persisted collection's): no task, the future itself
+    persisted: dict[str, Future] = {}
     for key, node in dsk.items():
+        if isinstance(node, Future) and node.key == runtime_key(key):
+            persisted[node.key] = node
+            continue
         deps = dependencies(node, dsk)
         missing = next((d for d in deps if d not in dsk), None)
         if missing is not None:
@@ -148,8 +154,9 @@ def submit(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
         refs = {d: _Ref(runtime_key(d)) for d in deps}
         args_bytes, dep_refs = serialize.dumps_args_plain(_prefix(key), (node, refs), {})
         tasks.append(task_spec(runtime_key(key), func_bytes, args_bytes, dep_refs, retries, _prefix(key)))
-    unique = list(dict.fromkeys(runtime_key(k) for k in wanted))
-    futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True))
+    unique = [k for k in dict.fromkeys(runtime_key(k) for k in wanted) if k not in persisted]
+    futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True)) if unique else {}
+    futures.update(persisted)
     return _pack(keys, {k: futures[runtime_key(k)] for k in wanted})
 
 

@@ -60,7 +60,7 @@ def check_workers(workers: Any, what: str) -> list[str]:
 
 def wait(
     fs: Any, timeout: float | str | None = None, return_when: str = ALL_COMPLETED, *, num_returns: int | None = None,
-    scheduler: str | None = None,
+    scheduler: str | None = None, fetch_local: bool = True,
 ) -> DoneAndNotDoneFutures | DoneAndNotDone:  # fmt: skip
     """Wait for futures, as Dask's ``wait`` (``return_when``) or Ray's (``num_returns``).
 
@@ -70,7 +70,8 @@ def wait(
     passes first.  Ray's call (``num_returns=k``) returns once ``k`` are done, or at the
     timeout with what is done then: two lists in the order given, at most ``k`` in the first.
     ``timeout`` is seconds or a duration string (``"1s"``).  Futures of a local scheduler run
-    their tasks here (``scheduler`` picks which, as for ``get``).
+    their tasks here (``scheduler`` picks which, as for ``get``).  ``fetch_local`` (Ray's) is
+    accepted: a value is read from its node's store when it is asked for, never before.
     """
     futures = check_futures(fs, "wait()")
     timeout = parse_timeout(timeout, "wait() timeout")

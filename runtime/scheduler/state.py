@@ -58,11 +58,12 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import (  # noqa: F401 - clients, membership, rerun and secession register their handlers
+from runtime.scheduler import (  # noqa: F401 - clients, membership, rerun, retrying and secession register handlers
     clients,
     membership,
     placement,
     rerun,
+    retrying,
     secession,
     stealing,
     validation,

@@ -259,6 +259,15 @@ class RerunTasks(Stimulus):
     keys: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class Retry(Stimulus):
+    """Run failed ``keys`` again: from the erred tasks they failed because of (Dask's ``retry``)."""
+
+    op: ClassVar[str] = "retry"
+    client: str
+    keys: tuple[str, ...] = field(default=())
+
+
 def _quick_init(cls: _C) -> _C:
     """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
 

@@ -25,6 +25,8 @@ actor or the first such subscriber.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import queue
@@ -52,6 +54,11 @@ _worker: Worker | None = None
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
 _STOP = object()
+
+#: the id of the actor whose constructor or method runs in this thread (or asyncio task)
+current_actor_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_actor_id", default=None)
+#: the method name a Dask actor proxy calls to read an attribute (``counter.n``)
+GETATTR = "__runtime_getattr__"
 
 
 def set_worker(worker: Worker) -> None:
@@ -135,6 +142,7 @@ class Actor:
                 reply(self.host.died_message(key, self.actor_id, self.dead))
             return
         start = time.time()
+        current_actor_id.set(self.actor_id)
         try:
             method, args, kwargs = self._prepare(msg)
             result = method(*args, **kwargs)
@@ -154,6 +162,7 @@ class Actor:
     async def _call_async(self, msg: m.ActorCall, reply: Callable[[m.Message], None]) -> None:
         async with self._slots:
             start = time.time()
+            current_actor_id.set(self.actor_id)  # this asyncio task's own context
             try:
                 method, args, kwargs = self._prepare(msg)
                 result = method(*args, **kwargs)
@@ -168,8 +177,8 @@ class Actor:
         if self.dead:
             raise ActorDiedError(f"actor {self.actor_id} is dead: {self.dead}")
         name = msg.method
-        method = getattr(self.instance, name, None)
-        if method is None or name.startswith("__") or not callable(method):
+        method = getattr(self.instance, name, None) if name != GETATTR else functools.partial(getattr, self.instance)
+        if method is None or (name.startswith("__") and name != GETATTR) or not callable(method):
             raise AttributeError(f"actor {type(self.instance).__name__} has no method {name!r}")
         deps = self.host.worker.load_deps(msg.key, msg.deps, msg.sources)
         args, kwargs = serialize.loads_args(msg.args, deps)
@@ -222,7 +231,11 @@ class ActorHost:
 
     def create(self, cls: type, actor_id: str, max_concurrency: int | None, args: tuple, kwargs: dict) -> None:
         """On an executor thread: build the instance, open the call server, tell the scheduler."""
-        instance = cls(*args, **kwargs)
+        token = current_actor_id.set(actor_id)
+        try:
+            instance = cls(*args, **kwargs)
+        finally:
+            current_actor_id.reset(token)
         with self._lock:
             self._listen()
             self.actors[actor_id] = Actor(self, actor_id, instance, max_concurrency)

@@ -184,6 +184,7 @@ class KeyRefs:
 def install(scheduler: Scheduler) -> None:
     """Add every extension to ``scheduler`` as a plugin (once it listens)."""
     from runtime.scheduler.extensions import (
+        compat,
         event,
         event_log,
         multi_lock,
@@ -210,6 +211,9 @@ def install(scheduler: Scheduler) -> None:
         "event_log": event_log.EventLogExtension(),
         "pubsub": pubsub.PubSubExtension(),
         "spans": spans.SpansExtension(),
+        "fire_and_forget": compat.FireAndForget(),
+        "metadata": compat.Metadata(),
+        "task_stream": compat.TaskStream(),
     }.items():
         scheduler.extensions[name] = ext
         scheduler.plugins.add(ext, f"extension-{name}")
