@@ -9,6 +9,9 @@ the other in one run; a system not installed is reported as such.  Reported per 
 - wall time of the shuffle (inputs already in the cluster's memory; outputs in memory);
 - peak extra memory of the whole machine over the level with the inputs in memory, as a
   multiple of the data size;
+- bytes copied through the kernel while it runs, as multiples of the data size: sent over
+  loopback TCP (between processes on this machine; Unix sockets, which only runtime's small
+  control messages use here, are not counted) and written to disk (spilling);
 - the check: every row present once, every key in one output partition.
 
     python perf/bench_shuffle.py [--gb 1] [--inputs 100] [--outputs 100] [--systems runtime,dask,ray]
@@ -27,6 +30,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import MemorySampler, render_table, run_child, settled_memory  # noqa: E402
 
 ROW_BYTES = 16
+
+
+class Copies:
+    """Bytes sent over loopback TCP and written to disk between entry and exit (the whole machine's)."""
+
+    @staticmethod
+    def _now() -> tuple[int, int]:
+        import psutil
+
+        lo = psutil.net_io_counters(pernic=True).get("lo")
+        disk = psutil.disk_io_counters()
+        return (lo.bytes_sent if lo else 0), (disk.write_bytes if disk else 0)
+
+    def __enter__(self) -> Copies:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.tcp, self.disk = (e - s for e, s in zip(end, self._start, strict=True))
+
+    def figures(self) -> dict:
+        return {"tcp": self.tcp, "disk": self.disk}
 
 
 def make_part(i: int, rows: int, keys: int):  # runs on a worker: no data crosses from the driver
@@ -68,7 +94,7 @@ def run_runtime(a: argparse.Namespace) -> dict:
         summarize = rt.remote(summary)
         rt.get(summarize.remote(rt.shuffle(parts[:2], on="key", npartitions=2)[0]))  # warm the workers
         base = settled_memory()
-        with MemorySampler() as mem:
+        with MemorySampler() as mem, Copies() as io:
             start = time.perf_counter()
             outs = rt.shuffle(parts, on="key", npartitions=a.outputs)
             rt.wait(outs, num_returns=len(outs))
@@ -76,7 +102,7 @@ def run_runtime(a: argparse.Namespace) -> dict:
         result = check(rt.get([summarize.remote(o) for o in outs]), rows * a.inputs)
     finally:
         rt.shutdown()
-    return {"wall": wall, "peak": mem.peak - base, "check": result}
+    return {"wall": wall, "peak": mem.peak - base, "check": result, **io.figures()}
 
 
 def run_dask(a: argparse.Namespace) -> dict:
@@ -97,14 +123,14 @@ def run_dask(a: argparse.Namespace) -> dict:
         df = dd.from_map(make_pandas, range(a.inputs)).persist()
         wait(df)
         base = settled_memory()
-        with MemorySampler() as mem:
+        with MemorySampler() as mem, Copies() as io:
             start = time.perf_counter()
             out = df.shuffle("key", npartitions=a.outputs, shuffle_method="p2p").persist()
             wait(out)
             wall = time.perf_counter() - start
         summaries = client.gather(client.compute([dask.delayed(summary)(d) for d in out.to_delayed()]))
         result = check(summaries, rows * a.inputs)
-    return {"wall": wall, "peak": mem.peak - base, "check": result}
+    return {"wall": wall, "peak": mem.peak - base, "check": result, **io.figures()}
 
 
 def run_ray(a: argparse.Namespace) -> dict:
@@ -119,7 +145,7 @@ def run_ray(a: argparse.Namespace) -> dict:
         ds = ray.data.from_arrow(tables).materialize()
         del tables
         base = settled_memory()
-        with MemorySampler() as mem:
+        with MemorySampler() as mem, Copies() as io:
             start = time.perf_counter()
             out = ds.repartition(a.outputs, keys=["key"]).materialize()  # a hash shuffle by key
             wall = time.perf_counter() - start
@@ -127,7 +153,7 @@ def run_ray(a: argparse.Namespace) -> dict:
         result = check(ray.get([summarize.remote(ref) for ref in out.to_arrow_refs()]), rows * a.inputs)
     finally:
         ray.shutdown()
-    return {"wall": wall, "peak": mem.peak - base, "check": result}
+    return {"wall": wall, "peak": mem.peak - base, "check": result, **io.figures()}
 
 
 SYSTEMS = {"runtime": run_runtime, "dask": run_dask, "ray": run_ray}
@@ -158,11 +184,13 @@ def main() -> None:
         cmd += ["--outputs", str(a.outputs), "--keys", str(a.keys)]
         res, _ = run_child(name, cmd, a.timeout)
         if res.get("status") != "ok":
-            rows.append([name, res.get("status", "?"), "-", "-"])
+            rows.append([name, res.get("status", "?"), "-", "-", "-", "-"])
             continue
-        rows.append([name, f"{res['wall']:.2f}", f"{res['peak'] / data:.2f}", res["check"]])
+        copies = [f"{res[k] / data:.2f}" for k in ("tcp", "disk")]
+        rows.append([name, f"{res['wall']:.2f}", f"{res['peak'] / data:.2f}", *copies, res["check"]])
     print(f"shuffle of {a.gb:g} GB ({a.inputs} -> {a.outputs} partitions, {a.keys:,} keys) on 2 workers")
-    print(render_table(["system", "wall s", "peak extra mem (x data)", "check"], rows))
+    headers = ["system", "wall s", "peak extra mem (x data)", "TCP bytes (x data)", "disk writes (x data)", "check"]
+    print(render_table(headers, rows))
 
 
 if __name__ == "__main__":
