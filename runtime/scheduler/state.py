@@ -58,12 +58,11 @@ from runtime.comm.messages import (
     StoreRef,
     Value,
 )
-from runtime.scheduler import (  # noqa: F401 - clients, membership, rerun, retrying and secession register handlers
+from runtime.scheduler import (  # noqa: F401 - clients, membership, rerun and secession register handlers
     clients,
     membership,
     placement,
     rerun,
-    retrying,
     secession,
     stealing,
     validation,

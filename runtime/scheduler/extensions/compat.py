@@ -84,7 +84,7 @@ request("fire-and-forget")(lambda s, msg, peer: _ext(s).hold(list(msg["keys"])))
 
 @request("retry")
 def _retry(s: Scheduler, msg: dict, peer: str) -> None:
-    """Dask's ``Client.retry``: the erred keys run again (``scheduler/retrying.py``)."""
+    """Dask's ``Client.retry``: the erred keys run again (``scheduler/rerun.py``)."""
     s.handle_stimulus(st.Retry(f"retry-{next(s._ids)}", peer, tuple(msg["keys"])))
 
 
