@@ -19,12 +19,37 @@ from typing import Any
 from runtime.api.context import current_runtime, is_initialized
 from runtime.api.options import ACTOR_OPTIONS, CallCheck, check_options, restrictions
 from runtime.client import handle_refs
-from runtime.client.client import task_spec
+from runtime.client.client import ClusterClient, task_spec
 from runtime.client.future import Future
 from runtime.comm import serialize
 from runtime.worker.actors import create_actor, current_worker
 
 _create_actor_pickled: bytes | None = None
+
+
+def new_actor_id(cls: type) -> str:
+    return f"actor-{cls.__name__}-{os.urandom(6).hex()}"
+
+
+def register_actor(
+    client: ClusterClient, cls: type, actor_id: str, args: tuple, kwargs: dict, opts: dict, handle: ActorHandle, *,
+    name: str = "", max_restarts: int = 0, detached: bool = False, handle_key: str = "",
+) -> dict:  # fmt: skip
+    """Ask the scheduler to start an actor of ``cls``: its creation task (placed as a task with
+    ``opts`` would be) builds the instance on a worker.  The scheduler's reply (``error`` if refused)."""
+    global _create_actor_pickled
+    if _create_actor_pickled is None:
+        _create_actor_pickled = serialize.dumps_function(create_actor)
+    cls_name = cls.__name__
+    args_bytes, deps = serialize.dumps_args(cls_name, (cls, actor_id, opts.get("max_concurrency"), args, kwargs), {})
+    task = task_spec(actor_id, _create_actor_pickled, args_bytes, deps, 0, f"actor-{cls_name}", restrictions(opts))
+    reply = client.request(
+        "register-actor", actor=actor_id, name=name, class_name=cls_name, methods=_class_info(cls)[0],
+        max_restarts=max_restarts, detached=detached, task=task, handle=serialize.dumps(handle),
+        handle_key=handle_key, handle_value=handle_refs.HANDLE_VALUE,
+    )  # fmt: skip
+    del deps  # the scheduler holds the creation task's arguments now (or refused them)
+    return reply
 
 
 def _methods(cls: type) -> list[str]:
@@ -75,7 +100,6 @@ class ActorClass:
         self._cls = cls
         self._options = check_options(options, ACTOR_OPTIONS)
         self._check_call = CallCheck(cls, f"{cls.__name__}.remote()")
-        self._methods = _class_info(cls)[0]
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -89,11 +113,7 @@ class ActorClass:
         return ActorClass(self._cls, {**self._options, **check_options(options, ACTOR_OPTIONS)})
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
-        global _create_actor_pickled
-        if _create_actor_pickled is None:
-            _create_actor_pickled = serialize.dumps_function(create_actor)
         opts = self._options
-        name = self._cls.__name__
         self._check_call(args, kwargs)
         if opts.get("get_if_exists"):  # Ray's: the live actor of that name, if there is one
             if not opts.get("name"):
@@ -101,25 +121,19 @@ class ActorClass:
             existing = _named_actor(opts["name"])
             if existing is not None:
                 return existing
-        actor_id = f"actor-{name}-{os.urandom(6).hex()}"
-        args_bytes, deps = serialize.dumps_args(
-            name, (self._cls, actor_id, opts.get("max_concurrency"), args, kwargs), {}
-        )
-        task = task_spec(actor_id, _create_actor_pickled, args_bytes, deps, 0, f"actor-{name}", restrictions(opts))
+        actor_id = new_actor_id(self._cls)
         detached = opts.get("lifetime") == "detached"
         ref_key = "" if detached else handle_refs.handle_key(actor_id)
         handle = ActorHandle(actor_id, self._cls, opts.get("max_task_retries", 0), ref_key)
         client = current_runtime().client
-        reply = client.request(
-            "register-actor", actor=actor_id, name=opts.get("name") or "", class_name=name, methods=self._methods,
-            max_restarts=opts.get("max_restarts", 0), detached=detached, task=task, handle=serialize.dumps(handle),
-            handle_key=ref_key, handle_value=handle_refs.HANDLE_VALUE,
+        reply = register_actor(
+            client, self._cls, actor_id, args, kwargs, opts, handle, name=opts.get("name") or "",
+            max_restarts=opts.get("max_restarts", 0), detached=detached, handle_key=ref_key,
         )  # fmt: skip
         if "error" in reply:
             if opts.get("get_if_exists") and (existing := _named_actor(opts["name"])) is not None:
                 return existing  # another process made it between our look and our register
             raise ValueError(reply["error"])
-        del deps  # the scheduler holds the creation task's arguments now
         if ref_key:  # the scheduler counts this process as holding a handle from now on
             handle._ref = handle_refs.adopt(client, ref_key)
         return handle

@@ -15,17 +15,15 @@ call the same actor.
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from runtime.api.actor import ActorHandle, _class_info
-from runtime.api.options import restrictions
+from runtime.api.actor import ActorHandle, _class_info, new_actor_id, register_actor
 from runtime.client.client import ClusterClient, task_spec
 from runtime.client.future import Future
 from runtime.client.graph import _Ref
 from runtime.comm import serialize
-from runtime.worker.actors import GETATTR, create_actor
+from runtime.worker.actors import GETATTR
 
 if TYPE_CHECKING:
     from runtime.client.futures_client import Client
@@ -41,19 +39,10 @@ def submit_actor(client: Client, cls: Any, args: tuple, kwargs: dict, key: str |
         raise TypeError(f"submit(..., actor=True) needs a class, not a {type(cls).__name__}")
     core = client.core
     name = cls.__name__
-    methods = _class_info(cls)[0]
-    actor_id = f"actor-{name}-{os.urandom(6).hex()}"
-    args_bytes, deps = serialize.dumps_args(name, (cls, actor_id, None, args, kwargs), {})
-    task = task_spec(
-        actor_id, serialize.dumps_function(create_actor), args_bytes, deps, 0, f"actor-{name}", restrictions(options)
-    )
-    reply = core.request(
-        "register-actor", actor=actor_id, name="", class_name=name, methods=methods, max_restarts=0,
-        detached=False, task=task, handle=serialize.dumps(ActorHandle(actor_id, cls)),
-    )  # fmt: skip
+    actor_id = new_actor_id(cls)
+    reply = register_actor(core, cls, actor_id, args, kwargs, options, ActorHandle(actor_id, cls))
     if "error" in reply:
         raise ValueError(reply["error"])
-    del deps  # the scheduler holds the creation task's arguments now
     _made_here[actor_id] = core
     # The future is a task that depends on the creation task: done once the actor is built,
     # erred with the constructor's exception if that raised (as Dask's actor future).
