@@ -293,7 +293,13 @@ class Queue(_Named):
         full for ``timeout``."""
         seconds = config.parse_timeout(timeout)
         cc = self.cc
-        result = _ask(cc, "queue-put", wait=True, name=self.name, item=encode_item(cc, value), timeout=seconds)
+        item = encode_item(cc, value)
+        if not self.maxsize and "key" not in item:
+            # It cannot wait (no bound) and holds no key to be held before we return: one
+            # message, no round trip.  This thread's later requests go after it, in order.
+            cc.tell("queue-put", name=self.name, item=item, timeout=seconds)
+            return
+        result = _ask(cc, "queue-put", wait=True, name=self.name, item=item, timeout=seconds)
         if isinstance(result, dict):
             raise TimeoutError(result["timeout"])
 
