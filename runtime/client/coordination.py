@@ -15,6 +15,7 @@ as its key, and the scheduler keeps that key alive while it is there.  The gette
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ from runtime.comm import serialize
 
 __all__ = ["Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event", "cluster_client"]
 
+
+#: numbers the leases this process takes (with its client's id, unique in the cluster)
+_lease_ids = itertools.count()
 
 def cluster_client(client: Any = None) -> ClusterClient:
     """The cluster client to talk through: ``client`` (a ``runtime.Client`` or a cluster
@@ -148,7 +152,7 @@ class Semaphore(_Named):
         a timedelta; None: wait as long as it takes)."""
         seconds = config.parse_timeout(timeout)
         cc = self.cc
-        lease = uuid.uuid4().hex
+        lease = f"{cc.id}-{next(_lease_ids)}"  # unique in the cluster (uuid4 costs a getrandom call)
         if not _ask(cc, "semaphore-acquire", wait=True, name=self.name, lease=lease, timeout=seconds):
             return False
         self._leases.append(lease)
