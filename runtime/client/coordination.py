@@ -33,6 +33,7 @@ __all__ = ["Lock", "MultiLock", "Semaphore", "Queue", "Variable", "Event", "clus
 #: numbers the leases this process takes (with its client's id, unique in the cluster)
 _lease_ids = itertools.count()
 
+
 def cluster_client(client: Any = None) -> ClusterClient:
     """The cluster client to talk through: ``client`` (a ``runtime.Client`` or a cluster
     client), else, inside a task or actor, that worker process's, else the default
