@@ -8,7 +8,8 @@
                              itself (or the connection's reader thread,
                              when nobody waits for it)
 
-    otherwise: outbox ──► client loop: route per actor (FIFO) ──► the connection's sender thread
+    calls in flight before it: ─────────────────────────────────► the connection's sender thread
+    otherwise: outbox ──► client loop: route per actor (FIFO) ──┘   (what gathered, one frame)
                             │ location from the scheduler, once
 
 Each actor has one *route* in this process: a FIFO of calls not sent yet, and one blocking
@@ -18,7 +19,9 @@ waits for its result (``get``, ``wait``, ``Future.result``) reads the reply itse
 the connection's read lock, so no event loop or second thread is woken on the way.  The
 loop handles only what must wait (the actor's location, future arguments not done yet):
 those calls leave through the connection's sender thread, and calls made after them follow
-them, so calls reach the actor in the order they were made.
+them, so calls reach the actor in the order they were made.  A burst of calls (pipelining)
+goes from the calling thread straight to the sender thread, which writes all that gathered
+while it wrote the last frame: one hand-off per frame, not a trip through the loop.
 
 Replies nobody waits for are read by the connection's *reader thread*: at once for a future
 with a done callback (``add_done_callback``, ``await``, a held graph), else when no one has
@@ -34,7 +37,6 @@ while they have retries left (the actor option ``max_task_retries``), else they 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import select
@@ -136,7 +138,9 @@ class _Conn:
         self.cond = threading.Condition()
         self.kicked = False
         self.idle = False
-        self.sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"runtime-actor-send-{actor_id}")
+        #: calls for the sender thread to write, in order (``send_cond``)
+        self.outgoing: deque[_Call] = deque()
+        self.send_cond = threading.Condition()
 
     def wake(self, kick: bool = False) -> None:
         """Make sure the reader thread will look (``kick``: read now)."""
@@ -230,16 +234,38 @@ class ActorCalls:
         with self._lock:
             route = self._routes.get(call.actor_id)
             conn = route.conn if route is not None else None
-            # Only a call with none before it in flight goes alone: calls made in a burst
-            # leave through the loop, many to a frame, so pipelined calls cost a syscall less each.
-            if (
-                conn is None or conn.inflight or route.queue or conn.unsent  # type: ignore[union-attr]
-                or route.error is not None or route.relocating  # type: ignore[union-attr]
-            ):  # fmt: skip
+            if conn is None or route.queue or route.error is not None or route.relocating:  # type: ignore[union-attr]
                 return False
             self._track(conn, call)
-        self._write(conn, [call])
+            # A call with none before it in flight goes alone, from this thread; calls made in
+            # a burst go to the connection's sender thread, which writes what has gathered
+            # meanwhile in one frame: one hand-off, and a syscall for many calls.
+            alone = len(conn.inflight) == len(call.result_keys()) and not conn.unsent
+            if not alone:
+                self._enqueue(conn, [call])
+        if alone:
+            self._write(conn, [call])
         return True
+
+    def _enqueue(self, conn: _Conn, calls: list[_Call]) -> None:
+        """Hand ``calls`` to ``conn``'s sender thread.  Call with ``_lock`` held (after ``_track``)."""
+        conn.unsent += len(calls)
+        with conn.send_cond:
+            conn.outgoing.extend(calls)
+            conn.send_cond.notify()
+
+    def _sender_thread(self, conn: _Conn) -> None:
+        """Write the calls handed over, in order, all that gathered in one frame each time."""
+        while True:
+            with conn.send_cond:
+                while not conn.outgoing and not conn.closed:
+                    conn.send_cond.wait()
+                if not conn.outgoing:
+                    return
+                calls = list(conn.outgoing)
+                conn.outgoing.clear()
+            self._write(conn, calls, queued=True)
+            del calls  # not held while waiting: what a call keeps (its handle's key) goes with its reply
 
     def relocate(self, actor_id: str) -> None:
         """The actor was killed or restarted: calls made from now on ask the scheduler where
@@ -314,7 +340,7 @@ class ActorCalls:
         return m.ActorCall(call.key, call.actor_id, call.method, call.args, values, sources, call.returns)
 
     def _write(self, conn: _Conn, calls: list[_Call], queued: bool = False) -> None:
-        """Send ``calls`` (``queued``: from the sender thread, counted in ``unsent``)."""
+        """Send ``calls`` (``queued``: by the sender thread, counted in ``unsent``)."""
         data = codec.encode([self._message(c) for c in calls])
         try:
             with conn.send_lock:
@@ -430,7 +456,8 @@ class ActorCalls:
         close_blocking(conn.sock)  # wakes a thread blocked reading it
         with conn.cond:
             conn.cond.notify_all()
-        conn.sender.shutdown(wait=False)
+        with conn.send_cond:  # the sender thread writes what it has (to no avail) and ends
+            conn.send_cond.notify()
 
     def _resolve(self, msg: m.ActorResult | m.ActorError) -> None:
         """A call's result or error.  Call with the futures' lock held."""
@@ -522,13 +549,7 @@ class ActorCalls:
                     self._track(conn, call)
                     sends.append(call)
                 if sends:
-                    conn.unsent += len(sends)
-        if sends:
-            assert conn is not None
-            try:
-                conn.sender.submit(self._write, conn, sends, True)
-            except RuntimeError:  # closed meanwhile: its reader retries or fails them
-                pass
+                    self._enqueue(conn, sends)
         for call, why in failed:
             for key in call.result_keys():
                 if isinstance(why, str):
@@ -571,9 +592,8 @@ class ActorCalls:
 
     def _connect(self, address: str, actor_id: str) -> _Conn:
         conn = _Conn(open_blocking(address, 1.0), address, actor_id)
-        threading.Thread(
-            target=self._reader_thread, args=(conn,), name=f"runtime-actor-{actor_id}", daemon=True
-        ).start()
+        for target, name in ((self._reader_thread, "runtime-actor"), (self._sender_thread, "runtime-actor-send")):
+            threading.Thread(target=target, args=(conn,), name=f"{name}-{actor_id}", daemon=True).start()
         return conn
 
     def close(self) -> None:
