@@ -16,6 +16,7 @@ import pytest
 from conftest import runtime_cmd
 
 import runtime as rt
+from runtime.api.context import current_runtime
 from runtime.client.client import ClusterClient
 from runtime.comm import auth, codec
 from runtime.comm.serialize import dumps_function
@@ -212,3 +213,46 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
     finally:
         assert runtime_cmd("stop", *flags, run_dir=run_dir).returncode == 0
         runtime_cmd("stop", *flags, run_dir=run_dir + "-b")
+
+
+def _reachable_ip() -> str | None:
+    """An address of this host other than loopback, as another host would reach it."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.254", 9))  # no packet leaves: this only picks the outgoing interface
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_actors_on_a_node_reached_from_elsewhere_are_called_on_its_interface(tmp_path, security_env):
+    # A node joined from "another host" (through this host's outside address) serves its actors'
+    # calls on the interface its agent advertises, not on its loopback: a caller elsewhere
+    # could not reach 127.0.0.1 there.
+    ip = _reachable_ip()
+    if ip is None:
+        pytest.skip("this host has no address besides loopback")
+    secret = _secret_file(tmp_path, "shared")
+    head = str(tmp_path / "head")
+    address = _start_head(head, "--host", "0.0.0.0", "--secret-file", secret)
+    port = address.rpartition(":")[2]
+    joined = str(tmp_path / "joined")
+    started = runtime_cmd(
+        "start", "--address", f"tcp://{ip}:{port}", "--host", "0.0.0.0", "--num-workers", "1",
+        "--resources", "far=1", "--secret-file", secret, run_dir=joined,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        security_env(secret_file=secret)
+        rt.init(address=f"tcp://{ip}:{port}")
+        try:
+            counter = Counter.options(resources={"far": 1}).remote()
+            assert rt.get([counter.incr.remote() for _ in range(3)], timeout=60) == [1, 2, 3]
+            where = current_runtime().client.request("actor-location", actor=counter._actor_id)
+            assert where["address"].startswith(f"tcp://{ip}:"), where
+        finally:
+            rt.shutdown()
+    finally:
+        runtime_cmd("stop", "--secret-file", secret, run_dir=joined)
+        runtime_cmd("stop", "--secret-file", secret, run_dir=head)

@@ -36,7 +36,7 @@ import psutil
 from runtime import config
 from runtime.comm import messages as m
 from runtime.comm import serialize
-from runtime.comm.core import Comm, ThreadOutbox, connect
+from runtime.comm.core import Comm, ThreadOutbox, connect, parse_address
 from runtime.objstore import store, values
 from runtime.objstore.store import ObjectLostError
 from runtime.objstore.transfer import fetch_sync
@@ -108,8 +108,9 @@ class Worker:
         #: messages from executor threads on their way to the scheduler
         self._outbox: ThreadOutbox | None = None
         self._functions: dict[bytes, Any] = {}
-        #: the actors living in this process
-        self.actor_host = ActorHost(self)
+        #: the actors living in this process; callers reach them on the interface the node's
+        #: agent serves on (loopback unless the node was started to be reached from elsewhere)
+        self.actor_host = ActorHost(self, parse_address(agent)[1] if agent.startswith("tcp://") else "127.0.0.1")
         self.loop: asyncio.AbstractEventLoop | None = None
         #: worker plugins (Client.register_plugin)
         self.plugins = Plugins(self)
