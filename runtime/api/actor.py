@@ -33,10 +33,11 @@ def new_actor_id(cls: type) -> str:
 
 def register_actor(
     client: ClusterClient, cls: type, actor_id: str, args: tuple, kwargs: dict, opts: dict, handle: ActorHandle, *,
-    name: str = "", max_restarts: int = 0, detached: bool = False, handle_key: str = "",
+    name: str = "", max_restarts: int = 0, detached: bool = False, handle_key: str = "", hold: bool = False,
 ) -> dict:  # fmt: skip
     """Ask the scheduler to start an actor of ``cls``: its creation task (placed as a task with
-    ``opts`` would be) builds the instance on a worker.  The scheduler's reply (``error`` if refused)."""
+    ``opts`` would be) builds the instance on a worker.  The scheduler's reply (``error`` if
+    refused).  ``hold``: ``client`` wants the creation task (keyed ``actor_id``) from the start."""
     global _create_actor_pickled
     if _create_actor_pickled is None:
         _create_actor_pickled = serialize.dumps_function(create_actor)
@@ -46,7 +47,7 @@ def register_actor(
     reply = client.request(
         "register-actor", actor=actor_id, name=name, class_name=cls_name, methods=_class_info(cls)[0],
         max_restarts=max_restarts, detached=detached, task=task, handle=serialize.dumps(handle),
-        handle_key=handle_key, handle_value=handle_refs.HANDLE_VALUE,
+        handle_key=handle_key, handle_value=handle_refs.HANDLE_VALUE, hold=hold,
     )  # fmt: skip
     del deps  # the scheduler holds the creation task's arguments now (or refused them)
     return reply

@@ -40,16 +40,22 @@ def submit_actor(client: Client, cls: Any, args: tuple, kwargs: dict, key: str |
     core = client.core
     name = cls.__name__
     actor_id = new_actor_id(cls)
-    reply = register_actor(core, cls, actor_id, args, kwargs, options, ActorHandle(actor_id, cls))
+    # Held for us from the start: a constructor that fails at once must not take its task
+    # (and error) away before the proxy task below, which depends on it, reaches the scheduler.
+    reply = register_actor(core, cls, actor_id, args, kwargs, options, ActorHandle(actor_id, cls), hold=True)
     if "error" in reply:
         raise ValueError(reply["error"])
+    with core.futures.lock:
+        creation = core.futures.future(actor_id)  # ours until the proxy task holds it
     _made_here[actor_id] = core
     # The future is a task that depends on the creation task: done once the actor is built,
     # erred with the constructor's exception if that raised (as Dask's actor future).
     args_bytes, deps = serialize.dumps_args_plain(name, (_Ref(actor_id), cls, actor_id), {})
     key = key or f"{name}-{actor_id.rsplit('-', 1)[-1]}"
     proxy_task = task_spec(key, serialize.dumps_function(_proxy), args_bytes, deps, 0, name, None)
-    return core.update_graph([proxy_task], [key])[0]
+    proxy = core.update_graph([proxy_task], [key])[0]
+    del creation  # its release leaves after the proxy task, on the same connection
+    return proxy
 
 
 def _proxy(created: None, cls: type, actor_id: str) -> Actor:

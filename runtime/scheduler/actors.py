@@ -116,6 +116,9 @@ class ActorRegistry:
             info.handle_key = msg["handle_key"]
             self.lifetime.register(info, client, info.handle_key, msg["handle_value"])
         self._create(info)
+        if msg.get("hold"):  # the caller wants the creation task itself (Dask's actor future waits on it)
+            hold = st.UpdateGraph(f"hold-{info.actor_id}", client, (), (info.creation_key,), 0)
+            asyncio.get_running_loop().call_soon(self._handle, hold)
         return {"ok": True}
 
     def locate(self, actor_id: str, not_at: str = "") -> dict | asyncio.Future:
