@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
+from runtime.api.context import current_runtime
 
 
 @rt.remote
@@ -56,6 +58,16 @@ def test_calls_run_in_order_and_keep_state(cluster):
     refs = [c.incr.remote() for _ in range(200)]
     assert rt.get(refs) == list(range(11, 211))
     assert rt.get(c.value.remote()) == 210
+
+
+def test_calls_to_an_actor_on_this_host_go_through_a_unix_socket(cluster):
+    # The call server also listens on an abstract Unix socket named after its TCP address:
+    # a caller on the same host connects there (half loopback TCP's round trip).
+    c = Counter.remote()
+    assert rt.get(c.incr.remote()) == 1
+    route = current_runtime().client.actor_calls._routes[c._actor_id]
+    assert route.conn is not None and route.conn.sock.family == socket.AF_UNIX
+    assert route.conn.address.startswith("tcp://")  # what a caller on another host uses
 
 
 def test_method_error_is_reraised_and_the_actor_lives_on(cluster):

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
 from runtime.comm import codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import FrameReader, ThreadOutbox, close_blocking, open_blocking
+from runtime.comm.core import FrameReader, ThreadOutbox, close_blocking, open_local_first
 from runtime.errors import ActorDiedError
 
 if TYPE_CHECKING:
@@ -591,7 +591,7 @@ class ActorCalls:
         self._pump(route)
 
     def _connect(self, address: str, actor_id: str) -> _Conn:
-        conn = _Conn(open_blocking(address, 1.0), address, actor_id)
+        conn = _Conn(open_local_first(address, 1.0), address, actor_id)
         for target, name in ((self._reader_thread, "runtime-actor"), (self._sender_thread, "runtime-actor-send")):
             threading.Thread(target=target, args=(conn,), name=f"{name}-{actor_id}", daemon=True).start()
         return conn

@@ -260,6 +260,38 @@ def open_blocking(address: str, timeout: float, io_timeout: float | None = None)
     return sock
 
 
+def local_name(address: str) -> str:
+    """The abstract Unix socket (Linux) a blocking server at TCP ``address`` also listens on.
+
+    It exists on a host only if that server runs there (the name holds the server's own
+    address, and abstract sockets are private to a host's network namespace), so a client
+    that can connect to it is on the same host: there a Unix socket's round trip costs half
+    of loopback TCP's (50 against 108 us on the 2-core VM, idle)."""
+    return "\0runtime-" + address.removeprefix("tcp://")
+
+
+def listen_local(address: str) -> socket.socket | None:
+    """A listening socket on ``local_name(address)``; None where there are no abstract sockets."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(local_name(address))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def open_local_first(address: str, timeout: float) -> socket.socket:
+    """``open_blocking(address)``, through the server's ``local_name`` when it is on this host."""
+    if address.startswith("tcp://"):
+        try:
+            return auth.open_sync("unix", local_name(address), 0, timeout)
+        except OSError:  # elsewhere, or no abstract sockets here
+            pass
+    return open_blocking(address, timeout)
+
+
 def close_blocking(sock: socket.socket) -> None:
     """Close a blocking connection, waking a thread blocked reading it."""
     try:

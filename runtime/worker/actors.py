@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.comm import auth, codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import FrameReader
+from runtime.comm.core import FrameReader, listen_local
 from runtime.errors import ActorDiedError
 from runtime.objstore import values
 
@@ -224,7 +224,8 @@ class ActorHost:
         self._interface = host
         #: where callers connect; empty until the first actor starts here
         self.address = ""
-        self._listener: socket.socket | None = None
+        #: the call server's listening sockets (TCP, and a Unix socket for callers on this host)
+        self._listeners: list[socket.socket] = []
         self._lock = threading.Lock()
         #: takes the pub/sub messages publishers send here directly (client/pubsub.py), once set
         self.on_pubsub: Callable[[m.PubsubMsg], None] | None = None
@@ -251,9 +252,12 @@ class ActorHost:
     def _listen(self) -> None:
         """Open the server, once.  Call with ``_lock`` held."""
         if not self.address:
-            self._listener = socket.create_server((self._interface, 0))
-            threading.Thread(target=self._accept, args=(self._listener,), name="actor-server", daemon=True).start()
-            self.address = f"tcp://{self._interface}:{self._listener.getsockname()[1]}"
+            tcp = socket.create_server((self._interface, 0))
+            self.address = f"tcp://{self._interface}:{tcp.getsockname()[1]}"
+            # Callers on this host come in through a Unix socket instead (core.local_name).
+            self._listeners = [tcp, *filter(None, [listen_local(self.address)])]
+            for listener in self._listeners:
+                threading.Thread(target=self._accept, args=(listener,), name="actor-server", daemon=True).start()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -261,7 +265,8 @@ class ActorHost:
                 conn, peer = listener.accept()
             except OSError:  # closed: the worker is stopping
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(conn, str(peer)), name="actor-caller", daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
@@ -311,8 +316,8 @@ class ActorHost:
     def close(self) -> None:
         for actor_id in list(self.actors):
             self.kill(actor_id, "its worker is shutting down")
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
 
     def erred_message(self, key: str, e: BaseException, start: float) -> m.ActorError:
         return m.ActorError(key, *serialize.pickled_error(e), start, time.time())
