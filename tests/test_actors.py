@@ -37,6 +37,10 @@ class Counter:
     def big(self, n):
         return np.arange(n)
 
+    def wait(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
 
 @rt.remote
 def call_incr(handle, by):
@@ -68,6 +72,9 @@ def test_calls_to_an_actor_on_this_host_go_through_a_unix_socket(cluster):
     route = current_runtime().client.actor_calls._routes[c._actor_id]
     assert route.conn is not None and route.conn.sock.family == socket.AF_UNIX
     assert route.conn.address.startswith("tcp://")  # what a caller on another host uses
+    # A call may take longer than connecting may (the connection once kept that bound, 1 s,
+    # and a 1.5 s call failed as if its actor had died).
+    assert rt.get(c.wait.remote(1.5), timeout=30) == 1.5
 
 
 def test_method_error_is_reraised_and_the_actor_lives_on(cluster):

@@ -32,7 +32,7 @@ from runtime import config
 from runtime.client.event_log import client_of
 from runtime.comm import codec, serialize
 from runtime.comm import messages as m
-from runtime.comm.core import open_blocking
+from runtime.comm.core import open_local_first
 from runtime.errors import ClientClosedError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class _PubSub:
         try:
             if conn is None:
                 # bounded sends: a subscriber that stops reading does not block us forever
-                sock = open_blocking(address, CONNECT_TIMEOUT, CONNECT_TIMEOUT)
+                sock = open_local_first(address, CONNECT_TIMEOUT, CONNECT_TIMEOUT)
                 with self._lock:
                     conn = self._conns.setdefault(address, (sock, threading.Lock()))
                 if conn[0] is not sock:

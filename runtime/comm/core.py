@@ -253,7 +253,12 @@ def open_blocking(address: str, timeout: float, io_timeout: float | None = None)
     """A blocking connection for a thread that writes (and reads) its own frames: this process's
     TLS and secret, no Nagle delay; ``io_timeout`` bounds each send and receive (None: none)."""
     scheme, host, port = parse_address(address)
-    sock = auth.open_sync(scheme, host, port, timeout)
+    return _blocking(auth.open_sync(scheme, host, port, timeout), io_timeout)
+
+
+def _blocking(sock: socket.socket, io_timeout: float | None) -> socket.socket:
+    """A connected socket set up for blocking I/O: ``io_timeout`` in place of the connect's own
+    timeout, and no Nagle delay on TCP."""
     sock.settimeout(io_timeout)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -282,14 +287,15 @@ def listen_local(address: str) -> socket.socket | None:
     return sock
 
 
-def open_local_first(address: str, timeout: float) -> socket.socket:
-    """``open_blocking(address)``, through the server's ``local_name`` when it is on this host."""
+def open_local_first(address: str, timeout: float, io_timeout: float | None = None) -> socket.socket:
+    """``open_blocking``, through the server's ``local_name`` when it is on this host (a server
+    that listens there: an actor's worker, for calls and direct pub/sub)."""
     if address.startswith("tcp://"):
         try:
-            return auth.open_sync("unix", local_name(address), 0, timeout)
+            return _blocking(auth.open_sync("unix", local_name(address), 0, timeout), io_timeout)
         except OSError:  # elsewhere, or no abstract sockets here
             pass
-    return open_blocking(address, timeout)
+    return open_blocking(address, timeout, io_timeout)
 
 
 def close_blocking(sock: socket.socket) -> None:
