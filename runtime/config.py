@@ -267,6 +267,10 @@ SETTINGS: dict[str, Setting] = {
     "scheduler.chain-hints": Setting(True, _bool,
         "send a task's worker, with it, each dependent waiting for it alone, to start there as soon as it "
         "finishes (a chain goes on without a scheduler round trip per link)"),
+    "comm.busy-poll": Setting(200e-6, _number(float, 0.0),
+        "seconds a thread waiting on a blocking connection (an actor call's reply, the next call "
+        "to an actor, a request to the scheduler) polls before it sleeps, while its waits stay that "
+        "short: a round trip then skips an idle CPU's wake-up (0: never poll)"),
     "scheduler.allowed-failures": Setting(3, _number(int, 0),
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
     "scheduler.transition-log-length": Setting(1000, _number(int, 1),

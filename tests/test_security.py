@@ -206,6 +206,12 @@ def test_tls_with_a_cluster_ca(tmp_path, security_env):
             assert client.get(sums, timeout=60) == [1_000_000.0, 1_000_000.0]
         finally:
             client.close()
+        rt.init(address=address)  # actor calls read TLS frames (never polled: comm.busy-poll)
+        try:
+            counter = Counter.remote()
+            assert [rt.get(counter.incr.remote(), timeout=60) for _ in range(3)] == [1, 2, 3]
+        finally:
+            rt.shutdown()
         # The secret alone, without TLS, gets nowhere.
         security_env(tls_cert="", tls_key="", tls_ca="")
         with pytest.raises(ConnectionError, match="uses TLS and this process does not"):

@@ -1,0 +1,80 @@
+"""The blocking side's frame reader (``comm.core.FrameReader``): frames split or batched across
+``recv``s come out whole, and a waiting thread polls before it sleeps only while its waits stay
+within ``comm.busy-poll``."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from runtime import config
+from runtime.comm import codec
+from runtime.comm import messages as m
+from runtime.comm.core import FrameReader
+
+
+def _frame(key: str) -> bytes:
+    return codec.encode([m.ActorResult(key, b"x" * 10, 10)])
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        yield a, b
+
+
+def _keys(reader: FrameReader) -> list[str]:
+    return [msg.key for msg in reader.read()]
+
+
+def test_frames_split_and_batched_across_recvs_come_out_whole(pair):
+    a, b = pair
+    reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
+    one, two = _frame("one"), _frame("two")
+    a.sendall(one[:3])  # a header split in two
+    threading.Timer(0.05, a.sendall, [one[3:] + two]).start()
+    assert _keys(reader) == ["one"]
+    assert _keys(reader) == ["two"]  # already buffered: no recv
+    a.close()
+    with pytest.raises(ConnectionResetError, match="peer closed the connection"):
+        reader.read()
+
+
+def test_a_wait_longer_than_the_budget_turns_polling_off_and_a_short_one_back_on(pair):
+    a, b = pair
+    with config.set({"comm.busy-poll": 0.005}):
+        reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
+    assert reader.busy_poll == 0.005 and reader._polling
+    a.sendall(_frame("at-once"))
+    assert _keys(reader) == ["at-once"] and reader._polling  # caught while polling
+
+    threading.Timer(0.1, a.sendall, [_frame("late")]).start()
+    assert _keys(reader) == ["late"]
+    assert not reader._polling  # the poll missed: an idle connection stops polling
+
+    a.sendall(_frame("soon"))
+    assert _keys(reader) == ["soon"]
+    assert reader._polling  # a sleep the budget would have covered: polling again
+
+
+@pytest.mark.parametrize("setup", ["timeout", "off"])
+def test_no_polling_on_a_socket_with_a_timeout_or_when_turned_off(pair, setup):
+    a, b = pair
+    if setup == "timeout":  # Python would wait for readability before each recv
+        b.settimeout(5.0)
+    with config.set({"comm.busy-poll": 0.0 if setup == "off" else 0.005}):
+        reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
+    assert reader.busy_poll == 0.0 and not reader._polling
+    threading.Timer(0.02, a.sendall, [_frame("k")]).start()
+    t = time.process_time()
+    assert _keys(reader) == ["k"]
+    assert time.process_time() - t < 0.015  # slept, did not spin through the 20 ms
+
+
+def test_a_bad_busy_poll_setting_is_refused_naming_it():
+    with pytest.raises(ValueError, match="comm.busy-poll"):
+        config.set({"comm.busy-poll": -1})
