@@ -64,6 +64,18 @@ def test_calls_run_in_order_and_keep_state(cluster):
     assert rt.get(c.value.remote()) == 210
 
 
+def test_a_burst_gets_its_replies_without_waiting_for_a_long_call_behind_them(cluster):
+    # Replies to calls with more behind them in a frame leave through the connection's
+    # writer thread: the slow call at the end of the burst does not hold them back.
+    c = Counter.remote()
+    rt.get(c.incr.remote())  # connected: the burst goes out in few frames
+    quick = [c.incr.remote() for _ in range(50)]
+    slow = c.wait.remote(5)
+    assert rt.get(quick, timeout=30) == list(range(2, 52))
+    assert rt.wait([slow], num_returns=1, timeout=0)[0] == []  # their replies came while it still ran
+    assert rt.get(slow, timeout=30) == 5
+
+
 def test_calls_to_an_actor_on_this_host_go_through_a_unix_socket(cluster):
     # The call server also listens on an abstract Unix socket named after its TCP address:
     # a caller on the same host connects there (half loopback TCP's round trip).

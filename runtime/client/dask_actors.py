@@ -50,7 +50,7 @@ def submit_actor(client: Client, cls: Any, args: tuple, kwargs: dict, key: str |
     _made_here[actor_id] = core
     # The future is a task that depends on the creation task: done once the actor is built,
     # erred with the constructor's exception if that raised (as Dask's actor future).
-    args_bytes, deps = serialize.dumps_args_plain(name, (_Ref(actor_id), cls, actor_id), {})
+    args_bytes, deps = serialize.dumps_args(name, (_Ref(actor_id), cls, actor_id), {})
     key = key or f"{name}-{actor_id.rsplit('-', 1)[-1]}"
     proxy_task = task_spec(key, serialize.dumps_function(_proxy), args_bytes, deps, 0, name, None)
     proxy = core.update_graph([proxy_task], [key])[0]

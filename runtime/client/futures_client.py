@@ -161,7 +161,7 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
     ) -> tuple[TaskSpec, Future | None]:
         """The task's description, and the actor-call result among its arguments that failed, if any."""
         name = _funcname(fn)
-        args_bytes, deps = serialize.dumps_args_plain(name, args, kwargs)
+        args_bytes, deps = serialize.dumps_args(name, args, kwargs)
         if key is None:
             if pure:
                 key = f"{name}-{hashlib.blake2b(func_bytes + args_bytes, digest_size=16).hexdigest()}"

@@ -152,7 +152,7 @@ def submit(client: Client, dsk: Any, keys: Any, retries: int = 0) -> Any:
         if missing is not None:
             raise KeyError(f"get(): task {key!r} depends on {missing!r}, which is not in the graph")
         refs = {d: _Ref(runtime_key(d)) for d in deps}
-        args_bytes, dep_refs = serialize.dumps_args_plain(_prefix(key), (node, refs), {})
+        args_bytes, dep_refs = serialize.dumps_args(_prefix(key), (node, refs), {})
         tasks.append(task_spec(runtime_key(key), func_bytes, args_bytes, dep_refs, retries, _prefix(key)))
     unique = [k for k in dict.fromkeys(runtime_key(k) for k in wanted) if k not in persisted]
     futures = dict(zip(unique, client.core.update_graph(tasks, unique), strict=True)) if unique else {}

@@ -13,7 +13,8 @@ where callers reach it.  Calls then go straight from caller to this worker, neve
 the scheduler.  Each caller has one connection, served by a thread of its own with blocking
 I/O: a plain actor's call runs right on that thread, under the actor's lock, so calls run in
 exactly the order each caller made them and a call costs no hand-off between threads (the
-round trip is what sequential callers wait on).  With ``max_concurrency=N`` calls go to a
+round trip is what sequential callers wait on); replies to calls with more behind them in
+the same frame gather for the connection's writer thread (``_Replies``).  With ``max_concurrency=N`` calls go to a
 FIFO served by N threads; an actor with ``async def`` methods runs them on an event loop of
 its own.  The instance never leaves this process, so calls never serialise its state.
 
@@ -212,6 +213,64 @@ class Actor:
         return m.ActorResult(key, value, nbytes)
 
 
+class _Replies:
+    """The replies on one caller's connection, written in the order they are made.
+
+    A reply its caller may be waiting on alone (to the last call of a frame) is written at
+    once by the thread that made it: no hand-off.  Replies to calls with more behind them in
+    the frame (a pipelined burst) gather for the connection's writer thread, which writes all
+    that gathered in one frame: a burst's replies cost a few writes instead of one each, and
+    the calls behind them do not wait for those writes.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        #: held over a write, so frames leave whole and in order
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._gathered: list[m.Message] = []
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def send(self, msg: m.Message) -> None:
+        """Write ``msg`` now, after what gathered before it."""
+        self._write([msg])
+
+    def later(self, msg: m.Message) -> None:
+        """Hand ``msg`` to the writer thread."""
+        with self._cond:
+            self._gathered.append(msg)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_gathered, name="actor-replies", daemon=True)
+                self._writer.start()
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _write(self, msgs: list[m.Message]) -> None:
+        with self._write_lock:
+            with self._cond:
+                msgs, self._gathered = self._gathered + msgs, []
+            if not msgs:
+                return
+            try:
+                self._sock.sendall(codec.encode(msgs))
+            except OSError:  # the caller went away; its calls die with its connection
+                pass
+
+    def _write_gathered(self) -> None:
+        while True:
+            with self._cond:
+                while not self._gathered and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            self._write([])
+
+
 class ActorHost:
     """The actors of one worker and the server their callers connect to."""
 
@@ -275,26 +334,21 @@ class ActorHost:
         if secured is None:
             return
         conn = secured
-        send_lock = threading.Lock()
-
-        def reply(msg: m.Message) -> None:
-            data = codec.encode([msg])
-            try:
-                with send_lock:
-                    conn.sendall(data)
-            except OSError:  # the caller went away; its calls die with its connection
-                pass
-
+        replies = _Replies(conn)
         frames = FrameReader(conn, peer, m.TO_ACTOR_SERVER)
         with conn:
             while True:
                 try:
                     msgs = frames.read()
                 except (ConnectionError, OSError) as e:
+                    replies.close()
                     if not isinstance(e, ConnectionResetError):
                         logger.warning("actor server: dropping the connection from %s: %s", peer, e)
                     return
+                last = msgs[-1]
                 for msg in msgs:
+                    # More calls already here: the caller waits for the last, not for this one.
+                    reply = replies.later if msg is not last or frames.buffered() else replies.send
                     if type(msg) is m.PubsubMsg:  # from a publisher on another worker (client/pubsub.py)
                         if self.on_pubsub is not None:
                             self.on_pubsub(msg)
