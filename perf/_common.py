@@ -526,6 +526,19 @@ def parse_bench_args(
     return args
 
 
+def _compile_runtime() -> None:
+    """Write runtime's bytecode if it is missing (``make bytecode``): Dask and Ray come from
+    wheels, compiled at install, while an editable install under PYTHONDONTWRITEBYTECODE would
+    compile its modules again in every process and charge start-up for it."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("runtime")  # found, not imported: this process loads no system
+    if spec is not None and spec.submodule_search_locations:
+        for where in spec.submodule_search_locations:
+            compileall.compile_dir(where, quiet=1)
+
+
 def drive(
     args: argparse.Namespace, script: str, bench_system: Callable[[str, Any, int], dict[str, Any]],
     print_table: Callable[[dict[str, dict[str, Any]], argparse.Namespace], None], quick: Any, full: Any,
@@ -536,6 +549,7 @@ def drive(
         result = bench_system(args.system, quick if args.quick else full, args.repeat)
         print(json.dumps(result), flush=True)
         return 0 if result["status"] in ("ok", "not installed") else 1
+    _compile_runtime()
     results = {}
     for name in args.only:
         if not args.json:
