@@ -16,17 +16,17 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime import config, local
+from runtime import config
 from runtime.client.client import ClusterClient
 from runtime.client.future import Future
 from runtime.client.owner import by_owner, scheduler_choice
 from runtime.cluster import LocalCluster
-from runtime.local import local_scheduler
 from runtime.worker.actors import current_worker
 
 logger = logging.getLogger("runtime")
@@ -158,7 +158,9 @@ def shutdown() -> None:
     global _current
     with _lock:
         rt, _current = _current, None
-    local.shutdown()
+    local = sys.modules.get("runtime.local")  # imported only for a local scheduler (heavy: the state machine)
+    if local is not None:
+        local.shutdown()
     if rt is not None:
         rt.close()
 
@@ -217,6 +219,8 @@ def get(refs: Future | Sequence[Future], *, timeout: float | str | None = None, 
 def put(value: Any) -> Future:
     """Store ``value`` once in the cluster (or, under a local scheduler, in this process)."""
     if config.get("scheduler") != "distributed":
+        from runtime.local import local_scheduler
+
         return local_scheduler().put(value)
     return current_runtime().client.put(value)
 

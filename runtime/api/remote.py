@@ -12,7 +12,6 @@ from runtime.api.context import current_runtime
 from runtime.api.options import ACTOR_OPTIONS, TASK_OPTIONS, CallCheck, check_options, restrictions
 from runtime.client.future import Future
 from runtime.comm import serialize
-from runtime.local import local_scheduler
 
 
 class RemoteFunction:
@@ -46,6 +45,8 @@ class RemoteFunction:
         self._check_call(args, kwargs)
         kind = config.get("scheduler")
         if kind != "distributed":  # a local scheduler: the task runs in this process
+            from runtime.local import local_scheduler  # not at import: it loads the state machine
+
             local = local_scheduler()
             future = local.submit(self._func, self._name, args, kwargs, retries, priority, kind)
             if n == 1:
