@@ -556,16 +556,14 @@ def test_only_what_a_dead_worker_was_executing_is_suspicious(s):
     assert s.tasks[on_w1[0]].suspicious == 1 and s.tasks[on_w1[1]].suspicious == 0
 
 
-def test_stimuli_built_by_their_quick_init_are_the_frozen_dataclasses_they_were():
-    import dataclasses
-
+def test_stimuli_are_frozen_values_built_by_position_or_keyword():
     t = st.TaskFinished("s1", "x-1", "w1", b"v", 5)
     assert t == st.TaskFinished(stimulus_id="s1", key="x-1", worker="w1", value=b"v", nbytes=5, start=0.0, stop=0.0)
     assert (t.start, t.stop) == (0.0, 0.0) and hash(t) == hash(st.TaskFinished("s1", "x-1", "w1", b"v", 5))
     assert st.ClientReleasesKeys("s2", "c1").keys == () and st.TaskSpec("k", (b"f", b"a")).dependencies == ()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="immutable"):
         t.key = "y-1"  # type: ignore[misc]
-    with pytest.raises(TypeError, match="missing"):
+    with pytest.raises(TypeError, match="Missing required argument 'key'"):
         st.TaskFinished("s3")  # type: ignore[call-arg]
     assert pickle.loads(pickle.dumps(t)) == t
 

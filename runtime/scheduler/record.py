@@ -27,7 +27,6 @@ holds no class names and loading a file runs no code from it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -75,7 +74,7 @@ def _difference(recorded: bytes, made: bytes) -> str:
 
 def _fields(stimulus: st.Stimulus) -> list:
     """A stimulus as the list of its field values (wire types, such as a TaskSpec, encode as on the wire)."""
-    return [getattr(stimulus, f.name) for f in dataclasses.fields(stimulus)]
+    return [getattr(stimulus, name) for name in stimulus.__struct_fields__]
 
 
 class StimulusLog:
@@ -159,7 +158,7 @@ def replay(path: str, stop_at: str | None = None, validate: bool = True) -> tupl
 
 def revive(cls: type[st.Stimulus], values: list) -> st.Stimulus:
     """A stimulus of class ``cls`` from its recorded field values, each checked against its type."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = cls.__struct_fields__
     if len(values) != len(names):
         raise ValueError(f"{cls.__name__} has {len(names)} fields, the record {len(values)}")
     return msgspec.convert(dict(zip(names, values, strict=True)), cls)

@@ -3,27 +3,28 @@
 The I/O shell builds one from each incoming message (``from_msg``) and hands it to
 ``SchedulerState.handle``.  Every stimulus carries a ``stimulus_id`` so that each
 transition it causes can be traced back to it (``SchedulerState.story``).
+
+They are frozen msgspec Structs, as the wire's messages: one is built per message (0.15 us
+against 0.8 for a frozen slotted dataclass), and defining the module's classes takes 1 ms
+instead of 20 at each scheduler's start.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
+
+import msgspec
 
 from runtime.comm.messages import StoreRef, TaskSpec, Value
 
 __all__ = ["TaskSpec"]  # a task's description is the wire's own type
 
-_C = TypeVar("_C", bound=type)
 
-
-@dataclass(frozen=True, slots=True)
-class Stimulus:
+class Stimulus(msgspec.Struct, frozen=True):
     op: ClassVar[str] = ""
     stimulus_id: str
 
 
-@dataclass(frozen=True, slots=True)
 class UpdateGraph(Stimulus):
     op: ClassVar[str] = "update-graph"
     client: str
@@ -38,7 +39,6 @@ class UpdateGraph(Stimulus):
     span_ids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class UpdateData(Stimulus):
     """A client put a value: it is in memory at once, without a task."""
 
@@ -49,7 +49,6 @@ class UpdateData(Stimulus):
     nbytes: int
 
 
-@dataclass(frozen=True, slots=True)
 class TaskFinished(Stimulus):
     op: ClassVar[str] = "task-finished"
     key: str
@@ -64,7 +63,6 @@ class TaskFinished(Stimulus):
     transfer: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
 class TaskErred(Stimulus):
     op: ClassVar[str] = "task-erred"
     key: str
@@ -76,7 +74,6 @@ class TaskErred(Stimulus):
     stop: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
 class LongRunning(Stimulus):
     """The task ``key`` seceded from its worker's threads (``runtime.secede()``, or a ``get``
     inside it): it runs on, but no longer holds a thread, so its slot takes another task."""
@@ -86,7 +83,6 @@ class LongRunning(Stimulus):
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
 class RequestSteals(Stimulus):
     """Work stealing's policy (``stealing.balance``) found tasks to move: ask each victim to
     give its task up.  Each suggestion is checked again before it is acted on."""
@@ -96,7 +92,6 @@ class RequestSteals(Stimulus):
     moves: tuple[tuple[str, str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
 class StealResponse(Stimulus):
     """A victim answered a steal request: ``state`` is what ``key`` was on it ("queued":
     dropped, so the thief runs it; "executing" or "gone": it keeps it, or finished it)."""
@@ -109,7 +104,6 @@ class StealResponse(Stimulus):
     state: str
 
 
-@dataclass(frozen=True, slots=True)
 class MissingData(Stimulus):
     """A worker could not read a stored dependency of ``key`` (the copy at ``value`` is gone)."""
 
@@ -120,7 +114,6 @@ class MissingData(Stimulus):
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
 class AddReplica(Stimulus):
     """A node fetched a copy of ``key``'s stored value into its own store, as ``name``."""
 
@@ -132,7 +125,6 @@ class AddReplica(Stimulus):
     source: StoreRef
 
 
-@dataclass(frozen=True, slots=True)
 class DropReplicas(Stimulus):
     """The active memory manager found copies nobody needs: free them (each checked again)."""
 
@@ -141,7 +133,6 @@ class DropReplicas(Stimulus):
     replicas: tuple[tuple[str, str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
 class AddWorker(Stimulus):
     op: ClassVar[str] = "add-worker"
     address: str
@@ -149,12 +140,11 @@ class AddWorker(Stimulus):
     nthreads: int = 1
     pid: int = 0
     host: str = ""
-    resources: dict[str, float] = field(default_factory=dict)
+    resources: dict[str, float] = msgspec.field(default_factory=dict)
     #: bytes it may use; 0 when unknown
     memory_limit: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class RemoveWorker(Stimulus):
     op: ClassVar[str] = "remove-worker"
     address: str
@@ -164,7 +154,6 @@ class RemoveWorker(Stimulus):
     executing: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class WorkerHeartbeat(Stimulus):
     """A worker's periodic report of its memory."""
 
@@ -175,7 +164,6 @@ class WorkerHeartbeat(Stimulus):
     rss: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class WorkerStatusChange(Stimulus):
     """A worker paused (short of memory) or runs again; or the scheduler retires it."""
 
@@ -188,7 +176,6 @@ class WorkerStatusChange(Stimulus):
     by_scheduler: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class NodeHeartbeat(Stimulus):
     """A node agent's periodic report of its store: bytes in shared memory, spilled, and its limit."""
 
@@ -201,7 +188,6 @@ class NodeHeartbeat(Stimulus):
     pooled: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class AddNode(Stimulus):
     """A node agent joined: its store can hold objects."""
 
@@ -211,7 +197,6 @@ class AddNode(Stimulus):
     address: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class RemoveNode(Stimulus):
     """A node agent left: what only its store held is lost."""
 
@@ -220,82 +205,43 @@ class RemoveNode(Stimulus):
     cause: str = "connection closed"
 
 
-@dataclass(frozen=True, slots=True)
 class AddClient(Stimulus):
     op: ClassVar[str] = "add-client"
     client: str
 
 
-@dataclass(frozen=True, slots=True)
 class RemoveClient(Stimulus):
     op: ClassVar[str] = "remove-client"
     client: str
 
 
-@dataclass(frozen=True, slots=True)
 class ClientReleasesKeys(Stimulus):
     op: ClassVar[str] = "release-keys"
     client: str
-    keys: tuple[str, ...] = field(default=())
+    keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Cancel(Stimulus):
     """Stop computing ``keys`` and their dependents (for every client with ``force``)."""
 
     op: ClassVar[str] = "cancel"
     client: str
-    keys: tuple[str, ...] = field(default=())
+    keys: tuple[str, ...] = ()
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class RerunTasks(Stimulus):
     """Compute ``keys`` again: each in memory or processing is released, and runs again when
     something needs it, as a lost value does (an extension's restart: a shuffle's whose
     shards were lost, ``rerun.py``)."""
 
     op: ClassVar[str] = "rerun-tasks"
-    keys: tuple[str, ...] = field(default=())
+    keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Retry(Stimulus):
     """Run failed ``keys`` again: from the erred tasks they failed because of (Dask's ``retry``)."""
 
     op: ClassVar[str] = "retry"
     client: str
-    keys: tuple[str, ...] = field(default=())
-
-
-def _quick_init(cls: _C) -> _C:
-    """Give a frozen slotted dataclass an ``__init__`` that stores through its slots.
-
-    The ``__init__`` a frozen dataclass gets sets each field with ``object.__setattr__``
-    (to get past the frozen ``__setattr__``): 0.8 us for a TaskFinished, one of which
-    arrives per task run.  Calling each slot's own descriptor does the same in 0.45 us.
-    Same signature, defaults and result; classes with a ``default_factory`` keep theirs.
-    """
-    init = [f for f in fields(cls) if f.init]
-    if any(f.default_factory is not MISSING for f in init):
-        return cls
-    scope: dict[str, Any] = {}
-    params, body = [], []
-    for f in init:
-        scope[f"_set_{f.name}"] = getattr(cls, f.name).__set__
-        if f.default is MISSING:
-            params.append(f.name)
-        else:
-            scope[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-        body.append(f"    _set_{f.name}(self, {f.name})\n")
-    exec(f"def __init__(self, {', '.join(params)}):\n{''.join(body)}", scope)  # as dataclasses does
-    scope["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = scope["__init__"]  # type: ignore[misc]
-    return cls
-
-
-for _cls in list(globals().values()):  # the module's classes (with slots=True, not their pre-slots drafts)
-    if isinstance(_cls, type) and issubclass(_cls, Stimulus):
-        _quick_init(_cls)
-del _cls
+    keys: tuple[str, ...] = ()
