@@ -83,6 +83,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=400, help="root tasks (default %(default)s)")
     p.add_argument("--seconds", type=float, default=0.1, help="each root task's duration (default %(default)s)")
+    p.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help="which runs, comma-separated (default: all; at --n 10000 'no queuing' holds 10 GB)",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -90,7 +95,12 @@ def main() -> None:
         return
     print(f"{args.n} tasks of {args.seconds * 1000:g} ms returning 1 MB each, summed pairwise; two workers")
     print(f"{'run':<12} {'wall s':>8} {'peak results in memory':>24}")
-    for name, env in RUNS.items():
+    runs = [r.strip() for r in args.runs.split(",")]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        p.error(f"--runs: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, RUNS))}")
+    for name in runs:
+        env = RUNS[name]
         cmd = [sys.executable, __file__, "--one", "--n", str(args.n), "--seconds", str(args.seconds)]
         out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
         wall, peak = out.stdout.split()[-2:]
