@@ -78,3 +78,20 @@ def test_no_polling_on_a_socket_with_a_timeout_or_when_turned_off(pair, setup):
 def test_a_bad_busy_poll_setting_is_refused_naming_it():
     with pytest.raises(ValueError, match="comm.busy-poll"):
         config.set({"comm.busy-poll": -1})
+
+
+def test_a_gathered_batch_over_the_frame_limit_goes_as_several_frames(pair, monkeypatch):
+    a, b = pair
+    monkeypatch.setattr(codec, "MAX_FRAME_BYTES", 200)  # a few replies per frame
+    replies = [m.ActorResult(f"k{i}", b"x" * 40, 40) for i in range(10)]
+    data = codec.encode_many(replies)
+    threading.Thread(target=a.sendall, args=(data,)).start()
+    reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
+    got: list[str] = []
+    while len(got) < 10:
+        frame = _keys(reader)
+        assert 0 < len(frame) < 10
+        got += frame
+    assert got == [f"k{i}" for i in range(10)]
+    with pytest.raises(codec.ProtocolError, match="exceeds the 200-byte limit"):
+        codec.encode_many([m.ActorResult("big", b"x" * 300, 300)])

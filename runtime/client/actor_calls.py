@@ -341,7 +341,7 @@ class ActorCalls:
 
     def _write(self, conn: _Conn, calls: list[_Call], queued: bool = False) -> None:
         """Send ``calls`` (``queued``: by the sender thread, counted in ``unsent``)."""
-        data = codec.encode([self._message(c) for c in calls])
+        data = codec.encode_many([self._message(c) for c in calls])
         try:
             with conn.send_lock:
                 conn.sock.sendall(data)

@@ -49,6 +49,18 @@ def encode(msgs: list[Any]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+def encode_many(msgs: list[Any]) -> bytes:
+    """``encode`` for a batch gathered from many calls (replies, pipelined calls): as many
+    frames, back to back, as the frame limit takes."""
+    try:
+        return encode(msgs)
+    except ProtocolError:
+        if len(msgs) == 1:
+            raise
+        half = len(msgs) // 2
+        return encode_many(msgs[:half]) + encode_many(msgs[half:])
+
+
 def frame_length(header: bytes, peer: str = "the peer") -> int:
     """The payload size a frame's header announces; ``peer`` names who sent it, for errors."""
     (n,) = HEADER.unpack(header)

@@ -257,7 +257,7 @@ class _Replies:
             if not msgs:
                 return
             try:
-                self._sock.sendall(codec.encode(msgs))
+                self._sock.sendall(codec.encode_many(msgs))
             except OSError:  # the caller went away; its calls die with its connection
                 pass
 
