@@ -250,7 +250,8 @@ SETTINGS: dict[str, Setting] = {
     "processes.start-method": Setting("fork", _choice("fork", "spawn", "forkserver"),
         "how the processes scheduler starts its processes (spawn and forkserver import __main__ again)"),
     "inline-threshold": Setting(100 * 1024, parse_bytes,
-        "values smaller than this travel inline in messages; larger ones go through the node's store",
+        "values smaller than this travel inline in messages; larger ones, and call arguments as large, "
+        "go through the node's store",
         env="RUNTIME_INLINE_THRESHOLD"),
     "log-level": Setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
         aliases={n.lower(): n for n in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}),

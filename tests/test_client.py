@@ -12,6 +12,7 @@ import time
 import traceback
 
 import cloudpickle
+import numpy as np
 import pytest
 from conftest import validated, wait_until
 
@@ -79,6 +80,12 @@ def test_submit_pure_keys_and_options(client):
     a, b = client.submit(inc, 1), client.submit(inc, 1)
     assert a.key == b.key and a.key.startswith("inc-")
     assert a.result(30) == 2
+    # A large argument goes by reference (runtime.ClusterClient.pickle_args); the key is
+    # still a hash of the argument itself.
+    big = np.ones(1_000_000)
+    s1, s2 = client.submit(np.sum, big), client.submit(np.sum, big)
+    assert s1.key == s2.key and s1.result(30) == 1e6
+    assert client.gather(client.map(np.sum, [big, big * 2])) == [1e6, 2e6]
     c, d = client.submit(inc, 1, pure=False), client.submit(inc, 1, pure=False)
     assert c.key != d.key
     e = client.submit(add, a, y=10, key="my-key", priority=5, retries=1, workers=list(client.nthreads()))

@@ -1,9 +1,11 @@
-"""The blocking side's frame reader (``comm.core.FrameReader``): frames split or batched across
-``recv``s come out whole, and a waiting thread polls before it sleeps only while its waits stay
-within ``comm.busy-poll``."""
+"""Frames: the blocking side's reader (``comm.core.FrameReader``) gives frames split or batched
+across ``recv``s whole, and a waiting thread polls before it sleeps only while its waits stay
+within ``comm.busy-poll``; batches over the frame limit go as several frames, and a message
+over it ends its connection instead of vanishing."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -13,7 +15,7 @@ import pytest
 from runtime import config
 from runtime.comm import codec
 from runtime.comm import messages as m
-from runtime.comm.core import FrameReader
+from runtime.comm.core import Comm, FrameReader
 
 
 def _frame(key: str) -> bytes:
@@ -95,3 +97,20 @@ def test_a_gathered_batch_over_the_frame_limit_goes_as_several_frames(pair, monk
     assert got == [f"k{i}" for i in range(10)]
     with pytest.raises(codec.ProtocolError, match="exceeds the 200-byte limit"):
         codec.encode_many([m.ActorResult("big", b"x" * 300, 300)])
+
+
+def test_a_message_over_the_frame_limit_ends_its_connection_instead_of_vanishing(monkeypatch):
+    # The peer would otherwise wait for it forever (a client's task argument once did).
+    monkeypatch.setattr(codec, "MAX_FRAME_BYTES", 200)
+
+    async def main() -> tuple[bytes, bool]:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        _, writer = await asyncio.open_unix_connection(sock=a)
+        reader, _ = await asyncio.open_unix_connection(sock=b)
+        comm = Comm(asyncio.StreamReader(), writer, "peer", m.FROM_ACTOR_SERVER)
+        comm.send_many([m.ActorResult("small", b"x", 1), m.ActorResult("big", b"x" * 300, 300)])
+        await asyncio.sleep(0)  # the flush
+        return await asyncio.wait_for(reader.read(), 10), comm.closed
+
+    data, closed = asyncio.run(main())
+    assert data == b"" and closed  # nothing half-sent, and the peer sees the end at once

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime.client.future import FINISHED, PENDING, Future, check_open_deps
-from runtime.comm import codec, serialize
+from runtime.comm import codec
 from runtime.comm import messages as m
 from runtime.comm.core import FrameReader, ThreadOutbox, close_blocking, open_local_first
 from runtime.errors import ActorDiedError
@@ -172,7 +172,8 @@ class _Route:
 class ActorCalls:
     """The actor calls of one cluster client.
 
-    ``futures`` is the client's table; ``new_key`` names a call; ``ask`` (on the loop thread)
+    ``futures`` is the client's table; ``new_key`` names a call; ``pickle_args`` pickles its
+    arguments (``ClusterClient.pickle_args``: large ones by reference); ``ask`` (on the loop thread)
     asks the scheduler a question; ``to_scheduler`` (any thread) sends it a message.
     Routes and connections' in-flight calls are guarded by ``_lock``, taken after the
     futures' lock when both are held and never held over I/O.
@@ -183,11 +184,13 @@ class ActorCalls:
         futures: FutureTable,
         loop: asyncio.AbstractEventLoop,
         new_key: Callable[[str], str],
+        pickle_args: Callable[[str, tuple, dict], tuple[bytes, dict[str, Any]]],
         ask: Callable[..., Awaitable[Any]],
         to_scheduler: Callable[[m.Message], None],
     ):
         self.futures = futures
         self._new_key = new_key
+        self._pickle_args = pickle_args
         self._ask = ask
         self._to_scheduler = to_scheduler
         self._outbox = ThreadOutbox(loop, self._dispatch)
@@ -214,7 +217,7 @@ class ActorCalls:
         """Call ``method``; its ``num_returns`` futures (the items of what it returns, when more
         than one).  ``retries``: times it is sent again if the actor's worker dies meanwhile;
         ``keep``: kept until the call is answered (the handle's key: runtime/client/handle_refs.py)."""
-        args_bytes, deps = serialize.dumps_args(method, args, kwargs)
+        args_bytes, deps = self._pickle_args(method, args, kwargs)
         check_open_deps(deps)
         key = self._new_key(method)
         keys = (key,) if num_returns == 1 else tuple(f"{key}-{i}" for i in range(num_returns))

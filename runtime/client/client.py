@@ -140,7 +140,7 @@ class ClusterClient:
         #: graphs waiting for actor calls' results before they can leave (``held.py``)
         self._held = HeldGraphs(self.futures, self._send)
         #: actor method calls, sent straight to the actors' workers
-        self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self._ask, self._send)
+        self.actor_calls = ActorCalls(self.futures, self._loop, self.new_key, self.pickle_args, self._ask, self._send)
         #: what to do with each message from the scheduler
         self._handlers = self._handler_table()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runtime-client", daemon=True)
@@ -315,13 +315,40 @@ class ClusterClient:
         ``restrictions`` may hold ``workers`` (addresses or hosts), ``resources`` and
         ``allow_other_workers``.
         """
-        args_bytes, deps = serialize.dumps_args(prefix, args, kwargs)
+        args_bytes, deps = self.pickle_args(prefix, args, kwargs)
         key = self.new_key(prefix)
         bad = self.failed_dependency(deps)
         if bad is not None:
             return self.failed_future(key, bad)
         task = task_spec(key, func_bytes, args_bytes, deps, retries, prefix, restrictions)
         return self.update_graph([task], [key], priority)[0]
+
+    def pickle_args(
+        self, prefix: str, args: tuple, kwargs: dict, pickled: tuple[bytes, dict[str, Any]] | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
+        """``serialize.dumps_args`` for a call made here (``pickled``: what it gave already).
+
+        An argument that pickles to ``inline-threshold`` or more is stored first, as ``put``
+        would, and passed by reference, as Ray does: written once into the node's store and
+        read zero-copy where the call runs, instead of travelling inside the call's message
+        (through the scheduler, for a task), which could not carry one over the frame limit.
+        """
+        data, deps = pickled or serialize.dumps_args(prefix, args, kwargs)
+        threshold = config.get("inline-threshold")
+        if len(data) < threshold:
+            return data, deps
+        args = tuple(self._by_reference(a, threshold) for a in args)
+        kwargs = {k: self._by_reference(v, threshold) for k, v in kwargs.items()}
+        return serialize.dumps_args(prefix, args, kwargs)
+
+    def _by_reference(self, value: Any, threshold: int) -> Any:
+        if isinstance(value, Future):
+            return value
+        with serialize.collecting_refs():  # futures inside count as references, as in a put
+            data, buffers = serialize.dumps_value(value)
+        if len(data) + serialize.buffers_nbytes(buffers) < threshold:
+            return value
+        return self.put(value)
 
     def update_graph(self, tasks: list[m.TaskSpec], wanted: list[str], priority: int = 0) -> list[Future]:
         """Send tasks (``task_spec``s, in any order) in one message; futures for ``wanted``.

@@ -158,18 +158,21 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
 
     def _task(
         self, fn: Callable, func_bytes: bytes, args: tuple, kwargs: dict, key: str | None, pure: bool, options: dict
-    ) -> tuple[TaskSpec, Future | None]:
-        """The task's description, and the actor-call result among its arguments that failed, if any."""
+    ) -> tuple[TaskSpec, Future | None, dict[str, Future]]:
+        """The task's description, the actor-call result among its arguments that failed, if
+        any, and the futures among its arguments: hold them until the task is sent (those of
+        large arguments, stored by ``pickle_args``, have no other holder)."""
         name = _funcname(fn)
-        args_bytes, deps = serialize.dumps_args(name, args, kwargs)
+        pickled = serialize.dumps_args(name, args, kwargs)
         if key is None:
-            if pure:
-                key = f"{name}-{hashlib.blake2b(func_bytes + args_bytes, digest_size=16).hexdigest()}"
+            if pure:  # of the arguments themselves, not of the references large ones go by
+                key = f"{name}-{hashlib.blake2b(func_bytes + pickled[0], digest_size=16).hexdigest()}"
             else:
                 key = self.core.new_key(name)
+        args_bytes, deps = self.core.pickle_args(name, args, kwargs, pickled)
         retries = options.get("retries") or 0
         task = task_spec(key, func_bytes, args_bytes, deps, retries, name, restrictions(options))
-        return task, self.core.failed_dependency(deps)
+        return task, self.core.failed_dependency(deps), deps
 
     def submit(
         self,
@@ -207,7 +210,7 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
         options = _options(workers, resources, priority, retries, allow_other_workers)
         if actor or actors:
             return dask_actors.submit_actor(self, fn, args, kwargs, key, options)
-        task, failed = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
+        task, failed, _held = self._task(fn, self._pickle_function(fn), args, kwargs, key, pure, options)
         if failed is not None:
             return self.core.failed_future(task.key, failed)
         return self.core.update_graph([task], [task.key], priority)[0]
@@ -263,9 +266,10 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
         func_bytes = self._pickle_function(fn)
         futures: list[Future | None] = [None] * len(items)
         for start in range(0, len(items), batch_size):
-            tasks, sent = [], []
+            tasks, sent, held = [], [], []
             for i in range(start, min(start + batch_size, len(items))):
-                task, failed = self._task(fn, func_bytes, items[i], kwargs, keys[i], pure, options)
+                task, failed, deps = self._task(fn, func_bytes, items[i], kwargs, keys[i], pure, options)
+                held.append(deps)  # until the batch is sent
                 if isinstance(key, str):  # a prefix: keep the hash (or counter) after it
                     task = msgspec.structs.replace(task, key=f"{key}-{task.key.rsplit('-', 1)[-1]}", prefix=key)
                 if failed is not None:

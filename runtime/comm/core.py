@@ -83,7 +83,15 @@ class Comm:
         if not msgs or self.closed:
             return
         try:
-            self.writer.write(codec.encode(msgs))
+            self.writer.write(codec.encode_many(msgs))
+        except codec.ProtocolError as e:  # one message over the frame limit: it cannot go, and the
+            # peer must not wait for it forever, so the connection ends (its end sees that at once)
+            kinds = ", ".join(sorted({type(msg).__name__ for msg in msgs}))
+            logger.error(
+                "closing the connection to %s: a message among %s is too large to send: %s", self.peer, kinds, e
+            )
+            self.closed = True
+            self.writer.close()
         except (ConnectionError, RuntimeError) as e:
             logger.debug("dropping %d messages to %s: %s", len(msgs), self.peer, e)
             self.closed = True
