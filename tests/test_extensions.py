@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from conftest import wait_until
 
@@ -175,6 +176,24 @@ def test_queue_reader_that_dies_loses_no_item(client):
     wait_until(lambda: pid.get() != first, "the reader ran again")  # its task reruns on another worker
     q.put("the item")
     assert fut.result(timeout=60) == "the item"
+
+
+def test_large_items_wait_in_the_store_not_in_the_scheduler(client):
+    # A value over inline-threshold is stored and queued as its key: a task takes it zero-copy
+    # (a read-only view), and its bytes never sit in the scheduler's memory.
+    q, v = Queue("big-items"), Variable("big-item")
+    q.put(np.arange(1_000_000))
+    v.set(np.ones(500_000))
+
+    def take(q: Queue, v: Variable) -> tuple[int, bool, float]:
+        a = q.get(timeout=30)
+        return int(a.sum()), a.flags.writeable, float(v.get(timeout=30).sum())
+
+    assert client.submit(take, q, v, pure=False).result(timeout=60) == (499_999_500_000, False, 500_000.0)
+    q.put(np.ones(200_000))
+    taken = q.get(timeout=30)
+    assert taken.sum() == 200_000 and not taken.flags.writeable
+    v.delete()
 
 
 def test_variable_keeps_its_future_alive(client):

@@ -337,16 +337,18 @@ class ClusterClient:
         threshold = config.get("inline-threshold")
         if len(data) < threshold:
             return data, deps
-        args = tuple(self._by_reference(a, threshold) for a in args)
-        kwargs = {k: self._by_reference(v, threshold) for k, v in kwargs.items()}
+        args = tuple(self.by_reference(a, threshold) for a in args)
+        kwargs = {k: self.by_reference(v, threshold) for k, v in kwargs.items()}
         return serialize.dumps_args(prefix, args, kwargs)
 
-    def _by_reference(self, value: Any, threshold: int) -> Any:
+    def by_reference(self, value: Any, threshold: int | None = None) -> Any:
+        """``value``, or, if it pickles to ``threshold`` (``inline-threshold``) or more, the
+        future of it stored as by ``put``."""
         if isinstance(value, Future):
             return value
         with serialize.collecting_refs():  # futures inside count as references, as in a put
             data, buffers = serialize.dumps_value(value)
-        if len(data) + serialize.buffers_nbytes(buffers) < threshold:
+        if len(data) + serialize.buffers_nbytes(buffers) < (threshold or config.get("inline-threshold")):
             return value
         return self.put(value)
 

@@ -61,12 +61,15 @@ def _ask(cc: ClusterClient, what: str, wait: bool = False, **kwargs: Any) -> Any
     return result
 
 
-def encode_item(cc: ClusterClient, value: Any) -> dict:
+def encode_item(cc: ClusterClient, value: Any) -> tuple[dict, Future | None]:
     """A value as the extensions keep it: pickled, or a future's key; an actor's handle is
-    both, its handle key held while the item is (runtime/client/handle_refs.py)."""
+    both, its handle key held while the item is (runtime/client/handle_refs.py).  A large
+    value (``inline-threshold``) is stored first and goes as its key, marked ``stored``: the
+    scheduler keeps no large bytes, and the taker reads it zero-copy.  Also the future to hold
+    until the request is answered (the stored value's: nothing else holds it meanwhile)."""
     ref = handle_refs.ref_of(value)
     if ref is not None:
-        return {"value": serialize.dumps(value), "key": ref.key}
+        return {"value": serialize.dumps(value), "key": ref.key}, None
     if isinstance(value, Future):
         owner = value._owner
         if not isinstance(owner, ClusterClient):
@@ -75,13 +78,17 @@ def encode_item(cc: ClusterClient, value: Any) -> dict:
             raise RuntimeError(f"future {value.key!r} failed; it cannot be shared") from value.exception()
         if owner is not cc:  # its messages go on another connection: make sure they have landed
             owner.request("who-has", keys=[value.key])
-        return {"key": value.key}
-    return {"value": serialize.dumps(value)}
+        return {"key": value.key}, None
+    stored = cc.by_reference(value)
+    if stored is not value:
+        return {"key": stored.key, "stored": True}, stored
+    return {"value": serialize.dumps(value)}, None
 
 
 def decode_item(cc: ClusterClient, item: dict) -> Any:
     if "value" not in item:
-        return cc.update_graph([], [item["key"]])[0]
+        future = cc.update_graph([], [item["key"]])[0]
+        return cc.get([future])[0] if item.get("stored") else future
     if "key" not in item:
         return serialize.loads(item["value"])
     given = handle_refs.adopt(cc, item["key"])  # an actor's handle: the key was given to ``cc``
@@ -298,7 +305,7 @@ class Queue(_Named):
         full for ``timeout``."""
         seconds = config.parse_timeout(timeout)
         cc = self.cc
-        item = encode_item(cc, value)
+        item, _held = encode_item(cc, value)
         if not self.maxsize and "key" not in item:
             # It cannot wait (no bound) and holds no key to be held before we return: one
             # message, no round trip.  This thread's later requests go after it, in order.
@@ -337,7 +344,8 @@ class Variable(_Named):
     def set(self, value: Any) -> None:
         """Set the value (a ``Future`` stays alive while it is set)."""
         cc = self.cc
-        _ask(cc, "variable-set", name=self.name, item=encode_item(cc, value))
+        item, _held = encode_item(cc, value)
+        _ask(cc, "variable-set", name=self.name, item=item)
 
     def get(self, timeout: Any = None) -> Any:
         """The value, waiting for one to be set; TimeoutError after ``timeout``."""

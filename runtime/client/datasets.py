@@ -21,7 +21,8 @@ def publish(cc: ClusterClient, datasets: dict[str, Any], override: bool = False)
     for name, value in datasets.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"a dataset name must be a non-empty string, not {name!r}")
-        result = _ask(cc, "dataset-publish", name=name, item=encode_item(cc, value), override=override)
+        item, _held = encode_item(cc, value)
+        result = _ask(cc, "dataset-publish", name=name, item=item, override=override)
         if result is not None:
             raise ValueError(result["exists"])
 
