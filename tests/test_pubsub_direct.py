@@ -126,3 +126,16 @@ def test_a_subscriber_that_dies_is_cleaned_up(client):
     rt.get(pub.put.remote("to nobody"), timeout=30)  # nothing to deliver, nothing breaks
     assert _state(client, topic)["relayed"] == 0
     rt.kill(pub)
+
+
+def test_a_message_over_the_frame_limit_is_refused_naming_its_topic(client, monkeypatch):
+    # Relayed, it once ended the driver's connection to the scheduler (and every future with it).
+    from runtime.comm import codec
+
+    monkeypatch.setattr(codec, "MAX_FRAME_BYTES", 10_000)
+    topic = fresh("too-large")
+    pub = rt.Pub(topic)
+    with pytest.raises(ValueError, match=f"for topic '{topic}' is over the 10,000-byte limit.*Queue or Variable"):
+        pub.put(b"x" * 20_000)
+    pub.put(b"x" * 100)  # the client is fine
+    assert client.submit(len, "abc").result(timeout=30) == 3

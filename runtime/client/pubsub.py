@@ -183,6 +183,11 @@ class Pub:
             data = serialize.dumps(msg)
         except Exception as e:
             raise serialize.SerializationError(f"cannot pickle a message for topic {self.name!r}: {e}") from e
+        if len(data) + len(self.name) + 64 > codec.MAX_FRAME_BYTES:  # 64: the message's own fields
+            raise ValueError(
+                f"a message of {len(data):,} bytes for topic {self.name!r} is over the {codec.MAX_FRAME_BYTES:,}-byte "
+                "limit of one message; pass large data through a Queue or Variable (it waits in the store)"
+            )
         self._pubsub.put(self.name, data, self._direct)
 
     @property
