@@ -101,3 +101,6 @@ def test_a_client_becomes_dasks_default_scheduler_until_closed(client):
     assert dask.config.get("scheduler") == client.get  # restored on close
     with Client(client.address, set_as_default=False):
         assert dask.config.get("scheduler") == client.get
+    # Named explicitly, as Dask's docs show it (dask asks the client whether it is asynchronous).
+    assert dask.delayed(os.getpid)().compute(scheduler=client) in client.run(os.getpid).values()
+    assert dask.compute(dask.delayed(sum)([1, 2]), scheduler=client) == (3,)

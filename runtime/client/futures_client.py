@@ -71,6 +71,9 @@ class Client(ClientExtensions, DaskExtras, concurrent.futures.Executor):
 
     #: whether close() closes the connection (not for get_client()'s, which shares another's)
     _owns_core = True
+    #: Dask's flag for a Client run from asyncio; this one is always synchronous (Dask's
+    #: ``compute(scheduler=client)`` asks it before using ``client.get``)
+    asynchronous = False
 
     def __init__(
         self,
