@@ -270,8 +270,9 @@ SETTINGS: dict[str, Setting] = {
         "finishes (a chain goes on without a scheduler round trip per link)"),
     "comm.busy-poll": Setting(200e-6, _number(float, 0.0),
         "seconds a thread waiting on a blocking connection (an actor call's reply, the next call "
-        "to an actor, a request to the scheduler) polls before it sleeps, while its waits stay that "
-        "short: a round trip then skips an idle CPU's wake-up (0: never poll)"),
+        "to an actor, a request to the scheduler) polls before it sleeps, so a round trip skips an "
+        "idle CPU's wake-up; after a miss it sleeps at once for the next 1, 2, 4 ... 64 waits "
+        "(0: never poll)"),
     "scheduler.allowed-failures": Setting(3, _number(int, 0),
         "a task running on this many workers that died, plus one, errs with KilledWorker"),
     "scheduler.transition-log-length": Setting(1000, _number(int, 1),

@@ -46,21 +46,28 @@ def test_frames_split_and_batched_across_recvs_come_out_whole(pair):
         reader.read()
 
 
-def test_a_wait_longer_than_the_budget_turns_polling_off_and_a_short_one_back_on(pair):
+def test_a_missed_poll_backs_off_and_a_caught_one_polls_every_wait_again(pair):
+    # Polling while the machine is busy would take the CPU the answer needs: after a miss,
+    # the next 1, 2, 4 ... waits sleep at once; a poll that catches its frame resets that.
     a, b = pair
     with config.set({"comm.busy-poll": 0.005}):
         reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
-    assert reader.busy_poll == 0.005 and reader._polling
+    assert reader.busy_poll == 0.005
     a.sendall(_frame("at-once"))
-    assert _keys(reader) == ["at-once"] and reader._polling  # caught while polling
+    assert _keys(reader) == ["at-once"] and (reader._misses, reader._skip) == (0, 0)  # caught
 
-    threading.Timer(0.1, a.sendall, [_frame("late")]).start()
-    assert _keys(reader) == ["late"]
-    assert not reader._polling  # the poll missed: an idle connection stops polling
+    def late(key: str) -> list[str]:
+        threading.Timer(0.05, a.sendall, [_frame(key)]).start()
+        return _keys(reader)
 
-    a.sendall(_frame("soon"))
-    assert _keys(reader) == ["soon"]
-    assert reader._polling  # a sleep the budget would have covered: polling again
+    assert late("late-1") == ["late-1"] and (reader._misses, reader._skip) == (1, 1)
+    assert late("slept") == ["slept"] and reader._skip == 0  # no poll: slept at once
+    assert late("late-2") == ["late-2"] and (reader._misses, reader._skip) == (2, 2)
+    for key in ("slept-1", "slept-2"):
+        a.sendall(_frame(key))
+        assert _keys(reader) == [key]
+    a.sendall(_frame("caught"))
+    assert _keys(reader) == ["caught"] and (reader._misses, reader._skip) == (0, 0)
 
 
 @pytest.mark.parametrize("setup", ["timeout", "off"])
@@ -70,7 +77,7 @@ def test_no_polling_on_a_socket_with_a_timeout_or_when_turned_off(pair, setup):
         b.settimeout(5.0)
     with config.set({"comm.busy-poll": 0.0 if setup == "off" else 0.005}):
         reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
-    assert reader.busy_poll == 0.0 and not reader._polling
+    assert reader.busy_poll == 0.0
     threading.Timer(0.02, a.sendall, [_frame("k")]).start()
     t = time.process_time()
     assert _keys(reader) == ["k"]
