@@ -197,14 +197,14 @@ class _ValuePickler(cloudpickle.CloudPickler):
         return super().reducer_override(obj)
 
 
-#: types whose pickles hold neither code nor out-of-band buffers: the C pickler does them
-#: alone (~1 us; building a cloudpickle pickler costs ~8)
-_PLAIN_VALUES = frozenset((int, float, bool, str, bytes, type(None)))
+#: types whose pickles hold no code, no futures and no out-of-band buffers: the C pickler
+#: does them alone (~1 us; building a cloudpickle pickler costs ~8)
+PLAIN_VALUES = frozenset((int, float, bool, str, bytes, type(None)))
 
 
 def dumps_value(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle with large buffers out of band: ``(pickle_bytes, buffers)``."""
-    if type(obj) in _PLAIN_VALUES:
+    if type(obj) in PLAIN_VALUES:
         return pickle.dumps(obj, protocol=5), []
     buffers: list[pickle.PickleBuffer] = []
     np = sys.modules.get("numpy")

@@ -29,6 +29,8 @@ def encode(
     through ``upload`` into another node's.  Futures inside ``obj`` are kept alive while the
     value lives (``serialize.hold_refs``).
     """
+    if type(obj) in serialize.PLAIN_VALUES:  # an int, a str...: no futures inside to look for
+        return _encode(obj, key, prefix, node, threshold, upload)
     with serialize.collecting_refs() as refs:
         located, nbytes = _encode(obj, key, prefix, node, threshold, upload)
     if refs:  # futures inside the value: it keeps them alive
@@ -46,7 +48,7 @@ def _encode(
         nbytes = store.write_arrow(name, obj, key)
         return StoreRef(node, nbytes, name), nbytes
     data, buffers = serialize.dumps_value(obj)
-    nbytes = len(data) + serialize.buffers_nbytes(buffers)
+    nbytes = len(data) + (serialize.buffers_nbytes(buffers) if buffers else 0)
     if nbytes < threshold:
         if buffers:  # small enough to carry the buffers in band
             data = serialize.dumps(obj)
