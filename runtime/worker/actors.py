@@ -14,9 +14,10 @@ the scheduler.  Each caller has one connection, served by a thread of its own wi
 I/O: a plain actor's call runs right on that thread, under the actor's lock, so calls run in
 exactly the order each caller made them and a call costs no hand-off between threads (the
 round trip is what sequential callers wait on); replies to calls with more behind them in
-the same frame gather for the connection's writer thread (``_Replies``).  With ``max_concurrency=N`` calls go to a
-FIFO served by N threads; an actor with ``async def`` methods runs them on an event loop of
-its own.  The instance never leaves this process, so calls never serialise its state.
+the same frame gather for the connection's writer thread (``_Replies``).  With
+``max_concurrency=N`` calls go to a FIFO served by N threads; an actor with ``async def``
+methods runs them on an event loop of its own.  The instance never leaves this process, so
+calls never serialise its state.
 
 The same server takes the ``pubsub-msg``s that publishers on other workers send to this
 process's subscribers directly (``runtime/client/pubsub.py``); it opens for the first
