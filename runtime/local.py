@@ -254,7 +254,9 @@ class LocalScheduler:
         if fs.refcount <= 0 and not self._closed:
             self._releases.append(key)
 
-    def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
+    def cancel(self, futures: Sequence[Future], force: bool = False, interrupt: bool = False) -> None:
+        """As ``ClusterClient.cancel``, but a task already running here runs to its end (``interrupt``
+        is not applied: it runs in this process's own threads)."""
         self.check_open(futures)
         with self._lock:
             self._flush()

@@ -6,6 +6,7 @@ Where runtime still differs from Ray, ``docs/coming-from-ray.md`` says how and w
 
 from __future__ import annotations
 
+import os
 import sys
 
 import cloudpickle
@@ -662,6 +663,35 @@ def test_put_of_a_ref_stores_the_ref(cluster):
         return ray.get(inner) + 1
 
     assert ray.get(read.remote(outer)) == 4
+
+
+def test_cancel_interrupts_a_running_python_loop_as_rays_does(cluster, tmp_path):
+    @ray.remote
+    def loop(mark: str) -> None:
+        open(mark, "w").close()
+        try:
+            while True:
+                pass
+        except KeyboardInterrupt:  # what Ray raises in a cancelled task
+            open(mark + ".interrupted", "w").close()
+            raise
+
+    @ray.remote
+    def pid() -> int:
+        import os
+
+        return os.getpid()
+
+    pids = set(ray.get([pid.remote() for _ in range(20)]))
+    mark = str(tmp_path / "running")
+    ref = loop.remote(mark)
+    wait_until(lambda: os.path.exists(mark), "the loop has started")
+    ray.cancel(ref)
+    with pytest.raises(ray.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    wait_until(lambda: os.path.exists(mark + ".interrupted"), "the loop saw KeyboardInterrupt")
+    # Its worker lives on and takes tasks again (not left spinning, nor restarted).
+    assert set(ray.get([pid.remote() for _ in range(20)], timeout=30)) <= pids
 
 
 def test_cancel_recursive_and_max_calls_are_accepted(cluster):

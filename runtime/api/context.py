@@ -227,13 +227,16 @@ def put(value: Any) -> Future:
 
 def cancel(refs: Future | Sequence[Future], *, force: bool = False, recursive: bool = True) -> None:
     """Stop computing ``refs`` and what depends on them; ``get`` then raises TaskCancelledError.
-    ``recursive`` (Ray's: also the tasks they submitted) is accepted: tasks a cancelled task
-    submitted run on."""
+
+    As Ray's: a task already running on a worker is interrupted (``TaskInterrupted``, a
+    ``KeyboardInterrupt``, raised in it between bytecodes); with ``force`` its worker restarts
+    if it has not stopped within 3 s (a task blocked in C).  ``recursive`` (also the tasks they
+    submitted) is accepted: tasks a cancelled task submitted run on."""
     futures = [refs] if isinstance(refs, Future) else list(refs)
     if not all(isinstance(r, Future) for r in futures):
         raise TypeError(f"cancel() takes a Future or a list of Futures, not {_describe(refs)}")
     for owner, theirs in by_owner(futures).items():
-        owner.cancel(theirs, force=force)
+        owner.cancel(theirs, force=force, interrupt=True)
 
 
 def _describe(x: Any) -> str:

@@ -468,10 +468,13 @@ class ClusterClient:
         self._send(m.UpdateData(future.key, fs.value, fs.nbytes))
         return True
 
-    def cancel(self, futures: Sequence[Future], force: bool = False) -> None:
+    def cancel(self, futures: Sequence[Future], force: bool = False, interrupt: bool = False) -> None:
         """Stop computing ``futures`` and what depends on them; their ``result`` raises TaskCancelledError.
 
-        A key another client also wants keeps running unless ``force``.
+        A key another client also wants keeps running unless ``force``.  A task already running
+        runs to its end, its result dropped (Dask's rule), unless ``interrupt`` (Ray's): then an
+        exception stops it between bytecodes; ``force`` also restarts a worker whose task does
+        not stop within a few seconds.
         """
         self.check_open(futures)
         keys = tuple(f.key for f in futures)
@@ -479,7 +482,7 @@ class ClusterClient:
             self._held.cancel(keys)
         with self.futures.changing():  # cancelled from the caller's view at once (Dask's)
             self.futures.cancel_keys(keys)
-        self._send(m.Cancel(keys, force))
+        self._send(m.Cancel(keys, force, interrupt))
 
     def cancel_all(self, why: str) -> None:
         """Cancel every future of this client, done or not (their values are released)."""

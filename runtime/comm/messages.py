@@ -123,6 +123,9 @@ class ReleaseKeys(Message, tag="release-keys"):
 class Cancel(Message, tag="cancel"):
     keys: tuple[str, ...]
     force: bool = False
+    #: interrupt the tasks it takes off a worker mid-run between bytecodes, without restarting
+    #: the worker (Ray's plain cancel); ``force`` interrupts them at any cost
+    interrupt: bool = False
 
 
 class Request(Message, tag="request"):
@@ -367,9 +370,11 @@ class StealRequest(Message, tag="steal-request"):
 
 
 class Interrupt(Message, tag="interrupt"):
-    """Force-cancel: stop the task ``key`` if it is running."""
+    """Cancel: stop the task ``key`` if it is running; with ``hard`` (a forced cancel), by
+    restarting the worker if it does not stop."""
 
     key: str
+    hard: bool = True
 
 
 class KillActor(Message, tag="kill-actor"):

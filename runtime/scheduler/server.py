@@ -404,15 +404,16 @@ class Scheduler:
         elif address in self.comms:  # the report came first: use it when the connection closes
             self._death_reports[address] = (cause, executing)
 
-    def _force_cancel(self, stimulus: st.Stimulus) -> None:
-        """``cancel(force=True)``: cancel, then interrupt the tasks it took off a worker mid-run."""
+    def _cancel_interrupting(self, stimulus: st.Stimulus, hard: bool) -> None:
+        """Cancel, then interrupt the tasks it took off a worker mid-run (``hard``: a forced
+        cancel, which restarts a worker whose task does not stop)."""
         # Only tasks sent to workers can be running: a few per thread, not the whole graph.
         running = [(ts, ws) for ws in self.state.workers.values() for ts in ws.processing]
         self.handle_stimulus(stimulus)
         msgs: dict[str, list[m.Message]] = {}
         for ts, ws in running:
             if ts.processing_on is not ws:
-                msgs.setdefault(ws.address, []).append(m.Interrupt(ts.key))
+                msgs.setdefault(ws.address, []).append(m.Interrupt(ts.key, hard))
         self._send(msgs)
 
     def _handle_msgs(self, comm: Comm, peer: str, kind: str, handlers: dict[type, Callable], msgs: list) -> None:
@@ -446,8 +447,8 @@ class Scheduler:
 
     def _on_cancel(self, comm: Comm, peer: str, msg: m.Cancel) -> None:
         stimulus = _STIMULI[m.Cancel](msg, peer, f"cancel-{next(self._ids)}")
-        if msg.force:
-            self._force_cancel(stimulus)
+        if msg.force or msg.interrupt:
+            self._cancel_interrupting(stimulus, hard=msg.force)
         else:
             self.handle_stimulus(stimulus)
 

@@ -1,16 +1,18 @@
-"""Stopping a running task: ``cancel(force=True)`` reaches the worker as ``interrupt``.
+"""Stopping a running task: ``runtime.cancel`` (Ray's) and ``cancel(force=True)`` reach the
+worker as ``interrupt`` (``hard`` for a forced one).
 
 ::
 
     scheduler ──interrupt(key)──► worker loop ──PyThreadState_SetAsyncExc──► executor thread
                                       │                                        raises TaskInterrupted
-                                      └─ after FORCE_CANCEL_GRACE s, still running?
+                                      └─ hard: after FORCE_CANCEL_GRACE s, still running?
                                              clear the running board, exit: the nanny restarts it
 
 CPython raises an asynchronous exception only between bytecodes, so a task blocked in C
 (``time.sleep``, a long numpy call, a socket read) does not see it until that call
-returns.  Such a task is stopped the only sure way, by ending its process; the board
-is cleared first so that no task is blamed for that exit.
+returns.  A forced cancel stops such a task the only sure way, by ending its process; the
+board is cleared first so that no task is blamed for that exit.  A plain one leaves it to
+run on, as a plain Ray cancel cannot reach it either in an executor thread.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ EXIT_FORCE_CANCEL = 75
 EXIT_RESTART = 76
 
 
-class TaskInterrupted(BaseException):
-    """Raised inside a force-cancelled task.  A BaseException, so ``except Exception`` in
-    user code does not swallow it (as with ``KeyboardInterrupt``)."""
+class TaskInterrupted(KeyboardInterrupt):
+    """Raised inside a cancelled task (``runtime.cancel``, or a forced cancel).  A
+    ``KeyboardInterrupt``, as Ray raises, so ``except Exception`` in user code does not
+    swallow it."""
 
 
 def raise_in_thread(thread_id: int) -> bool:

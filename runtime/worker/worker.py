@@ -161,7 +161,7 @@ class Worker:
             m.CancelCompute: self._cancel_compute,
             m.StealRequest: self._steal_request,
             m.KillActor: lambda msg: self.actor_host.kill(msg.actor, msg.reason),
-            m.Interrupt: lambda msg: self._interrupt(msg.key),
+            m.Interrupt: lambda msg: self._interrupt(msg.key, msg.hard),
             m.PluginAdd: self._plugin_add,
             # Client.run: out of band, on a thread of its own
             m.Run: lambda msg: threading.Thread(
@@ -280,16 +280,18 @@ class Worker:
             answer = ("error", exception, tb)
         self.post(m.RunResult(msg.run_id, answer))
 
-    def _interrupt(self, key: str) -> None:
-        """Stop the task ``key`` if it is running here (see runtime.worker.interrupt)."""
+    def _interrupt(self, key: str, hard: bool) -> None:
+        """Stop the task ``key`` if it is running here (see runtime.worker.interrupt); ``hard``:
+        restart this worker if it has not stopped after the grace period."""
         with self._ready_cv:
             running = self._executing.get(key)
         if running is None:
             return
-        logger.info("interrupting task %s (force-cancelled)", key)
+        logger.info("interrupting task %s (%scancelled)", key, "force-" if hard else "")
         interrupt.raise_in_thread(running[0])
-        assert self.loop is not None
-        self.loop.call_later(interrupt.FORCE_CANCEL_GRACE, self._restart_if_running, key, running[1])
+        if hard:
+            assert self.loop is not None
+            self.loop.call_later(interrupt.FORCE_CANCEL_GRACE, self._restart_if_running, key, running[1])
 
     def _restart_if_running(self, key: str, msg: m.ComputeTask) -> None:
         with self._ready_cv:
