@@ -17,7 +17,7 @@ import pickle
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -54,25 +54,28 @@ def dumps_args(func_name: str, args: tuple, kwargs: dict) -> tuple[bytes, dict[s
     closure) or its pickle names ``__main__`` or a module cloudpickle pickles by value (code a
     worker cannot import), cloudpickle does it.
     """
+    data: bytes | None = None
+    try:
+        data, deps = _collecting_deps(pickle.dumps, (args, kwargs))
+    except Exception:
+        pass
+    by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if data is None or by_value is None or b"__main__" in data or any(m.encode() in data for m in by_value):
+        try:
+            data, deps = _collecting_deps(cloudpickle.dumps, (args, kwargs))
+        except Exception as e:
+            raise _name_bad_argument(func_name, args, kwargs, e) from e
+    return data, deps
+
+
+def _collecting_deps(dumps: Callable[..., bytes], obj: Any) -> tuple[bytes, dict[str, Any]]:
+    """``dumps(obj)``, and the futures found inside it (``reduce_future``), by key."""
     deps: dict[str, Any] = {}
     _local.collecting = deps
     try:
-        data: bytes | None = pickle.dumps((args, kwargs), protocol=5)
-    except Exception:
-        data = None
+        return dumps(obj, protocol=5), deps
     finally:
         _local.collecting = None
-    by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    if data is None or by_value is None or b"__main__" in data or any(m.encode() in data for m in by_value):
-        deps.clear()  # collected again, by the pickler that counts
-        _local.collecting = deps
-        try:
-            data = cloudpickle.dumps((args, kwargs), protocol=5)
-        except Exception as e:
-            raise _name_bad_argument(func_name, args, kwargs, e) from e
-        finally:
-            _local.collecting = None
-    return data, deps
 
 
 def _name_bad_argument(func_name: str, args: tuple, kwargs: dict, error: Exception) -> SerializationError:
