@@ -121,3 +121,14 @@ def test_a_message_over_the_frame_limit_ends_its_connection_instead_of_vanishing
 
     data, closed = asyncio.run(main())
     assert data == b"" and closed  # nothing half-sent, and the peer sees the end at once
+
+
+def test_wait_says_whether_a_frame_can_be_read_before_a_deadline(pair):
+    a, b = pair
+    reader = FrameReader(b, "peer", m.FROM_ACTOR_SERVER)
+    assert not reader.wait(time.monotonic() + 0.05)  # nothing came
+    assert not reader.wait(time.monotonic() - 1)  # a deadline passed already
+    a.sendall(_frame("one") + _frame("two"))
+    assert reader.wait(time.monotonic() + 5) and _keys(reader) == ["one"]
+    assert reader.wait(time.monotonic() - 1)  # the second is buffered: no need to wait
+    assert _keys(reader) == ["two"]

@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -370,10 +368,8 @@ class ActorCalls:
             while not done():
                 if conn.closed:
                     return False
-                if deadline is not None and not conn.reader.buffered():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not select.select([conn.sock], [], [], remaining)[0]:
-                        return done()
+                if deadline is not None and not conn.reader.wait(deadline):
+                    return done()
                 msgs = conn.reader.read()
                 conn.frames += 1
                 self._settle(conn, msgs)

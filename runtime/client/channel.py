@@ -28,7 +28,6 @@ one has been answered after them; only then do requests take a channel.
 from __future__ import annotations
 
 import itertools
-import select
 import socket
 import threading
 import time
@@ -82,10 +81,8 @@ class Channels:
         try:
             self._write(channel, m.Request(reqid, what, args))
             while True:
-                if deadline is not None and not channel.reader.buffered():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not select.select([channel.sock], [], [], remaining)[0]:
-                        raise TimeoutError(f"the scheduler did not answer {what!r} within {timeout:g}s")
+                if deadline is not None and not channel.reader.wait(deadline):
+                    raise TimeoutError(f"the scheduler did not answer {what!r} within {timeout:g}s")
                 for msg in channel.reader.read():
                     if type(msg) is m.Reply and msg.reqid == reqid:
                         return msg.result

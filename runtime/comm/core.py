@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 import time
 from collections import deque
@@ -361,6 +362,14 @@ class FrameReader:
         buf = self._buf
         h = codec.HEADER.size
         return len(buf) >= h and len(buf) >= h + codec.frame_length(bytes(buf[:h]), self.peer)
+
+    def wait(self, deadline: float) -> bool:
+        """Whether a frame can be read before ``deadline`` (``time.monotonic()``): one is
+        buffered already, or bytes arrive in time (``read`` then takes the rest of the frame)."""
+        if self.buffered():
+            return True
+        remaining = deadline - time.monotonic()
+        return remaining > 0 and bool(select.select([self.sock], [], [], remaining)[0])
 
     def read(self) -> list[Any]:
         """The next batch of messages; ``ConnectionError`` when the socket closes."""
